@@ -1,0 +1,53 @@
+# l2-session: `make demo` and `make test` work on a machine with only python3, make and git.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: demo test lint typecheck unit bench wheel-check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# The type checker sees the installed layout (l2_session.domain -> domain/, ...) through a
+# tree of directory links, because setuptools' editable finder is invisible to mypy.
+.typecheck/l2_session/__init__.py:
+	mkdir -p .typecheck/l2_session
+	for d in domain infrastructure projections transports tools; do ln -sfn ../../$$d .typecheck/l2_session/$$d; done
+	ln -sfn ../../l2_session/__init__.py .typecheck/l2_session/__init__.py
+	ln -sfn ../../l2_session/py.typed .typecheck/l2_session/py.typed
+
+demo: $(STAMP)
+	rm -rf .demo && mkdir -p .demo
+	$(BIN)/l2-session demo --ledger .demo/ledger.sqlite3
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP) .typecheck/l2_session/__init__.py
+	MYPYPATH=.typecheck $(BIN)/mypy -p l2_session
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# Build the wheel and import it in a fresh venv (CI runs this once).
+wheel-check: $(STAMP)
+	rm -rf .wheelcheck && mkdir -p .wheelcheck
+	$(BIN)/python -m build --wheel --outdir .wheelcheck/dist . >/dev/null
+	$(PYTHON) -m venv .wheelcheck/venv
+	.wheelcheck/venv/bin/python -m pip install -q .wheelcheck/dist/*.whl
+	cd .wheelcheck && venv/bin/python -c "import l2_session.domain, l2_session.infrastructure, l2_session.projections, l2_session.transports, l2_session.tools; print('wheel imports ok')"
+	cd .wheelcheck && venv/bin/l2-session --help >/dev/null && echo 'wheel console script ok'
+
+clean:
+	rm -rf .venv .typecheck .wheelcheck .demo build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
