@@ -1,0 +1,188 @@
+"""SessionLedger: the eventsourcing Application whose store is the signed, chained ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.persistence import EventStore, InfrastructureFactory, Mapper, Transcoding
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteFactory
+from eventsourcing.utils import Environment
+
+from ..clock import SystemClock, TimeSource
+from ..identity import NodeIdentity
+from .checkpoint import Checkpoint
+from .codec import CanonicalJSONTranscoder, FieldSealer, LedgerMapper
+from .groupcommit import GroupCommitConfig
+from .recorder import SignedSQLiteRecorder
+from .schema import CHECKPOINTS_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
+from .snapshots import SignedSnapshotRecorder, StorageCipher
+
+Durability = Literal["full", "normal", "off"]
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+
+
+class _LedgerDatastore(SQLiteDatastore):
+    """eventsourcing's SQLite datastore with the ledger's durability setting on each connection."""
+
+    def __init__(self, db_name: str, durability: Durability, lock_timeout: int) -> None:
+        super().__init__(db_name, lock_timeout=lock_timeout, originator_id_type="uuid")
+        pool = self.pool
+        create = pool._create_connection
+        pragma = f"PRAGMA synchronous={_SYNCHRONOUS[durability]}"
+
+        def create_connection() -> Any:
+            connection = create()
+            connection._sqlite_conn.execute(pragma)
+            return connection
+
+        pool._create_connection = create_connection  # type: ignore[method-assign]
+
+
+class SessionLedger(Application[UUID]):
+    """Sessions (any eventsourcing aggregates) saved as signed, hash-chained ledger events.
+
+    ``SessionLedger(path, identity=..., storage_key=...)`` opens or creates a ledger file.
+    ``save(*aggregates)`` appends their new events (group-committed, durable on return by
+    default); ``repository.get(id)`` replays a session, from a verified snapshot when one exists.
+    Without ``identity`` the ledger is read-only (for auditors); without ``storage_key``, secret
+    fields cannot be written and read back as ``SealedValue`` placeholders.
+    """
+
+    name = "SessionLedger"
+
+    def __init__(
+        self,
+        location: str | Path,
+        *,
+        identity: NodeIdentity | None = None,
+        storage_key: bytes | None = None,
+        clock: TimeSource | None = None,
+        create: bool = True,
+        durability: Durability = "full",
+        group_commit: GroupCommitConfig | None = None,
+        snapshot_interval: int | None = 100,
+        lock_timeout: int = 30,
+        transcodings: Iterable[Transcoding] = (),
+    ) -> None:
+        if durability not in _SYNCHRONOUS:
+            raise ValueError(
+                f"durability must be one of {sorted(_SYNCHRONOUS)}, got {durability!r}"
+            )
+        if snapshot_interval is not None and snapshot_interval < 1:
+            raise ValueError(f"snapshot_interval must be >= 1 or None, got {snapshot_interval!r}")
+        self.path = Path(location)
+        self.identity = identity
+        self.clock: TimeSource = clock or SystemClock()
+        self._storage_key = storage_key
+        self._durability: Durability = durability
+        self._group_commit = group_commit
+        self._lock_timeout = lock_timeout
+        self._transcodings = tuple(transcodings)
+        self.snapshot_interval = snapshot_interval if storage_key is not None else None
+        must_create = check_sqlite_ledger_file(self.path, create=create and identity is not None)
+        super().__init__(
+            env={
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(self.path),
+                "CREATE_TABLE": "n",
+                "IS_SNAPSHOTTING_ENABLED": "y" if self.snapshot_interval else "n",
+            }
+        )
+        recorder = self.ledger_recorder
+        if must_create:
+            recorder.create_table()
+        else:
+            recorder.load_meta()
+        recorder.register_signer()
+
+    # -- eventsourcing construction hooks ---------------------------------------------------
+    def construct_env(self, name: str, env: Any = None) -> Environment:
+        return Environment(
+            name, dict(env or {})
+        )  # never read os.environ: configuration is explicit
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
+        factory = SQLiteFactory(env)
+        factory.datastore.close()
+        factory.datastore = _LedgerDatastore(str(self.path), self._durability, self._lock_timeout)
+        return factory
+
+    @property
+    def datastore(self) -> SQLiteDatastore:
+        factory = self.factory
+        assert isinstance(factory, SQLiteFactory)
+        return factory.datastore
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        mapper = LedgerMapper(FieldSealer(self._storage_key))
+        for transcoding in self._transcodings:
+            mapper.transcoder.register(transcoding)  # type: ignore[attr-defined]
+        return mapper
+
+    def construct_recorder(self) -> SignedSQLiteRecorder:
+        return SignedSQLiteRecorder(
+            self.datastore,
+            identity=self.identity,
+            clock=self.clock,
+            group_commit=self._group_commit,
+        )
+
+    def construct_snapshot_store(self) -> EventStore[UUID]:
+        assert self._storage_key is not None
+        transcoder = CanonicalJSONTranscoder()
+        for transcoding in self._transcodings:
+            transcoder.register(transcoding)
+        mapper: Mapper[UUID] = Mapper(
+            transcoder=transcoder, cipher=StorageCipher(self._storage_key)
+        )
+        return EventStore(
+            mapper=mapper, recorder=SignedSnapshotRecorder(self.datastore, identity=self.identity)
+        )
+
+    @property
+    def ledger_recorder(self) -> SignedSQLiteRecorder:
+        assert isinstance(self.recorder, SignedSQLiteRecorder)
+        return self.recorder
+
+    @property
+    def ledger_id(self) -> str:
+        return self.ledger_recorder.ledger_id
+
+    # -- snapshots: every `snapshot_interval` versions, for any aggregate -------------------
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        interval = self.snapshot_interval
+        if not interval or self.snapshots is None:
+            return
+        for event in processing_event.events:
+            version = event.originator_version
+            if version % interval:
+                continue
+            aggregate = processing_event.aggregates.get(event.originator_id)
+            if aggregate is not None and aggregate.version == version:
+                snapshot_class: Any = getattr(type(aggregate), "Snapshot")  # noqa: B009
+                self.snapshots.put([snapshot_class.take(aggregate)])
+            else:
+                self.take_snapshot(event.originator_id, version=version)
+
+    # -- checkpoints and signers ----------------------------------------------------------
+    def checkpoint(self) -> Checkpoint:
+        """Sign the current head and record the checkpoint in the ledger."""
+        if self.identity is None:
+            raise PermissionError("a read-only ledger (no identity) cannot sign checkpoints")
+        position, head, _ = self.ledger_recorder.head()
+        cp = Checkpoint.sign(self.identity, self.ledger_id, position, head, self.clock.wall_us())
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                f"INSERT INTO {CHECKPOINTS_TABLE} (position, text) VALUES (?, ?)",
+                (position, cp.to_text()),
+            )
+        return cp
+
+    def signers(self) -> set[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT did FROM {SIGNERS_TABLE}")
+            return {row[0] for row in c.fetchall()}

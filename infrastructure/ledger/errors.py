@@ -1,0 +1,45 @@
+"""Errors of the signed ledger. Each names what was wrong, with the value or position."""
+
+from __future__ import annotations
+
+from eventsourcing.persistence import IntegrityError
+
+
+class LedgerError(Exception):
+    """Base class: something about the ledger, or an append to it, is wrong."""
+
+
+class LedgerNotFound(LedgerError):
+    """The ledger database does not exist (and was not to be created)."""
+
+
+class NotALedger(LedgerError):
+    """The file or database exists but is not an l2-session ledger (or is corrupted)."""
+
+
+class LedgerCorrupted(LedgerError):
+    """A stored row cannot be read back as a ledger event; names the position."""
+
+
+class ConcurrencyConflict(LedgerError, IntegrityError):
+    """Another writer already appended this version of the session (optimistic concurrency)."""
+
+
+class SessionChainError(LedgerError):
+    """An append does not continue its session's chain (a version is missing)."""
+
+
+class PayloadTooLarge(LedgerError):
+    """An event payload is over the ledger's documented size limit."""
+
+
+class ClockWentBackwards(LedgerError):
+    """The injected clock reads earlier than the ledger head's timestamp."""
+
+
+class UnknownEventType(LedgerError):
+    """A stored event names a type (topic) this program cannot load."""
+
+
+class SealedFieldError(LedgerError):
+    """A sealed (secret) field cannot be sealed or opened: wrong type, key or content."""

@@ -1,0 +1,130 @@
+"""The ledger's byte formats: what is hashed, what is signed (docs/ledger-format.md).
+
+Everything here is pure and documented byte for byte so that an independent verifier can be
+written from docs/ledger-format.md alone. Integers are big-endian; ``lp(x)`` is a 4-byte
+big-endian length followed by ``x``.
+
+    event_hash = BLAKE3( "l2-session/ledger/event/v1\\n"
+                         || u64 position || lp(session_id) || u64 version || lp(topic)
+                         || i64 timestamp_us || lp(payload)
+                         || prev_session_hash[32] || prev_global_hash[32] || lp(signer) )
+    signature  = Ed25519(signer's key, event_hash)
+"""
+
+from __future__ import annotations
+
+import struct
+
+from blake3 import blake3
+
+FORMAT_NAME = "l2-session-ledger"
+FORMAT_VERSION = 1
+
+EVENT_DOMAIN = b"l2-session/ledger/event/v1\n"
+GENESIS_DOMAIN = b"l2-session/ledger/genesis/v1\n"
+SNAPSHOT_DOMAIN = b"l2-session/ledger/snapshot/v1\n"
+SEALED_AAD_DOMAIN = b"l2-session/ledger/sealed/v1\n"
+
+HASH_SIZE = 32
+SIGNATURE_SIZE = 64
+ZERO_HASH = bytes(HASH_SIZE)  # prev_session_hash of a session's first event (version 1)
+
+# Limits (docs/ledger-format.md §Limits). An event over them is refused before anything is written.
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_SEALED_BYTES = 16 * 1024
+MAX_SESSION_ID_BYTES = 128
+MAX_TOPIC_BYTES = 256
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
+
+
+def lp(data: bytes) -> bytes:
+    """Length-prefixed bytes: u32 big-endian length, then the bytes."""
+    return _U32.pack(len(data)) + data
+
+
+def genesis_hash(ledger_id: str) -> bytes:
+    """The ``prev_global_hash`` of position 1: binds the chain to this ledger's id."""
+    return blake3(GENESIS_DOMAIN + lp(ledger_id.encode())).digest()
+
+
+def event_hash_input(
+    position: int,
+    session_id: bytes,
+    version: int,
+    topic: bytes,
+    timestamp_us: int,
+    payload: bytes,
+    prev_session_hash: bytes,
+    prev_global_hash: bytes,
+    signer_lp: bytes,
+) -> bytes:
+    """The exact bytes whose BLAKE3 digest is the event hash. ``signer_lp`` is lp(signer)."""
+    return b"".join(
+        (
+            EVENT_DOMAIN,
+            _U64.pack(position),
+            _U32.pack(len(session_id)),
+            session_id,
+            _U64.pack(version),
+            _U32.pack(len(topic)),
+            topic,
+            _I64.pack(timestamp_us),
+            _U32.pack(len(payload)),
+            payload,
+            prev_session_hash,
+            prev_global_hash,
+            signer_lp,
+        )
+    )
+
+
+def event_hash(
+    position: int,
+    session_id: bytes,
+    version: int,
+    topic: bytes,
+    timestamp_us: int,
+    payload: bytes,
+    prev_session_hash: bytes,
+    prev_global_hash: bytes,
+    signer_lp: bytes,
+) -> bytes:
+    return blake3(
+        event_hash_input(
+            position,
+            session_id,
+            version,
+            topic,
+            timestamp_us,
+            payload,
+            prev_session_hash,
+            prev_global_hash,
+            signer_lp,
+        )
+    ).digest()
+
+
+def snapshot_hash(
+    session_id: bytes, version: int, topic: bytes, state: bytes, head_hash: bytes
+) -> bytes:
+    """What a snapshot's signature covers: its content and the event hash it was taken at."""
+    return blake3(
+        b"".join(
+            (
+                SNAPSHOT_DOMAIN,
+                lp(session_id),
+                _U64.pack(version),
+                lp(topic),
+                lp(state),
+                head_hash,
+            )
+        )
+    ).digest()
+
+
+def sealed_aad(session_id: bytes, version: int, field: str) -> bytes:
+    """Associated data of a sealed field: it opens only at its own session, version and name."""
+    return SEALED_AAD_DOMAIN + lp(session_id) + _U64.pack(version) + lp(field.encode())

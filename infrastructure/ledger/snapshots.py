@@ -1,0 +1,155 @@
+"""Signed snapshots: a cache for fast replay, trusted only once checked against the chain.
+
+A snapshot row records the session version it was taken at and the *head hash* — the event
+hash of that version. Before a snapshot is used, its signature is checked and the head hash is
+compared with the event hash stored at that version; a snapshot that fails either check is
+ignored (and counted), and the session is replayed from older snapshots or from its first event.
+Snapshot state is encrypted with the storage key: it can hold session keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from eventsourcing.persistence import Cipher, StoredEvent
+from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
+
+from ..identity import NodeIdentity, verify_did_signature
+from .errors import SealedFieldError
+from .format import snapshot_hash
+from .recorder import session_key
+from .schema import EVENTS_TABLE, SIGNERS_TABLE, SNAPSHOTS_TABLE
+
+log = logging.getLogger(__name__)
+_STATE_AAD = b"l2-session/ledger/snapshot-state/v1\n"
+
+
+class StorageCipher(Cipher):
+    """ChaCha20-Poly1305 under the node's storage key, for snapshot state at rest."""
+
+    def __init__(self, storage_key: bytes) -> None:  # eventsourcing's takes an Environment
+        self._aead = ChaCha20Poly1305(storage_key)
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, _STATE_AAD)
+
+    def decrypt(self, ciphertext: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(ciphertext[:12], ciphertext[12:], _STATE_AAD)
+        except InvalidTag:
+            raise SealedFieldError(
+                "snapshot state failed authentication (wrong storage key?)"
+            ) from None
+
+
+class SignedSnapshotRecorder(SQLiteAggregateRecorder):
+    def __init__(self, datastore: SQLiteDatastore, *, identity: NodeIdentity | None) -> None:
+        super().__init__(datastore, events_table_name=SNAPSHOTS_TABLE)
+        self.identity = identity
+        self.rejected = 0  # snapshots found untrustworthy and skipped
+
+    def construct_create_table_statements(self) -> list[str]:
+        return []  # created with the ledger schema
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if self.identity is None:
+            return None
+        signer = self.identity.did
+        with self.datastore.transaction(commit=True) as c:
+            for s in stored_events:
+                sid = session_key(s.originator_id)
+                c.execute(
+                    f"SELECT event_hash FROM {EVENTS_TABLE} WHERE session_id=? AND version=?",
+                    (sid, s.originator_version),
+                )
+                row = c.fetchone()
+                if row is None:
+                    continue  # nothing to anchor to; never store an unanchored snapshot
+                head = bytes(row[0])
+                digest = snapshot_hash(
+                    sid.encode(), s.originator_version, s.topic.encode(), s.state, head
+                )
+                c.execute(
+                    f"INSERT OR REPLACE INTO {SNAPSHOTS_TABLE} (session_id, version, topic, state, "
+                    "head_hash, signer, signature) VALUES (?,?,?,?,?,?,?)",
+                    (
+                        sid,
+                        s.originator_version,
+                        s.topic,
+                        s.state,
+                        head,
+                        signer,
+                        self.identity.sign(digest),
+                    ),
+                )
+        return None
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        sid = session_key(originator_id)
+        statement = (
+            f"SELECT s.version, s.topic, s.state, s.head_hash, s.signer, s.signature, e.event_hash "
+            f"FROM {SNAPSHOTS_TABLE} s LEFT JOIN {EVENTS_TABLE} e "
+            "ON e.session_id = s.session_id AND e.version = s.version "
+            f"JOIN {SIGNERS_TABLE} g ON g.did = s.signer "
+            "WHERE s.session_id=? "
+        )
+        params: list[Any] = [sid]
+        if gt is not None:
+            statement += "AND s.version>? "
+            params.append(gt)
+        if lte is not None:
+            statement += "AND s.version<=? "
+            params.append(lte)
+        statement += "ORDER BY s.version " + ("DESC" if desc else "ASC")
+        wanted = limit if limit is not None else -1
+        found: list[StoredEvent] = []
+        try:
+            with self.datastore.transaction(commit=False) as c:
+                c.execute(statement, params)
+                rows = c.fetchall()
+        except sqlite3.DatabaseError as e:
+            log.warning("snapshots of session %s unreadable (%s); replaying from events", sid, e)
+            return []
+        for version, topic, state, head, signer, signature, chain_hash in rows:
+            state, head = bytes(state), bytes(head)
+            digest = snapshot_hash(sid.encode(), version, topic.encode(), state, head)
+            if (
+                chain_hash is None
+                or bytes(chain_hash) != head
+                or not verify_did_signature(signer, bytes(signature), digest)
+            ):
+                self.rejected += 1
+                log.warning(
+                    "snapshot of session %s at version %s does not match the signed chain; "
+                    "ignored", sid, version,
+                )  # fmt: skip
+                continue
+            found.append(
+                StoredEvent(
+                    originator_id=originator_id,
+                    originator_version=version,
+                    topic=topic,
+                    state=state,
+                )
+            )
+            if len(found) == wanted:
+                break
+        return found
