@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from crypto_support import DAY_US, NOW_US
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from l2_session.domain.handshake import Responder
+from l2_session.domain.handshake_bundle import create_prekeys
+from l2_session.domain.handshake_kem import backend
 
 # tests/crypto/conftest.py -> parents[2] is the repository root.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -66,3 +71,25 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for (file, library), counts in sorted(TALLY.items()):
         detail = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
         terminalreporter.write_line(f"{file:45s} {library:13s} {detail}")
+
+
+# --- two parties with real keys ---------------------------------------------------------------
+
+
+@pytest.fixture
+def parties() -> Callable[..., Any]:
+    """Build an initiator identity and a responder (identity, prekeys, bundle, Responder)."""
+
+    def make(kem: str = "pqcrypto", one_time_prekeys: int = 2) -> Any:
+        initiator = Ed25519PrivateKey.generate()
+        responder_identity = Ed25519PrivateKey.generate()
+        secrets, bundle = create_prekeys(
+            responder_identity,
+            expires_at_us=NOW_US + 7 * DAY_US,
+            one_time_prekey_ids=tuple(range(1, one_time_prekeys + 1)),
+            kem=backend(kem),
+        )
+        responder = Responder(responder_identity, secrets, bundle)
+        return initiator, responder_identity, bundle, responder
+
+    return make

@@ -1,0 +1,94 @@
+"""Key material of the handshake: identity keys as X25519 keys, checked DH, and the BLAKE3
+key schedule.
+
+Identity keys are Ed25519 (they name the node as a did:key). PQXDH needs the identity keys in
+Diffie-Hellman too (DH1, DH2), so — as Signal does with one key pair for both — the Ed25519 key
+is mapped to its X25519 form: the public point by the birational map u = (1 + y) / (1 - y) mod p
+(RFC 7748 §4.1), the private scalar as the first half of SHA-512(seed), which is the scalar
+Ed25519 itself signs with (RFC 8032 §5.1.5). libsodium's crypto_sign_ed25519_*_to_curve25519
+compute the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import blake3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed
+
+_P = 2**255 - 19
+
+# BLAKE3 derive_key contexts: "hardcoded, globally unique, application-specific". One per use,
+# so no output of one step can be mistaken for another's.
+CONTEXT_TRANSCRIPT = "l2-session 2026-11 handshake v1 transcript"
+CONTEXT_STAGE1 = "l2-session 2026-11 handshake v1 stage1 key"
+CONTEXT_MASTER = "l2-session 2026-11 handshake v1 master key"
+CONTEXT_CONFIRM_RESPONDER = "l2-session 2026-11 handshake v1 responder confirm key"
+CONTEXT_CONFIRM_INITIATOR = "l2-session 2026-11 handshake v1 initiator confirm key"
+CONTEXT_INITIATOR_TO_RESPONDER = "l2-session 2026-11 channel v1 initiator to responder key"
+CONTEXT_RESPONDER_TO_INITIATOR = "l2-session 2026-11 channel v1 responder to initiator key"
+CONTEXT_SESSION_ID = "l2-session 2026-11 channel v1 session id"
+
+# Signature inputs start with a label, so a handshake signature can never pass for a ledger
+# event signature or a prekey signature made by the same identity key.
+LABEL_INIT_SIGNATURE = b"l2-session v1 init signature\x00"
+LABEL_RESPONSE_SIGNATURE = b"l2-session v1 response signature\x00"
+
+
+def ed25519_public_to_x25519(public: bytes) -> bytes:
+    """The X25519 public key (Montgomery u) of an Ed25519 public key (Edwards y)."""
+    if len(public) != 32:
+        raise HandshakeAuthenticationFailed(f"identity key is {len(public)} bytes, expected 32")
+    y = int.from_bytes(public, "little") & ((1 << 255) - 1)
+    if y >= _P:
+        raise HandshakeAuthenticationFailed("identity key is not canonically encoded (y >= p)")
+    if y == 1:
+        # The neutral point: u would divide by zero, and it has no DH value anyway.
+        raise HandshakeAuthenticationFailed("identity key is the neutral point")
+    u = (1 + y) * pow(1 - y, _P - 2, _P) % _P
+    return u.to_bytes(32, "little")
+
+
+def ed25519_private_to_x25519(private: Ed25519PrivateKey) -> X25519PrivateKey:
+    seed = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    # X25519 clamps the scalar itself (RFC 7748 §5), exactly as Ed25519 does.
+    return X25519PrivateKey.from_private_bytes(hashlib.sha512(seed).digest()[:32])
+
+
+def x25519_public_bytes(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def dh(private: X25519PrivateKey, public: bytes, what: str) -> bytes:
+    """X25519, refusing an all-zero result (a low-order peer key: RFC 7748 §6.1)."""
+    try:
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        raise HandshakeAuthenticationFailed(
+            f"{what}: the peer's X25519 key is of low order (all-zero shared secret)"
+        ) from None
+
+
+def length_prefixed(*parts: bytes) -> bytes:
+    # Unambiguous concatenation: no two different part lists give the same bytes.
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def transcript_hash(*parts: bytes) -> bytes:
+    return blake3.blake3(length_prefixed(*parts), derive_key_context=CONTEXT_TRANSCRIPT).digest()
+
+
+def derive(context: str, *material: bytes) -> bytes:
+    return blake3.blake3(length_prefixed(*material), derive_key_context=context).digest()
+
+
+def mac(key: bytes, *parts: bytes) -> bytes:
+    return blake3.blake3(length_prefixed(*parts), key=key).digest()
