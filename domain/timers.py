@@ -1,0 +1,148 @@
+"""Every deadline of SPEC-018, named once (after WireGuard's ``timers.c``).
+
+A deadline is never stored as "a timer that was set": it is derived from what the session
+has recorded (when the handshake started, when the last heartbeat went out, since when the
+link is down, ...). Replaying a session's events after a restart therefore re-derives every
+pending deadline, and the manager only has to ask ``deadlines(session)`` again.
+
+Times are microseconds on the session timeline (decision 9 in docs/spec-decisions.md).
+Each timer names the session command that fires when it is due.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from l2_session.domain.states import State
+
+if TYPE_CHECKING:
+    from l2_session.domain.session import Session
+
+US = 1_000_000
+
+
+def us(seconds: float) -> int:
+    return round(seconds * US)
+
+
+class Timer(StrEnum):
+    """The value is the name of the ``Session`` command the timer fires."""
+
+    HANDSHAKE_TIMEOUT = "handshake_timed_out"
+    """§2.1 "no response within 5 seconds" (100 ms for a resumption, decision 4)."""
+    SEND_HEARTBEAT = "heartbeat_due"
+    """§2.2 "30 seconds pass without activity"."""
+    HEARTBEAT_RESPONSE = "heartbeat_timed_out"
+    """§2.2 "peer responds within 2 seconds"."""
+    PARTITION = "partition_detected"
+    """§2.3 "connectivity lost for >30s"."""
+    DEGRADED_TIMEOUT = "degraded_timed_out"
+    """§3.2 ``degraded --> suspended: timeout(60s)``."""
+    SUSPENDED_RECOVERY = "retry"
+    """§2.2 "recovery is attempted after 60s"."""
+    ROTATION = "time_to_rotate"
+    """§2.2 rotation window: key age reaches ttl - rotation_window (decision 3)."""
+    ROTATION_TIMEOUT = "rotation_timed_out"
+    """§3.2 ``rotating --> failed: rotation_timeout``."""
+    RETRY_BACKOFF = "retry_with_backoff"
+    """§2.1 "retry is scheduled with exponential backoff" (the peer decides when)."""
+    LEASE_EXPIRY = "cleanup"
+    """§3.1 ``[cleanup]`` of a suspended or failed session whose lease ran out (decision 8)."""
+
+
+def handshake_timeout(s: Session) -> int | None:
+    if s.state in (State.HANDSHAKE_INITIATED, State.HANDSHAKE_RECEIVED):
+        limit = s.config.resumption_timeout if s.resuming else s.config.handshake_timeout
+        return s.state_since_us + us(limit)
+    return None
+
+
+def send_heartbeat(s: Session) -> int | None:
+    if s.state in (State.ESTABLISHED, State.DEGRADED) and s.heartbeat_sent_us is None:
+        return s.last_activity_us + us(s.config.heartbeat_interval)
+    return None
+
+
+def heartbeat_response(s: Session) -> int | None:
+    if s.state in (State.ESTABLISHED, State.DEGRADED) and s.heartbeat_sent_us is not None:
+        return s.heartbeat_sent_us + us(s.config.heartbeat_response_timeout)
+    return None
+
+
+def partition(s: Session) -> int | None:
+    if s.state == State.ESTABLISHED and s.link_down_since_us is not None:
+        return s.link_down_since_us + us(s.config.partition_threshold)
+    return None
+
+
+def degraded_timeout(s: Session) -> int | None:
+    if s.state == State.DEGRADED:
+        return s.state_since_us + us(s.config.degraded_timeout)
+    return None
+
+
+def suspended_recovery(s: Session) -> int | None:
+    if s.state == State.SUSPENDED:
+        return s.state_since_us + us(s.config.suspended_recovery)
+    return None
+
+
+def rotation(s: Session) -> int | None:
+    # Only the initiator starts a rotation, so the two ends never race (decision 3).
+    if s.state == State.ESTABLISHED and s.role == "initiator" and s.keys_derived_us is not None:
+        return s.keys_derived_us + us(s.config.ttl - s.config.rotation_window)
+    return None
+
+
+def rotation_timeout(s: Session) -> int | None:
+    if s.state == State.ROTATING:
+        return s.state_since_us + us(s.config.rotation_timeout)
+    return None
+
+
+def retry_backoff(s: Session) -> int | None:
+    if s.state == State.FAILED and s.retry_at_us is not None:
+        return s.retry_at_us
+    return None
+
+
+def lease_expiry(s: Session) -> int | None:
+    if s.state in (State.SUSPENDED, State.FAILED):
+        return s.lease_expires_us
+    return None
+
+
+DEADLINES = {
+    Timer.HANDSHAKE_TIMEOUT: handshake_timeout,
+    Timer.SEND_HEARTBEAT: send_heartbeat,
+    Timer.HEARTBEAT_RESPONSE: heartbeat_response,
+    Timer.PARTITION: partition,
+    Timer.DEGRADED_TIMEOUT: degraded_timeout,
+    Timer.SUSPENDED_RECOVERY: suspended_recovery,
+    Timer.ROTATION: rotation,
+    Timer.ROTATION_TIMEOUT: rotation_timeout,
+    Timer.RETRY_BACKOFF: retry_backoff,
+    Timer.LEASE_EXPIRY: lease_expiry,
+}
+
+
+def deadlines(s: Session) -> dict[Timer, int]:
+    """Every deadline pending for ``s``; empty once it is closed."""
+    if s.closed:
+        return {}
+    found = {timer: rule(s) for timer, rule in DEADLINES.items()}
+    return {timer: at for timer, at in found.items() if at is not None}
+
+
+def next_deadline(s: Session) -> tuple[int, Timer] | None:
+    pending = deadlines(s)
+    if not pending:
+        return None
+    timer = min(pending, key=lambda t: pending[t])
+    return pending[timer], timer
+
+
+def is_due(s: Session, timer: Timer, now_us: int) -> bool:
+    at = DEADLINES[timer](s)
+    return at is not None and not s.closed and at <= now_us

@@ -1,0 +1,196 @@
+"""SPEC-018 §6.3 mock interfaces: ``MockTransport``, ``MockResolver`` and a ``Simulation``.
+
+They ship in the library so that users can simulate their own systems. Everything is driven
+by a ``ManualClock`` and a seed: the same seed and the same calls give the same run.
+
+``MockTransport`` carries frames between named nodes with latency, loss, duplication,
+reordering and partitions. Delivery order is by (delivery time, send order); reordering adds
+a random extra delay to some frames so that they overtake each other.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from l2_session.domain.commands import Deliver, Frame, Output, Send
+from l2_session.domain.manager import SessionManager
+from l2_session.infrastructure.clock import ManualClock
+
+
+@dataclass
+class LinkProfile:
+    latency: float = 0.010
+    """Seconds from send to delivery."""
+    loss: float = 0.0
+    """Probability that a frame is dropped."""
+    duplication: float = 0.0
+    """Probability that a frame is delivered twice."""
+    reordering: float = 0.0
+    """Probability that a frame gets an extra delay of up to ``reorder_delay``."""
+    reorder_delay: float = 0.050
+
+    def __post_init__(self) -> None:
+        for name in ("loss", "duplication", "reordering"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"LinkProfile.{name} = {value!r}: expected 0 <= p <= 1")
+        for name in ("latency", "reorder_delay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LinkProfile.{name} = {getattr(self, name)!r}: expected >= 0")
+
+
+@dataclass
+class TransportStats:
+    sent: int = 0
+    delivered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    blocked: int = 0
+
+
+@dataclass(order=True)
+class _InFlight:
+    at_us: int
+    order: int
+    src: str = field(compare=False)
+    dst: str = field(compare=False)
+    frame: Any = field(compare=False)
+
+
+class MockTransport:
+    def __init__(self, clock: ManualClock, *, seed: int = 0, profile: LinkProfile | None = None):
+        self.clock = clock
+        self.profile = profile or LinkProfile()
+        self.stats = TransportStats()
+        self._rng = random.Random(seed)
+        self._order = itertools.count()
+        self._in_flight: list[_InFlight] = []
+        self._partitions: set[frozenset[str]] = set()
+        self._isolated: set[str] = set()
+        self._failed_transports: set[tuple[str, str]] = set()
+
+    # -------------------------------------------------------------- controls
+    def partition(self, a: str, b: str) -> None:
+        """Drop every frame between ``a`` and ``b`` (both ways) until ``heal``."""
+        self._partitions.add(frozenset((a, b)))
+
+    def heal(self, a: str, b: str) -> None:
+        self._partitions.discard(frozenset((a, b)))
+
+    def isolate(self, node: str) -> None:
+        self._isolated.add(node)
+
+    def rejoin(self, node: str) -> None:
+        self._isolated.discard(node)
+
+    def fail_transport(self, node: str, transport: str) -> None:
+        """Frames ``node`` sends over ``transport`` (e.g. "quic") are dropped."""
+        self._failed_transports.add((node, transport))
+
+    def is_blocked(self, src: str, dst: str, transport: str = "quic") -> bool:
+        return (
+            frozenset((src, dst)) in self._partitions
+            or src in self._isolated
+            or dst in self._isolated
+            or (src, transport) in self._failed_transports
+        )
+
+    # -------------------------------------------------------------- carrying frames
+    def send(self, src: str, dst: str, frame: Frame, transport: str = "quic") -> None:
+        self.stats.sent += 1
+        if self.is_blocked(src, dst, transport):
+            self.stats.blocked += 1
+            return
+        p = self.profile
+        if self._rng.random() < p.loss:
+            self.stats.lost += 1
+            return
+        copies = 2 if self._rng.random() < p.duplication else 1
+        self.stats.duplicated += copies - 1
+        now = self.clock.wall_us()
+        for _ in range(copies):
+            delay = p.latency
+            if self._rng.random() < p.reordering:
+                delay += self._rng.random() * p.reorder_delay
+            at = now + round(delay * 1_000_000)
+            heapq.heappush(self._in_flight, _InFlight(at, next(self._order), src, dst, frame))
+
+    def due(self) -> Iterator[tuple[str, str, Frame]]:
+        """Frames whose delivery time has come, in delivery order; a partition that began
+        while a frame was in flight drops it on arrival."""
+        now = self.clock.wall_us()
+        while self._in_flight and self._in_flight[0].at_us <= now:
+            item = heapq.heappop(self._in_flight)
+            if frozenset((item.src, item.dst)) in self._partitions or item.dst in self._isolated:
+                self.stats.blocked += 1
+                continue
+            self.stats.delivered += 1
+            yield item.src, item.dst, item.frame
+
+    def next_delivery_us(self) -> int | None:
+        return self._in_flight[0].at_us if self._in_flight else None
+
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+
+class MockResolver:
+    """A DID resolver over test documents: DID -> prekey bundle fingerprint."""
+
+    def __init__(self, documents: dict[str, str] | None = None) -> None:
+        self.documents = dict(documents or {})
+
+    def prekeys_of(self, did: str) -> str:
+        try:
+            return self.documents[did]
+        except KeyError:
+            raise LookupError(f"MockResolver: no test document for {did}") from None
+
+
+class Simulation:
+    """Session managers wired through one ``MockTransport`` and one ``ManualClock``."""
+
+    def __init__(self, clock: ManualClock, transport: MockTransport) -> None:
+        self.clock = clock
+        self.transport = transport
+        self.nodes: dict[str, SessionManager] = {}
+        self.delivered: dict[str, list[Deliver]] = {}
+
+    def add(self, manager: SessionManager) -> SessionManager:
+        self.nodes[manager.local_did] = manager
+        self.delivered[manager.local_did] = []
+        return manager
+
+    def perform(self, node: str, outputs: list[Output]) -> None:
+        for output in outputs:
+            if isinstance(output, Send):
+                self.transport.send(node, output.peer_did, output.frame, output.transport)
+            else:
+                self.delivered[node].append(output)
+
+    def run_until(self, until_us: int) -> None:
+        """Advance the clock to ``until_us``, stopping at every delivery and deadline."""
+        while True:
+            now = self.clock.wall_us()
+            for src, dst, frame in self.transport.due():
+                if dst in self.nodes:
+                    self.perform(dst, self.nodes[dst].receive(src, frame, now))
+            for did, manager in self.nodes.items():
+                self.perform(did, manager.tick(now))
+            candidates = [self.transport.next_delivery_us()]
+            candidates += [m.next_wakeup_us() for m in self.nodes.values()]
+            upcoming = [c for c in candidates if c is not None and c > now]
+            if any(c is not None and c <= now for c in candidates):
+                continue  # something became due at this same instant
+            step_to = min([*upcoming, until_us])
+            if step_to <= now:
+                return
+            self.clock.advance((step_to - now) / 1_000_000)
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(self.clock.wall_us() + round(seconds * 1_000_000))
