@@ -10,7 +10,6 @@ transaction through group commit. See docs/ledger-format.md.
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -20,29 +19,14 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
 from ..clock import TimeSource
 from ..identity import NodeIdentity
-from .codec import LedgerStoredEvent
-from .errors import (
-    ClockWentBackwards,
-    ConcurrencyConflict,
-    LedgerCorrupted,
-    LedgerError,
-    PayloadTooLarge,
-    SessionChainError,
-)
-from .format import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MAX_SESSION_ID_BYTES,
-    MAX_TOPIC_BYTES,
-    ZERO_HASH,
-    event_hash,
-    genesis_hash,
-    lp,
-)
+from .chain import SIGNER_DOMAIN, LedgerChain, session_key, signer_statement
+from .errors import LedgerCorrupted, LedgerError
+from .format import FORMAT_NAME, FORMAT_VERSION, ZERO_HASH, genesis_hash
 from .groupcommit import GroupCommitConfig, GroupCommitter
 from .schema import CREATE_STATEMENTS, EVENTS_TABLE, META_TABLE, SIGNERS_TABLE
 
-SIGNER_DOMAIN = b"l2-session/ledger/signer/v1\n"
+__all__ = ["SIGNER_DOMAIN", "SignedSQLiteRecorder", "session_key"]
+
 _INSERT = (
     f"INSERT INTO {EVENTS_TABLE} (position, session_id, version, topic, timestamp, payload, "
     "sealed, prev_session_hash, prev_global_hash, event_hash, signer, signature) "
@@ -52,11 +36,7 @@ _HEAD = f"SELECT position, event_hash, timestamp FROM {EVENTS_TABLE} ORDER BY po
 _SESSION_EVENT_HASH = f"SELECT event_hash FROM {EVENTS_TABLE} WHERE session_id=? AND version=?"
 
 
-def session_key(originator_id: UUID | str) -> str:
-    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
-
-
-class SignedSQLiteRecorder(SQLiteApplicationRecorder):
+class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
     """eventsourcing's SQLite application recorder, writing the signed, chained ledger table."""
 
     def __init__(
@@ -70,14 +50,7 @@ class SignedSQLiteRecorder(SQLiteApplicationRecorder):
         verify_on_read: bool = True,
     ) -> None:
         super().__init__(datastore, events_table_name=EVENTS_TABLE)
-        self.identity = identity
-        self.clock = clock
-        self.verify_on_read = verify_on_read
-        self._signer = identity.did if identity is not None else None
-        self._signer_lp = lp(self._signer.encode()) if self._signer else b""
-        self._session_heads: dict[str, tuple[int, bytes]] = {}
-        self._session_cache_size = session_cache_size
-        self._heads_lock = threading.Lock()
+        self._init_chain(identity, clock, session_cache_size, verify_on_read)
         self.committer: GroupCommitter[StoredEvent, list[int]] = GroupCommitter(
             self._commit_batch, group_commit or GroupCommitConfig()
         )
@@ -114,7 +87,7 @@ class SignedSQLiteRecorder(SQLiteApplicationRecorder):
         """Record this node's did:key as a signer of this ledger (self-signed statement)."""
         if self.identity is None or self._signer is None:
             return
-        statement = SIGNER_DOMAIN + lp(self.ledger_id.encode()) + lp(self._signer.encode())
+        statement = signer_statement(self.ledger_id, self._signer)
         with self.datastore.transaction(commit=True) as c:
             c.execute(
                 f"INSERT OR IGNORE INTO {SIGNERS_TABLE} (did, registered_at, signature) "
@@ -146,12 +119,7 @@ class SignedSQLiteRecorder(SQLiteApplicationRecorder):
                     (row[0], row[1], row[2]) if row else (0, self.genesis, None)
                 )
                 timestamp = self.clock.wall_us()
-                if last_ts is not None and timestamp < last_ts:
-                    raise ClockWentBackwards(
-                        f"the clock reads {timestamp} µs since the epoch, earlier than the "
-                        f"ledger head's timestamp {last_ts} µs (position {position}); "
-                        "refusing to append out of time order — fix the system clock"
-                    )
+                self._check_clock(timestamp, last_ts, position)
                 for events in requests:
                     cur.execute("SAVEPOINT request")
                     try:
@@ -174,90 +142,13 @@ class SignedSQLiteRecorder(SQLiteApplicationRecorder):
                 cur.execute("COMMIT")
             except BaseException:
                 conn.rollback()
-                with self._heads_lock:
-                    self._session_heads.clear()
+                self._forget_heads()
                 raise
         return outcomes
 
-    def _rows(
-        self,
-        cur: sqlite3.Cursor,
-        events: Sequence[StoredEvent],
-        position: int,
-        prev_global: bytes,
-        timestamp: int,
-    ) -> tuple[list[tuple[Any, ...]], dict[str, tuple[int, bytes]]]:
-        sign = self.identity.private_key.sign  # type: ignore[union-attr]
-        signer, signer_lp = self._signer, self._signer_lp
-        heads: dict[str, tuple[int, bytes]] = {}
-        rows: list[tuple[Any, ...]] = []
-        for event in events:
-            sid = session_key(event.originator_id)
-            version = event.originator_version
-            sid_b = sid.encode()
-            topic_b = event.topic.encode()
-            if len(sid_b) > MAX_SESSION_ID_BYTES or len(topic_b) > MAX_TOPIC_BYTES:
-                raise PayloadTooLarge(
-                    f"session id ({len(sid_b)} bytes, limit {MAX_SESSION_ID_BYTES}) or event type "
-                    f"({len(topic_b)} bytes, limit {MAX_TOPIC_BYTES}) too long at session {sid}"
-                )
-            if version == 1:
-                prev_session = ZERO_HASH
-            else:
-                head = heads.get(sid)
-                prev_session = (
-                    head[1]
-                    if head and head[0] == version - 1
-                    else self._session_hash(cur, sid, version - 1)
-                )
-            position += 1
-            h = event_hash(
-                position, sid_b, version, topic_b, timestamp, event.state,
-                prev_session, prev_global, signer_lp,
-            )  # fmt: skip
-            rows.append(
-                (
-                    position, sid, version, event.topic, timestamp, event.state,
-                    getattr(event, "sealed", None), prev_session, prev_global, h, signer, sign(h),
-                )
-            )  # fmt: skip
-            heads[sid] = (version, h)
-            prev_global = h
-        return rows, heads
-
-    def _session_hash(self, cur: sqlite3.Cursor, sid: str, version: int) -> bytes:
-        with self._heads_lock:
-            cached = self._session_heads.get(sid)
-        if cached is not None and cached[0] == version:
-            return cached[1]
+    def _fetch_session_hash(self, cur: sqlite3.Cursor, sid: str, version: int) -> bytes | None:
         row = cur.execute(_SESSION_EVENT_HASH, (sid, version)).fetchone()
-        if row is None:
-            raise SessionChainError(
-                f"session {sid}: cannot append version {version + 1} because version "
-                f"{version} is not in the ledger (versions must follow each other)"
-            )
-        return bytes(row[0])
-
-    def _remember(self, heads: dict[str, tuple[int, bytes]]) -> None:
-        with self._heads_lock:
-            cache = self._session_heads
-            for sid, head in heads.items():
-                cache.pop(sid, None)
-                cache[sid] = head
-            overflow = len(cache) - self._session_cache_size
-            if overflow > 0:
-                for sid in list(cache)[:overflow]:
-                    del cache[sid]
-
-    def _conflict(self, cur: sqlite3.Cursor, events: Sequence[StoredEvent]) -> ConcurrencyConflict:
-        for event in events:
-            sid = session_key(event.originator_id)
-            if cur.execute(_SESSION_EVENT_HASH, (sid, event.originator_version)).fetchone():
-                return ConcurrencyConflict(
-                    f"session {sid} version {event.originator_version} was already appended "
-                    "by another writer; reload the session and retry the command"
-                )
-        return ConcurrencyConflict("an event of this append collides with one already stored")
+        return None if row is None else bytes(row[0])
 
     # -- reads --------------------------------------------------------------------------
     def head(self) -> tuple[int, bytes, int | None]:
@@ -299,34 +190,6 @@ class SignedSQLiteRecorder(SQLiteApplicationRecorder):
         except sqlite3.DatabaseError as e:
             raise LedgerCorrupted(f"cannot read session {originator_id}: {e}") from e
         return [self._stored_event(originator_id, row) for row in rows]
-
-    def _stored_event(self, originator_id: UUID | str, row: Any) -> LedgerStoredEvent:
-        position = row[0]
-        try:
-            payload = bytes(row[5])
-            if self.verify_on_read:
-                # Cheap integrity check on every read (a BLAKE3 per event); signatures and
-                # chain links are verify()'s job.
-                recomputed = event_hash(
-                    position, row[1].encode(), row[2], row[3].encode(), row[4], payload,
-                    bytes(row[7]), bytes(row[8]), lp(row[10].encode()),
-                )  # fmt: skip
-                if recomputed != bytes(row[9]):
-                    raise LedgerCorrupted(
-                        f"event at position {position} (session {row[1]} version {row[2]}) does "
-                        "not match its stored hash: the ledger was altered; run verify"
-                    )
-            sealed = bytes(row[6]) if row[6] is not None else None
-        except (TypeError, AttributeError) as e:
-            raise LedgerCorrupted(f"event at position {position} is malformed: {e}") from e
-        return LedgerStoredEvent(
-            originator_id=originator_id,
-            originator_version=row[2],
-            topic=row[3],
-            state=payload,
-            sealed=sealed,
-            position=position,
-        )
 
     def select_notifications(
         self,

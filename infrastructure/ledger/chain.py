@@ -1,0 +1,203 @@
+"""What every ledger backend does the same way: build the chained, signed rows of an append.
+
+A backend's recorder (SQLite, PostgreSQL) opens the write transaction, serialises writers and
+reads the ledger head; this mixin turns a request's stored events into rows — positions, session
+and global links, BLAKE3 event hash, Ed25519 signature — so the bytes hashed and signed are the
+same on every backend (docs/ledger-format.md). It also keeps the cache of session heads that
+spares a lookup per append, names conflicts, and checks rows read back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+
+from ..clock import TimeSource
+from ..identity import NodeIdentity
+from .codec import LedgerStoredEvent
+from .errors import (
+    ClockWentBackwards,
+    ConcurrencyConflict,
+    LedgerCorrupted,
+    PayloadTooLarge,
+    SessionChainError,
+)
+from .format import MAX_SESSION_ID_BYTES, MAX_TOPIC_BYTES, ZERO_HASH, event_hash, lp
+
+SIGNER_DOMAIN = b"l2-session/ledger/signer/v1\n"
+
+# Column order of the rows built here, and of the rows every backend's reads return.
+ROW_COLUMNS = (
+    "position, session_id, version, topic, timestamp, payload, sealed, "
+    "prev_session_hash, prev_global_hash, event_hash, signer, signature"
+)
+READ_COLUMNS = (
+    "position, session_id, version, topic, timestamp, payload, sealed, "
+    "prev_session_hash, prev_global_hash, event_hash, signer"
+)
+
+Row = tuple[Any, ...]
+Heads = dict[str, tuple[int, bytes]]
+
+
+def session_key(originator_id: UUID | str) -> str:
+    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
+
+
+def signer_statement(ledger_id: str, did: str) -> bytes:
+    """What a node signs to register as a signer of a ledger."""
+    return SIGNER_DOMAIN + lp(ledger_id.encode()) + lp(did.encode())
+
+
+class LedgerChain:
+    """Mixin for a ledger recorder. The backend supplies ``_fetch_session_hash``."""
+
+    identity: NodeIdentity | None
+    clock: TimeSource
+    verify_on_read: bool
+
+    def _init_chain(
+        self,
+        identity: NodeIdentity | None,
+        clock: TimeSource,
+        session_cache_size: int,
+        verify_on_read: bool,
+    ) -> None:
+        self.identity = identity
+        self.clock = clock
+        self.verify_on_read = verify_on_read
+        self._signer = identity.did if identity is not None else None
+        self._signer_lp = lp(self._signer.encode()) if self._signer else b""
+        self._session_heads: Heads = {}
+        self._session_cache_size = session_cache_size
+        self._heads_lock = threading.Lock()
+
+    def _fetch_session_hash(self, cur: Any, sid: str, version: int) -> bytes | None:
+        """The stored event hash of ``sid`` at ``version``, read in the open transaction."""
+        raise NotImplementedError
+
+    def _check_clock(self, timestamp: int, last_ts: int | None, position: int) -> None:
+        if last_ts is not None and timestamp < last_ts:
+            raise ClockWentBackwards(
+                f"the clock reads {timestamp} µs since the epoch, earlier than the "
+                f"ledger head's timestamp {last_ts} µs (position {position}); "
+                "refusing to append out of time order — fix the system clock"
+            )
+
+    def _rows(
+        self,
+        cur: Any,
+        events: Sequence[StoredEvent],
+        position: int,
+        prev_global: bytes,
+        timestamp: int,
+    ) -> tuple[list[Row], Heads]:
+        sign = self.identity.private_key.sign  # type: ignore[union-attr]
+        signer, signer_lp = self._signer, self._signer_lp
+        heads: Heads = {}
+        rows: list[Row] = []
+        for event in events:
+            sid = session_key(event.originator_id)
+            version = event.originator_version
+            sid_b = sid.encode()
+            topic_b = event.topic.encode()
+            if len(sid_b) > MAX_SESSION_ID_BYTES or len(topic_b) > MAX_TOPIC_BYTES:
+                raise PayloadTooLarge(
+                    f"session id ({len(sid_b)} bytes, limit {MAX_SESSION_ID_BYTES}) or event type "
+                    f"({len(topic_b)} bytes, limit {MAX_TOPIC_BYTES}) too long at session {sid}"
+                )
+            if version == 1:
+                prev_session = ZERO_HASH
+            else:
+                head = heads.get(sid)
+                prev_session = (
+                    head[1]
+                    if head and head[0] == version - 1
+                    else self._session_hash(cur, sid, version - 1)
+                )
+            position += 1
+            h = event_hash(
+                position, sid_b, version, topic_b, timestamp, event.state,
+                prev_session, prev_global, signer_lp,
+            )  # fmt: skip
+            rows.append(
+                (
+                    position, sid, version, event.topic, timestamp, event.state,
+                    getattr(event, "sealed", None), prev_session, prev_global, h, signer, sign(h),
+                )
+            )  # fmt: skip
+            heads[sid] = (version, h)
+            prev_global = h
+        return rows, heads
+
+    def _session_hash(self, cur: Any, sid: str, version: int) -> bytes:
+        with self._heads_lock:
+            cached = self._session_heads.get(sid)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        found = self._fetch_session_hash(cur, sid, version)
+        if found is None:
+            raise SessionChainError(
+                f"session {sid}: cannot append version {version + 1} because version "
+                f"{version} is not in the ledger (versions must follow each other)"
+            )
+        return found
+
+    def _remember(self, heads: Heads) -> None:
+        with self._heads_lock:
+            cache = self._session_heads
+            for sid, head in heads.items():
+                cache.pop(sid, None)
+                cache[sid] = head
+            overflow = len(cache) - self._session_cache_size
+            if overflow > 0:
+                for sid in list(cache)[:overflow]:
+                    del cache[sid]
+
+    def _forget_heads(self) -> None:
+        # After a failed transaction the cache may hold heads that were never committed.
+        with self._heads_lock:
+            self._session_heads.clear()
+
+    def _conflict(self, cur: Any, events: Sequence[StoredEvent]) -> ConcurrencyConflict:
+        for event in events:
+            sid = session_key(event.originator_id)
+            if self._fetch_session_hash(cur, sid, event.originator_version) is not None:
+                return ConcurrencyConflict(
+                    f"session {sid} version {event.originator_version} was already appended "
+                    "by another writer; reload the session and retry the command"
+                )
+        return ConcurrencyConflict("an event of this append collides with one already stored")
+
+    def _stored_event(self, originator_id: UUID | str, row: Any) -> LedgerStoredEvent:
+        """A row of READ_COLUMNS as a stored event, its hash rechecked when verify_on_read."""
+        position = row[0]
+        try:
+            payload = bytes(row[5])
+            if self.verify_on_read:
+                # Cheap integrity check on every read (a BLAKE3 per event); signatures and
+                # chain links are verify()'s job.
+                recomputed = event_hash(
+                    position, row[1].encode(), row[2], row[3].encode(), row[4], payload,
+                    bytes(row[7]), bytes(row[8]), lp(row[10].encode()),
+                )  # fmt: skip
+                if recomputed != bytes(row[9]):
+                    raise LedgerCorrupted(
+                        f"event at position {position} (session {row[1]} version {row[2]}) does "
+                        "not match its stored hash: the ledger was altered; run verify"
+                    )
+            sealed = bytes(row[6]) if row[6] is not None else None
+        except (TypeError, AttributeError) as e:
+            raise LedgerCorrupted(f"event at position {position} is malformed: {e}") from e
+        return LedgerStoredEvent(
+            originator_id=originator_id,
+            originator_version=row[2],
+            topic=row[3],
+            state=payload,
+            sealed=sealed,
+            position=position,
+        )
