@@ -246,7 +246,11 @@ class SessionManager:
         elif isinstance(frame, Heartbeat):
             if s.closed or s.state not in (State.ESTABLISHED, State.DEGRADED, State.ROTATING):
                 raise UnknownSession(frame.conversation)
-            return [self._send(s, HeartbeatAck(s.conversation, frame.counter))]
+            out.append(self._send(s, HeartbeatAck(s.conversation, frame.counter)))
+            if s.state != State.DEGRADED or s.heartbeat_sent_us is not None:
+                return out
+            # The peer is talking to us again: attempt re-establishment (decision 5).
+            s.connectivity_restored(now_us)
         elif isinstance(frame, HeartbeatAck):
             s.receive_heartbeat_ack(now_us, frame.counter)
         elif isinstance(frame, Data):
@@ -384,6 +388,10 @@ class SessionManager:
                 self._shares[s.id] = share
                 out.append(self._send(s, RotationRequest(s.conversation, share)))
             elif name in ("Established", "HeartbeatAnswered", "TransportSwitched", "MessageQueued"):
+                flush = True
+            elif name == "MessagesAcknowledged":
+                # Go-back-N: an ack that leaves a gap resends the rest at once, instead of
+                # waiting for the next heartbeat.
                 flush = True
         if flush:
             sent = {f.frame.seq for f in out if isinstance(f, Send) and isinstance(f.frame, Data)}

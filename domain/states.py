@@ -149,7 +149,8 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         # Decision 5: back to established only once the peer answers the attempt.
         T.REESTABLISHMENT_CONFIRMED: S.ESTABLISHED,
         T.DEGRADED_TIMEOUT: S.SUSPENDED,
-        **_stay(S.DEGRADED, {T.HEARTBEAT_DUE, T.HEARTBEAT_MISSED}, _QUEUE, _LINK),
+        # Inbound traffic under the current keys is still delivered; outbound is held.
+        **_stay(S.DEGRADED, {T.HEARTBEAT_DUE, T.HEARTBEAT_MISSED}, _QUEUE, _TRAFFIC, _LINK),
     },
     S.ROTATING: {
         T.ROTATION_COMPLETE: S.ESTABLISHED,

@@ -1,0 +1,38 @@
+"""Two session managers on their own ledgers, joined by a MockTransport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from l2_session.domain.config import SessionConfig
+from l2_session.domain.manager import SessionManager
+from l2_session.infrastructure.clock import ManualClock
+from l2_session.transports.mock import LinkProfile, MockTransport, Simulation
+from session_helpers import ALICE, BOB, RESOLVER
+
+
+@pytest.fixture
+def make_sim(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> Callable[..., Simulation]:
+    def build(
+        profile: LinkProfile | None = None, seed: int = 7, config: SessionConfig | None = None
+    ) -> Simulation:
+        transport = MockTransport(manual_clock, seed=seed, profile=profile)
+        sim = Simulation(manual_clock, transport)
+        for n, did in enumerate((ALICE, BOB)):
+            sim.add(
+                SessionManager(
+                    did,
+                    session_ledger_factory(did.rsplit("z6Mk", 1)[1].lower()),
+                    config or SessionConfig(),
+                    seed=seed + n,
+                    prekeys_of=RESOLVER.prekeys_of,
+                    own_prekeys=RESOLVER.documents[did],
+                )
+            )
+        return sim
+
+    return build

@@ -1,0 +1,39 @@
+"""SessionConfig: the spec's defaults, the implied constants, and validation."""
+
+from __future__ import annotations
+
+import pytest
+from l2_session.domain.config import SessionConfig
+from l2_session.domain.errors import ConfigError
+
+
+def test_defaults_are_spec_018_section_5_1_and_section_2() -> None:
+    c = SessionConfig()
+    assert (c.ttl, c.heartbeat_interval, c.heartbeat_tolerance, c.handshake_timeout) == (
+        86400.0, 30.0, 3, 5.0,
+    )  # fmt: skip
+    assert c.rotation_window == 3600.0
+    assert (c.heartbeat_response_timeout, c.quarantine, c.partition_threshold) == (2.0, 60.0, 30.0)
+    assert (c.degraded_timeout, c.suspended_recovery, c.resumption_timeout) == (60.0, 60.0, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("heartbeat_interval", -30.0, "greater than 0"),
+        ("handshake_timeout", 0, "greater than 0"),
+        ("ttl", float("inf"), "finite"),
+        ("heartbeat_tolerance", 2.5, "whole number"),
+        ("backoff_jitter", 1.0, "0 <= jitter < 1"),
+        ("backoff_factor", 0.5, "factor >= 1"),
+        ("rotation_window", 86400.0, "< ttl"),
+        ("heartbeat_response_timeout", 30.0, "< heartbeat_interval"),
+        ("quarantine", "60s", "a number"),
+        ("heartbeat_tolerance", True, "a number"),
+    ],
+)
+def test_bad_value_names_the_field_and_value(field: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        SessionConfig(**{field: value})  # type: ignore[arg-type]
+    assert raised.value.field == field
+    assert f"SessionConfig.{field} = {value!r}" in str(raised.value)
