@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
@@ -22,9 +22,9 @@ from eventsourcing.persistence import Cipher, StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
 
 from ..identity import NodeIdentity, verify_did_signature
+from .chain import session_key
 from .errors import SealedFieldError
 from .format import snapshot_hash
-from .recorder import session_key
 from .schema import EVENTS_TABLE, SIGNERS_TABLE, SNAPSHOTS_TABLE
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,64 @@ class StorageCipher(Cipher):
             ) from None
 
 
+def snapshot_select(placeholder: str) -> str:
+    """Snapshots of a session joined with the event hash at their version and their signer."""
+    return (
+        f"SELECT s.version, s.topic, s.state, s.head_hash, s.signer, s.signature, e.event_hash "
+        f"FROM {SNAPSHOTS_TABLE} s LEFT JOIN {EVENTS_TABLE} e "
+        "ON e.session_id = s.session_id AND e.version = s.version "
+        f"JOIN {SIGNERS_TABLE} g ON g.did = s.signer "
+        f"WHERE s.session_id={placeholder} "
+    )
+
+
+def snapshot_row(identity: NodeIdentity, s: StoredEvent, head: bytes) -> tuple[Any, ...]:
+    """(session_id, version, topic, state, head_hash, signer, signature) of a new snapshot."""
+    sid = session_key(s.originator_id)
+    digest = snapshot_hash(sid.encode(), s.originator_version, s.topic.encode(), s.state, head)
+    return (
+        sid, s.originator_version, s.topic, s.state, head, identity.did, identity.sign(digest)
+    )  # fmt: skip
+
+
+class _RejectCounter(Protocol):
+    rejected: int
+
+
+def trusted_snapshots(
+    counter: _RejectCounter, originator_id: UUID | str, rows: Iterable[Any], limit: int | None
+) -> list[StoredEvent]:
+    """The rows of ``snapshot_select`` whose signature and head hash check out, in order."""
+    sid = session_key(originator_id)
+    wanted = limit if limit is not None else -1
+    found: list[StoredEvent] = []
+    for version, topic, state, head, signer, signature, chain_hash in rows:
+        state, head = bytes(state), bytes(head)
+        digest = snapshot_hash(sid.encode(), version, topic.encode(), state, head)
+        if (
+            chain_hash is None
+            or bytes(chain_hash) != head
+            or not verify_did_signature(signer, bytes(signature), digest)
+        ):
+            counter.rejected += 1
+            log.warning(
+                "snapshot of session %s at version %s does not match the signed chain; "
+                "ignored", sid, version,
+            )  # fmt: skip
+            continue
+        found.append(
+            StoredEvent(
+                originator_id=originator_id,
+                originator_version=version,
+                topic=topic,
+                state=state,
+            )
+        )
+        if len(found) == wanted:
+            break
+    return found
+
+
 class SignedSnapshotRecorder(SQLiteAggregateRecorder):
     def __init__(self, datastore: SQLiteDatastore, *, identity: NodeIdentity | None) -> None:
         super().__init__(datastore, events_table_name=SNAPSHOTS_TABLE)
@@ -64,7 +122,6 @@ class SignedSnapshotRecorder(SQLiteAggregateRecorder):
     ) -> Sequence[int] | None:
         if self.identity is None:
             return None
-        signer = self.identity.did
         with self.datastore.transaction(commit=True) as c:
             for s in stored_events:
                 sid = session_key(s.originator_id)
@@ -75,22 +132,10 @@ class SignedSnapshotRecorder(SQLiteAggregateRecorder):
                 row = c.fetchone()
                 if row is None:
                     continue  # nothing to anchor to; never store an unanchored snapshot
-                head = bytes(row[0])
-                digest = snapshot_hash(
-                    sid.encode(), s.originator_version, s.topic.encode(), s.state, head
-                )
                 c.execute(
                     f"INSERT OR REPLACE INTO {SNAPSHOTS_TABLE} (session_id, version, topic, state, "
                     "head_hash, signer, signature) VALUES (?,?,?,?,?,?,?)",
-                    (
-                        sid,
-                        s.originator_version,
-                        s.topic,
-                        s.state,
-                        head,
-                        signer,
-                        self.identity.sign(digest),
-                    ),
+                    snapshot_row(self.identity, s, bytes(row[0])),
                 )
         return None
 
@@ -104,13 +149,7 @@ class SignedSnapshotRecorder(SQLiteAggregateRecorder):
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
         sid = session_key(originator_id)
-        statement = (
-            f"SELECT s.version, s.topic, s.state, s.head_hash, s.signer, s.signature, e.event_hash "
-            f"FROM {SNAPSHOTS_TABLE} s LEFT JOIN {EVENTS_TABLE} e "
-            "ON e.session_id = s.session_id AND e.version = s.version "
-            f"JOIN {SIGNERS_TABLE} g ON g.did = s.signer "
-            "WHERE s.session_id=? "
-        )
+        statement = snapshot_select("?")
         params: list[Any] = [sid]
         if gt is not None:
             statement += "AND s.version>? "
@@ -119,8 +158,6 @@ class SignedSnapshotRecorder(SQLiteAggregateRecorder):
             statement += "AND s.version<=? "
             params.append(lte)
         statement += "ORDER BY s.version " + ("DESC" if desc else "ASC")
-        wanted = limit if limit is not None else -1
-        found: list[StoredEvent] = []
         try:
             with self.datastore.transaction(commit=False) as c:
                 c.execute(statement, params)
@@ -128,28 +165,4 @@ class SignedSnapshotRecorder(SQLiteAggregateRecorder):
         except sqlite3.DatabaseError as e:
             log.warning("snapshots of session %s unreadable (%s); replaying from events", sid, e)
             return []
-        for version, topic, state, head, signer, signature, chain_hash in rows:
-            state, head = bytes(state), bytes(head)
-            digest = snapshot_hash(sid.encode(), version, topic.encode(), state, head)
-            if (
-                chain_hash is None
-                or bytes(chain_hash) != head
-                or not verify_did_signature(signer, bytes(signature), digest)
-            ):
-                self.rejected += 1
-                log.warning(
-                    "snapshot of session %s at version %s does not match the signed chain; "
-                    "ignored", sid, version,
-                )  # fmt: skip
-                continue
-            found.append(
-                StoredEvent(
-                    originator_id=originator_id,
-                    originator_version=version,
-                    topic=topic,
-                    state=state,
-                )
-            )
-            if len(found) == wanted:
-                break
-        return found
+        return trusted_snapshots(self, originator_id, rows, limit)
