@@ -4,19 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
-from eventsourcing.persistence import EventStore, InfrastructureFactory, Mapper, Transcoding
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    EventStore,
+    InfrastructureFactory,
+    Mapper,
+    Transcoding,
+)
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteFactory
 from eventsourcing.utils import Environment
 
 from ..clock import SystemClock, TimeSource
 from ..identity import NodeIdentity
+from .chain import LedgerRecorder
 from .checkpoint import Checkpoint
 from .codec import CanonicalJSONTranscoder, FieldSealer, LedgerMapper
 from .groupcommit import GroupCommitConfig
+from .pg_url import is_postgres_url
 from .recorder import SignedSQLiteRecorder
 from .schema import CHECKPOINTS_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
 from .snapshots import SignedSnapshotRecorder, StorageCipher
@@ -50,9 +59,19 @@ class SessionLedger(Application[UUID]):
     default); ``repository.get(id)`` replays a session, from a verified snapshot when one exists.
     Without ``identity`` the ledger is read-only (for auditors); without ``storage_key``, secret
     fields cannot be written and read back as ``SealedValue`` placeholders.
+
+    ``location`` may also be a ``postgresql://`` URL: like ``pathlib.Path``, the constructor
+    then returns the PostgreSQL flavour, ``PostgresSessionLedger`` (pg_application.py).
     """
 
     name = "SessionLedger"
+
+    def __new__(cls, location: str | Path, *args: Any, **kwargs: Any) -> SessionLedger:
+        if cls is SessionLedger and is_postgres_url(location):
+            from .pg_application import PostgresSessionLedger
+
+            return cast(SessionLedger, super().__new__(PostgresSessionLedger))
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -74,7 +93,6 @@ class SessionLedger(Application[UUID]):
             )
         if snapshot_interval is not None and snapshot_interval < 1:
             raise ValueError(f"snapshot_interval must be >= 1 or None, got {snapshot_interval!r}")
-        self.path = Path(location)
         self.identity = identity
         self.clock: TimeSource = clock or SystemClock()
         self._storage_key = storage_key
@@ -83,21 +101,36 @@ class SessionLedger(Application[UUID]):
         self._lock_timeout = lock_timeout
         self._transcodings = tuple(transcodings)
         self.snapshot_interval = snapshot_interval if storage_key is not None else None
-        must_create = check_sqlite_ledger_file(self.path, create=create and identity is not None)
-        super().__init__(
-            env={
-                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                "SQLITE_DBNAME": str(self.path),
-                "CREATE_TABLE": "n",
-                "IS_SNAPSHOTTING_ENABLED": "y" if self.snapshot_interval else "n",
-            }
+        env, must_create = self._open_location(location, create=create and identity is not None)
+        env["CREATE_TABLE"] = "n"
+        env["IS_SNAPSHOTTING_ENABLED"] = "y" if self.snapshot_interval else "n"
+        super().__init__(env=env)
+        self._open_recorder(must_create)
+        self.ledger_recorder.register_signer()
+
+    # -- backend hooks (pg_application.py overrides these) ----------------------------------
+    def _open_location(self, location: str | Path, *, create: bool) -> tuple[dict[str, str], bool]:
+        """Check the ledger file before anything is written; eventsourcing's settings for it."""
+        self.path = Path(location)
+        must_create = check_sqlite_ledger_file(self.path, create=create)
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(self.path)}, (
+            must_create
         )
-        recorder = self.ledger_recorder
+
+    def _open_recorder(self, must_create: bool) -> None:
+        recorder = self.recorder
+        assert isinstance(recorder, SignedSQLiteRecorder)
         if must_create:
             recorder.create_table()
         else:
             recorder.load_meta()
-        recorder.register_signer()
+
+    def _record_checkpoint(self, position: int, text: str) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                f"INSERT INTO {CHECKPOINTS_TABLE} (position, text) VALUES (?, ?)",
+                (position, text),
+            )
 
     # -- eventsourcing construction hooks ---------------------------------------------------
     def construct_env(self, name: str, env: Any = None) -> Environment:
@@ -123,7 +156,7 @@ class SessionLedger(Application[UUID]):
             mapper.transcoder.register(transcoding)  # type: ignore[attr-defined]
         return mapper
 
-    def construct_recorder(self) -> SignedSQLiteRecorder:
+    def construct_recorder(self) -> ApplicationRecorder:
         return SignedSQLiteRecorder(
             self.datastore,
             identity=self.identity,
@@ -139,14 +172,14 @@ class SessionLedger(Application[UUID]):
         mapper: Mapper[UUID] = Mapper(
             transcoder=transcoder, cipher=StorageCipher(self._storage_key)
         )
-        return EventStore(
-            mapper=mapper, recorder=SignedSnapshotRecorder(self.datastore, identity=self.identity)
-        )
+        return EventStore(mapper=mapper, recorder=self._snapshot_recorder())
+
+    def _snapshot_recorder(self) -> AggregateRecorder:
+        return SignedSnapshotRecorder(self.datastore, identity=self.identity)
 
     @property
-    def ledger_recorder(self) -> SignedSQLiteRecorder:
-        assert isinstance(self.recorder, SignedSQLiteRecorder)
-        return self.recorder
+    def ledger_recorder(self) -> LedgerRecorder:
+        return cast(LedgerRecorder, self.recorder)
 
     @property
     def ledger_id(self) -> str:
@@ -175,11 +208,7 @@ class SessionLedger(Application[UUID]):
             raise PermissionError("a read-only ledger (no identity) cannot sign checkpoints")
         position, head, _ = self.ledger_recorder.head()
         cp = Checkpoint.sign(self.identity, self.ledger_id, position, head, self.clock.wall_us())
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(
-                f"INSERT INTO {CHECKPOINTS_TABLE} (position, text) VALUES (?, ?)",
-                (position, cp.to_text()),
-            )
+        self._record_checkpoint(position, cp.to_text())
         return cp
 
     def signers(self) -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
@@ -27,6 +27,7 @@ from .errors import (
     SessionChainError,
 )
 from .format import MAX_SESSION_ID_BYTES, MAX_TOPIC_BYTES, ZERO_HASH, event_hash, lp
+from .groupcommit import GroupCommitter
 
 SIGNER_DOMAIN = b"l2-session/ledger/signer/v1\n"
 
@@ -51,6 +52,19 @@ def session_key(originator_id: UUID | str) -> str:
 def signer_statement(ledger_id: str, did: str) -> bytes:
     """What a node signs to register as a signer of a ledger."""
     return SIGNER_DOMAIN + lp(ledger_id.encode()) + lp(did.encode())
+
+
+class LedgerRecorder(Protocol):
+    """What the application and tools use of a ledger recorder, whatever its backend."""
+
+    ledger_id: str
+    genesis: bytes
+    identity: NodeIdentity | None
+    committer: GroupCommitter[StoredEvent, list[int]]
+
+    def head(self) -> tuple[int, bytes, int | None]: ...
+
+    def register_signer(self) -> None: ...
 
 
 class LedgerChain:
