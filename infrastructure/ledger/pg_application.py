@@ -1,0 +1,175 @@
+"""PostgresSessionLedger: the SessionLedger on PostgreSQL, for several nodes sharing one ledger.
+
+``SessionLedger("postgresql://...")`` returns one of these. Opening it checks the ledger schema
+(creating or migrating it when allowed — that needs the schema owner's credentials, nodes
+normally connect with the node role), then registers the node's signer. Everything else —
+mapper, sealed fields, snapshots, checkpoints, group commit — is the SessionLedger's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    InfrastructureFactory,
+    StoredEvent,
+)
+from eventsourcing.postgres import PostgresAggregateRecorder, PostgresDatastore, PostgresFactory
+from eventsourcing.utils import Environment
+from psycopg.rows import tuple_row
+
+from ..identity import NodeIdentity
+from .application import SessionLedger
+from .chain import session_key
+from .pg_recorder import SignedPostgresRecorder
+from .pg_schema import open_meta
+from .pg_url import PostgresLocation
+from .schema import CHECKPOINTS_TABLE, EVENTS_TABLE, SIGNERS_TABLE, SNAPSHOTS_TABLE
+from .snapshots import snapshot_row, snapshot_select, trusted_snapshots
+
+POOL_SIZE = 4  # appends use one connection at a time (group commit); reads and LISTEN the rest
+
+
+class PostgresSnapshotRecorder(PostgresAggregateRecorder):
+    """Signed snapshots (snapshots.py) in the PostgreSQL ledger schema."""
+
+    def __init__(self, datastore: PostgresDatastore, *, identity: NodeIdentity | None) -> None:
+        super().__init__(datastore, events_table_name=SNAPSHOTS_TABLE)
+        self.sql_create_statements = []  # created with the ledger schema
+        self.datastore.db_type_names.discard(self.stored_event_type_name)
+        self.identity = identity
+        self.rejected = 0  # snapshots found untrustworthy and skipped
+        schema = datastore.schema
+        self._anchor = (
+            f"SELECT event_hash FROM {schema}.{EVENTS_TABLE} WHERE session_id=%s AND version=%s"
+        )
+        self._upsert = (
+            f"INSERT INTO {schema}.{SNAPSHOTS_TABLE} (session_id, version, topic, state, "
+            "head_hash, signer, signature) VALUES (%s,%s,%s,%s,%s,%s,%s) "
+            "ON CONFLICT (session_id, version) DO UPDATE SET topic=EXCLUDED.topic, "
+            "state=EXCLUDED.state, head_hash=EXCLUDED.head_hash, signer=EXCLUDED.signer, "
+            "signature=EXCLUDED.signature"
+        )
+        # snapshot_select names unqualified tables; the schema goes in front of each.
+        self._select = (
+            snapshot_select("%s")
+            .replace(f"FROM {SNAPSHOTS_TABLE} ", f"FROM {schema}.{SNAPSHOTS_TABLE} ")
+            .replace(f"JOIN {EVENTS_TABLE} ", f"JOIN {schema}.{EVENTS_TABLE} ")
+            .replace(f"JOIN {SIGNERS_TABLE} ", f"JOIN {schema}.{SIGNERS_TABLE} ")
+        )
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if self.identity is None:
+            return None
+        with self.datastore.transaction(commit=True) as c:
+            cur = c.connection.cursor(row_factory=tuple_row)
+            for s in stored_events:
+                row = cur.execute(
+                    self._anchor, (session_key(s.originator_id), s.originator_version)
+                ).fetchone()
+                if row is None:
+                    continue  # nothing to anchor to; never store an unanchored snapshot
+                cur.execute(self._upsert, snapshot_row(self.identity, s, bytes(row[0])))
+        return None
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        statement = self._select
+        params: list[Any] = [session_key(originator_id)]
+        if gt is not None:
+            statement += "AND s.version>%s "
+            params.append(gt)
+        if lte is not None:
+            statement += "AND s.version<=%s "
+            params.append(lte)
+        statement += "ORDER BY s.version " + ("DESC" if desc else "ASC")
+        with (
+            self.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cur,
+        ):
+            rows = cur.execute(statement, params).fetchall()
+        return trusted_snapshots(self, originator_id, rows, limit)
+
+
+class PostgresSessionLedger(SessionLedger):
+    """A SessionLedger whose store is a PostgreSQL schema (see pg_url.py for the URL)."""
+
+    pg: PostgresLocation
+
+    def _open_location(self, location: str | Path, *, create: bool) -> tuple[dict[str, str], bool]:
+        self.pg = PostgresLocation.parse(location)
+        self.location = self.pg.redacted()
+        self._meta = open_meta(self.pg, create=create, created_at_us=self.clock.wall_us())
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": self.pg.dbname,
+            "POSTGRES_HOST": self.pg.host,
+            "POSTGRES_PORT": str(self.pg.port),
+            "POSTGRES_USER": self.pg.user,
+            "POSTGRES_PASSWORD": self.pg.password,
+            "POSTGRES_SCHEMA": self.pg.schema,
+            "POSTGRES_LOCK_TIMEOUT": str(self._lock_timeout),
+            "POSTGRES_POOL_SIZE": str(POOL_SIZE),
+            "POSTGRES_MAX_OVERFLOW": str(POOL_SIZE),
+            "POSTGRES_PRE_PING": "y",  # a node outlives server restarts and failovers
+        }
+        return env, False
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
+        factory = PostgresFactory(env)
+        # libpq options from the URL (sslmode, sslrootcert, ...) that eventsourcing's datastore
+        # has no setting for; the pool has not connected yet.
+        kwargs = factory.datastore.pool.kwargs
+        assert isinstance(kwargs, dict)
+        kwargs.update(dict(self.pg.options))
+        return factory
+
+    @property
+    def datastore(self) -> PostgresDatastore:  # type: ignore[override]
+        factory = self.factory
+        assert isinstance(factory, PostgresFactory)
+        return factory.datastore
+
+    def construct_recorder(self) -> ApplicationRecorder:
+        return SignedPostgresRecorder(
+            self.datastore,
+            identity=self.identity,
+            clock=self.clock,
+            group_commit=self._group_commit,
+            durability=self._durability,
+        )
+
+    def _snapshot_recorder(self) -> AggregateRecorder:
+        return PostgresSnapshotRecorder(self.datastore, identity=self.identity)
+
+    def _open_recorder(self, must_create: bool) -> None:
+        recorder = self.recorder
+        assert isinstance(recorder, SignedPostgresRecorder)
+        recorder.set_meta(self._meta)
+
+    def _record_checkpoint(self, position: int, text: str) -> None:
+        with self.datastore.get_connection() as conn:
+            conn.execute(
+                f"INSERT INTO {self.pg.schema}.{CHECKPOINTS_TABLE} (position, text) "
+                "VALUES (%s, %s)",
+                (position, text),
+            )
+
+    def signers(self) -> set[str]:
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            rows = cur.execute(f"SELECT did FROM {self.pg.schema}.{SIGNERS_TABLE}").fetchall()
+        return {row[0] for row in rows}

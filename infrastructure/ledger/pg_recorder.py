@@ -1,0 +1,279 @@
+"""The signed application recorder on PostgreSQL: the SQLite recorder's guarantees, many writers.
+
+Built on eventsourcing's PostgresApplicationRecorder (its datastore, pool, NOTIFY channel and
+subscription). Writers serialise on a transaction-scoped advisory lock, taken where
+eventsourcing takes its ``LOCK TABLE ... IN EXCLUSIVE MODE``: the table lock needs UPDATE or
+DELETE privilege, which the node role must not have. Holding the lock, a writer reads the head,
+builds and signs the rows (chain.py, the same bytes as on SQLite) and inserts them; positions are
+therefore dense and commit in order, so a reader following positions never skips a row that
+commits later. Every node process appending to the ledger takes the same lock, so several nodes
+extend one global chain.
+
+A batch (group commit) is first inserted with one statement. Only if that fails on the
+(session_id, version) constraint is it redone request by request, each under a savepoint, so a
+conflicting request fails alone — exactly as on SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import Notification, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg.rows import tuple_row
+from psycopg.sql import SQL, Identifier
+
+from ..clock import TimeSource
+from ..identity import NodeIdentity
+from .chain import READ_COLUMNS, ROW_COLUMNS, LedgerChain, Row, session_key, signer_statement
+from .errors import LedgerCorrupted, LedgerError
+from .format import ZERO_HASH, genesis_hash
+from .groupcommit import GroupCommitConfig, GroupCommitter
+from .pg_schema import lock_key
+from .schema import EVENTS_TABLE, SIGNERS_TABLE
+
+_COLUMN_TYPES = (
+    "bigint", "text", "bigint", "text", "bigint", "bytea", "bytea",
+    "bytea", "bytea", "bytea", "text", "bytea",
+)  # fmt: skip
+
+
+def _uuid_or_str(session_id: str) -> UUID | str:
+    try:
+        return UUID(hex=session_id)
+    except ValueError:
+        return session_id
+
+
+class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
+    """eventsourcing's PostgreSQL application recorder, writing the signed, chained ledger."""
+
+    def __init__(
+        self,
+        datastore: PostgresDatastore,
+        *,
+        identity: NodeIdentity | None,
+        clock: TimeSource,
+        group_commit: GroupCommitConfig | None = None,
+        session_cache_size: int = 100_000,
+        verify_on_read: bool = True,
+        durability: Literal["full", "normal", "off"] = "full",
+    ) -> None:
+        super().__init__(datastore, events_table_name=EVENTS_TABLE)
+        self._init_chain(identity, clock, session_cache_size, verify_on_read)
+        # The schema is the project's (pg_schema.py), not eventsourcing's stored_events DDL.
+        self.sql_create_statements = []
+        self.datastore.db_type_names.discard(self.stored_event_type_name)
+        schema = self.datastore.schema
+        self.table = f"{schema}.{EVENTS_TABLE}"
+        self.channel_name = f"{schema}.{EVENTS_TABLE}"
+        self.lock_table_statements = [
+            SQL("SET LOCAL lock_timeout = '{0}s'").format(self.datastore.lock_timeout),
+            SQL("SELECT pg_advisory_xact_lock({0})").format(lock_key(schema, "append")),
+        ]
+        # durability "full": an append that returned is on the primary's disk (and on
+        # synchronous standbys, if the server has them). Otherwise the server may acknowledge
+        # before its WAL flush: a server crash can lose the last moments, never reorder them.
+        self._sync_statement = (
+            None if durability == "full" else SQL("SET LOCAL synchronous_commit = off")
+        )
+        types = ", ".join(f"%s::{t}[]" for t in _COLUMN_TYPES)
+        self._insert = f"INSERT INTO {self.table} ({ROW_COLUMNS}) SELECT * FROM unnest({types})"
+        self._head = (
+            f"SELECT position, event_hash, timestamp FROM {self.table} "
+            "ORDER BY position DESC LIMIT 1"
+        )
+        self._session_event_hash = (
+            f"SELECT event_hash FROM {self.table} WHERE session_id=%s AND version=%s"
+        )
+        self.committer: GroupCommitter[StoredEvent, list[int]] = GroupCommitter(
+            self._commit_batch, group_commit or GroupCommitConfig()
+        )
+        self.ledger_id = ""
+        self.genesis = ZERO_HASH
+
+    # -- identity of the ledger --------------------------------------------------------
+    def create_table(self) -> None:
+        raise LedgerError("the PostgreSQL ledger schema is created by pg_schema.migrate")
+
+    def set_meta(self, meta: dict[str, str]) -> None:
+        self.ledger_id = meta["ledger_id"]
+        self.genesis = genesis_hash(self.ledger_id)
+
+    def register_signer(self) -> None:
+        """Record this node's did:key as a signer of this ledger (self-signed statement)."""
+        if self.identity is None or self._signer is None:
+            return
+        statement = signer_statement(self.ledger_id, self._signer)
+        with self.datastore.get_connection() as conn:
+            conn.execute(
+                f"INSERT INTO {self.datastore.schema}.{SIGNERS_TABLE} "
+                "(did, registered_at, signature) VALUES (%s,%s,%s) ON CONFLICT (did) DO NOTHING",
+                (self._signer, self.clock.wall_us(), self.identity.sign(statement)),
+            )
+
+    # -- appends ------------------------------------------------------------------------
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        # No retry on connection errors (eventsourcing retries): a commit whose reply was lost
+        # would be appended twice. The caller sees the error and reloads the session.
+        if self.identity is None:
+            raise LedgerError("this ledger was opened read-only (no node identity): cannot append")
+        if not stored_events:
+            return []
+        return self.committer.submit(stored_events)
+
+    def _commit_batch(
+        self, requests: list[Sequence[StoredEvent]]
+    ) -> list[list[int] | BaseException]:
+        try:
+            with self.datastore.get_connection() as conn:
+                try:
+                    return self._in_transaction(conn, requests, one_statement=True)
+                except psycopg.errors.UniqueViolation:
+                    self._forget_heads()
+                    return self._in_transaction(conn, requests, one_statement=False)
+        except BaseException:
+            self._forget_heads()
+            raise
+
+    def _in_transaction(
+        self, conn: Any, requests: list[Sequence[StoredEvent]], *, one_statement: bool
+    ) -> list[list[int] | BaseException]:
+        outcomes: list[list[int] | BaseException] = []
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+            for statement in self.lock_table_statements:
+                cur.execute(statement)
+            if self._sync_statement is not None:
+                cur.execute(self._sync_statement)
+            # Read the head only once the lock is held: in READ COMMITTED each statement sees
+            # every transaction committed before it started, so this is the true head.
+            row = cur.execute(self._head).fetchone()
+            position, prev_global, last_ts = (
+                (row[0], bytes(row[1]), row[2]) if row else (0, self.genesis, None)
+            )
+            timestamp = self.clock.wall_us()
+            self._check_clock(timestamp, last_ts, position)
+            pending: list[Row] = []
+            for events in requests:
+                try:
+                    if one_statement:
+                        rows, heads = self._rows(cur, events, position, prev_global, timestamp)
+                    else:
+                        with conn.transaction():  # a savepoint: a conflict fails this request
+                            rows, heads = self._rows(cur, events, position, prev_global, timestamp)
+                            self._insert_rows(cur, rows)
+                except psycopg.errors.UniqueViolation:
+                    outcomes.append(self._conflict(cur, events))
+                    continue
+                except (LedgerError, ValueError) as error:
+                    outcomes.append(error)
+                    continue
+                pending.extend(rows)
+                outcomes.append([r[0] for r in rows])
+                position, prev_global = rows[-1][0], rows[-1][9]
+                # Later requests of this batch may continue these sessions; on failure the
+                # whole cache is dropped (_commit_batch).
+                self._remember(heads)
+            if one_statement and pending:
+                self._insert_rows(cur, pending)
+            if pending:
+                self._notify_channel(cur)
+        return outcomes
+
+    def _insert_rows(self, cur: Any, rows: list[Row]) -> None:
+        cur.execute(self._insert, [list(column) for column in zip(*rows, strict=True)])
+
+    def _fetch_session_hash(self, cur: Any, sid: str, version: int) -> bytes | None:
+        row = cur.execute(self._session_event_hash, (sid, version)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # -- reads --------------------------------------------------------------------------
+    def head(self) -> tuple[int, bytes, int | None]:
+        """(position, event hash, timestamp) of the newest event; (0, genesis, None) if empty."""
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(self._head).fetchone()
+        return (row[0], bytes(row[1]), row[2]) if row else (0, self.genesis, None)
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        statement = f"SELECT {READ_COLUMNS} FROM {self.table} WHERE session_id=%s "
+        params: list[Any] = [session_key(originator_id)]
+        if gt is not None:
+            statement += "AND version>%s "
+            params.append(gt)
+        if lte is not None:
+            statement += "AND version<=%s "
+            params.append(lte)
+        statement += "ORDER BY version " + ("DESC " if desc else "ASC ")
+        if limit is not None:
+            statement += "LIMIT %s"
+            params.append(limit)
+        try:
+            with (
+                self.datastore.get_connection() as conn,
+                conn.cursor(row_factory=tuple_row) as cur,
+            ):
+                rows = cur.execute(statement, params).fetchall()
+        except psycopg.DataError as e:
+            raise LedgerCorrupted(f"cannot read session {originator_id}: {e}") from e
+        return [self._stored_event(originator_id, row) for row in rows]
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if start is not None:
+            clauses.append("position>=%s" if inclusive_of_start else "position>%s")
+            params.append(start)
+        if stop is not None:
+            clauses.append("position<=%s")
+            params.append(stop)
+        if topics:
+            clauses.append("topic = ANY(%s)")
+            params.append(list(topics))
+        where = ("WHERE " + " AND ".join(clauses) + " ") if clauses else ""
+        statement = (
+            f"SELECT position, session_id, version, topic, payload FROM {self.table} "
+            f"{where}ORDER BY position LIMIT %s"
+        )
+        params.append(limit)
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            rows = cur.execute(statement, params).fetchall()
+        return [
+            Notification(
+                id=row[0],
+                originator_id=_uuid_or_str(row[1]),
+                originator_version=row[2],
+                topic=row[3],
+                state=bytes(row[4]),
+            )
+            for row in rows
+        ]
+
+    def max_notification_id(self) -> int | None:
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(f"SELECT MAX(position) FROM {self.table}").fetchone()
+        return row[0] if row else None
+
+    def _notify_channel(self, cur: Any) -> None:
+        # Delivered at commit, to every LISTENing projection (projections/runner.py).
+        cur.execute(SQL("NOTIFY {0}").format(Identifier(self.channel_name)))

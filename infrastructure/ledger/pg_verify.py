@@ -1,0 +1,52 @@
+"""verify()'s row source for a PostgreSQL ledger: the same rows, by position range.
+
+Each verify worker opens its own read-only connection and streams its range with a server-side
+cursor, so memory stays flat however large the range. Rows come back as the SQLite reader's do
+(integers, text, bytes), and verify.py checks them with the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .chain import ROW_COLUMNS, signer_statement
+from .pg_schema import check_meta, read_meta
+from .pg_url import PostgresLocation
+from .schema import EVENTS_TABLE, SIGNERS_TABLE
+
+
+@contextmanager
+def range_rows(url: str, lo: int, hi: int) -> Iterator[Any]:
+    """Rows of ``ROW_COLUMNS`` with ``lo <= position <= hi``, in position order."""
+    location = PostgresLocation.parse(url)
+    with location.connect(autocommit=False) as conn:
+        conn.read_only = True
+        with conn.cursor(name="l2s_verify") as cur:
+            cur.itersize = 5000
+            cur.execute(
+                f"SELECT {ROW_COLUMNS} FROM {location.schema}.{EVENTS_TABLE} "
+                "WHERE position BETWEEN %s AND %s ORDER BY position",
+                (lo, hi),
+            )
+            yield cur
+
+
+def ledger_meta(url: str) -> tuple[str, list[tuple[str, bytes, bytes]], int, int]:
+    """(ledger id, [(did, signature, statement)], lowest position, highest position)."""
+    location = PostgresLocation.parse(url)
+    with location.connect() as conn, conn.cursor() as cur:
+        meta = read_meta(cur, location.schema)
+        check_meta(location, meta)
+        assert meta is not None
+        ledger_id = meta["ledger_id"]
+        cur.execute(f"SELECT did, signature FROM {location.schema}.{SIGNERS_TABLE}")
+        signers = [
+            (did, bytes(signature), signer_statement(ledger_id, did))
+            for did, signature in cur.fetchall()
+        ]
+        cur.execute(f"SELECT MIN(position), MAX(position) FROM {location.schema}.{EVENTS_TABLE}")
+        row = cur.fetchone()
+    lo, hi = (row[0], row[1]) if row else (None, None)
+    return ledger_id, signers, lo or 0, hi or 0

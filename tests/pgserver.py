@@ -1,0 +1,66 @@
+"""The PostgreSQL server the postgres tests run against, and a throw-away database on it.
+
+The server is ``L2S_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``,
+an administrator's connection). When it does not answer, the tests skip with the reason — unless
+``L2S_REQUIRE_POSTGRES=1`` (CI sets it), which turns the skip into a failure.
+Each test run gets its own database, named uniquely and dropped at the end, so runs never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg
+import pytest
+from l2_session.infrastructure.ledger.pg_url import PostgresLocation, redact
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def admin_location() -> PostgresLocation:
+    return PostgresLocation.parse(os.environ.get("L2S_TEST_POSTGRES_URL", DEFAULT_ADMIN_URL))
+
+
+def require_server() -> PostgresLocation:
+    """The admin location if the server answers; otherwise skip (or fail when required)."""
+    location = admin_location()
+    try:
+        with psycopg.connect(connect_timeout=3, **location.connect_kwargs()) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as e:
+        message = (
+            f"PostgreSQL is not reachable at {redact(location.url())}: {str(e).strip()} — "
+            "start it or point L2S_TEST_POSTGRES_URL at one"
+        )
+        if os.environ.get("L2S_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{message} (L2S_REQUIRE_POSTGRES=1: these tests must run)", pytrace=False)
+        pytest.skip(message)
+    return location
+
+
+def create_database(admin: PostgresLocation) -> PostgresLocation:
+    name = f"l2s_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(autocommit=True, **admin.connect_kwargs()) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return PostgresLocation(
+        admin.host, admin.port, name, admin.user, admin.password, "public", admin.options
+    )
+
+
+def drop_database(admin: PostgresLocation, database: PostgresLocation) -> None:
+    with psycopg.connect(autocommit=True, **admin.connect_kwargs()) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {database.dbname} WITH (FORCE)")
+
+
+def create_login_role(admin: PostgresLocation, member_of: str) -> str:
+    """A login role in ``member_of`` (trust or PGPASSWORD authentication, as the server has it)."""
+    name = f"l2s_test_login_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(autocommit=True, **admin.connect_kwargs()) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN IN ROLE {member_of}")
+    return name
+
+
+def drop_role(admin: PostgresLocation, name: str) -> None:
+    with psycopg.connect(autocommit=True, **admin.connect_kwargs()) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {name}")
