@@ -1,0 +1,131 @@
+"""Full hybrid handshakes per second versus the crypto floor, and bytes on the wire.
+
+Issue 4 target: handshakes/s >= 0.7 x the floor, where the floor is measured in the same run as
+the sum of the primitive operations one handshake performs (counted in ``OPERATIONS``):
+Ed25519 signs and verifies, X25519 key generations and exchanges, one ML-KEM-768 encapsulation
+and one decapsulation. What is timed: both sides in one process, INIT -> RESPONSE -> CONFIRM,
+with the initiator verifying the fetched bundle (and its one-time prekey) every time. Ledger
+appends are not included yet: the session manager does not record handshakes in the ledger.
+
+Run alone with ``python -m benchmarks.bench_handshake [--quick]``; as a suite, register
+``"handshake": "benchmarks.bench_handshake"`` in benchmarks/__main__.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from l2_session.domain.handshake import InitiatorHandshake, Responder
+from l2_session.domain.handshake_bundle import create_prekeys
+from l2_session.domain.handshake_kem import backend
+
+from .common import figure, rate_per_second
+
+TARGET_RATIO = 0.7
+NOW_US = 1_800_000_000_000_000
+DAY_US = 86_400_000_000
+
+# Primitive operations in one handshake (docs/handshake.md "Processing order"):
+# initiator: verify bundle + one-time prekey (2 verify), EK_I (1 keygen), DH1-DH4 (4), encaps,
+#            sign INIT, DH5, verify RESPONSE;
+# responder: verify INIT, DH1-DH4 (4), decaps, EK_R (1 keygen), DH5, sign RESPONSE.
+OPERATIONS = {
+    "ed25519_sign": 2,
+    "ed25519_verify": 4,
+    "x25519_keygen": 2,
+    "x25519_exchange": 10,
+    "mlkem_encaps": 1,
+    "mlkem_decaps": 1,
+}
+
+
+def _per_op_seconds(fn: Callable[[], object], min_seconds: float) -> float:
+    def batch(n: int) -> None:
+        for _ in range(n):
+            fn()
+
+    return 1.0 / rate_per_second(batch, min_seconds=min_seconds, batch=50)
+
+
+def primitive_costs(kem_name: str, min_seconds: float) -> dict[str, float]:
+    kem = backend(kem_name)
+    signer = Ed25519PrivateKey.generate()
+    message = bytes(200)
+    signature = signer.sign(message)
+    verifier = signer.public_key()
+    a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate().public_key()
+    private = kem.generate()
+    ciphertext, _ = kem.encapsulate(private.public_bytes)
+    return {
+        "ed25519_sign": _per_op_seconds(lambda: signer.sign(message), min_seconds),
+        "ed25519_verify": _per_op_seconds(lambda: verifier.verify(signature, message), min_seconds),
+        "x25519_keygen": _per_op_seconds(X25519PrivateKey.generate, min_seconds),
+        "x25519_exchange": _per_op_seconds(lambda: a.exchange(b), min_seconds),
+        "mlkem_encaps": _per_op_seconds(lambda: kem.encapsulate(private.public_bytes), min_seconds),
+        "mlkem_decaps": _per_op_seconds(lambda: private.decapsulate(ciphertext), min_seconds),
+    }
+
+
+def handshake_rate(kem_name: str, min_seconds: float) -> tuple[float, dict[str, int]]:
+    kem = backend(kem_name)
+    initiator, responder_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    secrets, bundle = create_prekeys(
+        responder_key, expires_at_us=NOW_US + DAY_US, one_time_prekey_ids=(1,), kem=kem
+    )
+    sizes: dict[str, int] = {"bundle (1 one-time prekey)": len(bundle.encode())}
+
+    def batch(n: int) -> None:
+        for i in range(n):
+            # A fresh responder each time keeps the one-time prekey available, and its replay
+            # cache empty; building it (one SHA-512 and a key load) is counted in the rate.
+            responder = Responder(responder_key, secrets, bundle)
+            hs, init = InitiatorHandshake.start(initiator, bundle, now_us=NOW_US + i, kem=kem)
+            response, pending = responder.receive_init(init, now_us=NOW_US + i)
+            confirm, _ = hs.receive_response(response)
+            pending.receive_confirm(confirm)
+            sizes.update({"INIT": len(init), "RESPONSE": len(response), "CONFIRM": len(confirm)})
+
+    return rate_per_second(batch, min_seconds=min_seconds, batch=10), sizes
+
+
+def run(quick: bool) -> dict[str, Any]:
+    min_seconds = 0.5 if quick else 3.0
+    figures = []
+    for kem_name in ("pqcrypto", "cryptography"):
+        costs = primitive_costs(kem_name, min_seconds / 2)
+        floor = 1.0 / sum(OPERATIONS[op] * costs[op] for op in OPERATIONS)
+        rate, sizes = handshake_rate(kem_name, min_seconds)
+        ratio = rate / floor
+        figures += [
+            figure(
+                f"handshakes/s, ML-KEM via {kem_name}",
+                rate,
+                "/s",
+                target=f">= {TARGET_RATIO} x floor",
+                ok=ratio >= TARGET_RATIO,
+                note=f"{ratio:.2f} x floor",
+            ),
+            figure(
+                f"crypto floor, ML-KEM via {kem_name}",
+                floor,
+                "/s",
+                note=", ".join(
+                    f"{op} {costs[op] * 1e6:.0f} us x{n}" for op, n in OPERATIONS.items()
+                ),
+            ),
+        ]
+    figures += [figure(f"bytes on the wire: {name}", n, "B") for name, n in sizes.items()]
+    return {"figures": figures}
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    for f in run("--quick" in sys.argv)["figures"]:
+        ok = "" if f["ok"] is None else (" ok" if f["ok"] else " MISSED")
+        print(f"{f['name']:<45} {f['value']:>10,.0f} {f['unit']:<3} {f['note']}{ok}")
+    print(f"({time.perf_counter() - started:.1f} s)")
