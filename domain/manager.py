@@ -92,6 +92,10 @@ class SessionManager:
         self.dropped_frames = 0
 
     # ------------------------------------------------------------------ lookups
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
     def session(self, session_id: UUID) -> Session:
         try:
             return self._sessions[session_id]

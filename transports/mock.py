@@ -1,4 +1,6 @@
-"""SPEC-018 §6.3 mock interfaces: ``MockTransport``, ``MockResolver`` and a ``Simulation``.
+"""SPEC-018 §6.3 mock interfaces: ``MockTransport`` and a ``Simulation`` of session managers.
+
+The §6.3 ``MockResolver`` lives with the real resolver in ``infrastructure/resolver.py``.
 
 They ship in the library so that users can simulate their own systems. Everything is driven
 by a ``ManualClock`` and a seed: the same seed and the same calls give the same run.
@@ -137,19 +139,6 @@ class MockTransport:
 
     def in_flight(self) -> int:
         return len(self._in_flight)
-
-
-class MockResolver:
-    """A DID resolver over test documents: DID -> prekey bundle fingerprint."""
-
-    def __init__(self, documents: dict[str, str] | None = None) -> None:
-        self.documents = dict(documents or {})
-
-    def prekeys_of(self, did: str) -> str:
-        try:
-            return self.documents[did]
-        except KeyError:
-            raise LookupError(f"MockResolver: no test document for {did}") from None
 
 
 class Simulation:

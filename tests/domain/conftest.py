@@ -10,7 +10,7 @@ from l2_session.domain.config import SessionConfig
 from l2_session.domain.manager import SessionManager
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.transports.mock import LinkProfile, MockTransport, Simulation
-from session_helpers import ALICE, BOB, RESOLVER
+from session_helpers import ALICE, BOB, PREKEYS
 
 
 @pytest.fixture
@@ -29,8 +29,8 @@ def make_sim(
                     session_ledger_factory(did.rsplit("z6Mk", 1)[1].lower()),
                     config or SessionConfig(),
                     seed=seed + n,
-                    prekeys_of=RESOLVER.prekeys_of,
-                    own_prekeys=RESOLVER.documents[did],
+                    prekeys_of=PREKEYS.__getitem__,
+                    own_prekeys=PREKEYS[did],
                 )
             )
         return sim

@@ -6,7 +6,6 @@ from l2_session.domain import timers
 from l2_session.domain.config import SessionConfig
 from l2_session.domain.session import Session
 from l2_session.domain.timers import Timer
-from l2_session.transports.mock import MockResolver
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
 SECOND = 1_000_000
@@ -14,7 +13,7 @@ KEY = bytes(range(32))
 PEER = "did:key:z6MkPeer"
 ALICE = "did:key:z6MkAlice"
 BOB = "did:key:z6MkBob"
-RESOLVER = MockResolver({ALICE: "prekeys-alice-1", BOB: "prekeys-bob-1"})
+PREKEYS = {ALICE: "prekeys-alice-1", BOB: "prekeys-bob-1"}  # DID -> prekey fingerprint
 
 
 def due(s: Session, timer: Timer) -> int:

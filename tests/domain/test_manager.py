@@ -12,7 +12,7 @@ from l2_session.domain.commands import Send
 from l2_session.domain.errors import MessageTooLarge, UnknownSession
 from l2_session.domain.manager import SessionManager
 from l2_session.transports.mock import LinkProfile, Simulation
-from session_helpers import ALICE, BOB, RESOLVER, SECOND
+from session_helpers import ALICE, BOB, PREKEYS, SECOND
 
 
 def connect(sim: Simulation) -> Any:
@@ -80,7 +80,7 @@ def test_restart_rederives_deadlines_from_the_ledger(
     assert expected
 
     restarted = SessionManager(
-        ALICE, session_ledger_factory("alice"), prekeys_of=RESOLVER.prekeys_of
+        ALICE, session_ledger_factory("alice"), prekeys_of=PREKEYS.__getitem__
     )
     after = restarted.restore(sid)
     assert after == before  # replay rebuilds the identical session

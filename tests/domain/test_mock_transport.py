@@ -7,7 +7,7 @@ from uuid import UUID
 import pytest
 from l2_session.domain.commands import Heartbeat
 from l2_session.infrastructure.clock import ManualClock
-from l2_session.transports.mock import LinkProfile, MockResolver, MockTransport
+from l2_session.transports.mock import LinkProfile, MockTransport
 
 C = UUID(int=1)
 
@@ -59,8 +59,6 @@ def test_partition_blocks_both_ways_and_frames_in_flight_until_healed() -> None:
     assert [f.counter for _, _, f in transport.due()] == [3]  # type: ignore[union-attr]
 
 
-def test_bad_profile_and_unknown_did_are_clear_errors() -> None:
+def test_bad_profile_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"LinkProfile.loss = 1.5"):
         LinkProfile(loss=1.5)
-    with pytest.raises(LookupError, match="no test document for did:key:z6MkNobody"):
-        MockResolver().prekeys_of("did:key:z6MkNobody")
