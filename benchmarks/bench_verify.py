@@ -1,0 +1,78 @@
+"""Verification of a 1,000,000-event ledger with every core, against the Ed25519 verify rate.
+
+Issue 2 target: verify() events/s >= 0.9 x (single-core Ed25519 verify rate) x cores used.
+
+What is timed: one ``verify(path)`` call, all of it — meta and signer checks, SQLite's
+quick_check, starting the worker processes, reading and checking every row, stitching. The
+single-core rate is cryptography's ``Ed25519PublicKey.verify`` of a 32-byte hash in a loop,
+measured just before every verify() run so both see the same machine load. The ledger is built
+once and cached (datasets.py); --quick uses 50,000 events.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from l2_session.infrastructure.ledger.verify import verify
+
+from .common import figure, median, rate_per_second, timed, timed_call
+from .datasets import many_sessions_ledger
+
+TARGET_FRACTION = 0.9
+
+
+def single_core_verify_rate(min_seconds: float) -> float:
+    key = Ed25519PrivateKey.generate()
+    message = os.urandom(32)
+    signature, public = key.sign(message), key.public_key()
+
+    def check(n: int) -> None:
+        for _ in range(n):
+            public.verify(signature, message)
+
+    return rate_per_second(check, min_seconds=min_seconds, batch=500)
+
+
+def run(quick: bool) -> dict[str, Any]:
+    events = 50_000 if quick else 1_000_000
+    repeat = 2 if quick else 3
+    path = many_sessions_ledger(events)
+    primitive: list[float] = []
+    rates: list[float] = []
+    efficiencies: list[float] = []
+    workers = 0
+    for _ in range(repeat):
+        single = single_core_verify_rate(min_seconds=2.0)
+        seconds, report = timed_call(lambda: verify(path))
+        if not report.ok or report.events_checked != events:
+            raise AssertionError(f"benchmark ledger does not verify: {report.summary()}")
+        workers = report.workers
+        primitive.append(single)
+        rates.append(events / seconds)
+        efficiencies.append(events / seconds / (single * workers))
+    # The one-process rate shows the per-event cost besides the signature check.
+    one_process = []
+    small = many_sessions_ledger(50_000)
+    for _ in range(repeat):
+        single = single_core_verify_rate(min_seconds=2.0)
+        seconds = timed(lambda: verify(small, workers=1))
+        one_process.append(50_000 / seconds / single)
+    efficiency = median(efficiencies)
+    figures = [
+        figure(f"verify(), {events:,} events, {workers} workers", median(rates), "events/s",
+               note=f"min {min(rates):.0f}, max {max(rates):.0f}"),
+        figure("Ed25519 verify, 1 core (same run)", median(primitive), "verifications/s"),
+        figure(f"  verify() / (1-core rate x {workers})", efficiency, "x",
+               target=f">= {TARGET_FRACTION}", ok=efficiency >= TARGET_FRACTION),
+        figure("  verify(workers=1), 50k events / 1-core rate", median(one_process), "x",
+               note="per-event cost other than the signature"),
+    ]  # fmt: skip
+    return {
+        "figures": figures,
+        "params": {"events": events, "repetitions": repeat, "cores_used": workers},
+        "rates": rates,
+        "single_core_rates": primitive,
+        "efficiencies": efficiencies,
+    }
