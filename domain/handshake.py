@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import heapq
 import hmac
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -51,18 +51,17 @@ from l2_session.domain.handshake_kem import DEFAULT_BACKEND, KemBackend
 from l2_session.domain.handshake_keys import (
     CONTEXT_CONFIRM_INITIATOR,
     CONTEXT_CONFIRM_RESPONDER,
-    CONTEXT_INITIATOR_TO_RESPONDER,
     CONTEXT_MASTER,
-    CONTEXT_RESPONDER_TO_INITIATOR,
-    CONTEXT_SESSION_ID,
     CONTEXT_STAGE1,
     LABEL_INIT_SIGNATURE,
     LABEL_RESPONSE_SIGNATURE,
+    SessionKeys,
     derive,
     dh,
     ed25519_private_to_x25519,
     ed25519_public_to_x25519,
     mac,
+    session_keys,
     transcript_hash,
     x25519_public_bytes,
 )
@@ -86,31 +85,6 @@ def _check_signature(identity: bytes, signature: bytes, message: bytes, what: st
         raise HandshakeAuthenticationFailed(
             f"{what} signature does not verify under identity {identity.hex()}"
         ) from None
-
-
-@dataclass(frozen=True)
-class SessionKeys:
-    """The result of a completed handshake, from one side's point of view."""
-
-    session_id: bytes
-    send_key: bytes = field(repr=False)
-    receive_key: bytes = field(repr=False)
-    peer_identity: bytes
-    is_initiator: bool
-    transcript_hash: bytes
-
-
-def _session_keys(master: bytes, th3: bytes, peer: bytes, initiator: bool) -> SessionKeys:
-    i2r = derive(CONTEXT_INITIATOR_TO_RESPONDER, master)
-    r2i = derive(CONTEXT_RESPONDER_TO_INITIATOR, master)
-    return SessionKeys(
-        session_id=derive(CONTEXT_SESSION_ID, master)[:16],
-        send_key=i2r if initiator else r2i,
-        receive_key=r2i if initiator else i2r,
-        peer_identity=peer,
-        is_initiator=initiator,
-        transcript_hash=th3,
-    )
 
 
 @dataclass
@@ -220,7 +194,8 @@ class InitiatorHandshake:
         unsigned = Confirm(self.handshake_id, b"")
         th3 = transcript_hash(th2, response.signature, response.confirm, unsigned.header_and_id())
         confirm = Confirm(self.handshake_id, mac(derive(CONTEXT_CONFIRM_INITIATOR, master), th3))
-        return confirm.encode(), _session_keys(master, th3, self._bundle.identity, True)
+        prekey_ids = (self._bundle.signed_prekey_id, self._bundle.kem_prekey_id)
+        return confirm.encode(), session_keys(master, th3, self._bundle.identity, True, prekey_ids)
 
 
 class ReplayCache:
@@ -261,10 +236,16 @@ class PendingResponse:
     """A responder's handshake awaiting CONFIRM (SPEC-018 §3 ``handshake_received``)."""
 
     def __init__(
-        self, handshake_id: bytes, master: bytes, th2: bytes, response: Response, peer: bytes
+        self,
+        handshake_id: bytes,
+        master: bytes,
+        th2: bytes,
+        response: Response,
+        peer: bytes,
+        prekey_ids: tuple[int, int],
     ) -> None:
         self.handshake_id, self._master, self._th2 = handshake_id, master, th2
-        self._response, self.peer_identity = response, peer
+        self._response, self.peer_identity, self._prekey_ids = response, peer, prekey_ids
         self.done = False
 
     def receive_confirm(self, data: bytes) -> SessionKeys:
@@ -283,7 +264,7 @@ class PendingResponse:
         expected = mac(derive(CONTEXT_CONFIRM_INITIATOR, self._master), th3)
         if not hmac.compare_digest(expected, confirm.confirm):
             raise HandshakeAuthenticationFailed("CONFIRM key confirmation MAC does not match")
-        return _session_keys(self._master, th3, self.peer_identity, False)
+        return session_keys(self._master, th3, self.peer_identity, False, self._prekey_ids)
 
 
 class Responder:
@@ -366,6 +347,11 @@ class Responder:
         confirm = mac(derive(CONTEXT_CONFIRM_RESPONDER, master), th2, signature)
         response = Response(stage.handshake_id, unsigned.responder_ephemeral, signature, confirm)
         pending = PendingResponse(
-            stage.handshake_id, master, th2, response, init.initiator_identity
+            stage.handshake_id,
+            master,
+            th2,
+            response,
+            init.initiator_identity,
+            (s.signed_prekey_id, s.kem_prekey_id),
         )
         return response.encode(), pending

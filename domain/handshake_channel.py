@@ -22,13 +22,13 @@ import struct
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from l2_session.domain.handshake import SessionKeys
 from l2_session.domain.handshake_errors import (
     HandshakeAuthenticationFailed,
     HandshakeError,
     MalformedMessage,
     ReplayedMessage,
 )
+from l2_session.domain.handshake_keys import SessionKeys
 from l2_session.domain.handshake_wire import (
     AEAD_TAG_LEN,
     HEADER,
@@ -145,4 +145,3 @@ class Channel:
 def heartbeat(channel: Channel, sent_at_us: int) -> bytes:
     """A heartbeat record carrying the sender's time (SPEC-018 §2.2), sealed like data."""
     return channel.seal(struct.pack(">Q", sent_at_us), MessageType.HEARTBEAT)
-

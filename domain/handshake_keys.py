@@ -12,6 +12,7 @@ compute the same.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 
 import blake3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -36,6 +37,11 @@ CONTEXT_CONFIRM_INITIATOR = "l2-session 2026-11 handshake v1 initiator confirm k
 CONTEXT_INITIATOR_TO_RESPONDER = "l2-session 2026-11 channel v1 initiator to responder key"
 CONTEXT_RESPONDER_TO_INITIATOR = "l2-session 2026-11 channel v1 responder to initiator key"
 CONTEXT_SESSION_ID = "l2-session 2026-11 channel v1 session id"
+CONTEXT_RESUMPTION = "l2-session 2026-11 channel v1 resumption secret"
+CONTEXT_RESUME_AUTH = "l2-session 2026-11 resume v1 request key"
+CONTEXT_RESUME_MASTER = "l2-session 2026-11 resume v1 master key"
+CONTEXT_RESUME_CONFIRM_RESPONDER = "l2-session 2026-11 resume v1 responder confirm key"
+CONTEXT_RESUME_CONFIRM_INITIATOR = "l2-session 2026-11 resume v1 initiator confirm key"
 
 # Signature inputs start with a label, so a handshake signature can never pass for a ledger
 # event signature or a prekey signature made by the same identity key.
@@ -92,3 +98,50 @@ def derive(context: str, *material: bytes) -> bytes:
 
 def mac(key: bytes, *parts: bytes) -> bytes:
     return blake3.blake3(length_prefixed(*parts), key=key).digest()
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """The result of a completed handshake (or resumption), from one side's point of view.
+
+    ``resumption_secret`` and ``generation`` let the session resume after a restart without a
+    new KEM exchange (handshake_resume.py); ``prekey_ids`` are the responder's (signed, KEM)
+    prekeys it was made with: resumption is only offered while they are unchanged. Whoever
+    stores this (the ledger) must seal the secret fields.
+    """
+
+    session_id: bytes
+    send_key: bytes = field(repr=False)
+    receive_key: bytes = field(repr=False)
+    peer_identity: bytes
+    is_initiator: bool
+    transcript_hash: bytes
+    resumption_secret: bytes = field(default=b"", repr=False)
+    generation: int = 0
+    prekey_ids: tuple[int, int] = (0, 0)
+
+
+def session_keys(
+    master: bytes,
+    transcript: bytes,
+    peer: bytes,
+    initiator: bool,
+    prekey_ids: tuple[int, int],
+    *,
+    session_id: bytes | None = None,
+    generation: int = 0,
+) -> SessionKeys:
+    """Directional keys, session id and next resumption secret, all from ``master``."""
+    i2r = derive(CONTEXT_INITIATOR_TO_RESPONDER, master)
+    r2i = derive(CONTEXT_RESPONDER_TO_INITIATOR, master)
+    return SessionKeys(
+        session_id=session_id or derive(CONTEXT_SESSION_ID, master)[:16],
+        send_key=i2r if initiator else r2i,
+        receive_key=r2i if initiator else i2r,
+        peer_identity=peer,
+        is_initiator=initiator,
+        transcript_hash=transcript,
+        resumption_secret=derive(CONTEXT_RESUMPTION, master),
+        generation=generation,
+        prekey_ids=prekey_ids,
+    )

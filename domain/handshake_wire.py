@@ -46,6 +46,9 @@ class MessageType(IntEnum):
     INIT = 0x01
     RESPONSE = 0x02
     CONFIRM = 0x03
+    RESUME = 0x04
+    RESUME_RESPONSE = 0x05
+    RESUME_CONFIRM = 0x06
     BUNDLE = 0x10
     DATA = 0x20
     HEARTBEAT = 0x21

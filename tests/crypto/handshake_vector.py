@@ -16,6 +16,11 @@ from l2_session.domain.handshake import InitiatorHandshake, Responder
 from l2_session.domain.handshake_bundle import create_prekeys
 from l2_session.domain.handshake_channel import Channel, heartbeat
 from l2_session.domain.handshake_kem import CryptographyKem
+from l2_session.domain.handshake_resume import (
+    ResumeInitiator,
+    ResumeResponder,
+    ResumptionTicket,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 VECTOR_FILE = REPO / "tests" / "vectors" / "handshake_v1.json"
@@ -44,6 +49,9 @@ def default_inputs() -> dict[str, Any]:
         "expires_at_us": 1_800_604_800_000_000,
         "data_payload": b"hello, responder".hex(),
         "heartbeat_sent_at_us": 1_800_000_001_000_000,
+        "resume_at_us": 1_800_003_600_000_000,
+        "resume_initiator_ephemeral_private": seeded("l2s vector v1 resume initiator ephemeral"),
+        "resume_responder_ephemeral_private": seeded("l2s vector v1 resume responder ephemeral"),
     }
 
 
@@ -101,6 +109,25 @@ def build(inputs: dict[str, Any]) -> dict[str, str]:
     confirm, keys_i = hs.receive_response(response)
     keys_r = pending.receive_confirm(confirm)
     assert (keys_i.send_key, keys_i.session_id) == (keys_r.receive_key, keys_r.session_id)
+    # Resumption an hour later, from the tickets both sides stored.
+    at, ticket_r = inputs["resume_at_us"], ResumptionTicket.of(keys_r)
+    resumer, resume = ResumeInitiator.start(
+        ResumptionTicket.of(keys_i),
+        now_us=at,
+        ephemeral=X25519PrivateKey.from_private_bytes(
+            h(inputs["resume_initiator_ephemeral_private"])
+        ),
+    )
+    responder = ResumeResponder({ticket_r.session_id: ticket_r}.get, ticket_r.prekey_ids)
+    resume_response, pending_resume = responder.receive_resume(
+        resume,
+        now_us=at,
+        ephemeral=X25519PrivateKey.from_private_bytes(
+            h(inputs["resume_responder_ephemeral_private"])
+        ),
+    )
+    resume_confirm, resumed_i = resumer.receive_response(resume_response)
+    assert pending_resume.receive_confirm(resume_confirm).receive_key == resumed_i.send_key
     return {
         "bundle": bundle.encode().hex(),
         "init": init.hex(),
@@ -112,6 +139,12 @@ def build(inputs: dict[str, Any]) -> dict[str, str]:
         "key_responder_to_initiator": keys_i.receive_key.hex(),
         "first_data_record": Channel(keys_i).seal(h(inputs["data_payload"])).hex(),
         "first_heartbeat_record": heartbeat(Channel(keys_r), inputs["heartbeat_sent_at_us"]).hex(),
+        "resumption_secret": keys_i.resumption_secret.hex(),
+        "resume": resume.hex(),
+        "resume_response": resume_response.hex(),
+        "resume_confirm": resume_confirm.hex(),
+        "resumed_key_initiator_to_responder": resumed_i.send_key.hex(),
+        "resumed_key_responder_to_initiator": resumed_i.receive_key.hex(),
     }
 
 
@@ -174,6 +207,33 @@ LAYOUTS: dict[str, list[tuple[str, int]]] = {
         ("ciphertext", 16),
         ("tag", 16),
     ],
+    "resume": [
+        ("version", 1),
+        ("type", 1),
+        ("body length", 2),
+        ("session id", 16),
+        ("generation", 4),
+        ("signed prekey id", 4),
+        ("kem prekey id", 4),
+        ("ephemeral (X25519)", 32),
+        ("timestamp_us", 8),
+        ("mac", 32),
+    ],
+    "resume_response": [
+        ("version", 1),
+        ("type", 1),
+        ("body length", 2),
+        ("session id", 16),
+        ("ephemeral (X25519)", 32),
+        ("mac", 32),
+    ],
+    "resume_confirm": [
+        ("version", 1),
+        ("type", 1),
+        ("body length", 2),
+        ("session id", 16),
+        ("mac", 32),
+    ],
     "first_heartbeat_record": [
         ("version", 1),
         ("type", 1),
@@ -208,12 +268,15 @@ def render(outputs: dict[str, str]) -> str:
         lines += ["```", ""]
     lines += ["**derived**", "", "```"]
     lines += [
-        f"{k:28s} {outputs[k]}"
+        f"{k:36s} {outputs[k]}"
         for k in (
             "session_id",
             "transcript_hash",
             "key_initiator_to_responder",
             "key_responder_to_initiator",
+            "resumption_secret",
+            "resumed_key_initiator_to_responder",
+            "resumed_key_responder_to_initiator",
         )
     ]
     lines += ["```", "", END]

@@ -9,7 +9,6 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from l2_session.domain.handshake import SessionKeys
 from l2_session.domain.handshake_channel import (
     REPLAY_WINDOW,
     Channel,
@@ -22,6 +21,7 @@ from l2_session.domain.handshake_errors import (
     MalformedMessage,
     ReplayedMessage,
 )
+from l2_session.domain.handshake_keys import SessionKeys
 from l2_session.domain.handshake_wire import MAX_PLAINTEXT, MessageType
 
 

@@ -20,6 +20,12 @@ from l2_session.domain.handshake import InitiatorHandshake, Responder
 from l2_session.domain.handshake_bundle import PrekeyBundle, create_prekeys
 from l2_session.domain.handshake_channel import Channel
 from l2_session.domain.handshake_errors import HandshakeError, MalformedMessage
+from l2_session.domain.handshake_resume import (
+    Resume,
+    ResumeInitiator,
+    ResumeResponder,
+    ResumptionTicket,
+)
 from l2_session.domain.handshake_wire import Confirm, Init, MessageType, Response, peek_type
 
 # One real exchange, made once: mutations are applied to these bytes.
@@ -30,17 +36,27 @@ _HS, _INIT = InitiatorHandshake.start(_I, _BUNDLE, now_us=NOW_US)
 _RESPONSE, _PENDING = Responder(_R, _SECRETS, _BUNDLE).receive_init(_INIT, now_us=NOW_US)
 _CONFIRM, _KEYS = _HS.receive_response(_RESPONSE)
 _RECORD = Channel(_KEYS).seal(b"heartbeat or data")
+_PENDING_KEYS = _PENDING.receive_confirm(_CONFIRM)
+_TICKET_R = ResumptionTicket.of(_PENDING_KEYS)
+_TICKET_I = ResumptionTicket.of(_KEYS)
+_RESUMER, _RESUME = ResumeInitiator.start(_TICKET_I, now_us=NOW_US)
+_RESUME_RESPONDER = ResumeResponder({_TICKET_R.session_id: _TICKET_R}.get, (1, 1))
+_RESUME_RESPONSE, _ = _RESUME_RESPONDER.receive_resume(_RESUME, now_us=NOW_US)
 VALID: dict[str, bytes] = {
     "INIT": _INIT,
     "RESPONSE": _RESPONSE,
     "CONFIRM": _CONFIRM,
     "BUNDLE": _BUNDLE.encode(),
+    "RESUME": _RESUME,
+    "TICKET": _TICKET_I.encode(),
 }
 PARSERS: dict[str, Callable[[bytes], Any]] = {
     "INIT": Init.parse,
     "RESPONSE": Response.parse,
     "CONFIRM": Confirm.parse,
     "BUNDLE": PrekeyBundle.parse,
+    "RESUME": Resume.parse,
+    "TICKET": ResumptionTicket.parse,
 }
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -94,7 +110,7 @@ def test_valid_messages_parse_and_reencode(name: str) -> None:
     assert PARSERS[name](VALID[name]).encode() == VALID[name]
 
 
-@pytest.mark.parametrize("name", sorted(PARSERS))
+@pytest.mark.parametrize("name", sorted(set(PARSERS) - {"TICKET"}))
 def test_clear_errors_for_each_kind_of_bad_input(name: str) -> None:
     good = VALID[name]
     with pytest.raises(MalformedMessage, match="unknown protocol version 2"):
@@ -190,4 +206,25 @@ def test_channel_under_mutated_records(data: st.DataObject) -> None:
         assert mutated == _RECORD
 
 
-_PENDING_KEYS = _PENDING.receive_confirm(_CONFIRM)
+@FUZZ
+@given(st.data())
+def test_resumption_under_mutated_messages(data: st.DataObject) -> None:
+    start, request = ResumeInitiator.start(_TICKET_I, now_us=NOW_US)
+    tickets = {_TICKET_R.session_id: _TICKET_R}.get
+    responder = ResumeResponder(tickets, (1, 1))
+    try:
+        responder.receive_resume(data.draw(mutation(request)), now_us=NOW_US)
+    except MalformedMessage:
+        assert len(responder.replay_cache) == 0
+    except HandshakeError:
+        pass
+    response, _ = ResumeResponder(tickets, (1, 1)).receive_resume(request, now_us=NOW_US)
+    mutated = data.draw(mutation(response))
+    try:
+        start.receive_response(mutated)
+    except MalformedMessage:
+        assert not start.done
+    except HandshakeError:
+        assert start.done
+    else:
+        assert mutated == response
