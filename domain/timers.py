@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from l2_session.domain.states import State
 
 if TYPE_CHECKING:
-    from l2_session.domain.session import Session
+    from l2_session.domain.session_core import SessionCore as Session
 
 US = 1_000_000
 
