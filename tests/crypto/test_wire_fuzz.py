@@ -60,6 +60,8 @@ PARSERS: dict[str, Callable[[bytes], Any]] = {
 }
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Each example of these runs a whole handshake first: fewer examples, same mutation strategy.
+FUZZ_PROTOCOL = settings(FUZZ, max_examples=100)
 
 
 def _parses_canonically_or_is_malformed(name: str, data: bytes) -> None:
@@ -159,7 +161,7 @@ def test_responder_under_mutated_init(data: st.DataObject) -> None:
         pass
 
 
-@FUZZ
+@FUZZ_PROTOCOL
 @given(st.data())
 def test_initiator_under_mutated_response(data: st.DataObject) -> None:
     hs, init = InitiatorHandshake.start(_I, _BUNDLE, now_us=NOW_US, use_one_time_prekey=False)
@@ -176,7 +178,7 @@ def test_initiator_under_mutated_response(data: st.DataObject) -> None:
         assert mutated == response
 
 
-@FUZZ
+@FUZZ_PROTOCOL
 @given(st.data())
 def test_responder_under_mutated_confirm(data: st.DataObject) -> None:
     hs, init = InitiatorHandshake.start(_I, _BUNDLE, now_us=NOW_US, use_one_time_prekey=False)
@@ -206,7 +208,7 @@ def test_channel_under_mutated_records(data: st.DataObject) -> None:
         assert mutated == _RECORD
 
 
-@FUZZ
+@FUZZ_PROTOCOL
 @given(st.data())
 def test_resumption_under_mutated_messages(data: st.DataObject) -> None:
     start, request = ResumeInitiator.start(_TICKET_I, now_us=NOW_US)
