@@ -13,13 +13,12 @@ like time: the aggregate never reads a random source, so replay is exact.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 from l2_session.domain.config import SessionConfig, config_fields, config_from_fields
 from l2_session.domain.errors import PeerQuarantined
-from l2_session.domain.timers import us
+from l2_session.domain.timers import timestamp_of, us
 
 _PEER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://libertaria.org/l2-session/peer")
 
@@ -62,7 +61,7 @@ class Peer(Aggregate):
         return cls._create(
             cls.Registered,
             id=peer_id(peer_did),
-            timestamp=datetime.fromtimestamp(now_us / 1_000_000, tz=UTC),
+            timestamp=timestamp_of(now_us),
             at_us=now_us,
             peer_did=peer_did,
             config=config_fields(config),
@@ -70,7 +69,7 @@ class Peer(Aggregate):
 
     def trigger_event(self, event_class: Any, **kwargs: Any) -> None:
         if kwargs.get("timestamp") is None and "at_us" in kwargs:
-            kwargs["timestamp"] = datetime.fromtimestamp(kwargs["at_us"] / 1_000_000, tz=UTC)
+            kwargs["timestamp"] = timestamp_of(kwargs["at_us"])
         super().trigger_event(event_class, **kwargs)
 
     # ------------------------------------------------------------------ commands

@@ -20,7 +20,6 @@ clock. What to send and which deadline comes next are derived from the recorded 
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Self
 from uuid import UUID
 
@@ -39,10 +38,6 @@ from l2_session.domain.states import FINAL, State, Target, Trigger, next_state
 
 Role = Literal["initiator", "responder"]
 TRANSPORTS = ("quic", "utcp")  # SPEC-018 §1.2: QUIC primary, μTCP fallback
-
-
-def _timestamp(at_us: int) -> datetime:
-    return datetime.fromtimestamp(at_us / 1_000_000, tz=UTC)
 
 
 def key_id_of(key_material: bytes) -> str:
@@ -151,7 +146,7 @@ class SessionCore(Aggregate):
             cls.Opened,
             id=session_id,
             conversation=conversation,
-            timestamp=_timestamp(now_us),
+            timestamp=timers.timestamp_of(now_us),
             at_us=now_us,
             peer_did=peer_did,
             role=role,
@@ -161,7 +156,7 @@ class SessionCore(Aggregate):
     def trigger_event(self, event_class: Any, **kwargs: Any) -> None:
         # The event's timestamp is the command's time, never a clock reading.
         if kwargs.get("timestamp") is None and "at_us" in kwargs:
-            kwargs["timestamp"] = _timestamp(kwargs["at_us"])
+            kwargs["timestamp"] = timers.timestamp_of(kwargs["at_us"])
         super().trigger_event(event_class, **kwargs)
 
     # ------------------------------------------------------------------ deciding

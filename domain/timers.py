@@ -11,6 +11,7 @@ Each timer names the session command that fires when it is due.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,11 @@ US = 1_000_000
 
 def us(seconds: float) -> int:
     return round(seconds * US)
+
+
+def timestamp_of(at_us: int) -> datetime:
+    """An event's timestamp is the command's time (decision 9), never a clock reading."""
+    return datetime.fromtimestamp(at_us / US, tz=UTC)
 
 
 class Timer(StrEnum):
