@@ -125,7 +125,6 @@ class PostgresSessionLedger(SessionLedger):
             "POSTGRES_LOCK_TIMEOUT": str(self._lock_timeout),
             "POSTGRES_POOL_SIZE": str(POOL_SIZE),
             "POSTGRES_MAX_OVERFLOW": str(POOL_SIZE),
-            "POSTGRES_PRE_PING": "y",  # a node outlives server restarts and failovers
         }
         return env, False
 
