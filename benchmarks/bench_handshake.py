@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from l2_session.domain.handshake import InitiatorHandshake, Responder
 from l2_session.domain.handshake_bundle import create_prekeys
 from l2_session.domain.handshake_kem import backend
+from l2_session.domain.handshake_keys import ed25519_private_to_x25519
 
 from .common import figure, rate_per_second
 
@@ -78,13 +79,18 @@ def handshake_rate(kem_name: str, min_seconds: float) -> tuple[float, dict[str, 
         responder_key, expires_at_us=NOW_US + DAY_US, one_time_prekey_ids=(1,), kem=kem
     )
     sizes: dict[str, int] = {"bundle (1 one-time prekey)": len(bundle.encode())}
+    # A node keeps its identity's X25519 form (HandshakeEngine does); peers' forms are cached
+    # by the key map, as they would be for peers seen before.
+    initiator_dh = ed25519_private_to_x25519(initiator)
 
     def batch(n: int) -> None:
         for i in range(n):
             # A fresh responder each time keeps the one-time prekey available, and its replay
             # cache empty; building it (one SHA-512 and a key load) is counted in the rate.
             responder = Responder(responder_key, secrets, bundle)
-            hs, init = InitiatorHandshake.start(initiator, bundle, now_us=NOW_US + i, kem=kem)
+            hs, init = InitiatorHandshake.start(
+                initiator, bundle, now_us=NOW_US + i, kem=kem, identity_dh=initiator_dh
+            )
             response, pending = responder.receive_init(init, now_us=NOW_US + i)
             confirm, _ = hs.receive_response(response)
             pending.receive_confirm(confirm)

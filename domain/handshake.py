@@ -136,9 +136,11 @@ class InitiatorHandshake:
         kem: KemBackend = DEFAULT_BACKEND,
         ephemeral: X25519PrivateKey | None = None,
         use_one_time_prekey: bool = True,
+        identity_dh: X25519PrivateKey | None = None,
     ) -> tuple[InitiatorHandshake, bytes]:
         """Check the responder's bundle, then build INIT. ``expected_responder`` is the Ed25519
-        key the responder's DID names; a bundle under any other key is refused."""
+        key the responder's DID names; a bundle under any other key is refused. ``identity_dh``
+        is the identity's X25519 form, if the caller keeps it (saves a derivation per call)."""
         bundle.verify(now_us, expected_responder)
         ek = ephemeral or X25519PrivateKey.generate()
         opk = (
@@ -164,7 +166,7 @@ class InitiatorHandshake:
         init = replace(unsigned, signature=identity.sign(LABEL_INIT_SIGNATURE + th1))
         responder_x = ed25519_public_to_x25519(bundle.identity)
         dhs = (
-            dh(ed25519_private_to_x25519(identity), bundle.signed_prekey, "DH1"),
+            dh(identity_dh or ed25519_private_to_x25519(identity), bundle.signed_prekey, "DH1"),
             dh(ek, responder_x, "DH2"),
             dh(ek, bundle.signed_prekey, "DH3"),
             dh(ek, opk.public, "DH4") if opk else b"",

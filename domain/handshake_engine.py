@@ -28,7 +28,7 @@ from l2_session.domain.handshake_errors import (
 )
 from l2_session.domain.handshake_flood import HandshakeAdmission
 from l2_session.domain.handshake_kem import DEFAULT_BACKEND, KemBackend
-from l2_session.domain.handshake_keys import SessionKeys
+from l2_session.domain.handshake_keys import SessionKeys, ed25519_private_to_x25519
 from l2_session.domain.handshake_resume import (
     PendingResume,
     ResumeInitiator,
@@ -75,6 +75,7 @@ class HandshakeEngine:
         max_pending: int = MAX_PENDING,
     ) -> None:
         self.identity, self.responder, self.resume_responder = identity, responder, resume_responder
+        self._identity_dh = ed25519_private_to_x25519(identity)
         self.admission = admission or HandshakeAdmission()
         self.kem, self.timeout_us, self.max_pending = kem, timeout_us, max_pending
         self._pending: OrderedDict[tuple[MessageType, bytes], _Pending] = OrderedDict()
@@ -99,6 +100,7 @@ class HandshakeEngine:
             now_us=now_us,
             expected_responder=expected_responder,
             kem=self.kem,
+            identity_dh=self._identity_dh,
         )
         self._add(
             MessageType.RESPONSE, hs.handshake_id, _Pending(hs, now_us, expected_responder, source)
