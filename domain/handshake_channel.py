@@ -43,7 +43,7 @@ REPLAY_WINDOW = 2048  # counters; WireGuard's window (RFC 6479 style)
 REJECT_AFTER_MESSAGES = 2**60
 RECORD_MIN_BODY = 8 + AEAD_TAG_LEN
 RECORD_MAX_BODY = 8 + MAX_PLAINTEXT + AEAD_TAG_LEN
-RECORD_KINDS = (MessageType.DATA, MessageType.HEARTBEAT)
+RECORD_KINDS = (MessageType.DATA, MessageType.HEARTBEAT, MessageType.REKEY)
 
 
 class CountersExhausted(HandshakeError):
@@ -109,7 +109,7 @@ class Channel:
 
     def seal(self, payload: bytes, kind: MessageType = MessageType.DATA) -> bytes:
         if kind not in RECORD_KINDS:
-            raise ValueError(f"a channel record is DATA or HEARTBEAT, not {kind.name}")
+            raise ValueError(f"a channel record is DATA, HEARTBEAT or REKEY, not {kind.name}")
         if len(payload) > MAX_PLAINTEXT:
             raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PLAINTEXT}")
         counter = self.next_send_counter
@@ -125,7 +125,7 @@ class Channel:
     def open(self, record: bytes) -> tuple[MessageType, bytes]:
         kind = peek_type(record)
         if kind not in RECORD_KINDS:
-            raise MalformedMessage(f"expected DATA or HEARTBEAT, got {kind.name}")
+            raise MalformedMessage(f"expected DATA, HEARTBEAT or REKEY, got {kind.name}")
         body = unframe(record, kind, RECORD_MIN_BODY, RECORD_MAX_BODY)
         counter = int.from_bytes(body[:8], "big")
         if counter >= REJECT_AFTER_MESSAGES:

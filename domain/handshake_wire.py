@@ -52,6 +52,7 @@ class MessageType(IntEnum):
     BUNDLE = 0x10
     DATA = 0x20
     HEARTBEAT = 0x21
+    REKEY = 0x22  # a channel record carrying a handshake message (in-session rotation)
 
 
 def frame(kind: MessageType, body: bytes) -> bytes:
