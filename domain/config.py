@@ -101,3 +101,13 @@ def _cached(items: tuple[tuple[str, Any], ...]) -> SessionConfig:
 def config_from_fields(recorded: dict[str, Any]) -> SessionConfig:
     """Back from recorded values; sessions share one object per distinct config."""
     return _cached(tuple(sorted(recorded.items())))
+
+
+_SHARED_FIELDS: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+
+
+def shared_fields(recorded: dict[str, Any]) -> dict[str, Any]:
+    """One dict per distinct config for every aggregate that holds it: an idle session must
+    stay small (issue 3 targets <= 2 KiB per idle session). Treat it as read-only."""
+    key = tuple(sorted(recorded.items()))
+    return _SHARED_FIELDS.setdefault(key, dict(key))

@@ -16,7 +16,12 @@ import uuid
 from typing import Any
 
 from eventsourcing.domain import Aggregate, event
-from l2_session.domain.config import SessionConfig, config_fields, config_from_fields
+from l2_session.domain.config import (
+    SessionConfig,
+    config_fields,
+    config_from_fields,
+    shared_fields,
+)
 from l2_session.domain.errors import PeerQuarantined
 from l2_session.domain.timers import timestamp_of, us
 
@@ -47,7 +52,7 @@ class Peer(Aggregate):
     def __init__(self, at_us: int, peer_did: str, config: dict[str, Any]) -> None:
         self.peer_did = peer_did
         # Plain values, not a SessionConfig: the aggregate's __dict__ goes into snapshots.
-        self.config_fields = config
+        self.config_fields = shared_fields(config)
         self.quarantined_until_us: int | None = None
         self.failed_attempts = 0
         self.retry_at_us: int | None = None

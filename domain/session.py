@@ -148,7 +148,6 @@ class Session(SessionCore):
     @event("MessagesAcknowledged")
     def _messages_acknowledged(self, at_us: int, trigger: str, state: str, up_to_seq: int) -> None:
         del self.outbox[: up_to_seq - self.acked_up_to]
-        self.acked_up_to = up_to_seq
         self.last_activity_us = at_us
 
     @event("LinkWentDown")

@@ -25,7 +25,12 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 from l2_session.domain import timers
-from l2_session.domain.config import SessionConfig, config_fields, config_from_fields
+from l2_session.domain.config import (
+    SessionConfig,
+    config_fields,
+    config_from_fields,
+    shared_fields,
+)
 from l2_session.domain.errors import (
     FailureReason,
     NotDue,
@@ -68,7 +73,6 @@ class SessionCore(Aggregate):
             aggregate.closed = state == FINAL
             if not aggregate.closed:
                 aggregate.state = State(state)
-            aggregate.at_us = self.at_us  # type: ignore[attr-defined]
 
     class Step(Event):
         at_us: int
@@ -96,11 +100,10 @@ class SessionCore(Aggregate):
     ) -> None:
         # Frames name the conversation by the initiator's session id (commands.py).
         self.conversation: UUID = conversation or self.id
-        self.at_us = at_us
         self.peer_did = peer_did
         self.role: Role = "initiator" if role == "initiator" else "responder"
         # Plain values, not a SessionConfig: the aggregate's __dict__ goes into snapshots.
-        self.config_fields = config
+        self.config_fields = shared_fields(config)
         self.state = State.IDLE
         self.state_since_us = at_us
         self.closed = False
@@ -109,7 +112,6 @@ class SessionCore(Aggregate):
         self.resuming = False
         self.prekeys: str | None = None
         self.key_material: bytes | None = None
-        self.key_id: str | None = None
         self.keys_derived_us: int | None = None
         # Decision 3: the TTL is a liveness lease, extended by every answered heartbeat.
         self.lease_expires_us = at_us + timers.us(self.config.ttl)
@@ -122,10 +124,24 @@ class SessionCore(Aggregate):
         self.fallback_pending = False
         self.next_seq = 1
         # Acks are cumulative and sequence numbers consecutive, so the unacknowledged
-        # messages are always seqs acked_up_to+1 .. next_seq-1: a list is enough.
-        self.acked_up_to = 0
+        # messages are always the last len(outbox) seqs before next_seq: a list is enough.
         self.outbox: list[bytes] = []
         self.next_expected_seq = 1
+
+    # Derived, not stored: an idle session must stay under 30 attributes, where CPython
+    # still shares the keys of instance dicts (issue 3: <= 2 KiB per idle session).
+    @property
+    def key_id(self) -> str | None:
+        return None if self.key_material is None else key_id_of(self.key_material)
+
+    @property
+    def at_us(self) -> int:
+        """When the last event happened: the aggregate's ``modified_on``, in µs."""
+        return timers.micros_of(self.modified_on)
+
+    @property
+    def acked_up_to(self) -> int:
+        return self.next_seq - 1 - len(self.outbox)
 
     @property
     def config(self) -> SessionConfig:
@@ -355,7 +371,6 @@ class SessionCore(Aggregate):
     ) -> None:
         self.key_material = key_material
         self.prekeys = prekeys
-        self.key_id = key_id
         if new_keys:
             self.keys_derived_us = at_us
         self.resuming = False

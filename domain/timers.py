@@ -11,7 +11,7 @@ Each timer names the session command that fires when it is due.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -27,9 +27,18 @@ def us(seconds: float) -> int:
     return round(seconds * US)
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
 def timestamp_of(at_us: int) -> datetime:
-    """An event's timestamp is the command's time (decision 9), never a clock reading."""
-    return datetime.fromtimestamp(at_us / US, tz=UTC)
+    """An event's timestamp is the command's time (decision 9), never a clock reading.
+    Integer arithmetic, so that ``micros_of(timestamp_of(t)) == t`` exactly."""
+    return EPOCH + timedelta(microseconds=at_us)
+
+
+def micros_of(timestamp: datetime) -> int:
+    return (timestamp - EPOCH) // _ONE_US
 
 
 class Timer(StrEnum):
