@@ -8,8 +8,10 @@ Each test run gets its own database, named uniquely and dropped at the end, so r
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -64,3 +66,26 @@ def create_login_role(admin: PostgresLocation, member_of: str) -> str:
 def drop_role(admin: PostgresLocation, name: str) -> None:
     with psycopg.connect(autocommit=True, **admin.connect_kwargs()) as conn:
         conn.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+# -- fixtures: imported by the conftests of tests/postgres and tests/ledger -----------------
+_schemas = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[PostgresLocation]:
+    admin = require_server()
+    database = create_database(admin)
+    yield database
+    drop_database(admin, database)
+
+
+@pytest.fixture
+def pg_location(pg_database: PostgresLocation) -> PostgresLocation:
+    """A fresh, empty schema for this test's ledger (owner's credentials)."""
+    return pg_database.with_schema(f"ledger_{next(_schemas)}")
+
+
+@pytest.fixture
+def pg_url(pg_location: PostgresLocation) -> str:
+    return pg_location.url()

@@ -149,9 +149,17 @@ def check_meta(location: PostgresLocation, meta: dict[str, str] | None) -> None:
 
 
 def migrate(
-    location: PostgresLocation, *, created_at_us: int, node_role: str = NODE_ROLE
+    location: PostgresLocation,
+    *,
+    created_at_us: int,
+    node_role: str = NODE_ROLE,
+    ledger_id: str | None = None,
 ) -> dict[str, str]:
-    """Create or upgrade the ledger schema at ``location``; return its ledger_meta."""
+    """Create or upgrade the ledger schema at ``location``; return its ledger_meta.
+
+    ``ledger_id`` names the ledger a new schema is created for (pg_import.py moves a SQLite
+    ledger, whose chain starts from its own id); by default a new ledger gets a fresh id.
+    """
     schema = location.schema
     import psycopg
 
@@ -176,7 +184,12 @@ def migrate(
                     f"INSERT INTO {schema}.{META_TABLE} (key, value) VALUES "
                     "('format', %s), ('format_version', %s), ('ledger_id', %s), "
                     "('created_at', %s)",
-                    (FORMAT_NAME, str(FORMAT_VERSION), uuid.uuid4().hex, str(created_at_us)),
+                    (
+                        FORMAT_NAME,
+                        str(FORMAT_VERSION),
+                        ledger_id or uuid.uuid4().hex,
+                        str(created_at_us),
+                    ),
                 )
             cur.execute(
                 f"INSERT INTO {schema}.{META_TABLE} (key, value) VALUES ('schema_version', %s) "

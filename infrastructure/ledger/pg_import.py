@@ -1,0 +1,64 @@
+"""Move a SQLite ledger to PostgreSQL row for row: same ledger id, signers, events, checkpoints.
+
+The rows are copied byte for byte — nothing is re-hashed or re-signed — so the PostgreSQL ledger
+verifies exactly as the file did, and checkpoints taken on the file still pin its history
+(docs/deployment.md, "From one node to several"). Snapshots are not copied: they are a cache,
+rebuilt by replay. The target schema must not hold a ledger yet.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from .chain import ROW_COLUMNS
+from .errors import LedgerError
+from .pg_schema import migrate, read_meta
+from .pg_url import PostgresLocation
+from .schema import (
+    CHECKPOINTS_TABLE,
+    EVENTS_TABLE,
+    META_TABLE,
+    SIGNERS_TABLE,
+    check_sqlite_ledger_file,
+)
+
+BATCH_ROWS = 5000
+
+
+def import_sqlite_ledger(path: str | Path, url: str) -> int:
+    """Copy the ledger file at ``path`` into the (new) PostgreSQL ledger at ``url``; rows copied."""
+    path = Path(path)
+    check_sqlite_ledger_file(path, create=False)
+    location = PostgresLocation.parse(url)
+    with location.connect() as conn, conn.cursor() as cur:
+        if read_meta(cur, location.schema) is not None:
+            raise LedgerError(
+                f"{location.redacted()} already holds a ledger; import only into an empty schema"
+            )
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        meta = dict(src.execute(f"SELECT key, value FROM {META_TABLE}").fetchall())
+        migrate(location, created_at_us=int(meta["created_at"]), ledger_id=meta["ledger_id"])
+        schema = location.schema
+        copied = 0
+        with location.connect(autocommit=False) as conn, conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {schema}.{SIGNERS_TABLE} (did, registered_at, signature) "
+                "VALUES (%s, %s, %s)",
+                src.execute(f"SELECT did, registered_at, signature FROM {SIGNERS_TABLE}"),
+            )
+            rows = src.execute(f"SELECT {ROW_COLUMNS} FROM {EVENTS_TABLE} ORDER BY position")
+            with cur.copy(f"COPY {schema}.{EVENTS_TABLE} ({ROW_COLUMNS}) FROM STDIN") as copy:
+                while batch := rows.fetchmany(BATCH_ROWS):
+                    for row in batch:
+                        copy.write_row(row)
+                    copied += len(batch)
+            cur.executemany(
+                f"INSERT INTO {schema}.{CHECKPOINTS_TABLE} (position, text) VALUES (%s, %s)",
+                src.execute(f"SELECT position, text FROM {CHECKPOINTS_TABLE} ORDER BY id"),
+            )
+            conn.commit()
+    finally:
+        src.close()
+    return copied
