@@ -35,15 +35,12 @@ import heapq
 import hmac
 from dataclasses import dataclass, replace
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from l2_session.domain.handshake_bundle import PrekeyBundle, PrekeySecrets
 from l2_session.domain.handshake_errors import (
     HandshakeAuthenticationFailed,
     HandshakeStateError,
-    MalformedMessage,
     PrekeyError,
     ReplayedMessage,
 )
@@ -56,10 +53,13 @@ from l2_session.domain.handshake_keys import (
     LABEL_INIT_SIGNATURE,
     LABEL_RESPONSE_SIGNATURE,
     SessionKeys,
+    check_signature,
     derive,
     dh,
     ed25519_private_to_x25519,
+    ed25519_public_bytes,
     ed25519_public_to_x25519,
+    expect_id,
     mac,
     session_keys,
     transcript_hash,
@@ -72,19 +72,6 @@ from l2_session.domain.handshake_wire import HANDSHAKE_ID_LEN, Confirm, Init, Re
 # either as stale or as already seen.
 MAX_CLOCK_SKEW_US = 120_000_000
 REPLAY_CACHE_CAPACITY = 100_000
-
-
-def _public(private: Ed25519PrivateKey) -> bytes:
-    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def _check_signature(identity: bytes, signature: bytes, message: bytes, what: str) -> None:
-    try:
-        Ed25519PublicKey.from_public_bytes(identity).verify(signature, message)
-    except (InvalidSignature, ValueError):
-        raise HandshakeAuthenticationFailed(
-            f"{what} signature does not verify under identity {identity.hex()}"
-        ) from None
 
 
 @dataclass
@@ -147,7 +134,7 @@ class InitiatorHandshake:
             bundle.one_time_prekeys[0] if use_one_time_prekey and bundle.one_time_prekeys else None
         )
         ciphertext, shared = kem.encapsulate(bundle.kem_prekey)
-        me = _public(identity)
+        me = ed25519_public_bytes(identity)
         unsigned = Init(
             bundle.suite,
             me,
@@ -178,16 +165,12 @@ class InitiatorHandshake:
         if self.done:
             raise HandshakeStateError("this handshake already completed or failed")
         response = Response.parse(data)
-        if response.handshake_id != self.handshake_id:
-            raise MalformedMessage(
-                f"RESPONSE for handshake {response.handshake_id.hex()}, this is "
-                f"{self.handshake_id.hex()}"
-            )
+        expect_id("RESPONSE", response.handshake_id, self.handshake_id)
         # From here on a failure is an attack or a broken peer: the handshake is over.
         self.done = True
         dh5 = dh(self._ephemeral, response.responder_ephemeral, "DH5")
         th2, master = _after_response(self._stage, self._init, response.signed_part(), dh5)
-        _check_signature(
+        check_signature(
             self._bundle.identity, response.signature, LABEL_RESPONSE_SIGNATURE + th2, "RESPONSE"
         )
         expected = mac(derive(CONTEXT_CONFIRM_RESPONDER, master), th2, response.signature)
@@ -254,11 +237,7 @@ class PendingResponse:
         if self.done:
             raise HandshakeStateError("this handshake already completed or failed")
         confirm = Confirm.parse(data)
-        if confirm.handshake_id != self.handshake_id:
-            raise MalformedMessage(
-                f"CONFIRM for handshake {confirm.handshake_id.hex()}, this is "
-                f"{self.handshake_id.hex()}"
-            )
+        expect_id("CONFIRM", confirm.handshake_id, self.handshake_id)
         self.done = True
         th3 = transcript_hash(
             self._th2, self._response.signature, self._response.confirm, confirm.header_and_id()
@@ -286,7 +265,7 @@ class Responder:
         replay_cache: ReplayCache | None = None,
     ) -> None:
         self._identity, self._identity_x = identity, ed25519_private_to_x25519(identity)
-        self.identity = _public(identity)
+        self.identity = ed25519_public_bytes(identity)
         if bundle.identity != self.identity:
             raise PrekeyError("the bundle was signed by another identity than this responder's")
         self.secrets, self.bundle = secrets, bundle
@@ -324,9 +303,7 @@ class Responder:
             x25519_public_bytes(opk_private) if opk_private else b"",
             init.signed_part(),
         )
-        _check_signature(
-            init.initiator_identity, init.signature, LABEL_INIT_SIGNATURE + th1, "INIT"
-        )
+        check_signature(init.initiator_identity, init.signature, LABEL_INIT_SIGNATURE + th1, "INIT")
         # Authenticated: only now remember the INIT and spend the one-time prekey, so forged
         # INITs can neither fill the cache nor burn prekeys.
         self.replay_cache.remember(init.initiator_ephemeral, init.timestamp_us + self.max_skew_us)

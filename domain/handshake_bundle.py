@@ -19,17 +19,19 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from l2_session.domain.handshake_errors import (
     HandshakeAuthenticationFailed,
     MalformedMessage,
     PrekeyError,
 )
 from l2_session.domain.handshake_kem import DEFAULT_BACKEND, KemBackend, KemPrivateKey
-from l2_session.domain.handshake_keys import x25519_public_bytes
+from l2_session.domain.handshake_keys import (
+    check_signature,
+    ed25519_public_bytes,
+    x25519_public_bytes,
+)
 from l2_session.domain.handshake_wire import (
     MAX_ONE_TIME_PREKEYS,
     MLKEM768_PUBLIC_LEN,
@@ -62,15 +64,6 @@ class OneTimePrekey:
 
 def _opk_message(identity: bytes, prekey_id: int, public: bytes) -> bytes:
     return LABEL_ONE_TIME_PREKEY + identity + struct.pack(">I", prekey_id) + public
-
-
-def _verify(identity: bytes, signature: bytes, message: bytes, what: str) -> None:
-    try:
-        Ed25519PublicKey.from_public_bytes(identity).verify(signature, message)
-    except (InvalidSignature, ValueError):
-        raise HandshakeAuthenticationFailed(
-            f"{what}: signature does not verify under identity {identity.hex()}"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -142,9 +135,11 @@ class PrekeyBundle:
                 f"bundle identity {self.identity.hex()} is not the expected "
                 f"{expected_identity.hex()}"
             )
-        _verify(self.identity, self.signature, LABEL_BUNDLE + self.signed_part(), "prekey bundle")
+        check_signature(
+            self.identity, self.signature, LABEL_BUNDLE + self.signed_part(), "prekey bundle"
+        )
         for opk in self.one_time_prekeys:
-            _verify(
+            check_signature(
                 self.identity,
                 opk.signature,
                 _opk_message(self.identity, opk.prekey_id, opk.public),
@@ -198,7 +193,7 @@ def create_prekeys(
     opk_secrets = dict(
         one_time_prekeys or {i: X25519PrivateKey.generate() for i in one_time_prekey_ids}
     )
-    identity_public = identity.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    identity_public = ed25519_public_bytes(identity)
     unsigned = PrekeyBundle(
         SUITE_X25519_MLKEM768,
         identity_public,

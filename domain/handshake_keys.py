@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import blake3
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
-from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed
+from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed, MalformedMessage
 
 _P = 2**255 - 19
 
@@ -70,6 +71,26 @@ def ed25519_private_to_x25519(private: Ed25519PrivateKey) -> X25519PrivateKey:
     seed = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     # X25519 clamps the scalar itself (RFC 7748 §5), exactly as Ed25519 does.
     return X25519PrivateKey.from_private_bytes(hashlib.sha512(seed).digest()[:32])
+
+
+def ed25519_public_bytes(private: Ed25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def check_signature(identity: bytes, signature: bytes, message: bytes, what: str) -> None:
+    """Raise ``HandshakeAuthenticationFailed`` unless ``signature`` is ``identity``'s."""
+    try:
+        Ed25519PublicKey.from_public_bytes(identity).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        raise HandshakeAuthenticationFailed(
+            f"{what}: signature does not verify under identity {identity.hex()}"
+        ) from None
+
+
+def expect_id(what: str, got: bytes, expected: bytes) -> None:
+    """A reply for another handshake or session is not ours: malformed here, nothing changes."""
+    if got != expected:
+        raise MalformedMessage(f"{what} for {got.hex()}, this one is {expected.hex()}")
 
 
 def x25519_public_bytes(private: X25519PrivateKey) -> bytes:

@@ -50,6 +50,7 @@ from l2_session.domain.handshake_keys import (
     SessionKeys,
     derive,
     dh,
+    expect_id,
     mac,
     session_keys,
     transcript_hash,
@@ -212,8 +213,7 @@ class ResumeInitiator:
         sid, ek_r, mac_r = _parse_pair(
             data, MessageType.RESUME_RESPONSE, RESUME_RESPONSE_BODY_LEN, (16, 32, MAC_LEN)
         )
-        if sid != self._ticket.session_id:
-            raise MalformedMessage(f"RESUME_RESPONSE for session {sid.hex()}")
+        expect_id("RESUME_RESPONSE", sid, self._ticket.session_id)
         self.done = True
         t = self._ticket
         th2 = transcript_hash(self._th1, self._request.mac, _response_prefix(sid, ek_r))
@@ -246,8 +246,7 @@ class PendingResume:
         sid, got = _parse_pair(
             data, MessageType.RESUME_CONFIRM, RESUME_CONFIRM_BODY_LEN, (16, MAC_LEN)
         )
-        if sid != self.ticket.session_id:
-            raise MalformedMessage(f"RESUME_CONFIRM for session {sid.hex()}")
+        expect_id("RESUME_CONFIRM", sid, self.ticket.session_id)
         self.done = True
         th3 = transcript_hash(self._th2, self._mac_r, _confirm_prefix(sid))
         _check(
