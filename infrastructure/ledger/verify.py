@@ -8,12 +8,14 @@ tampered column (even invalid UTF-8) becomes a reported problem, never a crash.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -23,9 +25,9 @@ from blake3 import blake3
 
 from ..identity import verify_did_signature
 from .checkpoint import Checkpoint
-from .codec import decode_sealed_column, sealed_reference
-from .errors import LedgerNotFound, NotALedger
+from .codec import decode_sealed_column, encode_sealed_column, sealed_reference
 from .format import HASH_SIZE, SIGNATURE_SIZE, ZERO_HASH, event_hash, genesis_hash, lp
+from .pg_url import is_postgres_url
 from .recorder import SIGNER_DOMAIN
 from .schema import EVENT_COLUMNS, EVENTS_TABLE, META_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
 
@@ -136,6 +138,10 @@ def _check_sealed(payload: bytes, sealed: bytes) -> str | None:
         state = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
         return f"sealed column or payload unreadable: {e}"
+    if encode_sealed_column(blobs) != sealed:
+        # Base64 and JSON admit several spellings of one value; only the canonical one is valid,
+        # so that no byte of the column can change unnoticed.
+        return "sealed column is not in canonical form"
     refs = {k: sealed_reference(v) for k, v in state.items()} if isinstance(state, dict) else {}
     for name, blob in blobs.items():
         if refs.get(name) != blake3(blob).hexdigest():
@@ -147,127 +153,152 @@ def _verify_range(
     path: str, lo: int, hi: int, trusted: frozenset[str], pin: int | None
 ) -> _RangeResult:
     out = _RangeResult()
-    conn = _connect_ro(path)
+    errors = _pg_errors() if is_postgres_url(path) else (sqlite3.DatabaseError,)
     try:
-        rows = conn.execute(
+        with _range_rows(path, lo, hi) as rows:
+            _check_rows(out, rows, trusted, pin)
+    except errors as e:
+        out.problems.append(
+            Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"rows {lo}..{hi}: {e}")
+        )
+    return out
+
+
+@contextmanager
+def _range_rows(source: str, lo: int, hi: int) -> Iterator[Iterable[Any]]:
+    if is_postgres_url(source):
+        from .pg_verify import range_rows
+
+        with range_rows(source, lo, hi) as rows:
+            yield rows
+        return
+    conn = _connect_ro(source)
+    try:
+        yield conn.execute(
             f"SELECT {', '.join(EVENT_COLUMNS)} FROM {EVENTS_TABLE} "
             "WHERE position BETWEEN ? AND ? ORDER BY position",
             (lo, hi),
         )
-        prev_pos: int | None = None
-        prev_hash: bytes | None = None
-        firsts, lasts, signers, problems = out.firsts, out.lasts, out.signers, out.problems
-        for row in rows:
-            out.count += 1
-            raw_pos = row[0]
-            try:
-                position = _as_int(raw_pos)
-                sid_b = _as_bytes(row[1])
-                sid = sid_b.decode()
-                version = _as_int(row[2])
-                topic = _as_bytes(row[3])
-                timestamp = _as_int(row[4])
-                payload = _as_bytes(row[5])
-                sealed = None if row[6] is None else _as_bytes(row[6])
-                prev_s = _as_bytes(row[7], HASH_SIZE)
-                prev_g = _as_bytes(row[8], HASH_SIZE)
-                stored_h = _as_bytes(row[9], HASH_SIZE)
-                signer_b = _as_bytes(row[10])
-                signer = signer_b.decode()
-                signature = _as_bytes(row[11], SIGNATURE_SIZE)
-            except (TypeError, UnicodeDecodeError) as e:
-                problems.append(
-                    Problem(
-                        ProblemKind.MALFORMED_ROW,
-                        raw_pos if isinstance(raw_pos, int) else None,
-                        None,
-                        str(e),
-                    )
-                )
-                prev_pos, prev_hash = (raw_pos if isinstance(raw_pos, int) else prev_pos), None
-                continue
-            if out.first is None:
-                out.first = (position, prev_g)
-            elif prev_pos is not None and position != prev_pos + 1:
-                problems.append(
-                    Problem(ProblemKind.POSITION_GAP, position, sid, f"follows position {prev_pos}")
-                )
-            if prev_hash is not None and prev_g != prev_hash:
-                problems.append(
-                    Problem(
-                        ProblemKind.GLOBAL_CHAIN_BREAK,
-                        position,
-                        sid,
-                        "prev_global_hash is not the previous event's hash",
-                    )
-                )
-            h = event_hash(
-                position, sid_b, version, topic, timestamp, payload, prev_s, prev_g, lp(signer_b)
-            )
-            if h != stored_h:
-                problems.append(
-                    Problem(
-                        ProblemKind.HASH_MISMATCH,
-                        position,
-                        sid,
-                        "stored event_hash differs from the hash of the row's content",
-                    )
-                )
-            if signer not in trusted:
-                problems.append(
-                    Problem(ProblemKind.UNKNOWN_SIGNER, position, sid, f"signed by {signer!r}")
-                )
-            elif not verify_did_signature(signer, signature, stored_h):
-                problems.append(
-                    Problem(
-                        ProblemKind.BAD_SIGNATURE,
-                        position,
-                        sid,
-                        f"signature does not verify under {signer}",
-                    )
-                )
-            signers[signer] = signers.get(signer, 0) + 1
-            if sealed is not None:
-                why = _check_sealed(payload, sealed)
-                if why:
-                    problems.append(Problem(ProblemKind.SEALED_MISMATCH, position, sid, why))
-            last = lasts.get(sid)
-            if last is None:
-                firsts[sid] = (version, prev_s, position)
-            else:
-                if version != last[0] + 1:
-                    problems.append(
-                        Problem(
-                            ProblemKind.VERSION_GAP,
-                            position,
-                            sid,
-                            f"version {version} follows version {last[0]}",
-                        )
-                    )
-                if prev_s != last[1]:
-                    problems.append(
-                        Problem(
-                            ProblemKind.SESSION_CHAIN_BREAK,
-                            position,
-                            sid,
-                            "prev_session_hash is not the hash of the session's previous event",
-                        )
-                    )
-            lasts[sid] = (version, stored_h)
-            if position == pin:
-                out.pinned = stored_h
-            prev_pos, prev_hash = position, stored_h
-            out.last = (position, stored_h)
-    except sqlite3.DatabaseError as e:
-        out.problems.append(
-            Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"rows {lo}..{hi}: {e}")
-        )
     finally:
         conn.close()
-    return out
 
 
-def _ledger_meta(path: str) -> tuple[str, frozenset[str], int, int, list[Problem]]:
+def _pg_errors() -> tuple[type[BaseException], ...]:
+    import psycopg
+
+    return (psycopg.Error,)
+
+
+def _check_rows(
+    out: _RangeResult, rows: Iterable[Any], trusted: frozenset[str], pin: int | None
+) -> None:
+    prev_pos: int | None = None
+    prev_hash: bytes | None = None
+    firsts, lasts, signers, problems = out.firsts, out.lasts, out.signers, out.problems
+    for row in rows:
+        out.count += 1
+        raw_pos = row[0]
+        try:
+            position = _as_int(raw_pos)
+            sid_b = _as_bytes(row[1])
+            sid = sid_b.decode()
+            version = _as_int(row[2])
+            topic = _as_bytes(row[3])
+            timestamp = _as_int(row[4])
+            payload = _as_bytes(row[5])
+            sealed = None if row[6] is None else _as_bytes(row[6])
+            prev_s = _as_bytes(row[7], HASH_SIZE)
+            prev_g = _as_bytes(row[8], HASH_SIZE)
+            stored_h = _as_bytes(row[9], HASH_SIZE)
+            signer_b = _as_bytes(row[10])
+            signer = signer_b.decode()
+            signature = _as_bytes(row[11], SIGNATURE_SIZE)
+        except (TypeError, UnicodeDecodeError) as e:
+            problems.append(
+                Problem(
+                    ProblemKind.MALFORMED_ROW,
+                    raw_pos if isinstance(raw_pos, int) else None,
+                    None,
+                    str(e),
+                )
+            )
+            prev_pos, prev_hash = (raw_pos if isinstance(raw_pos, int) else prev_pos), None
+            continue
+        if out.first is None:
+            out.first = (position, prev_g)
+        elif prev_pos is not None and position != prev_pos + 1:
+            problems.append(
+                Problem(ProblemKind.POSITION_GAP, position, sid, f"follows position {prev_pos}")
+            )
+        if prev_hash is not None and prev_g != prev_hash:
+            problems.append(
+                Problem(
+                    ProblemKind.GLOBAL_CHAIN_BREAK,
+                    position,
+                    sid,
+                    "prev_global_hash is not the previous event's hash",
+                )
+            )
+        h = event_hash(
+            position, sid_b, version, topic, timestamp, payload, prev_s, prev_g, lp(signer_b)
+        )
+        if h != stored_h:
+            problems.append(
+                Problem(
+                    ProblemKind.HASH_MISMATCH,
+                    position,
+                    sid,
+                    "stored event_hash differs from the hash of the row's content",
+                )
+            )
+        if signer not in trusted:
+            problems.append(
+                Problem(ProblemKind.UNKNOWN_SIGNER, position, sid, f"signed by {signer!r}")
+            )
+        elif not verify_did_signature(signer, signature, stored_h):
+            problems.append(
+                Problem(
+                    ProblemKind.BAD_SIGNATURE,
+                    position,
+                    sid,
+                    f"signature does not verify under {signer}",
+                )
+            )
+        signers[signer] = signers.get(signer, 0) + 1
+        if sealed is not None:
+            why = _check_sealed(payload, sealed)
+            if why:
+                problems.append(Problem(ProblemKind.SEALED_MISMATCH, position, sid, why))
+        last = lasts.get(sid)
+        if last is None:
+            firsts[sid] = (version, prev_s, position)
+        else:
+            if version != last[0] + 1:
+                problems.append(
+                    Problem(
+                        ProblemKind.VERSION_GAP,
+                        position,
+                        sid,
+                        f"version {version} follows version {last[0]}",
+                    )
+                )
+            if prev_s != last[1]:
+                problems.append(
+                    Problem(
+                        ProblemKind.SESSION_CHAIN_BREAK,
+                        position,
+                        sid,
+                        "prev_session_hash is not the hash of the session's previous event",
+                    )
+                )
+        lasts[sid] = (version, stored_h)
+        if position == pin:
+            out.pinned = stored_h
+        prev_pos, prev_hash = position, stored_h
+        out.last = (position, stored_h)
+
+
+def _ledger_meta(path: str) -> tuple[str, frozenset[str], list[tuple[int, int]], list[Problem]]:
     problems: list[Problem] = []
     conn = _connect_ro(path)
     try:
@@ -286,10 +317,29 @@ def _ledger_meta(path: str) -> tuple[str, frozenset[str], int, int, list[Problem
             statement = SIGNER_DOMAIN + lp(ledger_id.encode()) + lp(did_s.encode())
             if verify_did_signature(did_s, bytes(signature), statement):
                 signers.add(did_s)
-        lo, hi = conn.execute(f"SELECT MIN(position), MAX(position) FROM {EVENTS_TABLE}").fetchone()
+        # Chunk boundaries from the positions actually stored: an attacker may have moved a row
+        # to a huge position, and arithmetic ranges up to it would be endless.
+        positions = conn.execute(f"SELECT position FROM {EVENTS_TABLE} ORDER BY position")
+        bounds = [p for i, (p,) in enumerate(positions) if i % CHUNK_EVENTS == 0]
+        last = conn.execute(f"SELECT MAX(position) FROM {EVENTS_TABLE}").fetchone()[0]
     finally:
         conn.close()
-    return ledger_id, frozenset(signers), lo or 0, hi or 0, problems
+    ranges = [(a, b - 1) for a, b in itertools.pairwise(bounds)]
+    if bounds:
+        ranges.append((bounds[-1], last))
+    return ledger_id, frozenset(signers), ranges, problems
+
+
+def _pg_ledger_meta(url: str) -> tuple[str, frozenset[str], list[tuple[int, int]], list[Problem]]:
+    from .pg_verify import ledger_meta
+
+    ledger_id, signers, lo, hi = ledger_meta(url)
+    registered = frozenset(
+        did for did, signature, statement in signers
+        if verify_did_signature(did, signature, statement)
+    )  # fmt: skip
+    ranges = [(a, min(a + CHUNK_EVENTS - 1, hi)) for a in range(max(lo, 1), hi + 1, CHUNK_EVENTS)]
+    return ledger_id, registered, ranges, []
 
 
 def verify(
@@ -299,39 +349,36 @@ def verify(
     trusted_signers: Iterable[str] | None = None,
     workers: int | None = None,
 ) -> VerificationReport:
-    """Verify a ledger (a SessionLedger or the path of its file); see the module docstring.
+    """Verify a ledger (a SessionLedger, the path of its file or a PostgreSQL URL).
 
     ``trusted_signers``: the did:keys allowed to sign. By default, the signers registered in the
     ledger itself — pass them explicitly to also catch a forger who registered their own key.
     ``checkpoint``: a checkpoint seen earlier (object or text); detects truncation or rewriting.
     """
-    path = Path(getattr(ledger, "path", ledger))
-    try:
+    pg = getattr(ledger, "pg", None)
+    if pg is not None or is_postgres_url(ledger):
+        source = pg.url() if pg is not None else str(ledger)
+        ledger_id, registered, ranges, problems = _pg_ledger_meta(source)
+    else:
+        path = Path(getattr(ledger, "path", ledger))
         check_sqlite_ledger_file(path, create=False)
-    except (LedgerNotFound, NotALedger):
-        raise
+        source = str(path)
+        ledger_id, registered, ranges, problems = _ledger_meta(source)
     if isinstance(checkpoint, str):
         checkpoint = Checkpoint.parse(checkpoint)
-    ledger_id, registered, lo, hi, problems = _ledger_meta(str(path))
     trusted = frozenset(trusted_signers) if trusted_signers is not None else registered
     report = VerificationReport(problems=problems)
     pin = checkpoint.position if checkpoint else None
 
-    ranges = [
-        (start, min(start + CHUNK_EVENTS - 1, hi))
-        for start in range(max(lo, 1), hi + 1, CHUNK_EVENTS)
-    ]
-    if lo < 1 and hi:
-        ranges.insert(0, (lo, 0))  # rows an attacker put at position <= 0
     n_workers = workers or os.cpu_count() or 1
-    if hi - lo < PARALLEL_THRESHOLD or n_workers == 1 or len(ranges) < 2:
-        results = [_verify_range(str(path), a, b, trusted, pin) for a, b in ranges]
+    if len(ranges) * CHUNK_EVENTS < PARALLEL_THRESHOLD or n_workers == 1 or len(ranges) < 2:
+        results = [_verify_range(source, a, b, trusted, pin) for a, b in ranges]
         report.workers = 1
     else:
         n_workers = min(n_workers, len(ranges))
         ctx = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_verify_range, str(path), a, b, trusted, pin) for a, b in ranges]
+            futures = [pool.submit(_verify_range, source, a, b, trusted, pin) for a, b in ranges]
             results = [f.result() for f in futures]
         report.workers = n_workers
     _stitch(report, results, genesis_hash(ledger_id))

@@ -1,0 +1,190 @@
+"""Tamper evidence: every edit an attacker with file access can make is reported by verify(),
+with the position and the kind of the problem."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from l2_session.infrastructure.clock import ManualClock
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.ledger.verify import ProblemKind as K
+from l2_session.infrastructure.ledger.verify import verify
+from ledger_aggregates import populate
+from tampering import (
+    COLUMNS,
+    append_forged,
+    flip_byte,
+    open_as_attacker,
+    rechain_from,
+    swap_rows,
+)
+
+SESSIONS, NOTES = 4, 3  # 4 sessions x (open + key + 3 notes) = 20 events
+EVENTS = SESSIONS * (NOTES + 2)
+
+# What flipping a byte of each column must be reported as, at the row's position.
+EXPECTED = {
+    "position": {K.POSITION_GAP, K.HASH_MISMATCH},
+    "session_id": {K.HASH_MISMATCH, K.MALFORMED_ROW},
+    "version": {K.HASH_MISMATCH},
+    "topic": {K.HASH_MISMATCH, K.MALFORMED_ROW},
+    "timestamp": {K.HASH_MISMATCH},
+    "payload": {K.HASH_MISMATCH},
+    "sealed": {K.SEALED_MISMATCH},
+    "prev_session_hash": {K.HASH_MISMATCH},
+    "prev_global_hash": {K.HASH_MISMATCH, K.GLOBAL_CHAIN_BREAK},
+    "event_hash": {K.HASH_MISMATCH},
+    "signer": {K.UNKNOWN_SIGNER, K.MALFORMED_ROW},
+    "signature": {K.BAD_SIGNATURE},
+}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> tuple[Path, NodeIdentity, str]:
+    """One ledger built once; each test works on its own copy."""
+    path = tmp_path_factory.mktemp("pristine") / "ledger.sqlite3"
+    identity, clock = NodeIdentity.generate(), ManualClock()
+    ledger = SessionLedger(path, identity=identity, storage_key=b"s" * 32, clock=clock)
+    populate(ledger, clock, sessions=SESSIONS, notes=NOTES)
+    checkpoint = ledger.checkpoint().to_text()
+    ledger.close()
+    assert verify(path).ok
+    return path, identity, checkpoint
+
+
+def copy_of(pristine: tuple[Path, NodeIdentity, str], tmp: Path) -> Path:
+    target = tmp / "copy.sqlite3"
+    target.unlink(missing_ok=True)
+    shutil.copy(pristine[0], target)
+    return target
+
+
+def sealed_positions(path: Path) -> list[int]:
+    return [r[0] for r in sqlite3.connect(path).execute(
+        "SELECT position FROM ledger_events WHERE sealed IS NOT NULL")]  # fmt: skip
+
+
+@pytest.mark.parametrize("column", COLUMNS)
+def test_flipping_a_byte_of_any_column_is_reported_at_its_position(pristine, tmp_path, column):
+    path = copy_of(pristine, tmp_path)
+    position = sealed_positions(path)[1] if column == "sealed" else 7
+    db = open_as_attacker(path)
+    where = flip_byte(db, position, column, offset=5)
+    db.close()
+    report = verify(path)
+    assert not report.ok
+    kinds = report.kinds_at(where) | (
+        report.kinds_at(position + 1) if column == "position" else set()
+    )
+    assert kinds & EXPECTED[column], (column, report.summary())
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    column=st.sampled_from(COLUMNS),
+    position=st.integers(min_value=1, max_value=EVENTS),
+    offset=st.integers(min_value=0, max_value=10_000),
+)
+def test_random_byte_flips_are_always_detected(pristine, tmp_path, column, position, offset):
+    path = copy_of(pristine, tmp_path)
+    if column == "sealed":
+        candidates = sealed_positions(path)
+        position = candidates[position % len(candidates)]
+    db = open_as_attacker(path)
+    where = flip_byte(db, position, column, offset)
+    db.close()
+    report = verify(path)
+    kinds = report.kinds_at(where) | (
+        report.kinds_at(position + 1) if column == "position" else set()
+    )
+    assert kinds & EXPECTED[column], (column, position, offset, report.summary())
+
+
+def test_a_deleted_row_breaks_the_global_chain_after_it(pristine, tmp_path):
+    path = copy_of(pristine, tmp_path)
+    db = open_as_attacker(path)
+    db.execute("DELETE FROM ledger_events WHERE position = 9")
+    db.commit()
+    report = verify(path)
+    assert K.GLOBAL_CHAIN_BREAK in report.kinds_at(10)
+    assert K.POSITION_GAP in report.kinds_at(10)
+
+
+def test_deleting_a_whole_session_is_detected(pristine, tmp_path):
+    path = copy_of(pristine, tmp_path)
+    db = open_as_attacker(path)
+    sid = db.execute("SELECT session_id FROM ledger_events WHERE position = 6").fetchone()[0]
+    db.execute("DELETE FROM ledger_events WHERE session_id = ?", (sid.decode(),))
+    db.commit()
+    report = verify(path)
+    assert K.GLOBAL_CHAIN_BREAK in report.kinds_at(11)  # the session held positions 6..10
+
+
+def test_swapped_rows_are_reported_at_both_positions(pristine, tmp_path):
+    path = copy_of(pristine, tmp_path)
+    db = open_as_attacker(path)
+    swap_rows(db, 4, 13)
+    report = verify(path)
+    assert K.HASH_MISMATCH in report.kinds_at(4)
+    assert K.HASH_MISMATCH in report.kinds_at(13)
+
+
+def test_a_forged_row_signed_by_an_unknown_key_is_reported(pristine, tmp_path):
+    path = copy_of(pristine, tmp_path)
+    db = open_as_attacker(path)
+    position = append_forged(db, NodeIdentity.generate())
+    report = verify(path)
+    assert report.kinds_at(position) == {K.UNKNOWN_SIGNER}
+    assert len(report.problems) == 1
+
+
+def test_a_forger_who_registers_their_key_is_caught_by_explicit_trust(pristine, tmp_path):
+    path, node, _ = pristine
+    path = copy_of(pristine, tmp_path)
+    db = open_as_attacker(path)
+    position = append_forged(db, NodeIdentity.generate(), register=True)
+    assert verify(path).ok  # the ledger's own signer list was rewritten too ...
+    report = verify(path, trusted_signers=[node.did])  # ... so auditors pin the node keys
+    assert report.kinds_at(position) == {K.UNKNOWN_SIGNER}
+
+
+def test_a_truncated_tail_is_detected_against_an_earlier_checkpoint(pristine, tmp_path):
+    path = copy_of(pristine, tmp_path)
+    _, _, checkpoint = pristine
+    db = open_as_attacker(path)
+    db.execute("DELETE FROM ledger_events WHERE position > ?", (EVENTS - 3,))
+    db.commit()
+    assert verify(path).ok  # a clean prefix looks like a shorter ledger ...
+    report = verify(path, checkpoint)  # ... but not to someone who kept a checkpoint
+    assert report.kinds_at(EVENTS) == {K.CHECKPOINT_MISMATCH}
+    assert "truncated" in report.problems[0].detail
+
+
+def test_history_rewritten_with_a_stolen_key_is_detected_against_a_checkpoint(pristine, tmp_path):
+    path = copy_of(pristine, tmp_path)
+    _, node, checkpoint = pristine
+    db = open_as_attacker(path)
+    rechain_from(db, 5, node, b'{"text":"what really happened"}')
+    assert verify(path).ok  # every hash and signature checks out: the key signed it
+    report = verify(path, checkpoint)
+    assert report.kinds_at(EVENTS) == {K.CHECKPOINT_MISMATCH}
+    assert "rewritten" in report.problems[0].detail
+
+
+def test_the_store_refuses_update_and_delete(pristine, tmp_path):
+    path = copy_of(pristine, tmp_path)
+    db = sqlite3.connect(path)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only: UPDATE refused"):
+        db.execute("UPDATE ledger_events SET payload = x'00' WHERE position = 1")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only: DELETE refused"):
+        db.execute("DELETE FROM ledger_events WHERE position = 1")
+    db.rollback()
+    assert verify(path).ok
