@@ -36,10 +36,8 @@ CONTEXT_STAGE1 = "l2-session 2026-11 handshake v1 stage1 key"
 CONTEXT_MASTER = "l2-session 2026-11 handshake v1 master key"
 CONTEXT_CONFIRM_RESPONDER = "l2-session 2026-11 handshake v1 responder confirm key"
 CONTEXT_CONFIRM_INITIATOR = "l2-session 2026-11 handshake v1 initiator confirm key"
-CONTEXT_INITIATOR_TO_RESPONDER = "l2-session 2026-11 channel v1 initiator to responder key"
-CONTEXT_RESPONDER_TO_INITIATOR = "l2-session 2026-11 channel v1 responder to initiator key"
-CONTEXT_SESSION_ID = "l2-session 2026-11 channel v1 session id"
-CONTEXT_RESUMPTION = "l2-session 2026-11 channel v1 resumption secret"
+# One derivation, split: key I->R 32 | key R->I 32 | resumption secret 32 | session id 16.
+CONTEXT_CHANNEL_KEYS = "l2-session 2026-11 channel v1 keys"
 CONTEXT_RESUME_AUTH = "l2-session 2026-11 resume v1 request key"
 CONTEXT_RESUME_MASTER = "l2-session 2026-11 resume v1 master key"
 CONTEXT_RESUME_CONFIRM_RESPONDER = "l2-session 2026-11 resume v1 responder confirm key"
@@ -109,15 +107,19 @@ def dh(private: X25519PrivateKey, public: bytes, what: str) -> bytes:
 
 def length_prefixed(*parts: bytes) -> bytes:
     # Unambiguous concatenation: no two different part lists give the same bytes.
-    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+    out = bytearray()
+    for part in parts:
+        out += len(part).to_bytes(4, "big")
+        out += part
+    return bytes(out)
 
 
 def transcript_hash(*parts: bytes) -> bytes:
     return blake3.blake3(length_prefixed(*parts), derive_key_context=CONTEXT_TRANSCRIPT).digest()
 
 
-def derive(context: str, *material: bytes) -> bytes:
-    return blake3.blake3(length_prefixed(*material), derive_key_context=context).digest()
+def derive(context: str, *material: bytes, length: int = 32) -> bytes:
+    return blake3.blake3(length_prefixed(*material), derive_key_context=context).digest(length)
 
 
 def mac(key: bytes, *parts: bytes) -> bytes:
@@ -156,16 +158,16 @@ def session_keys(
     generation: int = 0,
 ) -> SessionKeys:
     """Directional keys, session id and next resumption secret, all from ``master``."""
-    i2r = derive(CONTEXT_INITIATOR_TO_RESPONDER, master)
-    r2i = derive(CONTEXT_RESPONDER_TO_INITIATOR, master)
+    block = derive(CONTEXT_CHANNEL_KEYS, master, length=112)
+    i2r, r2i, resumption, sid = block[:32], block[32:64], block[64:96], block[96:]
     return SessionKeys(
-        session_id=session_id or derive(CONTEXT_SESSION_ID, master)[:16],
+        session_id=session_id or sid,
         send_key=i2r if initiator else r2i,
         receive_key=r2i if initiator else i2r,
         peer_identity=peer,
         is_initiator=initiator,
         transcript_hash=transcript,
-        resumption_secret=derive(CONTEXT_RESUMPTION, master),
+        resumption_secret=resumption,
         generation=generation,
         prekey_ids=prekey_ids,
     )
