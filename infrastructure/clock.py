@@ -55,3 +55,20 @@ class ManualClock:
 
     def set_wall_us(self, wall_us: int) -> None:
         self._wall_us = wall_us
+
+
+class SessionTimeline:
+    """The timeline the session core runs on (docs/spec-decisions.md, decision 9).
+
+    Wall-clock microseconds, so that deadlines stored in the ledger still mean something
+    after a restart, but advanced by the monotonic clock, so that a wall clock stepped back
+    (NTP, a VM resumed) never makes time run backwards for the sessions of this process.
+    """
+
+    def __init__(self, source: TimeSource) -> None:
+        self._source = source
+        self._wall0 = source.wall_us()
+        self._mono0 = source.monotonic()
+
+    def now_us(self) -> int:
+        return self._wall0 + round((self._source.monotonic() - self._mono0) * 1_000_000)
