@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 from eventsourcing.persistence import StoredEvent
-from ledger_aggregates import Conversation, populate, state_of
-
 from l2_session.infrastructure.ledger import ConcurrencyConflict, GroupCommitConfig
 from l2_session.infrastructure.ledger.verify import verify
+from ledger_aggregates import Conversation, populate, state_of
 
 CHILD = Path(__file__).with_name("writer_child.py")
 
@@ -52,7 +51,7 @@ def test_appends_acknowledged_before_sigkill_are_never_lost(tmp_path):
     for _ in range(kills):
         child = start_writer(path, seed, sessions=100_000)
         lines: list[str] = []
-        reader = threading.Thread(target=lambda c=child: lines.extend(iter(c.stdout.readline, "")))
+        reader = threading.Thread(target=lambda c=child, out=lines: out.extend(iter(c.stdout.readline, "")))
         reader.start()
         time.sleep(rng.uniform(0.05, 0.6))
         child.send_signal(signal.SIGKILL)

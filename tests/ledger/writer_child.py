@@ -8,10 +8,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ledger_aggregates import Conversation  # noqa: E402
-
-from l2_session.infrastructure.identity import NodeIdentity  # noqa: E402
-from l2_session.infrastructure.ledger import SessionLedger  # noqa: E402
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger import SessionLedger
+from ledger_aggregates import Conversation
 
 
 def main() -> None:

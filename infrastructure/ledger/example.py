@@ -1,0 +1,82 @@
+"""The worked example of docs/ledger-format.md, computed by the code that writes ledgers.
+
+``python -m l2_session.infrastructure.ledger.example`` prints the values; a test checks that
+every value in the document equals what this module computes, so the document cannot drift.
+Everything is fixed (seeded key, fixed ids, nonce and times): Ed25519 signatures are
+deterministic, so the whole example is too.
+"""
+
+from __future__ import annotations
+
+from blake3 import blake3
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from ..identity import NodeIdentity
+from .checkpoint import Checkpoint, key_id
+from .codec import SEALED_MARK, CanonicalJSONTranscoder, encode_sealed_column
+from .format import ZERO_HASH, event_hash, event_hash_input, genesis_hash, lp, sealed_aad
+
+SEED = bytes(range(32))
+LEDGER_ID = "00112233445566778899aabbccddeeff"
+SESSION_ID = "5e5510115e5510115e5510115e551011"
+STORAGE_KEY = bytes([0x42]) * 32
+NONCE = bytes(range(12))
+T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
+
+
+def worked_example() -> dict[str, str]:
+    identity = NodeIdentity.from_seed(SEED)
+    signer = identity.did
+    signer_lp = lp(signer.encode())
+    transcoder = CanonicalJSONTranscoder()
+    out: dict[str, str] = {
+        "seed": SEED.hex(),
+        "public_key": identity.public_bytes.hex(),
+        "signer": signer,
+        "ledger_id": LEDGER_ID,
+        "genesis_hash": genesis_hash(LEDGER_ID).hex(),
+    }
+    sid = SESSION_ID.encode()
+
+    # Event 1: a session opened (no secret fields).
+    payload1 = transcoder.encode({"peer": "did:key:z6MkPeer", "purpose": "example"})
+    prev_g = genesis_hash(LEDGER_ID)
+    args1 = (1, sid, 1, b"example:Opened", T0, payload1, ZERO_HASH, prev_g, signer_lp)
+    h1 = event_hash(*args1)
+    out |= {
+        "event1_payload": payload1.decode(),
+        "event1_hash_input": event_hash_input(*args1).hex(),
+        "event1_hash": h1.hex(),
+        "event1_signature": identity.sign(h1).hex(),
+    }
+
+    # Event 2: a key stored; the field `session_key` is sealed.
+    secret = bytes(range(0xA0, 0xC0))
+    aad = sealed_aad(sid, 2, "session_key")
+    blob = NONCE + ChaCha20Poly1305(STORAGE_KEY).encrypt(NONCE, secret, aad)
+    digest = blake3(blob).hexdigest()
+    payload2 = transcoder.encode({"label": "k", "session_key": {SEALED_MARK: digest}})
+    args2 = (2, sid, 2, b"example:KeyStored", T0 + 1_000_000, payload2, h1, h1, signer_lp)
+    h2 = event_hash(*args2)
+    out |= {
+        "sealed_plaintext": secret.hex(),
+        "storage_key": STORAGE_KEY.hex(),
+        "sealed_nonce": NONCE.hex(),
+        "sealed_aad": aad.hex(),
+        "sealed_blob": blob.hex(),
+        "sealed_digest": digest,
+        "sealed_column": encode_sealed_column({"session_key": blob}).decode(),
+        "event2_payload": payload2.decode(),
+        "event2_hash_input": event_hash_input(*args2).hex(),
+        "event2_hash": h2.hex(),
+        "event2_signature": identity.sign(h2).hex(),
+    }
+
+    checkpoint = Checkpoint.sign(identity, LEDGER_ID, 2, h2, T0 + 2_000_000)
+    out |= {"checkpoint_key_id": key_id(signer).hex(), "checkpoint": checkpoint.to_text()}
+    return out
+
+
+if __name__ == "__main__":
+    for name, value in worked_example().items():
+        print(f"<!-- example:{name} -->\n```\n{value.rstrip()}\n```\n")

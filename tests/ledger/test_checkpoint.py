@@ -1,0 +1,53 @@
+"""Checkpoint text: round trip, signature, and clear errors for every malformed part."""
+
+from __future__ import annotations
+
+import pytest
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger import Checkpoint, CheckpointError
+
+
+@pytest.fixture
+def checkpoint() -> Checkpoint:
+    return Checkpoint.sign(NodeIdentity.generate(), "ab" * 16, 42, bytes(range(32)), 1_767_225_600_000_000)
+
+
+def test_a_checkpoint_round_trips_through_its_text(checkpoint):
+    parsed = Checkpoint.parse(checkpoint.to_text())
+    assert parsed == checkpoint
+    assert parsed.signature_valid()
+
+
+def test_a_changed_body_no_longer_verifies(checkpoint):
+    text = checkpoint.to_text().replace("\n42\n", "\n43\n")
+    assert not Checkpoint.parse(text).signature_valid()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("\n\n", "\n"), "no blank line"),
+        (lambda t: t.replace("l2-session ledger", "other log"), "origin"),
+        (lambda t: t.replace("\n42\n", "\n042\n"), "not a decimal number"),
+        (lambda t: t.replace("\n42\n", "\n-1\n"), "not a decimal number"),
+        (lambda t: t.replace("time ", "when "), "time line"),
+        (lambda t: t.replace("\u2014 ", "- "), "signature line"),
+        (lambda t: t.replace("did:key:z", "did:web:z"), "did:web"),
+    ],
+)
+def test_malformed_checkpoints_are_refused_with_the_reason(checkpoint, edit, message):
+    with pytest.raises(CheckpointError, match=message):
+        Checkpoint.parse(edit(checkpoint.to_text()))
+
+
+def test_a_signature_under_another_key_id_is_refused(checkpoint):
+    other = NodeIdentity.generate().did
+    with pytest.raises(CheckpointError, match="key id"):
+        Checkpoint.parse(checkpoint.to_text().replace(checkpoint.signer, other))
+
+
+def test_a_head_hash_of_the_wrong_length_is_refused(checkpoint):
+    text = checkpoint.to_text().splitlines(keepends=True)
+    text[2] = "AAAA\n"
+    with pytest.raises(CheckpointError, match="3 bytes, expected 32"):
+        Checkpoint.parse("".join(text))
