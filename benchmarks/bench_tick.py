@@ -24,6 +24,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from eventsourcing.application import AggregateNotFoundError
 from l2_session.domain.commands import HandshakeResponse
 from l2_session.domain.config import SessionConfig
 from l2_session.domain.manager import SessionManager
@@ -44,7 +45,7 @@ class CollectingLedger:
     class repository:
         @staticmethod
         def get(aggregate_id: Any) -> Any:
-            raise KeyError(aggregate_id)
+            raise AggregateNotFoundError(aggregate_id)
 
     def save(self, *aggregates: Any, **kwargs: Any) -> None:
         for aggregate in aggregates:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from uuid import UUID, uuid5
 
+from eventsourcing.application import AggregateNotFoundError
 from l2_session.domain import timers
 from l2_session.domain.commands import (
     Data,
@@ -111,7 +112,7 @@ class SessionManager:
         if found is None:
             try:
                 found = self._ledger.repository.get(peer_id(peer_did))
-            except Exception:  # AggregateNotFoundError: a peer never seen before
+            except AggregateNotFoundError:  # a peer never seen before
                 found = Peer.register(peer_did, self.config, 0)
             self._peers[peer_did] = found
         return found

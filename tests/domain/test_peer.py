@@ -69,3 +69,23 @@ def test_forged_response_quarantines_peer_and_fails_session(
     assert session.state == "failed" and session.failure_reason == "authentication_failed"
     assert alice.peer(BOB).is_quarantined(sim.clock.wall_us() + 59 * SECOND)
     assert not alice.peer(BOB).is_quarantined(sim.clock.wall_us() + 60 * SECOND)
+
+
+def test_request_from_quarantined_peer_is_refused_and_opens_nothing(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    from uuid import uuid4
+
+    from l2_session.domain.commands import HandshakeRequest
+
+    sim = make_sim()
+    bob = sim.nodes[BOB]
+    now = sim.clock.wall_us()
+    forged = HandshakeRequest(uuid4(), b"\x00" * 32, authentic=False)
+    assert bob.receive(ALICE, forged, now) == []
+    assert bob.peer(ALICE).is_quarantined(now)
+    genuine = HandshakeRequest(uuid4(), b"\x00" * 32)
+    assert bob.receive(ALICE, genuine, now + 59 * SECOND) == []
+    assert len(bob) == 0 and bob.dropped_frames == 1
+    assert bob.receive(ALICE, genuine, now + 60 * SECOND) != []
+    assert len(bob) == 1
