@@ -1,0 +1,86 @@
+"""Fixtures for the ledger suite. `ledger_factory` is the one place that says which backend."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from l2_session.infrastructure.clock import ManualClock
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger import SessionLedger
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the pgserver helper
+from pgserver import pg_database, pg_location, pg_url
+
+__all__ = ["pg_database", "pg_location", "pg_url"]
+
+LedgerFactory = Callable[..., SessionLedger]
+
+
+@pytest.fixture
+def identity() -> NodeIdentity:
+    return NodeIdentity.generate()
+
+
+@pytest.fixture
+def storage_key() -> bytes:
+    return os.urandom(32)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.sqlite3"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Tests that use the ledger only through its API run on both backends; tests that open the
+    # SQLite file themselves (they take `ledger_path`) run on SQLite only.
+    if "ledger_factory" not in metafunc.fixturenames:
+        return
+    own = inspect.signature(metafunc.function).parameters
+    backends: list[Any] = ["sqlite"]
+    if "ledger_path" not in own:
+        backends.append(pytest.param("postgres", marks=pytest.mark.postgres))
+    metafunc.parametrize("ledger_backend", backends)
+
+
+@pytest.fixture
+def ledger_location(ledger_backend: str, request: pytest.FixtureRequest) -> str | Path:
+    """Where the test's ledger lives: the SQLite file, or a fresh PostgreSQL schema."""
+    if ledger_backend == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return Path(request.getfixturevalue("ledger_path"))
+
+
+@pytest.fixture
+def ledger_factory(
+    ledger_location: str | Path, identity: NodeIdentity, storage_key: bytes, clock: ManualClock
+) -> Iterator[LedgerFactory]:
+    """Open (creating on first use) the test's ledger; keyword arguments override defaults."""
+    opened: list[SessionLedger] = []
+
+    def open_ledger(**overrides: Any) -> SessionLedger:
+        location = overrides.pop("location", ledger_location)
+        kwargs: dict[str, Any] = {
+            "identity": identity,
+            "storage_key": storage_key,
+            "clock": clock,
+        }
+        kwargs.update(overrides)
+        ledger = SessionLedger(location, **kwargs)
+        opened.append(ledger)
+        return ledger
+
+    yield open_ledger
+    for ledger in opened:
+        ledger.close()
