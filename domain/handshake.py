@@ -13,13 +13,14 @@ encapsulation to the responder's signed KEM prekey. Because this handshake is in
 responder adds an ephemeral EK_R and DH5 = DH(EK_I, EK_R): the session keys are then fresh even
 when an INIT is replayed, and forward secret against a later leak of the signed prekey.
 
-Key schedule (BLAKE3 derive_key, one context per output; `||` is length-prefixed)::
+Key schedule (BLAKE3 derive_key, one context per step; `||` is length-prefixed)::
 
     th1    = H(bundle signed part || opk || INIT without signature)
     ck1    = KDF(stage1, th1 || DH1 || DH2 || DH3 || DH4 || SS)
     th2    = H(th1 || sig_I || RESPONSE header, id, EK_R)
     master = KDF(master, ck1 || DH5 || th2)
-    confirm_R, confirm_I, key_I->R, key_R->I, session id = KDF(<each>, master)
+    confirm_R, confirm_I = KDF(<each>, master)
+    key_I->R || key_R->I || resumption secret || session id = KDF(channel keys, master)
 
 Every input of the key schedule that an attacker could change in flight is in a transcript
 hash, signed by its owner and mixed into the keys: stripping the KEM part or changing the
@@ -198,7 +199,9 @@ class ReplayCache:
         return len(self._live)
 
     def _purge(self, now_us: int) -> None:
-        while self._by_expiry and self._by_expiry[0][0] <= now_us:
+        # Strictly after expiry: at now == timestamp + skew the INIT still passes the timestamp
+        # check, so its ephemeral must still be here.
+        while self._by_expiry and self._by_expiry[0][0] < now_us:
             _, key = heapq.heappop(self._by_expiry)
             self._live.discard(key)
 
