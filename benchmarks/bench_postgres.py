@@ -140,7 +140,7 @@ def run(quick: bool) -> dict[str, Any]:
     database = PostgresLocation(
         admin.host, admin.port, dbname, admin.user, admin.password, "public", admin.options
     )
-    count = 300 if quick else 1500  # sessions per writer per run
+    count = 300 if quick else 1000  # sessions per writer per run
     repeat = 1 if quick else 3
     figures: list[dict[str, Any]] = []
     rates: dict[str, list[float]] = {}
