@@ -33,6 +33,7 @@ from l2_session.domain.handshake_wire import (
     AEAD_TAG_LEN,
     HEADER,
     MAX_PLAINTEXT,
+    PROTOCOL_VERSION,
     MessageType,
     peek_type,
     unframe,
@@ -119,7 +120,8 @@ class Channel:
                 "reserve the next block (or rotate keys) before sending"
             )
         self.next_send_counter = counter + 1
-        header = HEADER.pack(1, kind, 8 + len(payload) + AEAD_TAG_LEN) + struct.pack(">Q", counter)
+        header = HEADER.pack(PROTOCOL_VERSION, kind, 8 + len(payload) + AEAD_TAG_LEN)
+        header += struct.pack(">Q", counter)
         return header + self._seal.encrypt(_nonce(counter), payload, header)
 
     def open(self, record: bytes) -> tuple[MessageType, bytes]:
