@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
+import tracemalloc
 
 import pytest
 from crypto_support import DAY_US, NOW_US
@@ -111,3 +113,24 @@ def Init_identity(init: bytes) -> bytes:
 
 def test_refusal_is_a_handshake_error() -> None:
     assert issubclass(HandshakeRefused, HandshakeError)
+
+
+def test_gate_memory_does_not_grow_with_the_flood() -> None:
+    """Peak memory of the admission gate after N and after 3N forged INITs from fresh identities
+    and addresses: bounded tables mean the second is not three times the first."""
+
+    def peak(total: int) -> int:
+        gate = HandshakeAdmission(FloodLimits(max_tracked=500), now_us=NOW_US)
+        rng = random.Random(total)
+        tracemalloc.start()
+        for n in range(total):
+            identity = rng.randbytes(32)
+            with contextlib.suppress(HandshakeRefused):
+                gate.admit(identity, f"10.{n % 250}.{n // 250 % 250}.1:1", NOW_US + n * 1000)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert gate.tracked() <= 4 * 500
+        return top
+
+    small, large = peak(2_000), peak(6_000)
+    assert large < 1.3 * small, (small, large)
