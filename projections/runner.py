@@ -169,8 +169,14 @@ class ProjectionRunner:
         if listener is None:
             self.stopped.wait(self.poll_interval)
             return
+        # Wait in short slices so that stop() is noticed promptly even with a long poll.
+        deadline = time.monotonic() + self.poll_interval
         try:
-            for _ in listener.notifies(timeout=self.poll_interval, stop_after=1):
-                pass
+            while not self.stopped.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                for _ in listener.notifies(timeout=min(remaining, 0.25), stop_after=1):
+                    return
         except Exception:  # a dropped LISTEN connection: carry on by polling
             self.stopped.wait(self.poll_interval)

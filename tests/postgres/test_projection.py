@@ -1,0 +1,87 @@
+"""The projection runner: woken by NOTIFY, saved by polling when a notification is lost."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.ledger.pg_url import PostgresLocation
+from l2_session.projections.runner import Lag, ProjectionRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet import EventCounts, Tick
+
+pytestmark = pytest.mark.postgres
+
+
+def _follow(runner: ProjectionRunner) -> threading.Thread:
+    thread = threading.Thread(target=runner.run_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+def _applied_within(runner: ProjectionRunner, position: int, seconds: float) -> float | None:
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if runner.lag.position >= position:
+            return time.monotonic() - start
+        time.sleep(0.01)
+    return None
+
+
+@pytest.fixture
+def writer(pg_location: PostgresLocation) -> Any:
+    ledger = SessionLedger(pg_location.url(), identity=NodeIdentity.generate())
+    yield ledger
+    ledger.close()
+
+
+def test_a_notification_wakes_the_projection_long_before_its_poll(
+    writer: SessionLedger, pg_location: PostgresLocation
+) -> None:
+    reader = SessionLedger(pg_location.url(), create=False)
+    view = pg_location.with_schema(pg_location.schema + "_view")
+    runner = ProjectionRunner(reader, view, EventCounts(), poll_interval=30.0)
+    thread = _follow(runner)
+    time.sleep(0.3)  # the runner is now waiting on LISTEN, its next poll 30 s away
+    tick = Tick("n")
+    tick.tick("x")
+    writer.save(tick)
+    took = _applied_within(runner, 2, 10.0)
+    runner.stop()
+    thread.join(timeout=35)
+    assert took is not None and took < 5.0, f"not woken by NOTIFY (took {took})"
+    runner.close()
+    reader.close()
+
+
+def test_a_lost_notification_delays_the_projection_by_one_poll_at_most(
+    writer: SessionLedger, pg_location: PostgresLocation
+) -> None:
+    reader = SessionLedger(pg_location.url(), create=False)
+    reader.recorder.channel_name = "nobody_notifies_this"  # type: ignore[attr-defined]
+    view = pg_location.with_schema(pg_location.schema + "_view")
+    lags: list[Lag] = []
+    runner = ProjectionRunner(reader, view, EventCounts(), poll_interval=0.5, on_batch=lags.append)
+    thread = _follow(runner)
+    time.sleep(0.3)
+    for _ in range(3):
+        writer.save(Tick("n"))
+    took = _applied_within(runner, 3, 10.0)
+    runner.stop()
+    thread.join(timeout=5)
+    assert took is not None and took < 2.0, f"polling did not catch up (took {took})"
+    assert lags and lags[-1].events == 0 and lags[-1].seconds >= 0
+    with psycopg.connect(**view.connect_kwargs()) as conn:
+        assert conn.execute(f"SELECT sum(events) FROM {view.schema}.event_counts").fetchone() == (
+            3,
+        )
+    runner.close()
+    reader.close()
