@@ -31,8 +31,9 @@ from .pg_url import is_postgres_url
 from .recorder import SIGNER_DOMAIN
 from .schema import EVENT_COLUMNS, EVENTS_TABLE, META_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
 
-CHUNK_EVENTS = 25_000  # rows per worker task
-PARALLEL_THRESHOLD = 40_000  # below this, one process is faster than starting workers
+# Rows per worker task. A ledger of one chunk is verified in-process: below ~25k events,
+# starting worker processes costs more than it saves.
+CHUNK_EVENTS = 25_000
 
 
 class ProblemKind(StrEnum):
@@ -298,7 +299,9 @@ def _check_rows(
         out.last = (position, stored_h)
 
 
-def _ledger_meta(path: str) -> tuple[str, frozenset[str], list[tuple[int, int]], list[Problem]]:
+def _ledger_meta(
+    path: str, chunk: int
+) -> tuple[str, frozenset[str], list[tuple[int, int]], list[Problem]]:
     problems: list[Problem] = []
     conn = _connect_ro(path)
     try:
@@ -320,7 +323,7 @@ def _ledger_meta(path: str) -> tuple[str, frozenset[str], list[tuple[int, int]],
         # Chunk boundaries from the positions actually stored: an attacker may have moved a row
         # to a huge position, and arithmetic ranges up to it would be endless.
         positions = conn.execute(f"SELECT position FROM {EVENTS_TABLE} ORDER BY position")
-        bounds = [p for i, (p,) in enumerate(positions) if i % CHUNK_EVENTS == 0]
+        bounds = [p for i, (p,) in enumerate(positions) if i % chunk == 0]
         last = conn.execute(f"SELECT MAX(position) FROM {EVENTS_TABLE}").fetchone()[0]
     finally:
         conn.close()
@@ -330,7 +333,9 @@ def _ledger_meta(path: str) -> tuple[str, frozenset[str], list[tuple[int, int]],
     return ledger_id, frozenset(signers), ranges, problems
 
 
-def _pg_ledger_meta(url: str) -> tuple[str, frozenset[str], list[tuple[int, int]], list[Problem]]:
+def _pg_ledger_meta(
+    url: str, chunk: int
+) -> tuple[str, frozenset[str], list[tuple[int, int]], list[Problem]]:
     from .pg_verify import ledger_meta
 
     ledger_id, signers, lo, hi = ledger_meta(url)
@@ -338,7 +343,7 @@ def _pg_ledger_meta(url: str) -> tuple[str, frozenset[str], list[tuple[int, int]
         did for did, signature, statement in signers
         if verify_did_signature(did, signature, statement)
     )  # fmt: skip
-    ranges = [(a, min(a + CHUNK_EVENTS - 1, hi)) for a in range(max(lo, 1), hi + 1, CHUNK_EVENTS)]
+    ranges = [(a, min(a + chunk - 1, hi)) for a in range(max(lo, 1), hi + 1, chunk)]
     return ledger_id, registered, ranges, []
 
 
@@ -348,22 +353,26 @@ def verify(
     *,
     trusted_signers: Iterable[str] | None = None,
     workers: int | None = None,
+    chunk_events: int = CHUNK_EVENTS,
 ) -> VerificationReport:
     """Verify a ledger (a SessionLedger, the path of its file or a PostgreSQL URL).
 
     ``trusted_signers``: the did:keys allowed to sign. By default, the signers registered in the
     ledger itself — pass them explicitly to also catch a forger who registered their own key.
     ``checkpoint``: a checkpoint seen earlier (object or text); detects truncation or rewriting.
+    ``workers``: processes to use (default: one per core); ``chunk_events``: rows per task.
     """
+    if chunk_events < 1:
+        raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
     pg = getattr(ledger, "pg", None)
     if pg is not None or is_postgres_url(ledger):
         source = pg.url() if pg is not None else str(ledger)
-        ledger_id, registered, ranges, problems = _pg_ledger_meta(source)
+        ledger_id, registered, ranges, problems = _pg_ledger_meta(source, chunk_events)
     else:
         path = Path(getattr(ledger, "path", ledger))
         check_sqlite_ledger_file(path, create=False)
         source = str(path)
-        ledger_id, registered, ranges, problems = _ledger_meta(source)
+        ledger_id, registered, ranges, problems = _ledger_meta(source, chunk_events)
     if isinstance(checkpoint, str):
         checkpoint = Checkpoint.parse(checkpoint)
     trusted = frozenset(trusted_signers) if trusted_signers is not None else registered
@@ -371,7 +380,7 @@ def verify(
     pin = checkpoint.position if checkpoint else None
 
     n_workers = workers or os.cpu_count() or 1
-    if len(ranges) * CHUNK_EVENTS < PARALLEL_THRESHOLD or n_workers == 1 or len(ranges) < 2:
+    if n_workers == 1 or len(ranges) < 2:
         results = [_verify_range(source, a, b, trusted, pin) for a, b in ranges]
         report.workers = 1
     else:
