@@ -283,12 +283,17 @@ class SessionManager:
     # ------------------------------------------------------------------ timers
     def tick(self, now_us: int) -> list[Output]:
         """SPEC-018 §5.2 ``tick``: fire every deadline that is due, O(due · log n)."""
-        out: list[Output] = []
+        due: list[UUID] = []
         while self._heap and self._heap[0][0] <= now_us:
             _, generation, sid = heapq.heappop(self._heap)
             if self._armed.get(sid) != generation:
                 continue  # superseded by a later schedule
             del self._armed[sid]
+            due.append(sid)
+        # Collected first, fired after: a session re-armed while firing waits for the next
+        # tick, so one tick always ends.
+        out: list[Output] = []
+        for sid in due:
             out.extend(self._fire_due(self._sessions[sid], now_us))
         return out
 
@@ -299,14 +304,18 @@ class SessionManager:
 
     def _fire_due(self, s: Session, now_us: int) -> list[Output]:
         out: list[Output] = []
+        not_before = 0
         while (due := timers.next_deadline(s)) is not None and due[0] <= now_us:
             timer = due[1]
             try:
                 out.extend(self._fire(s, timer, now_us))
-            except SessionError as error:  # e.g. the peer is still quarantined
-                log.info("timer %s of session %s not fired: %s", timer, s.id, error)
+            except SessionError as error:
+                # The deadline stays (it is derived from the session); wake up again when it
+                # can fire, not at once, or tick would spin on it.
+                not_before = getattr(error, "until_us", now_us + timers.US)
+                log.info("timer %s of session %s deferred: %s", timer, s.id, error)
                 break
-        self._arm(s)
+        self._arm(s, not_before)
         return out
 
     def _fire(self, s: Session, timer: timers.Timer, now_us: int) -> list[Output]:
@@ -345,14 +354,14 @@ class SessionManager:
         self._sessions[session.id] = session
         self._conversations[session.conversation] = session.id
 
-    def _arm(self, s: Session) -> None:
+    def _arm(self, s: Session, not_before_us: int = 0) -> None:
         due = timers.next_deadline(s)
         if due is None:
             self._armed.pop(s.id, None)
             return
         generation = next(self._generation)
         self._armed[s.id] = generation
-        heapq.heappush(self._heap, (due[0], generation, s.id))
+        heapq.heappush(self._heap, (max(due[0], not_before_us), generation, s.id))
         if len(self._heap) > 64 and len(self._heap) > 2 * len(self._armed):
             # Lazy deletion leaves superseded entries; compact before they dominate.
             self._heap = [e for e in self._heap if self._armed.get(e[2]) == e[1]]

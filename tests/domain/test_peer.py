@@ -89,3 +89,28 @@ def test_request_from_quarantined_peer_is_refused_and_opens_nothing(
     assert len(bob) == 0 and bob.dropped_frames == 1
     assert bob.receive(ALICE, genuine, now + 60 * SECOND) != []
     assert len(bob) == 1
+
+
+def test_recovery_of_a_session_waits_out_its_peers_quarantine(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    """A suspended session's recovery timer falls due while its peer is quarantined (by
+    another session's failure): the retry is deferred to the quarantine's end, not spun on."""
+    sim = make_sim()
+    alice = sim.nodes[ALICE]
+    sid, outputs = alice.establish(BOB, sim.clock.wall_us())
+    sim.perform(ALICE, outputs)
+    sim.run_for(1)
+    sim.transport.partition(ALICE, BOB)
+    sim.run_for(160)
+    session = alice.session(sid)
+    assert session.state == "suspended"
+    recovery_at = session.state_since_us + 60 * SECOND
+    quarantine_ends = recovery_at - SECOND + 60 * SECOND
+    alice.peer(BOB).authentication_failed(recovery_at - SECOND, jitter=0.0)
+    alice.tick(recovery_at)  # tick directly: a spinning timer must fail here, not hang
+    assert session.state == "suspended"
+    assert alice.next_wakeup_us() == quarantine_ends
+    assert alice.tick(quarantine_ends - 1) == []
+    alice.tick(quarantine_ends)
+    assert session.state == "handshake_initiated"
