@@ -2,8 +2,8 @@
 
 Issue 5 target: ledger >= 2.0x plain eventsourcing on PostgreSQL, saving the same events in the
 same run. A *writer* is a process (a node); in each, SAVE_THREADS threads save one session of
-5 events per save() — a node serving many sessions at once, as in bench_append.py. The ledger
-nodes each have their own identity and share one ledger (one global chain); the plain
+5 events per save() — a node serving many sessions at once (bench_append's _from_threads). The
+ledger nodes each have their own identity and share one ledger (one global chain); the plain
 eventsourcing writers share one stored_events table. Timed: from the moment every writer is
 ready (sessions built, connections open) to the last commit returning, across all writers.
 Both run on the same server with its own durability settings (synchronous_commit is recorded).
@@ -17,47 +17,21 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-import threading
 import time
 import uuid
 from typing import Any
 
 import psycopg
 
+from .bench_append import SAVE_THREADS, _from_threads
 from .workload import EVENTS_PER_SESSION, sessions
 
-SAVE_THREADS = 16
 WRITERS = (1, 2, 4)
 TARGET_VS_PLAIN = 2.0
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def _save_from_threads(save: Any, items: list[Any]) -> None:
-    pending = iter(items)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            while True:
-                with lock:
-                    item = next(pending, None)
-                if item is None:
-                    return
-                save(item)
-        except BaseException as error:  # reported after join: a failed run must not pass
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker) for _ in range(SAVE_THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
-def _open(kind: str, url: str) -> Any:
+def _open(kind: str, url: str, *, create: bool = False) -> Any:
     from eventsourcing.application import Application
     from l2_session.infrastructure.identity import NodeIdentity
     from l2_session.infrastructure.ledger import SessionLedger
@@ -78,7 +52,7 @@ def _open(kind: str, url: str) -> Any:
             "POSTGRES_PASSWORD": pg.password,
             "POSTGRES_SCHEMA": pg.schema,
             "POSTGRES_POOL_SIZE": str(SAVE_THREADS),  # no thread waits for a connection
-            "CREATE_TABLE": "y",
+            "CREATE_TABLE": "y" if create else "n",  # writers racing on DDL would fail
         }
     )
 
@@ -90,7 +64,7 @@ def _writer(kind: str, url: str, count: int, seed: int, ready: Any, go: Any, out
     ready.release()
     go.wait()
     start = time.time()
-    _save_from_threads(app.save, items)
+    _from_threads(app.save, items)
     end = time.time()
     batches = requests = 0
     if kind == "ledger":
@@ -101,7 +75,7 @@ def _writer(kind: str, url: str, count: int, seed: int, ready: Any, go: Any, out
 
 
 def _run(kind: str, url: str, writers: int, count: int, seed: int) -> dict[str, float]:
-    _open(kind, url).close()  # schema and tables exist before the writers start
+    _open(kind, url, create=True).close()  # schema and tables exist before writers start
     ctx = multiprocessing.get_context("spawn")
     ready, go, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
     procs = [

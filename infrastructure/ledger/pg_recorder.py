@@ -119,7 +119,8 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         # No retry on connection errors (eventsourcing retries): a commit whose reply was lost
-        # would be appended twice. The caller sees the error and reloads the session.
+        # would come back as a ConcurrencyConflict for an append that succeeded. The caller
+        # sees the connection error and reloads the session to learn what was stored.
         if self.identity is None:
             raise LedgerError("this ledger was opened read-only (no node identity): cannot append")
         if not stored_events:
