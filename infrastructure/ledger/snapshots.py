@@ -161,8 +161,10 @@ class SignedSnapshotRecorder(SQLiteAggregateRecorder):
         try:
             with self.datastore.transaction(commit=False) as c:
                 c.execute(statement, params)
-                rows = c.fetchall()
+                # Rows are read one at a time and reading stops at the first trusted one: a long
+                # session has hundreds of older snapshots, and reading them all cost ~10 ms of
+                # a 100k-event replay (docs/benchmarks.md).
+                return trusted_snapshots(self, originator_id, iter(c.fetchone, None), limit)
         except sqlite3.DatabaseError as e:
             log.warning("snapshots of session %s unreadable (%s); replaying from events", sid, e)
             return []
-        return trusted_snapshots(self, originator_id, rows, limit)
