@@ -15,6 +15,7 @@ import importlib.metadata
 import json
 import platform
 import sqlite3
+import subprocess
 import sys
 import time
 import traceback
@@ -27,9 +28,24 @@ SUITES: dict[str, str] = {
     "append": "benchmarks.bench_append",
     "verify": "benchmarks.bench_verify",
     "replay": "benchmarks.bench_replay",
+    "postgres": "benchmarks.bench_postgres",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")
+
+
+def source_state() -> dict[str, Any]:
+    """The commit measured, and files changed since it (the working tree is shared)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "changed": (changed or "").splitlines()}
 
 
 def machine() -> dict[str, Any]:
@@ -81,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
         "machine": machine(),
+        "source": source_state(),
         "suites": {},
     }
     out = RESULTS_DIR / "latest.json"
