@@ -17,16 +17,21 @@ from session_helpers import ALICE, BOB, PREKEYS
 def make_sim(
     session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
 ) -> Callable[..., Simulation]:
+    builds = [0]
+
     def build(
         profile: LinkProfile | None = None, seed: int = 7, config: SessionConfig | None = None
     ) -> Simulation:
+        # A second build in one test (hypothesis examples) gets fresh ledger files.
+        builds[0] += 1
+        suffix = "" if builds[0] == 1 else f"-{builds[0]}"
         transport = MockTransport(manual_clock, seed=seed, profile=profile)
         sim = Simulation(manual_clock, transport)
         for n, did in enumerate((ALICE, BOB)):
             sim.add(
                 SessionManager(
                     did,
-                    session_ledger_factory(did.rsplit("z6Mk", 1)[1].lower()),
+                    session_ledger_factory(did.rsplit("z6Mk", 1)[1].lower() + suffix),
                     config or SessionConfig(),
                     seed=seed + n,
                     prekeys_of=PREKEYS.__getitem__,
