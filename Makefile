@@ -46,7 +46,7 @@ wheel-check: $(STAMP)
 	$(BIN)/python -m build --wheel --outdir .wheelcheck/dist . >/dev/null
 	$(PYTHON) -m venv .wheelcheck/venv
 	.wheelcheck/venv/bin/python -m pip install -q .wheelcheck/dist/*.whl
-	cd .wheelcheck && venv/bin/python -c "import l2_session.domain, l2_session.infrastructure, l2_session.projections, l2_session.transports, l2_session.tools; print('wheel imports ok')"
+	cd .wheelcheck && venv/bin/python -c "import importlib, pkgutil, l2_session; mods = [m.name for m in pkgutil.walk_packages(l2_session.__path__, 'l2_session.')]; [importlib.import_module(m) for m in mods]; print('wheel imports ok:', len(mods), 'modules')"
 	cd .wheelcheck && venv/bin/l2-session --help >/dev/null && echo 'wheel console script ok'
 
 clean:
