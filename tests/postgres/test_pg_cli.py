@@ -30,3 +30,15 @@ def test_pg_migrate_names_an_unreachable_server_without_its_password(
     err = capsys.readouterr().err
     assert "cannot connect to the ledger at postgresql://ops@127.0.0.1:1/ledger" in err
     assert "s3cret" not in err
+
+
+def test_demo_and_verify_run_on_a_postgresql_ledger(
+    pg_location: PostgresLocation,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--ledger", pg_location.url(), "--sessions", "2"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("L2S_LEDGER", pg_location.url())
+    assert main(["verify"]) == 0
+    assert "ledger verification: OK" in capsys.readouterr().out
