@@ -203,3 +203,20 @@ def test_bad_configuration_is_named(ledger_factory):
         ledger_factory(durability="sometimes")
     with pytest.raises(ValueError, match="snapshot_interval must be >= 1"):
         ledger_factory(snapshot_interval=0)
+
+
+def test_a_truncated_row_is_reported_by_position(ledger_factory, ledger_path, clock):
+    ledger = ledger_factory()
+    [conversation] = populate(ledger, clock, sessions=1, notes=3)
+    db = sqlite3.connect(ledger_path)
+    db.execute("DROP TRIGGER ledger_events_no_update")
+    db.execute(
+        "UPDATE ledger_events SET event_hash = substr(event_hash, 1, 16), "
+        "payload = substr(payload, 1, 10) WHERE position = 4"
+    )
+    db.commit()
+    report = verify(ledger_path)
+    assert report.kinds_at(4) == {ProblemKind.MALFORMED_ROW}
+    assert "expected 32 bytes" in str(report.problems[0])
+    with pytest.raises(LedgerCorrupted, match="position 4"):
+        ledger_factory(snapshot_interval=None).repository.get(conversation.id)
