@@ -49,6 +49,31 @@ def session_key(originator_id: UUID | str) -> str:
     return originator_id.hex if isinstance(originator_id, UUID) else originator_id
 
 
+def version_filter(
+    column: str,
+    mark: str,
+    *,
+    gt: int | None,
+    lte: int | None,
+    desc: bool,
+    limit: int | None,
+) -> tuple[str, list[Any]]:
+    """The ``AND ... ORDER BY ... LIMIT`` tail of a select of one session's rows by version,
+    and its parameters; ``mark`` is the backend's placeholder (``?`` or ``%s``)."""
+    sql, params = "", []
+    if gt is not None:
+        sql += f"AND {column}>{mark} "
+        params.append(gt)
+    if lte is not None:
+        sql += f"AND {column}<={mark} "
+        params.append(lte)
+    sql += f"ORDER BY {column} " + ("DESC " if desc else "ASC ")
+    if limit is not None:
+        sql += f"LIMIT {mark}"
+        params.append(limit)
+    return sql, params
+
+
 def signer_statement(ledger_id: str, did: str) -> bytes:
     """What a node signs to register as a signer of a ledger."""
     return SIGNER_DOMAIN + lp(ledger_id.encode()) + lp(did.encode())

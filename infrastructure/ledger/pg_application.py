@@ -25,7 +25,7 @@ from psycopg.rows import tuple_row
 
 from ..identity import NodeIdentity
 from .application import SessionLedger
-from .chain import session_key
+from .chain import session_key, version_filter
 from .pg_recorder import SignedPostgresRecorder
 from .pg_schema import open_meta
 from .pg_url import PostgresLocation
@@ -88,15 +88,10 @@ class PostgresSnapshotRecorder(PostgresAggregateRecorder):
         desc: bool = False,
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
-        statement = self._select
-        params: list[Any] = [session_key(originator_id)]
-        if gt is not None:
-            statement += "AND s.version>%s "
-            params.append(gt)
-        if lte is not None:
-            statement += "AND s.version<=%s "
-            params.append(lte)
-        statement += "ORDER BY s.version " + ("DESC" if desc else "ASC")
+        # No LIMIT in SQL: the limit counts trusted snapshots only (trusted_snapshots).
+        tail, params = version_filter("s.version", "%s", gt=gt, lte=lte, desc=desc, limit=None)
+        statement = self._select + tail
+        params.insert(0, session_key(originator_id))
         with (
             self.datastore.get_connection() as conn,
             conn.cursor(row_factory=tuple_row) as cur,

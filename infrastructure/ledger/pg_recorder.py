@@ -28,7 +28,15 @@ from psycopg.sql import SQL, Identifier
 
 from ..clock import TimeSource
 from ..identity import NodeIdentity
-from .chain import READ_COLUMNS, ROW_COLUMNS, LedgerChain, Row, session_key, signer_statement
+from .chain import (
+    READ_COLUMNS,
+    ROW_COLUMNS,
+    LedgerChain,
+    Row,
+    session_key,
+    signer_statement,
+    version_filter,
+)
 from .errors import LedgerCorrupted, LedgerError
 from .format import ZERO_HASH, genesis_hash
 from .groupcommit import GroupCommitConfig, GroupCommitter
@@ -215,18 +223,9 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
         desc: bool = False,
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
-        statement = f"SELECT {READ_COLUMNS} FROM {self.table} WHERE session_id=%s "
-        params: list[Any] = [session_key(originator_id)]
-        if gt is not None:
-            statement += "AND version>%s "
-            params.append(gt)
-        if lte is not None:
-            statement += "AND version<=%s "
-            params.append(lte)
-        statement += "ORDER BY version " + ("DESC " if desc else "ASC ")
-        if limit is not None:
-            statement += "LIMIT %s"
-            params.append(limit)
+        tail, params = version_filter("version", "%s", gt=gt, lte=lte, desc=desc, limit=limit)
+        statement = f"SELECT {READ_COLUMNS} FROM {self.table} WHERE session_id=%s {tail}"
+        params.insert(0, session_key(originator_id))
         try:
             with (
                 self.datastore.get_connection() as conn,

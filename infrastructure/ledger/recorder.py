@@ -19,7 +19,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
 from ..clock import TimeSource
 from ..identity import NodeIdentity
-from .chain import SIGNER_DOMAIN, LedgerChain, session_key, signer_statement
+from .chain import SIGNER_DOMAIN, LedgerChain, session_key, signer_statement, version_filter
 from .errors import LedgerCorrupted, LedgerError
 from .format import FORMAT_NAME, FORMAT_VERSION, ZERO_HASH, genesis_hash
 from .groupcommit import GroupCommitConfig, GroupCommitter
@@ -172,17 +172,9 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
             f"prev_session_hash, prev_global_hash, event_hash, signer FROM {EVENTS_TABLE} "
             "WHERE session_id=? "
         )
-        params: list[Any] = [session_key(originator_id)]
-        if gt is not None:
-            statement += "AND version>? "
-            params.append(gt)
-        if lte is not None:
-            statement += "AND version<=? "
-            params.append(lte)
-        statement += "ORDER BY version " + ("DESC " if desc else "ASC ")
-        if limit is not None:
-            statement += "LIMIT ?"
-            params.append(limit)
+        tail, params = version_filter("version", "?", gt=gt, lte=lte, desc=desc, limit=limit)
+        statement += tail
+        params.insert(0, session_key(originator_id))
         try:
             with self.datastore.transaction(commit=False) as c:
                 c.execute(statement, params)
