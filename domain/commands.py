@@ -7,6 +7,7 @@ Transports turn bytes into these frames; timers turn deadlines into session comm
 Frames name the conversation by the initiator's session id; each end keeps its own
 ``Session`` aggregate for it.
 
+Handshake frames carry the key exchange's messages (``keyexchange.py``) as bytes.
 The ``authentic`` flag stands for the outcome of the signature check done by the handshake
 layer (PQxdh, docs/handshake.md); a frame whose signature failed arrives with it False.
 """
@@ -35,9 +36,10 @@ class HandshakeResponse:
 
 @dataclass(frozen=True, slots=True)
 class HandshakeAck:
-    """Key confirmation from the initiator (decision 6)."""
+    """Key confirmation from the initiator (decision 6); empty for a resumption."""
 
     conversation: UUID
+    confirmation: bytes = b""
     authentic: bool = True
 
 
@@ -81,6 +83,12 @@ class RotationResponse:
     authentic: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class RotationConfirm:
+    conversation: UUID
+    confirmation: bytes
+
+
 Frame = (
     HandshakeRequest
     | HandshakeResponse
@@ -91,6 +99,7 @@ Frame = (
     | DataAck
     | RotationRequest
     | RotationResponse
+    | RotationConfirm
 )
 
 

@@ -8,13 +8,12 @@ recorded to the ledger and re-arms the session's next deadline.
 Deadlines live in one binary heap keyed by time, one live entry per session (older entries
 are skipped by generation), so ``tick`` costs O(due timers · log n), not O(sessions).
 
-Key agreement here is a stand-in (BLAKE2b of both key shares) so that the state machine can
-be simulated end to end; the PQxdh handshake (docs/handshake.md) replaces it.
+Keys come from a ``KeyExchange`` (keyexchange.py): by default the deterministic
+``MockKeyExchange`` for simulations; the PQxdh engine (docs/handshake.md) plugs in there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
 import logging
@@ -36,15 +35,22 @@ from l2_session.domain.commands import (
     Heartbeat,
     HeartbeatAck,
     Output,
+    RotationConfirm,
     RotationRequest,
     RotationResponse,
     Send,
 )
 from l2_session.domain.config import DEFAULT_CONFIG, SessionConfig
-from l2_session.domain.errors import SessionError, UnknownSession
+from l2_session.domain.errors import (
+    AuthenticationFailed,
+    SessionError,
+    StaleFrame,
+    UnknownSession,
+)
+from l2_session.domain.keyexchange import KeyExchange, MockKeyExchange
 from l2_session.domain.peer import Peer, peer_id
 from l2_session.domain.session import Session
-from l2_session.domain.states import State
+from l2_session.domain.states import State, Trigger, is_allowed
 
 log = logging.getLogger("l2_session.session")
 
@@ -62,10 +68,6 @@ class Ledger(Protocol):
     def save(self, *objs: Any, **kwargs: Any) -> Any: ...
 
 
-def derive_key(initiator_share: bytes, responder_share: bytes) -> bytes:
-    return hashlib.blake2b(initiator_share + responder_share, digest_size=32).digest()
-
-
 class SessionManager:
     def __init__(
         self,
@@ -76,11 +78,13 @@ class SessionManager:
         seed: int = 0,
         prekeys_of: Callable[[str], str] = lambda did: "",
         own_prekeys: str = "",
+        key_exchange: KeyExchange | None = None,
     ) -> None:
         self.local_did = local_did
         self.config = config
         self._ledger = ledger
-        self._rng = random.Random(seed)  # jitter and key shares; seeded for simulations
+        self._rng = random.Random(seed)  # backoff jitter; seeded for simulations
+        self._kx: KeyExchange = key_exchange or MockKeyExchange(seed)
         self._prekeys_of = prekeys_of
         self._own_prekeys = own_prekeys
         self._sessions: dict[UUID, Session] = {}
@@ -89,7 +93,9 @@ class SessionManager:
         self._heap: list[tuple[int, int, UUID]] = []
         self._armed: dict[UUID, int] = {}
         self._generation = itertools.count()
-        self._shares: dict[UUID, bytes] = {}  # ephemeral shares in flight: memory only
+        # The last handshake frame sent per conversation, to answer again if the peer shows
+        # it was lost (a lost key confirmation strands the responder). Memory only.
+        self._last_handshake_frame: dict[UUID, Frame] = {}
         self.dropped_frames = 0
 
     # ------------------------------------------------------------------ lookups
@@ -190,7 +196,6 @@ class SessionManager:
             return []
         peer.check_admissible(now_us)
         existing = self.session_for(frame.conversation)
-        share = self._rng.randbytes(32)
         if existing is not None and frame.resuming:
             # The initiator resumes with the stored keys (decision 4); answer with ours.
             if existing.state in (State.SUSPENDED, State.FAILED):
@@ -198,56 +203,76 @@ class SessionManager:
                 existing.receive_valid_response(now_us)
             reply = HandshakeResponse(frame.conversation, b"", self._own_prekeys)
             return [*self._commit(existing, peer), self._send(existing, reply)]
-        salt = self.local_did
-        if existing is not None:
-            if existing.state == State.HANDSHAKE_RECEIVED:
-                raise UnknownSession(frame.conversation)  # a duplicate: already answered
-            # The initiator started over (a retry): this end opens a fresh responder session
-            # for the conversation; the old one is closed if it can be, else left to its
-            # timers (it will never hear from the peer again).
-            if existing.state in (State.SUSPENDED, State.FAILED) and not existing.closed:
-                existing.cleanup(now_us)
-                self._commit(existing)
-            salt = f"{self.local_did}#{existing.id}"
-        session = Session.open(
-            peer_did,
-            "responder",
-            self.config,
-            now_us,
-            conversation=frame.conversation,
-            session_id=uuid5(frame.conversation, salt),
-        )
-        session.receive_handshake(now_us, derive_key(frame.key_share, share))
-        self._add(session)
-        reply = HandshakeResponse(frame.conversation, share, self._own_prekeys)
+        if existing is not None and existing.state == State.HANDSHAKE_RECEIVED:
+            return self._resend(existing)  # a duplicate request: answer it again
+        if existing is None or existing.closed:
+            # A new conversation (or one whose session was cleaned up): a new session.
+            salt = self.local_did if existing is None else f"{self.local_did}#{existing.id}"
+            session = Session.open(
+                peer_did,
+                "responder",
+                self.config,
+                now_us,
+                conversation=frame.conversation,
+                session_id=uuid5(frame.conversation, salt),
+            )
+            self._add(session)
+        else:
+            # The initiator retried: the same session answers (decision 10). A session that
+            # is still established refuses (InvalidState) until its own heartbeats fail.
+            session = existing
+        session.receive_handshake(now_us)
+        response = self._kx.respond(frame.conversation, peer_did, frame.key_share, now_us)
+        reply = HandshakeResponse(frame.conversation, response, self._own_prekeys)
+        self._last_handshake_frame[session.conversation] = reply
         return [*self._commit(session, peer), self._send(session, reply)]
+
+    def _resend(self, s: Session) -> list[Output]:
+        """Answer again with the last handshake frame, when the peer shows it lost it."""
+        frame = self._last_handshake_frame.get(s.conversation)
+        return [] if frame is None else [self._send(s, frame)]
 
     def _on_frame(self, s: Session, frame: Frame, now_us: int) -> list[Output]:
         out: list[Output] = []
         touched: list[Any] = []
-        if isinstance(frame, HandshakeResponse | RotationResponse) and not frame.authentic:
+        if isinstance(frame, HandshakeResponse) and s.state != State.HANDSHAKE_INITIATED:
+            return self._resend(s)  # our confirmation was lost: the responder asks again
+        if isinstance(frame, Heartbeat | Data) and s.state == State.HANDSHAKE_RECEIVED:
+            return self._resend(s)  # the initiator is established: our response got through
+        if isinstance(frame, HeartbeatAck | Heartbeat | Data | DataAck):
+            self._last_handshake_frame.pop(s.conversation, None)  # the peer is established
+        if isinstance(frame, HandshakeAck) and s.state != State.HANDSHAKE_RECEIVED:
+            raise StaleFrame("a key confirmation for a handshake that is over (a duplicate)")
+        if isinstance(frame, RotationConfirm) and s.state != State.ROTATING:
+            raise StaleFrame("a rotation confirmation outside a rotation (a duplicate)")
+        authentic, key = getattr(frame, "authentic", True), b""
+        if isinstance(frame, HandshakeAck | RotationConfirm) and authentic:
+            try:
+                key = self._kx.confirm(s.conversation, frame.confirmation, now_us)
+            except AuthenticationFailed:
+                authentic = False
+        if not authentic:
+            # §2.1 "invalid signature received": fail, and quarantine the peer — only if
+            # the session is where such a failure counts (a stray frame quarantines no one).
+            if not is_allowed(s.state, Trigger.INVALID_SIGNATURE) or s.closed:
+                raise StaleFrame(f"an unauthentic {type(frame).__name__} in {s.state}")
             peer = self.peer(s.peer_did)
             retry_at = peer.authentication_failed(now_us, self._rng.random())
-            s.receive_invalid_signature(now_us, retry_at)
+            s.receive_invalid_signature(now_us, retry_at if s.role == "initiator" else None)
             touched.append(peer)
         elif isinstance(frame, HandshakeResponse):
             if s.resuming:
                 s.receive_valid_response(now_us, prekeys=frame.prekeys or None)
             else:
-                share = self._shares.pop(s.id, b"")
-                key = derive_key(share, frame.key_share)
+                confirmation, key = self._kx.complete(s.conversation, frame.key_share, now_us)
                 s.receive_valid_response(now_us, key, frame.prekeys or None)
-            out.append(self._send(s, HandshakeAck(s.conversation)))
+                ack = HandshakeAck(s.conversation, confirmation)
+                self._last_handshake_frame[s.conversation] = ack
+                out.append(self._send(s, ack))
             touched.append(self._peer_succeeded(s, now_us))
         elif isinstance(frame, HandshakeAck):
-            if not frame.authentic:
-                peer = self.peer(s.peer_did)
-                s.receive_invalid_signature(now_us, None)
-                peer.authentication_failed(now_us, self._rng.random())
-                touched.append(peer)
-            else:
-                s.receive_ack(now_us)
-                touched.append(self._peer_succeeded(s, now_us))
+            s.receive_ack(now_us, key)
+            touched.append(self._peer_succeeded(s, now_us))
         elif isinstance(frame, Heartbeat):
             if s.closed or s.state not in (State.ESTABLISHED, State.DEGRADED, State.ROTATING):
                 raise UnknownSession(frame.conversation)
@@ -265,13 +290,15 @@ class SessionManager:
         elif isinstance(frame, DataAck):
             s.receive_message_ack(now_us, frame.up_to_seq)
         elif isinstance(frame, RotationRequest):
-            share = self._rng.randbytes(32)
+            response = self._kx.respond(s.conversation, s.peer_did, frame.key_share, now_us)
             s.time_to_rotate(now_us, requested_by_peer=True)
-            s.rotation_complete(now_us, derive_key(frame.key_share, share))
-            out.append(self._send(s, RotationResponse(s.conversation, share)))
-        else:  # RotationResponse
-            share = self._shares.pop(s.id, b"")
-            s.rotation_complete(now_us, derive_key(share, frame.key_share))
+            out.append(self._send(s, RotationResponse(s.conversation, response)))
+        elif isinstance(frame, RotationResponse):
+            confirmation, key = self._kx.complete(s.conversation, frame.key_share, now_us)
+            s.rotation_complete(now_us, key)
+            out.append(self._send(s, RotationConfirm(s.conversation, confirmation)))
+        else:  # RotationConfirm, confirmed above
+            s.rotation_complete(now_us, key)
         # Direct replies first: the handshake ack must reach the peer before flushed data.
         return [*out, *self._commit(s, *touched)]
 
@@ -386,9 +413,10 @@ class SessionManager:
         for e in events:
             name = type(e).__name__
             if name == "HandshakeInitiated" and s.role == "initiator":
-                share = self._rng.randbytes(32)
-                self._shares[s.id] = share
-                out.append(self._send(s, HandshakeRequest(s.conversation, share, e.resuming)))
+                request = (
+                    b"" if e.resuming else self._kx.initiate(s.conversation, s.peer_did, e.at_us)
+                )
+                out.append(self._send(s, HandshakeRequest(s.conversation, request, e.resuming)))
             elif name in ("HeartbeatSent", "ReestablishmentAttempted"):
                 out.append(self._send(s, Heartbeat(s.conversation, e.counter)))
                 flush = flush or name == "HeartbeatSent"  # retransmit what is unacked
@@ -397,10 +425,9 @@ class SessionManager:
                     "session %s: peer %s missed heartbeat %d of %d",
                     s.id, s.peer_did, e.missed, s.config.heartbeat_tolerance,
                 )  # fmt: skip
-            elif name == "RotationStarted" and e.trigger and s.role == "initiator":
-                share = self._rng.randbytes(32)
-                self._shares[s.id] = share
-                out.append(self._send(s, RotationRequest(s.conversation, share)))
+            elif name == "RotationStarted" and s.role == "initiator":
+                request = self._kx.initiate(s.conversation, s.peer_did, e.at_us)
+                out.append(self._send(s, RotationRequest(s.conversation, request)))
             elif name in ("Established", "HeartbeatAnswered", "TransportSwitched", "MessageQueued"):
                 flush = True
             elif name == "MessagesAcknowledged":

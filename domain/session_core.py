@@ -79,10 +79,6 @@ class SessionCore(Aggregate):
         trigger: str
         state: str
 
-    class HandshakeReceived(Step):
-        secret_fields: ClassVar[tuple[str, ...]] = ("key_material",)
-        key_material: bytes
-
     class Established(Step):
         secret_fields: ClassVar[tuple[str, ...]] = ("key_material",)
         key_material: bytes
@@ -198,12 +194,11 @@ class SessionCore(Aggregate):
             resuming=False, **self._step(Trigger.INITIATE_HANDSHAKE, now_us, target)
         )
 
-    def receive_handshake(self, now_us: int, key_material: bytes) -> None:
-        """The responder's side: a request arrived and the response is prepared."""
+    def receive_handshake(self, now_us: int) -> None:
+        """The responder's side: a request arrived and the response went out. The keys come
+        with the initiator's confirmation (``receive_ack``, decision 6)."""
         target = self._decide(Trigger.RECEIVE_HANDSHAKE, now_us)
-        self._handshake_received(
-            key_material=key_material, **self._step(Trigger.RECEIVE_HANDSHAKE, now_us, target)
-        )
+        self._handshake_received(**self._step(Trigger.RECEIVE_HANDSHAKE, now_us, target))
 
     def receive_valid_response(
         self, now_us: int, key_material: bytes | None = None, prekeys: str | None = None
@@ -220,12 +215,12 @@ class SessionCore(Aggregate):
         step = self._step(Trigger.RECEIVE_VALID_RESPONSE, now_us, target)
         self._established(key, new, prekeys or self.prekeys, step)
 
-    def receive_ack(self, now_us: int, prekeys: str | None = None) -> None:
-        """Decision 6: the initiator's acknowledgement confirms the responder's keys."""
+    def receive_ack(self, now_us: int, key_material: bytes, prekeys: str | None = None) -> None:
+        """Decision 6: the initiator's acknowledgement is the key confirmation; only with it
+        does the responder hold keys it knows the initiator has too."""
         target = self._decide(Trigger.RECEIVE_ACK, now_us)
-        assert self.key_material is not None  # recorded by receive_handshake
         step = self._step(Trigger.RECEIVE_ACK, now_us, target)
-        self._established(self.key_material, True, prekeys, step)
+        self._established(key_material, True, prekeys, step)
 
     def receive_invalid_signature(self, now_us: int, retry_at_us: int | None) -> None:
         """§2.1 Authentication failure; the peer's quarantine is recorded on the ``Peer``."""
@@ -352,11 +347,11 @@ class SessionCore(Aggregate):
         self.failure_reason = None
         self.retry_at_us = None
 
-    @event(HandshakeReceived)
-    def _handshake_received(
-        self, at_us: int, trigger: str, state: str, key_material: bytes
-    ) -> None:
-        self.key_material = key_material
+    @event("HandshakeReceived")
+    def _handshake_received(self, at_us: int, trigger: str, state: str) -> None:
+        self.resuming = False
+        self.failure_reason = None
+        self.retry_at_us = None
 
     @event(Established)
     def _session_established(

@@ -162,6 +162,8 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
     S.SUSPENDED: {
         T.CLEANUP: FINAL,
         T.RETRY: S.HANDSHAKE_INITIATED,
+        # Decision 10: the responder's side of the peer's retry, on the same session.
+        T.RECEIVE_HANDSHAKE: S.HANDSHAKE_RECEIVED,
         # Decision 4: resumption takes the handshake_initiated edge, never idle -> established.
         T.INITIATE_RESUMPTION: S.HANDSHAKE_INITIATED,
         **_stay(S.SUSPENDED, _QUEUE),
@@ -170,6 +172,7 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         T.CLEANUP: FINAL,
         T.RETRY_WITH_BACKOFF: S.HANDSHAKE_INITIATED,
         T.INITIATE_RESUMPTION: S.HANDSHAKE_INITIATED,
+        T.RECEIVE_HANDSHAKE: S.HANDSHAKE_RECEIVED,
         **_stay(S.FAILED, _QUEUE),
     },
 }

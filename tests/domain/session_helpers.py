@@ -27,8 +27,8 @@ def established(role: str = "initiator", config: SessionConfig | None = None) ->
         s.initiate_handshake(T0)
         s.receive_valid_response(T0 + 50_000, KEY, prekeys="prekeys-1")
     else:
-        s.receive_handshake(T0, KEY)
-        s.receive_ack(T0 + 50_000)
+        s.receive_handshake(T0)
+        s.receive_ack(T0 + 50_000, KEY)
     return s
 
 

@@ -184,3 +184,31 @@ def test_any_faulty_link_delivers_every_message_exactly_once_in_order(
     assert alice.session(sid).unacknowledged() == []
     delivered = [d.payload for d in sim.delivered[BOB]]
     assert delivered == sent
+
+
+def test_retry_after_a_lost_confirmation_continues_the_responders_session(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    """Decision 10: the key confirmation (and the data behind it) is lost; the responder
+    fails, the initiator is established until its heartbeats fail, then retries. The
+    responder's same session takes the retry, and the message arrives exactly once."""
+    sim = make_sim()
+    alice, bob = sim.nodes[ALICE], sim.nodes[BOB]
+    now = sim.clock.wall_us()
+    sid, (request,) = alice.establish(BOB, now)
+    alice.submit(sid, b"m1", now)
+    (response,) = bob.receive(ALICE, request.frame, now)  # type: ignore[union-attr]
+    lost = alice.receive(BOB, response.frame, now)  # type: ignore[union-attr]
+    assert {type(o.frame).__name__ for o in lost} == {"HandshakeAck", "Data"}  # type: ignore[union-attr]
+    conversation = alice.session(sid).conversation
+    responder = bob.session_for(conversation)
+    assert responder is not None
+    sim.run_for(6)
+    assert responder.state == "failed" and alice.session(sid).state == "established"
+
+    sim.run_for(400)
+    assert alice.session(sid).state == "established"
+    assert bob.session_for(conversation) is responder and responder.state == "established"
+    moves = [e.state for e in bob.ledger.events.get(responder.id) if hasattr(e, "state")]
+    assert moves[:3] == ["handshake_received", "failed", "handshake_received"]
+    assert [d.payload for d in sim.delivered[BOB]] == [b"m1"]

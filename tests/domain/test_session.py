@@ -197,14 +197,14 @@ def test_connectivity_restored_alone_stays_degraded() -> None:
 # ---------------------------------------------------------------- decision 6
 def test_responder_established_only_on_ack() -> None:
     s = Session.open(PEER, "responder", SessionConfig(), T0)
-    s.receive_handshake(T0, KEY)
+    s.receive_handshake(T0)
     s.submit_message(T0, b"early")
-    assert s.state == State.HANDSHAKE_RECEIVED and s.sendable() == []
-    s.receive_ack(T0 + 20_000)
+    assert s.state == State.HANDSHAKE_RECEIVED and s.sendable() == [] and s.key_id is None
+    s.receive_ack(T0 + 20_000, KEY)
     assert s.state == State.ESTABLISHED and [p for _, p in s.sendable()] == [b"early"]
 
     forged = Session.open(PEER, "responder", SessionConfig(), T0)
-    forged.receive_handshake(T0, KEY)
+    forged.receive_handshake(T0)
     forged.receive_invalid_signature(T0 + 20_000, retry_at_us=None)
     assert forged.state == State.FAILED and forged.failure_reason == "authentication_failed"
 

@@ -74,14 +74,24 @@ def test_section_3_1_valid_transitions_match_the_table() -> None:
         spec_targets = {re.sub(r"\(.*\)", "", t).strip(" `") for t in valid.split(",")}
         spec_targets = {FINAL.value if t == "[cleanup]" else t for t in spec_targets}
         table_targets = {dst.value for dst in TRANSITIONS[State(name)].values()} - {name}
-        assert table_targets == spec_targets, name
+        listed = {t for f, t, _, _ in deviations() if f == name}
+        assert spec_targets <= table_targets, name
+        assert table_targets - spec_targets <= listed, f"{name}: unlisted targets"
 
 
 def test_generated_diagram_groups_labels_like_the_spec() -> None:
     assert edges()[("handshake_initiated", "failed")] == ["timeout", "invalid_sig"]
 
 
-@pytest.mark.parametrize("number", range(1, 10))
+NUMBERED = re.findall(r"^## (\d+)\. ", DECISIONS, flags=re.M)
+
+
+def test_decisions_are_numbered_1_to_n_and_cover_the_issue() -> None:
+    assert [int(n) for n in NUMBERED] == list(range(1, len(NUMBERED) + 1))
+    assert len(NUMBERED) >= 8  # issue 3 lists eight points to decide
+
+
+@pytest.mark.parametrize("number", [int(n) for n in NUMBERED])
 def test_each_decision_is_pinned_by_a_test_that_exists(number: int) -> None:
     body = re.split(r"^## ", DECISIONS, flags=re.M)[number]
     assert body.startswith(f"{number}. ")

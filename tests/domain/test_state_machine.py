@@ -39,7 +39,7 @@ STORAGE_KEY = os.urandom(32)
 
 # Commands that need no argument beyond the time.
 PLAIN = [
-    "initiate_handshake", "receive_ack", "heartbeat_due", "heartbeat_timed_out",
+    "initiate_handshake", "heartbeat_due", "heartbeat_timed_out",
     "connectivity_lost", "partition_detected", "connectivity_restored", "degraded_timed_out",
     "retry", "retry_with_backoff", "time_to_rotate", "transport_failed", "transport_switched",
     "cleanup",
@@ -127,7 +127,7 @@ class SessionMachine(RuleBasedStateMachine):
                 "receive_valid_response", None if self.session.resuming else self.fresh_key()
             )
         elif state == State.HANDSHAKE_RECEIVED:
-            self.attempt("receive_ack")
+            self.attempt("receive_ack", self.fresh_key())
         elif state == State.ROTATING:
             self.attempt("rotation_complete", self.fresh_key())
         elif self.session.heartbeat_sent_us is not None:
@@ -161,7 +161,8 @@ class SessionMachine(RuleBasedStateMachine):
 
     @rule()
     def handshake_traffic(self) -> None:
-        self.attempt("receive_handshake", self.fresh_key())
+        self.attempt("receive_handshake")
+        self.attempt("receive_ack", self.fresh_key())
         self.attempt("receive_valid_response", self.fresh_key(), "prekeys-1")
 
     @rule(prekeys=st.sampled_from(["prekeys-1", "prekeys-2"]))

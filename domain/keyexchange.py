@@ -1,0 +1,81 @@
+"""The key exchange as the session manager drives it, and a deterministic stand-in.
+
+The manager needs four steps of a handshake, each bytes in and bytes out (sans-I/O):
+
+    initiator                          responder
+    initiate()        -- request -->   respond()
+    complete()        <-- response --
+                      -- confirmation --> confirm()
+
+``complete`` gives the initiator its keys; ``confirm`` gives the responder its keys only once
+the initiator has proved it holds the same ones (decision 6 in docs/spec-decisions.md). Key
+rotation runs the same four steps inside the session (SPEC-018 §2.2 "re-handshake").
+
+The PQxdh engine (``handshake_engine.py``, docs/handshake.md) fits this shape.
+``MockKeyExchange`` is SPEC-018 §6.3's "PQxdh: deterministic test vectors" for simulations: a
+seeded random share per side and BLAKE2b over both. It offers no security.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+from typing import Protocol
+from uuid import UUID
+
+from l2_session.domain.errors import AuthenticationFailed
+
+
+class KeyExchange(Protocol):
+    def initiate(self, conversation: UUID, peer_did: str, now_us: int) -> bytes: ...
+
+    def respond(self, conversation: UUID, peer_did: str, request: bytes, now_us: int) -> bytes: ...
+
+    def complete(self, conversation: UUID, response: bytes, now_us: int) -> tuple[bytes, bytes]:
+        """(confirmation to send, key material)."""
+        ...
+
+    def confirm(self, conversation: UUID, confirmation: bytes, now_us: int) -> bytes:
+        """The key material, once ``confirmation`` proves the initiator derived it."""
+        ...
+
+
+def _key(initiator_share: bytes, responder_share: bytes) -> bytes:
+    return hashlib.blake2b(initiator_share + responder_share, digest_size=32).digest()
+
+
+def _confirmation(key: bytes) -> bytes:
+    return hashlib.blake2b(b"confirm", key=key, digest_size=16).digest()
+
+
+class MockKeyExchange:
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+        self._initiated: dict[UUID, bytes] = {}  # in flight: memory only, like ephemerals
+        self._responded: dict[UUID, bytes] = {}
+
+    def initiate(self, conversation: UUID, peer_did: str, now_us: int) -> bytes:
+        share = self._rng.randbytes(32)
+        self._initiated[conversation] = share
+        return share
+
+    def respond(self, conversation: UUID, peer_did: str, request: bytes, now_us: int) -> bytes:
+        share = self._rng.randbytes(32)
+        self._responded[conversation] = _key(request, share)
+        return share
+
+    def complete(self, conversation: UUID, response: bytes, now_us: int) -> tuple[bytes, bytes]:
+        try:
+            share = self._initiated.pop(conversation)
+        except KeyError:
+            raise AuthenticationFailed("a response to no request of ours") from None
+        key = _key(share, response)
+        return _confirmation(key), key
+
+    def confirm(self, conversation: UUID, confirmation: bytes, now_us: int) -> bytes:
+        key = self._responded.get(conversation)
+        if key is None or not hmac.compare_digest(confirmation, _confirmation(key)):
+            raise AuthenticationFailed("the key confirmation does not match our response")
+        del self._responded[conversation]
+        return key
