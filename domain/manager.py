@@ -5,8 +5,8 @@ a frame, ``Deliver`` a message); it never touches a socket or a clock. Frames an
 become ``Session`` / ``Peer`` commands; the aggregates decide; the manager saves what they
 recorded to the ledger and re-arms the session's next deadline.
 
-Deadlines live in one binary heap keyed by time, one live entry per session (older entries
-are skipped by generation), so ``tick`` costs O(due timers · log n), not O(sessions).
+Deadlines live in one binary heap (deadlines.py), one live entry per session, so ``tick``
+costs O(due timers · log n), not O(sessions).
 
 Keys come from a ``KeyExchange`` (keyexchange.py): by default the deterministic
 ``MockKeyExchange`` for simulations; the PQxdh engine (docs/handshake.md) plugs in there.
@@ -14,8 +14,6 @@ Keys come from a ``KeyExchange`` (keyexchange.py): by default the deterministic
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -41,6 +39,7 @@ from l2_session.domain.commands import (
     Send,
 )
 from l2_session.domain.config import DEFAULT_CONFIG, SessionConfig
+from l2_session.domain.deadlines import DeadlineHeap
 from l2_session.domain.errors import (
     AuthenticationFailed,
     SessionError,
@@ -48,6 +47,7 @@ from l2_session.domain.errors import (
     UnknownSession,
 )
 from l2_session.domain.keyexchange import KeyExchange, MockKeyExchange
+from l2_session.domain.outbound import outputs_for, send
 from l2_session.domain.peer import Peer, peer_id
 from l2_session.domain.session import Session
 from l2_session.domain.states import State, Trigger, is_allowed
@@ -90,9 +90,7 @@ class SessionManager:
         self._sessions: dict[UUID, Session] = {}
         self._conversations: dict[UUID, UUID] = {}
         self._peers: dict[str, Peer] = {}
-        self._heap: list[tuple[int, int, UUID]] = []
-        self._armed: dict[UUID, int] = {}
-        self._generation = itertools.count()
+        self._deadlines = DeadlineHeap()
         # The last handshake frame sent per conversation, to answer again if the peer shows
         # it was lost (a lost key confirmation strands the responder). Memory only.
         self._last_handshake_frame: dict[UUID, Frame] = {}
@@ -310,24 +308,13 @@ class SessionManager:
     # ------------------------------------------------------------------ timers
     def tick(self, now_us: int) -> list[Output]:
         """SPEC-018 §5.2 ``tick``: fire every deadline that is due, O(due · log n)."""
-        due: list[UUID] = []
-        while self._heap and self._heap[0][0] <= now_us:
-            _, generation, sid = heapq.heappop(self._heap)
-            if self._armed.get(sid) != generation:
-                continue  # superseded by a later schedule
-            del self._armed[sid]
-            due.append(sid)
-        # Collected first, fired after: a session re-armed while firing waits for the next
-        # tick, so one tick always ends.
         out: list[Output] = []
-        for sid in due:
+        for sid in self._deadlines.pop_due(now_us):
             out.extend(self._fire_due(self._sessions[sid], now_us))
         return out
 
     def next_wakeup_us(self) -> int | None:
-        while self._heap and self._armed.get(self._heap[0][2]) != self._heap[0][1]:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
+        return self._deadlines.next_at()
 
     def _fire_due(self, s: Session, now_us: int) -> list[Output]:
         out: list[Output] = []
@@ -383,60 +370,16 @@ class SessionManager:
 
     def _arm(self, s: Session, not_before_us: int = 0) -> None:
         due = timers.next_deadline(s)
-        if due is None:
-            self._armed.pop(s.id, None)
-            return
-        generation = next(self._generation)
-        self._armed[s.id] = generation
-        heapq.heappush(self._heap, (max(due[0], not_before_us), generation, s.id))
-        if len(self._heap) > 64 and len(self._heap) > 2 * len(self._armed):
-            # Lazy deletion leaves superseded entries; compact before they dominate.
-            self._heap = [e for e in self._heap if self._armed.get(e[2]) == e[1]]
-            heapq.heapify(self._heap)
+        self._deadlines.arm(s.id, None if due is None else max(due[0], not_before_us))
 
     def _commit(self, s: Session, *others: Any, arm: bool = True) -> list[Output]:
         """Save what was recorded, derive what to send from it, re-arm the deadline."""
         new_events = list(s.pending_events)
         self._ledger.save(s, *others)
-        out = self._effects(s, new_events)
+        out = outputs_for(s, new_events, self._kx)
         if arm:
             self._arm(s)
         return out
 
     def _send(self, s: Session, frame: Frame) -> Send:
-        return Send(s.peer_did, frame, s.transport)
-
-    def _effects(self, s: Session, events: list[Any]) -> list[Output]:
-        """What the recorded events ask to put on the wire."""
-        out: list[Output] = []
-        flush = False
-        for e in events:
-            name = type(e).__name__
-            if name == "HandshakeInitiated" and s.role == "initiator":
-                request = (
-                    b"" if e.resuming else self._kx.initiate(s.conversation, s.peer_did, e.at_us)
-                )
-                out.append(self._send(s, HandshakeRequest(s.conversation, request, e.resuming)))
-            elif name in ("HeartbeatSent", "ReestablishmentAttempted"):
-                out.append(self._send(s, Heartbeat(s.conversation, e.counter)))
-                flush = flush or name == "HeartbeatSent"  # retransmit what is unacked
-            elif name == "HeartbeatMissed" and e.state == State.ESTABLISHED:
-                log.warning(
-                    "session %s: peer %s missed heartbeat %d of %d",
-                    s.id, s.peer_did, e.missed, s.config.heartbeat_tolerance,
-                )  # fmt: skip
-            elif name == "RotationStarted" and s.role == "initiator":
-                request = self._kx.initiate(s.conversation, s.peer_did, e.at_us)
-                out.append(self._send(s, RotationRequest(s.conversation, request)))
-            elif name in ("Established", "HeartbeatAnswered", "TransportSwitched", "MessageQueued"):
-                flush = True
-            elif name == "MessagesAcknowledged":
-                # Go-back-N: an ack that leaves a gap resends the rest at once, instead of
-                # waiting for the next heartbeat.
-                flush = True
-        if flush:
-            sent = {f.frame.seq for f in out if isinstance(f, Send) and isinstance(f.frame, Data)}
-            for seq, payload in s.sendable():
-                if seq not in sent:
-                    out.append(self._send(s, Data(s.conversation, seq, payload)))
-        return out
+        return send(s, frame)
