@@ -42,6 +42,7 @@ from l2_session.domain.config import DEFAULT_CONFIG, SessionConfig
 from l2_session.domain.deadlines import DeadlineHeap
 from l2_session.domain.errors import (
     AuthenticationFailed,
+    InvalidState,
     SessionError,
     StaleFrame,
     UnknownSession,
@@ -203,6 +204,21 @@ class SessionManager:
             return [*self._commit(existing, peer), self._send(existing, reply)]
         if existing is not None and existing.state == State.HANDSHAKE_RECEIVED:
             return self._resend(existing)  # a duplicate request: answer it again
+        # The initiator retried: the same session answers (decision 10). A session that is
+        # still established refuses until its own heartbeats fail.
+        if (
+            existing is not None
+            and not existing.closed
+            and not is_allowed(existing.state, Trigger.RECEIVE_HANDSHAKE)
+        ):
+            raise InvalidState(existing.state, Trigger.RECEIVE_HANDSHAKE)
+        try:
+            response = self._kx.respond(frame.conversation, peer_did, frame.key_share, now_us)
+        except AuthenticationFailed:
+            # §2.1 authentication failure on the responder's side: nothing is opened.
+            peer.authentication_failed(now_us, self._rng.random())
+            self._ledger.save(peer)
+            return []
         if existing is None or existing.closed:
             # A new conversation (or one whose session was cleaned up): a new session.
             salt = self.local_did if existing is None else f"{self.local_did}#{existing.id}"
@@ -216,11 +232,8 @@ class SessionManager:
             )
             self._add(session)
         else:
-            # The initiator retried: the same session answers (decision 10). A session that
-            # is still established refuses (InvalidState) until its own heartbeats fail.
             session = existing
         session.receive_handshake(now_us)
-        response = self._kx.respond(frame.conversation, peer_did, frame.key_share, now_us)
         reply = HandshakeResponse(frame.conversation, response, self._own_prekeys)
         self._last_handshake_frame[session.conversation] = reply
         return [*self._commit(session, peer), self._send(session, reply)]
@@ -243,12 +256,18 @@ class SessionManager:
             raise StaleFrame("a key confirmation for a handshake that is over (a duplicate)")
         if isinstance(frame, RotationConfirm) and s.state != State.ROTATING:
             raise StaleFrame("a rotation confirmation outside a rotation (a duplicate)")
-        authentic, key = getattr(frame, "authentic", True), b""
-        if isinstance(frame, HandshakeAck | RotationConfirm) and authentic:
-            try:
+        authentic, key, confirmation = getattr(frame, "authentic", True), b"", b""
+        try:
+            if not authentic:
+                pass
+            elif isinstance(frame, HandshakeAck | RotationConfirm):
                 key = self._kx.confirm(s.conversation, frame.confirmation, now_us)
-            except AuthenticationFailed:
-                authentic = False
+            elif isinstance(frame, RotationResponse) or (
+                isinstance(frame, HandshakeResponse) and not s.resuming
+            ):
+                confirmation, key = self._kx.complete(s.conversation, frame.key_share, now_us)
+        except AuthenticationFailed:
+            authentic = False
         if not authentic:
             # §2.1 "invalid signature received": fail, and quarantine the peer — only if
             # the session is where such a failure counts (a stray frame quarantines no one).
@@ -262,7 +281,6 @@ class SessionManager:
             if s.resuming:
                 s.receive_valid_response(now_us, prekeys=frame.prekeys or None)
             else:
-                confirmation, key = self._kx.complete(s.conversation, frame.key_share, now_us)
                 s.receive_valid_response(now_us, key, frame.prekeys or None)
                 ack = HandshakeAck(s.conversation, confirmation)
                 self._last_handshake_frame[s.conversation] = ack
@@ -292,7 +310,6 @@ class SessionManager:
             s.time_to_rotate(now_us, requested_by_peer=True)
             out.append(self._send(s, RotationResponse(s.conversation, response)))
         elif isinstance(frame, RotationResponse):
-            confirmation, key = self._kx.complete(s.conversation, frame.key_share, now_us)
             s.rotation_complete(now_us, key)
             out.append(self._send(s, RotationConfirm(s.conversation, confirmation)))
         else:  # RotationConfirm, confirmed above
