@@ -143,3 +143,12 @@ def test_group_commit_configuration_is_validated():
         GroupCommitConfig(max_batch_events=0)
     with pytest.raises(ValueError, match="max_delay must be between 0 and 1 second, got 5"):
         GroupCommitConfig(max_delay=5)
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [(None, 2), ("normal", 1), ("off", 0)])
+def test_durability_is_full_fsync_unless_asked_otherwise(ledger_factory, ledger_path, durability, synchronous):
+    """By default an append that returned is on disk: WAL with synchronous=FULL (2)."""
+    ledger = ledger_factory(**({"durability": durability} if durability else {}))
+    with ledger.datastore.get_connection(commit=True) as connection:
+        assert connection._sqlite_conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+        assert connection._sqlite_conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
