@@ -1,0 +1,97 @@
+"""Two session managers whose keys come from the real PQxdh handshake (docs/handshake.md),
+found through a DID resolver, over a MockTransport, on signed ledgers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from l2_session.domain.commands import HandshakeResponse, Output, Send
+from l2_session.domain.handshake import Responder
+from l2_session.domain.handshake_bundle import create_prekeys
+from l2_session.domain.handshake_engine import HandshakeEngine
+from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
+from l2_session.domain.manager import SessionManager
+from l2_session.infrastructure.clock import ManualClock
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.resolver import DidKeyResolver
+from l2_session.transports.mock import MockTransport, Simulation
+
+DAY_US = 86_400 * 1_000_000
+
+
+class TamperingSimulation(Simulation):
+    """Flips a byte of every handshake response one node sends, when told to."""
+
+    tamper_from: str | None = None
+
+    def perform(self, node: str, outputs: list[Output]) -> None:
+        if node == self.tamper_from:
+            outputs = [_tampered(o) for o in outputs]
+        super().perform(node, outputs)
+
+
+def _tampered(o: Output) -> Output:
+    if isinstance(o, Send) and isinstance(o.frame, HandshakeResponse):
+        body = bytearray(o.frame.key_share)
+        body[-1] ^= 1
+        return replace(o, frame=replace(o.frame, key_share=bytes(body)))
+    return o
+
+
+def build(open_ledger: Callable[..., Any], clock: ManualClock) -> tuple[Simulation, str, str]:
+    resolver = DidKeyResolver()
+    sim = TamperingSimulation(clock, MockTransport(clock, seed=5))
+    dids = []
+    for name in ("alice", "bob"):
+        node = NodeIdentity.generate()
+        secrets, bundle = create_prekeys(
+            node.private_key, expires_at_us=clock.wall_us() + 3 * DAY_US, one_time_prekey_ids=(1, 2)
+        )
+        resolver.publish_bundle(node.did, bundle.encode(), clock.wall_us())
+        engine = HandshakeEngine(
+            node.private_key, responder=Responder(node.private_key, secrets, bundle)
+        )
+        exchange = PqxdhKeyExchange(
+            engine,
+            fetch_bundle=resolver.fetch_bundle,
+            identity_key_of=lambda did: resolver.resolve(did).identity_key,
+        )
+        sim.add(SessionManager(node.did, open_ledger(name), key_exchange=exchange))
+        dids.append(node.did)
+    return sim, dids[0], dids[1]
+
+
+def test_sessions_establish_rotate_and_carry_messages_with_pqxdh_keys(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    sim, alice, bob = build(session_ledger_factory, manual_clock)
+    sid, outputs = sim.nodes[alice].establish(bob, manual_clock.wall_us())
+    sim.perform(alice, outputs)
+    sim.perform(alice, sim.nodes[alice].submit(sid, b"hello", manual_clock.wall_us()))
+    sim.run_for(1)
+    mine = sim.nodes[alice].session(sid)
+    theirs = sim.nodes[bob].session_for(mine.conversation)
+    assert mine.state == theirs.state == "established"  # type: ignore[union-attr]
+    assert mine.key_id == theirs.key_id and len(mine.key_material or b"") == 64  # type: ignore[union-attr]
+    assert [d.payload for d in sim.delivered[bob]] == [b"hello"]
+
+    first = mine.key_id
+    manual_clock.advance(23 * 3600 - 2)  # idle until just before the rotation window
+    sim.run_for(3)
+    assert mine.state == "established" and mine.key_id != first
+    assert mine.key_id == theirs.key_id  # type: ignore[union-attr]
+
+
+def test_a_tampered_response_is_an_authentication_failure(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    sim, alice, bob = build(session_ledger_factory, manual_clock)
+    sim.tamper_from = bob  # type: ignore[attr-defined]
+    sid, outputs = sim.nodes[alice].establish(bob, manual_clock.wall_us())
+    sim.perform(alice, outputs)
+    sim.run_for(1)
+    session = sim.nodes[alice].session(sid)
+    assert session.state == "failed" and session.failure_reason == "authentication_failed"
+    assert sim.nodes[alice].peer(bob).is_quarantined(manual_clock.wall_us())
