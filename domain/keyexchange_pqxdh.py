@@ -10,10 +10,13 @@ end is asking.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Protocol
 from uuid import UUID
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from l2_session.domain.errors import AuthenticationFailed
-from l2_session.domain.handshake_bundle import PrekeyBundle
+from l2_session.domain.handshake import Responder
+from l2_session.domain.handshake_bundle import PrekeyBundle, create_prekeys
 from l2_session.domain.handshake_engine import HandshakeEngine, Outcome
 from l2_session.domain.handshake_keys import SessionKeys
 
@@ -22,6 +25,16 @@ def key_material(keys: SessionKeys) -> bytes:
     if keys.is_initiator:
         return keys.send_key + keys.receive_key
     return keys.receive_key + keys.send_key
+
+
+class Directory(Protocol):
+    """Where DIDs resolve and bundles are published (infrastructure/resolver.py)."""
+
+    def resolve(self, did: str) -> Any: ...
+
+    def publish_bundle(self, did: str, bundle: bytes, now_us: int) -> None: ...
+
+    def fetch_bundle(self, did: str, now_us: int) -> PrekeyBundle: ...
 
 
 class PqxdhKeyExchange:
@@ -36,6 +49,32 @@ class PqxdhKeyExchange:
         self._fetch_bundle = fetch_bundle
         self._identity_key_of = identity_key_of
         self._peers: dict[UUID, str] = {}  # conversation -> the DID it is with
+
+    @classmethod
+    def for_node(
+        cls,
+        did: str,
+        identity: Ed25519PrivateKey,
+        directory: Directory,
+        *,
+        now_us: int,
+        valid_for_us: int,
+        one_time_prekeys: int = 8,
+    ) -> PqxdhKeyExchange:
+        """Fresh prekeys for ``did``, published in ``directory``, and the exchange that uses
+        them (both roles). Keeping the prekeys across restarts is the key store's job."""
+        secrets, bundle = create_prekeys(
+            identity,
+            expires_at_us=now_us + valid_for_us,
+            one_time_prekey_ids=tuple(range(1, one_time_prekeys + 1)),
+        )
+        directory.publish_bundle(did, bundle.encode(), now_us)
+        engine = HandshakeEngine(identity, responder=Responder(identity, secrets, bundle))
+        return cls(
+            engine,
+            fetch_bundle=directory.fetch_bundle,
+            identity_key_of=lambda peer: bytes(directory.resolve(peer).identity_key),
+        )
 
     def initiate(self, conversation: UUID, peer_did: str, now_us: int) -> bytes:
         self.engine.expire(now_us)  # forget handshakes that timed out

@@ -8,9 +8,6 @@ from dataclasses import replace
 from typing import Any
 
 from l2_session.domain.commands import HandshakeResponse, Output, Send
-from l2_session.domain.handshake import Responder
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_engine import HandshakeEngine
 from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
 from l2_session.domain.manager import SessionManager
 from l2_session.infrastructure.clock import ManualClock
@@ -46,17 +43,13 @@ def build(open_ledger: Callable[..., Any], clock: ManualClock) -> tuple[Simulati
     dids = []
     for name in ("alice", "bob"):
         node = NodeIdentity.generate()
-        secrets, bundle = create_prekeys(
-            node.private_key, expires_at_us=clock.wall_us() + 3 * DAY_US, one_time_prekey_ids=(1, 2)
-        )
-        resolver.publish_bundle(node.did, bundle.encode(), clock.wall_us())
-        engine = HandshakeEngine(
-            node.private_key, responder=Responder(node.private_key, secrets, bundle)
-        )
-        exchange = PqxdhKeyExchange(
-            engine,
-            fetch_bundle=resolver.fetch_bundle,
-            identity_key_of=lambda did: resolver.resolve(did).identity_key,
+        exchange = PqxdhKeyExchange.for_node(
+            node.did,
+            node.private_key,
+            resolver,
+            now_us=clock.wall_us(),
+            valid_for_us=3 * DAY_US,
+            one_time_prekeys=2,
         )
         sim.add(SessionManager(node.did, open_ledger(name), key_exchange=exchange))
         dids.append(node.did)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import SECOND, World
 from l2_session.domain.commands import Data, HandshakeRequest, Heartbeat, RotationRequest
 from l2_session.domain.errors import PeerQuarantined
 from l2_session.domain.timers import Timer, deadlines
 from l2_session.infrastructure.identity import public_bytes_from_did_key
 from pytest_bdd import given, parsers, scenarios, then, when
+from session_world import SECOND, World
 
 scenarios("session_establishment.feature")
 scenarios("session_maintenance.feature")
