@@ -7,10 +7,12 @@ cursor, so memory stays flat however large the range. Rows come back as the SQLi
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..identity import verify_did_signature
 from .chain import ROW_COLUMNS, signer_statement
 from .pg_schema import check_meta, read_meta
 from .pg_url import PostgresLocation
@@ -33,20 +35,35 @@ def range_rows(url: str, lo: int, hi: int) -> Iterator[Any]:
             yield cur
 
 
-def ledger_meta(url: str) -> tuple[str, list[tuple[str, bytes, bytes]], int, int]:
-    """(ledger id, [(did, signature, statement)], lowest position, highest position)."""
+def ledger_meta(url: str, chunk: int) -> tuple[str, frozenset[str], list[tuple[int, int]]]:
+    """(ledger id, registered signers whose registration verifies, position ranges to check).
+
+    Range bounds come from the positions actually stored (every ``chunk``-th one), as on SQLite:
+    a row moved to a huge or negative position must still be read, and arithmetic ranges up to a
+    huge one would never end.
+    """
     location = PostgresLocation.parse(url)
+    table = f"{location.schema}.{EVENTS_TABLE}"
     with location.connect() as conn, conn.cursor() as cur:
         meta = read_meta(cur, location.schema)
         check_meta(location, meta)
         assert meta is not None
         ledger_id = meta["ledger_id"]
         cur.execute(f"SELECT did, signature FROM {location.schema}.{SIGNERS_TABLE}")
-        signers = [
-            (did, bytes(signature), signer_statement(ledger_id, did))
+        registered = frozenset(
+            did
             for did, signature in cur.fetchall()
-        ]
-        cur.execute(f"SELECT MIN(position), MAX(position) FROM {location.schema}.{EVENTS_TABLE}")
+            if verify_did_signature(did, bytes(signature), signer_statement(ledger_id, did))
+        )
+        cur.execute(
+            f"SELECT position FROM (SELECT position, row_number() OVER (ORDER BY position) - 1 "
+            f"AS i FROM {table}) numbered WHERE i %% %s = 0 ORDER BY position",
+            (chunk,),
+        )
+        bounds = [row[0] for row in cur.fetchall()]
+        cur.execute(f"SELECT MAX(position) FROM {table}")
         row = cur.fetchone()
-    lo, hi = (row[0], row[1]) if row else (None, None)
-    return ledger_id, signers, lo or 0, hi or 0
+    ranges = [(a, b - 1) for a, b in itertools.pairwise(bounds)]
+    if bounds and row is not None:
+        ranges.append((bounds[-1], row[0]))
+    return ledger_id, registered, ranges

@@ -338,13 +338,7 @@ def _pg_ledger_meta(
 ) -> tuple[str, frozenset[str], list[tuple[int, int]], list[Problem]]:
     from .pg_verify import ledger_meta
 
-    ledger_id, signers, lo, hi = ledger_meta(url)
-    registered = frozenset(
-        did for did, signature, statement in signers
-        if verify_did_signature(did, signature, statement)
-    )  # fmt: skip
-    ranges = [(a, min(a + chunk - 1, hi)) for a in range(max(lo, 1), hi + 1, chunk)]
-    return ledger_id, registered, ranges, []
+    return (*ledger_meta(url, chunk), [])
 
 
 def verify(

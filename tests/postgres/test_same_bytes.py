@@ -121,12 +121,28 @@ def _truncate_tail(db: Any, ph: str) -> None:
     db.execute(f"DELETE FROM ledger_events WHERE position > {ph}", (15,))
 
 
+def _move_far_past_the_head(db: Any, ph: str) -> None:
+    # Chunking verify by arithmetic ranges up to this position would never end.
+    db.execute(f"UPDATE ledger_events SET position = {ph} WHERE position = {ph}", (1 << 40, 12))
+
+
+def _insert_before_position_one(db: Any, ph: str) -> None:
+    cols = "session_id, version, topic, timestamp, payload, sealed, prev_session_hash, " \
+           "prev_global_hash, event_hash, signer, signature"  # fmt: skip
+    row = db.execute(f"SELECT {cols} FROM ledger_events WHERE position = {ph}", (2,)).fetchone()
+    marks = ", ".join([ph] * 12)
+    forged = (0, "f" * 32, *row[1:])  # a copied event, under a session of its own
+    db.execute(f"INSERT INTO ledger_events (position, {cols}) VALUES ({marks})", forged)
+
+
 TAMPERINGS: dict[str, Callable[[Any, str], None]] = {
     "flip a payload byte": _flip_payload,
     "delete a row": _delete_row,
     "delete a whole session": _delete_session,
     "swap two rows": _swap_rows,
     "truncate the tail": _truncate_tail,
+    "move a row far past the head": _move_far_past_the_head,
+    "insert a row before position 1": _insert_before_position_one,
 }
 
 
