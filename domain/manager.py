@@ -1,4 +1,5 @@
-"""The session manager: SPEC-018 §5.2 ``establish`` / ``resume`` / ``accept`` / ``tick``.
+"""The session manager: SPEC-018 §5.2 ``establish`` / ``resume`` / ``accept`` / ``tick``
+(``accept`` is ``receive`` of a ``HandshakeRequest``).
 
 Sans-I/O. Every entry point takes ``now_us`` and returns the outputs to perform (``Send``
 a frame, ``Deliver`` a message); it never touches a socket or a clock. Frames and deadlines
@@ -56,10 +57,6 @@ from l2_session.domain.states import State, Trigger, is_allowed
 log = logging.getLogger("l2_session.session")
 
 
-class Repository(Protocol):
-    def get(self, aggregate_id: UUID) -> Any: ...
-
-
 class Ledger(Protocol):
     """What the manager needs of the ledger: any eventsourcing ``Application`` fits."""
 
@@ -112,13 +109,14 @@ class SessionManager:
         sid = self._conversations.get(conversation)
         return None if sid is None else self._sessions[sid]
 
-    def peer(self, peer_did: str) -> Peer:
+    def peer(self, peer_did: str, now_us: int = 0) -> Peer:
+        """The peer's standing (decision 7), from memory, the ledger, or new at ``now_us``."""
         found = self._peers.get(peer_did)
         if found is None:
             try:
                 found = self._ledger.repository.get(peer_id(peer_did))
             except AggregateNotFoundError:  # a peer never seen before
-                found = Peer.register(peer_did, self.config, 0)
+                found = Peer.register(peer_did, self.config, now_us)
             self._peers[peer_did] = found
         return found
 
@@ -127,7 +125,7 @@ class SessionManager:
 
     # ------------------------------------------------------------------ §5.2 API
     def establish(self, peer_did: str, now_us: int) -> tuple[UUID, list[Output]]:
-        peer = self.peer(peer_did)
+        peer = self.peer(peer_did, now_us)
         peer.check_admissible(now_us)
         session = Session.open(peer_did, "initiator", self.config, now_us)
         session.initiate_handshake(now_us)
@@ -188,7 +186,7 @@ class SessionManager:
             return []
 
     def _on_request(self, peer_did: str, frame: HandshakeRequest, now_us: int) -> list[Output]:
-        peer = self.peer(peer_did)
+        peer = self.peer(peer_did, now_us)
         if not frame.authentic:
             peer.authentication_failed(now_us, self._rng.random())
             self._ledger.save(peer)
