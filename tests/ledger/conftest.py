@@ -44,8 +44,9 @@ def ledger_path(tmp_path: Path) -> Path:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Tests that use the ledger only through its API run on both backends; tests that open the
-    # SQLite file themselves (they take `ledger_path`) run on SQLite only.
-    if "ledger_factory" not in metafunc.fixturenames:
+    # SQLite file themselves (they take `ledger_path`) run on SQLite only. Tests that hand the
+    # ledger to child processes take `ledger_location` (a path or a URL) directly.
+    if "ledger_location" not in metafunc.fixturenames:
         return
     own = inspect.signature(metafunc.function).parameters
     backends: list[Any] = ["sqlite"]

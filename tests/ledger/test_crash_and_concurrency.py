@@ -12,16 +12,18 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 from l2_session.infrastructure.ledger import ConcurrencyConflict, GroupCommitConfig
+from l2_session.infrastructure.ledger.pg_url import PostgresLocation, is_postgres_url
 from l2_session.infrastructure.ledger.verify import verify
 from ledger_aggregates import Conversation, populate, state_of
 
 CHILD = Path(__file__).with_name("writer_child.py")
 
 
-def start_writer(path: Path, seed: bytes, sessions: int) -> subprocess.Popen[str]:
+def start_writer(path: Path | str, seed: bytes, sessions: int) -> subprocess.Popen[str]:
     child = subprocess.Popen(
         [sys.executable, str(CHILD), str(path), seed.hex(), str(sessions)],
         stdout=subprocess.PIPE,
@@ -33,7 +35,12 @@ def start_writer(path: Path, seed: bytes, sessions: int) -> subprocess.Popen[str
     return child
 
 
-def stored_versions(path: Path) -> set[tuple[str, int]]:
+def stored_versions(path: Path | str) -> set[tuple[str, int]]:
+    if is_postgres_url(path):
+        location = PostgresLocation.parse(path)
+        with psycopg.connect(**location.connect_kwargs()) as conn:
+            rows = conn.execute(f"SELECT session_id, version FROM {location.schema}.ledger_events")
+            return set(rows.fetchall())
     db = sqlite3.connect(path)
     try:
         return set(db.execute("SELECT session_id, version FROM ledger_events"))
@@ -42,8 +49,8 @@ def stored_versions(path: Path) -> set[tuple[str, int]]:
 
 
 @pytest.mark.slow
-def test_appends_acknowledged_before_sigkill_are_never_lost(tmp_path):
-    path = tmp_path / "crash.sqlite3"
+def test_appends_acknowledged_before_sigkill_are_never_lost(ledger_location):
+    path = ledger_location
     seed = os.urandom(32)
     rng = random.Random(int.from_bytes(seed[:4], "big"))
     acknowledged: set[tuple[str, int]] = set()
@@ -68,8 +75,8 @@ def test_appends_acknowledged_before_sigkill_are_never_lost(tmp_path):
     assert len(acknowledged) > kills  # the children did get work done between kills
 
 
-def test_two_writer_processes_share_one_ledger(tmp_path):
-    path = tmp_path / "shared.sqlite3"
+def test_two_writer_processes_share_one_ledger(ledger_location):
+    path = ledger_location
     children = [start_writer(path, os.urandom(32), sessions=25) for _ in range(2)]
     outputs = [child.communicate(timeout=120)[0] for child in children]
     assert all(child.returncode == 0 for child in children)
