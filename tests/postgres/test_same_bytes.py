@@ -8,6 +8,7 @@ reports.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import sqlite3
@@ -18,6 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 from eventsourcing.domain import Aggregate, event
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
@@ -168,4 +171,55 @@ def test_tampering_is_reported_the_same_on_both_backends(
         pg.commit()
     on_sqlite, on_pg = verify(copy, checkpoint), verify(pg_location.url(), checkpoint)
     assert not on_sqlite.ok, f"{tamper} went unnoticed"
+    assert summary(on_pg) == summary(on_sqlite)
+
+
+_FLIPPABLE = ("payload", "prev_session_hash", "prev_global_hash", "event_hash", "signature",
+              "timestamp", "version")  # fmt: skip
+_fresh = itertools.count(1)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    column=st.sampled_from(_FLIPPABLE),
+    position=st.integers(min_value=1, max_value=18),
+    offset=st.integers(min_value=0, max_value=10_000),
+)
+def test_random_flips_are_reported_the_same_on_both_backends(
+    pristine: tuple[Path, str], pg_database: PostgresLocation, tmp_path: Path,
+    column: str, position: int, offset: int,
+) -> None:  # fmt: skip
+    path, checkpoint = pristine
+    copy = tmp_path / f"flip-{next(_fresh)}.sqlite3"
+    shutil.copy(path, copy)
+    pg = pg_database.with_schema(f"flip_{next(_fresh)}")
+    import_sqlite_ledger(copy, pg.url())
+
+    def flip(db: Any, ph: str) -> None:
+        value = db.execute(f"SELECT {column} FROM ledger_events WHERE position = {ph}",
+                           (position,)).fetchone()[0]  # fmt: skip
+        if isinstance(value, int):
+            # A version no event of the session has, or a timestamp off by one bit.
+            changed: Any = value ^ (1 << (8 + offset % 30 if column == "version" else offset % 40))
+        else:
+            data = bytearray(value)
+            data[offset % len(data)] ^= 1 << (offset % 8)
+            changed = bytes(data)
+        db.execute(f"UPDATE ledger_events SET {column} = {ph} WHERE position = {ph}",
+                   (changed, position))  # fmt: skip
+
+    db = sqlite3.connect(copy)
+    db.execute("DROP TRIGGER ledger_events_no_update")
+    flip(db, "?")
+    db.commit()
+    db.close()
+    with psycopg.connect(autocommit=False, **pg.connect_kwargs()) as conn:
+        conn.execute(f"SET search_path TO {pg.schema}")
+        conn.execute("ALTER TABLE ledger_events DISABLE TRIGGER USER")
+        flip(conn, "%s")
+        conn.commit()
+    on_sqlite, on_pg = verify(copy, checkpoint), verify(pg.url(), checkpoint)
+    assert not on_sqlite.ok
     assert summary(on_pg) == summary(on_sqlite)
