@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -46,7 +47,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Tests that use the ledger only through its API run on both backends; tests that open the
     # SQLite file themselves (they take `ledger_path`) run on SQLite only. Tests that hand the
     # ledger to child processes take `ledger_location` (a path or a URL) directly.
-    if "ledger_location" not in metafunc.fixturenames:
+    if not {"ledger_location", "new_ledger_location"} & set(metafunc.fixturenames):
         return
     own = inspect.signature(metafunc.function).parameters
     backends: list[Any] = ["sqlite"]
@@ -61,6 +62,18 @@ def ledger_location(ledger_backend: str, request: pytest.FixtureRequest) -> str 
     if ledger_backend == "postgres":
         return str(request.getfixturevalue("pg_url"))
     return Path(request.getfixturevalue("ledger_path"))
+
+
+@pytest.fixture
+def new_ledger_location(
+    ledger_backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[], str | Path]:
+    """Makes a fresh location per call (for property tests that build many ledgers)."""
+    made = itertools.count(1)
+    if ledger_backend == "postgres":
+        database = request.getfixturevalue("pg_database")
+        return lambda: str(database.with_schema(f"prop_{os.getpid()}_{next(made)}").url())
+    return lambda: tmp_path / f"ledger-{next(made)}.sqlite3"
 
 
 @pytest.fixture
