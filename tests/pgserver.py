@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from l2_session.infrastructure.ledger.pg_url import PostgresLocation, redact
+from l2_session.infrastructure.ledger.pg_url import PostgresLocation, is_postgres_url, redact
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -89,3 +92,28 @@ def pg_location(pg_database: PostgresLocation) -> PostgresLocation:
 @pytest.fixture
 def pg_url(pg_location: PostgresLocation) -> str:
     return pg_location.url()
+
+
+class _PostgresRaw:
+    """A psycopg connection that takes sqlite3-style ``?`` placeholders, inside the ledger's
+    schema: lets a test read or alter the stored rows the same way on both backends."""
+
+    def __init__(self, location: PostgresLocation) -> None:
+        self._conn = psycopg.connect(**location.connect_kwargs())
+        self._conn.execute(f"SET search_path TO {location.schema}")
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return self._conn.execute(sql.replace("?", "%s"), params)
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def open_raw(location: str | Path) -> Any:
+    """A raw DB-API connection to the ledger at ``location`` (SQLite file or PostgreSQL URL)."""
+    if is_postgres_url(location):
+        return _PostgresRaw(PostgresLocation.parse(location))
+    return sqlite3.connect(location)

@@ -12,6 +12,7 @@ from l2_session.infrastructure.ledger import SealedValue
 from l2_session.infrastructure.ledger.format import ZERO_HASH, genesis_hash
 from l2_session.infrastructure.ledger.verify import verify
 from ledger_aggregates import Conversation, populate, state_of
+from pgserver import open_raw
 
 
 def test_saved_sessions_replay_to_the_same_state(ledger_factory, clock):
@@ -21,11 +22,11 @@ def test_saved_sessions_replay_to_the_same_state(ledger_factory, clock):
         assert state_of(ledger.repository.get(conversation.id)) == state_of(conversation)
 
 
-def test_positions_and_chains_link_as_documented(ledger_factory, clock, ledger_path):
+def test_positions_and_chains_link_as_documented(ledger_factory, clock, ledger_location):
     ledger = ledger_factory()
     populate(ledger, clock, sessions=2, notes=2)
     rows = (
-        sqlite3.connect(ledger_path)
+        open_raw(ledger_location)
         .execute(
             "SELECT position, session_id, version, prev_session_hash, prev_global_hash, event_hash "
             "FROM ledger_events ORDER BY position"
@@ -65,13 +66,15 @@ def test_replay_from_snapshot_equals_replay_from_start(ledger_factory, clock):
         )
 
 
-def test_a_tampered_snapshot_is_ignored_and_replay_stays_right(ledger_factory, clock, ledger_path):
+def test_a_tampered_snapshot_is_ignored_and_replay_stays_right(
+    ledger_factory, clock, ledger_location
+):
     ledger = ledger_factory(snapshot_interval=5)
     conversation = Conversation(peer="p")
     for i in range(12):
         conversation.note(text=f"n{i}")
     ledger.save(conversation)
-    db = sqlite3.connect(ledger_path)
+    db = open_raw(ledger_location)
     db.execute("UPDATE ledger_snapshots SET head_hash = ? WHERE version = 10", (b"\x00" * 32,))
     db.commit()
     replayed = ledger.repository.get(conversation.id)
