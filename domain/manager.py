@@ -132,6 +132,23 @@ class SessionManager:
         self._add(session)
         return session.id, self._commit(session, peer)
 
+    def _find(self, conversation: UUID) -> Session | None:
+        """The session for ``conversation``: in memory, or else replayed from the ledger
+        after a restart — as initiator (the conversation is its id) or as first responder."""
+        found = self.session_for(conversation)
+        if found is not None:
+            return found
+        for candidate in (conversation, uuid5(conversation, self.local_did)):
+            try:
+                stored = self._ledger.repository.get(candidate)
+            except AggregateNotFoundError:
+                continue
+            if isinstance(stored, Session) and stored.conversation == conversation:
+                self._add(stored)
+                self._arm(stored)
+                return stored
+        return None
+
     def restore(self, session_id: UUID) -> Session:
         """After a restart: replay the session from the ledger and re-arm its deadlines."""
         session: Session = self._ledger.repository.get(session_id)
@@ -176,7 +193,7 @@ class SessionManager:
         try:
             if isinstance(frame, HandshakeRequest):
                 return self._on_request(peer_did, frame, now_us)
-            session = self.session_for(frame.conversation)
+            session = self._find(frame.conversation)
             if session is None or session.peer_did != peer_did:
                 raise UnknownSession(frame.conversation)
             return self._on_frame(session, frame, now_us)
@@ -192,7 +209,7 @@ class SessionManager:
             self._ledger.save(peer)
             return []
         peer.check_admissible(now_us)
-        existing = self.session_for(frame.conversation)
+        existing = self._find(frame.conversation)
         if existing is not None and frame.resuming:
             # The initiator resumes with the stored keys (decision 4); answer with ours.
             if existing.state in (State.SUSPENDED, State.FAILED):
@@ -200,6 +217,10 @@ class SessionManager:
                 existing.receive_valid_response(now_us)
             reply = HandshakeResponse(frame.conversation, b"", self._own_prekeys)
             return [*self._commit(existing, peer), self._send(existing, reply)]
+        if existing is None and frame.resuming:
+            # Nothing to resume here: the initiator's resumption times out and it falls back
+            # to a full handshake (decision 4). Not an authentication failure.
+            raise StaleFrame("a resumption for a conversation this node does not have")
         if existing is not None and existing.state == State.HANDSHAKE_RECEIVED:
             return self._resend(existing)  # a duplicate request: answer it again
         # The initiator retried: the same session answers (decision 10). A session that is

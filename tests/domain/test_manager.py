@@ -212,3 +212,34 @@ def test_retry_after_a_lost_confirmation_continues_the_responders_session(
     moves = [e.state for e in bob.ledger.events.get(responder.id) if hasattr(e, "state")]
     assert moves[:3] == ["handshake_received", "failed", "handshake_received"]
     assert [d.payload for d in sim.delivered[BOB]] == [b"m1"]
+
+
+def test_a_restarted_responder_finds_its_session_in_the_ledger(
+    make_sim: Callable[..., Simulation], session_ledger_factory: Callable[..., Any]
+) -> None:
+    """Frames for a conversation the restarted node has not loaded yet replay the session
+    from the ledger (as initiator: by its id; as responder: by the derived id)."""
+    sim = make_sim()
+    sid = connect(sim)
+    conversation = sim.nodes[ALICE].session(sid).conversation
+    before = sim.nodes[BOB].session_for(conversation)
+    restarted = SessionManager(BOB, session_ledger_factory("bob"))
+    sim.add(restarted)
+    sim.perform(ALICE, sim.nodes[ALICE].submit(sid, b"after the restart", sim.clock.wall_us()))
+    sim.run_for(1)
+    replayed = restarted.session_for(conversation)
+    assert before is not None and replayed is not None and replayed is not before
+    assert replayed.id == before.id and replayed.version == before.version + 1  # + delivery
+    assert [d.payload for d in sim.delivered[BOB]] == [b"after the restart"]
+
+
+def test_resumption_for_an_unknown_conversation_is_dropped_not_quarantined(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    from l2_session.domain.commands import HandshakeRequest
+
+    sim = make_sim()
+    bob = sim.nodes[BOB]
+    now = sim.clock.wall_us()
+    assert bob.receive(ALICE, HandshakeRequest(uuid4(), b"", resuming=True), now) == []
+    assert bob.dropped_frames == 1 and not bob.peer(ALICE).is_quarantined(now)
