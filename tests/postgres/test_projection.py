@@ -85,3 +85,21 @@ def test_a_lost_notification_delays_the_projection_by_one_poll_at_most(
         )
     runner.close()
     reader.close()
+
+
+def test_eventsourcings_own_subscription_follows_the_signed_ledger(
+    writer: SessionLedger, pg_location: PostgresLocation
+) -> None:
+    # PostgresApplicationRecorder.subscribe(): LISTEN on the ledger's channel, select by position.
+    reader = SessionLedger(pg_location.url(), create=False)
+    ticks = [Tick("n") for _ in range(3)]
+    writer.save(ticks[0])
+    seen: list[tuple[int, Any]] = []
+    with reader.recorder.subscribe(gt=0) as subscription:
+        writer.save(ticks[1], ticks[2])
+        for notification in subscription:
+            seen.append((notification.id, notification.originator_id))
+            if len(seen) == 3:
+                break
+    assert seen == [(i + 1, t.id) for i, t in enumerate(ticks)]
+    reader.close()
