@@ -181,6 +181,10 @@ class HandshakeEngine:
         entry = self._pending.get((kind, key))
         if entry is None:
             return Outcome(dropped=f"{kind.name} for no handshake in progress ({key.hex()})")
+        if entry.source and source != entry.source:
+            # Anyone who saw the INIT knows the handshake id; a reply from elsewhere must not be
+            # able to abort the handshake or get the real peer quarantined.
+            return Outcome(dropped=f"{kind.name} from {source}, expected from {entry.source}")
         hs = entry.handshake
         try:
             if isinstance(hs, InitiatorHandshake | ResumeInitiator):

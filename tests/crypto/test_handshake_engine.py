@@ -117,3 +117,16 @@ def test_resume_through_the_engines(nodes) -> None:  # type: ignore[no-untyped-d
     resumed_b = b.receive(resumed_a.send, source=A, now_us=later)
     assert resumed_a.established.send_key == resumed_b.established.receive_key
     assert resumed_a.established.generation == 1
+
+
+def test_reply_from_another_address_cannot_abort_the_handshake(nodes) -> None:  # type: ignore[no-untyped-def]
+    # An off-path attacker who learned the handshake id sends a forged CONFIRM from its own
+    # address: dropped, the handshake goes on, and Alice is not quarantined.
+    a, b, bundle, _, bob, _ = nodes
+    _, init = a.initiate(bundle, now_us=NOW_US, expected_responder=_pub(bob), source=B)
+    response = b.receive(init, source=A, now_us=NOW_US).send
+    confirm = a.receive(response, source=B, now_us=NOW_US).send
+    forged = confirm[:-1] + bytes([confirm[-1] ^ 1])
+    out = b.receive(forged, source="203.0.113.66:9", now_us=NOW_US)
+    assert out.dropped and "expected from" in out.dropped and not out.quarantined
+    assert b.receive(confirm, source=A, now_us=NOW_US).established is not None
