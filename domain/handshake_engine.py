@@ -52,6 +52,9 @@ class Outcome:
     peer_identity: bytes | None = None
     handshake_id: bytes | None = None
     quarantined: bool = False  # the (identity, source) pair was quarantined for 60 s
+    # A one-time prekey was spent: persist ``responder.secrets`` (KeyStore.set_prekeys) before
+    # sending, or a restart would bring the spent prekey back.
+    prekeys_changed: bool = False
 
 
 @dataclass
@@ -144,22 +147,29 @@ class HandshakeEngine:
             init = self.admission.admit_init(data, source, now_us)
         except HandshakeError as error:
             return Outcome(dropped=str(error))
+        before = self.responder.secrets
         try:
             response, pending = self.responder.receive_init(data, now_us=now_us)
         except HandshakeAuthenticationFailed as error:
             self.admission.quarantine(init.initiator_identity, source, now_us)
             return Outcome(
-                dropped=str(error), peer_identity=init.initiator_identity, quarantined=True
+                dropped=str(error),
+                peer_identity=init.initiator_identity,
+                quarantined=True,
+                prekeys_changed=self.responder.secrets is not before,
             )
         except HandshakeError as error:
-            return Outcome(dropped=str(error))
+            return Outcome(dropped=str(error), prekeys_changed=self.responder.secrets is not before)
         self._add(
             MessageType.CONFIRM,
             pending.handshake_id,
             _Pending(pending, now_us, init.initiator_identity, source),
         )
         return Outcome(
-            send=response, handshake_id=pending.handshake_id, peer_identity=init.initiator_identity
+            send=response,
+            handshake_id=pending.handshake_id,
+            peer_identity=init.initiator_identity,
+            prekeys_changed=self.responder.secrets is not before,
         )
 
     def _on_resume(self, data: bytes, source: str, now_us: int) -> Outcome:

@@ -130,3 +130,17 @@ def test_reply_from_another_address_cannot_abort_the_handshake(nodes) -> None:  
     out = b.receive(forged, source="203.0.113.66:9", now_us=NOW_US)
     assert out.dropped and "expected from" in out.dropped and not out.quarantined
     assert b.receive(confirm, source=A, now_us=NOW_US).established is not None
+
+
+def test_spending_a_one_time_prekey_is_reported_for_persistence() -> None:
+    alice, bob = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    secrets, bundle = create_prekeys(bob, expires_at_us=NOW_US + DAY_US, one_time_prekey_ids=(1,))
+    b = HandshakeEngine(bob, responder=Responder(bob, secrets, bundle))
+    _, with_opk = HandshakeEngine(alice).initiate(
+        bundle, now_us=NOW_US, expected_responder=_pub(bob)
+    )
+    assert b.receive(with_opk, source=A, now_us=NOW_US).prekeys_changed
+    _, without = HandshakeEngine(Ed25519PrivateKey.generate()).initiate(
+        replace(bundle, one_time_prekeys=()), now_us=NOW_US, expected_responder=_pub(bob)
+    )
+    assert not b.receive(without, source=B, now_us=NOW_US).prekeys_changed
