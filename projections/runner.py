@@ -130,12 +130,20 @@ class ProjectionRunner:
                     (position, name),
                 )
         head = recorder.max_notification_id() or 0
-        timestamp = getattr(newest, "timestamp", None)
-        age = time.time() - timestamp.timestamp() if timestamp is not None else 0.0
-        self.lag = Lag(position, head, age if notifications else 0.0)
+        self.lag = Lag(position, head, self._age(position, newest) if notifications else 0.0)
         if self.on_batch is not None and notifications:
             self.on_batch(self.lag)
         return len(notifications)
+
+    def _age(self, position: int, newest: Any) -> float:
+        """Seconds since the newest applied event was appended to the ledger (its ledger
+        timestamp when the recorder can tell, else the event's own creation time)."""
+        timestamp_at = getattr(self.ledger.recorder, "timestamp_at", None)
+        appended: int | None = timestamp_at(position) if timestamp_at is not None else None
+        if appended is not None:
+            return max(0.0, time.time() - appended / 1_000_000)
+        created = getattr(newest, "timestamp", None)
+        return max(0.0, time.time() - float(created.timestamp())) if created is not None else 0.0
 
     def run_forever(self) -> None:
         """Follow the ledger until ``stop()``: batches while behind, then wait for NOTIFY."""

@@ -280,6 +280,14 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
             row = cur.execute(f"SELECT MAX(position) FROM {self.table}").fetchone()
         return row[0] if row else None
 
+    def timestamp_at(self, position: int) -> int | None:
+        """The ledger timestamp (µs) of the event at ``position``: when it was appended."""
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(
+                f"SELECT timestamp FROM {self.table} WHERE position=%s", (position,)
+            ).fetchone()
+        return row[0] if row else None
+
     def _notify_channel(self, cur: Any) -> None:
         # Delivered at commit, to every LISTENing projection (projections/runner.py).
         cur.execute(SQL("NOTIFY {0}").format(Identifier(self.channel_name)))
