@@ -8,7 +8,8 @@ data it is asked to send is queued; at the switch the queue is sealed under the 
 order. The initiator switches after RESPONSE (sending CONFIRM under the old keys first), the
 responder after CONFIRM. The old receiving keys are kept until the first record under the new
 ones arrives, for records already in flight; then they are dropped. The peer must be the same
-identity as before, or the rotation fails. Rotation is due at key age ``ttl − rotation_window``
+identity as before, or the rotation fails. If both sides start at once, the larger identity
+key's rotation wins. Rotation is due at key age ``ttl − rotation_window``
 (23 h by default) and fails if not complete within ``rotation_timeout_us``.
 """
 
@@ -26,7 +27,7 @@ from l2_session.domain.handshake_errors import (
     HandshakeStateError,
 )
 from l2_session.domain.handshake_kem import DEFAULT_BACKEND, KemBackend
-from l2_session.domain.handshake_keys import SessionKeys
+from l2_session.domain.handshake_keys import SessionKeys, ed25519_public_bytes
 from l2_session.domain.handshake_wire import MessageType, peek_type
 
 HOUR_US = 3_600_000_000
@@ -123,6 +124,12 @@ class SessionCrypto:
 
     def _rekey(self, message: bytes, now_us: int) -> Received:
         kind = peek_type(message)
+        if kind == MessageType.INIT and isinstance(self._rotation, InitiatorHandshake):
+            # Both sides started a rotation at once: the side with the larger identity key
+            # keeps its own; the other abandons it and answers (its queue is kept).
+            if ed25519_public_bytes(self.identity) > self.keys.peer_identity:
+                return Received()
+            self._rotation = None
         if kind == MessageType.INIT and self._rotation is None and self.responder is not None:
             reply, pending = self.responder.receive_init(message, now_us=now_us)
             if pending.peer_identity != self.keys.peer_identity:

@@ -31,6 +31,20 @@ def _session():  # type: ignore[no-untyped-def]
     return a, b, bundle
 
 
+def _both_responders():  # type: ignore[no-untyped-def]
+    """Two nodes that both publish prekeys, so either can answer a rotation."""
+    alice, bob = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    made = {k: create_prekeys(k, expires_at_us=NOW_US + 3 * DAY_US) for k in (alice, bob)}
+    responders = {k: Responder(k, *made[k]) for k in (alice, bob)}
+    hs, init = InitiatorHandshake.start(alice, made[bob][1], now_us=NOW_US)
+    response, pending = responders[bob].receive_init(init, now_us=NOW_US)
+    confirm, keys_a = hs.receive_response(response)
+    keys_b = pending.receive_confirm(confirm)
+    a = SessionCrypto(keys_a, alice, now_us=NOW_US, responder=responders[alice])
+    b = SessionCrypto(keys_b, bob, now_us=NOW_US, responder=responders[bob])
+    return a, b, made[alice][1], made[bob][1]
+
+
 def _deliver(records: list[bytes], to: SessionCrypto, now: int, inbox: list[bytes]) -> list[bytes]:
     replies: list[bytes] = []
     for record in records:
@@ -110,3 +124,18 @@ def test_rotation_to_another_identity_is_refused() -> None:
     _, other = create_prekeys(mallory, expires_at_us=NOW_US + DAY_US)
     with pytest.raises(HandshakeAuthenticationFailed, match="not the expected"):
         a.start_rotation(other, now_us=NOW_US)
+
+
+def test_simultaneous_rotations_converge() -> None:
+    # Both sides decide to rotate at the same moment; one yields, both end on the same keys.
+    a, b, bundle_a, bundle_b = _both_responders()
+    now = NOW_US + ROTATE_AFTER_US
+    to_b = a.start_rotation(bundle_b, now_us=now) + a.send(b"from a")
+    to_a = b.start_rotation(bundle_a, now_us=now) + b.send(b"from b")
+    at_a: list[bytes] = []
+    at_b: list[bytes] = []
+    for _ in range(4):  # deliver until quiet
+        to_a, to_b = _deliver(to_b, b, now, at_b), _deliver(to_a, a, now, at_a)
+    assert (a.rotations, b.rotations) == (1, 1)
+    assert a.keys.send_key == b.keys.receive_key and a.keys.receive_key == b.keys.send_key
+    assert at_a == [b"from b"] and at_b == [b"from a"]
