@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -74,7 +75,51 @@ def _writer(kind: str, url: str, count: int, seed: int, ready: Any, go: Any, out
     out.put((start, end, batches, requests))
 
 
-def _run(kind: str, url: str, writers: int, count: int, seed: int) -> dict[str, float]:
+class SessionCounts:
+    """The projection measured for lag: events per session, one upsert per event."""
+
+    name = "bench_session_counts"
+
+    def create_statements(self, schema: str) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {schema}.session_counts "
+            "(session_id text PRIMARY KEY, events bigint NOT NULL)"
+        ]
+
+    def apply(self, cur: Any, schema: str, event: Any, position: int) -> None:
+        cur.execute(
+            f"INSERT INTO {schema}.session_counts VALUES (%s, 1) ON CONFLICT (session_id) "
+            "DO UPDATE SET events = session_counts.events + 1",
+            (event.originator_id.hex,),
+        )
+
+
+def _project(url: str, view_url: str, ready: Any, stop: Any, out: Any) -> None:
+    """A projection process following the ledger; reports (lag events, lag seconds) per batch."""
+    from l2_session.infrastructure.ledger import SessionLedger
+    from l2_session.projections.runner import Lag, ProjectionRunner
+
+    samples: list[tuple[int, float]] = []
+
+    def record(lag: Lag) -> None:
+        samples.append((lag.events, lag.seconds))
+
+    ledger = SessionLedger(url, create=False)
+    runner = ProjectionRunner(ledger, view_url, SessionCounts(), poll_interval=1.0, on_batch=record)
+    follower = threading.Thread(target=runner.run_forever)
+    follower.start()
+    ready.release()
+    stop.wait()
+    runner.stop()
+    follower.join()
+    out.put((samples, runner.lag.position))
+    runner.close()
+    ledger.close()
+
+
+def _run(
+    kind: str, url: str, writers: int, count: int, seed: int, view_url: str | None = None
+) -> dict[str, float]:
     _open(kind, url, create=True).close()  # schema and tables exist before writers start
     ctx = multiprocessing.get_context("spawn")
     ready, go, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
@@ -84,21 +129,58 @@ def _run(kind: str, url: str, writers: int, count: int, seed: int) -> dict[str, 
     ]
     for p in procs:
         p.start()
-    for _ in procs:
+    follower, stop, lag_out = None, ctx.Event(), ctx.Queue()
+    if view_url is not None:
+        follower = ctx.Process(target=_project, args=(url, view_url, ready, stop, lag_out))
+        follower.start()
+    for _ in range(len(procs) + (follower is not None)):
         if not ready.acquire(timeout=120):
-            raise RuntimeError(f"a {kind} writer did not get ready within 120 s")
+            raise RuntimeError(f"a {kind} writer or projection did not get ready within 120 s")
     go.set()
     results = [out.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
         if p.exitcode != 0:
             raise RuntimeError(f"a {kind} writer exited with {p.exitcode}")
-    seconds = max(r[1] for r in results) - min(r[0] for r in results)
+    end = max(r[1] for r in results)
+    seconds = end - min(r[0] for r in results)
     batches = sum(r[2] for r in results)
-    return {
+    outcome = {
         "events_per_second": writers * count * EVENTS_PER_SESSION / seconds,
         "sessions_per_transaction": sum(r[3] for r in results) / batches if batches else 1.0,
     }
+    if follower is not None and view_url is not None:
+        outcome.update(_catch_up(view_url, end, (writers * (count + 1)) * EVENTS_PER_SESSION))
+        stop.set()
+        samples, _ = lag_out.get(timeout=60)
+        follower.join()
+        lags = sorted(s for _, s in samples)
+        behind = sorted(e for e, _ in samples)
+        outcome.update(
+            lag_seconds_median=lags[len(lags) // 2],
+            lag_seconds_p95=lags[int(len(lags) * 0.95)],
+            lag_events_median=behind[len(behind) // 2],
+            lag_events_max=behind[-1],
+        )
+    return outcome
+
+
+def _catch_up(view_url: str, end: float, head: int) -> dict[str, float]:
+    """Seconds from the last append returning to the projection having applied it."""
+    from l2_session.infrastructure.ledger.pg_url import PostgresLocation
+
+    view = PostgresLocation.parse(view_url)
+    with psycopg.connect(autocommit=True, **view.connect_kwargs()) as conn:
+        while True:
+            row = conn.execute(
+                f"SELECT position FROM {view.schema}.l2s_projection_tracking WHERE name = %s",
+                (SessionCounts.name,),
+            ).fetchone()
+            if row is not None and row[0] >= head:
+                return {"catch_up_seconds": max(0.0, time.time() - end)}
+            if time.time() - end > 300:
+                raise RuntimeError(f"the projection did not reach position {head} within 300 s")
+            time.sleep(0.005)
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -143,6 +225,18 @@ def run(quick: bool) -> dict[str, Any]:
                 figure(f"  ledger / plain, {writers} writer(s)", ratio, "x",
                        target=f">= {TARGET_VS_PLAIN}", ok=ratio >= TARGET_VS_PLAIN),
             ]  # fmt: skip
+        # Projection lag: a projection process follows the ledger while 2 nodes append.
+        url = database.with_schema("lag_ledger").url()
+        view = database.with_schema("lag_view").url()
+        lag = _run("ledger", url, 2, count, seed=99, view_url=view)
+        figures += [
+            figure("projection lag while 2 writers append, median", lag["lag_seconds_median"],
+                   "s", note=f"{lag['lag_events_median']} events behind"),
+            figure("projection lag while 2 writers append, p95", lag["lag_seconds_p95"], "s",
+                   note=f"at most {lag['lag_events_max']} events behind"),
+            figure("projection caught up after the last append", lag["catch_up_seconds"], "s"),
+        ]  # fmt: skip
+        rates["projection lag"] = [lag["lag_seconds_median"], lag["lag_seconds_p95"]]
     finally:
         with psycopg.connect(autocommit=True, **admin.connect_kwargs()) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
