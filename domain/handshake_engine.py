@@ -218,7 +218,7 @@ class HandshakeEngine:
             )
         del self._pending[(kind, key)]
         if not isinstance(hs, InitiatorHandshake | ResumeInitiator) and entry.peer:
-            self.admission.authenticated(entry.peer)
+            self.admission.authenticated(entry.peer, entry.source)
         return Outcome(
             send=reply, established=keys, peer_identity=keys.peer_identity, handshake_id=key
         )

@@ -7,13 +7,15 @@ run before any signature check, DH or ML-KEM work:
 1. quarantine: an identity that failed authentication is refused outright for 60 s (§2.1) —
    from the address it failed from: the identity in a failed INIT is unproven, and quarantining
    it everywhere would let anyone lock any peer out by forging INITs in its name;
-2. per-source and per-identity token buckets (source = the transport address, as the caller
-   sees it): one noisy address or claimed identity cannot monopolise the responder;
-3. two global buckets: one for identities that have completed a handshake with this node
-   before ("known"), one for everyone else. The identity in an INIT is only a claim at this
-   point, so a flood of fresh identities drains the *unknown* budget only, and peers this node
-   already knows still get through. (A flood claiming a known identity from another address is
-   limited by that identity's own bucket, and soon by its quarantine.)
+2. token buckets per source (the transport address, as the caller sees it) and per peer (an
+   identity at a source): one noisy address, or one peer, cannot monopolise the responder;
+3. two global buckets: one for peers — identity *and* address — that have completed a
+   handshake with this node before ("known"), one for everything else. The identity in an INIT
+   is only a claim at this point, and identities are public, so a known identity claimed from
+   another address counts as unknown: a flood of fresh or borrowed identities drains the
+   *unknown* budget only, and peers this node already knows still get through from where they
+   were. (Only an attacker who can send from a known peer's own address gets further, and
+   only as far as that peer's bucket.)
 
 Tables are bounded (least recently seen entries are dropped first), so memory stays bounded
 whatever the attacker sends. Time is a value, in microseconds; nothing here reads a clock.
@@ -68,8 +70,8 @@ class Bucket:
 class FloodLimits:
     per_source_rate: float = 5.0
     per_source_burst: float = 10.0
-    per_identity_rate: float = 2.0
-    per_identity_burst: float = 5.0
+    per_peer_rate: float = 2.0
+    per_peer_burst: float = 5.0
     known_rate: float = 200.0
     known_burst: float = 400.0
     unknown_rate: float = 100.0
@@ -108,7 +110,7 @@ class HandshakeAdmission:
     def __init__(self, limits: FloodLimits | None = None, *, now_us: int = 0) -> None:
         self.limits = lim = limits or FloodLimits()
         self._sources: _BoundedTable[Bucket] = _BoundedTable(lim.max_tracked)
-        self._identities: _BoundedTable[Bucket] = _BoundedTable(lim.max_tracked)
+        self._peers: _BoundedTable[Bucket] = _BoundedTable(lim.max_tracked)
         self._quarantine: _BoundedTable[int] = _BoundedTable(lim.max_tracked)
         self._known: _BoundedTable[bool] = _BoundedTable(lim.max_tracked)
         self._known_bucket = Bucket(lim.known_rate, lim.known_burst, lim.known_burst, now_us)
@@ -118,7 +120,7 @@ class HandshakeAdmission:
         self.refused: dict[str, int] = {}
 
     def tracked(self) -> int:
-        return len(self._sources) + len(self._identities) + len(self._quarantine) + len(self._known)
+        return len(self._sources) + len(self._peers) + len(self._quarantine) + len(self._known)
 
     def _refuse(self, why: str, detail: str) -> HandshakeRefused:
         self.refused[why] = self.refused.get(why, 0) + 1
@@ -137,20 +139,21 @@ class HandshakeAdmission:
         """Raise ``HandshakeRefused`` unless an INIT claiming ``identity`` from ``source`` may
         go on to signature verification."""
         lim = self.limits
-        until = self._quarantine.get(_pair(identity, source))
+        peer = _pair(identity, source)
+        until = self._quarantine.get(peer)
         if until is not None:
             if now_us < until:
                 raise self._refuse("quarantined", f"{identity.hex()} at {source} until {until} us")
-            self._quarantine.pop(_pair(identity, source))
+            self._quarantine.pop(peer)
         if not self._bucket(
             self._sources, source, lim.per_source_rate, lim.per_source_burst, now_us
         ).take(now_us):
             raise self._refuse("source rate", f"too many handshakes from {source}")
-        if not self._bucket(
-            self._identities, identity, lim.per_identity_rate, lim.per_identity_burst, now_us
-        ).take(now_us):
-            raise self._refuse("identity rate", f"too many handshakes claiming {identity.hex()}")
-        known = self._known.get(identity) is not None
+        if not self._bucket(self._peers, peer, lim.per_peer_rate, lim.per_peer_burst, now_us).take(
+            now_us
+        ):
+            raise self._refuse("peer rate", f"too many from {identity.hex()} at {source}")
+        known = self._known.get(peer) is not None
         bucket = self._known_bucket if known else self._unknown_bucket
         if not bucket.take(now_us):
             raise self._refuse("global rate", "known peers" if known else "new peers")
@@ -163,9 +166,10 @@ class HandshakeAdmission:
         self.admit(bytes(data[6:38]), source, now_us)
         return Init.parse(data)
 
-    def authenticated(self, identity: bytes) -> None:
-        """Record a completed handshake: this identity now draws on the known-peers budget."""
-        self._known.put(identity, True)
+    def authenticated(self, identity: bytes, source: str) -> None:
+        """Record a completed handshake: this identity, from this address, now draws on the
+        known-peers budget."""
+        self._known.put(_pair(identity, source), True)
 
     def quarantine(
         self, identity: bytes, source: str, now_us: int, duration_us: int = QUARANTINE_US

@@ -42,17 +42,18 @@ def test_quarantine_refuses_cheaply_for_60_seconds_at_that_source() -> None:
     assert QUARANTINE_US == 60 * SECOND  # SPEC-018 §2.1
 
 
-def test_per_source_and_per_identity_limits() -> None:
-    gate = HandshakeAdmission(FloodLimits(per_source_burst=3, per_identity_burst=100), now_us=0)
+def test_per_source_and_per_peer_limits() -> None:
+    gate = HandshakeAdmission(FloodLimits(per_source_burst=3, per_peer_burst=100), now_us=0)
     for i in range(3):
         gate.admit(bytes([i]) * 32, "noisy", 0)
     with pytest.raises(HandshakeRefused, match="source rate"):
         gate.admit(b"x" * 32, "noisy", 0)
-    gate = HandshakeAdmission(FloodLimits(per_identity_burst=2), now_us=0)
+    gate = HandshakeAdmission(FloodLimits(per_peer_burst=2), now_us=0)
     gate.admit(b"i" * 32, "a", 0)
-    gate.admit(b"i" * 32, "b", 0)
-    with pytest.raises(HandshakeRefused, match="identity rate"):
-        gate.admit(b"i" * 32, "c", 0)
+    gate.admit(b"i" * 32, "a", 0)
+    with pytest.raises(HandshakeRefused, match="peer rate"):
+        gate.admit(b"i" * 32, "a", 0)
+    gate.admit(b"i" * 32, "b", 0)  # the same identity claimed elsewhere is another peer
 
 
 def test_flood_is_bounded_and_known_peers_get_through() -> None:
@@ -70,7 +71,7 @@ def test_flood_is_bounded_and_known_peers_get_through() -> None:
         response, pending = responder.receive_init(init, now_us=now)
         confirm, _ = hs.receive_response(response)
         pending.receive_confirm(confirm)
-        gate.authenticated(Init_identity(init))
+        gate.authenticated(Init_identity(init), "alice:1")
 
     handshake(NOW_US)  # Alice has met this node before the flood
     _, template = InitiatorHandshake.start(mallory, bundle, now_us=NOW_US)
@@ -134,3 +135,20 @@ def test_gate_memory_does_not_grow_with_the_flood() -> None:
 
     small, large = peak(2_000), peak(6_000)
     assert large < 1.3 * small, (small, large)
+
+
+def test_a_borrowed_known_identity_cannot_starve_its_owner() -> None:
+    """Identities are public: a flood claiming Alice's identity from other addresses must not
+    use up Alice's budget nor the known-peers budget she draws on."""
+    alice = b"a" * 32
+    limits = FloodLimits(known_burst=10, known_rate=5, unknown_burst=10, unknown_rate=5)
+    gate = HandshakeAdmission(limits, now_us=0)
+    gate.authenticated(alice, "alice:1")
+    rng = random.Random(2)
+    for n in range(5_000):
+        now = n * 1_000  # 5 s of flood
+        with contextlib.suppress(HandshakeRefused):
+            gate.admit(alice, f"198.51.100.{rng.randrange(256)}:{rng.randrange(65536)}", now)
+        if n % 500 == 0:
+            gate.admit(alice, "alice:1", now)  # never refused
+    assert gate.refused.get("global rate", 0) > 4_000
