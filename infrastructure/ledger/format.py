@@ -81,30 +81,14 @@ def event_hash_input(
     )
 
 
-def event_hash(
-    position: int,
-    session_id: bytes,
-    version: int,
-    topic: bytes,
-    timestamp_us: int,
-    payload: bytes,
-    prev_session_hash: bytes,
-    prev_global_hash: bytes,
-    signer_lp: bytes,
-) -> bytes:
-    return blake3(
-        event_hash_input(
-            position,
-            session_id,
-            version,
-            topic,
-            timestamp_us,
-            payload,
-            prev_session_hash,
-            prev_global_hash,
-            signer_lp,
-        )
-    ).digest()
+# The arguments of event_hash_input, in order: position, session_id, version, topic,
+# timestamp_us, payload, prev_session_hash, prev_global_hash, signer_lp.
+EventHashFields = tuple[int, bytes, int, bytes, int, bytes, bytes, bytes, bytes]
+
+
+def event_hash(*fields: *EventHashFields) -> bytes:
+    """BLAKE3 of ``event_hash_input(*fields)``: the event hash (same arguments)."""
+    return blake3(event_hash_input(*fields)).digest()
 
 
 def snapshot_hash(
