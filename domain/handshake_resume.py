@@ -31,7 +31,7 @@ from __future__ import annotations
 import hmac
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from l2_session.domain.handshake import MAX_CLOCK_SKEW_US, ReplayCache
@@ -56,9 +56,15 @@ from l2_session.domain.handshake_keys import (
     transcript_hash,
     x25519_public_bytes,
 )
-from l2_session.domain.handshake_wire import HEADER, MAC_LEN, MessageType, Reader, unframe
+from l2_session.domain.handshake_wire import (
+    HEADER,
+    MAC_LEN,
+    PROTOCOL_VERSION,
+    MessageType,
+    Reader,
+    unframe,
+)
 
-SESSION_ID_LEN = 16
 RESUME_BODY_LEN = 16 + 4 + 4 + 4 + 32 + 8 + MAC_LEN
 RESUME_RESPONSE_BODY_LEN = 16 + 32 + MAC_LEN
 RESUME_CONFIRM_BODY_LEN = 16 + MAC_LEN
@@ -77,7 +83,7 @@ class ResumptionTicket:
     session_id: bytes
     peer_identity: bytes
     was_initiator: bool
-    resumption_secret: bytes
+    resumption_secret: bytes = field(repr=False)  # never in logs or tracebacks
     generation: int
     prekey_ids: tuple[int, int]
 
@@ -131,7 +137,7 @@ class Resume:
 
     def unauthenticated(self) -> bytes:
         return (
-            HEADER.pack(1, MessageType.RESUME, RESUME_BODY_LEN)
+            HEADER.pack(PROTOCOL_VERSION, MessageType.RESUME, RESUME_BODY_LEN)
             + self.session_id
             + struct.pack(">III", self.generation, *self.prekey_ids)
             + self.ephemeral
@@ -155,14 +161,15 @@ class Resume:
 
 def _response_prefix(session_id: bytes, ephemeral: bytes) -> bytes:
     return (
-        HEADER.pack(1, MessageType.RESUME_RESPONSE, RESUME_RESPONSE_BODY_LEN)
+        HEADER.pack(PROTOCOL_VERSION, MessageType.RESUME_RESPONSE, RESUME_RESPONSE_BODY_LEN)
         + session_id
         + ephemeral
     )
 
 
 def _confirm_prefix(session_id: bytes) -> bytes:
-    return HEADER.pack(1, MessageType.RESUME_CONFIRM, RESUME_CONFIRM_BODY_LEN) + session_id
+    header = HEADER.pack(PROTOCOL_VERSION, MessageType.RESUME_CONFIRM, RESUME_CONFIRM_BODY_LEN)
+    return header + session_id
 
 
 def _parse_pair(
