@@ -3,12 +3,16 @@ re-handshake, no messages lost; §3 rotating → established | failed)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from crypto_support import DAY_US, NOW_US
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from l2_session.domain.handshake import InitiatorHandshake, Responder
 from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed
+from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed, HandshakeError
 from l2_session.domain.handshake_rotation import (
     ROTATE_AFTER_US,
     ROTATION_TIMEOUT_US,
@@ -139,3 +143,16 @@ def test_simultaneous_rotations_converge() -> None:
     assert (a.rotations, b.rotations) == (1, 1)
     assert a.keys.send_key == b.keys.receive_key and a.keys.receive_key == b.keys.send_key
     assert at_a == [b"from b"] and at_b == [b"from a"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(inner=st.binary(max_size=1400))
+def test_rekey_records_with_any_content_raise_only_handshake_errors(inner: bytes) -> None:
+    # Even the authenticated peer cannot make the rotation code fail other than cleanly.
+    a, b, _ = _SESSION
+    record = a.channel.seal(inner, MessageType.REKEY)
+    with contextlib.suppress(HandshakeError):
+        b.receive(record, now_us=NOW_US)
+
+
+_SESSION = _session()
