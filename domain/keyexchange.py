@@ -11,6 +11,10 @@ The manager needs four steps of a handshake, each bytes in and bytes out (sans-I
 the initiator has proved it holds the same ones (decision 6 in docs/spec-decisions.md). Key
 rotation runs the same four steps inside the session (SPEC-018 §2.2 "re-handshake").
 
+Resumption (decision 4) replaces the first two steps: ``resume`` and ``respond_resumption``
+take the session's stored key material (sealed in the ledger) instead of doing a new KEM
+exchange; ``complete`` and ``confirm`` then finish it like a handshake, with fresh keys.
+
 The PQxdh engine (``handshake_engine.py``, docs/handshake.md) fits this shape.
 ``MockKeyExchange`` is SPEC-018 §6.3's "PQxdh: deterministic test vectors" for simulations: a
 seeded random share per side and BLAKE2b over both. It offers no security.
@@ -40,6 +44,17 @@ class KeyExchange(Protocol):
         """The key material, once ``confirmation`` proves the initiator derived it."""
         ...
 
+    def resume(self, conversation: UUID, peer_did: str, key_material: bytes, now_us: int) -> bytes:
+        """A resumption request proving possession of ``key_material`` (no KEM exchange)."""
+        ...
+
+    def respond_resumption(
+        self, conversation: UUID, peer_did: str, request: bytes, key_material: bytes, now_us: int
+    ) -> bytes:
+        """The answer to a resumption ``request`` for the session holding ``key_material``;
+        ``AuthenticationFailed`` if the request does not prove possession of it."""
+        ...
+
 
 def _key(initiator_share: bytes, responder_share: bytes) -> bytes:
     return hashlib.blake2b(initiator_share + responder_share, digest_size=32).digest()
@@ -54,6 +69,19 @@ class MockKeyExchange:
         self._rng = random.Random(seed)
         self._initiated: dict[UUID, bytes] = {}  # in flight: memory only, like ephemerals
         self._responded: dict[UUID, bytes] = {}
+        self._resumed_from: dict[UUID, bytes] = {}  # conversation -> the stored key resumed
+
+    def resume(self, conversation: UUID, peer_did: str, key_material: bytes, now_us: int) -> bytes:
+        self._resumed_from[conversation] = key_material
+        return self.initiate(conversation, peer_did, now_us)
+
+    def respond_resumption(
+        self, conversation: UUID, peer_did: str, request: bytes, key_material: bytes, now_us: int
+    ) -> bytes:
+        share = self._rng.randbytes(32)
+        # The stored key goes into the new one, as a real resumption's secret does.
+        self._responded[conversation] = _key(key_material + request, share)
+        return share
 
     def initiate(self, conversation: UUID, peer_did: str, now_us: int) -> bytes:
         share = self._rng.randbytes(32)
@@ -70,7 +98,7 @@ class MockKeyExchange:
             share = self._initiated.pop(conversation)
         except KeyError:
             raise AuthenticationFailed("a response to no request of ours") from None
-        key = _key(share, response)
+        key = _key(self._resumed_from.pop(conversation, b"") + share, response)
         return _confirmation(key), key
 
     def confirm(self, conversation: UUID, confirmation: bytes, now_us: int) -> bytes:

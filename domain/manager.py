@@ -10,7 +10,8 @@ Deadlines live in one binary heap (deadlines.py), one live entry per session, so
 costs O(due timers · log n), not O(sessions).
 
 Keys come from a ``KeyExchange`` (keyexchange.py): by default the deterministic
-``MockKeyExchange`` for simulations; the PQxdh engine (docs/handshake.md) plugs in there.
+``MockKeyExchange`` for simulations; ``PqxdhKeyExchange`` (keyexchange_pqxdh.py) for real
+keys — full handshakes, rotations and resumptions from the key material sealed in the ledger.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from l2_session.domain.deadlines import DeadlineHeap
 from l2_session.domain.errors import (
     AuthenticationFailed,
     InvalidState,
+    NothingToResume,
     SessionError,
     StaleFrame,
     UnknownSession,
@@ -210,17 +212,12 @@ class SessionManager:
             return []
         peer.check_admissible(now_us)
         existing = self._find(frame.conversation)
-        if existing is not None and frame.resuming:
-            # The initiator resumes with the stored keys (decision 4); answer with ours.
-            if existing.state in (State.SUSPENDED, State.FAILED):
-                existing.initiate_resumption(now_us, existing.prekeys or "")
-                existing.receive_valid_response(now_us)
-            reply = HandshakeResponse(frame.conversation, b"", self._own_prekeys)
-            return [*self._commit(existing, peer), self._send(existing, reply)]
-        if existing is None and frame.resuming:
-            # Nothing to resume here: the initiator's resumption times out and it falls back
-            # to a full handshake (decision 4). Not an authentication failure.
-            raise StaleFrame("a resumption for a conversation this node does not have")
+        if frame.resuming:
+            if existing is None:
+                # Nothing to resume here: the initiator's resumption times out and it falls
+                # back to a full handshake (decision 4). Not an authentication failure.
+                raise StaleFrame("a resumption for a conversation this node does not have")
+            return self._on_resumption(existing, peer, frame, now_us)
         if existing is not None and existing.state == State.HANDSHAKE_RECEIVED:
             return self._resend(existing)  # a duplicate request: answer it again
         # The initiator retried: the same session answers (decision 10). A session that is
@@ -257,6 +254,32 @@ class SessionManager:
         self._last_handshake_frame[session.conversation] = reply
         return [*self._commit(session, peer), self._send(session, reply)]
 
+    def _on_resumption(
+        self, s: Session, peer: Peer, frame: HandshakeRequest, now_us: int
+    ) -> list[Output]:
+        """The peer resumes with the keys stored for this conversation (decision 4): answer
+        from the stored key material, and take the new keys with its confirmation."""
+        if s.state in (State.HANDSHAKE_RECEIVED, State.ROTATING):
+            return self._resend(s)  # a duplicate request: answer it again
+        if s.key_material is None:
+            raise NothingToResume(f"session {s.id} holds no keys to resume (cleaned up?)")
+        # An established session whose peer resumes missed the peer's restart: the new keys
+        # replace the current ones like a rotation the peer asked for (no message is lost).
+        established = s.state == State.ESTABLISHED
+        trigger = Trigger.TIME_TO_ROTATE if established else Trigger.RECEIVE_HANDSHAKE
+        if not is_allowed(s.state, trigger):
+            raise InvalidState(s.state, trigger)
+        share = self._kx.respond_resumption(
+            s.conversation, s.peer_did, frame.key_share, s.key_material, now_us
+        )
+        if trigger is Trigger.TIME_TO_ROTATE:
+            s.time_to_rotate(now_us, requested_by_peer=True)
+        else:
+            s.receive_handshake(now_us)
+        reply = HandshakeResponse(s.conversation, share, self._own_prekeys)
+        self._last_handshake_frame[s.conversation] = reply
+        return [*self._commit(s, peer), self._send(s, reply)]
+
     def _resend(self, s: Session) -> list[Output]:
         """Answer again with the last handshake frame, when the peer shows it lost it."""
         frame = self._last_handshake_frame.get(s.conversation)
@@ -271,7 +294,11 @@ class SessionManager:
             return self._resend(s)  # the initiator is established: our response got through
         if isinstance(frame, HeartbeatAck | Heartbeat | Data | DataAck):
             self._last_handshake_frame.pop(s.conversation, None)  # the peer is established
-        if isinstance(frame, HandshakeAck) and s.state != State.HANDSHAKE_RECEIVED:
+        # A resumption answered while established completes in rotating (_on_resumption).
+        if isinstance(frame, HandshakeAck) and s.state not in (
+            State.HANDSHAKE_RECEIVED,
+            State.ROTATING,
+        ):
             raise StaleFrame("a key confirmation for a handshake that is over (a duplicate)")
         if isinstance(frame, RotationConfirm) and s.state != State.ROTATING:
             raise StaleFrame("a rotation confirmation outside a rotation (a duplicate)")
@@ -281,9 +308,7 @@ class SessionManager:
                 pass
             elif isinstance(frame, HandshakeAck | RotationConfirm):
                 key = self._kx.confirm(s.conversation, frame.confirmation, now_us)
-            elif isinstance(frame, RotationResponse) or (
-                isinstance(frame, HandshakeResponse) and not s.resuming
-            ):
+            elif isinstance(frame, RotationResponse | HandshakeResponse):
                 confirmation, key = self._kx.complete(s.conversation, frame.key_share, now_us)
         except AuthenticationFailed:
             authentic = False
@@ -297,16 +322,16 @@ class SessionManager:
             s.receive_invalid_signature(now_us, retry_at if s.role == "initiator" else None)
             touched.append(peer)
         elif isinstance(frame, HandshakeResponse):
-            if s.resuming:
-                s.receive_valid_response(now_us, prekeys=frame.prekeys or None)
-            else:
-                s.receive_valid_response(now_us, key, frame.prekeys or None)
-                ack = HandshakeAck(s.conversation, confirmation)
-                self._last_handshake_frame[s.conversation] = ack
-                out.append(self._send(s, ack))
+            s.receive_valid_response(now_us, key, frame.prekeys or None)
+            ack = HandshakeAck(s.conversation, confirmation)
+            self._last_handshake_frame[s.conversation] = ack
+            out.append(self._send(s, ack))
             touched.append(self._peer_succeeded(s, now_us))
         elif isinstance(frame, HandshakeAck):
-            s.receive_ack(now_us, key)
+            if s.state == State.ROTATING:
+                s.rotation_complete(now_us, key)
+            else:
+                s.receive_ack(now_us, key)
             touched.append(self._peer_succeeded(s, now_us))
         elif isinstance(frame, Heartbeat):
             if s.closed or s.state not in (State.ESTABLISHED, State.DEGRADED, State.ROTATING):

@@ -49,7 +49,12 @@ def outputs_for(s: Session, events: list[Any], kx: KeyExchange) -> list[Output]:
         name = type(e).__name__
         flush = flush or name in _FLUSH
         if name == "HandshakeInitiated" and s.role == "initiator":
-            request = b"" if e.resuming else kx.initiate(s.conversation, s.peer_did, e.at_us)
+            request = (
+                # Decision 4: a resumption proves possession of the stored keys; no KEM.
+                kx.resume(s.conversation, s.peer_did, s.key_material or b"", e.at_us)
+                if e.resuming
+                else kx.initiate(s.conversation, s.peer_did, e.at_us)
+            )
             out.append(send(s, HandshakeRequest(s.conversation, request, e.resuming)))
         elif name in ("HeartbeatSent", "ReestablishmentAttempted"):
             out.append(send(s, Heartbeat(s.conversation, e.counter)))

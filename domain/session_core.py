@@ -203,11 +203,13 @@ class SessionCore(Aggregate):
     def receive_valid_response(
         self, now_us: int, key_material: bytes | None = None, prekeys: str | None = None
     ) -> None:
-        """The initiator's side. A resumption reuses the stored keys (decision 4)."""
+        """The initiator's side. A resumption makes no new KEM exchange (decision 4): its
+        keys, fresh ones derived from the stored secret or else the stored keys themselves,
+        do not restart the key age, so rotation stays due 23 h after the last KEM exchange."""
         target = self._decide(Trigger.RECEIVE_VALID_RESPONSE, now_us)
         if self.resuming:
             assert self.key_material is not None  # initiate_resumption checked it
-            key, new = self.key_material, False
+            key, new = key_material or self.key_material, False
         elif key_material is None:
             raise StaleFrame("a full handshake response must carry the derived key material")
         else:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from l2_session.domain.commands import HandshakeResponse, Output, Send
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
+from l2_session.domain.keyexchange_pqxdh import KEY_MATERIAL_LEN, PqxdhKeyExchange
 from l2_session.domain.manager import SessionManager
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.identity import NodeIdentity
@@ -67,7 +67,7 @@ def test_sessions_establish_rotate_and_carry_messages_with_pqxdh_keys(
     mine = sim.nodes[alice].session(sid)
     theirs = sim.nodes[bob].session_for(mine.conversation)
     assert mine.state == theirs.state == "established"  # type: ignore[union-attr]
-    assert mine.key_id == theirs.key_id and len(mine.key_material or b"") == 64  # type: ignore[union-attr]
+    assert mine.key_id == theirs.key_id and len(mine.key_material or b"") == KEY_MATERIAL_LEN  # type: ignore[union-attr]
     assert [d.payload for d in sim.delivered[bob]] == [b"hello"]
 
     first = mine.key_id

@@ -14,11 +14,12 @@ from typing import Any
 from uuid import UUID
 
 from l2_session.domain.commands import HandshakeResponse, Output, Send
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
+from l2_session.domain.handshake_resume import ResumptionTicket
+from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange, ticket_of
 from l2_session.domain.manager import SessionManager
 from l2_session.domain.session import Session
 from l2_session.infrastructure.clock import ManualClock
-from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.identity import NodeIdentity, public_bytes_from_did_key
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.mock import MockTransport, Simulation
 
@@ -134,6 +135,12 @@ class World:
         assert self.session_id is not None
         self.node = self.sim.add(self._manager(self.local, seed=3))
         self.node.restore(self.session_id)
+
+    def ticket(self, session: Session) -> ResumptionTicket:
+        """The resumption ticket in the session's key material, as the ledger holds it."""
+        assert session.key_material is not None
+        own = public_bytes_from_did_key(self.local)
+        return ticket_of(session.key_material, own, public_bytes_from_did_key(session.peer_did))
 
     def delivered_to_peer(self) -> list[bytes]:
         return [d.payload for d in self.sim.delivered[self.remote]]

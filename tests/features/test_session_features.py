@@ -12,6 +12,7 @@ import logging
 import pytest
 from l2_session.domain.commands import Data, HandshakeRequest, Heartbeat, RotationRequest
 from l2_session.domain.errors import PeerQuarantined
+from l2_session.domain.handshake_wire import MessageType
 from l2_session.domain.timers import Timer, deadlines
 from l2_session.infrastructure.identity import public_bytes_from_did_key
 from pytest_bdd import given, parsers, scenarios, then, when
@@ -76,6 +77,7 @@ def previous_session(world: World) -> None:
     restarted; the peer's prekeys are what they were (decision 4)."""
     world.connect()
     world.memo["key_id"] = world.session.key_id
+    world.memo["generation"] = world.ticket(world.session).generation
     world.sim.transport.partition(world.local, world.remote)
     world.run_until(lambda: world.session.state == "suspended", step_s=1)
     world.sim.transport.heal(world.local, world.remote)
@@ -92,9 +94,17 @@ def resume(world: World) -> None:
 
 @then("existing key material is reused")
 def keys_reused(world: World) -> None:
+    """Decision 4: the key material sealed in the ledger is reused — its resumption secret
+    proves possession and keys the new traffic keys — with no new KEM exchange."""
     world.run_until(lambda: world.session.state == "established", limit_s=0.1, step_s=0.01)
-    assert world.session.key_id == world.memo["key_id"]
+    request = world.sent(HandshakeRequest)[-1]
+    assert request.resuming and request.key_share[1] == MessageType.RESUME  # no KEM ciphertext
     assert events_named(world, "Established")[-1].new_keys is False
+    # Fresh traffic keys, one generation on from the stored ones, the same at both ends.
+    assert world.session.key_id != world.memo["key_id"]
+    world.run_until(lambda: world.peer_session.state == "established", limit_s=1, step_s=0.01)
+    assert world.session.key_id == world.peer_session.key_id
+    assert world.ticket(world.session).generation == world.memo["generation"] + 1
 
 
 @then(parsers.parse('state becomes "{state}" within {ms:d}ms'))
@@ -272,6 +282,7 @@ def rotation_window(world: World) -> None:
 @then("new ephemeral keys are generated")
 def new_keys(world: World) -> None:
     assert world.session.key_id != world.memo["key_id"]
+    world.run_until(lambda: world.peer_session.state == "established", limit_s=1, step_s=0.01)
     assert world.session.key_id == world.peer_session.key_id
     assert events_named(world, "Established")[-1].new_keys
 

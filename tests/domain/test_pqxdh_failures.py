@@ -1,0 +1,145 @@
+"""SPEC-018 §2.1 failures and resumption on real PQxdh keys, through the session manager, on
+signed SQLite ledgers: timeout and backoff, authentication failure and quarantine (with no KEM
+work for a quarantined peer), resumption after a restart without a KEM exchange, and the full
+handshake it falls back to when the peer's prekeys changed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from l2_session.domain.commands import HandshakeRequest, HandshakeResponse, Send
+from l2_session.domain.handshake_wire import MessageType
+from l2_session.infrastructure.clock import ManualClock
+from pqxdh_nodes import Nodes
+
+SECOND = 1_000_000
+
+
+def _connected(open_ledger: Callable[..., Any], clock: ManualClock) -> tuple[Nodes, Any]:
+    nodes = Nodes(open_ledger, clock)
+    sid, outputs = nodes.manager(nodes.alice).establish(nodes.bob, clock.wall_us())
+    nodes.sim.perform(nodes.alice, outputs)
+    nodes.sim.run_for(1)
+    assert nodes.manager(nodes.alice).session(sid).state == "established"
+    return nodes, sid
+
+
+def _only(outputs: list[Any], frame_type: type) -> Any:
+    [frame] = [o.frame for o in outputs if isinstance(o, Send) and isinstance(o.frame, frame_type)]
+    return frame
+
+
+def test_handshake_timeout_fails_and_retries_with_growing_backoff(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    nodes = Nodes(session_ledger_factory, manual_clock)
+    alice = nodes.manager(nodes.alice)
+    nodes.sim.transport.isolate(nodes.bob)
+    sid, outputs = alice.establish(nodes.bob, manual_clock.wall_us())
+    nodes.sim.perform(nodes.alice, outputs)
+    nodes.sim.run_for(5.001)  # SPEC-018 §2.1 "no response within 5 seconds"
+    session = alice.session(sid)
+    assert (session.state, session.failure_reason) == ("failed", "timeout")
+    first = alice.peer(nodes.bob).retry_at_us - manual_clock.wall_us()
+    nodes.run_until(lambda: session.state == "handshake_initiated", limit_s=10)
+    nodes.run_until(lambda: session.state == "failed", limit_s=10)
+    second = alice.peer(nodes.bob).retry_at_us - manual_clock.wall_us()
+    assert 0 < first < second and alice.peer(nodes.bob).failed_attempts == 2
+
+    nodes.sim.transport.rejoin(nodes.bob)
+    nodes.run_until(lambda: session.state == "established", limit_s=60)
+    assert alice.peer(nodes.bob).failed_attempts == 0  # success resets the backoff
+    theirs = nodes.manager(nodes.bob).session_for(session.conversation)
+    nodes.run_until(lambda: theirs is not None and theirs.state == "established", limit_s=1)
+    assert theirs is not None and theirs.key_id == session.key_id
+
+
+def test_authentication_failure_quarantines_and_a_quarantined_peer_costs_no_kem_work(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    nodes = Nodes(session_ledger_factory, manual_clock)
+    alice, bob = nodes.manager(nodes.alice), nodes.manager(nodes.bob)
+    now = manual_clock.wall_us()
+    sid, outputs = alice.establish(nodes.bob, now)
+    reply = _only(bob.receive(nodes.alice, _only(outputs, HandshakeRequest), now), HandshakeResponse)
+    forged = bytearray(reply.key_share)
+    forged[-1] ^= 1  # the responder's key confirmation no longer matches
+    assert alice.receive(nodes.bob, replace(reply, key_share=bytes(forged)), now) == []
+    session = alice.session(sid)
+    assert (session.state, session.failure_reason) == ("failed", "authentication_failed")
+    assert alice.peer(nodes.bob).quarantined_until_us == now + 60 * SECOND
+
+    # Bob, quarantined at Alice, opens a handshake of his own: dropped before any KEM work.
+    decapsulations = nodes.nodes[nodes.alice].kem.decapsulations
+    _, outputs = bob.establish(nodes.alice, now + SECOND)
+    request = _only(outputs, HandshakeRequest)
+    assert alice.receive(nodes.bob, request, now + SECOND) == []
+    assert nodes.nodes[nodes.alice].kem.decapsulations == decapsulations
+    # After the 60 s the same kind of request is answered (and costs a decapsulation).
+    later = now + 60 * SECOND
+    _, outputs = bob.establish(nodes.alice, later)
+    answered = alice.receive(nodes.bob, _only(outputs, HandshakeRequest), later)
+    assert _only(answered, HandshakeResponse).key_share
+    assert nodes.nodes[nodes.alice].kem.decapsulations == decapsulations + 1
+
+
+def _suspend_and_restart(nodes: Nodes, sid: Any, *, renew_bob_prekeys: bool) -> None:
+    """Both ends lose each other until suspended; both processes restart from their ledgers."""
+    nodes.sim.transport.partition(nodes.alice, nodes.bob)
+    session = nodes.manager(nodes.alice).session(sid)
+    nodes.run_until(lambda: session.state == "suspended", limit_s=600, step_s=1)
+    nodes.sim.transport.heal(nodes.alice, nodes.bob)
+    nodes.start(nodes.bob, renew_prekeys=renew_bob_prekeys)
+    nodes.start(nodes.alice).restore(sid)
+
+
+def test_resumption_after_restart_makes_fresh_keys_without_a_kem_exchange(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    nodes, sid = _connected(session_ledger_factory, manual_clock)
+    before = nodes.manager(nodes.alice).session(sid).key_id
+    _suspend_and_restart(nodes, sid, renew_bob_prekeys=False)
+    alice = nodes.manager(nodes.alice)
+    kem = [(n.kem.encapsulations, n.kem.decapsulations) for n in nodes.nodes.values()]
+
+    outputs = alice.resume(sid, manual_clock.wall_us())
+    assert _only(outputs, HandshakeRequest).key_share[1] == MessageType.RESUME
+    nodes.sim.perform(nodes.alice, outputs)
+    session = alice.session(sid)
+    bob = nodes.manager(nodes.bob)  # finds the session in its ledger when the RESUME comes
+    nodes.run_until(
+        lambda: getattr(bob.session_for(session.conversation), "state", "") == "established",
+        limit_s=1,
+    )
+    theirs = bob.session_for(session.conversation)
+    assert session.state == "established" and not alice.ledger.repository.get(sid).resuming
+    assert [(n.kem.encapsulations, n.kem.decapsulations) for n in nodes.nodes.values()] == kem
+    assert theirs is not None and session.key_id == theirs.key_id != before
+    # The resumed keys carry traffic.
+    nodes.sim.perform(nodes.alice, alice.submit(sid, b"after restart", manual_clock.wall_us()))
+    nodes.sim.run_for(1)
+    assert [d.payload for d in nodes.sim.delivered[nodes.bob]] == [b"after restart"]
+
+
+def test_resumption_with_renewed_peer_prekeys_falls_back_to_a_full_handshake(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    nodes, sid = _connected(session_ledger_factory, manual_clock)
+    _suspend_and_restart(nodes, sid, renew_bob_prekeys=True)
+    alice = nodes.manager(nodes.alice)
+    encapsulations = nodes.nodes[nodes.alice].kem.encapsulations
+    nodes.sim.perform(nodes.alice, alice.resume(sid, manual_clock.wall_us()))
+    session = alice.session(sid)
+    # Bob refuses the RESUME (his prekeys changed); Alice's resumption times out at 100 ms
+    # (decision 4) and her retry is a full handshake.
+    nodes.run_until(lambda: session.state == "failed", limit_s=1, step_s=0.01)
+    assert session.failure_reason == "timeout"
+    nodes.run_until(lambda: session.state == "established", limit_s=30)
+    established = [e for e in alice.ledger.events.get(sid) if type(e).__name__ == "Established"]
+    assert established[-1].new_keys is True
+    assert nodes.nodes[nodes.alice].kem.encapsulations == encapsulations + 1
+    nodes.sim.perform(nodes.alice, alice.submit(sid, b"new keys", manual_clock.wall_us()))
+    nodes.sim.run_for(1)
+    assert [d.payload for d in nodes.sim.delivered[nodes.bob]] == [b"new keys"]
