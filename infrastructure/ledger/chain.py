@@ -23,6 +23,7 @@ from .errors import (
     ClockWentBackwards,
     ConcurrencyConflict,
     LedgerCorrupted,
+    LedgerError,
     PayloadTooLarge,
     SessionChainError,
 )
@@ -114,6 +115,29 @@ class LedgerChain:
         self._session_heads: Heads = {}
         self._session_cache_size = session_cache_size
         self._heads_lock = threading.Lock()
+
+    committer: GroupCommitter[StoredEvent, list[int]]
+    ledger_id: str
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """eventsourcing's append hook: the events join the next group commit."""
+        # No retry on connection errors (eventsourcing's PostgreSQL recorder retries): a commit
+        # whose reply was lost would come back as a ConcurrencyConflict for an append that
+        # succeeded. The caller sees the connection error and reloads the session instead.
+        if self.identity is None:
+            raise LedgerError("this ledger was opened read-only (no node identity): cannot append")
+        if not stored_events:
+            return []
+        return self.committer.submit(stored_events)
+
+    def _signer_row(self) -> tuple[str, int, bytes] | None:
+        """(did, registered_at, signature) registering this node as a signer; None if read-only."""
+        if self.identity is None or self._signer is None:
+            return None
+        statement = signer_statement(self.ledger_id, self._signer)
+        return self._signer, self.clock.wall_us(), self.identity.sign(statement)
 
     def _fetch_session_hash(self, cur: Any, sid: str, version: int) -> bytes | None:
         """The stored event hash of ``sid`` at ``version``, read in the open transaction."""

@@ -34,7 +34,6 @@ from .chain import (
     LedgerChain,
     Row,
     session_key,
-    signer_statement,
     version_filter,
 )
 from .errors import LedgerCorrupted, LedgerError
@@ -112,29 +111,17 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
 
     def register_signer(self) -> None:
         """Record this node's did:key as a signer of this ledger (self-signed statement)."""
-        if self.identity is None or self._signer is None:
+        row = self._signer_row()
+        if row is None:
             return
-        statement = signer_statement(self.ledger_id, self._signer)
         with self.datastore.get_connection() as conn:
             conn.execute(
                 f"INSERT INTO {self.datastore.schema}.{SIGNERS_TABLE} "
                 "(did, registered_at, signature) VALUES (%s,%s,%s) ON CONFLICT (did) DO NOTHING",
-                (self._signer, self.clock.wall_us(), self.identity.sign(statement)),
+                row,
             )
 
-    # -- appends ------------------------------------------------------------------------
-    def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        # No retry on connection errors (eventsourcing retries): a commit whose reply was lost
-        # would come back as a ConcurrencyConflict for an append that succeeded. The caller
-        # sees the connection error and reloads the session to learn what was stored.
-        if self.identity is None:
-            raise LedgerError("this ledger was opened read-only (no node identity): cannot append")
-        if not stored_events:
-            return []
-        return self.committer.submit(stored_events)
-
+    # -- appends (insert_events: chain.py) -----------------------------------------------
     def _commit_batch(
         self, requests: list[Sequence[StoredEvent]]
     ) -> list[list[int] | BaseException]:

@@ -19,7 +19,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
 from ..clock import TimeSource
 from ..identity import NodeIdentity
-from .chain import SIGNER_DOMAIN, LedgerChain, session_key, signer_statement, version_filter
+from .chain import SIGNER_DOMAIN, LedgerChain, session_key, version_filter
 from .errors import LedgerCorrupted, LedgerError
 from .format import FORMAT_NAME, FORMAT_VERSION, ZERO_HASH, genesis_hash
 from .groupcommit import GroupCommitConfig, GroupCommitter
@@ -85,26 +85,17 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
 
     def register_signer(self) -> None:
         """Record this node's did:key as a signer of this ledger (self-signed statement)."""
-        if self.identity is None or self._signer is None:
+        row = self._signer_row()
+        if row is None:
             return
-        statement = signer_statement(self.ledger_id, self._signer)
         with self.datastore.transaction(commit=True) as c:
             c.execute(
                 f"INSERT OR IGNORE INTO {SIGNERS_TABLE} (did, registered_at, signature) "
                 "VALUES (?,?,?)",
-                (self._signer, self.clock.wall_us(), self.identity.sign(statement)),
+                row,
             )
 
-    # -- appends ------------------------------------------------------------------------
-    def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        if self.identity is None:
-            raise LedgerError("this ledger was opened read-only (no node identity): cannot append")
-        if not stored_events:
-            return []
-        return self.committer.submit(stored_events)
-
+    # -- appends (insert_events: chain.py) -----------------------------------------------
     def _commit_batch(
         self, requests: list[Sequence[StoredEvent]]
     ) -> list[list[int] | BaseException]:
