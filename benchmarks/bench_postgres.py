@@ -75,29 +75,11 @@ def _writer(kind: str, url: str, count: int, seed: int, ready: Any, go: Any, out
     out.put((start, end, batches, requests))
 
 
-class SessionCounts:
-    """The projection measured for lag: events per session, one upsert per event."""
-
-    name = "bench_session_counts"
-
-    def create_statements(self, schema: str) -> list[str]:
-        return [
-            f"CREATE TABLE IF NOT EXISTS {schema}.session_counts "
-            "(session_id text PRIMARY KEY, events bigint NOT NULL)"
-        ]
-
-    def apply(self, cur: Any, schema: str, event: Any, position: int) -> None:
-        cur.execute(
-            f"INSERT INTO {schema}.session_counts VALUES (%s, 1) ON CONFLICT (session_id) "
-            "DO UPDATE SET events = session_counts.events + 1",
-            (event.originator_id.hex,),
-        )
-
-
 def _project(url: str, view_url: str, ready: Any, stop: Any, out: Any) -> None:
     """A projection process following the ledger; reports (lag events, lag seconds) per batch."""
     from l2_session.infrastructure.ledger import SessionLedger
     from l2_session.projections.runner import Lag, ProjectionRunner
+    from l2_session.projections.session_counts import SessionEventCounts
 
     samples: list[tuple[int, float]] = []
 
@@ -105,7 +87,9 @@ def _project(url: str, view_url: str, ready: Any, stop: Any, out: Any) -> None:
         samples.append((lag.events, lag.seconds))
 
     ledger = SessionLedger(url, create=False)
-    runner = ProjectionRunner(ledger, view_url, SessionCounts(), poll_interval=1.0, on_batch=record)
+    runner = ProjectionRunner(
+        ledger, view_url, SessionEventCounts(), poll_interval=1.0, on_batch=record
+    )
     follower = threading.Thread(target=runner.run_forever)
     follower.start()
     ready.release()
@@ -174,7 +158,7 @@ def _catch_up(view_url: str, end: float, head: int) -> dict[str, float]:
         while True:
             row = conn.execute(
                 f"SELECT position FROM {view.schema}.l2s_projection_tracking WHERE name = %s",
-                (SessionCounts.name,),
+                ("session_event_counts",),
             ).fetchone()
             if row is not None and row[0] >= head:
                 return {"catch_up_seconds": max(0.0, time.time() - end)}

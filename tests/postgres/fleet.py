@@ -5,7 +5,7 @@ python fleet.py node <ledger url> <seed hex> <sessions> <threads>
     cross transactions), from <threads> threads sharing group commit; after each save
     returns it prints "ACK <session hex> <version>" — an acknowledged append.
 python fleet.py project <ledger url> <view url>
-    runs the event-counting projection until killed, printing "LAG <events> <seconds>".
+    runs the SessionEventCounts projection until killed, printing "LAG <events> <seconds>".
 """
 
 from __future__ import annotations
@@ -29,26 +29,6 @@ class Tick(Aggregate):
     @event("Ticked")
     def tick(self, note: str) -> None:
         self.ticks += 1
-
-
-class EventCounts:
-    """Counts events per session: applied twice, a count would exceed the session's version."""
-
-    name = "event_counts"
-
-    def create_statements(self, schema: str) -> list[str]:
-        return [
-            f"CREATE TABLE IF NOT EXISTS {schema}.event_counts "
-            "(session_id text PRIMARY KEY, events bigint NOT NULL, last_version bigint NOT NULL)"
-        ]
-
-    def apply(self, cur: Any, schema: str, event: Any, position: int) -> None:
-        cur.execute(
-            f"INSERT INTO {schema}.event_counts (session_id, events, last_version) "
-            "VALUES (%s, 1, %s) ON CONFLICT (session_id) DO UPDATE SET "
-            "events = event_counts.events + 1, last_version = EXCLUDED.last_version",
-            (event.originator_id.hex, event.originator_version),
-        )
 
 
 def run_node(url: str, seed_hex: str, sessions: int, threads: int) -> None:
@@ -86,9 +66,9 @@ def run_node(url: str, seed_hex: str, sessions: int, threads: int) -> None:
 
 
 def run_projection(ledger_url: str, view_url: str) -> None:
-    from fleet import EventCounts
     from l2_session.infrastructure.ledger import SessionLedger
     from l2_session.projections.runner import Lag, ProjectionRunner
+    from l2_session.projections.session_counts import SessionEventCounts
 
     def report(lag: Lag) -> None:
         sys.stdout.write(f"LAG {lag.events} {lag.seconds:.4f}\n")
@@ -96,7 +76,7 @@ def run_projection(ledger_url: str, view_url: str) -> None:
 
     ledger = SessionLedger(ledger_url, create=False)  # read-only: no identity
     runner = ProjectionRunner(
-        ledger, view_url, EventCounts(), batch_size=200, poll_interval=0.5, on_batch=report
+        ledger, view_url, SessionEventCounts(), batch_size=200, poll_interval=0.5, on_batch=report
     )
     runner.run_forever()
 

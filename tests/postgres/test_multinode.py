@@ -130,7 +130,9 @@ def test_three_nodes_and_a_projection_survive_sigkill(pg_location: PostgresLocat
     projection.wait_for(caught_up, 60, "the projection to reach the ledger head")
     with psycopg.connect(**view.connect_kwargs()) as conn:
         counts = dict(
-            conn.execute(f"SELECT session_id, events FROM {view.schema}.event_counts").fetchall()
+            conn.execute(
+                f"SELECT session_id, events FROM {view.schema}.session_event_counts"
+            ).fetchall()
         )
     per_session: dict[str, int] = {}
     for sid, _ in in_ledger:

@@ -14,9 +14,10 @@ from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 from l2_session.projections.runner import Lag, ProjectionRunner
+from l2_session.projections.session_counts import SessionEventCounts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleet import EventCounts, Tick
+from fleet import Tick
 
 pytestmark = pytest.mark.postgres
 
@@ -48,7 +49,7 @@ def test_a_notification_wakes_the_projection_long_before_its_poll(
 ) -> None:
     reader = SessionLedger(pg_location.url(), create=False)
     view = pg_location.with_schema(pg_location.schema + "_view")
-    runner = ProjectionRunner(reader, view, EventCounts(), poll_interval=30.0)
+    runner = ProjectionRunner(reader, view, SessionEventCounts(), poll_interval=30.0)
     thread = _follow(runner)
     time.sleep(0.3)  # the runner is now waiting on LISTEN, its next poll 30 s away
     tick = Tick("n")
@@ -69,7 +70,9 @@ def test_a_lost_notification_delays_the_projection_by_one_poll_at_most(
     reader.recorder.channel_name = "nobody_notifies_this"  # type: ignore[attr-defined]
     view = pg_location.with_schema(pg_location.schema + "_view")
     lags: list[Lag] = []
-    runner = ProjectionRunner(reader, view, EventCounts(), poll_interval=0.5, on_batch=lags.append)
+    runner = ProjectionRunner(
+        reader, view, SessionEventCounts(), poll_interval=0.5, on_batch=lags.append
+    )
     thread = _follow(runner)
     time.sleep(0.3)
     for _ in range(3):
@@ -81,9 +84,9 @@ def test_a_lost_notification_delays_the_projection_by_one_poll_at_most(
     # Lag is measured from the append (ledger timestamp): a poll or so here, not minutes.
     assert lags and lags[-1].events == 0 and 0 <= lags[-1].seconds < 5
     with psycopg.connect(**view.connect_kwargs()) as conn:
-        assert conn.execute(f"SELECT sum(events) FROM {view.schema}.event_counts").fetchone() == (
-            3,
-        )
+        assert conn.execute(
+            f"SELECT sum(events) FROM {view.schema}.session_event_counts"
+        ).fetchone() == (3,)
     runner.close()
     reader.close()
 
