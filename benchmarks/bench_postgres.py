@@ -181,7 +181,7 @@ def run(quick: bool) -> dict[str, Any]:
         admin.host, admin.port, dbname, admin.user, admin.password, "public", admin.options
     )
     count = 300 if quick else 1000  # sessions per writer per run
-    repeat = 1 if quick else 3
+    repeat = 1 if quick else 5
     figures: list[dict[str, Any]] = []
     rates: dict[str, list[float]] = {}
     try:
