@@ -11,11 +11,11 @@ dropped and the sender retransmits, so the application sees each message once, i
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from eventsourcing.domain import event
 from l2_session.domain import timers
-from l2_session.domain.errors import MessageTooLarge, TransportFailed
+from l2_session.domain.errors import MessageTooLarge, StaleFrame, TransportFailed
 from l2_session.domain.session_core import TRANSPORTS, SessionCore, key_id_of
 from l2_session.domain.states import State, Trigger
 
@@ -108,6 +108,34 @@ class Session(SessionCore):
                 up_to_seq=up_to_seq, **self._step(Trigger.RECEIVE_MESSAGE_ACK, now_us, target)
             )
 
+    # ------------------------------------------------------------------ nonce reservations
+    # Class defaults, not __init__ attributes: only sessions that seal records pay for them
+    # (an idle session must stay under 30 instance attributes, see session_core.py).
+    # Not annotated: eventsourcing would take annotated class attributes for Opened's fields.
+    reserved_key_id = cast("str | None", None)
+    reserved_until = 0
+
+    def counters_reserved(self) -> int:
+        """Where sending under the current keys may resume after a restart: every counter
+        below this may have been used (issue 4: no (key, nonce) pair ever repeats)."""
+        return self.reserved_until if self.reserved_key_id == self.key_id else 0
+
+    def reserve_counters(self, now_us: int, until: int) -> None:
+        """Record, before any of them is used, that send counters below ``until`` may be used
+        under the current keys. Counters are sent in clear, so the event is not sealed."""
+        target = self._decide(Trigger.RESERVE_COUNTERS, now_us)
+        key_id = self.key_id
+        if key_id is None:
+            raise StaleFrame("no keys to reserve counters for")
+        if until <= self.counters_reserved():
+            raise ValueError(
+                f"reservation must move forward: {until} <= {self.counters_reserved()} already "
+                f"reserved for key {self.key_id}"
+            )
+        self._counters_reserved(
+            key_id=key_id, until=until, **self._step(Trigger.RESERVE_COUNTERS, now_us, target)
+        )
+
     @property
     def accepts_traffic(self) -> bool:
         return not self.closed and self.state in (State.ESTABLISHED, State.ROTATING)
@@ -149,6 +177,13 @@ class Session(SessionCore):
     def _messages_acknowledged(self, at_us: int, trigger: str, state: str, up_to_seq: int) -> None:
         del self.outbox[: up_to_seq - self.acked_up_to]
         self.last_activity_us = at_us
+
+    @event("CountersReserved")
+    def _counters_reserved(
+        self, at_us: int, trigger: str, state: str, key_id: str, until: int
+    ) -> None:
+        self.reserved_key_id = key_id
+        self.reserved_until = until
 
     @event("LinkWentDown")
     def _link_went_down(self, at_us: int, trigger: str, state: str) -> None:

@@ -95,6 +95,8 @@ class Trigger(StrEnum):
     SUBMIT_MESSAGE = "submit_message"
     RECEIVE_MESSAGE = "receive_message"
     RECEIVE_MESSAGE_ACK = "receive_message_ack"
+    # Channel (issue 4: nonces never reused, counters reserved ahead in the ledger)
+    RESERVE_COUNTERS = "reserve_counters"
 
 
 S = State
@@ -105,6 +107,8 @@ T = Trigger
 # are confirmed, and acks likewise.
 _QUEUE = {T.SUBMIT_MESSAGE}
 _TRAFFIC = {T.RECEIVE_MESSAGE, T.RECEIVE_MESSAGE_ACK}
+# Sending under the current keys — data, heartbeats, probes — needs counters reserved.
+_SEAL = {T.RESERVE_COUNTERS}
 _LINK = {T.CONNECTIVITY_LOST, T.CONNECTIVITY_RESTORED, T.TRANSPORT_FAILED, T.TRANSPORT_SWITCHED}
 
 
@@ -143,6 +147,7 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
             _QUEUE,
             _TRAFFIC,
             _LINK,
+            _SEAL,
         ),
     },
     S.DEGRADED: {
@@ -150,14 +155,16 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         T.REESTABLISHMENT_CONFIRMED: S.ESTABLISHED,
         T.DEGRADED_TIMEOUT: S.SUSPENDED,
         # Inbound traffic under the current keys is still delivered; outbound is held.
-        **_stay(S.DEGRADED, {T.HEARTBEAT_DUE, T.HEARTBEAT_MISSED}, _QUEUE, _TRAFFIC, _LINK),
+        **_stay(
+            S.DEGRADED, {T.HEARTBEAT_DUE, T.HEARTBEAT_MISSED}, _QUEUE, _TRAFFIC, _LINK, _SEAL
+        ),
     },
     S.ROTATING: {
         T.ROTATION_COMPLETE: S.ESTABLISHED,
         T.ROTATION_TIMEOUT: S.FAILED,
         T.INVALID_SIGNATURE: S.FAILED,
         # The old keys stay valid until the rotation completes (§2.2 "no messages are lost").
-        **_stay(S.ROTATING, _QUEUE, _TRAFFIC),
+        **_stay(S.ROTATING, _QUEUE, _TRAFFIC, _SEAL),
     },
     S.SUSPENDED: {
         T.CLEANUP: FINAL,

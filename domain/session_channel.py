@@ -1,0 +1,61 @@
+"""A session's channel (handshake_channel.py) whose send counters are reserved in the ledger,
+so that no (key, nonce) pair is ever used twice, even across SIGKILL and restart (issue 4).
+
+Before the channel may seal under counter ``n``, a ``CountersReserved`` event saying "counters
+below ``until`` (> n) may be in use under key ``key_id``" is saved — durably, on return of
+``save``. A restarted process rebuilds the channel from the session replayed from the ledger and
+sends from the end of the last reservation: the counters it may have used before the crash are
+skipped, never repeated. Blocks trade ledger appends for skipped counters (2^60 per key).
+
+The keys come from the session's key material as the ledger holds it, sealed
+(keyexchange_pqxdh.py); each end finds its direction from the two identity keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from l2_session.domain.handshake_channel import Channel
+from l2_session.domain.handshake_errors import HandshakeStateError
+from l2_session.domain.handshake_wire import MessageType
+from l2_session.domain.keyexchange_pqxdh import session_keys_of
+from l2_session.domain.session import Session
+
+RESERVATION_BLOCK = 1024  # counters per ledger append
+
+
+class SessionChannel:
+    def __init__(
+        self,
+        session: Session,
+        own_identity: bytes,
+        peer_identity: bytes,
+        save: Callable[[Session], object],
+        *,
+        block: int = RESERVATION_BLOCK,
+    ) -> None:
+        if session.key_material is None:
+            raise HandshakeStateError(f"session {session.id} holds no keys ({session.state})")
+        if block < 1:
+            raise ValueError(f"reservation block must be >= 1 counter, got {block}")
+        self.session, self.save, self.block = session, save, block
+        self.key_id = session.key_id
+        keys = session_keys_of(session.key_material, own_identity, peer_identity)
+        start = session.counters_reserved()  # 0 for keys that never sent
+        self.channel = Channel(keys, next_send_counter=start, reserved_until=start)
+
+    def seal(self, payload: bytes, now_us: int, kind: MessageType = MessageType.DATA) -> bytes:
+        if self.session.key_id != self.key_id:
+            raise HandshakeStateError(
+                f"session {self.session.id} changed keys ({self.key_id} -> "
+                f"{self.session.key_id}): open a new channel for the new keys"
+            )
+        if self.channel.next_send_counter >= self.channel.reserved_until:
+            until = self.channel.reserved_until + self.block
+            self.session.reserve_counters(now_us, until)
+            self.save(self.session)  # durable first ...
+            self.channel.reserve(until)  # ... then usable
+        return self.channel.seal(payload, kind)
+
+    def open(self, record: bytes) -> tuple[MessageType, bytes]:
+        return self.channel.open(record)

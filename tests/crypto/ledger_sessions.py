@@ -1,0 +1,44 @@
+"""Sessions with real PQxdh keys written to signed SQLite ledgers, for tests that run a second
+process over the ledger (kill and restart, resume from a fresh process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from uuid import UUID
+
+from l2_session.domain.config import DEFAULT_CONFIG
+from l2_session.domain.handshake import InitiatorHandshake, Responder
+from l2_session.domain.handshake_bundle import create_prekeys
+from l2_session.domain.keyexchange_pqxdh import key_material
+from l2_session.domain.session import Session
+from l2_session.infrastructure.keystore import KeyStore
+from l2_session.infrastructure.ledger import SessionLedger
+
+DAY_US = 86_400_000_000
+
+
+def open_ledger(store: KeyStore, path: Path) -> SessionLedger:
+    return SessionLedger(path, identity=store.identity, storage_key=store.storage_key)
+
+
+def established_pair(alice: KeyStore, bob: KeyStore, now_us: int) -> tuple[bytes, bytes]:
+    """A real handshake, Alice initiating: the key material each end records."""
+    secrets, bundle = create_prekeys(bob.identity.private_key, expires_at_us=now_us + DAY_US)
+    responder = Responder(bob.identity.private_key, secrets, bundle)
+    hs, init = InitiatorHandshake.start(alice.identity.private_key, bundle, now_us=now_us)
+    response, pending = responder.receive_init(init, now_us=now_us)
+    confirm, keys_a = hs.receive_response(response)
+    keys_b = pending.receive_confirm(confirm)
+    return (
+        key_material(keys_a, alice.identity.public_bytes, prekeys_mine=False),
+        key_material(keys_b, bob.identity.public_bytes, prekeys_mine=True),
+    )
+
+
+def record_established(ledger: SessionLedger, peer_did: str, material: bytes, now_us: int) -> UUID:
+    """An initiator's session, established with ``material``, saved to ``ledger``."""
+    session = Session.open(peer_did, "initiator", DEFAULT_CONFIG, now_us)
+    session.initiate_handshake(now_us)
+    session.receive_valid_response(now_us, material)
+    ledger.save(session)
+    return session.id
