@@ -1,128 +1,154 @@
-"""SPEC-018 §2.1 "Session resumption ... established within 100ms", measured as the spec means it:
-from the ``resume`` call in a freshly started process, with the key material read from disk,
-real crypto, over a loopback TCP socket to a running responder.
+"""SPEC-018 §2.1 "Session resumption", as the spec means it: a process restarts, rebuilds the
+session from the ledger on disk (the key material is sealed in it), and re-establishes it over a
+loopback TCP socket (asyncio) to a running peer with real crypto — without a new KEM exchange,
+the peer's prekeys being unchanged.
 
-The ledger is not wired to the handshake yet, so the ticket is kept here the way the ledger will
-keep it: sealed with ChaCha20-Poly1305 under the node's storage key from the key store.
+The fresh process reports how long it took, from the ``resume`` call (and from opening the
+ledger) to ``established``; the test prints it and asserts behaviour only (no timing assertion:
+the figure is the benchmark's, benchmarks/bench_handshake.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import textwrap
-import threading
 import time
+from dataclasses import replace
 from pathlib import Path
+from uuid import UUID
 
-from crypto_support import DAY_US
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from l2_session.domain.handshake import InitiatorHandshake, Responder
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_engine import HandshakeEngine
-from l2_session.domain.handshake_resume import ResumeResponder, ResumptionTicket
+from kem_counting import CountingKemKey, KemCounts
+from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
+from l2_session.domain.manager import SessionManager
+from l2_session.infrastructure.clock import ManualClock, SessionTimeline, SystemClock
 from l2_session.infrastructure.keystore import KeyStore
+from l2_session.infrastructure.resolver import DidKeyResolver
+from l2_session.transports.mock import MockTransport, Simulation
+from l2_session.transports.tcp import TcpNode
+from ledger_sessions import open_ledger
+
+DAY_US = 86_400_000_000
 
 CHILD = textwrap.dedent(
     """
-    import json, socket, sys, time
-    started = time.perf_counter()
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-    from l2_session.domain.handshake_resume import ResumeInitiator, ResumptionTicket
+    import asyncio, json, sys, time, uuid
+    from l2_session.domain.handshake_engine import HandshakeEngine
+    from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
+    from l2_session.domain.manager import SessionManager
+    from l2_session.infrastructure.clock import SessionTimeline, SystemClock
     from l2_session.infrastructure.keystore import KeyStore
-    imported = time.perf_counter()
+    from l2_session.infrastructure.ledger import SessionLedger
+    from l2_session.infrastructure.resolver import DidKeyResolver
+    from l2_session.transports.tcp import TcpNode
 
-    def frame(sock):
-        head = sock.recv(4, socket.MSG_WAITALL)
-        return head + sock.recv(int.from_bytes(head[2:4], "big"), socket.MSG_WAITALL)
+    keys, ledger_path, session_id, peer_did, port = sys.argv[1:6]
 
-    # --- the resume call: key store and sealed ticket from disk, then the exchange ---
-    t0 = time.perf_counter()
-    store = KeyStore.load(sys.argv[1])
-    sealed = open(sys.argv[2], "rb").read()
-    ticket = ResumptionTicket.parse(
-        ChaCha20Poly1305(store.storage_key).decrypt(sealed[:12], sealed[12:], b"ticket"))
-    sock = socket.create_connection(("127.0.0.1", int(sys.argv[3])))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    start, request = ResumeInitiator.start(ticket, now_us=int(time.time() * 1e6))
-    sock.sendall(request)
-    confirm, keys = start.receive_response(frame(sock))
-    sock.sendall(confirm)
-    established = time.perf_counter()
-    print(json.dumps({"resume_ms": (established - t0) * 1000,
-                      "imports_ms": (imported - started) * 1000,
-                      "generation": keys.generation}))
+    async def main():
+        opened = time.perf_counter()
+        store = KeyStore.load(keys)
+        ledger = SessionLedger(ledger_path, identity=store.identity, storage_key=store.storage_key)
+        directory = DidKeyResolver()  # did:key resolves offline; no bundle: no full handshake
+        exchange = PqxdhKeyExchange(
+            HandshakeEngine(store.identity.private_key),
+            fetch_bundle=directory.fetch_bundle,
+            identity_key_of=lambda did: bytes(directory.resolve(did).identity_key),
+        )
+        manager = SessionManager(store.identity.did, ledger, key_exchange=exchange)
+        timeline = SessionTimeline(SystemClock())
+        node = TcpNode(manager, timeline.now_us)
+        await node.connect(peer_did, "127.0.0.1", int(port))
+        sid = uuid.UUID(session_id)
+        session = manager.restore(sid)  # replayed from the ledger file
+        called = time.perf_counter()
+        node.perform(manager.resume(sid, timeline.now_us()))
+        await node.wait_for(lambda: session.state == "established", timeout_s=10)
+        established = time.perf_counter()
+        node.perform(manager.submit(sid, b"hello after restart", timeline.now_us()))
+        await node.wait_for(lambda: not session.outbox, timeout_s=10)  # acknowledged
+        await node.close()
+        ledger.close()
+        print(json.dumps({
+            "from_resume_ms": (established - called) * 1000,
+            "from_open_ms": (established - opened) * 1000,
+            "key_id": session.key_id,
+            "events": session.version,
+        }))
+
+    asyncio.run(main())
     """
 )
 
 
-def _serve(listener: socket.socket, engine: HandshakeEngine, results: list[object]) -> None:
-    conn, peer = listener.accept()
-    with conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for _ in range(2):
-            head = conn.recv(4, socket.MSG_WAITALL)
-            data = head + conn.recv(int.from_bytes(head[2:4], "big"), socket.MSG_WAITALL)
-            out = engine.receive(data, source=f"{peer[0]}:{peer[1]}", now_us=int(time.time() * 1e6))
-            if out.send:
-                conn.sendall(out.send)
-            if out.established or out.failed or out.dropped:
-                results.append(out)
-                return
+def _suspended_pair(tmp_path: Path) -> tuple[KeyStore, SessionManager, str, PqxdhKeyExchange]:
+    """Alice and Bob established a session over a mock network an hour ago, lost each other
+    until both ends were suspended, and Alice's process went away. Returns Alice's key store,
+    Bob's (still running) manager, Alice's session id and Bob's key exchange."""
+    alice = KeyStore.create(tmp_path / "alice.keys")
+    bob = KeyStore.create(tmp_path / "bob.keys")
+    clock = ManualClock(wall_us=time.time_ns() // 1000 - 3_600_000_000)
+    directory = DidKeyResolver()
+    sim = Simulation(clock, MockTransport(clock, seed=1))
+    managers, exchanges = {}, {}
+    for name, store in (("alice", alice), ("bob", bob)):
+        exchange = PqxdhKeyExchange.for_node(
+            store.identity.did, store.identity.private_key, directory,
+            now_us=clock.wall_us(), valid_for_us=DAY_US,
+        )  # fmt: skip
+        exchanges[name] = exchange
+        ledger = open_ledger(store, tmp_path / f"{name}.sqlite3")
+        managers[name] = sim.add(SessionManager(store.identity.did, ledger, key_exchange=exchange))
+    sid, outputs = managers["alice"].establish(bob.identity.did, clock.wall_us())
+    sim.perform(alice.identity.did, outputs)
+    sim.run_for(1)
+    sim.transport.partition(alice.identity.did, bob.identity.did)
+    mine = managers["alice"].session(sid)
+    while mine.state != "suspended":
+        sim.run_for(1)
+    theirs = managers["bob"].session_for(mine.conversation)
+    assert theirs is not None and theirs.state == "suspended"
+    managers["alice"].ledger.close()  # type: ignore[attr-defined]
+    return alice, managers["bob"], str(sid), exchanges["bob"]
 
 
-def test_resume_from_a_fresh_process_over_loopback_within_100_ms(tmp_path: Path) -> None:
-    alice, bob = KeyStore.create(tmp_path / "alice.keys"), KeyStore.create(tmp_path / "bob.keys")
-    now = int(time.time() * 1e6)
-    secrets, bundle = create_prekeys(bob.identity.private_key, expires_at_us=now + DAY_US)
-    responder = Responder(bob.identity.private_key, secrets, bundle)
-    hs, init = InitiatorHandshake.start(alice.identity.private_key, bundle, now_us=now)
-    response, pending = responder.receive_init(init, now_us=now)
-    confirm, keys_a = hs.receive_response(response)
-    keys_b = pending.receive_confirm(confirm)
+def test_a_fresh_process_resumes_from_its_ledger_over_loopback_tcp(tmp_path: Path) -> None:
+    alice, bob, sid, exchange = _suspended_pair(tmp_path)
+    conversation = UUID(sid)  # frames name the conversation by the initiator's session id
+    theirs = bob.session_for(conversation)
+    assert theirs is not None
+    key_id_before = theirs.key_id
+    responder = exchange.engine.responder
+    assert responder is not None
+    kem = KemCounts()
+    secrets = responder.secrets
+    responder.secrets = replace(secrets, kem_prekey=CountingKemKey(secrets.kem_prekey, kem))
 
-    nonce = os.urandom(12)
-    sealed = ChaCha20Poly1305(alice.storage_key).encrypt(
-        nonce, ResumptionTicket.of(keys_a).encode(), b"ticket"
-    )
-    (tmp_path / "alice.ticket").write_bytes(nonce + sealed)
+    async def run() -> dict[str, object]:
+        node = TcpNode(bob, SessionTimeline(SystemClock()).now_us)
+        # Bob's timers are not run: his own recovery attempt (a responder's retry() waits in
+        # handshake_initiated for 5 s) would race the resumption and is not what is tested.
+        server = await node.serve()
+        port = server.sockets[0].getsockname()[1]
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CHILD, str(alice.path), str(tmp_path / "alice.sqlite3"), sid,
+            bob.local_did, str(port), stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(child.communicate(), timeout=60)
+        assert child.returncode == 0
+        await node.wait_for(lambda: bool(node.delivered), timeout_s=5)
+        server.close()
+        await node.close()
+        assert node.delivered[0].payload == b"hello after restart"
+        return json.loads(out)  # type: ignore[no-any-return]
 
-    ticket_b = ResumptionTicket.of(keys_b)
-    engine = HandshakeEngine(
-        bob.identity.private_key,
-        resume_responder=ResumeResponder({ticket_b.session_id: ticket_b}.get, ticket_b.prekey_ids),
-    )
-    listener = socket.create_server(("127.0.0.1", 0))
-    results: list[object] = []
-    server = threading.Thread(target=_serve, args=(listener, engine, results), daemon=True)
-    server.start()
-    try:
-        child = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                CHILD,
-                str(alice.path),
-                str(tmp_path / "alice.ticket"),
-                str(listener.getsockname()[1]),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-    finally:
-        server.join(timeout=10)
-        listener.close()
-    figures = json.loads(child.stdout)
-    [outcome] = results
-    assert outcome.established is not None  # type: ignore[attr-defined]
-    assert figures["generation"] == 1
+    figures = asyncio.run(run())
+    theirs = bob.session_for(conversation)
+    assert theirs is not None and theirs.state == "established"
+    assert theirs.key_id == figures["key_id"] != key_id_before  # fresh keys, both ends agree
+    assert kem.decapsulations == 0  # no KEM exchange: Bob decapsulated nothing
     print(
-        f"\nresume from a fresh process: {figures['resume_ms']:.1f} ms "
-        f"(interpreter imports before it: {figures['imports_ms']:.0f} ms)"
+        f"\nresume in a fresh process over loopback TCP: {figures['from_resume_ms']:.1f} ms from "
+        f"the resume call, {figures['from_open_ms']:.1f} ms from opening the ledger "
+        f"({figures['events']} events replayed)"
     )
-    assert figures["resume_ms"] < 100.0, figures

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kem_counting import CountingKem, CountingKemKey, KemCounts
 from l2_session.domain.handshake import Responder
 from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_kem import DEFAULT_BACKEND, KemPrivateKey
 from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange, new_prekey_id
 from l2_session.domain.manager import SessionManager
 from l2_session.infrastructure.clock import ManualClock
@@ -22,50 +22,6 @@ from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.mock import MockTransport, Simulation
 
 DAY_US = 86_400 * 1_000_000
-
-
-@dataclass
-class KemCounts:
-    encapsulations: int = 0
-    decapsulations: int = 0
-
-
-class CountingKem:
-    """The default ML-KEM backend, counting encapsulations (the initiator's KEM work)."""
-
-    name = "counting"
-
-    def __init__(self, counts: KemCounts) -> None:
-        self.counts = counts
-
-    def generate(self) -> KemPrivateKey:
-        return DEFAULT_BACKEND.generate()
-
-    def load(self, stored: bytes) -> KemPrivateKey:
-        return DEFAULT_BACKEND.load(stored)
-
-    def encapsulate(self, public_key: bytes) -> tuple[bytes, bytes]:
-        self.counts.encapsulations += 1
-        return DEFAULT_BACKEND.encapsulate(public_key)
-
-
-@dataclass
-class CountingKemKey:
-    """A KEM prekey counting decapsulations (the responder's KEM work)."""
-
-    key: KemPrivateKey
-    counts: KemCounts
-
-    @property
-    def public_bytes(self) -> bytes:
-        return self.key.public_bytes
-
-    def stored_bytes(self) -> bytes:
-        return self.key.stored_bytes()
-
-    def decapsulate(self, ciphertext: bytes) -> bytes:
-        self.counts.decapsulations += 1
-        return self.key.decapsulate(ciphertext)
 
 
 @dataclass
