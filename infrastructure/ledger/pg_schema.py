@@ -163,6 +163,7 @@ def migrate(
     schema = location.schema
     import psycopg
 
+    current = 0
     with location.connect(autocommit=False) as conn, conn.cursor() as cur:
         try:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema, "migrate"),))
@@ -202,8 +203,9 @@ def migrate(
         except psycopg.errors.InsufficientPrivilege as e:
             conn.rollback()
             raise LedgerError(
-                f"cannot create or migrate the ledger schema at {location.redacted()}: {e} "
-                "(connect as the schema owner to create or migrate; nodes use the node role)"
+                f"cannot create or migrate the ledger schema at {location.redacted()} "
+                f"(schema version {current}, this program needs {SCHEMA_VERSION}): {e} — "
+                "run `l2-session pg-migrate` as the schema owner; nodes use the node role"
             ) from e
     assert meta is not None
     return meta

@@ -320,3 +320,25 @@ def test_the_clock_going_backwards_is_refused(open_pg: Any) -> None:
     with pytest.raises(LedgerError, match="earlier than the ledger head's timestamp"):
         ledger.save(Counter("peer"))
     assert verify(ledger).events_checked == 1
+
+
+def test_a_node_cannot_create_the_schema_and_is_told_to_run_pg_migrate(
+    open_pg: Any, pg_location: PostgresLocation
+) -> None:
+    import pgserver
+
+    open_pg(pg_location.with_schema(pg_location.schema + "_other").url()).close()  # role exists
+    admin = pgserver.admin_location()
+    login = pgserver.create_login_role(admin, NODE_ROLE)
+    try:
+        node = PostgresLocation(
+            pg_location.host, pg_location.port, pg_location.dbname, login, "",
+            pg_location.schema, pg_location.options,
+        )  # fmt: skip
+        with pytest.raises(
+            LedgerError,
+            match=rf"schema version 0, this program needs {SCHEMA_VERSION}\).*pg-migrate",
+        ):
+            SessionLedger(node.url(), identity=NodeIdentity.generate())
+    finally:
+        pgserver.drop_role(admin, login)

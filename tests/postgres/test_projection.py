@@ -107,3 +107,39 @@ def test_eventsourcings_own_subscription_follows_the_signed_ledger(
                 break
     assert seen == [(i + 1, t.id) for i, t in enumerate(ticks)]
     reader.close()
+
+
+def test_two_runners_of_one_projection_apply_each_event_once(
+    writer: SessionLedger, pg_location: PostgresLocation
+) -> None:
+    # A spare runner is safe: both take the tracking row FOR UPDATE before reading the ledger.
+    view = pg_location.with_schema(pg_location.schema + "_view")
+    readers = [SessionLedger(pg_location.url(), create=False) for _ in range(2)]
+    runners = [
+        ProjectionRunner(r, view, SessionEventCounts(), batch_size=7, poll_interval=0.05)
+        for r in readers
+    ]
+    threads = [_follow(runner) for runner in runners]
+    ticks = []
+    for i in range(30):
+        tick = Tick("n")
+        for _ in range(i % 4):
+            tick.tick("x")
+        writer.save(tick)
+        ticks.append(tick)
+    head = sum(t.version for t in ticks)
+    deadline = time.monotonic() + 20
+    while max(r.lag.position for r in runners) < head and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for runner in runners:
+        runner.stop()
+    for thread in threads:
+        thread.join(timeout=5)
+    with psycopg.connect(**view.connect_kwargs()) as conn:
+        counts = dict(
+            conn.execute(f"SELECT session_id, events FROM {view.schema}.session_event_counts")
+        )
+    assert counts == {t.id.hex: t.version for t in ticks}
+    for runner, reader in zip(runners, readers, strict=True):
+        runner.close()
+        reader.close()
