@@ -59,7 +59,10 @@ class TcpNode:
             writer.close()
             return
         self._writers[peer_did] = writer
-        await self._read(peer_did, reader)
+        # The server runs this handler as its own task; one cancelled at shutdown must end
+        # quietly here (asyncio logs the CancelledError of a handler task as an error).
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._read(peer_did, reader)
 
     async def _read(self, peer_did: str, reader: asyncio.StreamReader) -> None:
         try:

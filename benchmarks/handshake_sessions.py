@@ -1,0 +1,214 @@
+"""The session-level halves of bench_handshake: handshakes through two SessionManagers with
+their ledger appends, and resumption latency from a session with many events in the ledger.
+
+Both use real PQxdh keys (keyexchange_pqxdh.py) and signed SQLite ledgers in a scratch
+directory. Handshakes are driven frame by frame in one process (no network: the comparison is
+with the crypto floor); resumption runs over a loopback TCP socket (transports/tcp.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from l2_session.domain.commands import Output, Send
+from l2_session.domain.handshake_flood import FloodLimits, HandshakeAdmission
+from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
+from l2_session.domain.manager import SessionManager
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.ledger.application import Durability
+from l2_session.infrastructure.resolver import DidKeyResolver
+from l2_session.transports.tcp import TcpNode
+
+DAY_US = 86_400_000_000
+# A benchmark is a flood by design: admission must not be what is measured.
+UNLIMITED = FloodLimits(*(1e9,) * 8)
+
+
+class Pair:
+    """Alice and Bob, each a SessionManager on its own ledger, on one virtual timeline."""
+
+    def __init__(self, directory: Path, durability: Durability, now_us: int) -> None:
+        self.now_us = now_us
+        resolver = DidKeyResolver()
+        self.managers: dict[str, SessionManager] = {}
+        self.ledgers: list[SessionLedger] = []
+        for name in ("alice", "bob"):
+            node = NodeIdentity.generate()
+            exchange = PqxdhKeyExchange.for_node(
+                node.did, node.private_key, resolver, now_us=now_us, valid_for_us=30 * DAY_US,
+                one_time_prekeys=0,  # as the crypto floor counts it
+                engine_options={"admission": HandshakeAdmission(UNLIMITED)},
+            )  # fmt: skip
+            ledger = SessionLedger(
+                directory / f"{name}.sqlite3", identity=node, storage_key=os.urandom(32),
+                durability=durability,
+            )  # fmt: skip
+            self.ledgers.append(ledger)
+            self.managers[node.did] = SessionManager(node.did, ledger, key_exchange=exchange)
+        self.alice, self.bob = self.managers
+
+    def tick(self, us: int = 1000) -> int:
+        self.now_us += us
+        return self.now_us
+
+    def deliver(self, sender: str, outputs: list[Output]) -> None:
+        """Every frame to its addressee, and its answers back, until nothing is left."""
+        queue = [(sender, o) for o in outputs]
+        while queue:
+            src, output = queue.pop(0)
+            if isinstance(output, Send):
+                dst = output.peer_did
+                queue += [(dst, o) for o in self.managers[dst].receive(src, output.frame,
+                                                                        self.tick())]  # fmt: skip
+
+    def handshake(self) -> UUID:
+        alice = self.managers[self.alice]
+        sid, outputs = alice.establish(self.bob, self.tick())
+        self.deliver(self.alice, outputs)
+        if alice.session(sid).state != "established":
+            raise RuntimeError(f"handshake {sid} ended in {alice.session(sid).state}")
+        return sid
+
+    def close(self) -> None:
+        for ledger in self.ledgers:
+            ledger.close()
+
+
+def ledger_handshake_rate(directory: Path, durability: Durability, min_seconds: float) -> float:
+    """Full handshakes/s through both managers, every event appended to their ledgers."""
+    pair = Pair(directory, durability, time.time_ns() // 1000)
+    try:
+        pair.handshake()  # warm-up: first-use costs (tables, caches) are not a handshake's
+        done, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < min_seconds or done < 5:
+            pair.handshake()
+            done += 1
+        return done / elapsed
+    finally:
+        pair.close()
+
+
+def _suspend(manager: SessionManager, sid: UUID, now: Callable[[], int], skip: list[int]) -> None:
+    """The peer is silent: serve the session's deadlines (skipping virtual time) until the
+    missed heartbeats have taken it to suspended."""
+    session = manager.session(sid)
+    while session.state != "suspended":
+        wake = manager.next_wakeup_us()
+        assert wake is not None, f"no deadline left in {session.state}"
+        skip[0] += max(0, wake - now())
+        manager.tick(now())
+
+
+def _grow(pair: Pair, sid: UUID, events: int) -> None:
+    """Bring the session to ``events`` events: counter reservations, 100 per append (so the
+    ledger snapshots every 100 versions from the aggregate itself)."""
+    manager = pair.managers[pair.alice]
+    session = manager.session(sid)
+    until = session.counters_reserved()
+    while session.version < events:
+        for _ in range(min(100, events - session.version)):
+            until += 1024
+            session.reserve_counters(pair.tick(10), until)
+        manager.ledger.save(session)
+
+
+def resumption_latencies(
+    directory: Path, events: int, iterations: int
+) -> tuple[list[float], list[float]]:
+    """Seconds to ``established`` over loopback TCP, from restoring the session (a new
+    manager over the open ledger: replay from its last snapshot) and from the ``resume`` call
+    alone. The node's identity and prekeys are in memory (a key store's job)."""
+    pair = Pair(directory, "normal", time.time_ns() // 1000 - DAY_US // 2)
+    sid = pair.handshake()
+    _grow(pair, sid, events)
+    if pair.managers[pair.alice].session(sid).state != "established":
+        raise RuntimeError("the grown session is not established")
+    alice_ledger = pair.managers[pair.alice].ledger
+    bob = pair.managers[pair.bob]
+    mono0, skip = time.monotonic_ns() // 1000, [pair.tick()]
+
+    def now() -> int:  # one virtual timeline for both: real time plus skipped silences
+        return skip[0] + time.monotonic_ns() // 1000 - mono0
+
+    async def run() -> tuple[list[float], list[float]]:
+        bob_node = TcpNode(bob, now)
+        server = await bob_node.serve()
+        port = server.sockets[0].getsockname()[1]
+        samples, from_resume = [], []
+        exchange = pair.managers[pair.alice]._kx  # the process keeps its identity and keys
+        for _ in range(iterations):
+            old = SessionManager(pair.alice, alice_ledger, key_exchange=exchange)
+            old.restore(sid)
+            _suspend(old, sid, now, skip)  # the peer went silent; then the process restarts
+            start = time.perf_counter()
+            manager = SessionManager(pair.alice, alice_ledger, key_exchange=exchange)
+            node = TcpNode(manager, now)
+            session = manager.restore(sid)
+            await node.connect(pair.bob, "127.0.0.1", port)
+            called = time.perf_counter()
+            node.perform(manager.resume(sid, now()))
+            await node.wait_for(lambda s=session: s.state == "established", timeout_s=5)
+            samples.append(time.perf_counter() - start)
+            from_resume.append(time.perf_counter() - called)
+            await node.close()
+        server.close()
+        await bob_node.close()
+        return samples, from_resume
+
+    try:
+        return asyncio.run(run())
+    finally:
+        pair.close()
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def describe(samples: list[float]) -> dict[str, Any]:
+    return {"p50_ms": percentile(samples, 50) * 1e3, "p99_ms": percentile(samples, 99) * 1e3}
+
+
+def handshake_breakdown(directory: Path, handshakes: int) -> dict[str, float]:
+    """Milliseconds per full handshake (both sides) spent in the handshake engine, in ledger
+    appends, in ledger look-ups of unknown conversations, and elsewhere (the managers)."""
+    pair = Pair(directory, "normal", time.time_ns() // 1000)
+    spent = {"engine": 0.0, "ledger appends": 0.0, "ledger look-ups": 0.0}
+
+    def timed(owner: Any, name: str, part: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[part] += time.perf_counter() - start
+
+        setattr(owner, name, wrapper)
+
+    try:
+        pair.handshake()
+        for manager in pair.managers.values():
+            engine = manager._kx.engine  # type: ignore[attr-defined]
+            timed(engine, "initiate", "engine")
+            timed(engine, "receive", "engine")
+            timed(manager.ledger, "save", "ledger appends")
+            timed(manager.ledger.repository, "get", "ledger look-ups")
+        start = time.perf_counter()
+        for _ in range(handshakes):
+            pair.handshake()
+        total = time.perf_counter() - start
+    finally:
+        pair.close()
+    out = {part: seconds / handshakes * 1e3 for part, seconds in spent.items()}
+    out["managers and the rest"] = total / handshakes * 1e3 - sum(out.values())
+    return out
