@@ -4,6 +4,8 @@ The server is ``L2S_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0
 an administrator's connection). When it does not answer, the tests skip with the reason — unless
 ``L2S_REQUIRE_POSTGRES=1`` (CI sets it), which turns the skip into a failure.
 Each test run gets its own database, named uniquely and dropped at the end, so runs never collide.
+The ledger schema's node role (``l2s_node``, cluster-wide like every role) is left in place: other
+ledgers on the server may use it, and it holds no privileges once the test database is gone.
 """
 
 from __future__ import annotations
