@@ -128,16 +128,16 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
         try:
             with self.datastore.get_connection() as conn:
                 try:
-                    return self._in_transaction(conn, requests, one_statement=True)
+                    return self._in_transaction(conn, requests, as_one_copy=True)
                 except psycopg.errors.UniqueViolation:
                     self._forget_heads()
-                    return self._in_transaction(conn, requests, one_statement=False)
+                    return self._in_transaction(conn, requests, as_one_copy=False)
         except BaseException:
             self._forget_heads()
             raise
 
     def _in_transaction(
-        self, conn: Any, requests: list[Sequence[StoredEvent]], *, one_statement: bool
+        self, conn: Any, requests: list[Sequence[StoredEvent]], *, as_one_copy: bool
     ) -> list[list[int] | BaseException]:
         outcomes: list[list[int] | BaseException] = []
         with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
@@ -160,7 +160,7 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
             pending: list[Row] = []
             for events in requests:
                 try:
-                    if one_statement:
+                    if as_one_copy:
                         rows, heads = self._rows(cur, events, position, prev_global, timestamp)
                     else:
                         with conn.transaction():  # a savepoint: a conflict fails this request
@@ -178,7 +178,7 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
                 # Later requests of this batch may continue these sessions; on failure the
                 # whole cache is dropped (_commit_batch).
                 self._remember(heads)
-            if one_statement and pending:
+            if as_one_copy and pending:
                 self._insert_rows(cur, pending)  # a (session_id, version) clash raises here
         return outcomes
 
