@@ -28,6 +28,7 @@ from l2_session.domain.errors import AuthenticationFailed, NothingToResume
 from l2_session.domain.handshake import Responder
 from l2_session.domain.handshake_bundle import PrekeyBundle, create_prekeys
 from l2_session.domain.handshake_engine import HandshakeEngine, Outcome
+from l2_session.domain.handshake_flood import HandshakeRefused
 from l2_session.domain.handshake_keys import SessionKeys, ed25519_public_bytes
 from l2_session.domain.handshake_resume import ResumeResponder, ResumptionTicket
 
@@ -100,8 +101,13 @@ class PqxdhKeyExchange:
         *,
         fetch_bundle: Callable[[str, int], PrekeyBundle],
         identity_key_of: Callable[[str], bytes],
+        source_of: Callable[[str], str] | None = None,
     ) -> None:
         self.engine = engine
+        # Where a peer's frames come from, as the transport sees it (its address). The engine
+        # keys quarantine and rate limits by identity *and* source (docs/spec-decisions.md,
+        # decision 11); a DID is only a claim, so it is the source only in simulations.
+        self.source_of: Callable[[str], str] = source_of or (lambda did: did)
         self.identity = ed25519_public_bytes(engine.identity)
         self._fetch_bundle = fetch_bundle
         self._identity_key_of = identity_key_of
@@ -159,17 +165,21 @@ class PqxdhKeyExchange:
             bundle,
             now_us=now_us,
             expected_responder=self._identity_key_of(peer_did),
-            source=peer_did,
+            source=self.source_of(peer_did),
         )
         self._peers[conversation] = (peer_did, False)  # the responder's prekeys are used
         return init
 
     def respond(self, conversation: UUID, peer_did: str, request: bytes, now_us: int) -> bytes:
-        outcome = self.engine.receive(request, source=peer_did, now_us=now_us)
-        if outcome.send is None:
-            raise AuthenticationFailed(f"handshake request refused: {_why(outcome)}")
-        if outcome.peer_identity != self._identity_key_of(peer_did):
-            raise AuthenticationFailed(f"handshake request not signed by {peer_did}")
+        outcome = self.engine.receive(request, source=self.source_of(peer_did), now_us=now_us)
+        if outcome.send is None or outcome.peer_identity != self._identity_key_of(peer_did):
+            # Dropped, not an authentication failure of ``peer_did``: the identity in a refused
+            # INIT is unproven, and quarantining the DID it claims would let anyone lock that
+            # peer out with forged INITs. The engine has quarantined (identity, source) itself.
+            raise HandshakeRefused(
+                f"handshake request from {peer_did} refused: "
+                + (_why(outcome) if outcome.send is None else "signed by another identity")
+            )
         self._peers[conversation] = (peer_did, True)
         return outcome.send
 
@@ -180,7 +190,7 @@ class PqxdhKeyExchange:
         mine = prekeys_are_mine(key_material, self.identity, peer)
         self._peers[conversation] = (peer_did, mine)
         ticket = ticket_of(key_material, self.identity, peer)
-        return self.engine.resume(ticket, now_us=now_us, source=peer_did)
+        return self.engine.resume(ticket, now_us=now_us, source=self.source_of(peer_did))
 
     def respond_resumption(
         self, conversation: UUID, peer_did: str, request: bytes, key_material: bytes, now_us: int
@@ -201,7 +211,7 @@ class PqxdhKeyExchange:
         )
         self._answering[ticket.session_id] = ticket
         try:
-            outcome = self.engine.receive(request, source=peer_did, now_us=now_us)
+            outcome = self.engine.receive(request, source=self.source_of(peer_did), now_us=now_us)
         finally:
             self._answering.clear()
         if outcome.send is None:
@@ -226,7 +236,7 @@ class PqxdhKeyExchange:
 
     def _finish(self, conversation: UUID, data: bytes, now_us: int) -> tuple[Outcome, bool]:
         peer_did, mine = self._peers.get(conversation, ("", False))
-        outcome = self.engine.receive(data, source=peer_did, now_us=now_us)
+        outcome = self.engine.receive(data, source=self.source_of(peer_did), now_us=now_us)
         if outcome.established is not None:
             if outcome.established.peer_identity != self._identity_key_of(peer_did):
                 raise AuthenticationFailed(f"handshake completed by someone other than {peer_did}")

@@ -8,7 +8,11 @@ timer task calling ``manager.tick``. Time comes from the caller's timeline (deci
 A connection opens with the connecting node's DID (``u16 length | UTF-8``), so that the
 accepting node knows which peer's frames arrive on it. That is a claim, not a proof: the
 handshake proves it (the INIT is signed by the DID's key, a RESUME carries a MAC under the
-session's secret), and a frame that does not fit its session is dropped by the manager.
+session's secret), and a frame that does not fit its session is dropped by the manager. The
+handshake engine keys quarantine by identity and *address* (``address_of``), never by the
+claim alone. Limit: routing follows the latest claim, so a connection claiming a DID takes
+over the frames sent to it until the real peer reconnects; binding a connection to the DID its
+handshake proved is the transports issue's.
 """
 
 from __future__ import annotations
@@ -77,6 +81,13 @@ class TcpNode:
         writer = self._writers.pop(peer_did, None)
         if writer is not None:
             writer.close()
+
+    def address_of(self, peer_did: str) -> str:
+        """The address ``peer_did``'s frames arrive from: the source the handshake engine keys
+        quarantine and rate limits by (``PqxdhKeyExchange(source_of=node.address_of)``)."""
+        writer = self._writers.get(peer_did)
+        peer = None if writer is None else writer.get_extra_info("peername")
+        return "" if peer is None else f"{peer[0]}:{peer[1]}"
 
     # ------------------------------------------------------------------ outputs and time
     def perform(self, outputs: list[Output]) -> None:

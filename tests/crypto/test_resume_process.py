@@ -58,6 +58,7 @@ CHILD = textwrap.dedent(
         manager = SessionManager(store.identity.did, ledger, key_exchange=exchange)
         timeline = SessionTimeline(SystemClock())
         node = TcpNode(manager, timeline.now_us)
+        exchange.source_of = node.address_of  # the engine keys its gate by address
         await node.connect(peer_did, "127.0.0.1", int(port))
         sid = uuid.UUID(session_id)
         session = manager.restore(sid)  # replayed from the ledger file
@@ -126,6 +127,7 @@ def test_a_fresh_process_resumes_from_its_ledger_over_loopback_tcp(tmp_path: Pat
 
     async def run() -> dict[str, object]:
         node = TcpNode(bob, SessionTimeline(SystemClock()).now_us)
+        exchange.source_of = node.address_of
         # Bob's timers are not run: his own recovery attempt (a responder's retry() waits in
         # handshake_initiated for 5 s) would race the resumption and is not what is tested.
         server = await node.serve()

@@ -11,6 +11,7 @@ from typing import Any
 
 from l2_session.domain.commands import HandshakeRequest, HandshakeResponse, Send
 from l2_session.domain.handshake_wire import MessageType
+from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
 from l2_session.infrastructure.clock import ManualClock
 from pqxdh_nodes import Nodes
 
@@ -83,6 +84,32 @@ def test_authentication_failure_quarantines_and_a_quarantined_peer_costs_no_kem_
     answered = alice.receive(nodes.bob, _only(outputs, HandshakeRequest), later)
     assert _only(answered, HandshakeResponse).key_share
     assert nodes.nodes[nodes.alice].kem.decapsulations == decapsulations + 1
+
+
+def test_a_forged_init_claiming_a_peer_does_not_lock_that_peer_out(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    """Decision 11: the identity in an INIT is unproven until its signature verifies, so a
+    forged one quarantines that identity at the sender's address only, never the DID."""
+    nodes = Nodes(session_ledger_factory, manual_clock)
+    alice, bob = nodes.manager(nodes.alice), nodes.manager(nodes.bob)
+    address = {"now": "192.0.2.66:4000"}  # Mallory's
+    exchange = nodes.manager(nodes.alice)._kx
+    assert isinstance(exchange, PqxdhKeyExchange)
+    exchange.source_of = lambda did: address["now"]
+    now = manual_clock.wall_us()
+    _, outputs = bob.establish(nodes.alice, now)
+    genuine = _only(outputs, HandshakeRequest)
+    forged = bytearray(genuine.key_share)
+    forged[-1] ^= 1  # the INIT's signature no longer verifies
+    assert alice.receive(nodes.bob, replace(genuine, key_share=bytes(forged)), now) == []
+    assert not alice.peer(nodes.bob).is_quarantined(now)
+    decapsulations = nodes.nodes[nodes.alice].kem.decapsulations
+    assert alice.receive(nodes.bob, genuine, now) == []  # from Mallory's address: refused ...
+    assert exchange.engine.admission.refused == {"quarantined": 1}  # ... by the gate, cheaply
+    assert nodes.nodes[nodes.alice].kem.decapsulations == decapsulations
+    address["now"] = "192.0.2.2:4000"  # Bob's own address
+    assert _only(alice.receive(nodes.bob, genuine, now), HandshakeResponse).key_share
 
 
 def _suspend_and_restart(nodes: Nodes, sid: Any, *, renew_bob_prekeys: bool) -> None:
