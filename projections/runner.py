@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from psycopg.sql import SQL, Identifier
 
-from ..infrastructure.ledger import SessionLedger
+from ..infrastructure.ledger import LedgerCorrupted, SessionLedger
 from ..infrastructure.ledger.pg_url import PostgresLocation
 
 TRACKING_TABLE = "l2s_projection_tracking"
@@ -117,7 +117,7 @@ class ProjectionRunner:
                 if n.id != position + 1:
                     # Positions are dense and commit in order (pg_recorder.py): a hole here
                     # means the ledger was tampered with, and applying past it would be wrong.
-                    raise RuntimeError(
+                    raise LedgerCorrupted(
                         f"projection {name}: ledger position {n.id} follows {position}; "
                         "expected no gap — run verify on the ledger"
                     )
