@@ -143,3 +143,23 @@ def test_two_runners_of_one_projection_apply_each_event_once(
     for runner, reader in zip(runners, readers, strict=True):
         runner.close()
         reader.close()
+
+
+def test_a_hole_in_the_ledger_stops_the_projection_with_the_positions(
+    writer: SessionLedger, pg_location: PostgresLocation
+) -> None:
+    from l2_session.infrastructure.ledger import LedgerCorrupted
+
+    for _ in range(4):
+        writer.save(Tick("n"))
+    with psycopg.connect(autocommit=True, **pg_location.connect_kwargs()) as conn:
+        conn.execute(f"ALTER TABLE {pg_location.schema}.ledger_events DISABLE TRIGGER USER")
+        conn.execute(f"DELETE FROM {pg_location.schema}.ledger_events WHERE position = 3")
+    reader = SessionLedger(pg_location.url(), create=False)
+    view = pg_location.with_schema(pg_location.schema + "_view")
+    runner = ProjectionRunner(reader, view, SessionEventCounts())
+    with pytest.raises(LedgerCorrupted, match="ledger position 4 follows 2"):
+        runner.run_once()
+    assert runner.position() == 0  # nothing of the batch was applied
+    runner.close()
+    reader.close()
