@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from l2_session.domain.errors import AuthenticationFailed, NothingToResume
+from l2_session.domain.errors import AuthenticationFailed, NothingToResume, StaleFrame
 from l2_session.domain.handshake import Responder
 from l2_session.domain.handshake_bundle import PrekeyBundle, create_prekeys
 from l2_session.domain.handshake_engine import HandshakeEngine, Outcome
@@ -237,6 +237,11 @@ class PqxdhKeyExchange:
     def _finish(self, conversation: UUID, data: bytes, now_us: int) -> tuple[Outcome, bool]:
         peer_did, mine = self._peers.get(conversation, ("", False))
         outcome = self.engine.receive(data, source=self.source_of(peer_did), now_us=now_us)
+        if outcome.dropped is not None:
+            # Stale, stray, malformed or from another address (decision 13): the engine kept
+            # waiting, and so does the session. Only a reply that fails verification is an
+            # authentication failure of the peer.
+            raise StaleFrame(f"handshake reply from {peer_did} dropped: {outcome.dropped}")
         if outcome.established is not None:
             if outcome.established.peer_identity != self._identity_key_of(peer_did):
                 raise AuthenticationFailed(f"handshake completed by someone other than {peer_did}")

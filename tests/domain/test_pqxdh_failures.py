@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from l2_session.domain.commands import HandshakeRequest, HandshakeResponse, Send
+from l2_session.domain.commands import HandshakeAck, HandshakeRequest, HandshakeResponse, Send
 from l2_session.domain.handshake_wire import MessageType
 from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
 from l2_session.infrastructure.clock import ManualClock
@@ -110,6 +110,32 @@ def test_a_forged_init_claiming_a_peer_does_not_lock_that_peer_out(
     assert nodes.nodes[nodes.alice].kem.decapsulations == decapsulations
     address["now"] = "192.0.2.2:4000"  # Bob's own address
     assert _only(alice.receive(nodes.bob, genuine, now), HandshakeResponse).key_share
+
+
+def test_a_reply_from_another_address_or_a_stale_one_leaves_the_handshake_waiting(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    """Decision 13 through the manager: a RESPONSE that the engine drops (another address, an
+    old handshake) neither fails the session nor quarantines the peer."""
+    nodes = Nodes(session_ledger_factory, manual_clock)
+    alice, bob = nodes.manager(nodes.alice), nodes.manager(nodes.bob)
+    exchange = alice._kx
+    assert isinstance(exchange, PqxdhKeyExchange)
+    address = {"now": "192.0.2.2:4000"}  # Bob's
+    exchange.source_of = lambda did: address["now"]
+    now = manual_clock.wall_us()
+    sid, outputs = alice.establish(nodes.bob, now)
+    reply = _only(bob.receive(nodes.alice, _only(outputs, HandshakeRequest), now), HandshakeResponse)
+    address["now"] = "192.0.2.66:4000"  # the same bytes, replayed by Mallory
+    assert alice.receive(nodes.bob, reply, now) == []
+    session = alice.session(sid)
+    assert session.state == "handshake_initiated" and not alice.peer(nodes.bob).is_quarantined(now)
+    address["now"] = "192.0.2.2:4000"
+    assert alice.receive(nodes.bob, reply, now)  # the real one: established, ack sent
+    assert session.state == "established"
+    # A duplicate is answered with the ack again (Bob may have lost it), not a failure.
+    assert _only(alice.receive(nodes.bob, reply, now), HandshakeAck).confirmation
+    assert session.state == "established" and not alice.peer(nodes.bob).is_quarantined(now)
 
 
 def _suspend_and_restart(nodes: Nodes, sid: Any, *, renew_bob_prekeys: bool) -> None:
