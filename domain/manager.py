@@ -6,6 +6,8 @@ a frame, ``Deliver`` a message); it never touches a socket or a clock. Frames an
 become ``Session`` / ``Peer`` commands; the aggregates decide; the manager saves what they
 recorded to the ledger and re-arms the session's next deadline.
 
+Answering a peer's handshake or resumption request is manager_answering.py's.
+
 Deadlines live in one binary heap (deadlines.py), one live entry per session, so ``tick``
 costs O(due timers · log n), not O(sessions).
 
@@ -44,13 +46,12 @@ from l2_session.domain.config import DEFAULT_CONFIG, SessionConfig
 from l2_session.domain.deadlines import DeadlineHeap
 from l2_session.domain.errors import (
     AuthenticationFailed,
-    InvalidState,
-    NothingToResume,
     SessionError,
     StaleFrame,
     UnknownSession,
 )
 from l2_session.domain.keyexchange import KeyExchange, MockKeyExchange
+from l2_session.domain.manager_answering import HandshakeAnswering
 from l2_session.domain.outbound import outputs_for, send
 from l2_session.domain.peer import Peer, peer_id
 from l2_session.domain.session import Session
@@ -68,7 +69,7 @@ class Ledger(Protocol):
     def save(self, *objs: Any, **kwargs: Any) -> Any: ...
 
 
-class SessionManager:
+class SessionManager(HandshakeAnswering):
     def __init__(
         self,
         local_did: str,
@@ -203,87 +204,6 @@ class SessionManager:
             self.dropped_frames += 1
             log.debug("dropped %s from %s: %s", type(frame).__name__, peer_did, error)
             return []
-
-    def _on_request(self, peer_did: str, frame: HandshakeRequest, now_us: int) -> list[Output]:
-        peer = self.peer(peer_did, now_us)
-        if not frame.authentic:
-            peer.authentication_failed(now_us, self._rng.random())
-            self._ledger.save(peer)
-            return []
-        peer.check_admissible(now_us)
-        existing = self._find(frame.conversation)
-        if frame.resuming:
-            if existing is None:
-                # Nothing to resume here: the initiator's resumption times out and it falls
-                # back to a full handshake (decision 4). Not an authentication failure.
-                raise StaleFrame("a resumption for a conversation this node does not have")
-            return self._on_resumption(existing, peer, frame, now_us)
-        if existing is not None and existing.state == State.HANDSHAKE_RECEIVED:
-            return self._resend(existing)  # a duplicate request: answer it again
-        # The initiator retried: the same session answers (decision 10). A session that is
-        # still established refuses until its own heartbeats fail.
-        if (
-            existing is not None
-            and not existing.closed
-            and not is_allowed(existing.state, Trigger.RECEIVE_HANDSHAKE)
-        ):
-            raise InvalidState(existing.state, Trigger.RECEIVE_HANDSHAKE)
-        try:
-            response = self._kx.respond(frame.conversation, peer_did, frame.key_share, now_us)
-        except AuthenticationFailed:
-            # §2.1 authentication failure on the responder's side: nothing is opened.
-            peer.authentication_failed(now_us, self._rng.random())
-            self._ledger.save(peer)
-            return []
-        if existing is None or existing.closed:
-            # A new conversation (or one whose session was cleaned up): a new session.
-            salt = self.local_did if existing is None else f"{self.local_did}#{existing.id}"
-            session = Session.open(
-                peer_did,
-                "responder",
-                self.config,
-                now_us,
-                conversation=frame.conversation,
-                session_id=uuid5(frame.conversation, salt),
-            )
-            self._add(session)
-        else:
-            session = existing
-        session.receive_handshake(now_us)
-        reply = HandshakeResponse(frame.conversation, response, self._own_prekeys)
-        self._last_handshake_frame[session.conversation] = reply
-        return [*self._commit(session, peer), self._send(session, reply)]
-
-    def _on_resumption(
-        self, s: Session, peer: Peer, frame: HandshakeRequest, now_us: int
-    ) -> list[Output]:
-        """The peer resumes with the keys stored for this conversation (decision 4): answer
-        from the stored key material, and take the new keys with its confirmation."""
-        if s.state in (State.HANDSHAKE_RECEIVED, State.ROTATING):
-            return self._resend(s)  # a duplicate request: answer it again
-        if s.key_material is None:
-            raise NothingToResume(f"session {s.id} holds no keys to resume (cleaned up?)")
-        # An established session whose peer resumes missed the peer's restart: the new keys
-        # replace the current ones like a rotation the peer asked for (no message is lost).
-        established = s.state == State.ESTABLISHED
-        trigger = Trigger.TIME_TO_ROTATE if established else Trigger.RECEIVE_HANDSHAKE
-        if not is_allowed(s.state, trigger):
-            raise InvalidState(s.state, trigger)
-        share = self._kx.respond_resumption(
-            s.conversation, s.peer_did, frame.key_share, s.key_material, now_us
-        )
-        if trigger is Trigger.TIME_TO_ROTATE:
-            s.time_to_rotate(now_us, requested_by_peer=True)
-        else:
-            s.receive_handshake(now_us)
-        reply = HandshakeResponse(s.conversation, share, self._own_prekeys)
-        self._last_handshake_frame[s.conversation] = reply
-        return [*self._commit(s, peer), self._send(s, reply)]
-
-    def _resend(self, s: Session) -> list[Output]:
-        """Answer again with the last handshake frame, when the peer shows it lost it."""
-        frame = self._last_handshake_frame.get(s.conversation)
-        return [] if frame is None else [self._send(s, frame)]
 
     def _on_frame(self, s: Session, frame: Frame, now_us: int) -> list[Output]:
         out: list[Output] = []
