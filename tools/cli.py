@@ -15,25 +15,6 @@ def _diagram(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pg_migrate(args: argparse.Namespace) -> int:
-    from l2_session.infrastructure.clock import SystemClock
-    from l2_session.infrastructure.ledger import LedgerError
-    from l2_session.infrastructure.ledger.pg_schema import SCHEMA_VERSION, migrate
-    from l2_session.infrastructure.ledger.pg_url import PostgresLocation
-
-    try:
-        location = PostgresLocation.parse(args.ledger)
-        meta = migrate(location, created_at_us=SystemClock().wall_us(), node_role=args.node_role)
-    except LedgerError as e:
-        print(f"l2-session pg-migrate: {e}", file=sys.stderr)
-        return 1
-    print(
-        f"ledger {meta['ledger_id']} at {location.redacted()}: schema version {SCHEMA_VERSION}, "
-        f"nodes connect as members of role {args.node_role}"
-    )
-    return 0
-
-
 def _demo(args: argparse.Namespace) -> int:
     from l2_session.tools.demo import print_summary, run_demo
 
@@ -59,6 +40,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from l2_session.tools import pg_commands
     from l2_session.tools.ledger_option import add_ledger_argument
 
     parser = argparse.ArgumentParser(
@@ -85,15 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--workers", type=int, help="processes to use (default: all cores)")
     check.set_defaults(run=_verify)
-    pg_migrate = commands.add_parser(
-        "pg-migrate",
-        help="create or upgrade a PostgreSQL ledger's schema (as its owner); grant the node role",
-    )
-    add_ledger_argument(pg_migrate)
-    pg_migrate.add_argument(
-        "--node-role", default="l2s_node", help="role the nodes' logins are members of"
-    )
-    pg_migrate.set_defaults(run=_pg_migrate)
+    pg_commands.register(commands)  # pg-migrate, pg-import, project (tools/pg_commands.py)
     return parser
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import psycopg
 import pytest
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation
@@ -42,3 +45,37 @@ def test_demo_and_verify_run_on_a_postgresql_ledger(
     monkeypatch.setenv("L2S_LEDGER", pg_location.url())
     assert main(["verify"]) == 0
     assert "ledger verification: OK" in capsys.readouterr().out
+
+
+def test_pg_import_moves_a_demo_ledger_and_project_catches_up_on_it(
+    pg_location: PostgresLocation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sqlite_ledger = tmp_path / "node.sqlite3"
+    assert main(["demo", "--ledger", str(sqlite_ledger), "--sessions", "2"]) == 0
+    capsys.readouterr()
+    assert main(["pg-import", "--from", str(sqlite_ledger), "--ledger", pg_location.url()]) == 0
+    copied = int(capsys.readouterr().out.split()[0])
+    assert copied > 0
+    assert main(["verify", "--ledger", pg_location.url()]) == 0
+    capsys.readouterr()
+    view = pg_location.with_schema(pg_location.schema + "_view")
+    projection = "l2_session.projections.session_counts:SessionEventCounts"
+    args = ["project", "--ledger", pg_location.url(), "--view", view.url(),
+            "--projection", projection, "--catch-up", "--batch-size", "50"]  # fmt: skip
+    assert main(args) == 0
+    assert f"position {copied} head {copied} behind 0" in capsys.readouterr().out
+    with psycopg.connect(**view.connect_kwargs()) as conn:
+        total = conn.execute(f"SELECT sum(events) FROM {view.schema}.session_event_counts")
+        assert total.fetchone() == (copied,)
+    # Importing twice into the same schema is refused, naming it.
+    assert main(["pg-import", "--from", str(sqlite_ledger), "--ledger", pg_location.url()]) == 1
+    assert "already holds a ledger" in capsys.readouterr().err
+
+
+def test_project_names_a_projection_it_cannot_load(
+    pg_location: PostgresLocation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["project", "--ledger", pg_location.url(), "--view", pg_location.url(),
+            "--projection", "no.such.module:Thing"]  # fmt: skip
+    assert main(args) == 1
+    assert "cannot load projection 'no.such.module:Thing'" in capsys.readouterr().err
