@@ -8,16 +8,12 @@ tampered column (even invalid UTF-8) becomes a reported problem, never a crash.
 
 from __future__ import annotations
 
-import itertools
 import json
 import multiprocessing
 import os
-import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,74 +24,15 @@ from .checkpoint import Checkpoint
 from .codec import decode_sealed_column, encode_sealed_column, sealed_reference
 from .format import HASH_SIZE, SIGNATURE_SIZE, ZERO_HASH, event_hash, genesis_hash, lp
 from .pg_url import is_postgres_url
-from .recorder import SIGNER_DOMAIN
-from .schema import EVENT_COLUMNS, EVENTS_TABLE, META_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
+from .schema import check_sqlite_ledger_file
+from .verify_report import Problem, ProblemKind, VerificationReport
+from .verify_sources import pg_ledger_meta, range_rows, read_errors, sqlite_ledger_meta
+
+__all__ = ["Problem", "ProblemKind", "VerificationReport", "verify"]
 
 # Rows per worker task. A ledger of one chunk is verified in-process: below ~25k events,
 # starting worker processes costs more than it saves.
 CHUNK_EVENTS = 25_000
-
-
-class ProblemKind(StrEnum):
-    HASH_MISMATCH = "hash_mismatch"
-    BAD_SIGNATURE = "bad_signature"
-    UNKNOWN_SIGNER = "unknown_signer"
-    VERSION_GAP = "version_gap"
-    SESSION_CHAIN_BREAK = "session_chain_break"
-    GLOBAL_CHAIN_BREAK = "global_chain_break"
-    POSITION_GAP = "position_gap"
-    SEALED_MISMATCH = "sealed_mismatch"
-    MALFORMED_ROW = "malformed_row"
-    CHECKPOINT_MISMATCH = "checkpoint_mismatch"
-    DATABASE_CORRUPT = "database_corrupt"
-
-
-@dataclass(frozen=True)
-class Problem:
-    kind: ProblemKind
-    position: int | None
-    session_id: str | None
-    detail: str
-
-    def __str__(self) -> str:
-        where = f"position {self.position}" if self.position is not None else "ledger"
-        session = f" session {self.session_id}" if self.session_id else ""
-        return f"{self.kind.value} at {where}{session}: {self.detail}"
-
-
-@dataclass
-class VerificationReport:
-    events_checked: int = 0
-    signers_seen: dict[str, int] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-    head_position: int = 0
-    head_hash: bytes = ZERO_HASH
-    sessions: int = 0
-    checkpoint_checked: bool = False
-    workers: int = 1
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def kinds_at(self, position: int) -> set[ProblemKind]:
-        return {p.kind for p in self.problems if p.position == position}
-
-    def summary(self) -> str:
-        state = "OK" if self.ok else f"{len(self.problems)} PROBLEM(S)"
-        lines = [
-            f"ledger verification: {state}",
-            f"  events checked: {self.events_checked} in {self.sessions} sessions "
-            f"(head position {self.head_position}, {self.workers} worker(s))",
-            "  signers seen: "
-            + (", ".join(f"{d} ({n})" for d, n in sorted(self.signers_seen.items())) or "none"),
-        ]
-        if self.checkpoint_checked:
-            lines.append("  checkpoint: checked")
-        lines += [f"  - {p}" for p in self.problems[:50]]
-        if len(self.problems) > 50:
-            lines.append(f"  ... and {len(self.problems) - 50} more")
-        return "\n".join(lines)
 
 
 @dataclass
@@ -108,12 +45,6 @@ class _RangeResult:
     firsts: dict[str, tuple[int, bytes, int]] = field(default_factory=dict)  # sid -> (v, prev, pos)
     lasts: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # sid -> (v, hash)
     pinned: bytes | None = None  # event hash at the checkpoint's position, if in range
-
-
-def _connect_ro(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.text_factory = bytes  # tampered text must not crash the reader
-    return conn
 
 
 def _as_bytes(value: Any, size: int | None = None) -> bytes:
@@ -154,40 +85,14 @@ def _verify_range(
     path: str, lo: int, hi: int, trusted: frozenset[str], pin: int | None
 ) -> _RangeResult:
     out = _RangeResult()
-    errors = _pg_errors() if is_postgres_url(path) else (sqlite3.DatabaseError,)
     try:
-        with _range_rows(path, lo, hi) as rows:
+        with range_rows(path, lo, hi) as rows:
             _check_rows(out, rows, trusted, pin)
-    except errors as e:
+    except read_errors(path) as e:
         out.problems.append(
             Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"rows {lo}..{hi}: {e}")
         )
     return out
-
-
-@contextmanager
-def _range_rows(source: str, lo: int, hi: int) -> Iterator[Iterable[Any]]:
-    if is_postgres_url(source):
-        from .pg_verify import range_rows
-
-        with range_rows(source, lo, hi) as rows:
-            yield rows
-        return
-    conn = _connect_ro(source)
-    try:
-        yield conn.execute(
-            f"SELECT {', '.join(EVENT_COLUMNS)} FROM {EVENTS_TABLE} "
-            "WHERE position BETWEEN ? AND ? ORDER BY position",
-            (lo, hi),
-        )
-    finally:
-        conn.close()
-
-
-def _pg_errors() -> tuple[type[BaseException], ...]:
-    import psycopg
-
-    return (psycopg.Error,)
 
 
 def _check_rows(
@@ -299,48 +204,6 @@ def _check_rows(
         out.last = (position, stored_h)
 
 
-def _ledger_meta(
-    path: str, chunk: int
-) -> tuple[str, frozenset[str], list[tuple[int, int]], list[Problem]]:
-    problems: list[Problem] = []
-    conn = _connect_ro(path)
-    try:
-        integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if integrity not in (b"ok", "ok"):
-            problems.append(
-                Problem(
-                    ProblemKind.DATABASE_CORRUPT, None, None, f"SQLite quick_check: {integrity!r}"
-                )
-            )
-        row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key='ledger_id'").fetchone()
-        ledger_id = row[0].decode() if row else ""
-        signers = set()
-        for did, signature in conn.execute(f"SELECT did, signature FROM {SIGNERS_TABLE}"):
-            did_s = did.decode(errors="replace")
-            statement = SIGNER_DOMAIN + lp(ledger_id.encode()) + lp(did_s.encode())
-            if verify_did_signature(did_s, bytes(signature), statement):
-                signers.add(did_s)
-        # Chunk boundaries from the positions actually stored: an attacker may have moved a row
-        # to a huge position, and arithmetic ranges up to it would be endless.
-        positions = conn.execute(f"SELECT position FROM {EVENTS_TABLE} ORDER BY position")
-        bounds = [p for i, (p,) in enumerate(positions) if i % chunk == 0]
-        last = conn.execute(f"SELECT MAX(position) FROM {EVENTS_TABLE}").fetchone()[0]
-    finally:
-        conn.close()
-    ranges = [(a, b - 1) for a, b in itertools.pairwise(bounds)]
-    if bounds:
-        ranges.append((bounds[-1], last))
-    return ledger_id, frozenset(signers), ranges, problems
-
-
-def _pg_ledger_meta(
-    url: str, chunk: int
-) -> tuple[str, frozenset[str], list[tuple[int, int]], list[Problem]]:
-    from .pg_verify import ledger_meta
-
-    return (*ledger_meta(url, chunk), [])
-
-
 def verify(
     ledger: Any,
     checkpoint: Checkpoint | str | None = None,
@@ -361,12 +224,12 @@ def verify(
     pg = getattr(ledger, "pg", None)
     if pg is not None or is_postgres_url(ledger):
         source = pg.url() if pg is not None else str(ledger)
-        ledger_id, registered, ranges, problems = _pg_ledger_meta(source, chunk_events)
+        ledger_id, registered, ranges, problems = pg_ledger_meta(source, chunk_events)
     else:
         path = Path(getattr(ledger, "path", ledger))
         check_sqlite_ledger_file(path, create=False)
         source = str(path)
-        ledger_id, registered, ranges, problems = _ledger_meta(source, chunk_events)
+        ledger_id, registered, ranges, problems = sqlite_ledger_meta(source, chunk_events)
     if isinstance(checkpoint, str):
         checkpoint = Checkpoint.parse(checkpoint)
     trusted = frozenset(trusted_signers) if trusted_signers is not None else registered
