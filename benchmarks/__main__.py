@@ -29,6 +29,7 @@ SUITES: dict[str, str] = {
     "verify": "benchmarks.bench_verify",
     "replay": "benchmarks.bench_replay",
     "postgres": "benchmarks.bench_postgres",
+    "handshake": "benchmarks.bench_handshake",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")
