@@ -75,6 +75,29 @@ def version_filter(
     return sql, params
 
 
+def notification_filter(
+    mark: str,
+    *,
+    start: int | None,
+    stop: int | None,
+    topics: Sequence[str],
+    inclusive_of_start: bool,
+) -> tuple[str, list[Any]]:
+    """The ``WHERE`` of a select of ledger rows by position (and topic), and its parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if start is not None:
+        clauses.append(f"position>={mark}" if inclusive_of_start else f"position>{mark}")
+        params.append(start)
+    if stop is not None:
+        clauses.append(f"position<={mark}")
+        params.append(stop)
+    if topics:
+        clauses.append(f"topic IN ({','.join([mark] * len(topics))})")
+        params.extend(topics)
+    return ("WHERE " + " AND ".join(clauses) + " ") if clauses else "", params
+
+
 def signer_statement(ledger_id: str, did: str) -> bytes:
     """What a node signs to register as a signer of a ledger."""
     return SIGNER_DOMAIN + lp(ledger_id.encode()) + lp(did.encode())

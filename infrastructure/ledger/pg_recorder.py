@@ -33,6 +33,7 @@ from .chain import (
     ROW_COLUMNS,
     LedgerChain,
     Row,
+    notification_filter,
     session_key,
     version_filter,
 )
@@ -232,18 +233,9 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
         *,
         inclusive_of_start: bool = True,
     ) -> Sequence[Notification]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if start is not None:
-            clauses.append("position>=%s" if inclusive_of_start else "position>%s")
-            params.append(start)
-        if stop is not None:
-            clauses.append("position<=%s")
-            params.append(stop)
-        if topics:
-            clauses.append("topic = ANY(%s)")
-            params.append(list(topics))
-        where = ("WHERE " + " AND ".join(clauses) + " ") if clauses else ""
+        where, params = notification_filter(
+            "%s", start=start, stop=stop, topics=topics, inclusive_of_start=inclusive_of_start
+        )
         statement = (
             f"SELECT position, session_id, version, topic, payload FROM {self.table} "
             f"{where}ORDER BY position LIMIT %s"

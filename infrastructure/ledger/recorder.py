@@ -19,7 +19,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
 from ..clock import TimeSource
 from ..identity import NodeIdentity
-from .chain import SIGNER_DOMAIN, LedgerChain, session_key, version_filter
+from .chain import SIGNER_DOMAIN, LedgerChain, notification_filter, session_key, version_filter
 from .errors import LedgerCorrupted, LedgerError
 from .format import FORMAT_NAME, FORMAT_VERSION, ZERO_HASH, genesis_hash
 from .groupcommit import GroupCommitConfig, GroupCommitter
@@ -183,18 +183,9 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         *,
         inclusive_of_start: bool = True,
     ) -> Sequence[Notification]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if start is not None:
-            clauses.append("position>=?" if inclusive_of_start else "position>?")
-            params.append(start)
-        if stop is not None:
-            clauses.append("position<=?")
-            params.append(stop)
-        if topics:
-            clauses.append(f"topic IN ({','.join('?' * len(topics))})")
-            params.extend(topics)
-        where = ("WHERE " + " AND ".join(clauses) + " ") if clauses else ""
+        where, params = notification_filter(
+            "?", start=start, stop=stop, topics=topics, inclusive_of_start=inclusive_of_start
+        )
         statement = (
             f"SELECT position, session_id, version, topic, payload FROM {EVENTS_TABLE} "
             f"{where}ORDER BY position LIMIT ?"
