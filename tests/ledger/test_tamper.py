@@ -3,8 +3,11 @@ with the position and the kind of the problem."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -59,15 +62,17 @@ def pristine(tmp_path_factory) -> tuple[Path, NodeIdentity, str]:
 
 
 def copy_of(pristine: tuple[Path, NodeIdentity, str], tmp: Path) -> Path:
-    target = tmp / "copy.sqlite3"
-    target.unlink(missing_ok=True)
+    # A fresh folder per copy: hypothesis runs many examples in one test's tmp_path, and a -wal
+    # or -shm file left by one example must never be read with the next example's database.
+    target = Path(tempfile.mkdtemp(dir=tmp)) / "copy.sqlite3"
     shutil.copy(pristine[0], target)
     return target
 
 
 def sealed_positions(path: Path) -> list[int]:
-    return [r[0] for r in sqlite3.connect(path).execute(
-        "SELECT position FROM ledger_events WHERE sealed IS NOT NULL")]  # fmt: skip
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT position FROM ledger_events WHERE sealed IS NOT NULL")
+        return [r[0] for r in rows]
 
 
 @pytest.mark.parametrize("column", COLUMNS)
@@ -86,7 +91,9 @@ def test_flipping_a_byte_of_any_column_is_reported_at_its_position(pristine, tmp
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("L2S_TAMPER_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     column=st.sampled_from(COLUMNS),
