@@ -8,12 +8,14 @@ from typing import Any, Literal, cast
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.domain import BaseAggregate, DomainEventProtocol, MutableOrImmutableAggregate
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
     EventStore,
     InfrastructureFactory,
     Mapper,
+    Recording,
     Transcoding,
 )
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteFactory
@@ -184,6 +186,27 @@ class SessionLedger(Application[UUID]):
     @property
     def ledger_id(self) -> str:
         return self.ledger_recorder.ledger_id
+
+    def save(
+        self,
+        *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None,
+        **kwargs: Any,
+    ) -> list[Recording[UUID]]:
+        """Append the new events of ``objs`` (Application.save, with a cheaper collection)."""
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for obj in objs:
+            # eventsourcing checks every object against runtime-checkable protocols, which costs
+            # more than the rest of collecting on Python 3.11; an Aggregate is collected directly.
+            if isinstance(obj, BaseAggregate):
+                processing_event.events.extend(obj.collect_events())
+                processing_event.aggregates[obj.id] = obj
+            else:
+                processing_event.collect_events(obj)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        return recordings
 
     # -- snapshots: every `snapshot_interval` versions, for any aggregate -------------------
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:

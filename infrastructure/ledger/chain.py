@@ -9,8 +9,10 @@ spares a lookup per append, names conflicts, and checks rows read back.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -31,6 +33,8 @@ from .format import MAX_SESSION_ID_BYTES, MAX_TOPIC_BYTES, ZERO_HASH, event_hash
 from .groupcommit import GroupCommitter
 
 SIGNER_DOMAIN = b"l2-session/ledger/signer/v1\n"
+# Below this many events, a handoff to the signing thread costs more than it saves.
+PARALLEL_SIGN_MIN = 16
 
 # Column order of the rows built here, and of the rows every backend's reads return.
 ROW_COLUMNS = (
@@ -138,6 +142,12 @@ class LedgerChain:
         self._session_heads: Heads = {}
         self._session_cache_size = session_cache_size
         self._heads_lock = threading.Lock()
+        # One extra signing thread where there is a second core (see _sign_all).
+        self._signing_pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2s-sign")
+            if identity is not None and (os.cpu_count() or 1) > 1
+            else None
+        )
 
     committer: GroupCommitter[StoredEvent, list[int]]
     ledger_id: str
@@ -182,10 +192,10 @@ class LedgerChain:
         prev_global: bytes,
         timestamp: int,
     ) -> tuple[list[Row], Heads]:
-        sign = self.identity.private_key.sign  # type: ignore[union-attr]
         signer, signer_lp = self._signer, self._signer_lp
         heads: Heads = {}
-        rows: list[Row] = []
+        unsigned: list[Row] = []
+        hashes: list[bytes] = []
         for event in events:
             sid = session_key(event.originator_id)
             version = event.originator_version
@@ -210,15 +220,29 @@ class LedgerChain:
                 position, sid_b, version, topic_b, timestamp, event.state,
                 prev_session, prev_global, signer_lp,
             )  # fmt: skip
-            rows.append(
+            unsigned.append(
                 (
                     position, sid, version, event.topic, timestamp, event.state,
-                    getattr(event, "sealed", None), prev_session, prev_global, h, signer, sign(h),
+                    getattr(event, "sealed", None), prev_session, prev_global, h, signer,
                 )
             )  # fmt: skip
+            hashes.append(h)
             heads[sid] = (version, h)
             prev_global = h
-        return rows, heads
+        signatures = self._sign_all(hashes)
+        return [(*row, sig) for row, sig in zip(unsigned, signatures, strict=True)], heads
+
+    def _sign_all(self, hashes: list[bytes]) -> list[bytes]:
+        """Ed25519 signatures of ``hashes``, in order. The chain links hashes, not signatures,
+        so a batch is hashed in order first and then signed in two halves at once:
+        cryptography releases the GIL while it signs, so a second core halves the cost that
+        sets the pace of appends (docs/benchmarks.md)."""
+        sign = self.identity.private_key.sign  # type: ignore[union-attr]
+        if len(hashes) < PARALLEL_SIGN_MIN or self._signing_pool is None:
+            return [sign(h) for h in hashes]
+        half = len(hashes) // 2
+        later = self._signing_pool.submit(lambda: [sign(h) for h in hashes[half:]])
+        return [sign(h) for h in hashes[:half]] + later.result()
 
     def _session_hash(self, cur: Any, sid: str, version: int) -> bytes:
         with self._heads_lock:

@@ -159,3 +159,43 @@ def test_durability_is_full_fsync_unless_asked_otherwise(ledger_factory, ledger_
     with ledger.datastore.get_connection(commit=True) as connection:
         assert connection._sqlite_conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
         assert connection._sqlite_conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_large_batches_signed_on_two_threads_stay_in_order(ledger_factory, clock, monkeypatch):
+    """A batch is hashed in order and signed in halves at once; a signature put on the wrong
+    event (halves swapped, say) would show up as bad signatures here."""
+    from l2_session.infrastructure.ledger import chain
+
+    ledger = ledger_factory(group_commit=GroupCommitConfig(max_batch_events=10_000, max_delay=0.05))
+    recorder = ledger.ledger_recorder
+    if recorder._signing_pool is None:  # one core: the pool is not made; force one for the test
+        from concurrent.futures import ThreadPoolExecutor
+
+        monkeypatch.setattr(recorder, "_signing_pool", ThreadPoolExecutor(max_workers=1))
+    used = []
+    submit = recorder._signing_pool.submit
+    monkeypatch.setattr(recorder._signing_pool, "submit", lambda fn: used.append(1) or submit(fn))
+    sessions = [Conversation(peer=f"p{i}") for i in range(40)]
+    for c in sessions:
+        c.note(text="a")
+        c.note(text="b")
+    ledger.save(*sessions)  # one request of 120 events
+    barrier = threading.Barrier(2)
+
+    def more(group: list[Conversation]) -> None:
+        barrier.wait()
+        for c in group:
+            c.note(text="c")
+        ledger.save(*group)
+
+    halves = [sessions[:20], sessions[20:]]
+    threads = [threading.Thread(target=more, args=(h,)) for h in halves]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(used) >= 1 and chain.PARALLEL_SIGN_MIN <= 120
+    assert all(state_of(ledger.repository.get(c.id)) == state_of(c) for c in sessions)
+    report = verify(ledger)
+    assert report.ok, report.summary()
+    assert report.events_checked == 160
