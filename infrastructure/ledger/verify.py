@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from blake3 import blake3
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..identity import verify_did_signature
+from ..identity import DIDError, public_key_from_did_key
 from .checkpoint import Checkpoint
 from .codec import decode_sealed_column, encode_sealed_column, sealed_reference
 from .format import HASH_SIZE, SIGNATURE_SIZE, ZERO_HASH, event_hash, genesis_hash, lp
@@ -95,40 +97,77 @@ def _verify_range(
     return out
 
 
+def _parse_slowly(row: Any, problems: list[Problem]) -> tuple[Any, ...] | None:
+    """A row off the fast path: its values converted (text read as bytes), or None with a
+    MALFORMED_ROW problem naming the column that is wrong."""
+    raw_pos = row[0]
+    try:
+        return (
+            _as_int(raw_pos), _as_bytes(row[1]), _as_int(row[2]), _as_bytes(row[3]),
+            _as_int(row[4]), _as_bytes(row[5]), None if row[6] is None else _as_bytes(row[6]),
+            _as_bytes(row[7], HASH_SIZE), _as_bytes(row[8], HASH_SIZE),
+            _as_bytes(row[9], HASH_SIZE), _as_bytes(row[10]), _as_bytes(row[11], SIGNATURE_SIZE),
+        )  # fmt: skip
+    except TypeError as e:
+        position = raw_pos if isinstance(raw_pos, int) else None
+        problems.append(Problem(ProblemKind.MALFORMED_ROW, position, None, str(e)))
+        return None
+
+
+def _signature_ok(
+    keys: dict[str, Ed25519PublicKey | None], signer: str, signature: bytes, digest: bytes
+) -> bool:
+    """Ed25519 check with the signer's key object made once per range, not once per row."""
+    if signer not in keys:
+        try:
+            keys[signer] = public_key_from_did_key(signer)
+        except (DIDError, ValueError):
+            keys[signer] = None
+    key = keys[signer]
+    if key is None:
+        return False
+    try:
+        key.verify(signature, digest)
+    except InvalidSignature:
+        return False
+    return True
+
+
 def _check_rows(
     out: _RangeResult, rows: Iterable[Any], trusted: frozenset[str], pin: int | None
 ) -> None:
     prev_pos: int | None = None
     prev_hash: bytes | None = None
     firsts, lasts, signers, problems = out.firsts, out.lasts, out.signers, out.problems
+    signer_lps: dict[bytes, bytes] = {}
+    keys: dict[str, Ed25519PublicKey | None] = {}
     for row in rows:
         out.count += 1
-        raw_pos = row[0]
+        # Fast path: a well-formed row is twelve values of the stored types, unpacked at once;
+        # anything else takes the slow path, which says exactly what is wrong.
+        (position, sid_b, version, topic, timestamp, payload, sealed,
+         prev_s, prev_g, stored_h, signer_b, signature) = row  # fmt: skip
+        if not (
+            type(position) is int and type(version) is int and type(timestamp) is int
+            and type(sid_b) is bytes and type(topic) is bytes and type(payload) is bytes
+            and type(signer_b) is bytes and (sealed is None or type(sealed) is bytes)
+            and type(prev_s) is bytes and len(prev_s) == HASH_SIZE
+            and type(prev_g) is bytes and len(prev_g) == HASH_SIZE
+            and type(stored_h) is bytes and len(stored_h) == HASH_SIZE
+            and type(signature) is bytes and len(signature) == SIGNATURE_SIZE
+        ):  # fmt: skip
+            parsed = _parse_slowly(row, problems)
+            if parsed is None:
+                raw_pos = row[0]
+                prev_pos, prev_hash = (raw_pos if isinstance(raw_pos, int) else prev_pos), None
+                continue
+            (position, sid_b, version, topic, timestamp, payload, sealed,
+             prev_s, prev_g, stored_h, signer_b, signature) = parsed  # fmt: skip
         try:
-            position = _as_int(raw_pos)
-            sid_b = _as_bytes(row[1])
-            sid = sid_b.decode()
-            version = _as_int(row[2])
-            topic = _as_bytes(row[3])
-            timestamp = _as_int(row[4])
-            payload = _as_bytes(row[5])
-            sealed = None if row[6] is None else _as_bytes(row[6])
-            prev_s = _as_bytes(row[7], HASH_SIZE)
-            prev_g = _as_bytes(row[8], HASH_SIZE)
-            stored_h = _as_bytes(row[9], HASH_SIZE)
-            signer_b = _as_bytes(row[10])
-            signer = signer_b.decode()
-            signature = _as_bytes(row[11], SIGNATURE_SIZE)
-        except (TypeError, UnicodeDecodeError) as e:
-            problems.append(
-                Problem(
-                    ProblemKind.MALFORMED_ROW,
-                    raw_pos if isinstance(raw_pos, int) else None,
-                    None,
-                    str(e),
-                )
-            )
-            prev_pos, prev_hash = (raw_pos if isinstance(raw_pos, int) else prev_pos), None
+            sid, signer = sid_b.decode(), signer_b.decode()
+        except UnicodeDecodeError as e:
+            problems.append(Problem(ProblemKind.MALFORMED_ROW, position, None, str(e)))
+            prev_pos, prev_hash = position, None
             continue
         if out.first is None:
             out.first = (position, prev_g)
@@ -145,8 +184,11 @@ def _check_rows(
                     "prev_global_hash is not the previous event's hash",
                 )
             )
+        signer_lp = signer_lps.get(signer_b)
+        if signer_lp is None:
+            signer_lp = signer_lps[signer_b] = lp(signer_b)
         h = event_hash(
-            position, sid_b, version, topic, timestamp, payload, prev_s, prev_g, lp(signer_b)
+            position, sid_b, version, topic, timestamp, payload, prev_s, prev_g, signer_lp
         )
         if h != stored_h:
             problems.append(
@@ -161,7 +203,7 @@ def _check_rows(
             problems.append(
                 Problem(ProblemKind.UNKNOWN_SIGNER, position, sid, f"signed by {signer!r}")
             )
-        elif not verify_did_signature(signer, signature, stored_h):
+        elif not _signature_ok(keys, signer, signature, stored_h):
             problems.append(
                 Problem(
                     ProblemKind.BAD_SIGNATURE,
