@@ -30,6 +30,7 @@ SUITES: dict[str, str] = {
     "replay": "benchmarks.bench_replay",
     "postgres": "benchmarks.bench_postgres",
     "handshake": "benchmarks.bench_handshake",
+    "tick": "benchmarks.bench_tick",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")
