@@ -83,6 +83,25 @@ def test_a_tampered_snapshot_is_ignored_and_replay_stays_right(
     assert ledger.snapshots.recorder.rejected == 1  # type: ignore[attr-defined]
 
 
+def test_replay_reads_past_many_untrusted_snapshots_to_a_trusted_one(
+    ledger_factory, clock, ledger_location
+):
+    """Snapshots are read newest first, a few rows at a time: when the newest several are
+    forged, replay keeps reading until it finds one that checks out."""
+    ledger = ledger_factory(snapshot_interval=2)
+    conversation = Conversation(peer="p")
+    for i in range(29):
+        conversation.note(text=f"n{i}")
+    ledger.save(conversation)  # versions 1..30: snapshots at 2, 4, ..., 30
+    db = open_raw(ledger_location)
+    db.execute("UPDATE ledger_snapshots SET head_hash = ? WHERE version > 16", (b"\x00" * 32,))
+    db.commit()
+    replayed = ledger.repository.get(conversation.id)
+    assert state_of(replayed) == state_of(conversation)
+    assert ledger.snapshots is not None
+    assert ledger.snapshots.recorder.rejected == 7  # type: ignore[attr-defined]  # 18..30
+
+
 def test_secret_fields_are_sealed_at_rest_and_committed_by_the_hash(
     ledger_factory, clock, ledger_path, tmp_path
 ):
