@@ -7,7 +7,6 @@ cursor, so memory stays flat however large the range. Rows come back as the SQLi
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -35,12 +34,12 @@ def range_rows(url: str, lo: int, hi: int) -> Iterator[Any]:
             yield cur
 
 
-def ledger_meta(url: str, chunk: int) -> tuple[str, frozenset[str], list[tuple[int, int]]]:
-    """(ledger id, registered signers whose registration verifies, position ranges to check).
+def ledger_meta(url: str, step: int) -> tuple[str, frozenset[str], list[int], int | None]:
+    """(ledger id, registered signers whose registration verifies, every ``step``-th stored
+    position, the last stored position).
 
-    Range bounds come from the positions actually stored (every ``chunk``-th one), as on SQLite:
-    a row moved to a huge or negative position must still be read, and arithmetic ranges up to a
-    huge one would never end.
+    Bounds come from the positions actually stored, as on SQLite: a row moved to a huge or
+    negative position must still be read, and arithmetic ranges up to a huge one would never end.
     """
     location = PostgresLocation.parse(url)
     table = f"{location.schema}.{EVENTS_TABLE}"
@@ -58,12 +57,9 @@ def ledger_meta(url: str, chunk: int) -> tuple[str, frozenset[str], list[tuple[i
         cur.execute(
             f"SELECT position FROM (SELECT position, row_number() OVER (ORDER BY position) - 1 "
             f"AS i FROM {table}) numbered WHERE i %% %s = 0 ORDER BY position",
-            (chunk,),
+            (step,),
         )
         bounds = [row[0] for row in cur.fetchall()]
         cur.execute(f"SELECT MAX(position) FROM {table}")
         row = cur.fetchone()
-    ranges = [(a, b - 1) for a, b in itertools.pairwise(bounds)]
-    if bounds and row is not None:
-        ranges.append((bounds[-1], row[0]))
-    return ledger_id, registered, ranges
+    return ledger_id, registered, bounds, None if row is None else row[0]

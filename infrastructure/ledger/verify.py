@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,21 @@ from .format import HASH_SIZE, SIGNATURE_SIZE, ZERO_HASH, event_hash, genesis_ha
 from .pg_url import is_postgres_url
 from .schema import check_sqlite_ledger_file
 from .verify_report import Problem, ProblemKind, VerificationReport
-from .verify_sources import pg_ledger_meta, range_rows, read_errors, sqlite_ledger_meta
+from .verify_sources import (
+    pg_ledger_meta,
+    range_rows,
+    read_errors,
+    sqlite_integrity_problems,
+    sqlite_ledger_meta,
+)
 
 __all__ = ["Problem", "ProblemKind", "VerificationReport", "verify"]
 
 # Rows per worker task. A ledger of one chunk is verified in-process: below ~25k events,
-# starting worker processes costs more than it saves.
+# starting worker processes costs more than it saves. The last tasks are smaller, down to one
+# step of CHUNK_EVENTS // STEPS_PER_CHUNK rows (plan_ranges).
 CHUNK_EVENTS = 25_000
+STEPS_PER_CHUNK = 8
 
 
 @dataclass
@@ -263,37 +271,69 @@ def verify(
     """
     if chunk_events < 1:
         raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
+    n_workers = workers or os.cpu_count() or 1
+    step = max(1, chunk_events // STEPS_PER_CHUNK)
+    integrity: Callable[[str], list[Problem]] | None = None
     pg = getattr(ledger, "pg", None)
     if pg is not None or is_postgres_url(ledger):
         source = pg.url() if pg is not None else str(ledger)
-        ledger_id, registered, ranges, problems = pg_ledger_meta(source, chunk_events)
+        ledger_id, registered, bounds, last = pg_ledger_meta(source, step)
     else:
         path = Path(getattr(ledger, "path", ledger))
         check_sqlite_ledger_file(path, create=False)
         source = str(path)
-        ledger_id, registered, ranges, problems = sqlite_ledger_meta(source, chunk_events)
+        ledger_id, registered, bounds, last = sqlite_ledger_meta(source, step)
+        integrity = sqlite_integrity_problems
     if isinstance(checkpoint, str):
         checkpoint = Checkpoint.parse(checkpoint)
     trusted = frozenset(trusted_signers) if trusted_signers is not None else registered
-    report = VerificationReport(problems=problems)
+    report = VerificationReport()
     pin = checkpoint.position if checkpoint else None
 
-    n_workers = workers or os.cpu_count() or 1
+    ranges = plan_ranges(bounds, last, chunk_events // step, n_workers)
     if n_workers == 1 or len(ranges) < 2:
+        report.problems = integrity(source) if integrity else []
         results = [_verify_range(source, a, b, trusted, pin) for a, b in ranges]
         report.workers = 1
     else:
         n_workers = min(n_workers, len(ranges))
         ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+        # The structural check reads the whole file; beside the workers, its reading overlaps
+        # their signature checks instead of delaying them.
+        with (
+            ThreadPoolExecutor(max_workers=1) as beside,
+            ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool,
+        ):
+            checked = beside.submit(integrity, source) if integrity else None
             futures = [pool.submit(_verify_range, source, a, b, trusted, pin) for a, b in ranges]
             results = [f.result() for f in futures]
+            report.problems = checked.result() if checked else []
         report.workers = n_workers
     _stitch(report, results, genesis_hash(ledger_id))
     if checkpoint is not None:
         _check_checkpoint(report, checkpoint, ledger_id, trusted, results)
     report.problems.sort(key=lambda p: p.position if p.position is not None else -1)
     return report
+
+
+def plan_ranges(
+    bounds: list[int], last: int | None, steps_per_chunk: int, workers: int
+) -> list[tuple[int, int]]:
+    """Position ranges for the workers, from every step-th stored position (``bounds``).
+
+    Guided, as OpenMP schedules loops: whole chunks (``steps_per_chunk`` steps) while much is
+    left, then ever smaller ones, so that the workers finish together instead of one waiting
+    for the other's last whole chunk.
+    """
+    if not bounds or last is None:
+        return []
+    ranges, i, n = [], 0, len(bounds)
+    while i < n:
+        k = steps_per_chunk if workers == 1 else (n - i) // (2 * workers)
+        j = min(n, i + max(1, min(steps_per_chunk, k)))
+        ranges.append((bounds[i], bounds[j] - 1 if j < n else last))
+        i = j
+    return ranges
 
 
 def _stitch(report: VerificationReport, results: list[_RangeResult], genesis: bytes) -> None:

@@ -8,7 +8,6 @@ position 1, is still read.
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +19,9 @@ from .pg_url import is_postgres_url
 from .recorder import SIGNER_DOMAIN
 from .schema import EVENT_COLUMNS, EVENTS_TABLE, META_TABLE, SIGNERS_TABLE
 from .verify_report import Problem, ProblemKind
+
+# A stored row is at least this many bytes (three hashes and a signature alone are 160).
+MIN_ROW_BYTES = 100
 
 
 def connect_ro(path: str) -> sqlite3.Connection:
@@ -57,19 +59,26 @@ def read_errors(source: str) -> tuple[type[BaseException], ...]:
     return (psycopg.Error,)
 
 
-def sqlite_ledger_meta(
-    path: str, chunk: int
-) -> tuple[str, frozenset[str], list[tuple[int, int]], list[Problem]]:
-    problems: list[Problem] = []
+def sqlite_integrity_problems(path: str) -> list[Problem]:
+    """SQLite's own structural check of the file (``PRAGMA quick_check``). It reads every page,
+    so verify() runs it beside the workers rather than before them."""
     conn = connect_ro(path)
     try:
         integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if integrity not in (b"ok", "ok"):
-            problems.append(
-                Problem(
-                    ProblemKind.DATABASE_CORRUPT, None, None, f"SQLite quick_check: {integrity!r}"
-                )
-            )
+    except sqlite3.DatabaseError as e:
+        integrity = str(e)
+    finally:
+        conn.close()
+    if integrity in (b"ok", "ok"):
+        return []
+    return [Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"SQLite quick_check: {integrity!r}")]
+
+
+def sqlite_ledger_meta(path: str, step: int) -> tuple[str, frozenset[str], list[int], int | None]:
+    """(ledger id, registered signers whose registration verifies, every ``step``-th stored
+    position, the last stored position)."""
+    conn = connect_ro(path)
+    try:
         row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key='ledger_id'").fetchone()
         ledger_id = row[0].decode() if row else ""
         signers = set()
@@ -78,22 +87,36 @@ def sqlite_ledger_meta(
             statement = SIGNER_DOMAIN + lp(ledger_id.encode()) + lp(did_s.encode())
             if verify_did_signature(did_s, bytes(signature), statement):
                 signers.add(did_s)
-        # Chunk boundaries from the positions actually stored: an attacker may have moved a row
-        # to a huge position, and arithmetic ranges up to it would be endless.
-        positions = conn.execute(f"SELECT position FROM {EVENTS_TABLE} ORDER BY position")
-        bounds = [p for i, (p,) in enumerate(positions) if i % chunk == 0]
-        last = conn.execute(f"SELECT MAX(position) FROM {EVENTS_TABLE}").fetchone()[0]
+        bounds, last = _sqlite_bounds(conn, step)
     finally:
         conn.close()
-    ranges = [(a, b - 1) for a, b in itertools.pairwise(bounds)]
-    if bounds:
-        ranges.append((bounds[-1], last))
-    return ledger_id, frozenset(signers), ranges, problems
+    return ledger_id, frozenset(signers), bounds, last
 
 
-def pg_ledger_meta(
-    url: str, chunk: int
-) -> tuple[str, frozenset[str], list[tuple[int, int]], list[Problem]]:
+def _sqlite_bounds(conn: sqlite3.Connection, step: int) -> tuple[list[int], int | None]:
+    """Every ``step``-th position, and the last. Positions are the table's rowid, so their
+    minimum and maximum cost a lookup each. When the span between them is no more than the file
+    could hold (an honest ledger has no gaps), bounds are arithmetic and nothing is scanned;
+    otherwise (an attacker moved a row far past the head, say) the stored positions are
+    scanned, so that the ranges stay few and still cover every row. If the positions cannot be
+    read at all, one range covers every possible position: the worker reading it names the
+    damage."""
+    try:
+        (first,) = conn.execute(f"SELECT MIN(position) FROM {EVENTS_TABLE}").fetchone()
+        (last,) = conn.execute(f"SELECT MAX(position) FROM {EVENTS_TABLE}").fetchone()
+        if first is None:
+            return [], None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        if last - first < pages * page_size // MIN_ROW_BYTES:
+            return list(range(first, last + 1, step)), last
+        positions = conn.execute(f"SELECT position FROM {EVENTS_TABLE} ORDER BY position")
+        return [p for i, (p,) in enumerate(positions) if i % step == 0], last
+    except sqlite3.DatabaseError:
+        return [-(2**63)], 2**63 - 1
+
+
+def pg_ledger_meta(url: str, step: int) -> tuple[str, frozenset[str], list[int], int | None]:
     from .pg_verify import ledger_meta
 
-    return (*ledger_meta(url, chunk), [])
+    return ledger_meta(url, step)

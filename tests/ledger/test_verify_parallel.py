@@ -3,13 +3,16 @@ seams between the ranges the workers checked."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from l2_session.infrastructure.ledger.verify import ProblemKind as K
-from l2_session.infrastructure.ledger.verify import verify
-from ledger_aggregates import Conversation
+from l2_session.infrastructure.ledger.verify import plan_ranges, verify
+from ledger_aggregates import Conversation, populate
 from tampering import flip_byte, open_as_attacker
 
 CHUNK = 16
@@ -72,3 +75,65 @@ def test_a_byte_flip_in_a_later_range_is_found_by_its_worker(interleaved, ledger
 def test_chunk_size_must_be_positive(interleaved):
     with pytest.raises(ValueError, match="chunk_events must be >= 1, got 0"):
         verify(interleaved, chunk_events=0)
+
+
+def _covered(ranges: list[tuple[int, int]]) -> list[int]:
+    return [p for lo, hi in ranges for p in range(lo, hi + 1)]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_planned_ranges_cover_every_position_once_in_order(workers):
+    bounds = list(range(1, 1001, 10))  # every 10th of positions 1..1000
+    ranges = plan_ranges(bounds, 1000, steps_per_chunk=8, workers=workers)
+    assert _covered(ranges) == list(range(1, 1001))
+    sizes = [hi - lo + 1 for lo, hi in ranges]
+    assert sizes[0] == 80  # whole chunks while much is left
+    if workers == 1:
+        assert set(sizes) == {80, 1000 % 80}  # one process: no reason to split the tail
+    else:
+        assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 10  # the tail shrinks to a step
+
+
+@settings(max_examples=200)
+@given(
+    positions=st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=300, unique=True),
+    step=st.integers(1, 20),
+    steps_per_chunk=st.integers(1, 10),
+    workers=st.integers(1, 8),
+)
+def test_planned_ranges_hold_every_stored_position_exactly_once(
+    positions, step, steps_per_chunk, workers
+):
+    """Whatever positions an attacker left (gaps, rows moved far away), every stored row falls in
+    exactly one range."""
+    positions.sort()
+    bounds = positions[::step]
+    ranges = plan_ranges(bounds, positions[-1], steps_per_chunk, workers)
+    assert all(lo <= hi for lo, hi in ranges)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges))
+    for p in positions:
+        assert sum(lo <= p <= hi for lo, hi in ranges) == 1
+
+
+def test_the_structural_check_runs_beside_the_workers(ledger_factory, ledger_path, clock, tmp_path):
+    """PRAGMA quick_check runs in a thread beside the worker processes; a damaged index page
+    is still reported."""
+    ledger = ledger_factory(snapshot_interval=None)
+    populate(ledger, clock, sessions=40, notes=20)
+    ledger.close()
+    db = sqlite3.connect(ledger_path)
+    index_root = db.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_ledger_events_1'"
+    ).fetchone()[0]
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    damaged = tmp_path / "damaged.sqlite3"
+    data = bytearray(ledger_path.read_bytes())
+    start = (index_root - 1) * page_size
+    data[start + 3 : start + 5] = b"\xff\xff"  # the index page now claims 65535 cells
+    damaged.write_bytes(bytes(data))
+    report = verify(damaged, workers=2, chunk_events=64)
+    assert report.workers == 2
+    assert {p.kind for p in report.problems} == {K.DATABASE_CORRUPT}
+    # The rows themselves are intact and all checked: 40 sessions of 22 events.
+    assert report.events_checked == 40 * 22
