@@ -101,7 +101,9 @@ def test_tick_fires_only_due_sessions(
         alice.establish(f"did:key:z6MkPeer{n}", now)
     fired: list[Any] = []
     original = alice._fire_due
-    monkeypatch.setattr(alice, "_fire_due", lambda s, t: fired.append(s.id) or original(s, t))
+    monkeypatch.setattr(
+        alice, "_fire_due", lambda s, *rest: fired.append(s.id) or original(s, *rest)
+    )
     assert alice.tick(now + 4 * SECOND) == [] and fired == []  # nothing due: nothing touched
     outputs = alice.tick(now + 5 * SECOND)  # every handshake times out at 5 s
     assert len(fired) == 200 and outputs == []
