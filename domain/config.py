@@ -99,11 +99,22 @@ def _cached(items: tuple[tuple[str, Any], ...]) -> SessionConfig:
 
 
 def config_from_fields(recorded: dict[str, Any]) -> SessionConfig:
-    """Back from recorded values; sessions share one object per distinct config."""
-    return _cached(tuple(sorted(recorded.items())))
+    """Back from recorded values; sessions share one object per distinct config.
+
+    Every deadline rule reads a session's config, so the common case — ``recorded`` is the
+    shared dict of ``shared_fields`` — is one lookup by identity, not a sort of its items."""
+    hit = _CONFIG_OF_SHARED.get(id(recorded))
+    if hit is not None and hit[0] is recorded:
+        return hit[1]
+    key = tuple(sorted(recorded.items()))
+    config = _cached(key)
+    if _SHARED_FIELDS.get(key) is recorded:  # shared dicts live forever: their ids stay theirs
+        _CONFIG_OF_SHARED[id(recorded)] = (recorded, config)
+    return config
 
 
 _SHARED_FIELDS: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+_CONFIG_OF_SHARED: dict[int, tuple[dict[str, Any], SessionConfig]] = {}
 
 
 def shared_fields(recorded: dict[str, Any]) -> dict[str, Any]:

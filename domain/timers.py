@@ -142,20 +142,28 @@ DEADLINES = {
 }
 
 
+_RULES = tuple(DEADLINES.items())
+
+
 def deadlines(s: Session) -> dict[Timer, int]:
     """Every deadline pending for ``s``; empty once it is closed."""
     if s.closed:
         return {}
-    found = {timer: rule(s) for timer, rule in DEADLINES.items()}
+    found = {timer: rule(s) for timer, rule in _RULES}
     return {timer: at for timer, at in found.items() if at is not None}
 
 
 def next_deadline(s: Session) -> tuple[int, Timer] | None:
-    pending = deadlines(s)
-    if not pending:
+    """The earliest pending deadline of ``s`` (on a tie, the timer listed first above).
+    The manager asks after every command, so this builds no collection: one pass."""
+    if s.closed:
         return None
-    timer = min(pending, key=lambda t: pending[t])
-    return pending[timer], timer
+    best: tuple[int, Timer] | None = None
+    for timer, rule in _RULES:
+        at = rule(s)
+        if at is not None and (best is None or at < best[0]):
+            best = (at, timer)
+    return best
 
 
 def is_due(s: Session, timer: Timer, now_us: int) -> bool:

@@ -37,3 +37,18 @@ def test_bad_value_names_the_field_and_value(field: str, value: object, message:
         SessionConfig(**{field: value})  # type: ignore[arg-type]
     assert raised.value.field == field
     assert f"SessionConfig.{field} = {value!r}" in str(raised.value)
+
+
+def test_a_sessions_config_is_its_own_whether_its_fields_are_shared_or_a_private_copy() -> None:
+    """The config property is read by every deadline rule, so shared field dicts are looked
+    up by identity; a private copy (as a snapshot restores) must still give the same config,
+    and two configs must never be confused."""
+    from l2_session.domain.config import config_fields, config_from_fields, shared_fields
+
+    fast, slow = SessionConfig(heartbeat_interval=5.0), SessionConfig(heartbeat_interval=50.0)
+    shared_fast, shared_slow = (shared_fields(config_fields(c)) for c in (fast, slow))
+    assert config_from_fields(shared_fast) is config_from_fields(shared_fast)
+    assert config_from_fields(shared_fast) == fast
+    assert config_from_fields(shared_slow) == slow
+    assert config_from_fields(dict(shared_fast)) == fast  # a private copy: no identity hit
+    assert config_from_fields(config_fields(slow)) == slow

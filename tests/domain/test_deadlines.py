@@ -30,3 +30,27 @@ def test_stale_entries_are_compacted_so_the_heap_stays_proportional() -> None:
     assert len(heap) == 100
     assert len(heap._heap) <= 2 * 100 + 1
     assert heap.pop_due(49_000 + 99) == ids
+
+
+def test_next_deadline_is_the_earliest_pending_one_with_ties_to_the_timer_listed_first() -> None:
+    from l2_session.domain import timers
+    from session_helpers import degraded, established, failed_by_timeout, miss_heartbeat
+
+    partitioned = established()
+    partitioned.connectivity_lost(partitioned.last_activity_us)
+    missed = established()
+    miss_heartbeat(missed)
+    cases = [established(), established("responder"), partitioned, missed, degraded(established()),
+             failed_by_timeout(), failed_by_timeout(retry_at_us=1)]  # fmt: skip
+    for s in cases:
+        pending = timers.deadlines(s)
+        earliest = min(pending.values())
+        first = next(t for t in timers.DEADLINES if pending.get(t) == earliest)
+        assert timers.next_deadline(s) == (earliest, first)
+    # A tie: the partition deadline and the next heartbeat fall at the same instant.
+    pending = timers.deadlines(partitioned)
+    assert pending[timers.Timer.PARTITION] == pending[timers.Timer.SEND_HEARTBEAT]
+    assert timers.next_deadline(partitioned) == (
+        pending[timers.Timer.SEND_HEARTBEAT],
+        timers.Timer.SEND_HEARTBEAT,
+    )
