@@ -62,15 +62,33 @@ def event_hash_input(
     signer_lp: bytes,
 ) -> bytes:
     """The exact bytes whose BLAKE3 digest is the event hash. ``signer_lp`` is lp(signer)."""
+    return event_hash_input_lp(
+        position, lp(session_id), version, lp(topic), timestamp_us, payload,
+        prev_session_hash, prev_global_hash, signer_lp,
+    )  # fmt: skip
+
+
+def event_hash_input_lp(
+    position: int,
+    session_id_lp: bytes,
+    version: int,
+    topic_lp: bytes,
+    timestamp_us: int,
+    payload: bytes,
+    prev_session_hash: bytes,
+    prev_global_hash: bytes,
+    signer_lp: bytes,
+) -> bytes:
+    """``event_hash_input`` with the session id, topic and signer already length-prefixed
+    (verify() prefixes each once per range, not once per row). The one place the layout is
+    spelled out."""
     return b"".join(
         (
             EVENT_DOMAIN,
             _U64.pack(position),
-            _U32.pack(len(session_id)),
-            session_id,
+            session_id_lp,
             _U64.pack(version),
-            _U32.pack(len(topic)),
-            topic,
+            topic_lp,
             _I64.pack(timestamp_us),
             _U32.pack(len(payload)),
             payload,

@@ -24,7 +24,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..identity import DIDError, public_key_from_did_key
 from .checkpoint import Checkpoint
 from .codec import decode_sealed_column, encode_sealed_column, sealed_reference
-from .format import HASH_SIZE, SIGNATURE_SIZE, ZERO_HASH, event_hash, genesis_hash, lp
+from .format import (
+    HASH_SIZE,
+    SIGNATURE_SIZE,
+    ZERO_HASH,
+    event_hash_input_lp,
+    genesis_hash,
+    lp,
+)
 from .pg_url import is_postgres_url
 from .schema import check_sqlite_ledger_file
 from .verify_report import Problem, ProblemKind, VerificationReport
@@ -122,23 +129,11 @@ def _parse_slowly(row: Any, problems: list[Problem]) -> tuple[Any, ...] | None:
         return None
 
 
-def _signature_ok(
-    keys: dict[str, Ed25519PublicKey | None], signer: str, signature: bytes, digest: bytes
-) -> bool:
-    """Ed25519 check with the signer's key object made once per range, not once per row."""
-    if signer not in keys:
-        try:
-            keys[signer] = public_key_from_did_key(signer)
-        except (DIDError, ValueError):
-            keys[signer] = None
-    key = keys[signer]
-    if key is None:
-        return False
+def _key_of(signer: str) -> Ed25519PublicKey | None:
     try:
-        key.verify(signature, digest)
-    except InvalidSignature:
-        return False
-    return True
+        return public_key_from_did_key(signer)
+    except (DIDError, ValueError):
+        return None
 
 
 def _check_rows(
@@ -147,7 +142,9 @@ def _check_rows(
     prev_pos: int | None = None
     prev_hash: bytes | None = None
     firsts, lasts, signers, problems = out.firsts, out.lasts, out.signers, out.problems
-    signer_lps: dict[bytes, bytes] = {}
+    # Per range, made once: length-prefixed session ids, topics and signers (the hash input
+    # takes them prefixed) and the signers' key objects.
+    prefixed: dict[bytes, bytes] = {}
     keys: dict[str, Ed25519PublicKey | None] = {}
     for row in rows:
         out.count += 1
@@ -192,12 +189,20 @@ def _check_rows(
                     "prev_global_hash is not the previous event's hash",
                 )
             )
-        signer_lp = signer_lps.get(signer_b)
+        # One dict for all three: equal bytes have equal prefixed forms, whatever they name.
+        sid_lp, topic_lp = prefixed.get(sid_b), prefixed.get(topic)
+        signer_lp = prefixed.get(signer_b)
+        if sid_lp is None:
+            sid_lp = prefixed[sid_b] = lp(sid_b)
+        if topic_lp is None:
+            topic_lp = prefixed[topic] = lp(topic)
         if signer_lp is None:
-            signer_lp = signer_lps[signer_b] = lp(signer_b)
-        h = event_hash(
-            position, sid_b, version, topic, timestamp, payload, prev_s, prev_g, signer_lp
-        )
+            signer_lp = prefixed[signer_b] = lp(signer_b)
+        h = blake3(
+            event_hash_input_lp(
+                position, sid_lp, version, topic_lp, timestamp, payload, prev_s, prev_g, signer_lp
+            )
+        ).digest()
         if h != stored_h:
             problems.append(
                 Problem(
@@ -211,15 +216,21 @@ def _check_rows(
             problems.append(
                 Problem(ProblemKind.UNKNOWN_SIGNER, position, sid, f"signed by {signer!r}")
             )
-        elif not _signature_ok(keys, signer, signature, stored_h):
-            problems.append(
-                Problem(
-                    ProblemKind.BAD_SIGNATURE,
-                    position,
-                    sid,
-                    f"signature does not verify under {signer}",
+        else:
+            key = keys[signer] if signer in keys else keys.setdefault(signer, _key_of(signer))
+            try:
+                if key is None:
+                    raise InvalidSignature
+                key.verify(signature, stored_h)
+            except InvalidSignature:
+                problems.append(
+                    Problem(
+                        ProblemKind.BAD_SIGNATURE,
+                        position,
+                        sid,
+                        f"signature does not verify under {signer}",
+                    )
                 )
-            )
         signers[signer] = signers.get(signer, 0) + 1
         if sealed is not None:
             why = _check_sealed(payload, sealed)
