@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from uuid import UUID
 
-from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+    Repository,
+)
 from eventsourcing.domain import BaseAggregate, DomainEventProtocol, MutableOrImmutableAggregate
 from eventsourcing.persistence import (
     AggregateRecorder,
@@ -51,6 +56,23 @@ class _LedgerDatastore(SQLiteDatastore):
             return connection
 
         pool._create_connection = create_connection  # type: ignore[method-assign]
+
+
+class LedgerRepository(Repository[UUID]):
+    """eventsourcing's Repository, with a cheap answer for a session the ledger does not hold.
+
+    With snapshots, eventsourcing looks a session up twice (its newest snapshot, then the events
+    after it), each in its own read transaction. A session manager asks about sessions it has
+    never seen on every new handshake (``SessionManager._find``: is this conversation one it
+    had before a restart?); one probe for the session's first event answers those in one read,
+    at the price of that probe for sessions that exist (whose replay costs far more).
+    """
+
+    def get(self, aggregate_id: UUID, *, version: int | None = None, **kwargs: Any) -> Any:
+        probe = self.snapshot_store is not None and version is None and not self.cache
+        if probe and not self.event_store.recorder.select_events(aggregate_id, limit=1):
+            raise AggregateNotFoundError(aggregate_id)
+        return super().get(aggregate_id, version=version, **kwargs)
 
 
 class SessionLedger(Application[UUID]):
@@ -157,6 +179,9 @@ class SessionLedger(Application[UUID]):
         for transcoding in self._transcodings:
             mapper.transcoder.register(transcoding)  # type: ignore[attr-defined]
         return mapper
+
+    def construct_repository(self) -> Repository[UUID]:
+        return LedgerRepository(event_store=self.events, snapshot_store=self.snapshots)
 
     def construct_recorder(self) -> ApplicationRecorder:
         return SignedSQLiteRecorder(

@@ -45,7 +45,9 @@ class _Request(Generic[T, R]):
         self.error: BaseException | None = None
         self.done = False
         self.lead = False
-        self.wake = threading.Event()
+        # Made only for a caller that will wait (someone else is leading): a lone caller
+        # commits on its own thread and never needs waking.
+        self.wake: threading.Event | None = None
 
 
 # A batch commit returns, per request, either its result or the exception that request raised
@@ -70,11 +72,12 @@ class GroupCommitter(Generic[T, R]):
             self._queue.append(request)
             self._queued_items += len(items)
             if self._leading:
+                request.wake = threading.Event()
                 self._cond.notify_all()
             else:
                 self._leading = True
                 request.lead = True
-        if not request.lead:
+        if request.wake is not None:
             request.wake.wait()
         if not request.done:
             self._lead()
@@ -112,8 +115,10 @@ class GroupCommitter(Generic[T, R]):
             if self._queue:
                 successor = self._queue[0]
                 successor.lead = True
+                assert successor.wake is not None  # it queued while this leader led
                 successor.wake.set()
             else:
                 self._leading = False
         for request in batch:
-            request.wake.set()
+            if request.wake is not None:
+                request.wake.set()

@@ -111,6 +111,8 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
                 )
                 timestamp = self.clock.wall_us()
                 self._check_clock(timestamp, last_ts, position)
+                if len(requests) == 1:
+                    return [self._insert_alone(cur, requests[0], position, prev_global, timestamp)]
                 together = self._insert_together(cur, requests, position, prev_global, timestamp)
                 if together is not None:
                     cur.execute("COMMIT")
@@ -140,6 +142,31 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
                 self._forget_heads()
                 raise
         return outcomes
+
+    def _insert_alone(
+        self,
+        cur: sqlite3.Cursor,
+        events: Sequence[StoredEvent],
+        position: int,
+        prev_global: bytes,
+        timestamp: int,
+    ) -> list[int] | BaseException:
+        """A request no other caller shares the transaction with (the common case of one
+        session manager saving command by command): its failure is the whole transaction's,
+        so it needs no savepoint — two statements fewer on every append. Commits (or rolls
+        back) before returning; a conflict is named as in a group commit."""
+        try:
+            rows, heads = self._rows(cur, events, position, prev_global, timestamp)
+            cur.executemany(_INSERT, rows)
+        except sqlite3.IntegrityError:
+            cur.execute("ROLLBACK")
+            return self._conflict(cur, events)
+        except (LedgerError, ValueError) as error:
+            cur.execute("ROLLBACK")
+            return error
+        cur.execute("COMMIT")
+        self._remember(heads)
+        return [row[0] for row in rows]
 
     def _insert_together(
         self,

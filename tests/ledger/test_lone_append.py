@@ -1,0 +1,97 @@
+"""A lone caller's append: committed on its own thread, in one transaction with no savepoint,
+durable and refused per request exactly as a group commit's (the SIGKILL test in
+test_crash_and_concurrency.py drives this path too: its writer saves alone)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import StoredEvent
+from l2_session.infrastructure.ledger import ConcurrencyConflict, PayloadTooLarge, SessionLedger
+from l2_session.infrastructure.ledger.groupcommit import GroupCommitConfig, GroupCommitter
+from l2_session.infrastructure.ledger.verify import verify
+from ledger_aggregates import Conversation, populate, state_of
+
+
+def traced(ledger: SessionLedger) -> list[str]:
+    """Statements run on the ledger's (single, pooled) SQLite connection from now on."""
+    statements: list[str] = []
+    with ledger.datastore.get_connection(commit=True) as connection:
+        connection._sqlite_conn.set_trace_callback(statements.append)
+    return statements
+
+
+def test_a_lone_caller_commits_on_its_own_thread_without_waiting():
+    threads: list[int] = []
+
+    def commit(requests: list[Sequence[int]]) -> list[list[int] | BaseException]:
+        threads.append(threading.get_ident())
+        return [list(r) for r in requests]
+
+    committer: GroupCommitter[int, list[int]] = GroupCommitter(commit, GroupCommitConfig())
+    assert committer.submit([1, 2]) == [1, 2]
+    assert committer.submit([3]) == [3]
+    assert threads == [threading.get_ident()] * 2  # no hand-off to another thread
+    assert (committer.batches, committer.requests) == (2, 2)
+
+
+def test_a_lone_append_is_one_transaction_without_a_savepoint(ledger_factory, ledger_path):
+    ledger = ledger_factory()
+    populate(ledger, ledger.clock, sessions=1, notes=0)  # the pool's connection exists
+    statements = traced(ledger)
+    conversation = Conversation(peer="p")
+    conversation.note(text="hello")
+    ledger.save(conversation)
+    kinds = [s.split()[0] for s in statements]
+    assert kinds == ["BEGIN", "SELECT", "INSERT", "INSERT", "COMMIT"], statements
+    assert statements[0] == "BEGIN IMMEDIATE"
+    reopened = ledger_factory()
+    assert state_of(reopened.repository.get(conversation.id)) == state_of(conversation)
+
+
+def test_a_lone_conflicting_append_is_refused_and_changes_nothing(ledger_factory):
+    ledger = ledger_factory()
+    [existing] = populate(ledger, ledger.clock, sessions=1, notes=1)
+    clash = StoredEvent(originator_id=existing.id, originator_version=2, topic="x:Y", state=b"{}")
+    head_before = ledger.ledger_recorder.head()
+    with pytest.raises(ConcurrencyConflict, match=f"session {existing.id.hex} version 2 was"):
+        ledger.recorder.insert_events([clash])
+    assert ledger.ledger_recorder.head() == head_before
+    existing.note(text="after the refused append")  # the session's own next append still fits
+    ledger.save(existing)
+    assert state_of(ledger.repository.get(existing.id)) == state_of(existing)
+    assert verify(ledger).ok
+
+
+def test_a_lone_append_refused_by_the_ledger_leaves_no_trace(ledger_factory):
+    ledger = ledger_factory()
+    populate(ledger, ledger.clock, sessions=1, notes=0)
+    head_before = ledger.ledger_recorder.head()
+    conversation = Conversation(peer="p")
+    [opened] = [ledger.mapper.to_stored_event(e) for e in conversation.collect_events()]
+    too_long = StoredEvent(
+        originator_id=opened.originator_id,
+        originator_version=1,
+        topic="x:" + "Y" * 10_000,
+        state=b"{}",
+    )
+    with pytest.raises(PayloadTooLarge, match="event type .* too long"):
+        ledger.recorder.insert_events([too_long])
+    assert ledger.ledger_recorder.head() == head_before
+    assert ledger.recorder.insert_events([opened]) == [head_before[0] + 1]  # no hole left
+    assert verify(ledger).ok
+
+
+def test_an_unknown_session_is_answered_by_one_read(ledger_factory, ledger_path):
+    """A session manager asks about conversations it never had on every new handshake."""
+    ledger = ledger_factory(snapshot_interval=2)
+    [known] = populate(ledger, ledger.clock, sessions=1, notes=5)  # snapshots taken
+    statements = traced(ledger)
+    with pytest.raises(AggregateNotFoundError):
+        ledger.repository.get(Conversation(peer="never saved").id)
+    assert [s.split()[0] for s in statements].count("SELECT") == 1, statements
+    assert state_of(ledger.repository.get(known.id)) == state_of(known)  # from its snapshot
+    assert ledger.repository.get(known.id, version=2).version == 2
