@@ -62,11 +62,11 @@ log = logging.getLogger("l2_session.session")
 
 class _Fired(NamedTuple):
     """What one tick did to one session: the events its timers recorded, in order, and
-    the earliest time a deferred timer may fire again (0: none deferred)."""
+    when to wake it next (None: no deadline pending)."""
 
     session: Session
     events: list[Any]
-    not_before_us: int
+    wake_at_us: int | None
 
 
 class Ledger(Protocol):
@@ -315,7 +315,7 @@ class SessionManager(HandshakeAnswering):
         out: list[Output] = []
         for f in fired:
             out.extend(outputs_for(f.session, f.events, self._kx))
-            self._arm(f.session, f.not_before_us)
+            self._deadlines.arm(f.session.id, f.wake_at_us)
         return out
 
     def next_wakeup_us(self) -> int | None:
@@ -324,7 +324,6 @@ class SessionManager(HandshakeAnswering):
     def _fire_due(self, s: Session, now_us: int, peers: dict[UUID, Peer]) -> _Fired:
         """Fire each of ``s``'s due timers in deadline order (one may make the next due);
         save nothing yet. ``peers`` collects the peers the timers touched."""
-        not_before = 0
         while (due := timers.next_deadline(s)) is not None and due[0] <= now_us:
             timer = due[1]
             try:
@@ -334,8 +333,9 @@ class SessionManager(HandshakeAnswering):
                 # can fire, not at once, or tick would spin on it.
                 not_before = getattr(error, "until_us", now_us + timers.US)
                 log.info("timer %s of session %s deferred: %s", timer, s.id, error)
-                break
-        return _Fired(s, list(s.pending_events), not_before)
+                return _Fired(s, list(s.pending_events), max(due[0], not_before))
+        # ``due`` is the next deadline of the session as it is now: arm it after the save.
+        return _Fired(s, list(s.pending_events), None if due is None else due[0])
 
     def _save_fired(self, fired: list[_Fired], peers: dict[UUID, Peer]) -> None:
         """One ``save`` of every session that recorded something and of each peer touched."""

@@ -142,7 +142,28 @@ DEADLINES = {
 }
 
 
+_T = Timer
+PENDING_IN: dict[State, frozenset[Timer]] = {
+    State.IDLE: frozenset(),
+    State.HANDSHAKE_INITIATED: frozenset({_T.HANDSHAKE_TIMEOUT}),
+    State.HANDSHAKE_RECEIVED: frozenset({_T.HANDSHAKE_TIMEOUT}),
+    State.ESTABLISHED: frozenset(
+        {_T.SEND_HEARTBEAT, _T.HEARTBEAT_RESPONSE, _T.PARTITION, _T.ROTATION}
+    ),
+    State.DEGRADED: frozenset({_T.SEND_HEARTBEAT, _T.HEARTBEAT_RESPONSE, _T.DEGRADED_TIMEOUT}),
+    State.ROTATING: frozenset({_T.ROTATION_TIMEOUT}),
+    State.SUSPENDED: frozenset({_T.SUSPENDED_RECOVERY, _T.LEASE_EXPIRY}),
+    State.FAILED: frozenset({_T.RETRY_BACKOFF, _T.LEASE_EXPIRY}),
+}
+"""The timers each state can have pending (each rule above still checks for itself). Only
+``next_deadline``, which runs after every command, reads it, to ask 1-4 rules instead of
+all; the hypothesis state machine checks it never hides a deadline the rules report."""
+
 _RULES = tuple(DEADLINES.items())
+_RULES_IN = {
+    state: tuple((timer, rule) for timer, rule in _RULES if timer in pending)
+    for state, pending in PENDING_IN.items()
+}
 
 
 def deadlines(s: Session) -> dict[Timer, int]:
@@ -155,11 +176,12 @@ def deadlines(s: Session) -> dict[Timer, int]:
 
 def next_deadline(s: Session) -> tuple[int, Timer] | None:
     """The earliest pending deadline of ``s`` (on a tie, the timer listed first above).
-    The manager asks after every command, so this builds no collection: one pass."""
+    The manager asks after every command, so this builds no collection: one pass over the
+    rules of the session's state."""
     if s.closed:
         return None
     best: tuple[int, Timer] | None = None
-    for timer, rule in _RULES:
+    for timer, rule in _RULES_IN[s.state]:
         at = rule(s)
         if at is not None and (best is None or at < best[0]):
             best = (at, timer)

@@ -227,6 +227,19 @@ class SessionMachine(RuleBasedStateMachine):
         assert unacked == expected, "a queued message was lost, duplicated or reordered"
 
     @invariant()
+    def next_deadline_is_the_earliest_of_all_rules(self) -> None:
+        """next_deadline asks only the rules of the state (timers.PENDING_IN); every rule,
+        asked, must agree: the table hides no deadline and breaks ties in the same order."""
+        pending = timers.deadlines(self.session)
+        assert set(pending) <= timers.PENDING_IN[self.session.state] or self.session.closed
+        if not pending:
+            assert timers.next_deadline(self.session) is None
+            return
+        earliest = min(pending.values())
+        first = next(t for t in timers.DEADLINES if pending.get(t) == earliest)
+        assert timers.next_deadline(self.session) == (earliest, first)
+
+    @invariant()
     def delivered_exactly_once_in_order(self) -> None:
         assert self.delivered == list(range(1, len(self.delivered) + 1))
 
