@@ -233,6 +233,12 @@ class SessionLedger(Application[UUID]):
         self._notify(recordings)
         return recordings
 
+    def close(self) -> None:
+        recorder = self.recorder
+        if isinstance(recorder, SignedSQLiteRecorder):
+            recorder.close_writer()
+        super().close()
+
     # -- snapshots: every `snapshot_interval` versions, for any aggregate -------------------
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
         interval = self.snapshot_interval

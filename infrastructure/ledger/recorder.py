@@ -56,6 +56,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         )
         self.ledger_id = ""
         self.genesis = ZERO_HASH
+        self._write_connection: sqlite3.Connection | None = None
 
     # -- schema -------------------------------------------------------------------------
     def construct_create_table_statements(self) -> list[str]:
@@ -96,51 +97,65 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
             )
 
     # -- appends (insert_events: chain.py) -----------------------------------------------
+    def writer(self) -> sqlite3.Connection:
+        """The connection appends are committed on. Only the group-commit leader uses it, one
+        leader at a time, so it is kept open rather than taken from and given back to
+        eventsourcing's pool on every append (a pair of locks and context managers each time).
+        Made by the pool's own factory: the same durability setting and lock timeout."""
+        if self._write_connection is None:
+            self._write_connection = self.datastore.pool._create_connection()._sqlite_conn
+            self._write_connection.row_factory = None  # rows are read by position
+        return self._write_connection
+
+    def close_writer(self) -> None:
+        if self._write_connection is not None:
+            self._write_connection.close()
+            self._write_connection = None
+
     def _commit_batch(
         self, requests: list[Sequence[StoredEvent]]
     ) -> list[list[int] | BaseException]:
         outcomes: list[list[int] | BaseException] = []
-        with self.datastore.get_connection(commit=True) as connection:
-            conn: sqlite3.Connection = connection._sqlite_conn
-            cur = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                row = cur.execute(_HEAD).fetchone()
-                position, prev_global, last_ts = (
-                    (row[0], row[1], row[2]) if row else (0, self.genesis, None)
-                )
-                timestamp = self.clock.wall_us()
-                self._check_clock(timestamp, last_ts, position)
-                if len(requests) == 1:
-                    return [self._insert_alone(cur, requests[0], position, prev_global, timestamp)]
-                together = self._insert_together(cur, requests, position, prev_global, timestamp)
-                if together is not None:
-                    cur.execute("COMMIT")
-                    return together
-                for events in requests:
-                    cur.execute("SAVEPOINT request")
-                    try:
-                        rows, heads = self._rows(cur, events, position, prev_global, timestamp)
-                        cur.executemany(_INSERT, rows)
-                    except sqlite3.IntegrityError:
-                        cur.execute("ROLLBACK TO request")
-                        cur.execute("RELEASE request")
-                        outcomes.append(self._conflict(cur, events))
-                        continue
-                    except (LedgerError, ValueError) as error:
-                        cur.execute("ROLLBACK TO request")
-                        cur.execute("RELEASE request")
-                        outcomes.append(error)
-                        continue
-                    cur.execute("RELEASE request")
-                    outcomes.append([r[0] for r in rows])
-                    position, prev_global = rows[-1][0], rows[-1][9]
-                    self._remember(heads)
+        conn = self.writer()
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            row = cur.execute(_HEAD).fetchone()
+            position, prev_global, last_ts = (
+                (row[0], row[1], row[2]) if row else (0, self.genesis, None)
+            )
+            timestamp = self.clock.wall_us()
+            self._check_clock(timestamp, last_ts, position)
+            if len(requests) == 1:
+                return [self._insert_alone(cur, requests[0], position, prev_global, timestamp)]
+            together = self._insert_together(cur, requests, position, prev_global, timestamp)
+            if together is not None:
                 cur.execute("COMMIT")
-            except BaseException:
-                conn.rollback()
-                self._forget_heads()
-                raise
+                return together
+            for events in requests:
+                cur.execute("SAVEPOINT request")
+                try:
+                    rows, heads = self._rows(cur, events, position, prev_global, timestamp)
+                    cur.executemany(_INSERT, rows)
+                except sqlite3.IntegrityError:
+                    cur.execute("ROLLBACK TO request")
+                    cur.execute("RELEASE request")
+                    outcomes.append(self._conflict(cur, events))
+                    continue
+                except (LedgerError, ValueError) as error:
+                    cur.execute("ROLLBACK TO request")
+                    cur.execute("RELEASE request")
+                    outcomes.append(error)
+                    continue
+                cur.execute("RELEASE request")
+                outcomes.append([r[0] for r in rows])
+                position, prev_global = rows[-1][0], rows[-1][9]
+                self._remember(heads)
+            cur.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            self._forget_heads()
+            raise
         return outcomes
 
     def _insert_alone(

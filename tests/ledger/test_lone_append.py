@@ -4,6 +4,7 @@ test_crash_and_concurrency.py drives this path too: its writer saves alone)."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Sequence
 
@@ -17,9 +18,11 @@ from ledger_aggregates import Conversation, populate, state_of
 
 
 def traced(ledger: SessionLedger) -> list[str]:
-    """Statements run on the ledger's (single, pooled) SQLite connection from now on."""
+    """Statements run from now on: appends (on the recorder's writer) and reads (on the pool's
+    connection, one for a single-threaded caller)."""
     statements: list[str] = []
-    with ledger.datastore.get_connection(commit=True) as connection:
+    ledger.recorder.writer().set_trace_callback(statements.append)
+    with ledger.datastore.get_connection(commit=False) as connection:
         connection._sqlite_conn.set_trace_callback(statements.append)
     return statements
 
@@ -50,6 +53,26 @@ def test_a_lone_append_is_one_transaction_without_a_savepoint(ledger_factory, le
     assert statements[0] == "BEGIN IMMEDIATE"
     reopened = ledger_factory()
     assert state_of(reopened.repository.get(conversation.id)) == state_of(conversation)
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [("full", 2), ("normal", 1)])
+def test_the_writer_connection_keeps_the_ledgers_durability(
+    ledger_factory, ledger_path, durability, synchronous
+):
+    """Appends run on a connection of their own, made by the pool's factory: an append that
+    returned is fsynced at "full", as on every other connection of the ledger."""
+    writer = ledger_factory(durability=durability).recorder.writer()
+    assert writer.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+    assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_closing_the_ledger_closes_its_writer(ledger_factory, ledger_path):
+    ledger = ledger_factory()
+    populate(ledger, ledger.clock, sessions=1, notes=0)
+    writer = ledger.recorder.writer()
+    ledger.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        writer.execute("SELECT 1")
 
 
 def test_a_lone_conflicting_append_is_refused_and_changes_nothing(ledger_factory):
