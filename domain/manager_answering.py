@@ -1,5 +1,5 @@
 """The answering side of the session manager: handshake and resumption requests from peers
-(SPEC-018 §2.1; decisions 4, 6, 10 and 11 in docs/spec-decisions.md).
+(SPEC-018 §2.1; decisions 4, 6, 10, 11 and 14 in docs/spec-decisions.md).
 
 Split from manager.py by idea — what a node does when a peer asks for a session — and mixed
 into ``SessionManager``, which provides the lookups and bookkeeping declared below.
@@ -48,6 +48,9 @@ class HandshakeAnswering:
         raise NotImplementedError
 
     def _commit(self, s: Session, *others: Any, arm: bool = True) -> list[Output]:
+        raise NotImplementedError
+
+    def _arm(self, s: Session, not_before_us: int = 0) -> None:
         raise NotImplementedError
 
     def _send(self, s: Session, frame: Frame) -> Send:
@@ -101,7 +104,11 @@ class HandshakeAnswering:
         session.receive_handshake(now_us)
         reply = HandshakeResponse(frame.conversation, response, self._own_prekeys)
         self._last_handshake_frame[session.conversation] = reply
-        return [*self._commit(session, peer), self._send(session, reply)]
+        # Decision 14: saved with its outcome (the key confirmation, a failure or a timeout),
+        # in one append. The responder's half of the handshake lives only in memory, so a
+        # record of it now could not outlive a crash usefully; nothing to send derives from it.
+        self._arm(session)
+        return [self._send(session, reply)]
 
     def _on_resumption(
         self, s: Session, peer: Peer, frame: HandshakeRequest, now_us: int
@@ -133,4 +140,3 @@ class HandshakeAnswering:
         """Answer again with the last handshake frame, when the peer shows it lost it."""
         frame = self._last_handshake_frame.get(s.conversation)
         return [] if frame is None else [self._send(s, frame)]
-
