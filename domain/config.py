@@ -9,7 +9,7 @@ it is written, naming the field and the value, not an hour later in a timer.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
@@ -89,8 +89,9 @@ DEFAULT_CONFIG = SessionConfig()
 
 
 def config_fields(config: SessionConfig) -> dict[str, Any]:
-    """The config as plain values, for recording in an event (and in snapshots)."""
-    return asdict(config)
+    """The config as plain values, for recording in an event (and in snapshots). What
+    ``asdict`` gives, without its deep copy of each value: every field is a number."""
+    return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
 @lru_cache(maxsize=64)
