@@ -125,6 +125,22 @@ class Channel:
         return header + self._seal.encrypt(_nonce(counter), payload, header)
 
     def open(self, record: bytes) -> tuple[MessageType, bytes]:
+        (opened,) = self.open_together([record])
+        return opened[0], opened[2]
+
+    def open_together(self, records: list[bytes]) -> list[tuple[MessageType, int, bytes]]:
+        """(kind, counter, payload) of each record, all or none: the window moves only once
+        every record verified, so one forged or replayed record changes nothing (a frame
+        split over several records is accepted whole or not at all)."""
+        opened = [self._decrypt(record) for record in records]
+        counters = [counter for _, counter, _ in opened]
+        if len(set(counters)) != len(counters):
+            raise ReplayedMessage(f"counters {counters} repeat within one frame")
+        for counter in counters:
+            self.window.accept(counter)
+        return opened
+
+    def _decrypt(self, record: bytes) -> tuple[MessageType, int, bytes]:
         kind = peek_type(record)
         if kind not in RECORD_KINDS:
             raise MalformedMessage(f"expected DATA, HEARTBEAT or REKEY, got {kind.name}")
@@ -140,8 +156,7 @@ class Channel:
             raise HandshakeAuthenticationFailed(
                 f"{kind.name} record {counter} failed authentication"
             ) from None
-        self.window.accept(counter)
-        return kind, payload
+        return kind, counter, payload
 
 
 def heartbeat(channel: Channel, sent_at_us: int) -> bytes:
