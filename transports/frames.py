@@ -13,6 +13,10 @@ The handshake messages inside ``key_share`` and ``confirmation`` carry their own
 framing (domain/handshake_wire.py); this layer only moves them. ``decode`` rejects anything
 malformed, truncated, oversized or of an unknown kind with ``FrameError`` naming what was
 wrong; it never returns a partial frame.
+
+Kinds from 0x80 up are not frames of this table: 0x80 is a sealed frame (sealed.py), which
+carries a Data, DataAck, Heartbeat or HeartbeatAck frame encoded here, inside the session
+channel's records. Those four kinds never travel in clear on a real transport.
 """
 
 from __future__ import annotations

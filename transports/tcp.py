@@ -1,18 +1,31 @@
 """A session manager over TCP with asyncio: the thin adapter around the sans-I/O core.
 
 Bytes from a connection become frames (frames.py) and ``manager.receive`` calls; the manager's
-``Send`` outputs are written to the connection of their peer; its deadlines are served by one
+``Send`` outputs are written to a connection of their peer; its deadlines are served by one
 timer task calling ``manager.tick``. Time comes from the caller's timeline (decision 9:
 ``infrastructure.clock.SessionTimeline`` in a real process).
 
-A connection opens with the connecting node's DID (``u16 length | UTF-8``), so that the
-accepting node knows which peer's frames arrive on it. That is a claim, not a proof: the
-handshake proves it (the INIT is signed by the DID's key, a RESUME carries a MAC under the
-session's secret), and a frame that does not fit its session is dropped by the manager. The
-handshake engine keys quarantine by identity and *address* (``address_of``), never by the
-claim alone. Limit: routing follows the latest claim, so a connection claiming a DID takes
-over the frames sent to it until the real peer reconnects; binding a connection to the DID its
-handshake proved is the transports issue's.
+Sealing (sealed.py). Data, DataAck, Heartbeat and HeartbeatAck travel only sealed under the
+session's keys; the same frames in clear are refused (``sealed.refused["unsealed"]``).
+Handshake and rotation frames travel as they are.
+
+Connections and DIDs. A connection opens with the connecting node's DID (``u16 length |
+UTF-8``). That is a claim. A connection is *proven* for a DID once a frame it carried made
+the manager take new keys with that DID — an INIT signed by the DID's key and confirmed, a
+RESPONSE signed by it, a RESUME MAC under the session's secret — or once it carried a sealed
+frame that opened under keys this node agreed with that DID itself (not keys it replayed
+from the ledger, whose replay window restarted empty). Routing:
+
+- channel frames go to the DID's proven connection, else to the connection this node opened
+  to the DID (it chose the address), never to a connection that only claims the DID (none
+  of these: the frame is lost, as on a network);
+- a handshake frame answering a frame goes back on the connection that frame came in on;
+- other handshake frames (establish, resume, timers) go to the proven connection, else the
+  connection this node opened to the DID, else the latest claim.
+
+So an unproven claim never displaces a proven connection, and a connection claiming someone
+else's DID gets nothing but answers to what it sent itself. The handshake engine keys
+quarantine and rate limits by the address a frame came from (``address_of``).
 """
 
 from __future__ import annotations
@@ -22,22 +35,58 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
-from l2_session.domain.commands import Deliver, Output, Send
+from l2_session.domain.commands import Deliver, Frame, Output, Send
 from l2_session.domain.manager import SessionManager
+from l2_session.domain.session_channel import RESERVATION_BLOCK
+from l2_session.infrastructure.identity import public_bytes_from_did_key
 from l2_session.transports.frames import FrameError, body_length, decode, encode
+from l2_session.transports.sealed import SEALED_KIND, SealedFrames, SealRefused, is_channel_frame
 
 HELLO_LENGTH = struct.Struct(">H")
 TIMER_IDLE_S = 0.05  # the timer task re-checks at least this often
 
 
+@dataclass(eq=False)
+class Link:
+    """One TCP connection and the DID it is with (claimed or, once proven, proved)."""
+
+    writer: asyncio.StreamWriter
+    did: str
+    outgoing: bool
+
+    @property
+    def address(self) -> str:
+        peer = self.writer.get_extra_info("peername")
+        return "" if peer is None else f"{peer[0]}:{peer[1]}"
+
+
 class TcpNode:
-    def __init__(self, manager: SessionManager, now_us: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        manager: SessionManager,
+        now_us: Callable[[], int],
+        *,
+        identity_key_of: Callable[[str], bytes] = public_bytes_from_did_key,
+        reservation_block: int = RESERVATION_BLOCK,
+    ) -> None:
         self.manager, self.now_us = manager, now_us
+        self.sealed = SealedFrames(
+            manager.session_for, identity_key_of, manager.local_did,
+            manager.ledger.save, block=reservation_block,
+        )  # fmt: skip
         self.delivered: list[Deliver] = []
         self.dropped_connections: list[str] = []
-        self._writers: dict[str, asyncio.StreamWriter] = {}
+        self.unrouted = 0  # frames with no connection to go to
+        self._links: set[Link] = set()
+        self._claimed: dict[str, Link] = {}
+        self._proven: dict[str, Link] = {}
+        # conversation -> the key id agreed through this node (so a proof, see above)
+        self._agreed_here: dict[UUID, str] = {}
+        self._reading: Link | None = None
         self._progress = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -50,8 +99,10 @@ class TcpNode:
         _no_delay(writer)
         did = self.manager.local_did.encode()
         writer.write(HELLO_LENGTH.pack(len(did)) + did)
-        self._writers[peer_did] = writer
-        self._spawn(self._read(peer_did, reader))
+        link = Link(writer, peer_did, outgoing=True)
+        self._links.add(link)
+        self._claimed[peer_did] = link
+        self._spawn(self._read(link, reader))
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _no_delay(writer)
@@ -62,43 +113,113 @@ class TcpNode:
             self.dropped_connections.append(f"bad hello: {error}")
             writer.close()
             return
-        self._writers[peer_did] = writer
+        link = Link(writer, peer_did, outgoing=False)
+        self._links.add(link)
+        current = self._claimed.get(peer_did)
+        if current is None or not current.outgoing:  # our own connection to it stays first
+            self._claimed[peer_did] = link
         # The server runs this handler as its own task; one cancelled at shutdown must end
         # quietly here (asyncio logs the CancelledError of a handler task as an error).
         with contextlib.suppress(asyncio.CancelledError):
-            await self._read(peer_did, reader)
+            await self._read(link, reader)
 
-    async def _read(self, peer_did: str, reader: asyncio.StreamReader) -> None:
+    async def _read(self, link: Link, reader: asyncio.StreamReader) -> None:
         try:
             while True:
                 body = await reader.readexactly(body_length(await reader.readexactly(4)))
-                self.perform(self.manager.receive(peer_did, decode(body), self.now_us()))
+                self._received(link, body)
+                self._progress.set()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer went away; its sessions notice through their deadlines
         except FrameError as error:
             # A stream that broke framing cannot be resynchronised: drop the connection.
-            self.dropped_connections.append(f"{peer_did}: {error}")
-        writer = self._writers.pop(peer_did, None)
-        if writer is not None:
-            writer.close()
+            self.dropped_connections.append(f"{link.did}: {error}")
+        self._forget(link)
+        link.writer.close()
+
+    def _received(self, link: Link, body: bytes) -> None:
+        """One frame from ``link``: opened if sealed, handed to the manager, answered."""
+        proof = False
+        if body[0] == SEALED_KIND:
+            try:
+                frame, key_id = self.sealed.open(link.did, body)
+            except SealRefused:
+                return  # counted in sealed.refused; nothing changed
+            proof = self._agreed_here.get(frame.conversation) == key_id
+        else:
+            frame = decode(body)
+            if is_channel_frame(frame):
+                self.sealed.refused["unsealed"] += 1
+                return
+        before = self._key_id(frame)
+        self._reading = link
+        try:
+            outputs = self.manager.receive(link.did, frame, self.now_us())
+        finally:
+            self._reading = None
+        after = self._key_id(frame)
+        if after is not None and after != before:  # a handshake with link.did completed here
+            self._agreed_here[frame.conversation] = after
+            proof = True
+        if proof:
+            self._proven[link.did] = link
+        self.perform(outputs, via=link)
+
+    def _key_id(self, frame: Frame) -> str | None:
+        session = self.manager.session_for(frame.conversation)
+        return None if session is None else session.key_id
+
+    def _forget(self, link: Link) -> None:
+        self._links.discard(link)
+        for routes in (self._claimed, self._proven):
+            if routes.get(link.did) is link:
+                del routes[link.did]
 
     def address_of(self, peer_did: str) -> str:
         """The address ``peer_did``'s frames arrive from: the source the handshake engine keys
-        quarantine and rate limits by (``PqxdhKeyExchange(source_of=node.address_of)``)."""
-        writer = self._writers.get(peer_did)
-        peer = None if writer is None else writer.get_extra_info("peername")
-        return "" if peer is None else f"{peer[0]}:{peer[1]}"
+        quarantine and rate limits by (``PqxdhKeyExchange(source_of=node.address_of)``).
+        While a frame is handled, the connection it came in on, whatever it claims."""
+        reading = self._reading
+        link = reading if reading is not None and reading.did == peer_did else None
+        link = link or self._proven.get(peer_did) or self._claimed.get(peer_did)
+        return "" if link is None else link.address
+
+    def is_proven(self, peer_did: str) -> bool:
+        return peer_did in self._proven
 
     # ------------------------------------------------------------------ outputs and time
-    def perform(self, outputs: list[Output]) -> None:
+    def perform(self, outputs: list[Output], via: Link | None = None) -> None:
         for output in outputs:
             if isinstance(output, Send):
-                writer = self._writers.get(output.peer_did)
-                if writer is not None:  # no connection: the frame is lost, as on a network
-                    writer.write(encode(output.frame))
+                self._send(output, via)
             else:
                 self.delivered.append(output)
         self._progress.set()
+
+    def _send(self, output: Send, via: Link | None) -> None:
+        frame, did = output.frame, output.peer_did
+        if is_channel_frame(frame):
+            link = self._proven.get(did) or self._dialled(did)
+            data = None if link is None else self._sealed(frame)
+        else:
+            link = via if via is not None and via.did == did else None
+            link = link or self._proven.get(did) or self._claimed.get(did)
+            data = encode(frame)
+        if link is None or data is None:
+            self.unrouted += 1  # no connection (or no keys): lost, as on a network
+            return
+        link.writer.write(data)
+
+    def _dialled(self, did: str) -> Link | None:
+        """The connection this node opened to ``did`` (at an address it was given for it)."""
+        link = self._claimed.get(did)
+        return link if link is not None and link.outgoing else None
+
+    def _sealed(self, frame: Frame) -> bytes | None:
+        try:
+            return self.sealed.seal(frame, self.now_us())
+        except SealRefused:
+            return None  # counted in sealed.refused
 
     async def run_timers(self) -> None:
         """Serve the manager's deadlines until cancelled."""
@@ -125,9 +246,11 @@ class TcpNode:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
+        for link in self._links:
+            link.writer.close()
+        self._links.clear()
+        self._claimed.clear()
+        self._proven.clear()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -1,0 +1,196 @@
+"""Issue 4 on the real transport: after the handshake every Data, DataAck, Heartbeat and
+HeartbeatAck frame travels sealed under the session's directional ChaCha20-Poly1305 keys,
+with per-direction counters (reserved in the ledger) as nonces and a 2048-wide replay window
+(transports/sealed.py); and a connection is bound to the DID its handshake proved
+(transports/tcp.py). Real keys, real ledgers, loopback TCP, an on-path relay as the attacker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from pathlib import Path
+
+from l2_session.domain.commands import Data, DataAck, Heartbeat, HeartbeatAck
+from l2_session.domain.config import SessionConfig
+from l2_session.domain.handshake_wire import MessageType
+from l2_session.transports.frames import KIND_OF, encode
+from tcp_support import Pair, established_pair, is_sealed, until
+
+SECRET = b"the application's secret message"
+CHANNEL_KINDS = {KIND_OF[c] for c in (Data, DataAck, Heartbeat, HeartbeatAck)}
+RECORD_KIND_AT = 4 + 26 + 1  # length prefix, sealed head, record version
+
+
+def _run(tmp_path: Path, test, config: SessionConfig | None = None) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        pair = await (established_pair(tmp_path) if config is None else
+                      established_pair(tmp_path, config))  # fmt: skip
+        try:
+            await test(pair)
+        finally:
+            await pair.close()
+
+    asyncio.run(main())
+
+
+async def _heartbeat_round(pair: Pair) -> None:
+    """Skip to Alice's next heartbeat and wait until Bob's answer reached her."""
+    alice = pair.alice.session(pair.conversation)
+    sent = alice.heartbeat_counter
+    pair.alice.node.perform(pair.alice.manager.tick(pair.clock.skip(31)))
+    assert alice.heartbeat_counter == sent + 1 and alice.heartbeat_sent_us is not None
+    await until(lambda: alice.heartbeat_sent_us is None)  # answered
+
+
+def test_messages_and_heartbeats_travel_sealed(tmp_path: Path) -> None:
+    async def test(pair: Pair) -> None:
+        pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, SECRET,
+                                                          pair.clock.now_us()))  # fmt: skip
+        await until(lambda: [d.payload for d in pair.bob.node.delivered] == [SECRET])
+        await until(lambda: not pair.alice.session(pair.conversation).outbox)  # acknowledged
+        await _heartbeat_round(pair)
+
+        wire = pair.relay.to_server + pair.relay.to_client
+        assert not any(SECRET in frame for frame in wire)
+        assert not {frame[4] for frame in wire} & CHANNEL_KINDS  # nothing of the channel in clear
+        sealed = [frame for frame in wire if is_sealed(frame)]
+        kinds = {(frame in pair.relay.to_server, frame[RECORD_KIND_AT]) for frame in sealed}
+        # Both ways: data (the message, its ack) and heartbeats (Alice's, Bob's answer).
+        assert kinds == {(up, kind) for up in (True, False)
+                         for kind in (MessageType.DATA, MessageType.HEARTBEAT)}  # fmt: skip
+        assert not pair.alice.node.sealed.refused and not pair.bob.node.sealed.refused
+
+    _run(tmp_path, test)
+
+
+def test_a_replayed_or_altered_sealed_frame_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    async def test(pair: Pair) -> None:
+        bob, refused = pair.bob.session(pair.conversation), pair.bob.node.sealed.refused
+        pair.relay.hold = is_sealed
+        pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, SECRET,
+                                                          pair.clock.now_us()))  # fmt: skip
+        await until(lambda: bool(pair.relay.held))
+        pair.relay.hold = None
+        original = pair.relay.held.pop()
+
+        for at in (4 + 1, 4 + 26 + 12, len(original) - 1):  # conversation, ciphertext, tag
+            version, before = bob.version, refused.total()
+            altered = bytearray(original)
+            altered[at] ^= 0x01
+            pair.relay.inject(bytes(altered))
+            await until(lambda before=before: refused.total() == before + 1)
+            assert bob.version == version and not pair.bob.node.delivered
+        assert refused == {"unknown_session": 1, "forged": 2}
+
+        pair.relay.inject(original)  # the untouched frame still opens: nothing was consumed
+        await until(lambda: len(pair.bob.node.delivered) == 1)
+        await until(lambda: not pair.alice.session(pair.conversation).outbox)
+        version = bob.version
+        pair.relay.inject(original)  # a replay
+        await until(lambda: refused["replayed"] == 1)
+        assert bob.version == version and len(pair.bob.node.delivered) == 1
+
+    _run(tmp_path, test)
+
+
+def test_frames_reordered_within_the_window_are_accepted(tmp_path: Path) -> None:
+    async def test(pair: Pair) -> None:
+        opened = pair.bob.node.sealed.opened
+        pair.relay.hold = is_sealed
+        for text in (b"first", b"second"):
+            pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, text,
+                                                              pair.clock.now_us()))  # fmt: skip
+        # Each submission sends every unacknowledged message: first, first, second.
+        await until(lambda: len(pair.relay.held) == 3)
+        pair.relay.hold = None
+        for frame in reversed(pair.relay.held):
+            pair.relay.inject(frame)
+        await until(lambda: pair.bob.node.sealed.opened == opened + 3)
+        assert not pair.bob.node.sealed.refused
+        await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"first", b"second"])
+
+    _run(tmp_path, test)
+
+
+def test_plaintext_channel_frames_are_refused(tmp_path: Path) -> None:
+    async def test(pair: Pair) -> None:
+        bob = pair.bob.session(pair.conversation)
+        version = bob.version
+        pair.relay.inject(encode(Data(pair.conversation, 1, b"in clear")))
+        pair.relay.inject(encode(Heartbeat(pair.conversation, 99)))
+        await until(lambda: pair.bob.node.sealed.refused["unsealed"] == 2)
+        assert bob.version == version and not pair.bob.node.delivered
+
+    _run(tmp_path, test)
+
+
+def test_after_rotation_the_old_keys_no_longer_open_frames(tmp_path: Path) -> None:
+    # Keys rotate 20 s after the handshake (ttl - rotation_window), before any heartbeat.
+    config = SessionConfig(ttl=120.0, rotation_window=100.0)
+
+    async def test(pair: Pair) -> None:
+        alice, bob = pair.alice.session(pair.conversation), pair.bob.session(pair.conversation)
+        old_key, held = bob.key_id, pair.relay.held
+        pair.relay.hold = is_sealed  # Alice's sealed frames, under the old keys and the new
+        messages = [SECRET, b"two", b"three"]
+        for message in messages:
+            pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, message,
+                                                              pair.clock.now_us()))  # fmt: skip
+        # Each submission sends every unacknowledged message: 1 + 2 + 3 records.
+        await until(lambda: len(held) == 6)
+        under_old_keys = held[-1]
+        assert under_old_keys[4 + 26 + 4 : 4 + 26 + 12] == (5).to_bytes(8, "big")  # counter
+
+        pair.alice.node.perform(pair.alice.manager.tick(pair.clock.skip(21)))
+        await until(lambda: bob.key_id == alice.key_id != old_key and bob.state == "established")
+        await until(lambda: len(held) > 6)  # Alice sends again under the new keys
+
+        refused = pair.bob.node.sealed.refused
+        pair.relay.inject(under_old_keys)
+        await until(lambda: refused["old_key"] == 1)
+        # Relabelled with the new key id, the old record meets the new key: the AEAD refuses
+        # it (its counter 5 is new to the new keys' window, which has seen nothing yet).
+        assert bob.key_id is not None
+        relabelled = bytearray(under_old_keys)
+        relabelled[4 + 17 : 4 + 25] = bytes.fromhex(bob.key_id)
+        pair.relay.inject(bytes(relabelled))
+        await until(lambda: refused["forged"] == 1)
+        assert not pair.bob.node.delivered
+
+        # No message is lost: what Alice sent under the new keys is delivered, in order.
+        pair.relay.hold = None
+        for frame in held[6:]:
+            pair.relay.inject(frame)
+        await until(lambda: [d.payload for d in pair.bob.node.delivered] == messages)
+
+    _run(tmp_path, test, config)
+
+
+def test_an_impostor_claiming_a_peers_did_gets_none_of_its_frames(tmp_path: Path) -> None:
+    async def test(pair: Pair) -> None:
+        port = pair.server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        claimed = pair.alice.did.encode()  # Mallory claims to be Alice
+        writer.write(struct.pack(">H", len(claimed)) + claimed)
+        writer.write(encode(Heartbeat(pair.conversation, 1)))  # and tries her luck in clear
+        refused = pair.bob.node.sealed.refused
+        await until(lambda: refused["unsealed"] == 1)  # Bob has taken the claim in
+
+        # Bob sends to Alice, by message and by heartbeat; Alice to Bob. All of it arrives.
+        bob = pair.bob.session(pair.conversation)
+        pair.bob.node.perform(pair.bob.manager.submit(bob.id, b"for alice only",
+                                                      pair.clock.now_us()))  # fmt: skip
+        await until(lambda: [d.payload for d in pair.alice.node.delivered] == [b"for alice only"])
+        pair.bob.node.perform(pair.bob.manager.tick(pair.clock.skip(31)))
+        await until(lambda: bob.heartbeat_sent_us is None and bob.heartbeat_counter == 1)
+        await _heartbeat_round(pair)
+        assert pair.bob.node.is_proven(pair.alice.did)
+
+        await pair.bob.node.close()  # Bob hangs up on everyone: Mallory reads to the end
+        assert await reader.read() == b""
+        writer.close()
+
+    _run(tmp_path, test)
