@@ -70,9 +70,15 @@ class LedgerRepository(Repository[UUID]):
 
     def get(self, aggregate_id: UUID, *, version: int | None = None, **kwargs: Any) -> Any:
         probe = self.snapshot_store is not None and version is None and not self.cache
-        if probe and not self.event_store.recorder.select_events(aggregate_id, limit=1):
+        if probe and not self._holds(aggregate_id):
             raise AggregateNotFoundError(aggregate_id)
         return super().get(aggregate_id, version=version, **kwargs)
+
+    def _holds(self, aggregate_id: UUID) -> bool:
+        recorder = self.event_store.recorder
+        if isinstance(recorder, SignedSQLiteRecorder):
+            return recorder.has_session(aggregate_id)
+        return bool(recorder.select_events(aggregate_id, limit=1))
 
 
 class SessionLedger(Application[UUID]):

@@ -34,6 +34,7 @@ _INSERT = (
 )
 _HEAD = f"SELECT position, event_hash, timestamp FROM {EVENTS_TABLE} ORDER BY position DESC LIMIT 1"
 _SESSION_EVENT_HASH = f"SELECT event_hash FROM {EVENTS_TABLE} WHERE session_id=? AND version=?"
+_HAS_SESSION = f"SELECT 1 FROM {EVENTS_TABLE} WHERE session_id=? LIMIT 1"
 
 
 class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
@@ -219,6 +220,13 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         return None if row is None else bytes(row[0])
 
     # -- reads --------------------------------------------------------------------------
+    def has_session(self, originator_id: UUID | str) -> bool:
+        """Whether the ledger holds any event of the session: one statement on the
+        (session_id, version) index, outside a transaction (a lone read sees one state)."""
+        with self.datastore.get_connection(commit=False) as connection:
+            cursor = connection._sqlite_conn.execute(_HAS_SESSION, (session_key(originator_id),))
+            return cursor.fetchone() is not None
+
     def head(self) -> tuple[int, bytes, int | None]:
         """(position, event hash, timestamp) of the newest event; (0, genesis, None) if empty."""
         with self.datastore.transaction(commit=False) as c:
