@@ -113,7 +113,7 @@ class SessionLedger(Application[UUID]):
         create: bool = True,
         durability: Durability = "full",
         group_commit: GroupCommitConfig | None = None,
-        snapshot_interval: int | None = 100,
+        snapshot_interval: int | None = 20,
         lock_timeout: int = 30,
         transcodings: Iterable[Transcoding] = (),
     ) -> None:
