@@ -107,13 +107,15 @@ def _suspend(manager: SessionManager, sid: UUID, now: Callable[[], int], skip: l
 
 
 def _grow(pair: Pair, sid: UUID, events: int) -> None:
-    """Bring the session to ``events`` events: counter reservations, 100 per append (so the
-    ledger snapshots every 100 versions from the aggregate itself)."""
+    """Bring the session to ``events`` events: counter reservations, one append per snapshot
+    interval (so the ledger snapshots each interval's last version from the aggregate itself,
+    as it does for a session saved event by event)."""
     manager = pair.managers[pair.alice]
     session = manager.session(sid)
+    interval = getattr(manager.ledger, "snapshot_interval", None) or 100
     until = session.counters_reserved()
     while session.version < events:
-        for _ in range(min(100, events - session.version)):
+        for _ in range(min(events, (session.version // interval + 1) * interval) - session.version):
             until += 1024
             session.reserve_counters(pair.tick(10), until)
         manager.ledger.save(session)
@@ -123,8 +125,11 @@ def resumption_latencies(
     directory: Path, events: int, iterations: int
 ) -> tuple[list[float], list[float]]:
     """Seconds to ``established`` over loopback TCP, from restoring the session (a new
-    manager over the open ledger: replay from its last snapshot) and from the ``resume`` call
-    alone. The node's identity and prekeys are in memory (a key store's job)."""
+    manager over the open ledger: replay from its last snapshot, at most
+    ``snapshot_interval - 1`` events) and from the ``resume`` call alone. Each run first lets
+    the session go silent to ``suspended`` (a few more events), so the replayed tail varies
+    from run to run as after real restarts. The node's identity and prekeys are in memory (a
+    key store's job)."""
     pair = Pair(directory, "normal", time.time_ns() // 1000 - DAY_US // 2)
     sid = pair.handshake()
     _grow(pair, sid, events)
@@ -177,9 +182,10 @@ def describe(samples: list[float]) -> dict[str, Any]:
     return {"p50_ms": percentile(samples, 50) * 1e3, "p99_ms": percentile(samples, 99) * 1e3}
 
 
-def handshake_breakdown(directory: Path, handshakes: int) -> dict[str, float]:
+def handshake_breakdown(directory: Path, handshakes: int) -> tuple[dict[str, float], float]:
     """Milliseconds per full handshake (both sides) spent in the handshake engine, in ledger
-    appends, in ledger look-ups of unknown conversations, and elsewhere (the managers)."""
+    appends, in ledger look-ups of unknown conversations, and elsewhere (the managers); and
+    the number of appends (group-commit requests, both ledgers) per handshake."""
     pair = Pair(directory, "normal", time.time_ns() // 1000)
     spent = {"engine": 0.0, "ledger appends": 0.0, "ledger look-ups": 0.0}
 
@@ -203,12 +209,17 @@ def handshake_breakdown(directory: Path, handshakes: int) -> dict[str, float]:
             timed(engine, "receive", "engine")
             timed(manager.ledger, "save", "ledger appends")
             timed(manager.ledger.repository, "get", "ledger look-ups")
+        requests = [ledger.ledger_recorder.committer.requests for ledger in pair.ledgers]
         start = time.perf_counter()
         for _ in range(handshakes):
             pair.handshake()
         total = time.perf_counter() - start
+        appends = sum(
+            ledger.ledger_recorder.committer.requests - before
+            for ledger, before in zip(pair.ledgers, requests, strict=True)
+        )
     finally:
         pair.close()
     out = {part: seconds / handshakes * 1e3 for part, seconds in spent.items()}
     out["managers and the rest"] = total / handshakes * 1e3 - sum(out.values())
-    return out
+    return out, appends / handshakes
