@@ -164,7 +164,7 @@ def session_figures(work: Path, quick: bool) -> list[dict[str, Any]]:
     (work / "full").mkdir()
     full = ledger_handshake_rate(work / "full", "full", min_seconds)
     (work / "breakdown").mkdir()
-    parts = handshake_breakdown(work / "breakdown", 20 if quick else 100)
+    parts, appends = handshake_breakdown(work / "breakdown", 20 if quick else 100)
     events = 10_000 if quick else 100_000
     (work / "resume").mkdir()
     restored, resumed = resumption_latencies(work / "resume", events, 30 if quick else 200)
@@ -189,7 +189,8 @@ def session_figures(work: Path, quick: bool) -> list[dict[str, Any]]:
             "handshake time with ledger appends",
             total,
             "ms",
-            note=", ".join(f"{part} {ms:.2f} ms" for part, ms in parts.items()),
+            note=", ".join(f"{part} {ms:.2f} ms" for part, ms in parts.items())
+            + f"; {appends:g} appends per handshake",
         ),
         figure(
             f"resumption p50, {events:,}-event session",
