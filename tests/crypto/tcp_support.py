@@ -60,6 +60,10 @@ class Relay:
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accepted, "127.0.0.1", 0)
+        return self.port
+
+    @property
+    def port(self) -> int:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 

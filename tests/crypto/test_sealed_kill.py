@@ -68,7 +68,7 @@ def test_no_key_nonce_pair_repeats_on_the_wire_across_sigkills(tmp_path: Path) -
         pair = await established_pair(tmp_path)
         await pair.alice.node.close()  # Alice's first process is gone; her ledger stays
         pair.alice.ledger.close()
-        port = pair.relay._server.sockets[0].getsockname()[1]
+        port = pair.relay.port
         for _ in range(kills):
             seen = len(pair.relay.to_server)
             child = await asyncio.create_subprocess_exec(

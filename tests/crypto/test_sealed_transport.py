@@ -14,8 +14,10 @@ from pathlib import Path
 from l2_session.domain.commands import Data, DataAck, Heartbeat, HeartbeatAck
 from l2_session.domain.config import SessionConfig
 from l2_session.domain.handshake_wire import MessageType
+from l2_session.domain.manager import SessionManager
 from l2_session.transports.frames import KIND_OF, encode
-from tcp_support import Pair, established_pair, is_sealed, until
+from l2_session.transports.tcp import TcpNode
+from tcp_support import Pair, Side, established_pair, is_sealed, until
 
 SECRET = b"the application's secret message"
 CHANNEL_KINDS = {KIND_OF[c] for c in (Data, DataAck, Heartbeat, HeartbeatAck)}
@@ -167,6 +169,46 @@ def test_after_rotation_the_old_keys_no_longer_open_frames(tmp_path: Path) -> No
         await until(lambda: [d.payload for d in pair.bob.node.delivered] == messages)
 
     _run(tmp_path, test, config)
+
+
+def test_after_a_restart_and_resumption_the_old_keys_no_longer_open_frames(
+    tmp_path: Path,
+) -> None:
+    async def test(pair: Pair) -> None:
+        bob = pair.bob.session(pair.conversation)
+        old_key = bob.key_id
+        pair.relay.hold = is_sealed
+        pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, SECRET,
+                                                          pair.clock.now_us()))  # fmt: skip
+        await until(lambda: bool(pair.relay.held))
+        pair.relay.hold = None
+        under_old_keys = pair.relay.held.pop()
+
+        # Alice's process goes away; a new one replays her session from the ledger, finds the
+        # peer silent until the session is suspended, reconnects and resumes.
+        await pair.alice.node.close()
+        exchange = pair.alice.manager._kx  # the node's identity and prekeys (a key store's job)
+        manager = SessionManager(pair.alice.did, pair.alice.ledger, key_exchange=exchange)
+        pair.alice = Side(manager, TcpNode(manager, pair.clock.now_us), pair.alice.store,
+                          pair.alice.ledger)  # fmt: skip
+        exchange.source_of = pair.alice.node.address_of  # type: ignore[attr-defined]
+        alice = manager.restore(pair.conversation)
+        while alice.state != "suspended":
+            wake = manager.next_wakeup_us()
+            assert wake is not None
+            pair.clock.skip(max(0, wake - pair.clock.now_us()) / 1e6)
+            pair.alice.node.perform(manager.tick(pair.clock.now_us()))
+        await pair.alice.node.connect(pair.bob.did, "127.0.0.1", pair.relay.port)
+        pair.alice.node.perform(manager.resume(alice.id, pair.clock.now_us()))
+        await until(lambda: bob.key_id == alice.key_id != old_key and bob.state == "established")
+        # The message held back is not lost: it went again, under the resumed keys.
+        await until(lambda: [d.payload for d in pair.bob.node.delivered] == [SECRET])
+
+        pair.relay.inject(under_old_keys)
+        await until(lambda: pair.bob.node.sealed.refused["old_key"] == 1)
+        assert len(pair.bob.node.delivered) == 1
+
+    _run(tmp_path, test)
 
 
 def test_an_impostor_claiming_a_peers_did_gets_none_of_its_frames(tmp_path: Path) -> None:
