@@ -142,6 +142,8 @@ def test_a_fresh_process_resumes_from_its_ledger_over_loopback_tcp(tmp_path: Pat
         server.close()
         await node.close()
         assert node.delivered[0].payload == b"hello after restart"
+        # It came sealed under the resumed keys (transports/sealed.py), and nothing was refused.
+        assert node.sealed.opened >= 1 and not node.sealed.refused
         return json.loads(out)  # type: ignore[no-any-return]
 
     figures = asyncio.run(run())
