@@ -4,8 +4,11 @@ Issue 2 target: verify() events/s >= 0.9 x (single-core Ed25519 verify rate) x c
 
 What is timed: one ``verify(path)`` call, all of it — meta and signer checks, SQLite's
 quick_check, starting the worker processes, reading and checking every row, stitching. The
-single-core rate is cryptography's ``Ed25519PublicKey.verify`` of a 32-byte hash in a loop,
-measured just before every verify() run so both see the same machine load. The ledger is built
+single-core rate is cryptography's ``Ed25519PublicKey.verify`` of 32-byte hashes in a loop over
+1,000 distinct signatures, measured just before every verify() run so both see the same machine
+load. Distinct, because OpenSSL's verification is variable-time: one signature checked over and
+over runs ~3% faster (its branches are learnt) than any real stream of signatures; that rate
+is reported too, as a contrast. The ledger is built
 once and cached (datasets.py); --quick uses 50,000 events.
 """
 
@@ -25,16 +28,19 @@ from .datasets import many_sessions_ledger
 TARGET_FRACTION = 0.9
 
 
-def single_core_verify_rate(min_seconds: float) -> float:
+def single_core_verify_rate(min_seconds: float, *, distinct: int = 1000) -> float:
+    """Ed25519 verifications per second on one core, cycling over ``distinct`` signatures of
+    random 32-byte hashes (``distinct=1``: the same one each time)."""
     key = Ed25519PrivateKey.generate()
-    message = os.urandom(32)
-    signature, public = key.sign(message), key.public_key()
+    public = key.public_key()
+    messages = [os.urandom(32) for _ in range(distinct)]
+    pairs = [(key.sign(m), m) for m in messages] * max(1, 500 // distinct)
 
     def check(n: int) -> None:
-        for _ in range(n):
+        for signature, message in pairs:
             public.verify(signature, message)
 
-    return rate_per_second(check, min_seconds=min_seconds, batch=500)
+    return rate_per_second(check, min_seconds=min_seconds, batch=len(pairs))
 
 
 def parallel_verify_rate(processes: int, min_seconds: float) -> float:
@@ -52,6 +58,7 @@ def run(quick: bool) -> dict[str, Any]:
     repeat = 2 if quick else 3
     path = many_sessions_ledger(events)
     primitive: list[float] = []
+    repeated: list[float] = []
     rates: list[float] = []
     efficiencies: list[float] = []
     ceilings: list[float] = []
@@ -63,6 +70,7 @@ def run(quick: bool) -> dict[str, Any]:
             raise AssertionError(f"benchmark ledger does not verify: {report.summary()}")
         workers = report.workers
         primitive.append(single)
+        repeated.append(single_core_verify_rate(min_seconds=1.0, distinct=1))
         rates.append(events / seconds)
         efficiencies.append(events / seconds / (single * workers))
         ceilings.append(events / seconds / parallel_verify_rate(workers, min_seconds=2.0))
@@ -77,7 +85,9 @@ def run(quick: bool) -> dict[str, Any]:
     figures = [
         figure(f"verify(), {events:,} events, {workers} workers", median(rates), "events/s",
                note=f"min {min(rates):.0f}, max {max(rates):.0f}"),
-        figure("Ed25519 verify, 1 core (same run)", median(primitive), "verifications/s"),
+        figure("Ed25519 verify, 1 core (same run)", median(primitive), "verifications/s",
+               note="1,000 distinct signatures"),
+        figure("  (one signature over and over)", median(repeated), "verifications/s"),
         figure(f"  verify() / (1-core rate x {workers})", efficiency, "x",
                target=f">= {TARGET_FRACTION}", ok=efficiency >= TARGET_FRACTION),
         figure(f"  verify() / (rate of {workers} verifying processes at once)", median(ceilings),
@@ -90,6 +100,7 @@ def run(quick: bool) -> dict[str, Any]:
         "params": {"events": events, "repetitions": repeat, "cores_used": workers},
         "rates": rates,
         "single_core_rates": primitive,
+        "single_core_rates_one_signature": repeated,
         "efficiencies": efficiencies,
         "vs_parallel_primitive": ceilings,
     }
