@@ -125,11 +125,11 @@ def resumption_latencies(
     directory: Path, events: int, iterations: int
 ) -> tuple[list[float], list[float]]:
     """Seconds to ``established`` over loopback TCP, from restoring the session (a new
-    manager over the open ledger: replay from its last snapshot, at most
-    ``snapshot_interval - 1`` events) and from the ``resume`` call alone. Each run first lets
-    the session go silent to ``suspended`` (a few more events), so the replayed tail varies
-    from run to run as after real restarts. The node's identity and prekeys are in memory (a
-    key store's job)."""
+    manager over the open ledger: ``repository.get`` from the signed snapshot the ledger took
+    when the session entered ``suspended`` — ``snapshot_when``'s default — so nothing is
+    replayed after it; each run checks that) and from the ``resume`` call alone. Each run
+    first lets the session go silent to ``suspended`` (a few more events), as before a real
+    restart. The node's identity and prekeys are in memory (a key store's job)."""
     pair = Pair(directory, "normal", time.time_ns() // 1000 - DAY_US // 2)
     sid = pair.handshake()
     _grow(pair, sid, events)
@@ -156,6 +156,7 @@ def resumption_latencies(
             manager = SessionManager(pair.alice, alice_ledger, key_exchange=exchange)
             node = TcpNode(manager, now)
             session = manager.restore(sid)
+            restored_version = session.version
             await node.connect(pair.bob, "127.0.0.1", port)
             called = time.perf_counter()
             node.perform(manager.resume(sid, now()))
@@ -163,6 +164,7 @@ def resumption_latencies(
             samples.append(time.perf_counter() - start)
             from_resume.append(time.perf_counter() - called)
             await node.close()
+            _check_restored_from_snapshot(alice_ledger, sid, restored_version)
         server.close()
         await bob_node.close()
         return samples, from_resume
@@ -171,6 +173,16 @@ def resumption_latencies(
         return asyncio.run(run())
     finally:
         pair.close()
+
+
+def _check_restored_from_snapshot(ledger: Any, sid: UUID, version: int) -> None:
+    """The restore the figure times started from a trusted snapshot at the restored version
+    (the suspension's): a regression to replaying a tail would otherwise go unnoticed."""
+    store = ledger.snapshots
+    newest = store.recorder.select_events(sid, desc=True, limit=1, lte=version) if store else []
+    if not newest or newest[0].originator_version != version:
+        found = newest[0].originator_version if newest else None
+        raise RuntimeError(f"restored version {version} replayed from snapshot {found}")
 
 
 def percentile(samples: list[float], p: float) -> float:
