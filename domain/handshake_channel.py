@@ -132,13 +132,28 @@ class Channel:
         """(kind, counter, payload) of each record, all or none: the window moves only once
         every record verified, so one forged or replayed record changes nothing (a frame
         split over several records is accepted whole or not at all)."""
+        opened = self.verify_together(records)
+        self.accept_together([counter for _, counter, _ in opened])
+        return opened
+
+    def verify_together(self, records: list[bytes]) -> list[tuple[MessageType, int, bytes]]:
+        """(kind, counter, payload) of each record if every one verifies and is new to the
+        window; the window does not move (``accept_together`` moves it). A caller that checks
+        more (that the records form one frame) accepts only once that check passed too."""
         opened = [self._decrypt(record) for record in records]
         counters = [counter for _, counter, _ in opened]
         if len(set(counters)) != len(counters):
             raise ReplayedMessage(f"counters {counters} repeat within one frame")
-        for counter in counters:
-            self.window.accept(counter)
         return opened
+
+    def accept_together(self, counters: list[int]) -> None:
+        """Record ``counters`` (verified, distinct, each new to the window) as received.
+        In ascending order: each was checked against the window as it was, and accepting a
+        higher counter first could push a lower one out of the window half-way."""
+        for counter in counters:
+            self.window.check(counter)
+        for counter in sorted(counters):
+            self.window.accept(counter)
 
     def _decrypt(self, record: bytes) -> tuple[MessageType, int, bytes]:
         kind = peek_type(record)

@@ -23,7 +23,9 @@ to try; the AEAD decides.
 
 Refusals are counted by reason in ``refused`` (``replayed``, ``forged``, ``old_key``,
 ``no_keys``, ``unknown_session``, ``malformed``; tcp.py adds ``unsealed`` for a channel frame
-in clear) and leave every state as it was: no window moves, nothing reaches the manager.
+in clear) and leave every state as it was: no window moves, nothing reaches the manager. The
+window moves only once every record verified *and* the records made one whole frame.
+(``cannot_reserve`` counts frames this node could not seal: no counters could be reserved.)
 """
 
 from __future__ import annotations
@@ -136,14 +138,18 @@ class SealedFrames:
             )
         channel = self._channel(session).channel
         try:
-            opened = channel.open_together(records)
+            opened = channel.verify_together(records)
         except ReplayedMessage as error:
             raise self._refuse("replayed", str(error)) from None
         except HandshakeAuthenticationFailed as error:
             raise self._refuse("forged", str(error)) from None
         except HandshakeError as error:
             raise self._refuse("malformed", str(error)) from None
+        # Authentic records that are not one whole frame (a frame cut short, records of
+        # several frames spliced) are refused before the window moves: the frame they came
+        # from still opens.
         frame = self._reassemble(conversation, opened)
+        channel.accept_together([counter for _, counter, _ in opened])
         self.opened += 1
         return frame, key_id
 
@@ -193,7 +199,12 @@ class SealedFrames:
         """The channel of the session's current keys; a new one (and the old keys dropped)
         when they changed."""
         channel = self._channels.get(session.conversation)
-        if channel is None or channel.key_id != session.key_id:
+        if channel is not None and channel.key_id == session.key_id:
+            # The same keys, but the manager may hold another object for the session (it
+            # replays it from the ledger on ``restore`` or after a failed tick): reserve on
+            # and save the one the manager saves, keeping the counters and the window.
+            channel.session = session
+        else:
             channel = SessionChannel(
                 session,
                 self._own_identity,

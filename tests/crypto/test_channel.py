@@ -157,3 +157,36 @@ def test_replay_window_accepts_each_counter_at_most_once(counters: list[int]) ->
         if accepted:
             seen.add(c)
             highest = max(highest, c)
+
+
+def test_records_opened_together_are_all_accepted_or_the_window_does_not_move() -> None:
+    # Two authentic records, each new to the window, a window apart: accepting the higher
+    # one first would push the lower one out half-way through (the window moved, the call
+    # failed). Opened together they are accepted whole, and each only once.
+    a, b = _pair()
+    records = [a.seal(str(i).encode()) for i in range(REPLAY_WINDOW + 51)]
+    b.open(records[100])
+    low, high = records[50], records[50 + REPLAY_WINDOW]
+    opened = b.open_together([high, low])
+    assert [payload for _, _, payload in opened] == [str(50 + REPLAY_WINDOW).encode(), b"50"]
+    for record in (high, low):
+        with pytest.raises(ReplayedMessage):
+            b.open(record)
+
+    # A batch with one stale record moves nothing: its fresh companion still opens alone.
+    fresh = a.seal(b"fresh")
+    with pytest.raises(ReplayedMessage):
+        b.open_together([fresh, records[100]])
+    assert b.open(fresh) == (MessageType.DATA, b"fresh")
+
+
+def test_verified_records_move_the_window_only_when_accepted() -> None:
+    a, b = _pair()
+    records = [a.seal(b"x"), a.seal(b"y")]
+    opened = b.verify_together(records)
+    assert [counter for _, counter, _ in opened] == [0, 1] and b.window.highest == -1
+    b.accept_together([1, 0])
+    with pytest.raises(ReplayedMessage):
+        b.accept_together([1])
+    with pytest.raises(ReplayedMessage):
+        b.open_together(records)
