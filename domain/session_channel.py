@@ -51,7 +51,10 @@ class SessionChannel:
                 f"{self.session.key_id}): open a new channel for the new keys"
             )
         if self.channel.next_send_counter >= self.channel.reserved_until:
-            until = self.channel.reserved_until + self.block
+            # Past what the session already recorded too: a reservation whose save failed
+            # stays recorded in memory (and is saved with the session's next save), and a
+            # second one for the same limit would not move forward.
+            until = max(self.channel.reserved_until, self.session.counters_reserved()) + self.block
             self.session.reserve_counters(now_us, until)
             self.save(self.session)  # durable first ...
             self.channel.reserve(until)  # ... then usable

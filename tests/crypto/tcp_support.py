@@ -17,6 +17,7 @@ from l2_session.domain.config import DEFAULT_CONFIG, SessionConfig
 from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
 from l2_session.domain.manager import SessionManager
 from l2_session.domain.session import Session
+from l2_session.domain.session_channel import RESERVATION_BLOCK
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.resolver import DidKeyResolver
@@ -133,7 +134,7 @@ class Side:
 
 def make_side(
     tmp_path: Path, name: str, directory: DidKeyResolver, clock: VirtualTime,
-    config: SessionConfig = DEFAULT_CONFIG,
+    config: SessionConfig = DEFAULT_CONFIG, reservation_block: int = RESERVATION_BLOCK,
 ) -> Side:  # fmt: skip
     store = KeyStore.create(tmp_path / f"{name}.keys")
     exchange = PqxdhKeyExchange.for_node(
@@ -144,7 +145,7 @@ def make_side(
         tmp_path / f"{name}.sqlite3", identity=store.identity, storage_key=store.storage_key
     )
     manager = SessionManager(store.identity.did, ledger, config, key_exchange=exchange)
-    node = TcpNode(manager, clock.now_us)
+    node = TcpNode(manager, clock.now_us, reservation_block=reservation_block)
     exchange.source_of = node.address_of  # the engine keys its gate by address
     return Side(manager, node, store, ledger)
 
@@ -167,11 +168,15 @@ class Pair:
             side.ledger.close()
 
 
-async def established_pair(tmp_path: Path, config: SessionConfig = DEFAULT_CONFIG) -> Pair:
+async def established_pair(
+    tmp_path: Path,
+    config: SessionConfig = DEFAULT_CONFIG,
+    reservation_block: int = RESERVATION_BLOCK,
+) -> Pair:
     """Alice connects to Bob through the relay and establishes a session with him."""
     clock, directory = VirtualTime(), DidKeyResolver()
-    alice = make_side(tmp_path, "alice", directory, clock, config)
-    bob = make_side(tmp_path, "bob", directory, clock, config)
+    alice = make_side(tmp_path, "alice", directory, clock, config, reservation_block)
+    bob = make_side(tmp_path, "bob", directory, clock, config, reservation_block)
     server = await bob.node.serve()
     relay = Relay(server.sockets[0].getsockname()[1])
     await alice.node.connect(bob.did, "127.0.0.1", await relay.start())

@@ -1,0 +1,94 @@
+"""The sealed channel after something went wrong on the sending side: a reservation whose save
+failed, and a session object the manager replaced by one replayed from its ledger. Neither may
+stop the channel, and no (key, counter) pair may repeat. Real keys, real SQLite ledgers."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from l2_session.domain.session import Session
+from l2_session.domain.session_channel import SessionChannel
+from l2_session.infrastructure.keystore import KeyStore
+from ledger_sessions import established_pair, open_ledger, record_established
+from tcp_support import Pair, is_sealed, until
+from tcp_support import established_pair as established_tcp_pair
+
+
+def test_a_reservation_whose_save_failed_does_not_stop_the_channel(tmp_path: Path) -> None:
+    alice, bob = KeyStore.create(tmp_path / "a.keys"), KeyStore.create(tmp_path / "b.keys")
+    now = time.time_ns() // 1000
+    material, _ = established_pair(alice, bob, now)
+    ledger = open_ledger(alice, tmp_path / "a.sqlite3")
+    try:
+        session_id = record_established(ledger, bob.identity.did, material, now)
+        session: Session = ledger.repository.get(session_id)
+        failing = [True]
+
+        def save(s: Session) -> Any:
+            if failing.pop() if failing else False:  # the disk fails once
+                raise sqlite3.OperationalError("disk I/O error")
+            return ledger.save(s)
+
+        channel = SessionChannel(
+            session, alice.identity.public_bytes, bob.identity.public_bytes, save, block=2
+        )
+        failing.clear()
+        counters = [channel.seal(b"x", now)[4:12] for _ in range(2)]  # block [0, 2)
+        failing.append(True)
+        with pytest.raises(sqlite3.OperationalError):
+            channel.seal(b"x", now)  # the next block's save fails: nothing is sealed
+        counters += [channel.seal(b"x", now)[4:12] for _ in range(3)]  # and the channel goes on
+
+        used = [int.from_bytes(c, "big") for c in counters]
+        assert len(set(used)) == len(used) == 5
+        # Every counter used was reserved durably first: a restart starts after all of them.
+        reader = open_ledger(alice, tmp_path / "a.sqlite3")
+        try:
+            restored: Session = reader.repository.get(session_id)
+        finally:
+            reader.close()
+        assert restored.counters_reserved() > max(used)
+    finally:
+        ledger.close()
+
+
+def _run(tmp_path: Path, test, block: int) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        pair = await established_tcp_pair(tmp_path, reservation_block=block)
+        try:
+            await test(pair)
+        finally:
+            await pair.close()
+
+    asyncio.run(main())
+
+
+def test_sealing_continues_on_the_session_the_manager_replayed_from_its_ledger(
+    tmp_path: Path,
+) -> None:
+    # ``restore`` replaces the manager's session object with one replayed from the ledger.
+    # The sealing side must reserve counters on (and save) that one: saving the object the
+    # manager let go of conflicts with the manager's own saves.
+    async def test(pair: Pair) -> None:
+        manager, node = pair.alice.manager, pair.alice.node
+        node.perform(manager.submit(pair.conversation, b"one", pair.clock.now_us()))
+        await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"one"])
+        await until(lambda: not pair.alice.session(pair.conversation).outbox)
+
+        replayed = manager.restore(pair.conversation)
+        node.perform(manager.submit(pair.conversation, b"two", pair.clock.now_us()))
+        await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"one", b"two"])
+        assert not pair.bob.node.sealed.refused and not node.sealed.refused
+        sealed_up = [f for f in pair.relay.to_server if is_sealed(f)]
+        counters = [f[4 + 26 + 4 : 4 + 26 + 12] for f in sealed_up]
+        assert len(set(counters)) == len(counters) >= 2
+        # The reservations (one per record) went into the ledger through the manager's object.
+        assert replayed is manager.session_for(pair.conversation)
+        assert replayed.counters_reserved() >= len(counters)
+
+    _run(tmp_path, test, block=1)
