@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,7 @@ from l2_session.transports.sealed import SEALED_KIND, SealedFrames, SealRefused,
 
 HELLO_LENGTH = struct.Struct(">H")
 TIMER_IDLE_S = 0.05  # the timer task re-checks at least this often
+DROPPED_KEPT = 64  # reasons for dropped connections kept (the latest)
 
 
 @dataclass(eq=False)
@@ -79,7 +81,10 @@ class TcpNode:
             manager.ledger.save, block=reservation_block,
         )  # fmt: skip
         self.delivered: list[Deliver] = []
-        self.dropped_connections: list[str] = []
+        # Why connections were dropped: the latest few (anyone can open connections), and
+        # how many in all.
+        self.dropped_connections: deque[str] = deque(maxlen=DROPPED_KEPT)
+        self.dropped_count = 0
         self.unrouted = 0  # frames with no connection to go to
         self._links: set[Link] = set()
         self._claimed: dict[str, Link] = {}
@@ -110,7 +115,7 @@ class TcpNode:
             (n,) = HELLO_LENGTH.unpack(await reader.readexactly(HELLO_LENGTH.size))
             peer_did = (await reader.readexactly(n)).decode()
         except (asyncio.IncompleteReadError, UnicodeDecodeError) as error:
-            self.dropped_connections.append(f"bad hello: {error}")
+            self._dropped(f"bad hello: {error}")
             writer.close()
             return
         link = Link(writer, peer_did, outgoing=False)
@@ -133,7 +138,7 @@ class TcpNode:
             pass  # the peer went away; its sessions notice through their deadlines
         except FrameError as error:
             # A stream that broke framing cannot be resynchronised: drop the connection.
-            self.dropped_connections.append(f"{link.did}: {error}")
+            self._dropped(f"{link.did}: {error}")
         self._forget(link)
         link.writer.close()
 
@@ -151,23 +156,29 @@ class TcpNode:
             if is_channel_frame(frame):
                 self.sealed.refused["unsealed"] += 1
                 return
-        before = self._key_id(frame)
+        # The session as it was in memory before the frame. A session the manager replays
+        # from the ledger while handling the frame (after a restart) also shows keys it did
+        # not have before; those were agreed before the restart, not by this frame.
+        before = self.manager.session_for(frame.conversation)
+        before_key = None if before is None else before.key_id
         self._reading = link
         try:
             outputs = self.manager.receive(link.did, frame, self.now_us())
         finally:
             self._reading = None
-        after = self._key_id(frame)
-        if after is not None and after != before:  # a handshake with link.did completed here
-            self._agreed_here[frame.conversation] = after
+        after = self.manager.session_for(frame.conversation)
+        after_key = None if after is None else after.key_id
+        if after is before and after_key is not None and after_key != before_key:
+            # A handshake with link.did completed with this frame.
+            self._agreed_here[frame.conversation] = after_key
             proof = True
         if proof:
             self._proven[link.did] = link
         self.perform(outputs, via=link)
 
-    def _key_id(self, frame: Frame) -> str | None:
-        session = self.manager.session_for(frame.conversation)
-        return None if session is None else session.key_id
+    def _dropped(self, why: str) -> None:
+        self.dropped_connections.append(why)
+        self.dropped_count += 1
 
     def _forget(self, link: Link) -> None:
         self._links.discard(link)

@@ -11,10 +11,11 @@ import asyncio
 import struct
 from pathlib import Path
 
-from l2_session.domain.commands import Data, DataAck, Heartbeat, HeartbeatAck
+from l2_session.domain.commands import Data, DataAck, HandshakeAck, Heartbeat, HeartbeatAck
 from l2_session.domain.config import SessionConfig
 from l2_session.domain.handshake_wire import MessageType
 from l2_session.domain.manager import SessionManager
+from l2_session.transports import tcp
 from l2_session.transports.frames import KIND_OF, encode
 from l2_session.transports.tcp import TcpNode
 from tcp_support import Pair, Side, established_pair, is_sealed, until
@@ -234,5 +235,63 @@ def test_an_impostor_claiming_a_peers_did_gets_none_of_its_frames(tmp_path: Path
         await pair.bob.node.close()  # Bob hangs up on everyone: Mallory reads to the end
         assert await reader.read() == b""
         writer.close()
+
+    _run(tmp_path, test)
+
+
+def test_a_session_replayed_from_the_ledger_proves_no_connection(tmp_path: Path) -> None:
+    # Bob restarts. Before Alice is back, Mallory connects claiming Alice's DID and sends a
+    # stray handshake frame for the conversation (its id travels in clear). Handling it,
+    # Bob's manager replays the session — keys and all — from his ledger: that is not a
+    # handshake completed on Mallory's connection, and Bob's frames for Alice must not go
+    # to it.
+    async def test(pair: Pair) -> None:
+        exchange = pair.bob.manager._kx  # the node's identity and prekeys (a key store's job)
+        manager = SessionManager(pair.bob.did, pair.bob.ledger, key_exchange=exchange)
+        node = TcpNode(manager, pair.clock.now_us)
+        server = await node.serve()
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", server.sockets[0].getsockname()[1]
+            )
+            claimed = pair.alice.did.encode()
+            writer.write(struct.pack(">H", len(claimed)) + claimed)
+            writer.write(encode(HandshakeAck(pair.conversation, b"stray")))
+            await until(lambda: manager.dropped_frames == 1)  # handled: a stale ack
+            session = manager.session_for(pair.conversation)
+            assert session is not None and session.key_id is not None  # replayed, with keys
+            assert not node.is_proven(pair.alice.did)
+
+            node.perform(manager.submit(session.id, b"for alice only", pair.clock.now_us()))
+            assert node.unrouted == 1  # lost, as on a network: no connection to Alice
+        finally:
+            await node.close()
+            server.close()
+        assert await reader.read() == b""  # Mallory got nothing
+        writer.close()
+
+    _run(tmp_path, test)
+
+
+def test_reasons_for_dropped_connections_are_bounded(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Anyone can connect and break the framing; the node keeps the latest reasons only.
+    monkeypatch.setattr(tcp, "DROPPED_KEPT", 3)
+
+    async def test(pair: Pair) -> None:
+        node = TcpNode(pair.bob.manager, pair.clock.now_us)
+        server = await node.serve()
+        try:
+            port = server.sockets[0].getsockname()[1]
+            for i in range(7):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(struct.pack(">H", 1) + b"m" + struct.pack(">I", 0))  # length 0
+                assert await reader.read() == b""  # dropped
+                writer.close()
+                await until(lambda i=i: node.dropped_count == i + 1)
+            assert len(node.dropped_connections) == 3 and node.dropped_count == 7
+            assert all("frame length 0" in why for why in node.dropped_connections)
+        finally:
+            await node.close()
+            server.close()
 
     _run(tmp_path, test)
