@@ -5,6 +5,11 @@ Bytes from a connection become frames (frames.py) and ``manager.receive`` calls;
 timer task calling ``manager.tick``. Time comes from the caller's timeline (decision 9:
 ``infrastructure.clock.SessionTimeline`` in a real process).
 
+Failures that are not the peer's (the ledger failed to save) do not stop the node: a frame
+whose handling raised is lost, as on a network, and its connection reads on
+(``failed_frames``); a tick that raised is retried by the next one (``failed_ticks``). A
+connection that breaks the framing is dropped (``dropped_connections``, the latest few).
+
 Sealing (sealed.py). Data, DataAck, Heartbeat and HeartbeatAck travel only sealed under the
 session's keys; the same frames in clear are refused (``sealed.refused["unsealed"]``).
 Handshake and rotation frames travel as they are.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 from collections import deque
@@ -46,6 +52,8 @@ from l2_session.domain.session_channel import RESERVATION_BLOCK
 from l2_session.infrastructure.identity import public_bytes_from_did_key
 from l2_session.transports.frames import FrameError, body_length, decode, encode
 from l2_session.transports.sealed import SEALED_KIND, SealedFrames, SealRefused, is_channel_frame
+
+log = logging.getLogger("l2_session.transport")
 
 HELLO_LENGTH = struct.Struct(">H")
 TIMER_IDLE_S = 0.05  # the timer task re-checks at least this often
@@ -86,6 +94,8 @@ class TcpNode:
         self.dropped_connections: deque[str] = deque(maxlen=DROPPED_KEPT)
         self.dropped_count = 0
         self.unrouted = 0  # frames with no connection to go to
+        self.failed_ticks = 0
+        self.failed_frames = 0
         self._links: set[Link] = set()
         self._claimed: dict[str, Link] = {}
         self._proven: dict[str, Link] = {}
@@ -132,7 +142,14 @@ class TcpNode:
         try:
             while True:
                 body = await reader.readexactly(body_length(await reader.readexactly(4)))
-                self._received(link, body)
+                try:
+                    self._received(link, body)
+                except FrameError:
+                    raise
+                except Exception:  # not the peer's doing (the ledger failed): the frame is
+                    # lost, as on a network; the stream is intact, so reading goes on
+                    self.failed_frames += 1
+                    log.exception("a frame from %s could not be handled", link.did)
                 self._progress.set()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer went away; its sessions notice through their deadlines
@@ -233,10 +250,16 @@ class TcpNode:
             return None  # counted in sealed.refused
 
     async def run_timers(self) -> None:
-        """Serve the manager's deadlines until cancelled."""
+        """Serve the manager's deadlines until cancelled. A tick that raises (the ledger
+        failed to save) sent nothing and left its sessions re-armed from the ledger
+        (``SessionManager.tick``): it is logged and counted, and the timers go on."""
         while True:
             now = self.now_us()
-            self.perform(self.manager.tick(now))
+            try:
+                self.perform(self.manager.tick(now))
+            except Exception:
+                self.failed_ticks += 1
+                log.exception("tick at %d failed; its timers fire again", now)
             wake = self.manager.next_wakeup_us()
             delay = TIMER_IDLE_S if wake is None else (wake - now) / 1e6
             await asyncio.sleep(min(TIMER_IDLE_S, max(0.0, delay)))

@@ -92,3 +92,61 @@ def test_sealing_continues_on_the_session_the_manager_replayed_from_its_ledger(
         assert replayed.counters_reserved() >= len(counters)
 
     _run(tmp_path, test, block=1)
+
+
+def test_the_timers_go_on_after_a_tick_failed_to_save(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The ledger fails once, at the tick that fires Alice's heartbeat. The tick sends nothing
+    # and re-arms from the ledger; the node's timer task must live on to fire it again.
+    async def test(pair: Pair) -> None:
+        ledger, failing = pair.alice.ledger, [True]
+        save = ledger.save
+
+        def failing_once(*objs: Any, **kwargs: Any) -> Any:
+            if failing:
+                failing.pop()
+                raise sqlite3.OperationalError("disk I/O error")
+            return save(*objs, **kwargs)
+
+        monkeypatch.setattr(ledger, "save", failing_once)
+        pair.alice.node.start_timers()
+        pair.clock.skip(31)
+
+        def answered() -> bool:
+            alice = pair.alice.session(pair.conversation)
+            return alice.heartbeat_counter >= 1 and alice.heartbeat_sent_us is None
+
+        await until(answered)
+        assert not failing and pair.alice.node.failed_ticks == 1
+        assert not pair.bob.node.sealed.refused
+
+    _run(tmp_path, test, block=1)
+
+
+def test_a_frame_that_cannot_be_handled_is_lost_and_the_connection_reads_on(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # Bob's ledger fails once, saving the delivery of Alice's message: that frame is lost (as
+    # on a network). The stream is intact: Bob's node must go on reading it, and answer
+    # Alice's next heartbeat.
+    async def test(pair: Pair) -> None:
+        ledger, failing = pair.bob.ledger, [True]
+        save = ledger.save
+
+        def failing_once(*objs: Any, **kwargs: Any) -> Any:
+            if failing:
+                failing.pop()
+                raise sqlite3.OperationalError("disk I/O error")
+            return save(*objs, **kwargs)
+
+        monkeypatch.setattr(ledger, "save", failing_once)
+        alice = pair.alice
+        alice.node.perform(alice.manager.submit(pair.conversation, b"one", pair.clock.now_us()))
+        await until(lambda: not failing)  # Bob tried to save the delivery
+
+        session = alice.session(pair.conversation)
+        alice.node.perform(alice.manager.tick(pair.clock.skip(31)))
+        assert session.heartbeat_sent_us is not None
+        await until(lambda: session.heartbeat_sent_us is None)  # Bob answered
+        assert pair.bob.node.failed_frames == 1 and pair.bob.node.is_proven(alice.did)
+
+    _run(tmp_path, test, block=1)
