@@ -305,6 +305,8 @@ class SessionManager(HandshakeAnswering):
         in the ledger. If firing or saving raises, nothing is sent and the due sessions go
         back to what the ledger holds, re-armed, so their timers fire again."""
         due = self._deadlines.pop_due(now_us)
+        if not due:
+            return []  # most ticks: touch nothing else
         peers: dict[UUID, Peer] = {}
         try:
             fired = [self._fire_due(self._sessions[sid], now_us, peers) for sid in due]
