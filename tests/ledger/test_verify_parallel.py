@@ -10,8 +10,8 @@ import sqlite3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from l2_session.infrastructure.ledger.verify import SIGNATURE_BLOCK, plan_ranges, verify
 from l2_session.infrastructure.ledger.verify import ProblemKind as K
-from l2_session.infrastructure.ledger.verify import plan_ranges, verify
 from ledger_aggregates import Conversation, populate
 from tampering import flip_byte, open_as_attacker
 
@@ -44,20 +44,29 @@ def test_parallel_and_single_process_reports_agree(interleaved):
 
 
 @pytest.mark.parametrize("position", [CHUNK, CHUNK + 1, 3 * CHUNK + 1])
-def test_a_row_deleted_at_a_seam_is_found_by_the_stitching(interleaved, ledger_path, tmp_path, position):
+def test_a_row_deleted_at_a_seam_is_found_by_the_stitching(
+    interleaved, ledger_path, tmp_path, position
+):
     copy = tmp_path / "copy.sqlite3"
     shutil.copy(ledger_path, copy)
     db = open_as_attacker(copy)
-    sid = db.execute("SELECT session_id FROM ledger_events WHERE position=?", (position,)).fetchone()[0]
+    sid = db.execute(
+        "SELECT session_id FROM ledger_events WHERE position=?", (position,)
+    ).fetchone()[0]
     db.execute("DELETE FROM ledger_events WHERE position=?", (position,))
     db.commit()
     report = verify(copy, workers=2, chunk_events=CHUNK)
     assert report.workers == 2
     assert K.GLOBAL_CHAIN_BREAK in report.kinds_at(position + 1)
     # The session lost a middle event: its next event, in a later range, shows the gap.
-    later = sqlite3.connect(copy).execute(
-        "SELECT MIN(position) FROM ledger_events WHERE session_id=? AND position>?", (sid.decode(), position)
-    ).fetchone()[0]
+    later = (
+        sqlite3.connect(copy)
+        .execute(
+            "SELECT MIN(position) FROM ledger_events WHERE session_id=? AND position>?",
+            (sid.decode(), position),
+        )
+        .fetchone()[0]
+    )
     assert {K.VERSION_GAP, K.SESSION_CHAIN_BREAK} <= report.kinds_at(later)
 
 
@@ -91,7 +100,9 @@ def test_planned_ranges_cover_every_position_once_in_order(workers):
     if workers == 1:
         assert set(sizes) == {80, 1000 % 80}  # one process: no reason to split the tail
     else:
-        assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 10  # the tail shrinks to a step
+        assert (
+            sizes == sorted(sizes, reverse=True) and sizes[-1] == 10
+        )  # the tail shrinks to a step
 
 
 @settings(max_examples=200)
@@ -137,3 +148,24 @@ def test_the_structural_check_runs_beside_the_workers(ledger_factory, ledger_pat
     assert {p.kind for p in report.problems} == {K.DATABASE_CORRUPT}
     # The rows themselves are intact and all checked: 40 sessions of 22 events.
     assert report.events_checked == 40 * 22
+
+
+def test_bad_signatures_are_found_in_every_block_of_signature_checks(
+    ledger_factory, ledger_path, clock
+):
+    """Signatures are checked in blocks of SIGNATURE_BLOCK after the rows' other checks: a bad
+    one is named by its own position in the first block, a middle one and the last partial one."""
+    ledger = ledger_factory(snapshot_interval=None)
+    populate(ledger, clock, sessions=30, notes=20)  # 660 events: blocks 1-256, 257-512, 513-660
+    ledger.close()
+    db = open_as_attacker(ledger_path)
+    forged = [1, SIGNATURE_BLOCK, SIGNATURE_BLOCK + 1, 600]
+    for position in forged:
+        db.execute(
+            "UPDATE ledger_events SET signature = ? WHERE position = ?", (bytes(64), position)
+        )
+    db.commit()
+    report = verify(ledger_path, workers=1)
+    assert report.events_checked == 660
+    assert sorted(p.position for p in report.problems) == forged
+    assert {p.kind for p in report.problems} == {K.BAD_SIGNATURE}
