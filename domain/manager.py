@@ -69,6 +69,10 @@ class _Fired(NamedTuple):
     wake_at_us: int | None
 
 
+# States in which a session's last handshake frame is never answered again (it is dropped).
+_FORGET_HANDSHAKE_FRAME_IN = frozenset({State.FAILED, State.SUSPENDED})
+
+
 class Ledger(Protocol):
     """What the manager needs of the ledger: any eventsourcing ``Application`` fits."""
 
@@ -314,10 +318,11 @@ class SessionManager(HandshakeAnswering):
         except BaseException:
             self._reload(due, peers)
             raise
+        for f in fired:  # re-armed first: one session's outputs failing must not strand others
+            self._deadlines.arm(f.session.id, f.wake_at_us)
         out: list[Output] = []
         for f in fired:
-            out.extend(outputs_for(f.session, f.events, self._kx))
-            self._deadlines.arm(f.session.id, f.wake_at_us)
+            out.extend(self._outputs_after_save(f.session, f.events, tolerate=True))
         return out
 
     def next_wakeup_us(self) -> int | None:
@@ -346,16 +351,27 @@ class SessionManager(HandshakeAnswering):
             self._ledger.save(*changed, *peers.values())
 
     def _reload(self, session_ids: list[UUID], peers: dict[UUID, Peer]) -> None:
-        """After a failed tick memory is ahead of the ledger: drop what was not saved."""
+        """After a failed save memory is ahead of the ledger: drop what was not saved, so
+        that the sessions are what the ledger holds (re-armed) and a frame or timer that
+        comes again is decided afresh — not dropped as a duplicate of something the ledger
+        never recorded."""
         for peer in peers.values():
             self._peers.pop(peer.peer_did, None)  # read again from the ledger when needed
         for sid in session_ids:
             try:
                 self.restore(sid)
+            except AggregateNotFoundError:  # never saved (decision 14's responder, a new one)
+                log.debug("session %s was never saved: dropped after a failed save", sid)
+                self._drop(sid)
             except Exception:  # the ledger cannot be read either: a frame finds it later
-                log.exception("session %s could not be reloaded after a failed tick", sid)
-                dropped = self._sessions.pop(sid)
-                self._conversations.pop(dropped.conversation, None)
+                log.exception("session %s could not be reloaded after a failed save", sid)
+                self._drop(sid)
+
+    def _drop(self, sid: UUID) -> None:
+        dropped = self._sessions.pop(sid)
+        self._conversations.pop(dropped.conversation, None)
+        self._last_handshake_frame.pop(dropped.conversation, None)
+        self._deadlines.arm(sid, None)
 
     def _fire(self, s: Session, timer: timers.Timer, now_us: int, peers: dict[UUID, Peer]) -> None:
         T = timers.Timer
@@ -395,13 +411,37 @@ class SessionManager(HandshakeAnswering):
         self._deadlines.arm(s.id, None if due is None else max(due[0], not_before_us))
 
     def _commit(self, s: Session, *others: Any, arm: bool = True) -> list[Output]:
-        """Save what was recorded, derive what to send from it, re-arm the deadline."""
+        """Save what was recorded, re-arm the deadline, derive what to send. If the save
+        raises, the session and peers go back to what the ledger holds and nothing is sent."""
         new_events = list(s.pending_events)
-        self._ledger.save(s, *others)
-        out = outputs_for(s, new_events, self._kx)
+        try:
+            self._ledger.save(s, *others)
+        except BaseException:
+            self._reload([s.id], {o.id: o for o in others if isinstance(o, Peer)})
+            raise
         if arm:
             self._arm(s)
-        return out
+        return self._outputs_after_save(s, new_events, tolerate=False)
+
+    def _outputs_after_save(self, s: Session, events: list[Any], *, tolerate: bool) -> list[Output]:
+        """What the saved ``events`` ask to send. With ``tolerate`` (a tick: nobody to tell),
+        a frame that cannot be made (the peer's prekeys expired, say) is logged and not sent;
+        the events are in the ledger and the session's timers recover it (a handshake times
+        out and is retried). Otherwise the caller gets the error."""
+        if (
+            s.closed
+            or s.state in _FORGET_HANDSHAKE_FRAME_IN
+            or (s.role == "responder" and s.state == State.ESTABLISHED)
+        ):
+            # Nothing will ask for the last handshake frame again: it stops taking memory.
+            self._last_handshake_frame.pop(s.conversation, None)
+        try:
+            return outputs_for(s, events, self._kx)
+        except SessionError as error:
+            if not tolerate:
+                raise
+            log.warning("session %s: nothing sent after %d events: %s", s.id, len(events), error)
+            return []
 
     def _send(self, s: Session, frame: Frame) -> Send:
         return send(s, frame)
