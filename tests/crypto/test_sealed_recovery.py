@@ -94,20 +94,25 @@ def test_sealing_continues_on_the_session_the_manager_replayed_from_its_ledger(
     _run(tmp_path, test, block=1)
 
 
+def _fail_next_save(monkeypatch: Any, ledger: Any) -> list[bool]:
+    """Make ``ledger``'s next save fail as a disk error would; the list empties when it has."""
+    failing, save = [True], ledger.save
+
+    def failing_once(*objs: Any, **kwargs: Any) -> Any:
+        if failing:
+            failing.pop()
+            raise sqlite3.OperationalError("disk I/O error")
+        return save(*objs, **kwargs)
+
+    monkeypatch.setattr(ledger, "save", failing_once)
+    return failing
+
+
 def test_the_timers_go_on_after_a_tick_failed_to_save(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # The ledger fails once, at the tick that fires Alice's heartbeat. The tick sends nothing
     # and re-arms from the ledger; the node's timer task must live on to fire it again.
     async def test(pair: Pair) -> None:
-        ledger, failing = pair.alice.ledger, [True]
-        save = ledger.save
-
-        def failing_once(*objs: Any, **kwargs: Any) -> Any:
-            if failing:
-                failing.pop()
-                raise sqlite3.OperationalError("disk I/O error")
-            return save(*objs, **kwargs)
-
-        monkeypatch.setattr(ledger, "save", failing_once)
+        failing = _fail_next_save(monkeypatch, pair.alice.ledger)
         pair.alice.node.start_timers()
         pair.clock.skip(31)
 
@@ -129,16 +134,7 @@ def test_a_frame_that_cannot_be_handled_is_lost_and_the_connection_reads_on(
     # on a network). The stream is intact: Bob's node must go on reading it, and answer
     # Alice's next heartbeat.
     async def test(pair: Pair) -> None:
-        ledger, failing = pair.bob.ledger, [True]
-        save = ledger.save
-
-        def failing_once(*objs: Any, **kwargs: Any) -> Any:
-            if failing:
-                failing.pop()
-                raise sqlite3.OperationalError("disk I/O error")
-            return save(*objs, **kwargs)
-
-        monkeypatch.setattr(ledger, "save", failing_once)
+        failing = _fail_next_save(monkeypatch, pair.bob.ledger)
         alice = pair.alice
         alice.node.perform(alice.manager.submit(pair.conversation, b"one", pair.clock.now_us()))
         await until(lambda: not failing)  # Bob tried to save the delivery
