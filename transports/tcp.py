@@ -58,6 +58,9 @@ log = logging.getLogger("l2_session.transport")
 HELLO_LENGTH = struct.Struct(">H")
 TIMER_IDLE_S = 0.05  # the timer task re-checks at least this often
 DROPPED_KEPT = 64  # reasons for dropped connections kept (the latest)
+HELLO_TIMEOUT_S = 5.0  # an accepted connection must name its DID within this
+MAX_DID_BYTES = 256  # a did:key is ~56 bytes; a longer claim is refused unread
+MAX_CONNECTIONS = 1024  # open connections at once; beyond it, new ones are refused
 
 
 @dataclass(eq=False)
@@ -82,8 +85,16 @@ class TcpNode:
         *,
         identity_key_of: Callable[[str], bytes] = public_bytes_from_did_key,
         reservation_block: int = RESERVATION_BLOCK,
+        max_connections: int = MAX_CONNECTIONS,
+        hello_timeout_s: float = HELLO_TIMEOUT_S,
     ) -> None:
+        if max_connections < 1 or hello_timeout_s <= 0:
+            raise ValueError(
+                f"max_connections must be >= 1 and hello_timeout_s > 0, "
+                f"got {max_connections} and {hello_timeout_s}"
+            )
         self.manager, self.now_us = manager, now_us
+        self.max_connections, self.hello_timeout_s = max_connections, hello_timeout_s
         self.sealed = SealedFrames(
             manager.session_for, identity_key_of, manager.local_did,
             manager.ledger.save, block=reservation_block,
@@ -121,10 +132,17 @@ class TcpNode:
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _no_delay(writer)
+        if len(self._links) >= self.max_connections:
+            self._dropped(f"refused: {len(self._links)} connections open already")
+            writer.close()
+            return
         try:
-            (n,) = HELLO_LENGTH.unpack(await reader.readexactly(HELLO_LENGTH.size))
-            peer_did = (await reader.readexactly(n)).decode()
-        except (asyncio.IncompleteReadError, UnicodeDecodeError) as error:
+            peer_did = await asyncio.wait_for(self._hello(reader), self.hello_timeout_s)
+        except TimeoutError:
+            self._dropped(f"bad hello: none within {self.hello_timeout_s} s")
+            writer.close()
+            return
+        except (asyncio.IncompleteReadError, UnicodeDecodeError, FrameError) as error:
             self._dropped(f"bad hello: {error}")
             writer.close()
             return
@@ -137,6 +155,15 @@ class TcpNode:
         # quietly here (asyncio logs the CancelledError of a handler task as an error).
         with contextlib.suppress(asyncio.CancelledError):
             await self._read(link, reader)
+
+    @staticmethod
+    async def _hello(reader: asyncio.StreamReader) -> str:
+        """The DID an accepted connection claims: ``u16 length | UTF-8``, at most
+        MAX_DID_BYTES (a slow or oversized hello holds no resources for long)."""
+        (n,) = HELLO_LENGTH.unpack(await reader.readexactly(HELLO_LENGTH.size))
+        if n > MAX_DID_BYTES:
+            raise FrameError(f"DID of {n} bytes claimed, at most {MAX_DID_BYTES}")
+        return (await reader.readexactly(n)).decode()
 
     async def _read(self, link: Link, reader: asyncio.StreamReader) -> None:
         try:

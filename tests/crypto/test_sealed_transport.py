@@ -11,6 +11,7 @@ import asyncio
 import struct
 from pathlib import Path
 
+import pytest
 from l2_session.domain.commands import Data, DataAck, HandshakeAck, Heartbeat, HeartbeatAck
 from l2_session.domain.config import SessionConfig
 from l2_session.domain.handshake_wire import MessageType
@@ -293,5 +294,59 @@ def test_reasons_for_dropped_connections_are_bounded(tmp_path: Path, monkeypatch
         finally:
             await node.close()
             server.close()
+
+    _run(tmp_path, test)
+
+
+def test_a_silent_or_oversized_hello_and_connections_over_the_cap_are_refused(
+    tmp_path: Path,
+) -> None:
+    # Unproven connections hold nothing for long: a connection that never names its DID is
+    # closed after the hello timeout, an oversized claim is refused unread, and beyond
+    # max_connections new connections are closed at once — while the proven ones work on.
+    async def test(pair: Pair) -> None:
+        node = TcpNode(pair.bob.manager, pair.clock.now_us, max_connections=2, hello_timeout_s=0.2)
+        server = await node.serve()
+        port = server.sockets[0].getsockname()[1]
+        opened: list[asyncio.StreamWriter] = []
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            opened.append(writer)
+            assert await reader.read() == b""  # said nothing: closed
+            await until(lambda: node.dropped_count == 1)
+            assert "none within 0.2 s" in node.dropped_connections[-1]
+
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            opened.append(writer)
+            writer.write(struct.pack(">H", 60_000))  # claims a 60,000-byte DID
+            assert await reader.read() == b""
+            await until(lambda: node.dropped_count == 2)
+            assert "DID of 60000 bytes" in node.dropped_connections[-1]
+
+            for _ in range(2):  # two well-formed claims fill the node
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                opened.append(writer)
+                writer.write(struct.pack(">H", 8) + b"did:key:")
+            await until(lambda: len(node._links) == 2)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            opened.append(writer)
+            assert await reader.read() == b""  # the third is refused
+            await until(lambda: node.dropped_count == 3)
+            assert "2 connections open already" in node.dropped_connections[-1]
+        finally:
+            for writer in opened:
+                writer.close()
+            await node.close()
+            server.close()
+
+    _run(tmp_path, test)
+
+
+def test_connection_limits_are_checked_on_construction(tmp_path: Path) -> None:
+    async def test(pair: Pair) -> None:
+        with pytest.raises(ValueError, match="max_connections must be >= 1"):
+            TcpNode(pair.bob.manager, pair.clock.now_us, max_connections=0)
+        with pytest.raises(ValueError, match="hello_timeout_s > 0"):
+            TcpNode(pair.bob.manager, pair.clock.now_us, hello_timeout_s=0)
 
     _run(tmp_path, test)
