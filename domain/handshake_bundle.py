@@ -130,11 +130,7 @@ class PrekeyBundle:
     def verify(self, now_us: int, expected_identity: bytes | None = None) -> None:
         """Raise unless every signature holds, the bundle has not expired, and (if given) it
         belongs to ``expected_identity`` — the key the peer's DID names."""
-        if expected_identity is not None and expected_identity != self.identity:
-            raise HandshakeAuthenticationFailed(
-                f"bundle identity {self.identity.hex()} is not the expected "
-                f"{expected_identity.hex()}"
-            )
+        self._check_owner(expected_identity)
         check_signature(
             self.identity, self.signature, LABEL_BUNDLE + self.signed_part(), "prekey bundle"
         )
@@ -145,6 +141,22 @@ class PrekeyBundle:
                 _opk_message(self.identity, opk.prekey_id, opk.public),
                 f"one-time prekey {opk.prekey_id}",
             )
+        self._check_expiry(now_us)
+
+    def check_current(self, now_us: int, expected_identity: bytes | None = None) -> None:
+        """The cheap half of ``verify``: the owner and the expiry, no signature (a directory
+        serving bundles it verified on publication; the handshake verifies before use)."""
+        self._check_owner(expected_identity)
+        self._check_expiry(now_us)
+
+    def _check_owner(self, expected_identity: bytes | None) -> None:
+        if expected_identity is not None and expected_identity != self.identity:
+            raise HandshakeAuthenticationFailed(
+                f"bundle identity {self.identity.hex()} is not the expected "
+                f"{expected_identity.hex()}"
+            )
+
+    def _check_expiry(self, now_us: int) -> None:
         if now_us >= self.expires_at_us:
             raise PrekeyError(
                 f"prekey bundle expired at {self.expires_at_us} us, now is {now_us} us; "

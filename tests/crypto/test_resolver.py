@@ -3,13 +3,17 @@ find each other only through the resolver (SPEC-018 §2.1 "a discovered peer wit
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from crypto_support import DAY_US, NOW_US
+from l2_session.domain import handshake_bundle
 from l2_session.domain.handshake import InitiatorHandshake, Responder
 from l2_session.domain.handshake_bundle import create_prekeys
 from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed, PrekeyError
+from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
 from l2_session.infrastructure.identity import DIDError, NodeIdentity
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.resolver import DidKeyResolver, MockResolver, ResolutionError
@@ -120,3 +124,44 @@ def test_two_nodes_with_key_stores_handshake_through_the_resolver(tmp_path: Path
     assert keys_a.send_key == keys_b.receive_key
     assert resolver.resolve(bob.identity.did).identity_key == keys_a.peer_identity
     assert KeyStore.load(bob.path).prekeys.one_time_prekeys == {}  # type: ignore[union-attr]
+
+
+def test_a_corrupted_directory_entry_is_served_but_refused_by_the_handshake() -> None:
+    # fetch_bundle checks owner and expiry only; the signature is the handshake's to check,
+    # once, before any use of the prekeys.
+    resolver = DidKeyResolver()
+    alice, bob = NodeIdentity.generate(), NodeIdentity.generate()
+    _, bundle = _publish(resolver, bob, opks=())
+    forged = replace(bundle, signed_prekey=bytes(32 * [7]))  # swapped prekey, old signature
+    resolver.directory.put(bob.did, forged)
+    fetched = resolver.fetch_bundle(bob.did, NOW_US)
+    with pytest.raises(HandshakeAuthenticationFailed, match="prekey bundle"):
+        InitiatorHandshake.start(
+            alice.private_key, fetched, now_us=NOW_US, expected_responder=bob.public_bytes
+        )
+
+
+def test_an_initiated_handshake_verifies_the_bundle_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The benchmark's crypto floor counts one bundle verification per handshake; the
+    # resolver used to verify a second time on the way out.
+    resolver = DidKeyResolver()
+    alice, bob = NodeIdentity.generate(), NodeIdentity.generate()
+    PqxdhKeyExchange.for_node(
+        bob.did, bob.private_key, resolver, now_us=NOW_US, valid_for_us=DAY_US,
+        one_time_prekeys=0,
+    )  # fmt: skip
+    exchange = PqxdhKeyExchange.for_node(
+        alice.did, alice.private_key, resolver, now_us=NOW_US, valid_for_us=DAY_US
+    )
+    checked: list[str] = []
+    real = handshake_bundle.check_signature
+
+    def counting(public: bytes, signature: bytes, message: bytes, what: str) -> None:
+        checked.append(what)
+        real(public, signature, message, what)
+
+    monkeypatch.setattr(handshake_bundle, "check_signature", counting)
+    exchange.initiate(uuid4(), bob.did, NOW_US)
+    assert checked == ["prekey bundle"]
