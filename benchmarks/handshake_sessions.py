@@ -76,6 +76,21 @@ class Pair:
             raise RuntimeError(f"handshake {sid} ended in {alice.session(sid).state}")
         return sid
 
+    def handshakes(self, count: int) -> list[UUID]:
+        """``count`` handshakes in flight at once, each round of frames one call per side:
+        Alice's ``establish_many``, Bob's ``receive_many`` of the INITs, Alice's of the
+        RESPONSEs, Bob's of the CONFIRMs — what a node does with the frames one read of its
+        sockets brings. Every event is still signed and appended before its frame is sent."""
+        alice, bob = self.managers[self.alice], self.managers[self.bob]
+        ids, outputs = alice.establish_many([self.bob] * count, self.tick())
+        for receiver, sender in ((bob, self.alice), (alice, self.bob), (bob, self.alice)):
+            frames = [(sender, o.frame) for o in outputs if isinstance(o, Send)]
+            outputs = receiver.receive_many(frames, self.tick())
+        established = [sid for sid in ids if alice.session(sid).state == "established"]
+        if len(established) != count:
+            raise RuntimeError(f"{count - len(established)} of {count} handshakes not established")
+        return established
+
     def close(self) -> None:
         for ledger in self.ledgers:
             ledger.close()
@@ -90,6 +105,21 @@ def ledger_handshake_rate(directory: Path, durability: Durability, min_seconds: 
         while (elapsed := time.perf_counter() - start) < min_seconds or done < 5:
             pair.handshake()
             done += 1
+        return done / elapsed
+    finally:
+        pair.close()
+
+
+def batched_handshake_rate(
+    directory: Path, durability: Durability, min_seconds: float, in_flight: int
+) -> float:
+    """Full handshakes/s with ``in_flight`` handshakes at a time (``Pair.handshakes``)."""
+    pair = Pair(directory, durability, time.time_ns() // 1000)
+    try:
+        pair.handshakes(in_flight)  # warm-up, as above
+        done, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < min_seconds or done < 5 * in_flight:
+            done += len(pair.handshakes(in_flight))
         return done / elapsed
     finally:
         pair.close()

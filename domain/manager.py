@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 from uuid import UUID, uuid5
 
@@ -69,6 +69,33 @@ class _Fired(NamedTuple):
     wake_at_us: int | None
 
 
+class _AfterSave(NamedTuple):
+    """In a batch: the outputs of ``events`` (one command's), derived once the batch is saved."""
+
+    session: Session
+    events: list[Any]
+
+
+class _Batch:
+    """What the commands of one ``receive_many`` / ``establish_many`` recorded, saved at once."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[UUID, Session] = {}
+        self.peers: dict[UUID, Peer] = {}
+        self.claimed: dict[UUID, int] = {}  # per session: pending events already claimed
+        self.arm: set[UUID] = set()
+
+    def add(self, s: Session, others: tuple[Any, ...], arm: bool) -> _AfterSave:
+        self.sessions[s.id] = s
+        for other in others:
+            self.peers[other.id] = other
+        if arm:
+            self.arm.add(s.id)
+        pending = s.pending_events
+        start, self.claimed[s.id] = self.claimed.get(s.id, 0), len(pending)
+        return _AfterSave(s, list(pending[start:]))
+
+
 # States in which a session's last handshake frame is never answered again (it is dropped).
 _FORGET_HANDSHAKE_FRAME_IN = frozenset({State.FAILED, State.SUSPENDED})
 
@@ -109,6 +136,7 @@ class SessionManager(HandshakeAnswering):
         # it was lost (a lost key confirmation strands the responder). Memory only.
         self._last_handshake_frame: dict[UUID, Frame] = {}
         self.dropped_frames = 0
+        self._batch: _Batch | None = None  # inside receive_many / establish_many
 
     # ------------------------------------------------------------------ lookups
     @property
@@ -147,6 +175,29 @@ class SessionManager(HandshakeAnswering):
         session.initiate_handshake(now_us)
         self._add(session)
         return session.id, self._commit(session, peer)
+
+    def establish_many(
+        self, peer_dids: Iterable[str], now_us: int
+    ) -> tuple[list[UUID | SessionError], list[Output]]:
+        """``establish`` with each peer, every session's first events saved in one ``save``
+        (one group commit); then the handshake requests, in order. Per peer: the new
+        session's id, or the ``SessionError`` that refused it (a quarantined peer, say) —
+        one refusal does not stop the others."""
+        results: list[UUID | SessionError] = []
+
+        def each() -> list[Output | _AfterSave]:
+            out: list[Output | _AfterSave] = []
+            for peer_did in peer_dids:
+                try:
+                    sid, outputs = self.establish(peer_did, now_us)
+                except SessionError as error:
+                    results.append(error)
+                    continue
+                results.append(sid)
+                out.extend(outputs)
+            return out
+
+        return results, self._in_one_save(each)
 
     def _find(self, conversation: UUID) -> Session | None:
         """The session for ``conversation``: in memory, or else replayed from the ledger
@@ -206,6 +257,54 @@ class SessionManager(HandshakeAnswering):
     def receive(self, peer_did: str, frame: Frame, now_us: int) -> list[Output]:
         """A frame from ``peer_did``. Frames that do not fit the session's state (late,
         duplicated, replayed) are dropped and counted: the network is not trusted."""
+        return self._receive(peer_did, frame, now_us)  # outside a batch: Outputs only
+
+    def receive_many(self, frames: Iterable[tuple[str, Frame]], now_us: int) -> list[Output]:
+        """Several frames at once — what a transport read in one go — each decided as
+        ``receive`` decides it, and everything they recorded saved in one ``save``: one group
+        commit (and one batch of signatures, on both cores) for the lot, as ``tick`` does
+        for timers. Nothing is sent before that save returned; the outputs come in the order
+        of the frames. If the save fails, every session and peer the frames touched goes back
+        to what the ledger holds and the error is raised: the frames are lost, as on a lossy
+        network, and the peers' retries bring them again."""
+
+        def each() -> list[Output | _AfterSave]:
+            out: list[Output | _AfterSave] = []
+            for peer_did, frame in frames:
+                out.extend(self._receive(peer_did, frame, now_us))
+            return out
+
+        return self._in_one_save(each)
+
+    def _in_one_save(self, commands: Callable[[], list[Output | _AfterSave]]) -> list[Output]:
+        if self._batch is not None:
+            raise RuntimeError("receive_many / establish_many cannot nest")
+        batch = self._batch = _Batch()
+        try:
+            planned = commands()
+            objects = [*batch.sessions.values(), *batch.peers.values()]
+            if objects:
+                self._ledger.save(*objects)
+        except BaseException:
+            self._reload(list(batch.sessions), batch.peers)
+            raise
+        finally:
+            self._batch = None
+        for sid in batch.arm:
+            self._arm(batch.sessions[sid])
+        out: list[Output] = []
+        for item in planned:
+            if not isinstance(item, _AfterSave):
+                out.append(item)
+                continue
+            try:
+                out.extend(self._outputs_after_save(item.session, item.events, tolerate=False))
+            except SessionError as error:  # as receive would: this frame's outputs only
+                self.dropped_frames += 1
+                log.debug("nothing sent for session %s: %s", item.session.id, error)
+        return out
+
+    def _receive(self, peer_did: str, frame: Frame, now_us: int) -> list[Any]:
         try:
             if isinstance(frame, HandshakeRequest):
                 return self._on_request(peer_did, frame, now_us)
@@ -413,6 +512,8 @@ class SessionManager(HandshakeAnswering):
     def _commit(self, s: Session, *others: Any, arm: bool = True) -> list[Output]:
         """Save what was recorded, re-arm the deadline, derive what to send. If the save
         raises, the session and peers go back to what the ledger holds and nothing is sent."""
+        if self._batch is not None:  # saved with the rest of the batch (_in_one_save)
+            return [self._batch.add(s, others, arm)]  # type: ignore[list-item]
         new_events = list(s.pending_events)
         try:
             self._ledger.save(s, *others)

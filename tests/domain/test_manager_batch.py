@@ -1,0 +1,191 @@
+"""``establish_many`` and ``receive_many``: many commands, one ``save`` (one group commit),
+nothing sent before it returned — the same decisions ``establish`` and ``receive`` make one
+at a time. On real signed SQLite ledgers; the last test with real PQxdh keys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from l2_session.domain.commands import (
+    Data,
+    DataAck,
+    Deliver,
+    HandshakeAck,
+    HandshakeRequest,
+    HandshakeResponse,
+    Output,
+    Send,
+)
+from l2_session.domain.config import SessionConfig
+from l2_session.domain.errors import SessionError
+from l2_session.domain.manager import SessionManager
+from l2_session.domain.session import Session
+from l2_session.infrastructure.clock import ManualClock
+from l2_session.infrastructure.ledger.verify import verify
+from pqxdh_nodes import Nodes
+from session_helpers import ALICE, SECOND, T0
+from test_manager_tick import PEERS, RecordingKeyExchange, RecordingLedger
+
+THREE = (*PEERS, "did:key:z6MkPeerThree")
+
+
+@pytest.fixture
+def node(session_ledger_factory: Callable[..., Any]) -> tuple[SessionManager, RecordingLedger]:
+    log: list[tuple[str, Any]] = []
+    ledger = RecordingLedger(session_ledger_factory("alice"), log)
+    manager = SessionManager(ALICE, ledger, SessionConfig(), key_exchange=RecordingKeyExchange(log))
+    return manager, ledger
+
+
+def _sent(outputs: list[Output], kind: type) -> list[Any]:
+    return [o.frame for o in outputs if isinstance(o, Send) and isinstance(o.frame, kind)]
+
+
+def _responses(manager: SessionManager, requests: list[HandshakeRequest]) -> list[Any]:
+    sessions = [manager.session_for(r.conversation) for r in requests]
+    return [(s.peer_did, HandshakeResponse(s.conversation, b"\x01" * 32)) for s in sessions]
+
+
+def test_establish_many_saves_once_then_derives_every_request(node) -> None:
+    manager, ledger = node
+    ids, outputs = manager.establish_many(THREE, T0)
+    assert len(ledger.saves()) == 1
+    assert {s.id for s in ledger.saves()[0] if isinstance(s, Session)} == set(ids)
+    # Every handshake request is derived after the one save, in the order of the peers.
+    assert [what for what, _ in ledger.log] == ["save", "initiate", "initiate", "initiate"]
+    requests = _sent(outputs, HandshakeRequest)
+    assert [manager.session_for(r.conversation).peer_did for r in requests] == list(THREE)
+    for sid in ids:
+        stored = ledger.repository.get(sid)
+        assert stored.state == manager.session(sid).state == "handshake_initiated"
+    assert manager.next_wakeup_us() is not None  # armed: their handshakes time out
+
+
+def test_receive_many_saves_once_and_sends_after_it(node) -> None:
+    manager, ledger = node
+    _, outputs = manager.establish_many(THREE, T0)
+    responses = _responses(manager, _sent(outputs, HandshakeRequest))
+    saves = len(ledger.saves())
+    acks = manager.receive_many(responses, T0 + SECOND)
+    assert len(ledger.saves()) == saves + 1
+    assert len(_sent(acks, HandshakeAck)) == 3
+    for _, response in responses:
+        session = manager.session_for(response.conversation)
+        assert session.state == "established"
+        assert ledger.repository.get(session.id).state == "established"
+
+
+def test_one_bad_frame_is_dropped_and_the_rest_proceed(node) -> None:
+    manager, _ = node
+    _, outputs = manager.establish_many(THREE, T0)
+    responses = _responses(manager, _sent(outputs, HandshakeRequest))
+    stray = (PEERS[0], HandshakeResponse(responses[1][1].conversation, b"\x01" * 32))  # wrong peer
+    dropped = manager.dropped_frames
+    acks = manager.receive_many([responses[0], stray, responses[2]], T0 + SECOND)
+    assert manager.dropped_frames == dropped + 1
+    assert len(_sent(acks, HandshakeAck)) == 2
+    states = [manager.session_for(r.conversation).state for _, r in responses]
+    assert states == ["established", "handshake_initiated", "established"]
+
+
+def test_two_frames_for_one_session_keep_their_own_outputs_in_order(node) -> None:
+    manager, _ = node
+    _, outputs = manager.establish_many(PEERS[:1], T0)
+    [(peer_did, response)] = _responses(manager, _sent(outputs, HandshakeRequest))
+    data = Data(response.conversation, 1, b"hello")
+    out = manager.receive_many([(peer_did, response), (peer_did, data)], T0 + SECOND)
+    kinds = [type(o.frame if isinstance(o, Send) else o).__name__ for o in out]
+    assert kinds == ["HandshakeAck", "Deliver", "DataAck"]
+    assert [o.payload for o in out if isinstance(o, Deliver)] == [b"hello"]
+    assert _sent(out, DataAck)[0].up_to_seq == 1
+
+
+def test_a_failed_save_leaves_the_ledgers_state_and_sends_nothing(node) -> None:
+    manager, ledger = node
+    _, outputs = manager.establish_many(THREE, T0)
+    responses = _responses(manager, _sent(outputs, HandshakeRequest))
+    manager.receive_many(responses, T0 + 1)
+    messages = [(peer, Data(r.conversation, 1, peer.encode())) for peer, r in responses]
+    ledger.fail_next = True
+    with pytest.raises(Exception, match="disk is full"):
+        manager.receive_many(messages, T0 + SECOND)
+    for _, message in messages:  # memory is what the ledger holds again
+        assert manager.session_for(message.conversation).next_expected_seq == 1
+    # The messages come again (no ack went out): each delivered now, exactly once.
+    again = manager.receive_many(messages, T0 + 2 * SECOND)
+    assert [o.payload for o in again if isinstance(o, Deliver)] == [p.encode() for p in THREE]
+    assert not [
+        o for o in manager.receive_many(messages, T0 + 3 * SECOND) if isinstance(o, Deliver)
+    ]
+    for _, message in messages:
+        session = manager.session_for(message.conversation)
+        assert ledger.repository.get(session.id).next_expected_seq == 2
+
+
+def test_a_failed_first_save_forgets_the_new_sessions(node) -> None:
+    manager, ledger = node
+    ledger.fail_next = True
+    with pytest.raises(Exception, match="disk is full"):
+        manager.establish_many(THREE, T0)
+    assert len(manager) == 0 and manager.next_wakeup_us() is None
+    ids, _ = manager.establish_many(THREE, T0 + 1)  # and a second try opens them afresh
+    assert len(manager) == 3 and all(ledger.repository.get(sid) for sid in ids)
+
+
+def test_a_quarantined_peer_is_refused_alone(node) -> None:
+    manager, _ = node
+    peer = manager.peer(PEERS[1], T0)
+    peer.authentication_failed(T0, 0.5)
+    manager.ledger.save(peer)
+    results, outputs = manager.establish_many(THREE, T0 + SECOND)
+    assert isinstance(results[1], SessionError)
+    assert [type(r).__name__ for r in results].count("UUID") == 2
+    assert len(_sent(outputs, HandshakeRequest)) == 2
+
+
+def test_batches_do_not_nest(node) -> None:
+    manager, _ = node
+
+    def inner() -> list[Any]:
+        manager.establish_many(PEERS, T0)
+        return []
+
+    with pytest.raises(RuntimeError, match="cannot nest"):
+        manager._in_one_save(inner)  # a key exchange or ledger calling back into a batch
+
+
+def test_many_real_handshakes_in_three_saves(session_ledger_factory, manual_clock: ManualClock):
+    # Real PQxdh keys and signed SQLite ledgers: four handshakes in flight between two nodes,
+    # each round one call. The initiator saves twice (open, established), the responder once
+    # (decision 14): three saves for the four handshakes, and both ledgers verify.
+    nodes = Nodes(session_ledger_factory, manual_clock)
+    alice, bob = nodes.manager(nodes.alice), nodes.manager(nodes.bob)
+    saves = {did: _count_saves(nodes.manager(did)) for did in (nodes.alice, nodes.bob)}
+    now = manual_clock.wall_us()
+    ids, inits = alice.establish_many([nodes.bob] * 4, now)
+    responses = bob.receive_many([(nodes.alice, s.frame) for s in inits], now + 1)
+    acks = alice.receive_many([(nodes.bob, s.frame) for s in responses], now + 2)
+    rest = bob.receive_many([(nodes.alice, s.frame) for s in acks], now + 3)
+    assert [len(inits), len(responses), len(acks)] == [4, 4, 4] and rest == []
+    assert {alice.session(sid).state for sid in ids} == {"established"}
+    assert {bob.session_for(alice.session(sid).conversation).state for sid in ids} == {
+        "established"
+    }
+    assert saves == {nodes.alice: [2], nodes.bob: [1]}
+    for manager in (alice, bob):
+        report = verify(manager.ledger)
+        assert report.ok and report.events_checked >= 4 * 3
+
+
+def _count_saves(manager: SessionManager) -> list[int]:
+    count = [0]
+    inner = manager.ledger.save
+
+    def counting(*objs: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return inner(*objs, **kwargs)
+
+    manager.ledger.save = counting  # type: ignore[method-assign]
+    return count
