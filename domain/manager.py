@@ -144,10 +144,19 @@ class SessionManager(HandshakeAnswering):
         return self._ledger
 
     def session(self, session_id: UUID) -> Session:
+        """A live session; or a closed one, read from the ledger (closed sessions leave
+        memory: ``_settle``). Any other session not in memory is ``UnknownSession``: after a
+        restart, ``restore`` it first."""
+        found = self._sessions.get(session_id)
+        if found is not None:
+            return found
         try:
-            return self._sessions[session_id]
-        except KeyError:
+            stored = self._ledger.repository.get(session_id)
+        except AggregateNotFoundError:
             raise UnknownSession(session_id) from None
+        if isinstance(stored, Session) and stored.closed:
+            return stored
+        raise UnknownSession(session_id)
 
     def session_for(self, conversation: UUID) -> Session | None:
         sid = self._conversations.get(conversation)
@@ -206,15 +215,37 @@ class SessionManager(HandshakeAnswering):
         if found is not None:
             return found
         for candidate in (conversation, uuid5(conversation, self.local_did)):
-            try:
-                stored = self._ledger.repository.get(candidate)
-            except AggregateNotFoundError:
+            stored = self._stored(candidate, conversation)
+            if stored is None:
                 continue
-            if isinstance(stored, Session) and stored.conversation == conversation:
+            if stored.role == "responder":
+                stored = self._newest_answer(stored)
+            if not stored.closed:  # a closed one is only read (it stays out of memory)
                 self._add(stored)
                 self._arm(stored)
-                return stored
+            return stored
         return None
+
+    def _stored(self, session_id: UUID, conversation: UUID) -> Session | None:
+        try:
+            stored = self._ledger.repository.get(session_id)
+        except AggregateNotFoundError:
+            return None
+        return (
+            stored if isinstance(stored, Session) and stored.conversation == conversation else None
+        )
+
+    def _newest_answer(self, first: Session) -> Session:
+        """A conversation answered again after its session closed has a new responder session
+        (manager_answering.py: id from the closed one's); the newest is the one that counts."""
+        newest = first
+        while newest.closed:
+            following = uuid5(newest.conversation, f"{self.local_did}#{newest.id}")
+            found = self._stored(following, newest.conversation)
+            if found is None:
+                break
+            newest = found
+        return newest
 
     def restore(self, session_id: UUID) -> Session:
         """After a restart: replay the session from the ledger and re-arm its deadlines."""
@@ -291,7 +322,7 @@ class SessionManager(HandshakeAnswering):
         finally:
             self._batch = None
         for sid in batch.arm:
-            self._arm(batch.sessions[sid])
+            self._settle(batch.sessions[sid])
         out: list[Output] = []
         for item in planned:
             if not isinstance(item, _AfterSave):
@@ -418,7 +449,10 @@ class SessionManager(HandshakeAnswering):
             self._reload(due, peers)
             raise
         for f in fired:  # re-armed first: one session's outputs failing must not strand others
-            self._deadlines.arm(f.session.id, f.wake_at_us)
+            if f.session.closed:
+                self._drop(f.session.id)  # its lease ran out (cleanup): see _settle
+            else:
+                self._deadlines.arm(f.session.id, f.wake_at_us)
         out: list[Output] = []
         for f in fired:
             out.extend(self._outputs_after_save(f.session, f.events, tolerate=True))
@@ -467,10 +501,12 @@ class SessionManager(HandshakeAnswering):
                 self._drop(sid)
 
     def _drop(self, sid: UUID) -> None:
-        dropped = self._sessions.pop(sid)
-        self._conversations.pop(dropped.conversation, None)
-        self._last_handshake_frame.pop(dropped.conversation, None)
+        dropped = self._sessions.pop(sid, None)
         self._deadlines.arm(sid, None)
+        if dropped is None or self._conversations.get(dropped.conversation) != sid:
+            return  # the conversation has moved on to a newer session: leave it be
+        del self._conversations[dropped.conversation]
+        self._last_handshake_frame.pop(dropped.conversation, None)
 
     def _fire(self, s: Session, timer: timers.Timer, now_us: int, peers: dict[UUID, Peer]) -> None:
         T = timers.Timer
@@ -505,6 +541,16 @@ class SessionManager(HandshakeAnswering):
         self._sessions[session.id] = session
         self._conversations[session.conversation] = session.id
 
+    def _settle(self, s: Session) -> None:
+        """After a save: arm ``s``'s next deadline — or, if it is closed (§3.1 ``[*]``:
+        nothing can happen to it any more), let it go from memory, so that a long-running
+        node holds only sessions that can still change. The ledger keeps it: ``session``
+        reads it back, and a frame for its conversation finds it there (``_find``)."""
+        if s.closed:
+            self._drop(s.id)
+        else:
+            self._arm(s)
+
     def _arm(self, s: Session, not_before_us: int = 0) -> None:
         due = timers.next_deadline(s)
         self._deadlines.arm(s.id, None if due is None else max(due[0], not_before_us))
@@ -521,7 +567,7 @@ class SessionManager(HandshakeAnswering):
             self._reload([s.id], {o.id: o for o in others if isinstance(o, Peer)})
             raise
         if arm:
-            self._arm(s)
+            self._settle(s)
         return self._outputs_after_save(s, new_events, tolerate=False)
 
     def _outputs_after_save(self, s: Session, events: list[Any], *, tolerate: bool) -> list[Output]:
