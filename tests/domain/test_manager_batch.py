@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from l2_session.domain.commands import (
     Data,
     DataAck,
@@ -15,6 +18,7 @@ from l2_session.domain.commands import (
     HandshakeAck,
     HandshakeRequest,
     HandshakeResponse,
+    Heartbeat,
     Output,
     Send,
 )
@@ -25,7 +29,7 @@ from l2_session.domain.session import Session
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.ledger.verify import verify
 from pqxdh_nodes import Nodes
-from session_helpers import ALICE, SECOND, T0
+from session_helpers import ALICE, BOB, SECOND, T0
 from test_manager_tick import PEERS, RecordingKeyExchange, RecordingLedger
 
 THREE = (*PEERS, "did:key:z6MkPeerThree")
@@ -189,3 +193,80 @@ def _count_saves(manager: SessionManager) -> list[int]:
 
     manager.ledger.save = counting  # type: ignore[method-assign]
     return count
+
+
+# -- receive_many decides as receive does ----------------------------------------------------
+# A scenario is batches of frames from Bob to Alice's sessions, each batch at one time: the
+# same frames go to one manager frame by frame (``receive``) and to another batch by batch
+# (``receive_many``); both end in the same states, the same ledger events and the same
+# deliveries. (Sends may differ: a batch derives its resends after all of its frames.)
+_FRAME = st.one_of(
+    st.tuples(st.just("response"), st.integers(0, 2)),
+    st.tuples(st.just("data"), st.integers(0, 2), st.integers(1, 3)),
+    st.tuples(st.just("ack"), st.integers(0, 2), st.integers(0, 4)),
+    st.tuples(st.just("heartbeat"), st.integers(0, 2), st.integers(0, 3)),
+    st.tuples(st.just("stray"), st.integers(0, 2)),
+)
+_EXAMPLE = [
+    [("response", 0), ("data", 0, 1), ("data", 0, 2), ("response", 1), ("data", 1, 2)],
+    [("data", 1, 1), ("data", 0, 2), ("stray", 1), ("heartbeat", 0, 1), ("ack", 0, 0)],
+    [("response", 0), ("data", 1, 3), ("data", 1, 2), ("data", 1, 3)],
+]
+_SCENARIO = st.lists(st.lists(_FRAME, min_size=1, max_size=6), min_size=1, max_size=5)
+
+
+def _frame(kind: tuple[Any, ...], conversations: list[Any]) -> tuple[str, Any]:
+    conversation = conversations[kind[1]]
+    if kind[0] == "response":
+        return BOB, HandshakeResponse(conversation, b"\x01" * 32)
+    if kind[0] == "data":
+        return BOB, Data(conversation, kind[2], b"m%d" % kind[2])
+    if kind[0] == "ack":
+        return BOB, DataAck(conversation, kind[2])
+    if kind[0] == "heartbeat":
+        return BOB, Heartbeat(conversation, kind[2])
+    return PEERS[0], Data(conversation, 1, b"from someone else")  # not the session's peer
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(scenario=_SCENARIO)
+@example(scenario=_EXAMPLE)
+def test_receive_many_ends_where_receive_one_by_one_does(session_ledger_factory, scenario):
+    built = getattr(test_receive_many_ends_where_receive_one_by_one_does, "built", 0) + 1
+    test_receive_many_ends_where_receive_one_by_one_does.built = built  # type: ignore[attr-defined]
+    one, many = (
+        SessionManager(ALICE, session_ledger_factory(f"{name}-{built}"), SessionConfig(), seed=1)
+        for name in ("one", "many")
+    )
+    ids_one, _ = one.establish_many([BOB] * 3, T0)
+    ids_many = [r for r in many.establish_many([BOB] * 3, T0)[0] if isinstance(r, UUID)]
+    conv_one = [one.session(sid).conversation for sid in ids_one]
+    conv_many = [many.session(sid).conversation for sid in ids_many]
+    delivered_one: list[tuple[int, int, bytes]] = []
+    delivered_many: list[tuple[int, int, bytes]] = []
+    for n, batch in enumerate(scenario):
+        now = T0 + (n + 1) * 100_000
+        for kind in batch:
+            for o in one.receive(*_frame(kind, conv_one), now):
+                if isinstance(o, Deliver):
+                    delivered_one.append((ids_one.index(o.session_id), o.seq, o.payload))
+        outputs = many.receive_many([_frame(kind, conv_many) for kind in batch], now)
+        delivered_many += [
+            (ids_many.index(o.session_id), o.seq, o.payload)
+            for o in outputs
+            if isinstance(o, Deliver)
+        ]
+    assert delivered_many == delivered_one
+    if scenario == _EXAMPLE:  # the explicit example reaches what the property is about
+        assert len(delivered_one) == 5 and one.dropped_frames == 1
+    assert many.dropped_frames == one.dropped_frames
+    for a, b in zip(ids_one, ids_many, strict=True):
+        s_one, s_many = one.session(a), many.session(b)
+        assert (s_many.state, s_many.version, s_many.next_expected_seq) == (
+            s_one.state, s_one.version, s_one.next_expected_seq,
+        )  # fmt: skip
+        names = [[type(e).__name__ for e in m.ledger.events.get(sid)] for m, sid in
+                 ((one, a), (many, b))]  # fmt: skip
+        assert names[0] == names[1]
