@@ -133,12 +133,10 @@ def run(quick: bool) -> dict[str, Any]:
             ratios.append(rate / floors[-1])
         ratio = statistics.median(ratios)
         figures += [
-            figure(
-                f"handshakes/s, ML-KEM via {kem_name}",
+            figure(  # the target is the figure with ledger appends (session_figures)
+                f"handshakes/s, engine alone (no ledger), ML-KEM via {kem_name}",
                 statistics.median(rates),
                 "/s",
-                target=f">= {TARGET_RATIO} x floor",
-                ok=ratio >= TARGET_RATIO,
                 note=f"{ratio:.2f} x floor (median of {rounds} rounds)",
             ),
             figure(
