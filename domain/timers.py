@@ -123,9 +123,25 @@ def retry_backoff(s: Session) -> int | None:
 
 
 def lease_expiry(s: Session) -> int | None:
+    if s.state == State.FAILED and holds_nothing(s):
+        return s.state_since_us  # decision 15: nothing for a lease to keep; clean up now
     if s.state in (State.SUSPENDED, State.FAILED):
         return s.lease_expires_us
     return None
+
+
+def holds_nothing(s: Session) -> bool:
+    """A responder's session that never had keys and never took a message: its handshake
+    failed before it began, so there is nothing to resume, nothing to deliver and no state a
+    retry needs (a new session answers it the same way). Decision 15: it is cleaned up when
+    it fails, instead of staying for the lease (24 h) — under a handshake flood, sessions in
+    memory are then bounded by the admission rate × the handshake timeout."""
+    return (
+        s.role == "responder"
+        and s.key_material is None
+        and s.next_seq == 1
+        and s.next_expected_seq == 1
+    )
 
 
 DEADLINES = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 from uuid import uuid4
@@ -188,32 +189,68 @@ def test_any_faulty_link_delivers_every_message_exactly_once_in_order(
     assert delivered == sent
 
 
-def test_retry_after_a_lost_confirmation_continues_the_responders_session(
-    make_sim: Callable[..., Simulation],
-) -> None:
-    """Decision 10: the key confirmation (and the data behind it) is lost; the responder
-    fails, the initiator is established until its heartbeats fail, then retries. The
-    responder's same session takes the retry, and the message arrives exactly once."""
-    sim = make_sim()
+def _lost_confirmation(sim: Simulation, *, responder_queues: bytes | None = None) -> Any:
+    """Alice establishes and queues m1; Bob answers (and, if asked, queues a message of his
+    own); Alice's key confirmation and m1 are lost. Returns (Alice's session id, the
+    conversation, Bob's responder session)."""
     alice, bob = sim.nodes[ALICE], sim.nodes[BOB]
     now = sim.clock.wall_us()
     sid, (request,) = alice.establish(BOB, now)
     alice.submit(sid, b"m1", now)
     (response,) = bob.receive(ALICE, request.frame, now)  # type: ignore[union-attr]
-    lost = alice.receive(BOB, response.frame, now)  # type: ignore[union-attr]
-    assert {type(o.frame).__name__ for o in lost} == {"HandshakeAck", "Data"}  # type: ignore[union-attr]
     conversation = alice.session(sid).conversation
     responder = bob.session_for(conversation)
     assert responder is not None
+    if responder_queues is not None:
+        bob.submit(responder.id, responder_queues, now)
+    lost = alice.receive(BOB, response.frame, now)  # type: ignore[union-attr]
+    assert {type(o.frame).__name__ for o in lost} == {"HandshakeAck", "Data"}  # type: ignore[union-attr]
+    return sid, conversation, responder
+
+
+def test_retry_after_a_lost_confirmation_is_answered_by_a_new_session(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    """Decision 15: the key confirmation (and the data behind it) is lost; the responder's
+    session, which never had keys nor a message, fails and is cleaned up at once (it leaves
+    memory). The initiator is established until its heartbeats fail, then retries; a new
+    responder session answers, and the message arrives exactly once."""
+    sim = make_sim()
+    alice, bob = sim.nodes[ALICE], sim.nodes[BOB]
+    sid, conversation, first = _lost_confirmation(sim)
+    sim.run_for(6)
+    assert alice.session(sid).state == "established"
+    assert bob.session_for(conversation) is None and bob.session(first.id).closed
+    assert [type(e).__name__ for e in bob.ledger.events.get(first.id)][-1] == "CleanedUp"
+
+    sim.run_for(400)
+    assert alice.session(sid).state == "established"
+    second = bob.session_for(conversation)
+    assert second is not None and second.id != first.id and second.state == "established"
+    assert [d.payload for d in sim.delivered[BOB]] == [b"m1"]
+
+
+def test_retry_after_a_lost_confirmation_continues_a_responder_session_holding_a_message(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    """Decision 10: a responder's session that holds something — here a message its node
+    queued while the handshake ran — keeps its lease when it fails; the initiator's retry
+    takes the same session, and both messages arrive exactly once."""
+    sim = make_sim()
+    alice, bob = sim.nodes[ALICE], sim.nodes[BOB]
+    sid, conversation, responder = _lost_confirmation(sim, responder_queues=b"r1")
     sim.run_for(6)
     assert responder.state == "failed" and alice.session(sid).state == "established"
+    assert bob.session_for(conversation) is responder
 
     sim.run_for(400)
     assert alice.session(sid).state == "established"
     assert bob.session_for(conversation) is responder and responder.state == "established"
-    moves = [e.state for e in bob.ledger.events.get(responder.id) if hasattr(e, "state")]
+    states = [e.state for e in bob.ledger.events.get(responder.id) if hasattr(e, "state")]
+    moves = [state for state, _ in itertools.groupby(states)]  # MessageQueued stays put
     assert moves[:3] == ["handshake_received", "failed", "handshake_received"]
     assert [d.payload for d in sim.delivered[BOB]] == [b"m1"]
+    assert [d.payload for d in sim.delivered[ALICE]] == [b"r1"]
 
 
 def test_a_restarted_responder_finds_its_session_in_the_ledger(

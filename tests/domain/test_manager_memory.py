@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from uuid import uuid4
+from uuid import uuid4, uuid5
 
 import pytest
 from l2_session.domain.commands import HandshakeRequest, HandshakeResponse, Send
@@ -54,20 +54,41 @@ def test_a_session_not_closed_and_not_in_memory_is_still_unknown(session_ledger_
 
 
 def test_sessions_whose_lease_runs_out_in_a_tick_free_their_memory(session_ledger_factory):
-    # A stream of handshakes that never complete (a flood the rate limits let through, or
-    # peers that vanish): the responder's sessions fail, and their lease (ttl) closes them.
+    # Initiator sessions whose handshakes fail: each stays (it retries, and its lease keeps
+    # it) until the lease (ttl) closes it, then it leaves memory.
+    alice = _manager(session_ledger_factory, ALICE)
+    for i in range(3):
+        alice.establish(f"{BOB}{i}", T0 + i)
+    alice.tick(T0 + 6 * SECOND)
+    assert len(alice) == 3 and {s.state for s in alice._sessions.values()} == {"failed"}
+    now = T0 + 7 * SECOND
+    while len(alice) and now < T0 + 2 * SessionConfig().ttl * SECOND:
+        now = max(now, alice.next_wakeup_us() or now)
+        alice.tick(now)  # retries fail again (nobody answers) until the leases run out
+        now += SECOND
+    assert len(alice) == 0 and alice.next_wakeup_us() is None
+    assert len(alice._conversations) == 0 and len(alice._last_handshake_frame) == 0
+
+
+def test_a_handshake_flood_leaves_no_sessions_behind(session_ledger_factory) -> None:
+    # Decision 15: INITs that are answered but never confirmed (a flood the rate limits let
+    # through, or peers that vanish) fail after handshake_timeout and are cleaned up in the
+    # same tick — the responder holds them for 5 s, not for the 24 h lease.
     alice = _manager(session_ledger_factory, ALICE)
     bob = _manager(session_ledger_factory, BOB)
-    for i in range(5):
+    requests = []
+    for i in range(20):
         _, outputs = alice.establish(BOB, T0 + i)
         [request] = [o.frame for o in outputs if isinstance(o, Send)]
+        requests.append(request)
         bob.receive(ALICE, request, T0 + i)
-    assert len(bob) == 5
+    assert len(bob) == 20
     bob.tick(T0 + 6 * SECOND)
-    assert {bob.session_for(c).state for c in list(bob._conversations)} == {"failed"}
-    bob.tick(T0 + SessionConfig().ttl * SECOND + HOUR)
     assert len(bob) == 0 and bob.next_wakeup_us() is None
     assert len(bob._conversations) == 0 and len(bob._last_handshake_frame) == 0
+    sid = uuid5(requests[0].conversation, BOB)
+    names = [type(e).__name__ for e in bob.ledger.events.get(sid)]
+    assert names == ["Opened", "HandshakeReceived", "Failed", "CleanedUp"]  # one append
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["same process", "restarted each time"])
@@ -88,7 +109,6 @@ def test_a_conversation_answered_again_after_each_close_gets_a_new_session(
         assert [type(o.frame) for o in outputs] == [HandshakeResponse]
         session = bob.session_for(request.conversation)
         seen.append(session.id)
-        bob.tick(now + 6 * SECOND)  # no confirmation: failed (saved with the timeout)
-        bob.cleanup(session.id, now + 7 * SECOND)
+        bob.tick(now + 6 * SECOND)  # no confirmation: failed and cleaned up (decision 15)
     assert len(set(seen)) == 3
     assert all(bob.session(sid).closed for sid in seen)

@@ -59,10 +59,13 @@ def test_a_responder_whose_confirmation_never_comes_saves_the_timeout(
     bob.receive(nodes.alice, request, manual_clock.wall_us())
     responder = bob.session_for(request.conversation)
     assert responder is not None
+    appends = bob.ledger.ledger_recorder.committer.requests
     manual_clock.advance(6)  # past SPEC-018 §2.1's 5 s handshake timeout
     bob.tick(manual_clock.wall_us())
-    assert responder.state == "failed" and responder.failure_reason == "timeout"
-    assert _names(bob, responder.id) == ["Opened", "HandshakeReceived", "Failed"]
+    # ... and, holding nothing (decision 15), it is cleaned up in the same append.
+    assert responder.closed and responder.failure_reason == "timeout"
+    assert _names(bob, responder.id) == ["Opened", "HandshakeReceived", "Failed", "CleanedUp"]
+    assert bob.ledger.ledger_recorder.committer.requests == appends + 1
     assert bob.ledger.repository.get(responder.id) == responder
 
 
