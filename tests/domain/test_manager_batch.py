@@ -4,6 +4,7 @@ at a time. On real signed SQLite ledgers; the last test with real PQxdh keys."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -212,6 +213,7 @@ _EXAMPLE = [
     [("data", 1, 1), ("data", 0, 2), ("stray", 1), ("heartbeat", 0, 1), ("ack", 0, 0)],
     [("response", 0), ("data", 1, 3), ("data", 1, 2), ("data", 1, 3)],
 ]
+_EXAMPLES = itertools.count()
 _SCENARIO = st.lists(st.lists(_FRAME, min_size=1, max_size=6), min_size=1, max_size=5)
 
 
@@ -234,10 +236,9 @@ def _frame(kind: tuple[Any, ...], conversations: list[Any]) -> tuple[str, Any]:
 @given(scenario=_SCENARIO)
 @example(scenario=_EXAMPLE)
 def test_receive_many_ends_where_receive_one_by_one_does(session_ledger_factory, scenario):
-    built = getattr(test_receive_many_ends_where_receive_one_by_one_does, "built", 0) + 1
-    test_receive_many_ends_where_receive_one_by_one_does.built = built  # type: ignore[attr-defined]
+    example = next(_EXAMPLES)  # each example its own pair of ledger files
     one, many = (
-        SessionManager(ALICE, session_ledger_factory(f"{name}-{built}"), SessionConfig(), seed=1)
+        SessionManager(ALICE, session_ledger_factory(f"{name}-{example}"), SessionConfig(), seed=1)
         for name in ("one", "many")
     )
     ids_one, _ = one.establish_many([BOB] * 3, T0)
