@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.application import AggregateNotFoundError
 from l2_session.domain.commands import Output, Send
 from l2_session.domain.handshake_flood import FloodLimits, HandshakeAdmission
 from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
@@ -31,14 +32,37 @@ DAY_US = 86_400_000_000
 UNLIMITED = FloodLimits(*(1e9,) * 8)
 
 
-class Pair:
-    """Alice and Bob, each a SessionManager on its own ledger, on one virtual timeline."""
+class _NothingStored:
+    def get(self, aggregate_id: UUID, **kwargs: Any) -> Any:
+        raise AggregateNotFoundError(aggregate_id)
 
-    def __init__(self, directory: Path, durability: Durability, now_us: int) -> None:
+
+class NoLedger:
+    """A contrast, not a ledger: ``save`` drops the events (no hash, no signature, no row) and
+    nothing is ever found. The managers and the engine alone, to show what the ledger costs
+    and how fast the rest could go if the ledger were free."""
+
+    repository = _NothingStored()
+
+    def save(self, *objs: Any, **kwargs: Any) -> None:
+        for obj in objs:
+            obj.collect_events()
+
+    def close(self) -> None:
+        pass
+
+
+class Pair:
+    """Alice and Bob, each a SessionManager on its own ledger, on one virtual timeline
+    (``ledger=False``: on a ``NoLedger`` each, for the contrast figure)."""
+
+    def __init__(
+        self, directory: Path, durability: Durability, now_us: int, *, ledger: bool = True
+    ) -> None:
         self.now_us = now_us
         resolver = DidKeyResolver()
         self.managers: dict[str, SessionManager] = {}
-        self.ledgers: list[SessionLedger] = []
+        self.ledgers: list[SessionLedger | NoLedger] = []
         for name in ("alice", "bob"):
             node = NodeIdentity.generate()
             exchange = PqxdhKeyExchange.for_node(
@@ -46,9 +70,13 @@ class Pair:
                 one_time_prekeys=0,  # as the crypto floor counts it
                 engine_options={"admission": HandshakeAdmission(UNLIMITED)},
             )  # fmt: skip
-            ledger = SessionLedger(
-                directory / f"{name}.sqlite3", identity=node, storage_key=os.urandom(32),
-                durability=durability,
+            ledger = (
+                SessionLedger(
+                    directory / f"{name}.sqlite3", identity=node, storage_key=os.urandom(32),
+                    durability=durability,
+                )
+                if ledger
+                else NoLedger()
             )  # fmt: skip
             self.ledgers.append(ledger)
             self.managers[node.did] = SessionManager(node.did, ledger, key_exchange=exchange)
@@ -111,10 +139,16 @@ def ledger_handshake_rate(directory: Path, durability: Durability, min_seconds: 
 
 
 def batched_handshake_rate(
-    directory: Path, durability: Durability, min_seconds: float, in_flight: int
+    directory: Path,
+    durability: Durability,
+    min_seconds: float,
+    in_flight: int,
+    *,
+    ledger: bool = True,
 ) -> float:
-    """Full handshakes/s with ``in_flight`` handshakes at a time (``Pair.handshakes``)."""
-    pair = Pair(directory, durability, time.time_ns() // 1000)
+    """Full handshakes/s with ``in_flight`` handshakes at a time (``Pair.handshakes``);
+    ``ledger=False``: with nothing recorded (``NoLedger``), the contrast."""
+    pair = Pair(directory, durability, time.time_ns() // 1000, ledger=ledger)
     try:
         pair.handshakes(in_flight)  # warm-up, as above
         done, start = 0, time.perf_counter()
