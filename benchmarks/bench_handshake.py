@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,7 +77,8 @@ def _per_op_seconds(fn: Callable[[], object], min_seconds: float) -> float:
     return 1.0 / rate_per_second(batch, min_seconds=min_seconds, batch=50)
 
 
-def primitive_costs(kem_name: str, min_seconds: float) -> dict[str, float]:
+def primitive_operations(kem_name: str) -> dict[str, Callable[[], object]]:
+    """One call of each primitive the floor counts, on fixed inputs."""
     kem = backend(kem_name)
     signer = Ed25519PrivateKey.generate()
     message = bytes(200)
@@ -86,13 +88,40 @@ def primitive_costs(kem_name: str, min_seconds: float) -> dict[str, float]:
     private = kem.generate()
     ciphertext, _ = kem.encapsulate(private.public_bytes)
     return {
-        "ed25519_sign": _per_op_seconds(lambda: signer.sign(message), min_seconds),
-        "ed25519_verify": _per_op_seconds(lambda: verifier.verify(signature, message), min_seconds),
-        "x25519_keygen": _per_op_seconds(X25519PrivateKey.generate, min_seconds),
-        "x25519_exchange": _per_op_seconds(lambda: a.exchange(b), min_seconds),
-        "mlkem_encaps": _per_op_seconds(lambda: kem.encapsulate(private.public_bytes), min_seconds),
-        "mlkem_decaps": _per_op_seconds(lambda: private.decapsulate(ciphertext), min_seconds),
+        "ed25519_sign": lambda: signer.sign(message),
+        "ed25519_verify": lambda: verifier.verify(signature, message),
+        "x25519_keygen": X25519PrivateKey.generate,
+        "x25519_exchange": lambda: a.exchange(b),
+        "mlkem_encaps": lambda: kem.encapsulate(private.public_bytes),
+        "mlkem_decaps": lambda: private.decapsulate(ciphertext),
     }
+
+
+def primitive_costs(kem_name: str, min_seconds: float) -> dict[str, float]:
+    return {
+        op: _per_op_seconds(fn, min_seconds) for op, fn in primitive_operations(kem_name).items()
+    }
+
+
+def two_thread_scaling(kem_name: str, calls: int) -> dict[str, float]:
+    """Per primitive: the rate of two threads calling it at once over one thread's rate. About
+    2 where the binding releases the GIL during the operation; about 1 where it holds it —
+    then a second core cannot take that part of a handshake in this process."""
+
+    def rate(fn: Callable[[], object], threads: int) -> float:
+        def work() -> None:
+            for _ in range(calls):
+                fn()
+
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return threads * calls / (time.perf_counter() - start)
+
+    return {op: rate(fn, 2) / rate(fn, 1) for op, fn in primitive_operations(kem_name).items()}
 
 
 def handshake_rate(kem_name: str, min_seconds: float) -> tuple[float, dict[str, int]]:
@@ -151,6 +180,18 @@ def run(quick: bool) -> dict[str, Any]:
             ),
         ]
     figures += [figure(f"bytes on the wire: {name}", n, "B") for name, n in sizes.items()]
+    for kem_name in ("pqcrypto", "cryptography"):
+        scaling = two_thread_scaling(kem_name, 500 if quick else 3000)
+        ops = ("mlkem_encaps", "mlkem_decaps") if kem_name == "cryptography" else OPERATIONS
+        figures += [
+            figure(
+                f"2 threads / 1 thread, {op}" + (f" ({kem_name})" if op.startswith("ml") else ""),
+                scaling[op],
+                "x",
+                note="the GIL is released" if scaling[op] > 1.3 else "held: one core only",
+            )
+            for op in ops
+        ]
     # The session manager logs missed heartbeats as warnings; here they are the workload.
     logging.getLogger("l2_session.session").setLevel(logging.ERROR)
     with scratch_dir("handshake-") as work:
