@@ -70,7 +70,7 @@ class Pair:
                 one_time_prekeys=0,  # as the crypto floor counts it
                 engine_options={"admission": HandshakeAdmission(UNLIMITED)},
             )  # fmt: skip
-            ledger = (
+            store = (
                 SessionLedger(
                     directory / f"{name}.sqlite3", identity=node, storage_key=os.urandom(32),
                     durability=durability,
@@ -78,8 +78,8 @@ class Pair:
                 if ledger
                 else NoLedger()
             )  # fmt: skip
-            self.ledgers.append(ledger)
-            self.managers[node.did] = SessionManager(node.did, ledger, key_exchange=exchange)
+            self.ledgers.append(store)
+            self.managers[node.did] = SessionManager(node.did, store, key_exchange=exchange)
         self.alice, self.bob = self.managers
 
     def tick(self, us: int = 1000) -> int:
