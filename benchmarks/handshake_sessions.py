@@ -9,6 +9,7 @@ with the crypto floor); resumption runs over a loopback TCP socket (transports/t
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from collections.abc import Callable
@@ -194,6 +195,9 @@ def resumption_latencies(
     replayed after it; each run checks that) and from the ``resume`` call alone. Each run
     first lets the session go silent to ``suspended`` (a few more events), as before a real
     restart. The node's identity and prekeys are in memory (a key store's job)."""
+    # As in a freshly started process: no garbage of earlier figures (thousands of sessions
+    # of the handshake-rate pairs) left for the cycle collector to walk during the timed runs.
+    gc.collect()
     pair = Pair(directory, "normal", time.time_ns() // 1000 - DAY_US // 2)
     sid = pair.handshake()
     _grow(pair, sid, events)
