@@ -17,6 +17,10 @@ resumption latency p50/p99 over loopback TCP from a session with 100,000 events 
 (target p99 <= 10 ms once the process is up), from restoring the session and from the
 ``resume`` call.
 
+Also, per primitive, two threads calling it at once against one (``two_thread_scaling``): the
+parts of a handshake a second core can take in one process are those whose binding releases
+the GIL (docs/benchmarks.md: only Ed25519 here, which is why the target is out of reach).
+
 Run alone with ``python -m benchmarks.bench_handshake [--quick]``, or as the "handshake" suite.
 """
 
