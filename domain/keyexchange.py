@@ -28,7 +28,7 @@ import random
 from typing import Protocol
 from uuid import UUID
 
-from l2_session.domain.errors import AuthenticationFailed
+from l2_session.domain.errors import AuthenticationFailed, StaleFrame
 
 
 class KeyExchange(Protocol):
@@ -97,7 +97,9 @@ class MockKeyExchange:
         try:
             share = self._initiated.pop(conversation)
         except KeyError:
-            raise AuthenticationFailed("a response to no request of ours") from None
+            # As PQxdh's engine does: a reply for no handshake in progress (already used, say,
+            # and its save failed) is stale and dropped; it proves nothing about the peer.
+            raise StaleFrame("a response to no request of ours in progress") from None
         key = _key(self._resumed_from.pop(conversation, b"") + share, response)
         return _confirmation(key), key
 

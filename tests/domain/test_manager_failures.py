@@ -105,3 +105,27 @@ def test_last_handshake_frames_are_forgotten_once_nothing_can_ask_for_them(sessi
     assert len(bob._last_handshake_frame) == 5
     bob.tick(T0 + 5 * SECOND)  # no confirmation came: every handshake fails on its timeout
     assert bob._last_handshake_frame == {}
+
+
+def test_a_response_whose_save_failed_is_dropped_when_it_comes_again(session_ledger_factory):
+    """The deterministic key exchange behaves as PQxdh's engine does: once a response was
+    used, its handshake is over in memory, so the same response again (the responder resends
+    it after the save of the first failed) is stale — dropped, the session waits for its
+    timeout and retries — not an authentication failure that quarantines an honest peer."""
+    ledger = RecordingLedger(session_ledger_factory("bob"), [])
+    bob = SessionManager(BOB, ledger, SessionConfig())
+    sid, _ = bob.establish(ALICE, T0)
+    response = HandshakeResponse(bob.session(sid).conversation, b"\x01" * 32)
+
+    ledger.fail_next = True
+    with pytest.raises(Exception, match="disk is full"):
+        bob.receive(ALICE, response, T0 + SECOND)
+    dropped = bob.dropped_frames
+    assert bob.receive(ALICE, response, T0 + 2 * SECOND) == []
+    assert bob.dropped_frames == dropped + 1
+    assert bob.session(sid).state == "handshake_initiated"
+    bob.peer(ALICE).check_admissible(T0 + 2 * SECOND)  # not quarantined
+    # No answer: the handshake times out and is retried, as for a lost response.
+    bob.tick(T0 + 6 * SECOND)
+    assert bob.session(sid).state == "failed"
+    assert ledger.repository.get(sid).failure_reason == "timeout"
