@@ -194,8 +194,8 @@ class SessionManager(HandshakeAnswering):
         one refusal does not stop the others."""
         results: list[UUID | SessionError] = []
 
-        def each() -> list[Output | _AfterSave]:
-            out: list[Output | _AfterSave] = []
+        def each() -> list[list[Output | _AfterSave]]:
+            out: list[list[Output | _AfterSave]] = []
             for peer_did in peer_dids:
                 try:
                     sid, outputs = self.establish(peer_did, now_us)
@@ -203,10 +203,10 @@ class SessionManager(HandshakeAnswering):
                     results.append(error)
                     continue
                 results.append(sid)
-                out.extend(outputs)
+                out.append(outputs)
             return out
 
-        return results, self._in_one_save(each)
+        return results, [o for group in self._in_one_save(each) for o in group]
 
     def _find(self, conversation: UUID) -> Session | None:
         """The session for ``conversation``: in memory, or else replayed from the ledger
@@ -298,16 +298,27 @@ class SessionManager(HandshakeAnswering):
         of the frames. If the save fails, every session and peer the frames touched goes back
         to what the ledger holds and the error is raised: the frames are lost, as on a lossy
         network, and the peers' retries bring them again."""
+        return [o for group in self.receive_each(frames, now_us) for o in group]
 
-        def each() -> list[Output | _AfterSave]:
-            out: list[Output | _AfterSave] = []
-            for peer_did, frame in frames:
-                out.extend(self._receive(peer_did, frame, now_us))
-            return out
+    def receive_each(self, frames: Iterable[tuple[str, Frame]], now_us: int) -> list[list[Output]]:
+        """``receive_many``, with the outputs kept per frame: the i-th list is what the i-th
+        frame asks to send (a transport answers each on the connection it came in on).
+
+        ``frames`` is consumed one at a time, in order: each frame is decided before the next
+        is taken from it, so a generator may note, between two frames, what the previous one
+        did to its session (tcp.py tells which connection proved a peer that way). Nothing is
+        saved or sent before the last frame is taken."""
+
+        def each() -> list[list[Output | _AfterSave]]:
+            return [self._receive(peer_did, frame, now_us) for peer_did, frame in frames]
 
         return self._in_one_save(each)
 
-    def _in_one_save(self, commands: Callable[[], list[Output | _AfterSave]]) -> list[Output]:
+    def _in_one_save(
+        self, commands: Callable[[], list[list[Output | _AfterSave]]]
+    ) -> list[list[Output]]:
+        """Run ``commands`` (each command's planned outputs, a list per command), save what
+        they recorded in one ``save``, then derive each command's outputs."""
         if self._batch is not None:
             raise RuntimeError("receive_many / establish_many cannot nest")
         batch = self._batch = _Batch()
@@ -323,6 +334,10 @@ class SessionManager(HandshakeAnswering):
             self._batch = None
         for sid in batch.arm:
             self._settle(batch.sessions[sid])
+        return [self._derive(group) for group in planned]
+
+    def _derive(self, planned: list[Output | _AfterSave]) -> list[Output]:
+        """One command's outputs in a batch, once the batch is saved."""
         out: list[Output] = []
         for item in planned:
             if not isinstance(item, _AfterSave):

@@ -107,6 +107,41 @@ def test_two_frames_for_one_session_keep_their_own_outputs_in_order(node) -> Non
     assert _sent(out, DataAck)[0].up_to_seq == 1
 
 
+def test_receive_each_keeps_each_frames_outputs_apart(node) -> None:
+    manager, ledger = node
+    _, outputs = manager.establish_many(PEERS, T0)
+    responses = _responses(manager, _sent(outputs, HandshakeRequest))
+    first = responses[0][1].conversation
+    stray = (PEERS[1], HandshakeResponse(first, b"\x01" * 32))  # for PEERS[0]'s session
+    data = (PEERS[0], Data(first, 1, b"hello"))
+    saves = len(ledger.saves())
+    groups = manager.receive_each([responses[0], stray, data, responses[1]], T0 + SECOND)
+    assert len(ledger.saves()) == saves + 1
+    kinds = [[type(o.frame if isinstance(o, Send) else o).__name__ for o in g] for g in groups]
+    assert kinds == [["HandshakeAck"], [], ["Deliver", "DataAck"], ["HandshakeAck"]]
+    acks = [g[0].frame for g in (groups[0], groups[3])]
+    assert [a.conversation for a in acks] == [r.conversation for _, r in responses]
+
+
+def test_receive_each_decides_a_frame_before_taking_the_next(node) -> None:
+    """The contract tcp.py relies on: between two frames taken from a generator, the first
+    has been decided (its session changed), and nothing has been saved yet."""
+    manager, ledger = node
+    _, outputs = manager.establish_many(PEERS, T0)
+    responses = _responses(manager, _sent(outputs, HandshakeRequest))
+    saves = len(ledger.saves())
+    seen: list[tuple[str, int]] = []
+
+    def frames() -> Any:
+        for peer_did, response in responses:
+            yield peer_did, response
+            seen.append((manager.session_for(response.conversation).state, len(ledger.saves())))
+
+    manager.receive_each(frames(), T0 + SECOND)
+    assert seen == [("established", saves), ("established", saves)]
+    assert len(ledger.saves()) == saves + 1
+
+
 def test_a_failed_save_leaves_the_ledgers_state_and_sends_nothing(node) -> None:
     manager, ledger = node
     _, outputs = manager.establish_many(THREE, T0)
