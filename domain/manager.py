@@ -203,7 +203,7 @@ class SessionManager(HandshakeAnswering):
                     results.append(error)
                     continue
                 results.append(sid)
-                out.append(outputs)
+                out.append(list(outputs))  # inside a batch: an _AfterSave (_commit)
             return out
 
         return results, [o for group in self._in_one_save(each) for o in group]
