@@ -1,14 +1,22 @@
 """A session manager over TCP with asyncio: the thin adapter around the sans-I/O core.
 
-Bytes from a connection become frames (frames.py) and ``manager.receive`` calls; the manager's
-``Send`` outputs are written to a connection of their peer; its deadlines are served by one
-timer task calling ``manager.tick``. Time comes from the caller's timeline (decision 9:
+Bytes from a connection become frames (frames.py) for the manager; its ``Send`` outputs are
+written to a connection of their peer; its deadlines are served by one timer task calling
+``manager.tick``. Time comes from the caller's timeline (decision 9:
 ``infrastructure.clock.SessionTimeline`` in a real process).
 
-Failures that are not the peer's (the ledger failed to save) do not stop the node: a frame
-whose handling raised is lost, as on a network, and its connection reads on
-(``failed_frames``); a tick that raised is retried by the next one (``failed_ticks``). A
-connection that breaks the framing is dropped (``dropped_connections``, the latest few).
+Frames are decided in batches: every frame the connections read in one turn of the event
+loop (at most ``MAX_BATCH``) goes to ``manager.receive_each`` together, so a busy node makes
+one save — one group commit, one fsync at durability ``full`` — for all of them, not one per
+frame. Each frame is still decided in the order it was read, after the ones before it (a
+sealed frame can use keys a handshake frame just before it agreed), and each is answered on
+the connection it came in on.
+
+Failures that are not the peer's (the ledger failed to save) do not stop the node: the frames
+whose handling raised (a batch's, if its save failed) are lost, as on a network, and their
+connections read on (``failed_frames``); a tick that raised is retried by the next one
+(``failed_ticks``). A connection that breaks the framing is dropped (``dropped_connections``,
+the latest few).
 
 Sealing (sealed.py). Data, DataAck, Heartbeat and HeartbeatAck travel only sealed under the
 session's keys; the same frames in clear are refused (``sealed.refused["unsealed"]``).
@@ -41,7 +49,7 @@ import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -61,6 +69,7 @@ DROPPED_KEPT = 64  # reasons for dropped connections kept (the latest)
 HELLO_TIMEOUT_S = 5.0  # an accepted connection must name its DID within this
 MAX_DID_BYTES = 256  # a did:key is ~56 bytes; a longer claim is refused unread
 MAX_CONNECTIONS = 1024  # open connections at once; beyond it, new ones are refused
+MAX_BATCH = 256  # frames decided in one save; a reader waits for the batch beyond it
 
 
 @dataclass(eq=False)
@@ -75,6 +84,15 @@ class Link:
     def address(self) -> str:
         peer = self.writer.get_extra_info("peername")
         return "" if peer is None else f"{peer[0]}:{peer[1]}"
+
+
+@dataclass
+class _Proof:
+    """What one frame of a batch proved, applied once the batch is saved."""
+
+    link: Link
+    proves: bool = False  # the frame proved link.did on link
+    agreed: tuple[UUID, str] | None = None  # (conversation, key id) agreed through this node
 
 
 class TcpNode:
@@ -113,6 +131,8 @@ class TcpNode:
         # conversation -> the key id agreed through this node (so a proof, see above)
         self._agreed_here: dict[UUID, str] = {}
         self._reading: Link | None = None
+        self._inbox: list[tuple[Link, bytes]] = []  # read, not yet decided (_drain)
+        self._drain_scheduled = False
         self._progress = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -169,15 +189,12 @@ class TcpNode:
         try:
             while True:
                 body = await reader.readexactly(body_length(await reader.readexactly(4)))
-                try:
-                    self._received(link, body)
-                except FrameError:
-                    raise
-                except Exception:  # not the peer's doing (the ledger failed): the frame is
-                    # lost, as on a network; the stream is intact, so reading goes on
-                    self.failed_frames += 1
-                    log.exception("a frame from %s could not be handled", link.did)
-                self._progress.set()
+                self._inbox.append((link, body))
+                if not self._drain_scheduled:
+                    self._drain_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._drain)
+                if len(self._inbox) >= MAX_BATCH:
+                    await asyncio.sleep(0)  # the drain runs first: the inbox stays bounded
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer went away; its sessions notice through their deadlines
         except FrameError as error:
@@ -186,39 +203,76 @@ class TcpNode:
         self._forget(link)
         link.writer.close()
 
-    def _received(self, link: Link, body: bytes) -> None:
-        """One frame from ``link``: opened if sealed, handed to the manager, answered."""
-        proof = False
-        if body[0] == SEALED_KIND:
-            try:
-                frame, key_id = self.sealed.open(link.did, body)
-            except SealRefused:
-                return  # counted in sealed.refused; nothing changed
-            proof = self._agreed_here.get(frame.conversation) == key_id
-        else:
-            frame = decode(body)
-            if is_channel_frame(frame):
-                self.sealed.refused["unsealed"] += 1
-                return
-        # The session as it was in memory before the frame. A session the manager replays
-        # from the ledger while handling the frame (after a restart) also shows keys it did
-        # not have before; those were agreed before the restart, not by this frame.
-        before = self.manager.session_for(frame.conversation)
-        before_key = None if before is None else before.key_id
-        self._reading = link
+    def _drain(self) -> None:
+        """Decide every frame read since the last drain, in one ``receive_each`` (one save),
+        then answer each on its own connection. A failure that is not the peers' (the ledger
+        failed to save) loses the batch, as a network would, and the node reads on."""
+        self._drain_scheduled = False
+        batch, self._inbox = self._inbox, []
+        proofs: list[_Proof] = []
         try:
-            outputs = self.manager.receive(link.did, frame, self.now_us())
+            groups = self.manager.receive_each(self._frames(batch, proofs), self.now_us())
+        except Exception:
+            self.failed_frames += len(proofs)
+            log.exception("%d frame(s) could not be handled", len(proofs))
+            groups = []
+            proofs.clear()
         finally:
             self._reading = None
-        after = self.manager.session_for(frame.conversation)
-        after_key = None if after is None else after.key_id
-        if after is before and after_key is not None and after_key != before_key:
-            # A handshake with link.did completed with this frame.
-            self._agreed_here[frame.conversation] = after_key
-            proof = True
-        if proof:
-            self._proven[link.did] = link
-        self.perform(outputs, via=link)
+        for proof, outputs in zip(proofs, groups, strict=True):
+            if proof.agreed is not None:
+                self._agreed_here[proof.agreed[0]] = proof.agreed[1]
+            if proof.proves:
+                self._proven[proof.link.did] = proof.link
+            try:
+                self.perform(outputs, via=proof.link)
+            except Exception:  # one frame's answers, not the others'
+                self.failed_frames += 1
+                log.exception("the answers to a frame from %s could not be sent", proof.link.did)
+        self._progress.set()
+
+    def _frames(
+        self, batch: list[tuple[Link, bytes]], proofs: list[_Proof]
+    ) -> Iterator[tuple[str, Frame]]:
+        """The batch's frames for ``receive_each``, one at a time: each opened (if sealed)
+        only once the frames before it are decided — so under keys a handshake frame just
+        before it agreed — and, once it is decided, what it proved noted in ``proofs``."""
+        agreed: dict[UUID, str] = {}  # this batch's agreements, not yet saved
+        for link, body in batch:
+            if link not in self._links:
+                continue  # dropped for an earlier frame of this batch
+            proof = _Proof(link)
+            try:
+                if body[0] == SEALED_KIND:
+                    frame, key_id = self.sealed.open(link.did, body)
+                    here = agreed.get(frame.conversation, self._agreed_here.get(frame.conversation))
+                    proof.proves = here == key_id
+                else:
+                    frame = decode(body)
+                    if is_channel_frame(frame):
+                        self.sealed.refused["unsealed"] += 1
+                        continue
+            except SealRefused:
+                continue  # counted in sealed.refused; nothing changed
+            except FrameError as error:
+                self._dropped(f"{link.did}: {error}")
+                self._forget(link)
+                link.writer.close()
+                continue
+            # The session as it was in memory before the frame. A session the manager
+            # replays from the ledger while deciding the frame (after a restart) also shows
+            # keys it did not have before; those were agreed before the restart, not by it.
+            before = self.manager.session_for(frame.conversation)
+            before_key = None if before is None else before.key_id
+            self._reading = link
+            proofs.append(proof)
+            yield link.did, frame
+            after = self.manager.session_for(frame.conversation)
+            after_key = None if after is None else after.key_id
+            if after is before and after_key is not None and after_key != before_key:
+                # A handshake with link.did completed with this frame.
+                agreed[frame.conversation] = after_key
+                proof.agreed, proof.proves = (frame.conversation, after_key), True
 
     def _dropped(self, why: str) -> None:
         self.dropped_connections.append(why)
