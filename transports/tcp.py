@@ -5,10 +5,10 @@ written to a connection of their peer; its deadlines are served by one timer tas
 ``manager.tick``. Time comes from the caller's timeline (decision 9:
 ``infrastructure.clock.SessionTimeline`` in a real process).
 
-Frames are decided in batches: every frame the connections read in one turn of the event
-loop (at most ``MAX_BATCH``) goes to ``manager.receive_each`` together, so a busy node makes
-one save — one group commit, one fsync at durability ``full`` — for all of them, not one per
-frame. Each frame is still decided in the order it was read, after the ones before it (a
+Frames are decided in batches: the frames the connections read in one turn of the event loop
+(at most ``max_batch`` at a time) go to ``manager.receive_each`` together, so a busy node
+makes one save — one group commit, one fsync at durability ``full`` — for all of them, not one
+per frame. Each frame is still decided in the order it was read, after the ones before it (a
 sealed frame can use keys a handshake frame just before it agreed), and each is answered on
 the connection it came in on.
 
@@ -105,14 +105,16 @@ class TcpNode:
         reservation_block: int = RESERVATION_BLOCK,
         max_connections: int = MAX_CONNECTIONS,
         hello_timeout_s: float = HELLO_TIMEOUT_S,
+        max_batch: int = MAX_BATCH,
     ) -> None:
-        if max_connections < 1 or hello_timeout_s <= 0:
-            raise ValueError(
-                f"max_connections must be >= 1 and hello_timeout_s > 0, "
-                f"got {max_connections} and {hello_timeout_s}"
-            )
+        for name, count in (("max_connections", max_connections), ("max_batch", max_batch)):
+            if count < 1:
+                raise ValueError(f"{name} must be >= 1, got {count}")
+        if hello_timeout_s <= 0:
+            raise ValueError(f"hello_timeout_s must be > 0, got {hello_timeout_s}")
         self.manager, self.now_us = manager, now_us
         self.max_connections, self.hello_timeout_s = max_connections, hello_timeout_s
+        self.max_batch = max_batch  # frames per save; 1: a save per frame
         self.sealed = SealedFrames(
             manager.session_for, identity_key_of, manager.local_did,
             manager.ledger.save, block=reservation_block,
@@ -193,7 +195,7 @@ class TcpNode:
                 if not self._drain_scheduled:
                     self._drain_scheduled = True
                     asyncio.get_running_loop().call_soon(self._drain)
-                if len(self._inbox) >= MAX_BATCH:
+                if len(self._inbox) >= self.max_batch:
                     await asyncio.sleep(0)  # the drain runs first: the inbox stays bounded
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer went away; its sessions notice through their deadlines
@@ -204,11 +206,17 @@ class TcpNode:
         link.writer.close()
 
     def _drain(self) -> None:
-        """Decide every frame read since the last drain, in one ``receive_each`` (one save),
-        then answer each on its own connection. A failure that is not the peers' (the ledger
-        failed to save) loses the batch, as a network would, and the node reads on."""
+        """Decide every frame read since the last drain, ``max_batch`` at a time."""
         self._drain_scheduled = False
-        batch, self._inbox = self._inbox, []
+        inbox, self._inbox = self._inbox, []
+        for start in range(0, len(inbox), self.max_batch):
+            self._decide(inbox[start : start + self.max_batch])
+        self._progress.set()
+
+    def _decide(self, batch: list[tuple[Link, bytes]]) -> None:
+        """One ``receive_each`` (one save) for ``batch``, then each frame answered on its own
+        connection. A failure that is not the peers' (the ledger failed to save) loses the
+        batch, as a network would, and the node reads on."""
         proofs: list[_Proof] = []
         try:
             groups = self.manager.receive_each(self._frames(batch, proofs), self.now_us())
@@ -229,7 +237,6 @@ class TcpNode:
             except Exception:  # one frame's answers, not the others'
                 self.failed_frames += 1
                 log.exception("the answers to a frame from %s could not be sent", proof.link.did)
-        self._progress.set()
 
     def _frames(
         self, batch: list[tuple[Link, bytes]], proofs: list[_Proof]

@@ -346,7 +346,9 @@ def test_connection_limits_are_checked_on_construction(tmp_path: Path) -> None:
     async def test(pair: Pair) -> None:
         with pytest.raises(ValueError, match="max_connections must be >= 1"):
             TcpNode(pair.bob.manager, pair.clock.now_us, max_connections=0)
-        with pytest.raises(ValueError, match="hello_timeout_s > 0"):
+        with pytest.raises(ValueError, match="hello_timeout_s must be > 0, got 0"):
             TcpNode(pair.bob.manager, pair.clock.now_us, hello_timeout_s=0)
+        with pytest.raises(ValueError, match="max_batch must be >= 1, got 0"):
+            TcpNode(pair.bob.manager, pair.clock.now_us, max_batch=0)
 
     _run(tmp_path, test)

@@ -110,6 +110,24 @@ def test_a_confirmation_and_the_message_behind_it_are_decided_in_one_save(tmp_pa
     _run(tmp_path, test)
 
 
+def test_max_batch_bounds_the_frames_of_one_save(tmp_path: Path) -> None:
+    """With ``max_batch=1`` the same two frames are decided one per save, in order, and the
+    message is still delivered (the save of the first came before the second was opened)."""
+
+    async def test(alice: Side, bob: Side, relay: Relay, clock: VirtualTime, port: int) -> None:
+        sid = await _alice_established(alice, bob, relay, clock)
+        alice.node.perform(alice.manager.submit(sid, b"first words", clock.now_us()))
+        await until(lambda: len(relay.held) == 2)
+        bob.node.max_batch = 1
+        batches = Batches(bob)
+        relay.inject(b"".join(relay.held))
+        await until(lambda: [d.payload for d in bob.node.delivered] == [b"first words"])
+        assert batches.calls[:2] == [(1, 1), (1, 1)]
+        assert bob.node.is_proven(alice.did) and not bob.node.sealed.refused
+
+    _run(tmp_path, test)
+
+
 def test_a_duplicate_from_an_impostor_in_the_same_batch_proves_nothing(tmp_path: Path) -> None:
     """Mallory, claiming Alice's DID, sends a copy of Alice's CONFIRM so that it reaches Bob
     in the same turn as hers. Hers completes the handshake and proves her connection; the
