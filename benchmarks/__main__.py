@@ -31,6 +31,7 @@ SUITES: dict[str, str] = {
     "postgres": "benchmarks.bench_postgres",
     "handshake": "benchmarks.bench_handshake",
     "tick": "benchmarks.bench_tick",
+    "tcp": "benchmarks.bench_tcp",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")
