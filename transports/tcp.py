@@ -280,6 +280,9 @@ class TcpNode:
                 # A handshake with link.did completed with this frame.
                 agreed[frame.conversation] = after_key
                 proof.agreed, proof.proves = (frame.conversation, after_key), True
+        # The batch is saved and its answers derived with no frame in hand: a peer's address
+        # is then its proven connection's (address_of), never the last frame's.
+        self._reading = None
 
     def _dropped(self, why: str) -> None:
         self.dropped_connections.append(why)
