@@ -43,6 +43,7 @@ from .pg_url import is_postgres_url
 from .recorder import SignedSQLiteRecorder
 from .schema import CHECKPOINTS_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
 from .snapshots import SignedSnapshotRecorder, StorageCipher
+from .walcheckpoint import WAL_BACKSTOP_PAGES, WalCheckpointer
 
 Durability = Literal["full", "normal", "off"]
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -56,13 +57,20 @@ class _LedgerDatastore(SQLiteDatastore):
         pool = self.pool
         create = pool._create_connection
         pragma = f"PRAGMA synchronous={_SYNCHRONOUS[durability]}"
+        # Checkpoints run on a thread of their own, not inside a commit (walcheckpoint.py).
+        self.checkpointer = WalCheckpointer(db_name, _SYNCHRONOUS[durability], lock_timeout)
 
         def create_connection() -> Any:
             connection = create()
             connection._sqlite_conn.execute(pragma)
+            connection._sqlite_conn.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
             return connection
 
         pool._create_connection = create_connection  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        super().close()
 
 
 # -- replay without eventsourcing's per-event runtime-protocol check ---------------------------

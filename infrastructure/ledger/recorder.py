@@ -24,6 +24,7 @@ from .errors import LedgerCorrupted, LedgerError
 from .format import FORMAT_NAME, FORMAT_VERSION, ZERO_HASH, genesis_hash
 from .groupcommit import GroupCommitConfig, GroupCommitter
 from .schema import CREATE_STATEMENTS, EVENTS_TABLE, META_TABLE, SIGNERS_TABLE
+from .walcheckpoint import WalCheckpointer
 
 __all__ = ["SIGNER_DOMAIN", "SignedSQLiteRecorder", "session_key"]
 
@@ -116,6 +117,14 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
     def _commit_batch(
         self, requests: list[Sequence[StoredEvent]]
     ) -> list[list[int] | BaseException]:
+        outcomes = self._commit(requests)
+        # The log grew: its checkpoint runs on the checkpointer's thread, not in a commit.
+        checkpointer: WalCheckpointer | None = getattr(self.datastore, "checkpointer", None)
+        if checkpointer is not None:
+            checkpointer.notify()
+        return outcomes
+
+    def _commit(self, requests: list[Sequence[StoredEvent]]) -> list[list[int] | BaseException]:
         outcomes: list[list[int] | BaseException] = []
         conn = self.writer()
         cur = conn.cursor()
