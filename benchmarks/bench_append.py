@@ -118,12 +118,29 @@ def ledger_batches(path: Path, count: int, seed: int) -> tuple[float, dict[str, 
 
 
 def ledger_serial(path: Path, count: int, seed: int) -> tuple[float, dict[str, Any]]:
-    """One thread, one save per session: (a)'s conditions, so group commit cannot help."""
+    """One thread, one save per session: (a)'s conditions, so group commit cannot help. Each
+    save's latency is kept too: its tail is where a commit that checkpoints the WAL shows."""
     ledger = _open_ledger(path)
+    latencies: list[float] = []
+
+    def save_each(items: list[BenchSession]) -> None:
+        clock = time.perf_counter
+        for item in items:
+            start = clock()
+            ledger.save(item)
+            latencies.append(clock() - start)
+
     try:
         items = sessions(count, seed)
-        seconds = timed(lambda: [ledger.save(s) for s in items])
-        details = {"synchronous": _synchronous(ledger.datastore)}
+        seconds = timed(lambda: save_each(items))
+        ordered = sorted(latencies)
+        details = {
+            "synchronous": _synchronous(ledger.datastore),
+            "latency_ms": {
+                name: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
+                for name, q in (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0))
+            },
+        }
     finally:
         ledger.close()
     return seconds, details
@@ -268,6 +285,7 @@ def run(quick: bool) -> dict[str, Any]:
     details: dict[str, dict[str, Any]] = {}
     sign_rates: list[dict[str, float]] = []
     commit_rates: list[float] = []
+    latencies: list[dict[str, float]] = []  # per repetition, of the one-thread saves
     names = list(CONTENDERS)
     with scratch_dir("append-") as scratch:
         for rep in range(repeat):
@@ -277,6 +295,8 @@ def run(quick: bool) -> dict[str, Any]:
                 seconds, info = CONTENDERS[name](scratch / f"r{rep}-c{i}.sqlite3", count, rep)
                 rates[name].append(events / seconds)
                 details[name] = info
+                if "latency_ms" in info:
+                    latencies.append(info["latency_ms"])
     medians = {name: median(values) for name, values in rates.items()}
     figures = []
     for name, value in medians.items():
@@ -293,6 +313,13 @@ def run(quick: bool) -> dict[str, Any]:
                     figure(f"  {name} / {label}", ratio, "x", target=f">= {target}",
                            ok=ratio >= target, note=f"median of per-repetition ratios {paired:.2f}")
                 )  # fmt: skip
+    if latencies:
+        tail = {q: median([lat[q] for lat in latencies]) for q in latencies[0]}
+        figures.append(
+            figure("ledger, save() latency p99.9, 1 thread", tail["p99.9"], "ms",
+                   note=f"p50 {tail['p50']:.2f}, p99 {tail['p99']:.2f}, max {tail['max']:.2f} ms "
+                   f"(medians of {len(latencies)} repetitions of {count} saves)")
+        )  # fmt: skip
     sign_one = median([r["one_thread"] for r in sign_rates])
     sign_two = median([r["two_threads"] for r in sign_rates])
     figures.append(figure("Ed25519 sign, 1 thread", sign_one, "signatures/s"))
