@@ -28,6 +28,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP) .typecheck/l2_session/__init__.py
 	MYPYPATH=.typecheck $(BIN)/mypy -p l2_session

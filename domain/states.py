@@ -155,9 +155,7 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         T.REESTABLISHMENT_CONFIRMED: S.ESTABLISHED,
         T.DEGRADED_TIMEOUT: S.SUSPENDED,
         # Inbound traffic under the current keys is still delivered; outbound is held.
-        **_stay(
-            S.DEGRADED, {T.HEARTBEAT_DUE, T.HEARTBEAT_MISSED}, _QUEUE, _TRAFFIC, _LINK, _SEAL
-        ),
+        **_stay(S.DEGRADED, {T.HEARTBEAT_DUE, T.HEARTBEAT_MISSED}, _QUEUE, _TRAFFIC, _LINK, _SEAL),
     },
     S.ROTATING: {
         T.ROTATION_COMPLETE: S.ESTABLISHED,

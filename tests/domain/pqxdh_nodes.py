@@ -68,7 +68,9 @@ class Nodes:
     def manager(self, did: str) -> SessionManager:
         return self.sim.nodes[did]
 
-    def run_until(self, condition: Callable[[], bool], limit_s: float, step_s: float = 0.05) -> None:
+    def run_until(
+        self, condition: Callable[[], bool], limit_s: float, step_s: float = 0.05
+    ) -> None:
         waited = 0.0
         while not condition():
             assert waited < limit_s, f"condition not reached within {limit_s} s of manual time"

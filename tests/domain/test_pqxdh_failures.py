@@ -64,7 +64,9 @@ def test_authentication_failure_quarantines_and_a_quarantined_peer_costs_no_kem_
     alice, bob = nodes.manager(nodes.alice), nodes.manager(nodes.bob)
     now = manual_clock.wall_us()
     sid, outputs = alice.establish(nodes.bob, now)
-    reply = _only(bob.receive(nodes.alice, _only(outputs, HandshakeRequest), now), HandshakeResponse)
+    reply = _only(
+        bob.receive(nodes.alice, _only(outputs, HandshakeRequest), now), HandshakeResponse
+    )
     forged = bytearray(reply.key_share)
     forged[-1] ^= 1  # the responder's key confirmation no longer matches
     assert alice.receive(nodes.bob, replace(reply, key_share=bytes(forged)), now) == []
@@ -125,7 +127,9 @@ def test_a_reply_from_another_address_or_a_stale_one_leaves_the_handshake_waitin
     exchange.source_of = lambda did: address["now"]
     now = manual_clock.wall_us()
     sid, outputs = alice.establish(nodes.bob, now)
-    reply = _only(bob.receive(nodes.alice, _only(outputs, HandshakeRequest), now), HandshakeResponse)
+    reply = _only(
+        bob.receive(nodes.alice, _only(outputs, HandshakeRequest), now), HandshakeResponse
+    )
     address["now"] = "192.0.2.66:4000"  # the same bytes, replayed by Mallory
     assert alice.receive(nodes.bob, reply, now) == []
     session = alice.session(sid)

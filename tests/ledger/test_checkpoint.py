@@ -9,7 +9,9 @@ from l2_session.infrastructure.ledger import Checkpoint, CheckpointError
 
 @pytest.fixture
 def checkpoint() -> Checkpoint:
-    return Checkpoint.sign(NodeIdentity.generate(), "ab" * 16, 42, bytes(range(32)), 1_767_225_600_000_000)
+    return Checkpoint.sign(
+        NodeIdentity.generate(), "ab" * 16, 42, bytes(range(32)), 1_767_225_600_000_000
+    )
 
 
 def test_a_checkpoint_round_trips_through_its_text(checkpoint):

@@ -58,7 +58,9 @@ def test_appends_acknowledged_before_sigkill_are_never_lost(ledger_location):
     for _ in range(kills):
         child = start_writer(path, seed, sessions=100_000)
         lines: list[str] = []
-        reader = threading.Thread(target=lambda c=child, out=lines: out.extend(iter(c.stdout.readline, "")))
+        reader = threading.Thread(
+            target=lambda c=child, out=lines: out.extend(iter(c.stdout.readline, ""))
+        )
         reader.start()
         time.sleep(rng.uniform(0.05, 0.6))
         child.send_signal(signal.SIGKILL)
@@ -80,7 +82,9 @@ def test_two_writer_processes_share_one_ledger(ledger_location):
     children = [start_writer(path, os.urandom(32), sessions=25) for _ in range(2)]
     outputs = [child.communicate(timeout=120)[0] for child in children]
     assert all(child.returncode == 0 for child in children)
-    acknowledged = {(s, int(v)) for out in outputs for s, v in (line.split() for line in out.splitlines())}
+    acknowledged = {
+        (s, int(v)) for out in outputs for s, v in (line.split() for line in out.splitlines())
+    }
     assert acknowledged <= stored_versions(path)
     report = verify(path)
     assert report.ok, report.summary()
@@ -95,7 +99,10 @@ def test_two_writers_appending_the_same_version_one_wins(ledger_factory, clock):
     mine.note(text="mine")
     theirs.note(text="theirs")
     first.save(mine)
-    with pytest.raises(ConcurrencyConflict, match=f"session {conversation.id.hex} version {mine.version} was already appended"):
+    with pytest.raises(
+        ConcurrencyConflict,
+        match=f"session {conversation.id.hex} version {mine.version} was already appended",
+    ):
         second.save(theirs)
     replayed = second.repository.get(conversation.id)
     assert replayed.notes[-1] == "mine"
@@ -153,7 +160,9 @@ def test_group_commit_configuration_is_validated():
 
 
 @pytest.mark.parametrize(("durability", "synchronous"), [(None, 2), ("normal", 1), ("off", 0)])
-def test_durability_is_full_fsync_unless_asked_otherwise(ledger_factory, ledger_path, durability, synchronous):
+def test_durability_is_full_fsync_unless_asked_otherwise(
+    ledger_factory, ledger_path, durability, synchronous
+):
     """By default an append that returned is on disk: WAL with synchronous=FULL (2)."""
     ledger = ledger_factory(**({"durability": durability} if durability else {}))
     with ledger.datastore.get_connection(commit=True) as connection:
