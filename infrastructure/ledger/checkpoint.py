@@ -33,6 +33,11 @@ class CheckpointError(LedgerError):
     """A checkpoint text that cannot be parsed, or whose signature does not verify."""
 
 
+def _shown(line: str) -> str:
+    """A line of what was read, quoted and cut short, for an error message."""
+    return repr(line if len(line) <= 60 else line[:57] + "...")
+
+
 def key_id(did: str) -> bytes:
     return blake3(did.encode() + b"\n\x01" + public_bytes_from_did_key(did)).digest()[:4]
 
@@ -84,17 +89,38 @@ class Checkpoint:
 
     @classmethod
     def parse(cls, text: str) -> Checkpoint:
+        """The checkpoint in ``text``; ``CheckpointError`` says what is wrong with what was read."""
+        if not text.strip():
+            raise CheckpointError("the checkpoint is empty")
+        first = text.split("\n", 1)[0]
+        if not first.startswith(ORIGIN_PREFIX):
+            raise CheckpointError(
+                f"not a checkpoint: its first line {_shown(first)} is not an origin line "
+                f"'{ORIGIN_PREFIX}<ledger id>'"
+            )
+        if "\r" in text:
+            raise CheckpointError(
+                "the checkpoint's lines end in CR LF; its lines end in LF alone (convert the "
+                "file's line ends, e.g. with dos2unix)"
+            )
         body, sep, signatures = text.partition("\n\n")
         if not sep:
-            raise CheckpointError("checkpoint has no blank line between its body and signature")
+            lines = text.split("\n")
+            signed = next((i for i, ln in enumerate(lines) if ln.startswith(SIGNATURE_DASH)), None)
+            if signed is not None:
+                raise CheckpointError(
+                    f"the checkpoint has no blank line between its body and its signature line "
+                    f"(line {signed + 1}): put back the empty line before "
+                    f"'{SIGNATURE_DASH} did:key:...'"
+                )
+            raise CheckpointError(
+                "the checkpoint has no signature: after its body, expected an empty line, then "
+                f"'{SIGNATURE_DASH} <did:key> <signature>'"
+            )
         lines = body.split("\n")
         if len(lines) != 4:
             raise CheckpointError(f"checkpoint body has {len(lines)} lines, expected 4")
-        origin, size, head, time_line = lines
-        if not origin.startswith(ORIGIN_PREFIX):
-            raise CheckpointError(
-                f"checkpoint origin {origin!r} does not start with {ORIGIN_PREFIX!r}"
-            )
+        origin, size, head, time_line = lines  # the origin line was checked first
         if not size.isdigit() or (size != "0" and size.startswith("0")):
             raise CheckpointError(f"checkpoint position {size!r} is not a decimal number")
         try:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -36,7 +37,7 @@ from .format import (
 )
 from .pg_url import is_postgres_url
 from .schema import check_sqlite_ledger_file
-from .verify_report import Problem, ProblemKind, VerificationReport
+from .verify_report import Problem, ProblemKind, VerificationReport, aggregate_kind
 from .verify_sources import (
     pg_ledger_meta,
     range_rows,
@@ -64,6 +65,7 @@ class _RangeResult:
     last: tuple[int, bytes] | None = None  # (position, event_hash) of the last row
     firsts: dict[str, tuple[int, bytes, int]] = field(default_factory=dict)  # sid -> (v, prev, pos)
     lasts: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # sid -> (v, hash)
+    created: dict[str, bytes] = field(default_factory=dict)  # sid -> topic of its version 1
     pinned: bytes | None = None  # event hash at the checkpoint's position, if in range
 
 
@@ -273,6 +275,8 @@ def _check_row_contents(
         last = lasts.get(sid)
         if last is None:
             firsts[sid] = (version, prev_s, position)
+            if version == 1:  # its creation event: the topic tells a session from a peer
+                out.created[sid] = topic
         else:
             if version != last[0] + 1:
                 problems.append(
@@ -327,7 +331,10 @@ def verify(
         path = Path(getattr(ledger, "path", ledger))
         check_sqlite_ledger_file(path, create=False)
         source = str(path)
-        ledger_id, registered, bounds, last = sqlite_ledger_meta(source, step)
+        try:
+            ledger_id, registered, bounds, last = sqlite_ledger_meta(source, step)
+        except sqlite3.DatabaseError as e:
+            return _unreadable_meta(source, e)
         integrity = sqlite_integrity_problems
     if isinstance(checkpoint, str):
         checkpoint = Checkpoint.parse(checkpoint)
@@ -358,6 +365,22 @@ def verify(
     if checkpoint is not None:
         _check_checkpoint(report, checkpoint, ledger_id, trusted, results)
     report.problems.sort(key=lambda p: p.position if p.position is not None else -1)
+    return report
+
+
+def _unreadable_meta(source: str, error: sqlite3.DatabaseError) -> VerificationReport:
+    """The report on a SQLite ledger whose id or signers cannot be read: no chain link or
+    signature can be checked without them, so SQLite's own check says where the damage is."""
+    report = VerificationReport()
+    report.problems = sqlite_integrity_problems(source)
+    report.problems.append(
+        Problem(
+            ProblemKind.DATABASE_CORRUPT,
+            None,
+            None,
+            f"the ledger's id and signers cannot be read ({error}); no event was checked",
+        )
+    )
     return report
 
 
@@ -393,6 +416,7 @@ def plan_ranges(
 def _stitch(report: VerificationReport, results: list[_RangeResult], genesis: bytes) -> None:
     expected_pos, expected_prev = 1, genesis
     sessions: dict[str, tuple[int, bytes]] = {}
+    created: dict[str, bytes] = {}
     for r in results:
         report.events_checked += r.count
         report.problems.extend(r.problems)
@@ -438,9 +462,13 @@ def _stitch(report: VerificationReport, results: list[_RangeResult], genesis: by
                     )
                 )
         sessions.update(r.lasts)
+        created.update(r.created)
     report.head_position = expected_pos - 1
     report.head_hash = expected_prev
-    report.sessions = len(sessions)
+    for sid in sessions:
+        topic = created.get(sid)
+        kind = aggregate_kind(topic.decode(errors="replace") if topic is not None else None)
+        report.aggregates[kind] = report.aggregates.get(kind, 0) + 1
 
 
 def _check_checkpoint(
@@ -451,6 +479,7 @@ def _check_checkpoint(
     results: list[_RangeResult],
 ) -> None:
     report.checkpoint_checked = True
+    report.checkpoint_position = cp.position
     kind = ProblemKind.CHECKPOINT_MISMATCH
     if cp.ledger_id != ledger_id:
         report.problems.append(

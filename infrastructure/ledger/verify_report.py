@@ -4,8 +4,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 
 from .format import ZERO_HASH
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal could act on (control and format characters,
+    line breaks) written as a Python escape (``\\x1b``, ``\\u202e``): a ledger's strings are
+    data from whoever wrote the file, and must not move the cursor or retitle the terminal
+    that prints them."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+@cache
+def _aggregate_kinds() -> dict[str, str]:
+    """The kind of aggregate each creation event's topic starts: sessions and peers (their
+    own counts in the summary). Imported on first use, in the process that summarises, not
+    in verify's workers."""
+    from eventsourcing.utils import get_topic
+    from l2_session.domain.peer import Peer
+    from l2_session.domain.session import Session
+    from l2_session.domain.session_core import SessionCore
+
+    return {
+        get_topic(Session.Opened): "session",
+        get_topic(SessionCore.Opened): "session",
+        get_topic(Peer.Registered): "peer",
+    }
+
+
+def aggregate_kind(creation_topic: str | None) -> str:
+    """'session', 'peer' or 'other' (any other aggregate, or one whose first event is not in
+    the ledger), from the topic of an aggregate's version-1 event."""
+    return _aggregate_kinds().get(creation_topic or "", "other")
 
 
 class ProblemKind(StrEnum):
@@ -32,7 +71,7 @@ class Problem:
     def __str__(self) -> str:
         where = f"position {self.position}" if self.position is not None else "ledger"
         session = f" session {self.session_id}" if self.session_id else ""
-        return f"{self.kind.value} at {where}{session}: {self.detail}"
+        return printable(f"{self.kind.value} at {where}{session}: {self.detail}")
 
 
 @dataclass
@@ -42,29 +81,57 @@ class VerificationReport:
     problems: list[Problem] = field(default_factory=list)
     head_position: int = 0
     head_hash: bytes = ZERO_HASH
-    sessions: int = 0
+    aggregates: dict[str, int] = field(default_factory=dict)  # by aggregate_kind()
     checkpoint_checked: bool = False
+    checkpoint_position: int | None = None
     workers: int = 1
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def sessions(self) -> int:
+        return self.aggregates.get("session", 0)
+
+    @property
+    def peers(self) -> int:
+        return self.aggregates.get("peer", 0)
+
     def kinds_at(self, position: int) -> set[ProblemKind]:
         return {p.kind for p in self.problems if p.position == position}
 
     def summary(self) -> str:
+        """The report as lines for a terminal (every ledger-derived string escaped)."""
         state = "OK" if self.ok else f"{len(self.problems)} PROBLEM(S)"
         lines = [
             f"ledger verification: {state}",
-            f"  events checked: {self.events_checked} in {self.sessions} sessions "
+            f"  events checked: {self.events_checked} in {self._counted()} "
             f"(head position {self.head_position}, {self.workers} worker(s))",
             "  signers seen: "
             + (", ".join(f"{d} ({n})" for d, n in sorted(self.signers_seen.items())) or "none"),
         ]
         if self.checkpoint_checked:
-            lines.append("  checkpoint: checked")
+            mismatch = next(
+                (p for p in self.problems if p.kind is ProblemKind.CHECKPOINT_MISMATCH), None
+            )
+            lines.append(
+                f"  checkpoint: DOES NOT MATCH — {mismatch.detail}"
+                if mismatch
+                else f"  checkpoint: matches (position {self.checkpoint_position})"
+            )
         lines += [f"  - {p}" for p in self.problems[:50]]
         if len(self.problems) > 50:
             lines.append(f"  ... and {len(self.problems) - 50} more")
-        return "\n".join(lines)
+        return "\n".join(printable(line) for line in lines)
+
+    def _counted(self) -> str:
+        """'1 session, 1 peer' (and other aggregates, when there are any)."""
+        names = {"session": ("session", "sessions"), "peer": ("peer", "peers")}
+        names["other"] = ("other aggregate", "other aggregates")
+        parts = [
+            f"{n} {names[kind][n != 1]}"
+            for kind in ("session", "peer", "other")
+            if (n := self.aggregates.get(kind, 0)) or kind == "session"
+        ]
+        return ", ".join(parts)

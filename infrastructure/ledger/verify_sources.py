@@ -64,14 +64,18 @@ def sqlite_integrity_problems(path: str) -> list[Problem]:
     so verify() runs it beside the workers rather than before them."""
     conn = connect_ro(path)
     try:
-        integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
+        found = conn.execute("PRAGMA quick_check").fetchone()[0]
+        # text_factory is bytes (connect_ro); SQLite's report is its own ASCII, one finding
+        # per line.
+        integrity = found.decode(errors="replace") if isinstance(found, bytes) else str(found)
     except sqlite3.DatabaseError as e:
         integrity = str(e)
     finally:
         conn.close()
-    if integrity in (b"ok", "ok"):
+    if integrity == "ok":
         return []
-    return [Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"SQLite quick_check: {integrity!r}")]
+    findings = "; ".join(line for line in integrity.splitlines() if line.strip())
+    return [Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"SQLite quick_check: {findings}")]
 
 
 def sqlite_ledger_meta(path: str, step: int) -> tuple[str, frozenset[str], list[int], int | None]:
