@@ -1,80 +1,193 @@
-"""The ``l2-session`` command line (argparse, one subcommand per tool)."""
+"""The ``l2-session`` command line (argparse, one subcommand per tool).
+
+Commands raise; they never print their own errors. main() runs each inside one handler that
+turns what was raised into one line on stderr and a documented exit code (errors.py), with
+the traceback only under ``--debug``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
+import re
 import sys
-from collections.abc import Callable
-from pathlib import Path
+import traceback
+from typing import TYPE_CHECKING
+
+from l2_session.tools.arguments import ArgumentsRejected, Parser, did_key, whole_number
+from l2_session.tools.errors import EPILOG, ExitCode, UsageError, explain
+
+if TYPE_CHECKING:
+    from l2_session.infrastructure.ledger import Checkpoint
+
+# A checkpoint is a few hundred bytes; reading no more than this keeps a wrong file (a disk
+# image passed by mistake) from filling memory.
+CHECKPOINT_MAX_BYTES = 64 * 1024
 
 
 def _diagram(args: argparse.Namespace) -> int:
     from l2_session.domain.diagram import render_mermaid
 
     sys.stdout.write(render_mermaid())
-    return 0
+    return ExitCode.OK
 
 
 def _demo(args: argparse.Namespace) -> int:
     from l2_session.tools.demo import print_summary, run_demo
 
-    result = run_demo(args.ledger, sessions=args.sessions)
+    result = run_demo(args.ledger, sessions=args.sessions, checkpoint_file=args.save_checkpoint)
     print_summary(result)
-    return 0 if result.ok else 1
+    return ExitCode.OK if result.ok else ExitCode.NOT_INTACT
+
+
+def read_checkpoint(path: str) -> Checkpoint:
+    """The checkpoint in the file at ``path``; UsageError says what is wrong with the file."""
+    from l2_session.infrastructure.ledger import Checkpoint, CheckpointError
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(CHECKPOINT_MAX_BYTES + 1)
+    except OSError as e:
+        raise UsageError(f"--checkpoint {path}: cannot read it ({e.strerror})") from e
+    if len(data) > CHECKPOINT_MAX_BYTES:
+        raise UsageError(
+            f"--checkpoint {path} holds over {CHECKPOINT_MAX_BYTES} bytes; a checkpoint is a "
+            "few hundred (the file `demo` saves, or SessionLedger.checkpoint().to_text())"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"--checkpoint {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+            f"{e.start}); a checkpoint is the text `demo` saves, or "
+            "SessionLedger.checkpoint().to_text()"
+        ) from None
+    try:
+        return Checkpoint.parse(text)
+    except CheckpointError as e:
+        raise UsageError(f"--checkpoint {path}: {e}") from e
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from l2_session.infrastructure.ledger import CheckpointError, LedgerError
     from l2_session.infrastructure.ledger.verify import verify
 
-    try:
-        checkpoint = Path(args.checkpoint).read_text(encoding="utf-8") if args.checkpoint else None
-        report = verify(
-            args.ledger, checkpoint, trusted_signers=args.trust or None, workers=args.workers
-        )
-    except (LedgerError, CheckpointError, OSError) as e:
-        print(f"l2-session verify: {e}", file=sys.stderr)
-        return 2
+    checkpoint = read_checkpoint(args.checkpoint) if args.checkpoint else None
+    report = verify(
+        args.ledger, checkpoint, trusted_signers=args.trust or None, workers=args.workers
+    )
     print(report.summary())
-    return 0 if report.ok else 1
+    return ExitCode.OK if report.ok else ExitCode.NOT_INTACT
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("l2-session")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="on failure, show the traceback"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from l2_session.tools import pg_commands
     from l2_session.tools.ledger_option import add_ledger_argument
 
-    parser = argparse.ArgumentParser(
-        prog="l2-session", description="SPEC-018 sessions on a signed, event-sourced ledger"
+    parser = Parser(
+        prog="l2-session",
+        description="SPEC-018 sessions on a signed, event-sourced ledger",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"l2-session {_version()}")
+    _add_debug(parser, False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    diagram = commands.add_parser(
-        "diagram", help="print the session state machine as a mermaid stateDiagram-v2"
-    )
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(name, help=help)
+        # SUPPRESS: given after the command, --debug must not be reset by the command's default.
+        _add_debug(sub, argparse.SUPPRESS)
+        return sub
+
+    diagram = command("diagram", "print the session state machine as a mermaid stateDiagram-v2")
     diagram.set_defaults(run=_diagram)
-    demo = commands.add_parser(
-        "demo", help="drive sessions through SPEC-018 on a fresh signed ledger, verify, summarise"
+    demo = command(
+        "demo", "drive sessions through SPEC-018 on a new signed ledger, verify, summarise"
     )
     add_ledger_argument(demo, default="l2-session-demo.sqlite3")
-    demo.add_argument("--sessions", type=int, default=6, help="how many sessions (default 6)")
+    demo.add_argument(
+        "--sessions",
+        type=whole_number(1, 10_000),
+        default=6,
+        help="how many sessions (1 to 10000, default 6)",
+    )
+    demo.add_argument(
+        "--save-checkpoint",
+        metavar="FILE",
+        help="where to save the ledger's checkpoint (default: the ledger file's name + "
+        "'.checkpoint'; for a PostgreSQL ledger, l2-session-demo-<schema>.checkpoint)",
+    )
     demo.set_defaults(run=_demo)
-    check = commands.add_parser(
-        "verify", help="recheck every hash, signature and chain link of a ledger"
-    )
+    check = command("verify", "recheck every hash, signature and chain link of a ledger")
     add_ledger_argument(check)
-    check.add_argument("--checkpoint", help="a checkpoint file seen earlier (truncation, rewrite)")
     check.add_argument(
-        "--trust", action="append", metavar="DID", help="a node did:key allowed to sign (repeat)"
+        "--checkpoint", metavar="FILE", help="a checkpoint seen earlier (truncation, rewrite)"
     )
-    check.add_argument("--workers", type=int, help="processes to use (default: all cores)")
+    check.add_argument(
+        "--trust",
+        action="append",
+        type=did_key,
+        metavar="DID",
+        help="a node did:key allowed to sign (repeat); default: the signers the ledger registers",
+    )
+    most = 4 * (os.cpu_count() or 1)  # more processes than that are never faster
+    check.add_argument(
+        "--workers",
+        type=whole_number(1, most),
+        help=f"processes to use, 1 to {most} (default: one per core)",
+    )
     check.set_defaults(run=_verify)
-    pg_commands.register(commands)  # pg-migrate, pg-import, project (tools/pg_commands.py)
+    pg_commands.register(command)  # pg-migrate, pg-import, project (tools/pg_commands.py)
     return parser
 
 
+def _sqlite_files(args: argparse.Namespace | None) -> list[str]:
+    """The SQLite files named on the command line, for errors that do not name theirs."""
+    from l2_session.infrastructure.ledger.pg_url import is_postgres_url
+
+    named = (getattr(args, option, None) for option in ("source", "ledger"))
+    return [v for v in named if isinstance(v, str) and v and not is_postgres_url(v)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    run: Callable[[argparse.Namespace], int] = args.run
-    return run(args)
+    from l2_session.infrastructure.ledger.verify_report import printable
+
+    args: argparse.Namespace | None = None
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.run(args))
+    except SystemExit:  # --help, --version
+        raise
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly, as other Unix tools do, and
+        # keep Python from failing again when it flushes stdout on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OUTPUT_CLOSED
+    except BaseException as e:
+        if isinstance(e, ArgumentsRejected):
+            prog = e.prog
+        else:
+            prog = "l2-session" + (f" {args.command}" if args is not None else "")
+        code, message = explain(e, _sqlite_files(args))
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        one_line = re.sub(r"\s*\n\s*", " ", message.strip())  # a driver's message may wrap
+        print(f"{prog}: {printable(one_line)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

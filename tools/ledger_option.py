@@ -12,6 +12,7 @@ import argparse
 import os
 
 from l2_session.infrastructure.ledger.pg_url import redact
+from l2_session.tools.arguments import non_empty
 
 ENV_VAR = "L2S_LEDGER"
 
@@ -25,6 +26,7 @@ def add_ledger_argument(
         "--ledger",
         default=fallback,
         required=fallback is None,
+        type=non_empty("a SQLite file or a postgresql:// URL"),
         metavar="PATH_OR_URL",
         help=(
             "ledger: a SQLite file or postgresql://user@host:port/dbname?schema=NAME "

@@ -4,95 +4,151 @@ l2-session pg-migrate --ledger URL          create or upgrade the ledger schema 
 l2-session pg-import --from FILE --ledger URL   move a SQLite ledger to PostgreSQL, row for row
 l2-session project --ledger URL --view URL --projection module:Class
                                              run a projection process following the ledger
+
+Like every command, these raise and let main() (cli.py) say what went wrong.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from l2_session.infrastructure.ledger.verify_report import printable
+from l2_session.tools.arguments import positive_seconds, whole_number
+from l2_session.tools.errors import ExitCode, UsageError
 from l2_session.tools.ledger_option import add_ledger_argument
+
+AddCommand = Callable[[str, str], argparse.ArgumentParser]
 
 
 def _pg_migrate(args: argparse.Namespace) -> int:
     from l2_session.infrastructure.clock import SystemClock
-    from l2_session.infrastructure.ledger import LedgerError
     from l2_session.infrastructure.ledger.pg_schema import SCHEMA_VERSION, migrate
     from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 
-    try:
-        location = PostgresLocation.parse(args.ledger)
-        meta = migrate(location, created_at_us=SystemClock().wall_us(), node_role=args.node_role)
-    except LedgerError as e:
-        print(f"l2-session pg-migrate: {e}", file=sys.stderr)
-        return 1
+    location = PostgresLocation.parse(args.ledger)
+    meta = migrate(location, created_at_us=SystemClock().wall_us(), node_role=args.node_role)
     print(
-        f"ledger {meta['ledger_id']} at {location.redacted()}: schema version {SCHEMA_VERSION}, "
-        f"nodes connect as members of role {args.node_role}"
+        printable(
+            f"ledger {meta['ledger_id']} at {location.redacted()}: schema version "
+            f"{SCHEMA_VERSION}, nodes connect as members of role {args.node_role}"
+        )
     )
-    return 0
+    return ExitCode.OK
+
+
+def _check_import_source(source: str) -> None:
+    """Refuse a source that is not a ledger, or is damaged, before the target is touched: a
+    failure half way would leave the target schema holding a ledger with none of the rows."""
+    from l2_session.infrastructure.ledger import LedgerCorrupted
+    from l2_session.infrastructure.ledger.schema import check_sqlite_ledger_file
+    from l2_session.infrastructure.ledger.verify_sources import sqlite_integrity_problems
+
+    check_sqlite_ledger_file(Path(source), create=False)
+    damage = sqlite_integrity_problems(source)
+    if damage:
+        raise LedgerCorrupted(
+            f"{source} is damaged ({damage[0].detail}); nothing was imported — run "
+            f"`l2-session verify --ledger {source}`, and import an intact copy"
+        )
 
 
 def _pg_import(args: argparse.Namespace) -> int:
-    from l2_session.infrastructure.ledger import LedgerError
     from l2_session.infrastructure.ledger.pg_import import import_sqlite_ledger
-    from l2_session.infrastructure.ledger.pg_url import redact
+    from l2_session.infrastructure.ledger.pg_url import PostgresLocation, redact
 
+    PostgresLocation.parse(args.ledger)  # a bad URL is named before the source is read
+    _check_import_source(args.source)
+    copied = import_sqlite_ledger(args.source, args.ledger)
+    print(
+        printable(f"{copied} events copied from {args.source} to {redact(args.ledger)}; run verify")
+    )
+    return ExitCode.OK
+
+
+def _load_projection(topic: str) -> Any:
+    """An instance of the projection class ``module:Class``, or UsageError saying why not."""
+    from eventsourcing.utils import TopicError, resolve_topic
+
+    expected = (
+        "expected module:Class of a projection (a class with a name and methods "
+        "create_statements(schema) and apply(cur, schema, event, position)), such as "
+        "l2_session.projections.session_counts:SessionEventCounts"
+    )
     try:
-        copied = import_sqlite_ledger(args.source, args.ledger)
-    except LedgerError as e:
-        print(f"l2-session pg-import: {e}", file=sys.stderr)
-        return 1
-    print(f"{copied} events copied from {args.source} to {redact(args.ledger)}; run verify")
-    return 0
+        found = resolve_topic(topic)
+    except TopicError as e:
+        raise UsageError(f"cannot load projection {topic!r} ({e}); {expected}") from e
+    if not isinstance(found, type):
+        raise UsageError(
+            f"--projection {topic} is a {type(found).__name__}, not a class; {expected}"
+        )
+    try:
+        projection = found()
+    except TypeError as e:
+        raise UsageError(f"--projection {topic}: cannot make one ({e}); {expected}") from e
+    missing = [
+        m for m in ("create_statements", "apply") if not callable(getattr(projection, m, None))
+    ]
+    if not isinstance(getattr(projection, "name", None), str):
+        missing.insert(0, "name")
+    if missing:
+        raise UsageError(f"--projection {topic} has no {', '.join(missing)}; {expected}")
+    return projection
 
 
 def _project(args: argparse.Namespace) -> int:
-    from eventsourcing.utils import TopicError, resolve_topic
-    from l2_session.infrastructure.ledger import LedgerError, SessionLedger
+    from l2_session.infrastructure.ledger import SessionLedger
+    from l2_session.infrastructure.ledger.pg_url import PostgresLocation, is_postgres_url
     from l2_session.projections.runner import Lag, ProjectionRunner
 
-    try:
-        projection: Any = resolve_topic(args.projection)()
-    except (TopicError, TypeError) as e:
-        print(
-            f"l2-session project: cannot load projection {args.projection!r}: {e}", file=sys.stderr
-        )
-        return 1
+    projection = _load_projection(args.projection)
+    view = PostgresLocation.parse(args.view)
+    if is_postgres_url(args.ledger):
+        ledger_at = PostgresLocation.parse(args.ledger)
+        if (view.host, view.port, view.dbname, view.schema) == (
+            ledger_at.host, ledger_at.port, ledger_at.dbname, ledger_at.schema,
+        ):  # fmt: skip
+            # A read model is rebuilt by dropping its schema (docs/deployment.md): never the
+            # ledger's.
+            raise UsageError(
+                f"--view {view.redacted()} is the ledger's own schema; give the read model a "
+                "schema of its own (?schema=NAME)"
+            )
 
     def report(lag: Lag) -> None:
         print(f"position {lag.position} head {lag.head} behind {lag.events} lag {lag.seconds:.3f}s")
         sys.stdout.flush()
 
+    ledger = SessionLedger(args.ledger, create=False)  # read-only: no identity, no key
     try:
-        ledger = SessionLedger(args.ledger, create=False)  # read-only: no identity, no key
         runner = ProjectionRunner(
-            ledger, args.view, projection, batch_size=args.batch_size,
+            ledger, view, projection, batch_size=args.batch_size,
             poll_interval=args.poll_interval, on_batch=report,
         )  # fmt: skip
-    except LedgerError as e:
-        print(f"l2-session project: {e}", file=sys.stderr)
-        return 1
-    try:
-        if args.catch_up:
-            while runner.run_once():
-                pass
-        else:
-            runner.run_forever()
-    except KeyboardInterrupt:  # Ctrl-C or SIGINT: the last committed batch is the position
-        pass
+        try:
+            if args.catch_up:
+                while runner.run_once():
+                    pass
+            else:
+                runner.run_forever()
+        except KeyboardInterrupt:  # Ctrl-C or SIGINT: the last committed batch is the position
+            pass
+        finally:
+            runner.close()
     finally:
-        runner.close()
         ledger.close()
-    return 0
+    return ExitCode.OK
 
 
-def register(commands: Any) -> None:
-    """Add the PostgreSQL commands to the CLI's subcommands."""
-    migrate = commands.add_parser(
+def register(add_command: AddCommand) -> None:
+    """Add the PostgreSQL commands to the CLI (``add_command(name, help)`` makes each one)."""
+    migrate = add_command(
         "pg-migrate",
-        help="create or upgrade a PostgreSQL ledger's schema (as its owner); grant the node role",
+        "create or upgrade a PostgreSQL ledger's schema (as its owner); grant the node role",
     )
     add_ledger_argument(migrate)
     migrate.add_argument(
@@ -100,15 +156,15 @@ def register(commands: Any) -> None:
     )
     migrate.set_defaults(run=_pg_migrate)
 
-    move = commands.add_parser(
-        "pg-import", help="copy a SQLite ledger into a new PostgreSQL ledger, row for row"
+    move = add_command(
+        "pg-import", "copy a SQLite ledger into a new PostgreSQL ledger, row for row"
     )
     move.add_argument("--from", dest="source", required=True, metavar="FILE")
     add_ledger_argument(move)
     move.set_defaults(run=_pg_import)
 
-    project = commands.add_parser(
-        "project", help="run a projection process: follow the ledger, keep a read model in PG"
+    project = add_command(
+        "project", "run a projection process: follow the ledger, keep a read model in PG"
     )
     add_ledger_argument(project)
     project.add_argument(
@@ -123,10 +179,10 @@ def register(commands: Any) -> None:
         metavar="MODULE:CLASS",
         help="e.g. l2_session.projections.session_counts:SessionEventCounts",
     )
-    project.add_argument("--batch-size", type=int, default=500)
+    project.add_argument("--batch-size", type=whole_number(1), default=500)
     project.add_argument(
         "--poll-interval",
-        type=float,
+        type=positive_seconds,
         default=1.0,
         help="seconds between polls when no NOTIFY arrives",
     )

@@ -29,7 +29,7 @@ def test_pg_migrate_names_an_unreachable_server_without_its_password(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("L2S_LEDGER", raising=False)
-    assert main(["pg-migrate", "--ledger", "postgresql://ops:s3cret@127.0.0.1:1/ledger"]) == 1
+    assert main(["pg-migrate", "--ledger", "postgresql://ops:s3cret@127.0.0.1:1/ledger"]) == 2
     err = capsys.readouterr().err
     assert "cannot connect to the ledger at postgresql://ops@127.0.0.1:1/ledger" in err
     assert "s3cret" not in err
@@ -37,10 +37,13 @@ def test_pg_migrate_names_an_unreachable_server_without_its_password(
 
 def test_demo_and_verify_run_on_a_postgresql_ledger(
     pg_location: PostgresLocation,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # where the demo saves the checkpoint of a PostgreSQL ledger
     assert main(["demo", "--ledger", pg_location.url(), "--sessions", "2"]) == 0
+    assert (tmp_path / f"l2-session-demo-{pg_location.schema}.checkpoint").exists()
     capsys.readouterr()
     monkeypatch.setenv("L2S_LEDGER", pg_location.url())
     assert main(["verify"]) == 0
@@ -68,7 +71,7 @@ def test_pg_import_moves_a_demo_ledger_and_project_catches_up_on_it(
         total = conn.execute(f"SELECT sum(events) FROM {view.schema}.session_event_counts")
         assert total.fetchone() == (copied,)
     # Importing twice into the same schema is refused, naming it.
-    assert main(["pg-import", "--from", str(sqlite_ledger), "--ledger", pg_location.url()]) == 1
+    assert main(["pg-import", "--from", str(sqlite_ledger), "--ledger", pg_location.url()]) == 2
     assert "already holds a ledger" in capsys.readouterr().err
 
 
@@ -77,5 +80,5 @@ def test_project_names_a_projection_it_cannot_load(
 ) -> None:
     args = ["project", "--ledger", pg_location.url(), "--view", pg_location.url(),
             "--projection", "no.such.module:Thing"]  # fmt: skip
-    assert main(args) == 1
+    assert main(args) == 2
     assert "cannot load projection 'no.such.module:Thing'" in capsys.readouterr().err
