@@ -26,7 +26,7 @@ from l2_session.domain.handshake_errors import (
     HandshakeError,
     MalformedMessage,
 )
-from l2_session.domain.handshake_flood import HandshakeAdmission
+from l2_session.domain.handshake_flood import HandshakeAdmission, claimed_identity
 from l2_session.domain.handshake_kem import DEFAULT_BACKEND, KemBackend
 from l2_session.domain.handshake_keys import SessionKeys, ed25519_private_to_x25519
 from l2_session.domain.handshake_resume import (
@@ -122,13 +122,17 @@ class HandshakeEngine:
 
     # --- receiving -----------------------------------------------------------------------------
 
-    def receive(self, data: bytes, *, source: str, now_us: int) -> Outcome:
+    def receive(
+        self, data: bytes, *, source: str, now_us: int, expected_initiator: bytes | None = None
+    ) -> Outcome:
+        """``expected_initiator``: for an INIT, the identity key its sender claimed elsewhere
+        (the DID its connection named); an INIT signed by another is dropped for nothing."""
         try:
             kind = peek_type(data)
         except MalformedMessage as error:
             return Outcome(dropped=str(error))
         if kind == MessageType.INIT:
-            return self._on_init(data, source, now_us)
+            return self._on_init(data, source, now_us, expected_initiator)
         if kind == MessageType.RESUME:
             return self._on_resume(data, source, now_us)
         if kind in (
@@ -140,9 +144,15 @@ class HandshakeEngine:
             return self._on_reply(kind, data, source, now_us)
         return Outcome(dropped=f"{kind.name} is not a handshake message")
 
-    def _on_init(self, data: bytes, source: str, now_us: int) -> Outcome:
+    def _on_init(self, data: bytes, source: str, now_us: int, expected: bytes | None) -> Outcome:
         if self.responder is None:
             return Outcome(dropped="this node does not accept handshakes (no prekeys)")
+        claimed = claimed_identity(data)
+        if expected is not None and claimed is not None and claimed != expected:
+            # The cheapest check of all, before the gate, the signature, any DH or the KEM.
+            return Outcome(
+                dropped=f"INIT claims identity {claimed.hex()}, its sender {expected.hex()}"
+            )
         try:
             init = self.admission.admit_init(data, source, now_us)
         except HandshakeError as error:

@@ -161,9 +161,10 @@ class HandshakeAdmission:
     def admit_init(self, data: bytes, source: str, now_us: int) -> Init:
         """Admit an INIT on its claimed identity, read straight from its fixed offset after a
         header check; only an admitted INIT is parsed in full (and returned)."""
-        if len(data) != INIT_FRAME_LEN or data[:4] != INIT_HEADER:
+        identity = claimed_identity(data)
+        if identity is None:
             return Init.parse(data)  # malformed: let the parser say exactly how
-        self.admit(bytes(data[6:38]), source, now_us)
+        self.admit(identity, source, now_us)
         return Init.parse(data)
 
     def authenticated(self, identity: bytes, source: str) -> None:
@@ -177,6 +178,14 @@ class HandshakeAdmission:
         """After an authentication failure (SPEC-018 §2.1): refuse this identity at this source
         for a while."""
         self._quarantine.put(_pair(identity, source), now_us + duration_us)
+
+
+def claimed_identity(init: bytes) -> bytes | None:
+    """The identity key an INIT claims to be signed by, read from its fixed offset; None if
+    the bytes do not even have an INIT's header and length."""
+    if len(init) != INIT_FRAME_LEN or init[:4] != INIT_HEADER:
+        return None
+    return bytes(init[6:38])
 
 
 def _pair(identity: bytes, source: str) -> bytes:

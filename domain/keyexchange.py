@@ -55,6 +55,11 @@ class KeyExchange(Protocol):
         ``AuthenticationFailed`` if the request does not prove possession of it."""
         ...
 
+    def expire(self, now_us: int) -> None:
+        """Forget the handshakes in progress that have outlived the handshake timeout (the
+        manager's ``tick`` calls it: time passes there, not only when a handshake starts)."""
+        ...
+
 
 def _key(initiator_share: bytes, responder_share: bytes) -> bytes:
     return hashlib.blake2b(initiator_share + responder_share, digest_size=32).digest()
@@ -82,6 +87,9 @@ class MockKeyExchange:
         # The stored key goes into the new one, as a real resumption's secret does.
         self._responded[conversation] = _key(key_material + request, share)
         return share
+
+    def expire(self, now_us: int) -> None:
+        """Nothing to do: a simulation's unanswered shares last as long as the simulation."""
 
     def initiate(self, conversation: UUID, peer_did: str, now_us: int) -> bytes:
         share = self._rng.randbytes(32)

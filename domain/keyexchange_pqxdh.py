@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import secrets
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 from uuid import UUID
@@ -111,8 +112,9 @@ class PqxdhKeyExchange:
         self.identity = ed25519_public_bytes(engine.identity)
         self._fetch_bundle = fetch_bundle
         self._identity_key_of = identity_key_of
-        # conversation -> (the DID it is with, whether the prekeys in use are this node's)
-        self._peers: dict[UUID, tuple[str, bool]] = {}
+        # conversation -> (the DID it is with, whether the prekeys in use are this node's,
+        # when its handshake started), oldest first: entries go with their handshake's timeout.
+        self._peers: OrderedDict[UUID, tuple[str, bool, int]] = OrderedDict()
         # The ticket being answered: the manager hands over the session's stored key
         # material with each RESUME, so no ticket is kept in memory between requests.
         self._answering: dict[bytes, ResumptionTicket] = {}
@@ -159,7 +161,7 @@ class PqxdhKeyExchange:
 
     # ------------------------------------------------------------------ full handshake
     def initiate(self, conversation: UUID, peer_did: str, now_us: int) -> bytes:
-        self.engine.expire(now_us)  # forget handshakes that timed out
+        self.expire(now_us)
         bundle = self._fetch_bundle(peer_did, now_us)
         _, init = self.engine.initiate(
             bundle,
@@ -167,12 +169,21 @@ class PqxdhKeyExchange:
             expected_responder=self._identity_key_of(peer_did),
             source=self.source_of(peer_did),
         )
-        self._peers[conversation] = (peer_did, False)  # the responder's prekeys are used
+        self._started(conversation, peer_did, False, now_us)  # the responder's prekeys are used
         return init
 
     def respond(self, conversation: UUID, peer_did: str, request: bytes, now_us: int) -> bytes:
-        outcome = self.engine.receive(request, source=self.source_of(peer_did), now_us=now_us)
-        if outcome.send is None or outcome.peer_identity != self._identity_key_of(peer_did):
+        try:
+            expected = self._identity_key_of(peer_did)
+        except (ValueError, LookupError) as error:  # DIDError, ResolutionError
+            # Cheap identity checks come before any key-exchange work.
+            raise HandshakeRefused(
+                f"handshake request from {peer_did!r} refused: {error}"
+            ) from None
+        outcome = self.engine.receive(
+            request, source=self.source_of(peer_did), now_us=now_us, expected_initiator=expected
+        )
+        if outcome.send is None or outcome.peer_identity != expected:
             # Dropped, not an authentication failure of ``peer_did``: the identity in a refused
             # INIT is unproven, and quarantining the DID it claims would let anyone lock that
             # peer out with forged INITs. The engine has quarantined (identity, source) itself.
@@ -180,15 +191,15 @@ class PqxdhKeyExchange:
                 f"handshake request from {peer_did} refused: "
                 + (_why(outcome) if outcome.send is None else "signed by another identity")
             )
-        self._peers[conversation] = (peer_did, True)
+        self._started(conversation, peer_did, True, now_us)
         return outcome.send
 
     # ------------------------------------------------------------------ resumption
     def resume(self, conversation: UUID, peer_did: str, key_material: bytes, now_us: int) -> bytes:
-        self.engine.expire(now_us)
+        self.expire(now_us)
         peer = self._identity_key_of(peer_did)
         mine = prekeys_are_mine(key_material, self.identity, peer)
-        self._peers[conversation] = (peer_did, mine)
+        self._started(conversation, peer_did, mine, now_us)
         ticket = ticket_of(key_material, self.identity, peer)
         return self.engine.resume(ticket, now_us=now_us, source=self.source_of(peer_did))
 
@@ -218,7 +229,7 @@ class PqxdhKeyExchange:
             # Not an authentication failure: the conversation id travels in clear, so anyone
             # can send a RESUME for it; quarantining on that would let them lock the peer out.
             raise NothingToResume(f"resumption refused: {_why(outcome)}")
-        self._peers[conversation] = (peer_did, mine)
+        self._started(conversation, peer_did, mine, now_us)
         return outcome.send
 
     # ------------------------------------------------------------------ both
@@ -235,7 +246,7 @@ class PqxdhKeyExchange:
         return key_material(outcome.established, self.identity, mine)
 
     def _finish(self, conversation: UUID, data: bytes, now_us: int) -> tuple[Outcome, bool]:
-        peer_did, mine = self._peers.get(conversation, ("", False))
+        peer_did, mine, _ = self._peers.get(conversation, ("", False, 0))
         outcome = self.engine.receive(data, source=self.source_of(peer_did), now_us=now_us)
         if outcome.dropped is not None:
             # Stale, stray, malformed or from another address (decision 13): the engine kept
@@ -247,6 +258,22 @@ class PqxdhKeyExchange:
                 raise AuthenticationFailed(f"handshake completed by someone other than {peer_did}")
             self._peers.pop(conversation, None)
         return outcome, mine
+
+    # ------------------------------------------------------------------ time
+    def expire(self, now_us: int) -> None:
+        """Forget the handshakes, and whom they were with, that outlived the timeout."""
+        self.engine.expire(now_us)
+        while self._peers:
+            conversation, (_, _, started_us) = next(iter(self._peers.items()))
+            if now_us - started_us < self.engine.timeout_us:
+                break
+            del self._peers[conversation]
+
+    def _started(self, conversation: UUID, peer_did: str, mine: bool, now_us: int) -> None:
+        self._peers.pop(conversation, None)  # to the end: the newest
+        self._peers[conversation] = (peer_did, mine, now_us)
+        while len(self._peers) > self.engine.max_pending:  # as the engine's table is bounded
+            self._peers.popitem(last=False)
 
 
 def _why(outcome: Outcome) -> str:

@@ -9,7 +9,10 @@ recorded to the ledger and re-arms the session's next deadline.
 Answering a peer's handshake or resumption request is manager_answering.py's.
 
 Deadlines live in one binary heap (deadlines.py), one live entry per session, so ``tick``
-costs O(due timers · log n), not O(sessions).
+costs O(due timers · log n), not O(sessions). ``tick`` is also where time passes for what
+the manager holds besides sessions: the key exchange's handshakes in progress, the peers in
+memory (peer_table.py) and the count of handshakes never confirmed (unconfirmed.py), each
+bounded and let go on the clock, not on unrelated activity.
 
 Keys come from a ``KeyExchange`` (keyexchange.py): by default the deterministic
 ``MockKeyExchange`` for simulations; ``PqxdhKeyExchange`` (keyexchange_pqxdh.py) for real
@@ -54,10 +57,16 @@ from l2_session.domain.keyexchange import KeyExchange, MockKeyExchange
 from l2_session.domain.manager_answering import HandshakeAnswering
 from l2_session.domain.outbound import outputs_for, send
 from l2_session.domain.peer import Peer, peer_id
-from l2_session.domain.session import Session
+from l2_session.domain.peer_table import PeerTable, holds_unsaved
+from l2_session.domain.session import KNOWN_TRANSPORTS, TRANSPORTS, Session
 from l2_session.domain.states import State, Trigger, is_allowed
+from l2_session.domain.unconfirmed import UnconfirmedTally, goes_unwritten, never_saved_answer
 
 log = logging.getLogger("l2_session.session")
+
+MAX_PEERS = 10_000  # peers in memory; the rest are read from the ledger when needed
+PEER_IDLE_US = 600 * timers.US  # a peer unused this long leaves memory
+SUMMARY_INTERVAL_US = 60 * timers.US  # a summary of unconfirmed handshakes, at most this often
 
 
 class _Fired(NamedTuple):
@@ -84,6 +93,12 @@ class _Batch:
         self.peers: dict[UUID, Peer] = {}
         self.claimed: dict[UUID, int] = {}  # per session: pending events already claimed
         self.arm: set[UUID] = set()
+
+    def forget(self, session_id: UUID) -> None:
+        """A session the batch must not save after all (decision 18)."""
+        self.sessions.pop(session_id, None)
+        self.claimed.pop(session_id, None)
+        self.arm.discard(session_id)
 
     def add(self, s: Session, others: tuple[Any, ...], arm: bool) -> _AfterSave:
         self.sessions[s.id] = s
@@ -120,7 +135,22 @@ class SessionManager(HandshakeAnswering):
         prekeys_of: Callable[[str], str] = lambda did: "",
         own_prekeys: str = "",
         key_exchange: KeyExchange | None = None,
+        transport: str = TRANSPORTS[0],
+        max_peers: int = MAX_PEERS,
+        peer_idle_us: int = PEER_IDLE_US,
+        summary_interval_us: int = SUMMARY_INTERVAL_US,
     ) -> None:
+        for name, value in (
+            ("max_peers", max_peers),
+            ("peer_idle_us", peer_idle_us),
+            ("summary_interval_us", summary_interval_us),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if transport not in KNOWN_TRANSPORTS:
+            raise ValueError(f"transport {transport!r} is not one of {', '.join(KNOWN_TRANSPORTS)}")
+        # The transport new sessions record (decision 20); a transport adapter sets its own.
+        self.transport = transport
         self.local_did = local_did
         self.config = config
         self._ledger = ledger
@@ -130,12 +160,14 @@ class SessionManager(HandshakeAnswering):
         self._own_prekeys = own_prekeys
         self._sessions: dict[UUID, Session] = {}
         self._conversations: dict[UUID, UUID] = {}
-        self._peers: dict[str, Peer] = {}
+        self._peers = PeerTable(max_peers, peer_idle_us)
+        self._unconfirmed = UnconfirmedTally(local_did, summary_interval_us)
         self._deadlines = DeadlineHeap()
         # The last handshake frame sent per conversation, to answer again if the peer shows
         # it was lost (a lost key confirmation strands the responder). Memory only.
         self._last_handshake_frame: dict[UUID, Frame] = {}
         self.dropped_frames = 0
+        self.failed_frames = 0  # frames of a batch whose deciding raised, each dropped alone
         self._batch: _Batch | None = None  # inside receive_many / establish_many
 
     # ------------------------------------------------------------------ lookups
@@ -164,6 +196,7 @@ class SessionManager(HandshakeAnswering):
 
     def peer(self, peer_did: str, now_us: int = 0) -> Peer:
         """The peer's standing (decision 7), from memory, the ledger, or new at ``now_us``."""
+        self._peers.now_us = max(self._peers.now_us, now_us)
         found = self._peers.get(peer_did)
         if found is None:
             try:
@@ -180,7 +213,7 @@ class SessionManager(HandshakeAnswering):
     def establish(self, peer_did: str, now_us: int) -> tuple[UUID, list[Output]]:
         peer = self.peer(peer_did, now_us)
         peer.check_admissible(now_us)
-        session = Session.open(peer_did, "initiator", self.config, now_us)
+        session = Session.open(peer_did, "initiator", self.config, now_us, transport=self.transport)
         session.initiate_handshake(now_us)
         self._add(session)
         return session.id, self._commit(session, peer)
@@ -307,12 +340,48 @@ class SessionManager(HandshakeAnswering):
         ``frames`` is consumed one at a time, in order: each frame is decided before the next
         is taken from it, so a generator may note, between two frames, what the previous one
         did to its session (tcp.py tells which connection proved a peer that way). Nothing is
-        saved or sent before the last frame is taken."""
+        saved or sent before the last frame is taken.
+
+        A frame whose deciding raises something other than a ``SessionError`` (a bug, a
+        resolver failing) is dropped alone, counted in ``failed_frames``, if it recorded
+        nothing before it failed; the others are decided and saved. If it had recorded
+        something, memory is no longer the ledger plus the batch, and the batch fails as a
+        whole — as it does when its save fails."""
 
         def each() -> list[list[Output | _AfterSave]]:
-            return [self._receive(peer_did, frame, now_us) for peer_did, frame in frames]
+            out: list[list[Output | _AfterSave]] = []
+            for peer_did, frame in frames:
+                before = self._unsaved_of(peer_did, frame)
+                try:
+                    out.append(self._receive(peer_did, frame, now_us))
+                except Exception:
+                    if self._unsaved_of(peer_did, frame) != before:
+                        self._reload_with_batch(peer_did, frame)
+                        raise
+                    self.failed_frames += 1
+                    log.exception("%s from %s could not be decided", type(frame).__name__, peer_did)
+                    out.append([])
+            return out
 
         return self._in_one_save(each)
+
+    def _reload_with_batch(self, peer_did: str, frame: Frame) -> None:
+        """What a failing frame recorded goes back to the ledger's state with the batch's."""
+        assert self._batch is not None
+        s, peer = self.session_for(frame.conversation), self._peers.get(peer_did)
+        if s is not None:
+            self._batch.sessions.setdefault(s.id, s)
+        if peer is not None:
+            self._batch.peers.setdefault(peer.id, peer)
+
+    def _unsaved_of(self, peer_did: str, frame: Frame) -> tuple[Any, ...]:
+        """What a frame can have recorded: its session's and its peer's unsaved events (a
+        peer's registration alone records nothing: peer_table.py)."""
+        s, peer = self.session_for(frame.conversation), self._peers.get(peer_did)
+        return (
+            None if s is None else (s.id, len(s.pending_events)),
+            peer is not None and holds_unsaved(peer) and len(peer.pending_events),
+        )
 
     def _in_one_save(
         self, commands: Callable[[], list[list[Output | _AfterSave]]]
@@ -395,10 +464,15 @@ class SessionManager(HandshakeAnswering):
             # the session is where such a failure counts (a stray frame quarantines no one).
             if not is_allowed(s.state, Trigger.INVALID_SIGNATURE) or s.closed:
                 raise StaleFrame(f"an unauthentic {type(frame).__name__} in {s.state}")
-            peer = self.peer(s.peer_did)
-            retry_at = peer.authentication_failed(now_us, self._rng.random())
-            s.receive_invalid_signature(now_us, retry_at if s.role == "initiator" else None)
-            touched.append(peer)
+            if never_saved_answer(s):
+                # Decision 18: a confirmation that fails proves no one sent the request; the
+                # key exchange holds off its (identity, source), nothing goes to the ledger.
+                s.receive_invalid_signature(now_us, None)
+            else:
+                peer = self.peer(s.peer_did)
+                retry_at = peer.authentication_failed(now_us, self._rng.random())
+                s.receive_invalid_signature(now_us, retry_at if s.role == "initiator" else None)
+                touched.append(peer)
         elif isinstance(frame, HandshakeResponse):
             s.receive_valid_response(now_us, key, frame.prekeys or None)
             ack = HandshakeAck(s.conversation, confirmation)
@@ -453,16 +527,22 @@ class SessionManager(HandshakeAnswering):
         per session from its new events in order, so nothing leaves before its events are
         in the ledger. If firing or saving raises, nothing is sent and the due sessions go
         back to what the ledger holds, re-armed, so their timers fire again."""
+        self._kx.expire(now_us)  # handshakes in progress time out on the clock
+        self._peers.expire(now_us)
         due = self._deadlines.pop_due(now_us)
-        if not due:
+        if not due and not self._unconfirmed.is_due(now_us):
             return []  # most ticks: touch nothing else
         peers: dict[UUID, Peer] = {}
         try:
             fired = [self._fire_due(self._sessions[sid], now_us, peers) for sid in due]
-            self._save_fired(fired, peers)
+            fired = [f for f in fired if not self._forget_unconfirmed(f.session, now_us)]
+            summary = self._unconfirmed.due(now_us)
+            self._save_fired(fired, peers, *(() if summary is None else (summary,)))
         except BaseException:
             self._reload(due, peers)
             raise
+        if summary is not None:
+            self._unconfirmed.saved()
         for f in fired:  # re-armed first: one session's outputs failing must not strand others
             if f.session.closed:
                 self._drop(f.session.id)  # its lease ran out (cleanup): see _settle
@@ -492,11 +572,23 @@ class SessionManager(HandshakeAnswering):
         # ``due`` is the next deadline of the session as it is now: arm it after the save.
         return _Fired(s, list(s.pending_events), None if due is None else due[0])
 
-    def _save_fired(self, fired: list[_Fired], peers: dict[UUID, Peer]) -> None:
-        """One ``save`` of every session that recorded something and of each peer touched."""
+    def _save_fired(self, fired: list[_Fired], peers: dict[UUID, Peer], *others: Any) -> None:
+        """One ``save`` of every session that recorded something, of each peer touched, and
+        of ``others`` (a summary of unconfirmed handshakes)."""
         changed = [f.session for f in fired if f.events]
-        if changed or any(p.pending_events for p in peers.values()):
-            self._ledger.save(*changed, *peers.values())
+        if changed or others or any(p.pending_events for p in peers.values()):
+            self._ledger.save(*changed, *peers.values(), *others)
+
+    def _forget_unconfirmed(self, s: Session, now_us: int) -> bool:
+        """Decision 18: a responder's session never saved that failed holding nothing is not
+        written; it leaves memory, and only its outcome is counted for the next summary."""
+        if not goes_unwritten(s):
+            return False
+        self._unconfirmed.count(s.failure_reason or "failed", now_us)
+        self._drop(s.id)
+        if self._batch is not None:
+            self._batch.forget(s.id)
+        return True
 
     def _reload(self, session_ids: list[UUID], peers: dict[UUID, Peer]) -> None:
         """After a failed save memory is ahead of the ledger: drop what was not saved, so
@@ -573,6 +665,8 @@ class SessionManager(HandshakeAnswering):
     def _commit(self, s: Session, *others: Any, arm: bool = True) -> list[Output]:
         """Save what was recorded, re-arm the deadline, derive what to send. If the save
         raises, the session and peers go back to what the ledger holds and nothing is sent."""
+        if not others and self._forget_unconfirmed(s, s.at_us):
+            return []
         if self._batch is not None:  # saved with the rest of the batch (_in_one_save)
             return [self._batch.add(s, others, arm)]  # type: ignore[list-item]
         new_events = list(s.pending_events)

@@ -37,6 +37,7 @@ class HandshakeAnswering:
     _rng: random.Random
     _own_prekeys: str
     _last_handshake_frame: dict[UUID, Frame]
+    transport: str
 
     def peer(self, peer_did: str, now_us: int = 0) -> Peer:
         raise NotImplementedError
@@ -97,6 +98,7 @@ class HandshakeAnswering:
                 now_us,
                 conversation=frame.conversation,
                 session_id=uuid5(frame.conversation, salt),
+                transport=self.transport,
             )
             self._add(session)
         else:

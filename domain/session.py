@@ -16,10 +16,16 @@ from typing import ClassVar, cast
 from eventsourcing.domain import event
 from l2_session.domain import timers
 from l2_session.domain.errors import MessageTooLarge, StaleFrame, TransportFailed
-from l2_session.domain.session_core import TRANSPORTS, SessionCore, key_id_of
+from l2_session.domain.session_core import (
+    KNOWN_TRANSPORTS,
+    TCP,
+    TRANSPORTS,
+    SessionCore,
+    key_id_of,
+)
 from l2_session.domain.states import State, Trigger
 
-__all__ = ["TRANSPORTS", "Session", "key_id_of"]
+__all__ = ["KNOWN_TRANSPORTS", "TCP", "TRANSPORTS", "Session", "key_id_of"]
 
 
 class Session(SessionCore):
@@ -62,11 +68,15 @@ class Session(SessionCore):
         self._suspended(**self._step(Trigger.DEGRADED_TIMEOUT, now_us, target))
 
     def transport_failed(self, now_us: int) -> str:
-        """§2.3 Transport fallback: QUIC failed, try μTCP; the state does not change."""
+        """§2.3 Transport fallback: QUIC failed, try μTCP; the state does not change. A
+        transport outside the spec's order (plain TCP, decision 20) has none to fall back to."""
         target = self._decide(Trigger.TRANSPORT_FAILED, now_us)
-        index = TRANSPORTS.index(self.transport)
-        if index + 1 >= len(TRANSPORTS):
-            raise TransportFailed(f"no transport left to fall back to after {self.transport}")
+        index = TRANSPORTS.index(self.transport) if self.transport in TRANSPORTS else None
+        if index is None or index + 1 >= len(TRANSPORTS):
+            raise TransportFailed(
+                f"no transport to fall back to from {self.transport} "
+                f"(the fallback order is {' -> '.join(TRANSPORTS)})"
+            )
         fallback = TRANSPORTS[index + 1]
         self._fallback_attempted(
             transport=fallback, **self._step(Trigger.TRANSPORT_FAILED, now_us, target)

@@ -42,7 +42,9 @@ from l2_session.domain.errors import (
 from l2_session.domain.states import FINAL, State, Target, Trigger, next_state
 
 Role = Literal["initiator", "responder"]
-TRANSPORTS = ("quic", "utcp")  # SPEC-018 §1.2: QUIC primary, μTCP fallback
+TRANSPORTS = ("quic", "utcp")  # SPEC-018 §1.2: QUIC primary, μTCP fallback (in that order)
+TCP = "tcp"  # transports/tcp.py: plain TCP, outside the spec's fallback order (decision 20)
+KNOWN_TRANSPORTS = (*TRANSPORTS, TCP)
 
 
 def key_id_of(key_material: bytes) -> str:
@@ -58,6 +60,7 @@ class SessionCore(Aggregate):
         role: str
         config: dict[str, Any]
         conversation: UUID | None
+        transport: str = TRANSPORTS[0]  # absent from events recorded before it was
 
     class Event(Aggregate.Event):
         """Every event after ``Opened`` carries ``at_us``, ``trigger`` and ``state`` (the
@@ -93,6 +96,7 @@ class SessionCore(Aggregate):
         role: str,
         config: dict[str, Any],
         conversation: UUID | None,
+        transport: str = TRANSPORTS[0],
     ) -> None:
         # Frames name the conversation by the initiator's session id (commands.py).
         self.conversation: UUID = conversation or self.id
@@ -116,7 +120,7 @@ class SessionCore(Aggregate):
         self.heartbeat_sent_us: int | None = None
         self.missed_heartbeats = 0
         self.link_down_since_us: int | None = None
-        self.transport = TRANSPORTS[0]
+        self.transport = transport  # the transport that carries it (decision 20)
         self.fallback_pending = False
         self.next_seq = 1
         # Acks are cumulative and sequence numbers consecutive, so the unacknowledged
@@ -152,8 +156,11 @@ class SessionCore(Aggregate):
         now_us: int,
         conversation: UUID | None = None,
         session_id: UUID | None = None,
+        transport: str = TRANSPORTS[0],
     ) -> Self:
-        """A new session in ``idle`` (SPEC-018 §3.1 "Initial state")."""
+        """A new session in ``idle`` (SPEC-018 §3.1 "Initial state"), over ``transport``."""
+        if transport not in KNOWN_TRANSPORTS:
+            raise ValueError(f"transport {transport!r} is not one of {', '.join(KNOWN_TRANSPORTS)}")
         return cls._create(
             cls.Opened,
             id=session_id,
@@ -163,6 +170,7 @@ class SessionCore(Aggregate):
             peer_did=peer_did,
             role=role,
             config=config_fields(config),
+            transport=transport,
         )
 
     def trigger_event(self, event_class: Any, **kwargs: Any) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from l2_session.domain import timers
 from l2_session.domain.config import SessionConfig
 from l2_session.domain.session import Session
 from l2_session.domain.timers import Timer
+from l2_session.domain.unconfirmed import UnconfirmedHandshakes
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
 SECOND = 1_000_000
@@ -66,3 +69,14 @@ def triggers(s: Session) -> list[str]:
 
 def states(s: Session) -> list[str]:
     return [e.state for e in s.pending_events if hasattr(e, "state")]
+
+
+def unconfirmed_summaries(ledger: Any) -> list[dict[str, int]]:
+    """The counts of each summary of unconfirmed handshakes in ``ledger`` (decision 18),
+    in the order they were written."""
+    notifications = ledger.recorder.select_notifications(start=1, limit=1_000_000)
+    return [
+        ledger.repository.get(n.originator_id).counts
+        for n in notifications
+        if n.topic.endswith(f"{UnconfirmedHandshakes.__name__}.Summarised")
+    ]

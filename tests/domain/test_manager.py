@@ -15,7 +15,7 @@ from l2_session.domain.commands import Send
 from l2_session.domain.errors import MessageTooLarge, UnknownSession
 from l2_session.domain.manager import SessionManager
 from l2_session.transports.mock import LinkProfile, Simulation
-from session_helpers import ALICE, BOB, PREKEYS, SECOND
+from session_helpers import ALICE, BOB, PREKEYS, SECOND, unconfirmed_summaries
 
 
 def connect(sim: Simulation) -> Any:
@@ -211,23 +211,29 @@ def _lost_confirmation(sim: Simulation, *, responder_queues: bytes | None = None
 def test_retry_after_a_lost_confirmation_is_answered_by_a_new_session(
     make_sim: Callable[..., Simulation],
 ) -> None:
-    """Decision 15: the key confirmation (and the data behind it) is lost; the responder's
-    session, which never had keys nor a message, fails and is cleaned up at once (it leaves
-    memory). The initiator is established until its heartbeats fail, then retries; a new
-    responder session answers, and the message arrives exactly once."""
+    """Decisions 15 and 18: the key confirmation (and the data behind it) is lost; the
+    responder's session, which never had keys nor a message, fails, leaves memory, and is never
+    written — only counted in the next summary of unconfirmed handshakes. The initiator is
+    established until its heartbeats fail, then retries; a new responder session answers
+    (under the same derived id: nothing was stored under it), and the message arrives once."""
     sim = make_sim()
     alice, bob = sim.nodes[ALICE], sim.nodes[BOB]
     sid, conversation, first = _lost_confirmation(sim)
     sim.run_for(6)
     assert alice.session(sid).state == "established"
-    assert bob.session_for(conversation) is None and bob.session(first.id).closed
-    assert [type(e).__name__ for e in bob.ledger.events.get(first.id)][-1] == "CleanedUp"
+    assert bob.session_for(conversation) is None
+    with pytest.raises(UnknownSession):
+        bob.session(first.id)
+    assert list(bob.ledger.events.get(first.id)) == []
 
     sim.run_for(400)
     assert alice.session(sid).state == "established"
     second = bob.session_for(conversation)
-    assert second is not None and second.id != first.id and second.state == "established"
+    assert second is not None and second is not first and second.state == "established"
+    names = [type(e).__name__ for e in bob.ledger.events.get(second.id)]
+    assert names[:3] == ["Opened", "HandshakeReceived", "Established"]
     assert [d.payload for d in sim.delivered[BOB]] == [b"m1"]
+    assert unconfirmed_summaries(bob.ledger) == [{"timeout": 1}]
 
 
 def test_retry_after_a_lost_confirmation_continues_a_responder_session_holding_a_message(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -26,6 +26,7 @@ from l2_session.domain.commands import (
 from l2_session.domain.config import SessionConfig
 from l2_session.domain.errors import SessionError
 from l2_session.domain.manager import SessionManager
+from l2_session.domain.peer import peer_id
 from l2_session.domain.session import Session
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.ledger.verify import verify
@@ -183,6 +184,69 @@ def test_a_quarantined_peer_is_refused_alone(node) -> None:
     assert isinstance(results[1], SessionError)
     assert [type(r).__name__ for r in results].count("UUID") == 2
     assert len(_sent(outputs, HandshakeRequest)) == 2
+
+
+class FaultyKeyExchange(RecordingKeyExchange):
+    """Its answer to one peer's request raises something that is no ``SessionError``, as a
+    resolver or a bug would."""
+
+    def respond(self, conversation: UUID, peer_did: str, request: bytes, now_us: int) -> bytes:
+        if peer_did == PEERS[1]:
+            raise RuntimeError("the resolver is down")
+        return super().respond(conversation, peer_did, request, now_us)
+
+
+def test_a_frame_whose_deciding_fails_loses_no_other_frame(session_ledger_factory) -> None:
+    log: list[tuple[str, Any]] = []
+    bob = SessionManager(BOB, session_ledger_factory("bob"), key_exchange=FaultyKeyExchange(log))
+    requests = [(peer, HandshakeRequest(uuid4(), b"\x01" * 32)) for peer in THREE]
+    groups = bob.receive_each(requests, T0)
+    assert [[type(o.frame).__name__ for o in g] for g in groups] == [
+        ["HandshakeResponse"],
+        [],
+        ["HandshakeResponse"],
+    ]
+    assert bob.failed_frames == 1 and bob.dropped_frames == 0
+    states = [getattr(bob.session_for(r.conversation), "state", None) for _, r in requests]
+    assert states == ["handshake_received", None, "handshake_received"]
+
+
+class PeerReadFails:
+    """A real ledger whose reads of one peer's standing fail, once ``failing`` names it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.failing = inner, None
+
+    @property
+    def repository(self) -> Any:
+        inner, failing = self.inner.repository, self.failing
+
+        class Repository:
+            def get(self, aggregate_id: UUID, **kwargs: Any) -> Any:
+                if aggregate_id == failing:
+                    raise RuntimeError("cannot read the peer")
+                return inner.get(aggregate_id, **kwargs)
+
+        return Repository()
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        return self.inner.save(*objs, **kwargs)
+
+
+def test_a_frame_that_fails_after_recording_fails_its_batch(session_ledger_factory) -> None:
+    # Memory would no longer be the ledger plus the batch: the batch fails whole, as when its
+    # save fails, and every session is what the ledger holds.
+    ledger = PeerReadFails(session_ledger_factory("alice"))
+    alice = SessionManager(ALICE, ledger, key_exchange=RecordingKeyExchange([]))
+    _, outputs = alice.establish_many(THREE, T0)
+    responses = _responses(alice, _sent(outputs, HandshakeRequest))
+    alice._peers.pop(PEERS[1])  # read again, and failing, after the response is recorded
+    ledger.failing = peer_id(PEERS[1])
+    with pytest.raises(RuntimeError, match="cannot read the peer"):
+        alice.receive_each(responses, T0 + SECOND)
+    for _, response in responses:
+        session = alice.session_for(response.conversation)
+        assert session.state == ledger.repository.get(session.id).state == "handshake_initiated"
 
 
 def test_batches_do_not_nest(node) -> None:

@@ -14,7 +14,7 @@ from l2_session.domain.commands import HandshakeRequest, HandshakeResponse, Send
 from l2_session.domain.config import SessionConfig
 from l2_session.domain.errors import UnknownSession
 from l2_session.domain.manager import SessionManager
-from session_helpers import ALICE, BOB, SECOND, T0
+from session_helpers import ALICE, BOB, SECOND, T0, unconfirmed_summaries
 
 HOUR = 3600 * SECOND
 
@@ -71,9 +71,10 @@ def test_sessions_whose_lease_runs_out_in_a_tick_free_their_memory(session_ledge
 
 
 def test_a_handshake_flood_leaves_no_sessions_behind(session_ledger_factory) -> None:
-    # Decision 15: INITs that are answered but never confirmed (a flood the rate limits let
-    # through, or peers that vanish) fail after handshake_timeout and are cleaned up in the
-    # same tick — the responder holds them for 5 s, not for the 24 h lease.
+    # Decisions 15 and 18: INITs that are answered but never confirmed (a flood the rate
+    # limits let through, or peers that vanish) fail after handshake_timeout and leave memory
+    # in the same tick — the responder holds them for 5 s, not for the 24 h lease — and the
+    # ledger gets one summary of them per interval, not four events each.
     alice = _manager(session_ledger_factory, ALICE)
     bob = _manager(session_ledger_factory, BOB)
     requests = []
@@ -83,12 +84,18 @@ def test_a_handshake_flood_leaves_no_sessions_behind(session_ledger_factory) -> 
         requests.append(request)
         bob.receive(ALICE, request, T0 + i)
     assert len(bob) == 20
+    appends = bob.ledger.ledger_recorder.committer.requests
     bob.tick(T0 + 6 * SECOND)
     assert len(bob) == 0 and bob.next_wakeup_us() is None
     assert len(bob._conversations) == 0 and len(bob._last_handshake_frame) == 0
-    sid = uuid5(requests[0].conversation, BOB)
-    names = [type(e).__name__ for e in bob.ledger.events.get(sid)]
-    assert names == ["Opened", "HandshakeReceived", "Failed", "CleanedUp"]  # one append
+    assert bob.ledger.ledger_recorder.committer.requests == appends  # nothing written
+    assert list(bob.ledger.events.get(uuid5(requests[0].conversation, BOB))) == []
+    assert unconfirmed_summaries(bob.ledger) == []
+    bob.tick(T0 + 6 * SECOND + bob._unconfirmed.interval_us)  # the interval is over
+    assert bob.ledger.ledger_recorder.committer.requests == appends + 1
+    assert unconfirmed_summaries(bob.ledger) == [{"timeout": 20}]
+    bob.tick(T0 + 6 * SECOND + 3 * bob._unconfirmed.interval_us)  # nothing since: no summary
+    assert bob.ledger.ledger_recorder.committer.requests == appends + 1
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["same process", "restarted each time"])
@@ -98,6 +105,8 @@ def test_a_conversation_answered_again_after_each_close_gets_a_new_session(
     # Each answer after a close opens a new responder session, named after the closed one; the
     # manager must find the newest closed one, in memory or not, or the next answer would
     # reuse a stored session's id (before the fix: a ConcurrencyConflict after a restart).
+    # Each session holds a message its node queued, so it is written (decision 18) and keeps
+    # its lease when it fails (decision 15); cleanup closes it.
     bob = _manager(session_ledger_factory, BOB)
     request = HandshakeRequest(uuid4(), b"\x01" * 32)
     seen = []
@@ -109,6 +118,61 @@ def test_a_conversation_answered_again_after_each_close_gets_a_new_session(
         assert [type(o.frame) for o in outputs] == [HandshakeResponse]
         session = bob.session_for(request.conversation)
         seen.append(session.id)
-        bob.tick(now + 6 * SECOND)  # no confirmation: failed and cleaned up (decision 15)
+        bob.submit(session.id, b"queued", now)
+        bob.tick(now + 6 * SECOND)  # no confirmation: failed, holding the message
+        bob.cleanup(session.id, now + 7 * SECOND)
     assert len(set(seen)) == 3
     assert all(bob.session(sid).closed for sid in seen)
+
+
+def test_a_conversation_answered_again_after_an_unwritten_failure_reuses_its_id(
+    session_ledger_factory: Callable[..., Any],
+) -> None:
+    # Decision 18: a responder's session that failed holding nothing left no trace, so the
+    # next answer to the conversation is a new session under the same id, after a restart too.
+    bob = _manager(session_ledger_factory, BOB)
+    request = HandshakeRequest(uuid4(), b"\x01" * 32)
+    for round_ in range(3):
+        bob = _manager(session_ledger_factory, BOB, bob.ledger) if round_ == 2 else bob
+        now = T0 + round_ * 10 * SECOND
+        bob.receive(ALICE, request, now)
+        session = bob.session_for(request.conversation)
+        assert session is not None and session.id == uuid5(request.conversation, BOB)
+        bob.tick(now + 6 * SECOND)
+        assert bob.session_for(request.conversation) is None
+    assert list(bob.ledger.events.get(session.id)) == []
+
+
+def test_the_peer_table_is_bounded_and_lets_idle_peers_go_on_the_clock(session_ledger_factory):
+    # Every request names a DID; the table keeps the most recently used few, never one with
+    # events not yet saved, and lets the others go when the manager's clock passes.
+    bob = SessionManager(BOB, session_ledger_factory("bob"), max_peers=3, peer_idle_us=60 * SECOND)
+    for i in range(10):
+        bob.receive(f"{ALICE}{i}", HandshakeRequest(uuid4(), b"\x01" * 32), T0 + i)
+    assert len(bob._peers) == 3
+    mallory = bob.peer(f"{ALICE}M", T0 + 10)
+    mallory.authentication_failed(T0 + 10, 0.5)  # recorded, not saved yet
+    for i in range(10):
+        bob.peer(f"{ALICE}x{i}", T0 + 11)
+    assert len(bob._peers) == 3 and bob.peer(f"{ALICE}M") is mallory  # kept, the oldest
+    bob.ledger.save(mallory)
+    bob.tick(T0 + 20 * SECOND)  # not idle long enough yet
+    assert len(bob._peers) == 3
+    bob.tick(T0 + 80 * SECOND)
+    assert len(bob._peers) == 0
+    again = bob.peer(f"{ALICE}M", T0 + 80 * SECOND)  # read back from the ledger
+    assert again is not mallory and again.quarantined_until_us == mallory.quarantined_until_us
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("max_peers", 0, "max_peers must be an int >= 1, got 0"),
+        ("peer_idle_us", -5, "peer_idle_us must be an int >= 1, got -5"),
+        ("summary_interval_us", 1.5, "summary_interval_us must be an int >= 1, got 1.5"),
+        ("transport", "websocket", "transport 'websocket' is not one of quic, utcp, tcp"),
+    ],
+)
+def test_manager_limits_are_checked_on_construction(session_ledger_factory, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        SessionManager(BOB, session_ledger_factory("bob"), **{option: value})

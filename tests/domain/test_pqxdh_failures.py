@@ -13,6 +13,7 @@ from l2_session.domain.commands import HandshakeAck, HandshakeRequest, Handshake
 from l2_session.domain.handshake_wire import MessageType
 from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
 from l2_session.infrastructure.clock import ManualClock
+from l2_session.infrastructure.resolver import ResolutionError
 from pqxdh_nodes import Nodes
 
 SECOND = 1_000_000
@@ -112,6 +113,33 @@ def test_a_forged_init_claiming_a_peer_does_not_lock_that_peer_out(
     assert nodes.nodes[nodes.alice].kem.decapsulations == decapsulations
     address["now"] = "192.0.2.2:4000"  # Bob's own address
     assert _only(alice.receive(nodes.bob, genuine, now), HandshakeResponse).key_share
+
+
+def test_a_request_naming_a_did_that_does_not_resolve_is_dropped_before_any_kem_work(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    """Cheap identity checks come first: the DID a request names must resolve before the
+    responder does any DH or KEM work — and a resolver's failure is that frame's alone."""
+    nodes = Nodes(session_ledger_factory, manual_clock)
+    alice, bob = nodes.manager(nodes.alice), nodes.manager(nodes.bob)
+    now = manual_clock.wall_us()
+    _, outputs = bob.establish(nodes.alice, now)
+    request = _only(outputs, HandshakeRequest)
+    resolve = nodes.directory.resolve
+
+    def offline(did: str) -> Any:
+        if did == nodes.bob:
+            raise ResolutionError(f"no DID document for {did}")
+        return resolve(did)
+
+    nodes.directory.resolve = offline  # type: ignore[method-assign]
+    decapsulations = nodes.nodes[nodes.alice].kem.decapsulations
+    assert alice.receive(nodes.bob, request, now) == []
+    assert alice.dropped_frames == 1 and alice.session_for(request.conversation) is None
+    assert nodes.nodes[nodes.alice].kem.decapsulations == decapsulations
+    nodes.directory.resolve = resolve  # type: ignore[method-assign]
+    assert _only(alice.receive(nodes.bob, request, now), HandshakeResponse).key_share
+    assert nodes.nodes[nodes.alice].kem.decapsulations == decapsulations + 1
 
 
 def test_a_reply_from_another_address_or_a_stale_one_leaves_the_handshake_waiting(

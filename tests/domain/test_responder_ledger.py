@@ -1,16 +1,20 @@
-"""Decision 14 (docs/spec-decisions.md): the responder records its side of a handshake with the
-handshake's outcome, in one append — the key confirmation, an authentication failure or the
-timeout — and a responder that crashes before then has nothing to lose, on real PQxdh keys."""
+"""Decisions 14 and 18 (docs/spec-decisions.md): the responder records its side of a handshake
+with the handshake's outcome, in one append, when the key confirmation proves who asked; a
+request never confirmed (timeout, a confirmation that fails) is not written, only counted in a
+summary per interval; and a responder that crashes before the confirmation has nothing to
+lose. On real PQxdh keys."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from uuid import uuid5
 
 from l2_session.domain.commands import HandshakeAck, HandshakeRequest, HandshakeResponse, Send
 from l2_session.infrastructure.clock import ManualClock
 from pqxdh_nodes import Nodes
+from session_helpers import unconfirmed_summaries
 
 SECOND = 1_000_000
 
@@ -50,9 +54,11 @@ def test_the_responder_saves_its_handshake_once_with_the_key_confirmation(
     assert alice.session(sid).state == "established"
 
 
-def test_a_responder_whose_confirmation_never_comes_saves_the_timeout(
+def test_a_responder_whose_confirmation_never_comes_writes_only_a_summary(
     session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
 ) -> None:
+    # Decision 18: the request never proved who sent it; the session is not written, it is
+    # counted, and the count is written once the interval is over — one event for any number.
     nodes = Nodes(session_ledger_factory, manual_clock)
     bob = nodes.manager(nodes.bob)
     _, request = _request(nodes, manual_clock.wall_us())
@@ -62,11 +68,43 @@ def test_a_responder_whose_confirmation_never_comes_saves_the_timeout(
     appends = bob.ledger.ledger_recorder.committer.requests
     manual_clock.advance(6)  # past SPEC-018 §2.1's 5 s handshake timeout
     bob.tick(manual_clock.wall_us())
-    # ... and, holding nothing (decision 15), it is cleaned up in the same append.
-    assert responder.closed and responder.failure_reason == "timeout"
-    assert _names(bob, responder.id) == ["Opened", "HandshakeReceived", "Failed", "CleanedUp"]
+    assert responder.state == "failed" and responder.failure_reason == "timeout"
+    assert bob.session_for(request.conversation) is None  # and it left memory
+    assert _names(bob, responder.id) == []
+    assert bob.ledger.ledger_recorder.committer.requests == appends
+    manual_clock.advance(60)
+    bob.tick(manual_clock.wall_us())
+    assert unconfirmed_summaries(bob.ledger) == [{"timeout": 1}]
     assert bob.ledger.ledger_recorder.committer.requests == appends + 1
-    assert bob.ledger.repository.get(responder.id) == responder
+
+
+def test_a_responder_whose_confirmation_fails_writes_only_a_summary(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    # Decision 18: a confirmation that fails verification proves no one sent the request: no
+    # session and no quarantine of the DID it named in the ledger; the key exchange's gate
+    # holds that identity off at that source for 60 s (decision 11).
+    nodes = Nodes(session_ledger_factory, manual_clock)
+    alice, bob = nodes.manager(nodes.alice), nodes.manager(nodes.bob)
+    now = manual_clock.wall_us()
+    _, request = _request(nodes, now)
+    response = _only(bob.receive(nodes.alice, request, now), HandshakeResponse)
+    ack = _only(alice.receive(nodes.bob, response, now), HandshakeAck)
+    responder = bob.session_for(request.conversation)
+    appends = bob.ledger.ledger_recorder.committer.requests
+    forged = bytearray(ack.confirmation)
+    forged[-1] ^= 1
+    assert bob.receive(nodes.alice, replace(ack, confirmation=bytes(forged)), now) == []
+    assert responder is not None and responder.failure_reason == "authentication_failed"
+    assert bob.session_for(request.conversation) is None
+    assert bob.ledger.ledger_recorder.committer.requests == appends
+    assert not bob.peer(nodes.alice).is_quarantined(now)
+    assert bob._kx.engine.admission.refused == {}  # type: ignore[attr-defined]
+    _, again = _request(nodes, now + 1)  # the same identity, from the same source: held off
+    assert bob.receive(nodes.alice, again, now + 1) == []
+    assert bob._kx.engine.admission.refused == {"quarantined": 1}  # type: ignore[attr-defined]
+    bob.tick(now + 61 * SECOND)
+    assert unconfirmed_summaries(bob.ledger) == [{"authentication_failed": 1}]
 
 
 def test_a_responder_that_crashes_before_the_confirmation_loses_nothing_that_could_be_used(

@@ -15,6 +15,7 @@ from l2_session.domain.errors import (
     SessionClosed,
     StaleFrame,
     TimeWentBackwards,
+    TransportFailed,
 )
 from l2_session.domain.session import Session
 from l2_session.domain.states import State
@@ -253,5 +254,19 @@ def test_transport_fallback_keeps_state_and_holds_messages() -> None:
     assert s.state == State.ESTABLISHED and s.sendable() == []
     s.transport_switched(s.at_us + SECOND)
     assert s.transport == "utcp" and [p for _, p in s.sendable()] == [b"x"]
-    with pytest.raises(Exception, match="no transport left"):
+    with pytest.raises(TransportFailed, match="no transport to fall back to from utcp"):
         s.transport_failed(s.at_us)
+
+
+def test_a_session_records_the_transport_that_carries_it() -> None:
+    # Decision 20: plain TCP is outside the spec's QUIC -> μTCP order: nothing to fall back to.
+    s = Session.open(PEER, "initiator", SessionConfig(), T0, transport="tcp")
+    assert s.transport == "tcp"
+    assert Session.open(PEER, "initiator", SessionConfig(), T0).transport == "quic"
+    s.initiate_handshake(T0)
+    s.receive_valid_response(T0 + 1, KEY)
+    with pytest.raises(TransportFailed, match=r"from tcp \(the fallback order is quic -> utcp\)"):
+        s.transport_failed(T0 + 2)
+    assert s.transport == "tcp" and not s.fallback_pending
+    with pytest.raises(ValueError, match="transport 'websocket' is not one of quic, utcp, tcp"):
+        Session.open(PEER, "initiator", SessionConfig(), T0, transport="websocket")
