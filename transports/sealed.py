@@ -53,6 +53,7 @@ _HEAD = struct.Struct(">B16s8sB")
 _PIECE = MAX_PLAINTEXT - 1
 MAX_RECORDS = -(-MAX_FRAME // _PIECE)
 KEY_ID_LEN = 8
+PRUNE_FLOOR = 1024  # channels before the first prune
 
 
 class SealRefused(Exception):
@@ -92,6 +93,7 @@ class SealedFrames:
         self._save = save
         self._block = block
         self._channels: dict[UUID, SessionChannel] = {}
+        self._prune_at = PRUNE_FLOOR
         self.refused: Counter[str] = Counter()
         self.opened = 0
 
@@ -213,7 +215,19 @@ class SealedFrames:
                 block=self._block,
             )
             self._channels[session.conversation] = channel
+            if len(self._channels) >= self._prune_at:
+                self._prune()
         return channel
+
+    def _prune(self) -> None:
+        """Drop the channels of sessions that have left the manager's memory (closed) or use
+        other keys since, once the table has doubled: it stays within twice the sessions in
+        memory, without a scan per frame."""
+        for conversation, channel in list(self._channels.items()):
+            session = self._session_for(conversation)
+            if session is None or session.key_id != channel.key_id:
+                del self._channels[conversation]
+        self._prune_at = max(PRUNE_FLOOR, 2 * len(self._channels))
 
     def _refuse(self, reason: str, detail: str) -> SealRefused:
         self.refused[reason] += 1

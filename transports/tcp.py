@@ -38,7 +38,19 @@ from the ledger, whose replay window restarted empty). Routing:
 
 So an unproven claim never displaces a proven connection, and a connection claiming someone
 else's DID gets nothing but answers to what it sent itself. The handshake engine keys
-quarantine and rate limits by the address a frame came from (``address_of``).
+quarantine and rate limits by the source a frame came from (``address_of``): its IPv4
+address, or its IPv6 address's /64 (decision 19 in docs/spec-decisions.md).
+
+Bounds (docs/security.md, "Denial of service"; who is cut first: tcp_bounds.py). Every
+connection counts toward ``max_connections`` from the moment it is accepted; at the cap the
+least recently active unproven connection this node did not dial is cut to make room, so a
+peer that talks gets in however many connections sit idle. Every phase has a deadline that
+activity within the phase does not extend: the hello (``hello_timeout_s``), the wait between
+frames (``idle_timeout_s``) and a frame from its length prefix to its last byte
+(``frame_timeout_s``). Frames being read count against one budget for the node
+(``max_partial_bytes``); beyond the frame being read, asyncio's reader stops reading a
+connection at twice ``read_limit_bytes``. A frame for a connection already closing is not
+written (``closed_sends``).
 """
 
 from __future__ import annotations
@@ -56,10 +68,12 @@ from uuid import UUID
 
 from l2_session.domain.commands import Deliver, Frame, Output, Send
 from l2_session.domain.manager import SessionManager
+from l2_session.domain.session import TCP
 from l2_session.domain.session_channel import RESERVATION_BLOCK
 from l2_session.infrastructure.identity import public_bytes_from_did_key
-from l2_session.transports.frames import FrameError, body_length, decode, encode
+from l2_session.transports.frames import MAX_FRAME, FrameError, body_length, decode, encode
 from l2_session.transports.sealed import SEALED_KIND, SealedFrames, SealRefused, is_channel_frame
+from l2_session.transports.tcp_bounds import NoRoom, Occupancy, source_of
 
 log = logging.getLogger("l2_session.transport")
 
@@ -68,8 +82,15 @@ TIMER_IDLE_S = 0.05  # the timer task re-checks at least this often
 DROPPED_KEPT = 64  # reasons for dropped connections kept (the latest)
 HELLO_TIMEOUT_S = 5.0  # an accepted connection must name its DID within this
 MAX_DID_BYTES = 256  # a did:key is ~56 bytes; a longer claim is refused unread
-MAX_CONNECTIONS = 1024  # open connections at once; beyond it, new ones are refused
+MAX_CONNECTIONS = 1024  # open connections at once, counted from their accept
 MAX_BATCH = 256  # frames decided in one save; a reader waits for the batch beyond it
+# A live session's connection carries a heartbeat or its answer every 30 s (SPEC-018 §5.1):
+# four intervals without a frame and the connection carries no live session.
+IDLE_TIMEOUT_S = 120.0
+FRAME_TIMEOUT_S = 10.0  # from a frame's length prefix to its last byte (128 KiB at 13 KB/s)
+MAX_PARTIAL_BYTES = 16 * 1024 * 1024  # frames being read, all connections together
+READ_LIMIT_BYTES = 64 * 1024  # asyncio's reader pauses a connection at twice this unread
+PRUNE_FLOOR = 1024  # _agreed_here entries before the first prune
 
 
 @dataclass(eq=False)
@@ -84,6 +105,14 @@ class Link:
     def address(self) -> str:
         peer = self.writer.get_extra_info("peername")
         return "" if peer is None else f"{peer[0]}:{peer[1]}"
+
+    @property
+    def source(self) -> str:
+        return source_of(self.writer.get_extra_info("peername"))
+
+    @property
+    def name(self) -> str:
+        return self.did or f"a connection from {self.address} in its hello"
 
 
 @dataclass
@@ -106,15 +135,34 @@ class TcpNode:
         max_connections: int = MAX_CONNECTIONS,
         hello_timeout_s: float = HELLO_TIMEOUT_S,
         max_batch: int = MAX_BATCH,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        frame_timeout_s: float = FRAME_TIMEOUT_S,
+        max_partial_bytes: int = MAX_PARTIAL_BYTES,
+        read_limit_bytes: int = READ_LIMIT_BYTES,
     ) -> None:
-        for name, count in (("max_connections", max_connections), ("max_batch", max_batch)):
-            if count < 1:
-                raise ValueError(f"{name} must be >= 1, got {count}")
-        if hello_timeout_s <= 0:
-            raise ValueError(f"hello_timeout_s must be > 0, got {hello_timeout_s}")
+        for name, count, least in (
+            ("max_connections", max_connections, 1),
+            ("max_batch", max_batch, 1),
+            ("read_limit_bytes", read_limit_bytes, 1),
+            ("max_partial_bytes", max_partial_bytes, MAX_FRAME),  # one largest frame fits
+        ):
+            if count < least:
+                raise ValueError(f"{name} must be >= {least}, got {count}")
+        for name, seconds in (
+            ("hello_timeout_s", hello_timeout_s),
+            ("idle_timeout_s", idle_timeout_s),
+            ("frame_timeout_s", frame_timeout_s),
+        ):
+            if not seconds > 0:
+                raise ValueError(f"{name} must be > 0, got {seconds}")
         self.manager, self.now_us = manager, now_us
         self.max_connections, self.hello_timeout_s = max_connections, hello_timeout_s
         self.max_batch = max_batch  # frames per save; 1: a save per frame
+        self.idle_timeout_s, self.frame_timeout_s = idle_timeout_s, frame_timeout_s
+        self.read_limit_bytes = read_limit_bytes
+        self.occupancy: Occupancy[Link] = Occupancy(max_partial_bytes)
+        self._identity_key_of = identity_key_of
+        manager.transport = TCP  # sessions opened through this node record it (decision 20)
         self.sealed = SealedFrames(
             manager.session_for, identity_key_of, manager.local_did,
             manager.ledger.save, block=reservation_block,
@@ -127,7 +175,9 @@ class TcpNode:
         self.unrouted = 0  # frames with no connection to go to
         self.failed_ticks = 0
         self.failed_frames = 0
+        self.closed_sends = 0  # frames not written: their connection was closing (peer gone)
         self._links: set[Link] = set()
+        self._prune_at = PRUNE_FLOOR
         self._claimed: dict[str, Link] = {}
         self._proven: dict[str, Link] = {}
         # conversation -> the key id agreed through this node (so a proof, see above)
@@ -140,10 +190,10 @@ class TcpNode:
 
     # ------------------------------------------------------------------ connections
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
-        return await asyncio.start_server(self._accepted, host, port)
+        return await asyncio.start_server(self._accepted, host, port, limit=self.read_limit_bytes)
 
     async def connect(self, peer_did: str, host: str, port: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, limit=self.read_limit_bytes)
         _no_delay(writer)
         did = self.manager.local_did.encode()
         writer.write(HELLO_LENGTH.pack(len(did)) + did)
@@ -154,29 +204,54 @@ class TcpNode:
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _no_delay(writer)
-        if len(self._links) >= self.max_connections:
-            self._dropped(f"refused: {len(self._links)} connections open already")
-            writer.close()
+        link = Link(writer, "", outgoing=False)
+        if not self._admit(link):
             return
-        try:
-            peer_did = await asyncio.wait_for(self._hello(reader), self.hello_timeout_s)
-        except TimeoutError:
-            self._dropped(f"bad hello: none within {self.hello_timeout_s} s")
-            writer.close()
-            return
-        except (asyncio.IncompleteReadError, UnicodeDecodeError, FrameError) as error:
-            self._dropped(f"bad hello: {error}")
-            writer.close()
-            return
-        link = Link(writer, peer_did, outgoing=False)
-        self._links.add(link)
-        current = self._claimed.get(peer_did)
-        if current is None or not current.outgoing:  # our own connection to it stays first
-            self._claimed[peer_did] = link
         # The server runs this handler as its own task; one cancelled at shutdown must end
         # quietly here (asyncio logs the CancelledError of a handler task as an error).
         with contextlib.suppress(asyncio.CancelledError):
+            try:
+                peer_did = await asyncio.wait_for(self._hello(reader), self.hello_timeout_s)
+                self._identity_key_of(peer_did)  # a DID this node cannot use: refused here
+            except TimeoutError:
+                self._cut(link, f"bad hello: none within {self.hello_timeout_s} s")
+                return
+            except (asyncio.IncompleteReadError, ConnectionError, FrameError) as error:
+                self._cut(link, f"bad hello: {error}")
+                return
+            except (ValueError, LookupError) as error:  # not UTF-8, or a DID that cannot be used
+                self._cut(link, f"bad hello: {error}")
+                return
+            link.did = peer_did
+            current = self._claimed.get(peer_did)
+            if current is None or not current.outgoing:  # our own connection to it stays first
+                self._claimed[peer_did] = link
             await self._read(link, reader)
+
+    def _admit(self, link: Link) -> bool:
+        """Count ``link`` from its accept. At the cap, cut the least recently active unproven
+        connection to make room — refusing the newcomer instead would let connections that
+        sit idle lock every peer out; proven and dialled connections are never cut for it."""
+        if len(self._links) >= self.max_connections:
+            victim = self.occupancy.least_active()
+            if victim is None:
+                self._dropped(f"refused: {len(self._links)} open, all proven or dialled")
+                link.writer.transport.abort()
+                return False
+            self._cut(victim, f"{victim.name}: cut for a new connection, the least recently "
+                              f"active unproven one of {len(self._links)}")  # fmt: skip
+        self._links.add(link)
+        self.occupancy.opened(link)
+        return True
+
+    def _cut(self, link: Link, why: str) -> None:
+        """Close ``link`` at once, discarding what it has not sent (a peer that does not read
+        must not keep it open), and say why — once."""
+        if link not in self._links:
+            return
+        self._dropped(why)
+        self._forget(link)
+        link.writer.transport.abort()
 
     @staticmethod
     async def _hello(reader: asyncio.StreamReader) -> str:
@@ -188,22 +263,43 @@ class TcpNode:
         return (await reader.readexactly(n)).decode()
 
     async def _read(self, link: Link, reader: asyncio.StreamReader) -> None:
+        loop = asyncio.get_running_loop()
+        waiting = ""  # what the deadline cuts off, if it passes
         try:
-            while True:
-                body = await reader.readexactly(body_length(await reader.readexactly(4)))
-                self._inbox.append((link, body))
-                if not self._drain_scheduled:
-                    self._drain_scheduled = True
-                    asyncio.get_running_loop().call_soon(self._drain)
-                if len(self._inbox) >= self.max_batch:
-                    await asyncio.sleep(0)  # the drain runs first: the inbox stays bounded
+            # One deadline per phase, set when the phase begins: bytes trickling in do not
+            # move it, so a connection cannot hold a frame (or its slot) open for ever.
+            async with asyncio.timeout(None) as deadline:
+                while True:
+                    deadline.reschedule(loop.time() + self.idle_timeout_s)
+                    waiting = f"idle for {self.idle_timeout_s} s"
+                    n = body_length(await reader.readexactly(4))
+                    deadline.reschedule(loop.time() + self.frame_timeout_s)
+                    waiting = f"inside a frame of {n} bytes for {self.frame_timeout_s} s"
+                    self.occupancy.reserve(link, n, self._cut_for_room)
+                    body = await reader.readexactly(n)
+                    self.occupancy.release(link)
+                    self.occupancy.active(link)
+                    self._inbox.append((link, body))
+                    if not self._drain_scheduled:
+                        self._drain_scheduled = True
+                        loop.call_soon(self._drain)
+                    if len(self._inbox) >= self.max_batch:
+                        await asyncio.sleep(0)  # the drain runs first: the inbox stays bounded
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer went away; its sessions notice through their deadlines
+        except TimeoutError:
+            self._cut(link, f"{link.did}: {waiting}")
+        except NoRoom as error:
+            self._cut(link, f"{link.did}: {error}")
         except FrameError as error:
             # A stream that broke framing cannot be resynchronised: drop the connection.
             self._dropped(f"{link.did}: {error}")
         self._forget(link)
         link.writer.close()
+
+    def _cut_for_room(self, link: Link) -> None:
+        budget = self.occupancy.max_partial_bytes
+        self._cut(link, f"{link.name}: cut for room in the {budget} bytes of frames being read")
 
     def _drain(self) -> None:
         """Decide every frame read since the last drain, ``max_batch`` at a time."""
@@ -232,11 +328,25 @@ class TcpNode:
                 self._agreed_here[proof.agreed[0]] = proof.agreed[1]
             if proof.proves:
                 self._proven[proof.link.did] = proof.link
+                self.occupancy.proven(proof.link)
             try:
                 self.perform(outputs, via=proof.link)
             except Exception:  # one frame's answers, not the others'
                 self.failed_frames += 1
                 log.exception("the answers to a frame from %s could not be sent", proof.link.did)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Forget the keys agreed here for sessions that have left the manager's memory (they
+        closed) or have other keys since, once the table has doubled: it stays within twice
+        the sessions in memory, without a scan per frame."""
+        if len(self._agreed_here) < self._prune_at:
+            return
+        for conversation, key_id in list(self._agreed_here.items()):
+            session = self.manager.session_for(conversation)
+            if session is None or session.key_id != key_id:
+                del self._agreed_here[conversation]
+        self._prune_at = max(PRUNE_FLOOR, 2 * len(self._agreed_here))
 
     def _frames(
         self, batch: list[tuple[Link, bytes]], proofs: list[_Proof]
@@ -290,18 +400,20 @@ class TcpNode:
 
     def _forget(self, link: Link) -> None:
         self._links.discard(link)
+        self.occupancy.closed(link)
         for routes in (self._claimed, self._proven):
             if routes.get(link.did) is link:
                 del routes[link.did]
 
     def address_of(self, peer_did: str) -> str:
-        """The address ``peer_did``'s frames arrive from: the source the handshake engine keys
-        quarantine and rate limits by (``PqxdhKeyExchange(source_of=node.address_of)``).
-        While a frame is handled, the connection it came in on, whatever it claims."""
+        """Where ``peer_did``'s frames arrive from (``source_of``: its IP address, or its IPv6
+        /64): the source the handshake engine keys quarantine and rate limits by
+        (``PqxdhKeyExchange(source_of=node.address_of)``). While a frame is handled, the
+        connection it came in on, whatever it claims."""
         reading = self._reading
         link = reading if reading is not None and reading.did == peer_did else None
         link = link or self._proven.get(peer_did) or self._claimed.get(peer_did)
-        return "" if link is None else link.address
+        return "" if link is None else link.source
 
     def is_proven(self, peer_did: str) -> bool:
         return peer_did in self._proven
@@ -326,6 +438,11 @@ class TcpNode:
             data = encode(frame)
         if link is None or data is None:
             self.unrouted += 1  # no connection (or no keys): lost, as on a network
+            return
+        if link.writer.is_closing():
+            # The peer went away and its reader has not noticed yet: lost, as on a network
+            # (asyncio would log a warning for every such write).
+            self.closed_sends += 1
             return
         link.writer.write(data)
 

@@ -6,21 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import struct
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
 from pathlib import Path
-from uuid import UUID
+from typing import Any
+from uuid import UUID, uuid4
 
+from kem_counting import CountingKemKey, KemCounts
+from l2_session.domain.commands import HandshakeRequest
 from l2_session.domain.config import DEFAULT_CONFIG, SessionConfig
+from l2_session.domain.handshake import InitiatorHandshake
+from l2_session.domain.handshake_bundle import PrekeyBundle
 from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
 from l2_session.domain.manager import SessionManager
 from l2_session.domain.session import Session
 from l2_session.domain.session_channel import RESERVATION_BLOCK
+from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.resolver import DidKeyResolver
+from l2_session.transports.frames import encode
 from l2_session.transports.sealed import SEALED_KIND
 from l2_session.transports.tcp import TcpNode
 
@@ -135,17 +143,30 @@ class Side:
 def make_side(
     tmp_path: Path, name: str, directory: DidKeyResolver, clock: VirtualTime,
     config: SessionConfig = DEFAULT_CONFIG, reservation_block: int = RESERVATION_BLOCK,
+    *, node_options: dict[str, Any] | None = None, engine_options: dict[str, Any] | None = None,
+    manager_options: dict[str, Any] | None = None, kem: KemCounts | None = None,
 ) -> Side:  # fmt: skip
+    """A node with real keys on its own signed SQLite ledger. ``kem`` counts the
+    decapsulations its responder makes (the KEM work a request costs it)."""
     store = KeyStore.create(tmp_path / f"{name}.keys")
     exchange = PqxdhKeyExchange.for_node(
         store.identity.did, store.identity.private_key, directory,
-        now_us=clock.now_us(), valid_for_us=DAY_US,
+        now_us=clock.now_us(), valid_for_us=DAY_US, engine_options=engine_options,
     )  # fmt: skip
+    responder = exchange.engine.responder
+    if kem is not None and responder is not None:
+        responder.secrets = replace(
+            responder.secrets, kem_prekey=CountingKemKey(responder.secrets.kem_prekey, kem)
+        )
     ledger = SessionLedger(
         tmp_path / f"{name}.sqlite3", identity=store.identity, storage_key=store.storage_key
     )
-    manager = SessionManager(store.identity.did, ledger, config, key_exchange=exchange)
-    node = TcpNode(manager, clock.now_us, reservation_block=reservation_block)
+    manager = SessionManager(
+        store.identity.did, ledger, config, key_exchange=exchange, **(manager_options or {})
+    )
+    node = TcpNode(
+        manager, clock.now_us, reservation_block=reservation_block, **(node_options or {})
+    )
     exchange.source_of = node.address_of  # the engine keys its gate by address
     return Side(manager, node, store, ledger)
 
@@ -197,3 +218,189 @@ async def until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(WAIT_S):
         while not condition():
             await asyncio.sleep(0.001)
+
+
+async def until_steady(condition: Callable[[], bool], polls: int = 3) -> None:
+    """Until ``condition()`` holds on ``polls`` polls in a row: a connection the server cut
+    keeps its socket until the loop's next turn, and its client sees it closed turns later."""
+    async with asyncio.timeout(WAIT_S):
+        held = 0
+        while held < polls:
+            held = held + 1 if condition() else 0
+            await asyncio.sleep(0.01)
+
+
+# ------------------------------------------------------------------ an attacker's tools
+def hello(did: str | bytes) -> bytes:
+    """What a connection opens with: the DID it claims (``u16 length | UTF-8``)."""
+    data = did.encode() if isinstance(did, str) else did
+    return struct.pack(">H", len(data)) + data
+
+
+def fresh_did() -> str:
+    """A well-formed did:key of a key nobody here holds."""
+    return NodeIdentity.generate().did
+
+
+def request_frame(identity: NodeIdentity, bundle: PrekeyBundle, now_us: int) -> bytes:
+    """A genuine INIT signed by ``identity`` to the owner of ``bundle``, as a frame: it
+    passes every check of the responder, and costs it the DH and ML-KEM work."""
+    _, init = InitiatorHandshake.start(identity.private_key, bundle, now_us=now_us)
+    return encode(HandshakeRequest(uuid4(), init))
+
+
+async def open_raw(
+    port: int, data: bytes = b"", *, local_ip: str = "127.0.0.1"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare connection to ``port`` from ``local_ip`` (any of 127.0.0.0/8), ``data`` sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local_ip, 0))
+    if data:
+        writer.write(data)
+    return reader, writer
+
+
+class Watched:
+    """Client connections, each watched for the server closing it (``closed`` counts them)."""
+
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+        self.closed = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        self._tasks.add(asyncio.ensure_future(self._until_closed(reader)))
+
+    async def open(self, port: int, data: bytes = b"", *, local_ip: str = "127.0.0.1") -> None:
+        self.add(*await open_raw(port, data, local_ip=local_ip))
+
+    async def _until_closed(self, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1 << 16):
+                pass
+        self.closed += 1
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for writer in self.writers:
+            writer.transport.abort()
+        await asyncio.sleep(0)
+
+
+def held_connections(port: int) -> int:
+    """Connections this process holds open on the server's side of ``port``: its sockets
+    whose local port is ``port``, the listening one aside (Linux: /proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                local_port, state, inode = (
+                    int(fields[1].rsplit(":", 1)[1], 16),
+                    fields[3],
+                    fields[9],
+                )
+                if local_port == port and state != "0A":  # 0A: LISTEN
+                    inodes.add(inode)
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            held += target.startswith("socket:[") and target[8:-1] in inodes
+    return held
+
+
+def unread_bytes(port: int) -> int:
+    """Bytes that reached the server's side of ``port`` and that this process has not read
+    yet (the kernel's receive queues; Linux: /proc)."""
+    unread = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] != "0A":
+                    unread += int(fields[4].split(":")[1], 16)
+    return unread
+
+
+@dataclass
+class Attacked:
+    """A server node (Bob) on loopback with real keys and its signed SQLite ledger, open to
+    anyone; ``kem`` counts the decapsulations its handshakes cost it."""
+
+    bob: Side
+    port: int
+    directory: DidKeyResolver
+    clock: VirtualTime
+    kem: KemCounts
+    tmp_path: Path
+    watched: Watched
+    clients: list[Side]
+
+    def request(self, identity: NodeIdentity) -> bytes:
+        bundle = self.directory.fetch_bundle(self.bob.did, self.clock.now_us())
+        return request_frame(identity, bundle, self.clock.now_us())
+
+    async def flood(self, count: int, *, local_ip: Callable[[int], str] | None = None) -> None:
+        """``count`` connections, each from a new identity (the ``i``-th from
+        ``local_ip(i)``, else 127.0.0.1) with a genuine INIT that is never confirmed."""
+        for i in range(count):
+            identity = NodeIdentity.generate()
+            request = hello(identity.did) + self.request(identity)
+            await self.watched.open(
+                self.port, request, local_ip=local_ip(i) if local_ip else "127.0.0.1"
+            )
+
+    def tick(self, skip_s: float = 0) -> None:
+        """Bob's timers, ``skip_s`` seconds later."""
+        self.bob.node.perform(self.bob.manager.tick(self.clock.skip(skip_s)))
+
+    async def newcomer(self, name: str) -> tuple[Side, UUID]:
+        """A legitimate peer connects (from 127.0.0.1), asks for a session and gets it —
+        established at both ends — or the wait for it fails."""
+        side = make_side(self.tmp_path, name, self.directory, self.clock)
+        self.clients.append(side)
+        await side.node.connect(self.bob.did, "127.0.0.1", self.port)
+        return side, await self.another_session(side)
+
+    async def another_session(self, side: Side) -> UUID:
+        """A new session between ``side`` (connected already) and Bob, established."""
+        sid, outputs = side.manager.establish(self.bob.did, self.clock.now_us())
+        side.node.perform(outputs)
+        await until(lambda: _established(side, sid) and _established(self.bob, sid))
+        return sid
+
+
+def run_attacked(
+    tmp_path: Path,
+    test: Callable[[Attacked], Coroutine[Any, Any, None]],
+    *,
+    node_options: dict[str, Any] | None = None,
+    engine_options: dict[str, Any] | None = None,
+    manager_options: dict[str, Any] | None = None,
+) -> None:
+    async def main() -> None:
+        clock, directory, kem = VirtualTime(), DidKeyResolver(), KemCounts()
+        bob = make_side(
+            tmp_path, "bob", directory, clock, node_options=node_options,
+            engine_options=engine_options, manager_options=manager_options, kem=kem,
+        )  # fmt: skip
+        server = await bob.node.serve()
+        attacked = Attacked(
+            bob, server.sockets[0].getsockname()[1], directory, clock, kem, tmp_path, Watched(), []
+        )
+        try:
+            await test(attacked)
+        finally:
+            await attacked.watched.close()
+            for client in attacked.clients:
+                await client.node.close()
+                client.ledger.close()
+            server.close()
+            await bob.node.close()
+            bob.ledger.close()
+
+    asyncio.run(main())

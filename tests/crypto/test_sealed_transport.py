@@ -19,7 +19,7 @@ from l2_session.domain.manager import SessionManager
 from l2_session.transports import tcp
 from l2_session.transports.frames import KIND_OF, encode
 from l2_session.transports.tcp import TcpNode
-from tcp_support import Pair, Side, established_pair, is_sealed, until
+from tcp_support import Pair, Side, established_pair, fresh_did, hello, is_sealed, until
 
 SECRET = b"the application's secret message"
 CHANNEL_KINDS = {KIND_OF[c] for c in (Data, DataAck, Heartbeat, HeartbeatAck)}
@@ -285,7 +285,7 @@ def test_reasons_for_dropped_connections_are_bounded(tmp_path: Path, monkeypatch
             port = server.sockets[0].getsockname()[1]
             for i in range(7):
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(struct.pack(">H", 1) + b"m" + struct.pack(">I", 0))  # length 0
+                writer.write(hello(fresh_did()) + struct.pack(">I", 0))  # length 0
                 assert await reader.read() == b""  # dropped
                 writer.close()
                 await until(lambda i=i: node.dropped_count == i + 1)
@@ -298,12 +298,13 @@ def test_reasons_for_dropped_connections_are_bounded(tmp_path: Path, monkeypatch
     _run(tmp_path, test)
 
 
-def test_a_silent_or_oversized_hello_and_connections_over_the_cap_are_refused(
+def test_a_silent_oversized_or_unusable_hello_and_connections_over_the_cap_are_cut(
     tmp_path: Path,
 ) -> None:
     # Unproven connections hold nothing for long: a connection that never names its DID is
-    # closed after the hello timeout, an oversized claim is refused unread, and beyond
-    # max_connections new connections are closed at once — while the proven ones work on.
+    # closed after the hello timeout, an oversized claim is refused unread, a claim that is no
+    # did:key is refused at once, and beyond max_connections the least recently active
+    # unproven connection makes room for the new one — while the proven ones work on.
     async def test(pair: Pair) -> None:
         node = TcpNode(pair.bob.manager, pair.clock.now_us, max_connections=2, hello_timeout_s=0.2)
         server = await node.serve()
@@ -323,16 +324,26 @@ def test_a_silent_or_oversized_hello_and_connections_over_the_cap_are_refused(
             await until(lambda: node.dropped_count == 2)
             assert "DID of 60000 bytes" in node.dropped_connections[-1]
 
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            opened.append(writer)
+            writer.write(hello("did:key:"))  # no key in it
+            assert await reader.read() == b""
+            await until(lambda: node.dropped_count == 3)
+            assert "bad hello: did:key must use base58btc" in node.dropped_connections[-1]
+
+            readers = []
             for _ in range(2):  # two well-formed claims fill the node
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 opened.append(writer)
-                writer.write(struct.pack(">H", 8) + b"did:key:")
+                readers.append(reader)
+                writer.write(hello(fresh_did()))
             await until(lambda: len(node._links) == 2)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             opened.append(writer)
-            assert await reader.read() == b""  # the third is refused
-            await until(lambda: node.dropped_count == 3)
-            assert "2 connections open already" in node.dropped_connections[-1]
+            assert await readers[0].read() == b""  # the first, least recently active, is cut
+            await until(lambda: node.dropped_count == 4)
+            assert "the least recently active unproven one of 2" in node.dropped_connections[-1]
+            assert len(node._links) == 2
         finally:
             for writer in opened:
                 writer.close()

@@ -15,7 +15,7 @@ from typing import Any
 from l2_session.domain.commands import Frame
 from l2_session.domain.handshake_wire import MessageType
 from l2_session.infrastructure.resolver import DidKeyResolver
-from tcp_support import Relay, Side, VirtualTime, is_sealed, make_side, until
+from tcp_support import Relay, Side, VirtualTime, fresh_did, hello, is_sealed, make_side, until
 
 
 class Batches:
@@ -138,7 +138,8 @@ def test_a_duplicate_from_an_impostor_in_the_same_batch_proves_nothing(tmp_path:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         claimed = alice.did.encode()
         writer.write(struct.pack(">H", len(claimed)) + claimed)
-        await until(lambda: len(bob.node._links) == 2)  # Bob has taken the claim in
+        # Bob has taken the claim in (connections count from their accept, before the hello).
+        await until(lambda: [link.did for link in bob.node._links] == [alice.did] * 2)
         batches = Batches(bob)
         dropped = bob.manager.dropped_frames
         relay.inject(relay.held[0])
@@ -165,14 +166,16 @@ def test_a_malformed_frame_drops_its_connection_alone(tmp_path: Path) -> None:
     async def test(alice: Side, bob: Side, relay: Relay, clock: VirtualTime, port: int) -> None:
         sid = await _alice_established(alice, bob, relay, clock)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(struct.pack(">H", 1) + b"m")
-        await until(lambda: len(bob.node._links) == 2)
+        mallory = fresh_did()
+        writer.write(hello(mallory))
+        await until(lambda: mallory in {link.did for link in bob.node._links})
         batches = Batches(bob)
         relay.inject(relay.held[0])
         writer.write(struct.pack(">I", 3) + bytes([MessageType.CONFIRM, 0xFF, 0xFF]))
         assert await reader.read() == b""  # dropped
         await until(lambda: _state(bob, sid) == "established")
         assert bob.node.dropped_count == 1 and bob.node.is_proven(alice.did)
+        assert "truncated" in bob.node.dropped_connections[-1]  # for its frame, not its hello
         assert sum(taken for taken, _ in batches.calls) == 1  # only Alice's frame was decided
         writer.close()
 
