@@ -32,6 +32,7 @@ SUITES: dict[str, str] = {
     "handshake": "benchmarks.bench_handshake",
     "tick": "benchmarks.bench_tick",
     "tcp": "benchmarks.bench_tcp",
+    "attack": "benchmarks.bench_attack",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")
