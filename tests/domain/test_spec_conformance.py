@@ -87,14 +87,16 @@ NUMBERED = re.findall(r"^## (\d+)\. ", DECISIONS, flags=re.M)
 
 
 def test_decisions_are_numbered_1_to_n_and_cover_the_issue() -> None:
-    assert [int(n) for n in NUMBERED] == list(range(1, len(NUMBERED) + 1))
+    # In order and each once. A number may be missing: decisions are cited by number in code
+    # and tests, so they are never renumbered.
+    numbers = [int(n) for n in NUMBERED]
+    assert numbers[0] == 1 and numbers == sorted(set(numbers))
     assert len(NUMBERED) >= 8  # issue 3 lists eight points to decide
 
 
 @pytest.mark.parametrize("number", [int(n) for n in NUMBERED])
 def test_each_decision_is_pinned_by_a_test_that_exists(number: int) -> None:
-    body = re.split(r"^## ", DECISIONS, flags=re.M)[number]
-    assert body.startswith(f"{number}. ")
+    [body] = [b for b in re.split(r"^## ", DECISIONS, flags=re.M) if b.startswith(f"{number}. ")]
     pinned = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", body.split("**Pinned by:**", 1)[1])
     assert pinned, f"decision {number} names no test"
     for path, name in pinned:
