@@ -60,6 +60,12 @@ class KeyExchange(Protocol):
         manager's ``tick`` calls it: time passes there, not only when a handshake starts)."""
         ...
 
+    @property
+    def timeout_us(self) -> int | None:
+        """How long a handshake in progress is kept (``expire``); None: until it completes.
+        The manager refuses a config that waits longer for a reply than this."""
+        ...
+
 
 def _key(initiator_share: bytes, responder_share: bytes) -> bytes:
     return hashlib.blake2b(initiator_share + responder_share, digest_size=32).digest()
@@ -90,6 +96,10 @@ class MockKeyExchange:
 
     def expire(self, now_us: int) -> None:
         """Nothing to do: a simulation's unanswered shares last as long as the simulation."""
+
+    @property
+    def timeout_us(self) -> int | None:
+        return None
 
     def initiate(self, conversation: UUID, peer_did: str, now_us: int) -> bytes:
         share = self._rng.randbytes(32)

@@ -260,6 +260,10 @@ class PqxdhKeyExchange:
         return outcome, mine
 
     # ------------------------------------------------------------------ time
+    @property
+    def timeout_us(self) -> int:
+        return self.engine.timeout_us
+
     def expire(self, now_us: int) -> None:
         """Forget the handshakes, and whom they were with, that outlived the timeout."""
         self.engine.expire(now_us)

@@ -124,6 +124,19 @@ class Ledger(Protocol):
     def save(self, *objs: Any, **kwargs: Any) -> Any: ...
 
 
+def _check_key_exchange_outlasts_replies(kx: KeyExchange, config: SessionConfig) -> None:
+    """The key exchange forgets a handshake after its own timeout (``expire``, on every
+    tick); a config that waits longer for a reply would see the reply dropped as stale."""
+    kept = kx.timeout_us
+    waits_us = round(max(config.handshake_timeout, config.rotation_timeout) * 1e6)
+    if kept is not None and kept < waits_us:
+        raise ValueError(
+            f"the key exchange keeps a handshake {kept / 1e6:g} s, but the config waits "
+            f"{waits_us / 1e6:g} s for a reply (handshake_timeout / rotation_timeout): give "
+            "the handshake engine a timeout_us at least that long, or shorten the config"
+        )
+
+
 class SessionManager(HandshakeAnswering):
     def __init__(
         self,
@@ -156,6 +169,7 @@ class SessionManager(HandshakeAnswering):
         self._ledger = ledger
         self._rng = random.Random(seed)  # backoff jitter; seeded for simulations
         self._kx: KeyExchange = key_exchange or MockKeyExchange(seed)
+        _check_key_exchange_outlasts_replies(self._kx, config)
         self._prekeys_of = prekeys_of
         self._own_prekeys = own_prekeys
         self._sessions: dict[UUID, Session] = {}

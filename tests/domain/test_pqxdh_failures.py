@@ -9,9 +9,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from l2_session.domain.commands import HandshakeAck, HandshakeRequest, HandshakeResponse, Send
+from l2_session.domain.config import SessionConfig
 from l2_session.domain.handshake_wire import MessageType
 from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
+from l2_session.domain.manager import SessionManager
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.resolver import ResolutionError
 from pqxdh_nodes import Nodes
@@ -228,3 +231,46 @@ def test_resumption_with_renewed_peer_prekeys_falls_back_to_a_full_handshake(
     nodes.sim.perform(nodes.alice, alice.submit(sid, b"new keys", manual_clock.wall_us()))
     nodes.sim.run_for(1)
     assert [d.payload for d in nodes.sim.delivered[nodes.bob]] == [b"new keys"]
+
+
+def _exchange(nodes: Nodes, did: str, timeout_us: int | None = None) -> PqxdhKeyExchange:
+    node = nodes.nodes[did]
+    assert node.responder is not None
+    options = {} if timeout_us is None else {"timeout_us": timeout_us}
+    return PqxdhKeyExchange.with_prekeys(
+        node.identity.private_key, node.responder, nodes.directory, **options
+    )
+
+
+def test_a_config_waiting_longer_than_the_key_exchange_keeps_a_handshake_is_refused(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    nodes = Nodes(session_ledger_factory, manual_clock)
+    slow = SessionConfig(handshake_timeout=8.0)
+    with pytest.raises(ValueError, match=r"keeps a handshake 5 s, but the config waits 8 s"):
+        SessionManager(nodes.alice, session_ledger_factory("a2"), slow,
+                       key_exchange=_exchange(nodes, nodes.alice))  # fmt: skip
+    with pytest.raises(ValueError, match=r"waits 9 s"):
+        SessionManager(nodes.alice, session_ledger_factory("a3"),
+                       SessionConfig(rotation_timeout=9.0),
+                       key_exchange=_exchange(nodes, nodes.alice))  # fmt: skip
+
+
+def test_a_reply_within_a_longer_configured_timeout_completes_the_handshake(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    """The key exchange forgets handshakes on every tick; with an engine timeout as long as
+    the config's, a reply 7 s late (past the default 5 s) still completes it."""
+    nodes = Nodes(session_ledger_factory, manual_clock)
+    slow = SessionConfig(handshake_timeout=8.0)
+    alice = SessionManager(nodes.alice, session_ledger_factory("a2"), slow,
+                           key_exchange=_exchange(nodes, nodes.alice, 8 * SECOND))  # fmt: skip
+    bob = SessionManager(nodes.bob, session_ledger_factory("b2"), slow,
+                         key_exchange=_exchange(nodes, nodes.bob, 8 * SECOND))  # fmt: skip
+    sid, outputs = alice.establish(nodes.bob, manual_clock.wall_us())
+    request = _only(outputs, HandshakeRequest)
+    manual_clock.advance(7)
+    alice.tick(manual_clock.wall_us())  # expires what outlived the key exchange's timeout
+    response = _only(bob.receive(nodes.alice, request, manual_clock.wall_us()), HandshakeResponse)
+    alice.receive(nodes.bob, response, manual_clock.wall_us())
+    assert alice.session(sid).state == "established"
