@@ -176,6 +176,10 @@ class SessionLedger(Application[UUID]):
     """
 
     name = "SessionLedger"
+    # The largest page ``notification_log`` serves (eventsourcing's default is 10, too small
+    # for the ledger's readers: a projection reads 500 positions a page by default). 1,000
+    # events are ~0.3 MB typically and 64 MiB at most (the payload limit, format.py).
+    log_section_size = 1000
 
     def __new__(cls, location: str | Path, *args: Any, **kwargs: Any) -> SessionLedger:
         if cls is SessionLedger and is_postgres_url(location):

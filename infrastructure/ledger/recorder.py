@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Notification, StoredEvent
@@ -298,6 +297,11 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
                 for row in c.fetchall()
             ]
 
-    def _max_notification_id(self, c: Any) -> int:
-        c.execute(f"SELECT MAX(position) FROM {EVENTS_TABLE}")
-        return c.fetchone()[0] or 0
+    # ApplicationRecorder's signature and contract (None for an empty ledger), which
+    # eventsourcing's SQLite recorder narrows to int.
+    def max_notification_id(self) -> int | None:  # type: ignore[override]
+        """The newest position; None for an empty ledger."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT MAX(position) FROM {EVENTS_TABLE}")
+            found: int | None = c.fetchone()[0]
+        return found

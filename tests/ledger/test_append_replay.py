@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from uuid import uuid4
 
+import pytest
+from eventsourcing.persistence import StoredEvent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from l2_session.infrastructure.clock import ManualClock
@@ -185,3 +188,20 @@ def test_random_sessions_replay_identically(new_ledger_location, plan, interval)
         assert verify(path).ok
     finally:
         ledger.close()
+
+
+def test_the_notification_log_serves_pages_of_up_to_a_thousand_events(ledger_factory):
+    """The section size fits the ledger's readers (a projection pages 500 at a time)."""
+    ledger = ledger_factory()
+    events = [
+        StoredEvent(originator_id=session, originator_version=1, topic="t", state=b"{}")
+        for session in (uuid4() for _ in range(1005))
+    ]
+    ledger.recorder.insert_events(events)
+    log = ledger.notification_log
+    assert [n.id for n in log.select(1, 1000)] == list(range(1, 1001))
+    section = log["1,1000"]
+    assert (len(section.items), section.next_id) == (1000, "1001,2000")
+    assert [n.id for n in log.select(1001, 1000)] == list(range(1001, 1006))
+    with pytest.raises(ValueError, match="greater than section size 1000"):
+        log.select(1, 1001)  # the bound on one page's memory stays
