@@ -6,6 +6,7 @@ from .codec import SealedValue
 from .errors import (
     ClockWentBackwards,
     ConcurrencyConflict,
+    InvalidEvent,
     LedgerCorrupted,
     LedgerError,
     LedgerNotFound,
@@ -23,6 +24,7 @@ __all__ = [
     "ClockWentBackwards",
     "ConcurrencyConflict",
     "GroupCommitConfig",
+    "InvalidEvent",
     "LedgerCorrupted",
     "LedgerError",
     "LedgerNotFound",

@@ -26,11 +26,11 @@ from .errors import (
     ConcurrencyConflict,
     LedgerCorrupted,
     LedgerError,
-    PayloadTooLarge,
     SessionChainError,
 )
-from .format import MAX_SESSION_ID_BYTES, MAX_TOPIC_BYTES, ZERO_HASH, event_hash, lp
+from .format import ZERO_HASH, event_hash, lp
 from .groupcommit import GroupCommitter
+from .insert_checks import check_event
 
 SIGNER_DOMAIN = b"l2-session/ledger/signer/v1\n"
 # Below this many events, a handoff to the signing thread costs more than it saves.
@@ -163,6 +163,9 @@ class LedgerChain:
             raise LedgerError("this ledger was opened read-only (no node identity): cannot append")
         if not stored_events:
             return []
+        # Refused here, a bad request fails alone and costs its group-commit batch nothing.
+        for event in stored_events:
+            check_event(event)
         return self.committer.submit(stored_events)
 
     def _signer_row(self) -> tuple[str, int, bytes] | None:
@@ -199,13 +202,8 @@ class LedgerChain:
         for event in events:
             sid = session_key(event.originator_id)
             version = event.originator_version
-            sid_b = sid.encode()
+            sid_b = sid.encode()  # check_event admitted the event: these fit the format
             topic_b = event.topic.encode()
-            if len(sid_b) > MAX_SESSION_ID_BYTES or len(topic_b) > MAX_TOPIC_BYTES:
-                raise PayloadTooLarge(
-                    f"session id ({len(sid_b)} bytes, limit {MAX_SESSION_ID_BYTES}) or event type "
-                    f"({len(topic_b)} bytes, limit {MAX_TOPIC_BYTES}) too long at session {sid}"
-                )
             if version == 1:
                 prev_session = ZERO_HASH
             else:

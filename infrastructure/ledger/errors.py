@@ -43,3 +43,7 @@ class UnknownEventType(LedgerError):
 
 class SealedFieldError(LedgerError):
     """A sealed (secret) field cannot be sealed or opened: wrong type, key or content."""
+
+
+class InvalidEvent(LedgerError, ValueError):
+    """An event handed to the recorder cannot be stored as a ledger row (wrong type or value)."""

@@ -32,7 +32,6 @@ ZERO_HASH = bytes(HASH_SIZE)  # prev_session_hash of a session's first event (ve
 # Limits (docs/ledger-format.md §Limits). An event over them is refused before anything is written.
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_SEALED_BYTES = 16 * 1024
-MAX_SESSION_ID_BYTES = 128
 MAX_TOPIC_BYTES = 256
 
 _U32 = struct.Struct(">I")
