@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, cast
 from uuid import UUID
 
 from eventsourcing.application import (
@@ -29,7 +30,7 @@ from eventsourcing.persistence import (
     Recording,
     Transcoding,
 )
-from eventsourcing.sqlite import SQLiteDatastore, SQLiteFactory
+from eventsourcing.sqlite import SQLiteFactory
 from eventsourcing.utils import Environment
 from l2_session.domain.states import TRANSITIONS, State, Trigger
 
@@ -43,35 +44,9 @@ from .pg_url import is_postgres_url
 from .recorder import SignedSQLiteRecorder
 from .schema import CHECKPOINTS_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
 from .snapshots import SignedSnapshotRecorder, StorageCipher
-from .walcheckpoint import WAL_BACKSTOP_PAGES, WalCheckpointer
+from .sqlite_store import SYNCHRONOUS, Durability, LedgerDatastore
 
-Durability = Literal["full", "normal", "off"]
-_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
-
-
-class _LedgerDatastore(SQLiteDatastore):
-    """eventsourcing's SQLite datastore with the ledger's durability setting on each connection."""
-
-    def __init__(self, db_name: str, durability: Durability, lock_timeout: int) -> None:
-        super().__init__(db_name, lock_timeout=lock_timeout, originator_id_type="uuid")
-        pool = self.pool
-        create = pool._create_connection
-        pragma = f"PRAGMA synchronous={_SYNCHRONOUS[durability]}"
-        # Checkpoints run on a thread of their own, not inside a commit (walcheckpoint.py).
-        self.checkpointer = WalCheckpointer(db_name, _SYNCHRONOUS[durability], lock_timeout)
-
-        def create_connection() -> Any:
-            connection = create()
-            connection._sqlite_conn.execute(pragma)
-            connection._sqlite_conn.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
-            return connection
-
-        pool._create_connection = create_connection  # type: ignore[method-assign]
-
-    def close(self) -> None:
-        self.checkpointer.close()
-        super().close()
-
+log = logging.getLogger(__name__)
 
 # -- replay without eventsourcing's per-event runtime-protocol check ---------------------------
 _MUTABLE_EVENT_TYPES: set[type] = set()
@@ -203,10 +178,8 @@ class SessionLedger(Application[UUID]):
         lock_timeout: int = 30,
         transcodings: Iterable[Transcoding] = (),
     ) -> None:
-        if durability not in _SYNCHRONOUS:
-            raise ValueError(
-                f"durability must be one of {sorted(_SYNCHRONOUS)}, got {durability!r}"
-            )
+        if durability not in SYNCHRONOUS:
+            raise ValueError(f"durability must be one of {sorted(SYNCHRONOUS)}, got {durability!r}")
         if snapshot_interval is not None and snapshot_interval < 1:
             raise ValueError(f"snapshot_interval must be >= 1 or None, got {snapshot_interval!r}")
         self.identity = identity
@@ -221,9 +194,9 @@ class SessionLedger(Application[UUID]):
         env, must_create = self._open_location(location, create=create and identity is not None)
         env["CREATE_TABLE"] = "n"
         env["IS_SNAPSHOTTING_ENABLED"] = "y" if self.snapshot_interval else "n"
+        self.snapshot_failures = 0  # automatic snapshots that could not be written (logged)
         super().__init__(env=env)
         self._open_recorder(must_create)
-        self.ledger_recorder.register_signer()
 
     # -- backend hooks (pg_application.py overrides these) ----------------------------------
     def _open_location(self, location: str | Path, *, create: bool) -> tuple[dict[str, str], bool]:
@@ -243,8 +216,8 @@ class SessionLedger(Application[UUID]):
             recorder.load_meta()
 
     def _record_checkpoint(self, position: int, text: str) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(
+        with self.ledger_recorder.write() as cur:
+            cur.execute(
                 f"INSERT INTO {CHECKPOINTS_TABLE} (position, text) VALUES (?, ?)",
                 (position, text),
             )
@@ -258,13 +231,14 @@ class SessionLedger(Application[UUID]):
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         factory = SQLiteFactory(env)
         factory.datastore.close()
-        factory.datastore = _LedgerDatastore(str(self.path), self._durability, self._lock_timeout)
+        factory.datastore = LedgerDatastore(str(self.path), self._durability, self._lock_timeout)
         return factory
 
     @property
-    def datastore(self) -> SQLiteDatastore:
+    def datastore(self) -> LedgerDatastore:
         factory = self.factory
         assert isinstance(factory, SQLiteFactory)
+        assert isinstance(factory.datastore, LedgerDatastore)
         return factory.datastore
 
     def construct_mapper(self) -> Mapper[UUID]:
@@ -295,7 +269,9 @@ class SessionLedger(Application[UUID]):
         return EventStore(mapper=mapper, recorder=self._snapshot_recorder())
 
     def _snapshot_recorder(self) -> AggregateRecorder:
-        return SignedSnapshotRecorder(self.datastore, identity=self.identity)
+        return SignedSnapshotRecorder(
+            self.datastore, identity=self.identity, write=self.ledger_recorder.write
+        )
 
     @property
     def ledger_recorder(self) -> LedgerRecorder:
@@ -327,29 +303,44 @@ class SessionLedger(Application[UUID]):
         return recordings
 
     def close(self) -> None:
-        recorder = self.recorder
-        if isinstance(recorder, SignedSQLiteRecorder):
-            recorder.close_writer()
+        """Close the ledger. Saves already under way are committed first; a save after this
+        raises ``LedgerClosed``. Idempotent."""
+        self.ledger_recorder.close()
         super().close()
 
     # -- snapshots: every `snapshot_interval` versions, and where `snapshot_when` says ------
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
         interval = self.snapshot_interval
-        if not interval or self.snapshots is None:
+        if not interval or self.snapshots is None or self.identity is None:
             return
         when = self.snapshot_when
         for event in processing_event.events:
             version = event.originator_version
             if version % interval and not (when is not None and when(event)):
                 continue
-            aggregate = processing_event.aggregates.get(event.originator_id)
-            if aggregate is not None and aggregate.version == version:
-                snapshot_class: Any = getattr(type(aggregate), "Snapshot")  # noqa: B009
-                self.snapshots.put([snapshot_class.take(aggregate)])
-            else:
-                self.take_snapshot(
-                    event.originator_id, version=version, projector_func=replay_events
-                )
+            try:
+                self._take_snapshot(processing_event, event.originator_id, version)
+            except Exception:
+                # The events are committed: a snapshot is a cache, and failing to write one
+                # must not report a committed save as failed (its caller would retry or give
+                # up wrongly). Replay then starts from an older snapshot.
+                self.snapshot_failures += 1
+                log.warning(
+                    "snapshot of session %s at version %s not written (the save is committed; "
+                    "replay starts from an older snapshot)", event.originator_id, version,
+                    exc_info=True,
+                )  # fmt: skip
+
+    def _take_snapshot(
+        self, processing_event: ProcessingEvent[UUID], session: UUID, version: int
+    ) -> None:
+        assert self.snapshots is not None
+        aggregate = processing_event.aggregates.get(session)
+        if aggregate is not None and aggregate.version == version:
+            snapshot_class: Any = getattr(type(aggregate), "Snapshot")  # noqa: B009
+            self.snapshots.put([snapshot_class.take(aggregate)])
+        else:
+            self.take_snapshot(session, version=version, projector_func=replay_events)
 
     # -- checkpoints and signers ----------------------------------------------------------
     def checkpoint(self) -> Checkpoint:

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -117,7 +118,9 @@ class LedgerRecorder(Protocol):
 
     def head(self) -> tuple[int, bytes, int | None]: ...
 
-    def register_signer(self) -> None: ...
+    def write(self) -> AbstractContextManager[Any]: ...
+
+    def close(self) -> None: ...
 
 
 class LedgerChain:
@@ -139,6 +142,7 @@ class LedgerChain:
         self.verify_on_read = verify_on_read
         self._signer = identity.did if identity is not None else None
         self._signer_lp = lp(self._signer.encode()) if self._signer else b""
+        self._signer_is_registered = False
         self._session_heads: Heads = {}
         self._session_cache_size = session_cache_size
         self._heads_lock = threading.Lock()
@@ -168,12 +172,29 @@ class LedgerChain:
             check_event(event)
         return self.committer.submit(stored_events)
 
-    def _signer_row(self) -> tuple[str, int, bytes] | None:
-        """(did, registered_at, signature) registering this node as a signer; None if read-only."""
-        if self.identity is None or self._signer is None:
+    # -- this node as a signer of the ledger ---------------------------------------------
+    # A node is registered (ledger_signers, docs/ledger-format.md §7) inside its first write
+    # transaction — an append, a snapshot, a checkpoint — not when it opens the ledger: opening
+    # with the wrong identity, reading, or a restore that fails leaves no trace in that
+    # append-only table. Each write transaction registers (an insert that ignores a row already
+    # there) until one that did has committed.
+    def _signer_to_register(self) -> tuple[str, int, bytes] | None:
+        """(did, registered_at, signature) for the write transaction under way to insert, or
+        None: read-only, or already registered by a committed transaction of this process."""
+        if self.identity is None or self._signer is None or self._signer_is_registered:
             return None
         statement = signer_statement(self.ledger_id, self._signer)
         return self._signer, self.clock.wall_us(), self.identity.sign(statement)
+
+    def _signer_registered(self) -> None:
+        self._signer_is_registered = True
+
+    def close(self) -> None:
+        """Refuse appends from now on, once those already submitted are committed (group
+        commit drains its queue); then stop the signing thread."""
+        self.committer.close()
+        if self._signing_pool is not None:
+            self._signing_pool.shutdown()
 
     def _fetch_session_hash(self, cur: Any, sid: str, version: int) -> bytes | None:
         """The stored event hash of ``sid`` at ``version``, read in the open transaction."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import ConnectionPoolClosedError, IntegrityError
 
 
 class LedgerError(Exception):
@@ -47,3 +47,8 @@ class SealedFieldError(LedgerError):
 
 class InvalidEvent(LedgerError, ValueError):
     """An event handed to the recorder cannot be stored as a ledger row (wrong type or value)."""
+
+
+class LedgerClosed(LedgerError, ConnectionPoolClosedError):
+    """The ledger was closed: nothing more can be read or appended through this SessionLedger
+    (an eventsourcing ``ConnectionPoolClosedError``, as its own recorders raise)."""

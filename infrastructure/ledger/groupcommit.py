@@ -6,6 +6,8 @@ commits, new requests queue up; when it is done it hands leadership to the oldes
 whose batch is everything that queued meanwhile. Under load, batches grow by themselves, so one
 fsync covers many appends and signing sets the pace; with one caller, nothing waits.
 ``max_delay`` (seconds) lets a leader wait a little for a fuller batch (default 0: never wait).
+``close()`` refuses new requests (``LedgerClosed``) and returns once every request submitted
+before it has been committed or refused: nothing is left using the store being closed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from .errors import LedgerClosed
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -63,12 +67,17 @@ class GroupCommitter(Generic[T, R]):
         self._queue: deque[_Request[T, R]] = deque()
         self._queued_items = 0
         self._leading = False
+        self._closed = False
         self.batches = 0  # transactions committed (for tests and benchmarks)
         self.requests = 0
 
     def submit(self, items: Sequence[T]) -> R:
         request: _Request[T, R] = _Request(items)
         with self._cond:
+            if self._closed:
+                raise LedgerClosed(
+                    "the ledger was closed: nothing more can be appended (open it again)"
+                )
             self._queue.append(request)
             self._queued_items += len(items)
             if self._leading:
@@ -119,6 +128,13 @@ class GroupCommitter(Generic[T, R]):
                 successor.wake.set()
             else:
                 self._leading = False
+                self._cond.notify_all()  # close() may be waiting for the last leader
         for request in batch:
             if request.wake is not None:
                 request.wake.set()
+
+    def close(self) -> None:
+        """Refuse new requests; return once those already queued are done. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.wait_for(lambda: not self._leading)

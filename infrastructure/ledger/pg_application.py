@@ -2,8 +2,9 @@
 
 ``SessionLedger("postgresql://...")`` returns one of these. Opening it checks the ledger schema
 (creating or migrating it when allowed — that needs the schema owner's credentials, nodes
-normally connect with the node role), then registers the node's signer. Everything else —
-mapper, sealed fields, snapshots, checkpoints, group commit — is the SessionLedger's.
+normally connect with the node role). The node registers as a signer with its first write
+(chain.py). Everything else — mapper, sealed fields, snapshots, checkpoints, group commit,
+closing — is the SessionLedger's.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from .pg_recorder import SignedPostgresRecorder
 from .pg_schema import open_meta
 from .pg_url import PostgresLocation
 from .schema import CHECKPOINTS_TABLE, EVENTS_TABLE, SIGNERS_TABLE, SNAPSHOTS_TABLE
-from .snapshots import snapshot_row, snapshot_select, trusted_snapshots
+from .snapshots import (
+    WriteTransaction,
+    read_only,
+    snapshot_row,
+    snapshot_select,
+    trusted_snapshots,
+    unanchored,
+)
 
 POOL_SIZE = 4  # appends use one connection at a time (group commit); reads and LISTEN the rest
 
@@ -38,11 +46,18 @@ POOL_SIZE = 4  # appends use one connection at a time (group commit); reads and 
 class PostgresSnapshotRecorder(PostgresAggregateRecorder):
     """Signed snapshots (snapshots.py) in the PostgreSQL ledger schema."""
 
-    def __init__(self, datastore: PostgresDatastore, *, identity: NodeIdentity | None) -> None:
+    def __init__(
+        self,
+        datastore: PostgresDatastore,
+        *,
+        identity: NodeIdentity | None,
+        write: WriteTransaction,
+    ) -> None:
         super().__init__(datastore, events_table_name=SNAPSHOTS_TABLE)
         self.sql_create_statements = []  # created with the ledger schema
         self.datastore.db_type_names.discard(self.stored_event_type_name)
         self.identity = identity
+        self.write = write
         self.rejected = 0  # snapshots found untrustworthy and skipped
         schema = datastore.schema
         self._anchor = (
@@ -66,16 +81,17 @@ class PostgresSnapshotRecorder(PostgresAggregateRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        if self.identity is None:
+        if not stored_events:
             return None
-        with self.datastore.transaction(commit=True) as c:
-            cur = c.connection.cursor(row_factory=tuple_row)
+        if self.identity is None:
+            raise read_only()
+        with self.write() as cur:
             for s in stored_events:
                 row = cur.execute(
                     self._anchor, (session_key(s.originator_id), s.originator_version)
                 ).fetchone()
                 if row is None:
-                    continue  # nothing to anchor to; never store an unanchored snapshot
+                    raise unanchored(s)
                 cur.execute(self._upsert, snapshot_row(self.identity, s, bytes(row[0])))
         return None
 
@@ -157,7 +173,9 @@ class PostgresSessionLedger(SessionLedger):
         )
 
     def _snapshot_recorder(self) -> AggregateRecorder:
-        return PostgresSnapshotRecorder(self.datastore, identity=self.identity)
+        return PostgresSnapshotRecorder(
+            self.datastore, identity=self.identity, write=self.ledger_recorder.write
+        )
 
     def _open_recorder(self, must_create: bool) -> None:
         recorder = self.recorder
@@ -165,8 +183,8 @@ class PostgresSessionLedger(SessionLedger):
         recorder.set_meta(self._meta)
 
     def _record_checkpoint(self, position: int, text: str) -> None:
-        with self.datastore.get_connection() as conn:
-            conn.execute(
+        with self.ledger_recorder.write() as cur:
+            cur.execute(
                 f"INSERT INTO {self.pg.schema}.{CHECKPOINTS_TABLE} (position, text) "
                 "VALUES (%s, %s)",
                 (position, text),

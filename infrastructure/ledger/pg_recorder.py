@@ -16,7 +16,8 @@ conflicting request fails alone — exactly as on SQLite.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 from uuid import UUID
 
@@ -96,6 +97,10 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
         self._session_event_hash = (
             f"SELECT event_hash FROM {self.table} WHERE session_id=%s AND version=%s"
         )
+        self._insert_signer = (
+            f"INSERT INTO {schema}.{SIGNERS_TABLE} "
+            "(did, registered_at, signature) VALUES (%s,%s,%s) ON CONFLICT (did) DO NOTHING"
+        )
         self.committer: GroupCommitter[StoredEvent, list[int]] = GroupCommitter(
             self._commit_batch, group_commit or GroupCommitConfig()
         )
@@ -110,17 +115,28 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
         self.ledger_id = meta["ledger_id"]
         self.genesis = genesis_hash(self.ledger_id)
 
-    def register_signer(self) -> None:
-        """Record this node's did:key as a signer of this ledger (self-signed statement)."""
-        row = self._signer_row()
-        if row is None:
-            return
-        with self.datastore.get_connection() as conn:
-            conn.execute(
-                f"INSERT INTO {self.datastore.schema}.{SIGNERS_TABLE} "
-                "(did, registered_at, signature) VALUES (%s,%s,%s) ON CONFLICT (did) DO NOTHING",
-                row,
-            )
+    # -- writes ------------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[Any]:
+        """A write transaction of this node (snapshots, checkpoints), registering the node as a
+        signer of the ledger with its first write (chain.py)."""
+        with (
+            self.datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=tuple_row) as cur,
+        ):
+            yield cur
+            registering = self._register_signer(cur)
+        if registering:
+            self._signer_registered()
+
+    def _register_signer(self, cur: Any) -> bool:
+        """Insert this node's signer row in the transaction under way, unless a committed
+        transaction of this process already did; whether it did."""
+        row = self._signer_to_register()
+        if row is not None:
+            cur.execute(self._insert_signer, row)
+        return row is not None
 
     # -- appends (insert_events: chain.py) -----------------------------------------------
     def _commit_batch(
@@ -141,6 +157,7 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
         self, conn: Any, requests: list[Sequence[StoredEvent]], *, as_one_copy: bool
     ) -> list[list[int] | BaseException]:
         outcomes: list[list[int] | BaseException] = []
+        registering = False
         with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
             # One round trip: BEGIN, lock, NOTIFY (delivered only if this commits) and the head.
             with conn.pipeline():
@@ -181,6 +198,10 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
                 self._remember(heads)
             if as_one_copy and pending:
                 self._insert_rows(cur, pending)  # a (session_id, version) clash raises here
+            if any(not isinstance(outcome, BaseException) for outcome in outcomes):
+                registering = self._register_signer(cur)
+        if registering:
+            self._signer_registered()
         return outcomes
 
     def _insert_rows(self, cur: Any, rows: list[Row]) -> None:

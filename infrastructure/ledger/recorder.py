@@ -10,11 +10,12 @@ transaction through group commit. See docs/ledger-format.md.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from uuid import UUID
 
 from eventsourcing.persistence import Notification, StoredEvent
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from ..clock import TimeSource
 from ..identity import NodeIdentity
@@ -23,7 +24,7 @@ from .errors import LedgerCorrupted, LedgerError
 from .format import FORMAT_NAME, FORMAT_VERSION, ZERO_HASH, genesis_hash
 from .groupcommit import GroupCommitConfig, GroupCommitter
 from .schema import CREATE_STATEMENTS, EVENTS_TABLE, META_TABLE, SIGNERS_TABLE
-from .walcheckpoint import WalCheckpointer
+from .sqlite_store import LedgerDatastore
 
 __all__ = ["SIGNER_DOMAIN", "SignedSQLiteRecorder", "session_key"]
 
@@ -35,14 +36,19 @@ _INSERT = (
 _HEAD = f"SELECT position, event_hash, timestamp FROM {EVENTS_TABLE} ORDER BY position DESC LIMIT 1"
 _SESSION_EVENT_HASH = f"SELECT event_hash FROM {EVENTS_TABLE} WHERE session_id=? AND version=?"
 _HAS_SESSION = f"SELECT 1 FROM {EVENTS_TABLE} WHERE session_id=? LIMIT 1"
+_INSERT_SIGNER = (
+    f"INSERT OR IGNORE INTO {SIGNERS_TABLE} (did, registered_at, signature) VALUES (?,?,?)"
+)
 
 
 class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
     """eventsourcing's SQLite application recorder, writing the signed, chained ledger table."""
 
+    datastore: LedgerDatastore
+
     def __init__(
         self,
-        datastore: SQLiteDatastore,
+        datastore: LedgerDatastore,
         *,
         identity: NodeIdentity | None,
         clock: TimeSource,
@@ -57,7 +63,6 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         )
         self.ledger_id = ""
         self.genesis = ZERO_HASH
-        self._write_connection: sqlite3.Connection | None = None
 
     # -- schema -------------------------------------------------------------------------
     def construct_create_table_statements(self) -> list[str]:
@@ -66,7 +71,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
     def create_table(self) -> None:
         import uuid
 
-        with self.datastore.transaction(commit=True) as c:
+        with self.datastore.writer.transaction() as c:
             for statement in self.create_table_statements:
                 c.execute(statement)
             c.execute(
@@ -85,84 +90,68 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         self.ledger_id = row[0]
         self.genesis = genesis_hash(self.ledger_id)
 
-    def register_signer(self) -> None:
-        """Record this node's did:key as a signer of this ledger (self-signed statement)."""
-        row = self._signer_row()
-        if row is None:
-            return
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(
-                f"INSERT OR IGNORE INTO {SIGNERS_TABLE} (did, registered_at, signature) "
-                "VALUES (?,?,?)",
-                row,
-            )
+    # -- writes: every one through the datastore's writer (sqlite_store.py) ---------------
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Cursor]:
+        """A write transaction of this node: on the datastore's one writer, begun IMMEDIATE,
+        registering the node as a signer of the ledger with its first write (chain.py)."""
+        registering = None
+        with self.datastore.writer.transaction() as cur:
+            yield cur
+            # Unless the block rolled back (a refused append): nothing of it stays.
+            if cur.connection.in_transaction:
+                registering = self._signer_to_register()
+                if registering is not None:
+                    cur.execute(_INSERT_SIGNER, registering)
+        if registering is not None:
+            self._signer_registered()
 
     # -- appends (insert_events: chain.py) -----------------------------------------------
-    def writer(self) -> sqlite3.Connection:
-        """The connection appends are committed on. Only the group-commit leader uses it, one
-        leader at a time, so it is kept open rather than taken from and given back to
-        eventsourcing's pool on every append (a pair of locks and context managers each time).
-        Made by the pool's own factory: the same durability setting and lock timeout."""
-        if self._write_connection is None:
-            self._write_connection = self.datastore.pool._create_connection()._sqlite_conn
-            self._write_connection.row_factory = None  # rows are read by position
-        return self._write_connection
-
-    def close_writer(self) -> None:
-        if self._write_connection is not None:
-            self._write_connection.close()
-            self._write_connection = None
-
     def _commit_batch(
         self, requests: list[Sequence[StoredEvent]]
     ) -> list[list[int] | BaseException]:
         outcomes = self._commit(requests)
         # The log grew: its checkpoint runs on the checkpointer's thread, not in a commit.
-        checkpointer: WalCheckpointer | None = getattr(self.datastore, "checkpointer", None)
-        if checkpointer is not None:
-            checkpointer.notify()
+        self.datastore.checkpointer.notify()
         return outcomes
 
     def _commit(self, requests: list[Sequence[StoredEvent]]) -> list[list[int] | BaseException]:
         outcomes: list[list[int] | BaseException] = []
-        conn = self.writer()
-        cur = conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
         try:
-            row = cur.execute(_HEAD).fetchone()
-            position, prev_global, last_ts = (
-                (row[0], row[1], row[2]) if row else (0, self.genesis, None)
-            )
-            timestamp = self.clock.wall_us()
-            self._check_clock(timestamp, last_ts, position)
-            if len(requests) == 1:
-                return [self._insert_alone(cur, requests[0], position, prev_global, timestamp)]
-            together = self._insert_together(cur, requests, position, prev_global, timestamp)
-            if together is not None:
-                cur.execute("COMMIT")
-                return together
-            for events in requests:
-                cur.execute("SAVEPOINT request")
-                try:
-                    rows, heads = self._rows(cur, events, position, prev_global, timestamp)
-                    cur.executemany(_INSERT, rows)
-                except sqlite3.IntegrityError:
-                    cur.execute("ROLLBACK TO request")
+            with self.write() as cur:
+                row = cur.execute(_HEAD).fetchone()
+                position, prev_global, last_ts = (
+                    (row[0], row[1], row[2]) if row else (0, self.genesis, None)
+                )
+                timestamp = self.clock.wall_us()
+                self._check_clock(timestamp, last_ts, position)
+                if len(requests) == 1:
+                    return [self._insert_alone(cur, requests[0], position, prev_global, timestamp)]
+                together = self._insert_together(cur, requests, position, prev_global, timestamp)
+                if together is not None:
+                    return together
+                for events in requests:
+                    cur.execute("SAVEPOINT request")
+                    try:
+                        rows, heads = self._rows(cur, events, position, prev_global, timestamp)
+                        cur.executemany(_INSERT, rows)
+                    except sqlite3.IntegrityError:
+                        cur.execute("ROLLBACK TO request")
+                        cur.execute("RELEASE request")
+                        outcomes.append(self._conflict(cur, events))
+                        continue
+                    except (LedgerError, ValueError) as error:
+                        cur.execute("ROLLBACK TO request")
+                        cur.execute("RELEASE request")
+                        outcomes.append(error)
+                        continue
                     cur.execute("RELEASE request")
-                    outcomes.append(self._conflict(cur, events))
-                    continue
-                except (LedgerError, ValueError) as error:
-                    cur.execute("ROLLBACK TO request")
-                    cur.execute("RELEASE request")
-                    outcomes.append(error)
-                    continue
-                cur.execute("RELEASE request")
-                outcomes.append([r[0] for r in rows])
-                position, prev_global = rows[-1][0], rows[-1][9]
-                self._remember(heads)
-            cur.execute("COMMIT")
+                    outcomes.append([r[0] for r in rows])
+                    position, prev_global = rows[-1][0], rows[-1][9]
+                    self._remember(heads)
+                if all(isinstance(outcome, BaseException) for outcome in outcomes):
+                    cur.execute("ROLLBACK")  # every request refused: nothing to commit
         except BaseException:
-            conn.rollback()
             self._forget_heads()
             raise
         return outcomes
@@ -177,8 +166,8 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
     ) -> list[int] | BaseException:
         """A request no other caller shares the transaction with (the common case of one
         session manager saving command by command): its failure is the whole transaction's,
-        so it needs no savepoint — two statements fewer on every append. Commits (or rolls
-        back) before returning; a conflict is named as in a group commit."""
+        so it needs no savepoint — two statements fewer on every append. A refused request
+        rolls the transaction back here; a conflict is named as in a group commit."""
         try:
             rows, heads = self._rows(cur, events, position, prev_global, timestamp)
             cur.executemany(_INSERT, rows)
@@ -188,8 +177,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         except (LedgerError, ValueError) as error:
             cur.execute("ROLLBACK")
             return error
-        cur.execute("COMMIT")
-        self._remember(heads)
+        self._remember(heads)  # committed as the writer's transaction ends (a failure forgets)
         return [row[0] for row in rows]
 
     def _insert_together(

@@ -5,6 +5,11 @@ hash of that version. Before a snapshot is used, its signature is checked and th
 compared with the event hash stored at that version; a snapshot that fails either check is
 ignored (and counted), and the session is replayed from older snapshots or from its first event.
 Snapshot state is encrypted with the storage key: it can hold session keys.
+
+A snapshot is written in the ledger's own write transaction (the application recorder's
+``write()``: on SQLite the one writer connection, so it never fails for locking beside appends),
+and only at a version the ledger holds: one with nothing to anchor to is refused, all of an
+insert with it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -23,7 +29,7 @@ from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
 
 from ..identity import NodeIdentity, verify_did_signature
 from .chain import session_key
-from .errors import SealedFieldError
+from .errors import LedgerError, SealedFieldError
 from .format import snapshot_hash
 from .schema import EVENTS_TABLE, SIGNERS_TABLE, SNAPSHOTS_TABLE
 
@@ -59,6 +65,18 @@ def snapshot_select(placeholder: str) -> str:
         f"JOIN {SIGNERS_TABLE} g ON g.did = s.signer "
         f"WHERE s.session_id={placeholder} "
     )
+
+
+def unanchored(s: StoredEvent) -> LedgerError:
+    return LedgerError(
+        f"cannot store a snapshot of session {session_key(s.originator_id)} at version "
+        f"{s.originator_version}: the session has no version {s.originator_version} in the "
+        "ledger to anchor it to (snapshot the session at a version it has)"
+    )
+
+
+def read_only() -> LedgerError:
+    return LedgerError("this ledger was opened read-only (no node identity): cannot snapshot")
 
 
 def snapshot_row(identity: NodeIdentity, s: StoredEvent, head: bytes) -> tuple[Any, ...]:
@@ -108,10 +126,21 @@ def trusted_snapshots(
     return found
 
 
+# The application recorder's write(): a transaction of this node (see the module's docstring).
+WriteTransaction = Callable[[], AbstractContextManager[Any]]
+
+
 class SignedSnapshotRecorder(SQLiteAggregateRecorder):
-    def __init__(self, datastore: SQLiteDatastore, *, identity: NodeIdentity | None) -> None:
+    def __init__(
+        self,
+        datastore: SQLiteDatastore,
+        *,
+        identity: NodeIdentity | None,
+        write: WriteTransaction,
+    ) -> None:
         super().__init__(datastore, events_table_name=SNAPSHOTS_TABLE)
         self.identity = identity
+        self.write = write
         self.rejected = 0  # snapshots found untrustworthy and skipped
 
     def construct_create_table_statements(self) -> list[str]:
@@ -120,9 +149,11 @@ class SignedSnapshotRecorder(SQLiteAggregateRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        if self.identity is None:
+        if not stored_events:
             return None
-        with self.datastore.transaction(commit=True) as c:
+        if self.identity is None:
+            raise read_only()
+        with self.write() as c:
             for s in stored_events:
                 sid = session_key(s.originator_id)
                 c.execute(
@@ -131,7 +162,7 @@ class SignedSnapshotRecorder(SQLiteAggregateRecorder):
                 )
                 row = c.fetchone()
                 if row is None:
-                    continue  # nothing to anchor to; never store an unanchored snapshot
+                    raise unanchored(s)
                 c.execute(
                     f"INSERT OR REPLACE INTO {SNAPSHOTS_TABLE} (session_id, version, topic, state, "
                     "head_hash, signer, signature) VALUES (?,?,?,?,?,?,?)",

@@ -21,6 +21,7 @@ from pgserver import pg_database, pg_location, pg_url
 __all__ = ["pg_database", "pg_location", "pg_url"]
 
 LedgerFactory = Callable[..., SessionLedger]
+_schemas = itertools.count(1)
 
 
 @pytest.fixture
@@ -69,10 +70,11 @@ def new_ledger_location(
     ledger_backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Callable[[], str | Path]:
     """Makes a fresh location per call (for property tests that build many ledgers)."""
-    made = itertools.count(1)
+    made = itertools.count(1)  # files: tmp_path is the test's own
     if ledger_backend == "postgres":
         database = request.getfixturevalue("pg_database")
-        return lambda: str(database.with_schema(f"prop_{os.getpid()}_{next(made)}").url())
+        # One database for the whole run: schema names must not repeat across tests.
+        return lambda: str(database.with_schema(f"prop_{os.getpid()}_{next(_schemas)}").url())
     return lambda: tmp_path / f"ledger-{next(made)}.sqlite3"
 
 

@@ -21,7 +21,7 @@ def traced(ledger: SessionLedger) -> list[str]:
     """Statements run from now on: appends (on the recorder's writer) and reads (on the pool's
     connection, one for a single-threaded caller)."""
     statements: list[str] = []
-    ledger.recorder.writer().set_trace_callback(statements.append)
+    ledger.datastore.writer.connection.set_trace_callback(statements.append)
     with ledger.datastore.get_connection(commit=False) as connection:
         connection._sqlite_conn.set_trace_callback(statements.append)
     return statements
@@ -61,7 +61,7 @@ def test_the_writer_connection_keeps_the_ledgers_durability(
 ):
     """Appends run on a connection of their own, made by the pool's factory: an append that
     returned is fsynced at "full", as on every other connection of the ledger."""
-    writer = ledger_factory(durability=durability).recorder.writer()
+    writer = ledger_factory(durability=durability).datastore.writer.connection
     assert writer.execute("PRAGMA synchronous").fetchone()[0] == synchronous
     assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -69,7 +69,7 @@ def test_the_writer_connection_keeps_the_ledgers_durability(
 def test_closing_the_ledger_closes_its_writer(ledger_factory, ledger_path):
     ledger = ledger_factory()
     populate(ledger, ledger.clock, sessions=1, notes=0)
-    writer = ledger.recorder.writer()
+    writer = ledger.datastore.writer.connection
     ledger.close()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         writer.execute("SELECT 1")

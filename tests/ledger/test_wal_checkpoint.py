@@ -33,7 +33,7 @@ def test_appends_leave_the_checkpoint_to_the_checkpointer_thread(
     ledger_factory, ledger_path, clock
 ):
     ledger = ledger_factory()
-    writer = ledger.recorder.writer()
+    writer = ledger.datastore.writer.connection
     assert writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_BACKSTOP_PAGES
     checkpointer = _checkpointer(ledger)
     assert checkpointer.checkpoints == 0  # nothing appended, no thread yet
