@@ -16,7 +16,8 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from unittest import TestCase
 
 import psycopg
 import pytest
@@ -94,6 +95,20 @@ def pg_location(pg_database: PostgresLocation) -> PostgresLocation:
 @pytest.fixture
 def pg_url(pg_location: PostgresLocation) -> str:
     return pg_location.url()
+
+
+class ThrowAwayDatabase(TestCase):
+    """For unittest cases: one throw-away database for the class (``cls.database``), made when
+    the class starts and dropped when it ends; skipped (or failed, when required) as above."""
+
+    database: ClassVar[PostgresLocation]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        admin = require_server()
+        cls.database = create_database(admin)
+        cls.addClassCleanup(drop_database, admin, cls.database)
 
 
 class _PostgresRaw:
