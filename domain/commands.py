@@ -89,6 +89,22 @@ class RotationConfirm:
     confirmation: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The sender closed the session (decision 17). On a real transport it travels only sealed
+    under the session keys (transports/sealed.py), so only the peer can send it; it is resent
+    until a ``CloseAck`` comes or the close lingers out."""
+
+    conversation: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAck:
+    """The sender's side of the session is closed too: it got the peer's ``Close``."""
+
+    conversation: UUID
+
+
 Frame = (
     HandshakeRequest
     | HandshakeResponse
@@ -100,6 +116,8 @@ Frame = (
     | RotationRequest
     | RotationResponse
     | RotationConfirm
+    | Close
+    | CloseAck
 )
 
 

@@ -21,6 +21,17 @@ class FailureReason(StrEnum):
     AUTHENTICATION_FAILED = "authentication_failed"
     TRANSPORT_FAILED = "transport_failed"
     KEY_ROTATION_FAILED = "key_rotation_failed"
+    NODE_RESTARTED = "node_restarted"
+    """Decision 16: a handshake was in flight when this node's process died."""
+
+
+class CloseReason(StrEnum):
+    """Why a session was closed (decision 17): what its ``Closed`` event records."""
+
+    CLOSED = "closed"
+    """The application here closed it (``SessionManager.close``)."""
+    CLOSED_BY_PEER = "closed by peer"
+    """The peer's close arrived, sealed under the session keys."""
 
 
 class SessionError(Exception):

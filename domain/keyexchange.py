@@ -28,7 +28,7 @@ import random
 from typing import Protocol
 from uuid import UUID
 
-from l2_session.domain.errors import AuthenticationFailed, StaleFrame
+from l2_session.domain.errors import AuthenticationFailed, NothingToResume, StaleFrame
 
 
 class KeyExchange(Protocol):
@@ -81,6 +81,7 @@ class MockKeyExchange:
         self._initiated: dict[UUID, bytes] = {}  # in flight: memory only, like ephemerals
         self._responded: dict[UUID, bytes] = {}
         self._resumed_from: dict[UUID, bytes] = {}  # conversation -> the stored key resumed
+        self._answered: set[bytes] = set()  # resumption requests answered, as a replay cache
 
     def resume(self, conversation: UUID, peer_did: str, key_material: bytes, now_us: int) -> bytes:
         self._resumed_from[conversation] = key_material
@@ -89,6 +90,10 @@ class MockKeyExchange:
     def respond_resumption(
         self, conversation: UUID, peer_did: str, request: bytes, key_material: bytes, now_us: int
     ) -> bytes:
+        if request in self._answered:
+            # As PQxdh's replay cache does: a duplicate request is not answered anew.
+            raise NothingToResume("a resumption request answered before (a duplicate)")
+        self._answered.add(request)
         share = self._rng.randbytes(32)
         # The stored key goes into the new one, as a real resumption's secret does.
         self._responded[conversation] = _key(key_material + request, share)

@@ -6,7 +6,9 @@ a frame, ``Deliver`` a message); it never touches a socket or a clock. Frames an
 become ``Session`` / ``Peer`` commands; the aggregates decide; the manager saves what they
 recorded to the ledger and re-arms the session's next deadline.
 
-Answering a peer's handshake or resumption request is manager_answering.py's.
+Answering a peer's handshake or resumption request is manager_answering.py's; starting again
+over an existing ledger (decision 16) manager_recovery.py's; closing a session and the linger
+after it (decision 17) manager_closing.py's.
 
 Deadlines live in one binary heap (deadlines.py), one live entry per session, so ``tick``
 costs O(due timers · log n), not O(sessions). ``tick`` is also where time passes for what
@@ -30,6 +32,8 @@ from uuid import UUID, uuid5
 from eventsourcing.application import AggregateNotFoundError
 from l2_session.domain import timers
 from l2_session.domain.commands import (
+    Close,
+    CloseAck,
     Data,
     DataAck,
     Deliver,
@@ -55,6 +59,8 @@ from l2_session.domain.errors import (
 )
 from l2_session.domain.keyexchange import KeyExchange, MockKeyExchange
 from l2_session.domain.manager_answering import HandshakeAnswering
+from l2_session.domain.manager_closing import Closing
+from l2_session.domain.manager_recovery import Recovery
 from l2_session.domain.outbound import outputs_for, send
 from l2_session.domain.peer import Peer, peer_id
 from l2_session.domain.peer_table import PeerTable, holds_unsaved
@@ -116,7 +122,10 @@ _FORGET_HANDSHAKE_FRAME_IN = frozenset({State.FAILED, State.SUSPENDED})
 
 
 class Ledger(Protocol):
-    """What the manager needs of the ledger: any eventsourcing ``Application`` fits."""
+    """What the manager needs of the ledger: any eventsourcing ``Application`` fits. To find
+    the sessions that were live when the node stopped (decision 16) it asks the ledger's
+    ``live_session_ids`` if it has one (SessionLedger), else scans its recorder's
+    notifications (manager_recovery.py)."""
 
     @property
     def repository(self) -> Any: ...
@@ -137,7 +146,7 @@ def _check_key_exchange_outlasts_replies(kx: KeyExchange, config: SessionConfig)
         )
 
 
-class SessionManager(HandshakeAnswering):
+class SessionManager(HandshakeAnswering, Recovery, Closing):
     def __init__(
         self,
         local_did: str,
@@ -183,6 +192,12 @@ class SessionManager(HandshakeAnswering):
         self.dropped_frames = 0
         self.failed_frames = 0  # frames of a batch whose deciding raised, each dropped alone
         self._batch: _Batch | None = None  # inside receive_many / establish_many
+        # Decision 16: the restart is recorded once, before anything else touches a session.
+        self._recovered = False
+        self._awaiting_peer = {}  # peer -> sessions resumed when it is reachable again
+        # Decision 17: closed sessions kept for their close exchange, and when each wakes.
+        self._lingering = {}
+        self._linger_deadlines = DeadlineHeap()
 
     # ------------------------------------------------------------------ lookups
     @property
@@ -191,8 +206,8 @@ class SessionManager(HandshakeAnswering):
 
     def session(self, session_id: UUID) -> Session:
         """A live session; or a closed one, read from the ledger (closed sessions leave
-        memory: ``_settle``). Any other session not in memory is ``UnknownSession``: after a
-        restart, ``restore`` it first."""
+        memory: ``_settle``, after their linger, decision 17). Any other session not in memory
+        is ``UnknownSession`` (after a restart, ``recover`` loads the live ones)."""
         found = self._sessions.get(session_id)
         if found is not None:
             return found
@@ -225,6 +240,7 @@ class SessionManager(HandshakeAnswering):
 
     # ------------------------------------------------------------------ §5.2 API
     def establish(self, peer_did: str, now_us: int) -> tuple[UUID, list[Output]]:
+        self._recover_once(now_us)
         peer = self.peer(peer_did, now_us)
         peer.check_admissible(now_us)
         session = Session.open(peer_did, "initiator", self.config, now_us, transport=self.transport)
@@ -240,6 +256,7 @@ class SessionManager(HandshakeAnswering):
         session's id, or the ``SessionError`` that refused it (a quarantined peer, say) —
         one refusal does not stop the others."""
         results: list[UUID | SessionError] = []
+        self._recover_once(now_us)
 
         def each() -> list[list[Output | _AfterSave]]:
             out: list[list[Output | _AfterSave]] = []
@@ -295,13 +312,16 @@ class SessionManager(HandshakeAnswering):
         return newest
 
     def restore(self, session_id: UUID) -> Session:
-        """After a restart: replay the session from the ledger and re-arm its deadlines."""
+        """Replay the session from the ledger and re-arm its deadlines. After a restart there
+        is no need: ``recover`` (which every entry point given a time calls first) has found
+        and loaded every session that was live, and recorded the restart (decision 16)."""
         session: Session = self._ledger.repository.get(session_id)
         self._add(session)
         self._arm(session)
         return session
 
     def resume(self, session_id: UUID, now_us: int) -> list[Output]:
+        self._recover_once(now_us)  # a session live before a restart is suspended first
         session = self.session(session_id)
         peer = self.peer(session.peer_did)
         peer.check_admissible(now_us)
@@ -309,11 +329,13 @@ class SessionManager(HandshakeAnswering):
         return self._commit(session, peer)
 
     def submit(self, session_id: UUID, payload: bytes, now_us: int) -> list[Output]:
+        self._recover_once(now_us)
         session = self.session(session_id)
         session.submit_message(now_us, payload)
         return self._commit(session)
 
     def cleanup(self, session_id: UUID, now_us: int) -> list[Output]:
+        self._recover_once(now_us)
         session = self.session(session_id)
         session.cleanup(now_us)
         return self._commit(session)
@@ -321,6 +343,7 @@ class SessionManager(HandshakeAnswering):
     def link_event(self, session_id: UUID, what: str, now_us: int) -> list[Output]:
         """Transport signals: ``connectivity_lost``, ``connectivity_restored``,
         ``transport_failed``, ``transport_switched`` (§2.3)."""
+        self._recover_once(now_us)
         session = self.session(session_id)
         command = {
             "connectivity_lost": session.connectivity_lost,
@@ -335,6 +358,7 @@ class SessionManager(HandshakeAnswering):
     def receive(self, peer_did: str, frame: Frame, now_us: int) -> list[Output]:
         """A frame from ``peer_did``. Frames that do not fit the session's state (late,
         duplicated, replayed) are dropped and counted: the network is not trusted."""
+        self._recover_once(now_us)
         return self._receive(peer_did, frame, now_us)  # outside a batch: Outputs only
 
     def receive_many(self, frames: Iterable[tuple[str, Frame]], now_us: int) -> list[Output]:
@@ -377,6 +401,7 @@ class SessionManager(HandshakeAnswering):
                     out.append([])
             return out
 
+        self._recover_once(now_us)
         return self._in_one_save(each)
 
     def _reload_with_batch(self, peer_did: str, frame: Frame) -> None:
@@ -435,6 +460,9 @@ class SessionManager(HandshakeAnswering):
 
     def _receive(self, peer_did: str, frame: Frame, now_us: int) -> list[Any]:
         try:
+            lingering = self._lingering_for(frame.conversation, peer_did)
+            if lingering is not None:  # closed here, its close exchange under way
+                return self._on_lingering(lingering, frame)
             if isinstance(frame, HandshakeRequest):
                 return self._on_request(peer_did, frame, now_us)
             session = self._find(frame.conversation)
@@ -449,6 +477,8 @@ class SessionManager(HandshakeAnswering):
     def _on_frame(self, s: Session, frame: Frame, now_us: int) -> list[Output]:
         out: list[Output] = []
         touched: list[Any] = []
+        if isinstance(frame, Close | CloseAck):
+            return self._on_close_frame(s, frame, now_us)
         if isinstance(frame, HandshakeResponse) and s.state != State.HANDSHAKE_INITIATED:
             return self._resend(s)  # our confirmation was lost: the responder asks again
         if isinstance(frame, Heartbeat | Data) and s.state == State.HANDSHAKE_RECEIVED:
@@ -461,8 +491,10 @@ class SessionManager(HandshakeAnswering):
             State.ROTATING,
         ):
             raise StaleFrame("a key confirmation for a handshake that is over (a duplicate)")
-        if isinstance(frame, RotationConfirm) and s.state != State.ROTATING:
-            raise StaleFrame("a rotation confirmation outside a rotation (a duplicate)")
+        if isinstance(frame, RotationConfirm | RotationResponse) and s.state != State.ROTATING:
+            # Late (the rotation died with a restart, decision 16) or a duplicate: it must not
+            # reach the key exchange, which may be running another handshake for the session.
+            raise StaleFrame(f"a {type(frame).__name__} outside a rotation")
         authentic, key, confirmation = getattr(frame, "authentic", True), b"", b""
         try:
             if not authentic:
@@ -541,11 +573,13 @@ class SessionManager(HandshakeAnswering):
         per session from its new events in order, so nothing leaves before its events are
         in the ledger. If firing or saving raises, nothing is sent and the due sessions go
         back to what the ledger holds, re-armed, so their timers fire again."""
+        self._recover_once(now_us)
         self._kx.expire(now_us)  # handshakes in progress time out on the clock
         self._peers.expire(now_us)
+        closing = self._tick_closing(now_us) if self._lingering else []
         due = self._deadlines.pop_due(now_us)
         if not due and not self._unconfirmed.is_due(now_us):
-            return []  # most ticks: touch nothing else
+            return closing  # most ticks: touch nothing else
         peers: dict[UUID, Peer] = {}
         try:
             fired = [self._fire_due(self._sessions[sid], now_us, peers) for sid in due]
@@ -562,13 +596,14 @@ class SessionManager(HandshakeAnswering):
                 self._drop(f.session.id)  # its lease ran out (cleanup): see _settle
             else:
                 self._deadlines.arm(f.session.id, f.wake_at_us)
-        out: list[Output] = []
+        out: list[Output] = closing
         for f in fired:
             out.extend(self._outputs_after_save(f.session, f.events, tolerate=True))
         return out
 
     def next_wakeup_us(self) -> int | None:
-        return self._deadlines.next_at()
+        wakes = [self._deadlines.next_at(), self._linger_deadlines.next_at()]
+        return min((at for at in wakes if at is not None), default=None)
 
     def _fire_due(self, s: Session, now_us: int, peers: dict[UUID, Peer]) -> _Fired:
         """Fire each of ``s``'s due timers in deadline order (one may make the next due);
@@ -668,7 +703,10 @@ class SessionManager(HandshakeAnswering):
         node holds only sessions that can still change. The ledger keeps it: ``session``
         reads it back, and a frame for its conversation finds it there (``_find``)."""
         if s.closed:
-            self._drop(s.id)
+            if self._linger(s):  # decision 17: it stays for its close exchange
+                self._deadlines.arm(s.id, None)
+            else:
+                self._drop(s.id)
         else:
             self._arm(s)
 

@@ -1,5 +1,5 @@
 """The answering side of the session manager: handshake and resumption requests from peers
-(SPEC-018 §2.1; decisions 4, 6, 10, 11 and 14 in docs/spec-decisions.md).
+(SPEC-018 §2.1; decisions 4, 6, 10, 11, 14 and 16 in docs/spec-decisions.md).
 
 Split from manager.py by idea — what a node does when a peer asks for a session — and mixed
 into ``SessionManager``, which provides the lookups and bookkeeping declared below.
@@ -65,6 +65,15 @@ class HandshakeAnswering:
             return []
         peer.check_admissible(now_us)
         existing = self._find(frame.conversation)
+        if (
+            existing is not None
+            and not existing.closed
+            and existing.state == State.HANDSHAKE_INITIATED
+            and peer_did < self.local_did
+        ):
+            # Decision 16: both ends started a handshake for this conversation (both resume
+            # after restarting). The larger DID's goes on; the peer answers it, not we this.
+            raise InvalidState(existing.state, Trigger.RECEIVE_HANDSHAKE)
         if frame.resuming:
             if existing is None:
                 # Nothing to resume here: the initiator's resumption times out and it falls
@@ -117,25 +126,34 @@ class HandshakeAnswering:
     ) -> list[Output]:
         """The peer resumes with the keys stored for this conversation (decision 4): answer
         from the stored key material, and take the new keys with its confirmation."""
-        if s.state in (State.HANDSHAKE_RECEIVED, State.ROTATING):
-            return self._resend(s)  # a duplicate request: answer it again
         if s.key_material is None:
             raise NothingToResume(f"session {s.id} holds no keys to resume (cleaned up?)")
+        # Already answering one: a duplicate is answered again; a new one (the peer restarted
+        # again before confirming, or mid-rotation) replaces it, or the peer would wait on an
+        # answer to a request it no longer has (decision 16).
+        answering = s.state in (State.HANDSHAKE_RECEIVED, State.ROTATING)
         # An established session whose peer resumes missed the peer's restart: the new keys
         # replace the current ones like a rotation the peer asked for (no message is lost).
         established = s.state == State.ESTABLISHED
         trigger = Trigger.TIME_TO_ROTATE if established else Trigger.RECEIVE_HANDSHAKE
-        if not is_allowed(s.state, trigger):
+        if not answering and not is_allowed(s.state, trigger):
             raise InvalidState(s.state, trigger)
-        share = self._kx.respond_resumption(
-            s.conversation, s.peer_did, frame.key_share, s.key_material, now_us
-        )
+        try:
+            share = self._kx.respond_resumption(
+                s.conversation, s.peer_did, frame.key_share, s.key_material, now_us
+            )
+        except (NothingToResume, StaleFrame):
+            if answering:
+                return self._resend(s)  # a duplicate (replayed) request: answer it again
+            raise
+        reply = HandshakeResponse(s.conversation, share, self._own_prekeys)
+        self._last_handshake_frame[s.conversation] = reply
+        if answering:
+            return [self._send(s, reply)]
         if trigger is Trigger.TIME_TO_ROTATE:
             s.time_to_rotate(now_us, requested_by_peer=True)
         else:
             s.receive_handshake(now_us)
-        reply = HandshakeResponse(s.conversation, share, self._own_prekeys)
-        self._last_handshake_frame[s.conversation] = reply
         return [*self._commit(s, peer), self._send(s, reply)]
 
     def _resend(self, s: Session) -> list[Output]:

@@ -11,6 +11,8 @@ import logging
 from typing import Any
 
 from l2_session.domain.commands import (
+    Close,
+    CloseAck,
     Data,
     Frame,
     HandshakeRequest,
@@ -19,6 +21,7 @@ from l2_session.domain.commands import (
     RotationRequest,
     Send,
 )
+from l2_session.domain.errors import CloseReason
 from l2_session.domain.keyexchange import KeyExchange
 from l2_session.domain.session import Session
 from l2_session.domain.states import State
@@ -48,7 +51,9 @@ def outputs_for(s: Session, events: list[Any], kx: KeyExchange) -> list[Output]:
     for e in events:
         name = type(e).__name__
         flush = flush or name in _FLUSH
-        if name == "HandshakeInitiated" and s.role == "initiator":
+        # A responder's full retry waits for its initiator; a resumption either end can start
+        # (decision 16: the end that restarted resumes, whichever role it had).
+        if name == "HandshakeInitiated" and (s.role == "initiator" or e.resuming):
             request = (
                 # Decision 4: a resumption proves possession of the stored keys; no KEM.
                 kx.resume(s.conversation, s.peer_did, s.key_material or b"", e.at_us)
@@ -67,6 +72,11 @@ def outputs_for(s: Session, events: list[Any], kx: KeyExchange) -> list[Output]:
         elif name == "RotationStarted" and s.role == "initiator":
             request = kx.initiate(s.conversation, s.peer_did, e.at_us)
             out.append(send(s, RotationRequest(s.conversation, request)))
+        elif name == "Closed" and e.counters_until:
+            # Decision 17: the peer is told, under the session keys (none: nothing to tell
+            # it with); a close from the peer is acknowledged.
+            by_peer = e.reason == CloseReason.CLOSED_BY_PEER
+            out.append(send(s, (CloseAck if by_peer else Close)(s.conversation)))
     if flush:
         out += [send(s, Data(s.conversation, seq, payload)) for seq, payload in s.sendable()]
     return out

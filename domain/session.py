@@ -7,15 +7,25 @@ Messages submitted while the session is not established are recorded (``MessageQ
 held; they go out, in order, once it is (``sendable``). Acks are cumulative. The receiving
 side delivers only the next expected sequence number (go-back-N): duplicates and gaps are
 dropped and the sender retransmits, so the application sees each message once, in order.
+
+The link ends in two more ways: the node's process dies (``node_restarted``, recorded when it
+starts again, decision 16), or a side closes the session (``close`` / ``receive_close``,
+decision 17), which records the messages it leaves unacknowledged.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 from eventsourcing.domain import event
 from l2_session.domain import timers
-from l2_session.domain.errors import MessageTooLarge, StaleFrame, TransportFailed
+from l2_session.domain.errors import (
+    CloseReason,
+    FailureReason,
+    MessageTooLarge,
+    StaleFrame,
+    TransportFailed,
+)
 from l2_session.domain.session_core import (
     KNOWN_TRANSPORTS,
     TCP,
@@ -25,7 +35,12 @@ from l2_session.domain.session_core import (
 )
 from l2_session.domain.states import State, Trigger
 
-__all__ = ["KNOWN_TRANSPORTS", "TCP", "TRANSPORTS", "Session", "key_id_of"]
+__all__ = ["CLOSE_COUNTERS", "KNOWN_TRANSPORTS", "TCP", "TRANSPORTS", "Session", "key_id_of"]
+
+# Send counters the Closed event reserves for the close frames sent after it (decision 17):
+# a closed session records nothing more, so these cannot be reserved later. Enough for every
+# resend of a close in its linger and the answers to the peer's frames meanwhile.
+CLOSE_COUNTERS = 64
 
 
 class Session(SessionCore):
@@ -33,6 +48,15 @@ class Session(SessionCore):
         secret_fields: ClassVar[tuple[str, ...]] = ("payload",)
         seq: int
         payload: bytes
+
+    class Closed(SessionCore.Step):
+        """Decision 17: why, the messages left unacknowledged, and the send counters its
+        close frames may use (none without keys)."""
+
+        reason: str
+        dropped_messages: list[int]
+        counters_from: int
+        counters_until: int
 
     class MessageDelivered(SessionCore.Step):
         secret_fields: ClassVar[tuple[str, ...]] = ("payload",)
@@ -118,6 +142,46 @@ class Session(SessionCore):
                 up_to_seq=up_to_seq, **self._step(Trigger.RECEIVE_MESSAGE_ACK, now_us, target)
             )
 
+    # ------------------------------------------------------------------ restart (decision 16)
+    def node_restarted(self, now_us: int, retry_at_us: int | None = None) -> None:
+        """This node's process died while the session was live, and has started again: what
+        was only in memory (its connection, a handshake's or rotation's ephemeral half) is
+        gone. Live sessions are suspended (to resume with fresh keys), handshakes in flight
+        fail (``retry_at_us``: when an initiator retries); others only record the restart."""
+        target = self._decide(Trigger.NODE_RESTARTED, now_us)
+        fails_now = target == State.FAILED and self.state != State.FAILED
+        self._node_restarted(
+            reason=FailureReason.NODE_RESTARTED.value if fails_now else None,
+            retry_at_us=retry_at_us if fails_now else None,
+            **self._step(Trigger.NODE_RESTARTED, now_us, target),
+        )
+
+    # ------------------------------------------------------------------ close (decision 17)
+    # Class defaults, set only by ``Closed`` (see reserved_key_id below for why).
+    close_reason = cast("str | None", None)
+    close_counters_from = 0
+
+    def close(self, now_us: int) -> None:
+        """The application ends the session, in any state: recorded, the session is closed
+        (FINAL), and a close goes to the peer if there are keys to seal it under."""
+        target = self._decide(Trigger.CLOSE, now_us)
+        self._close(CloseReason.CLOSED, self._step(Trigger.CLOSE, now_us, target))
+
+    def receive_close(self, now_us: int) -> None:
+        """The peer's close arrived (sealed under the session keys): the session ends here too."""
+        target = self._decide(Trigger.RECEIVE_CLOSE, now_us)
+        self._close(CloseReason.CLOSED_BY_PEER, self._step(Trigger.RECEIVE_CLOSE, now_us, target))
+
+    def _close(self, reason: CloseReason, step: dict[str, Any]) -> None:
+        start = self.counters_reserved()
+        self._closed(
+            reason=reason.value,
+            dropped_messages=[seq for seq, _ in self.unacknowledged()],
+            counters_from=start,
+            counters_until=start + CLOSE_COUNTERS if self.key_material is not None else 0,
+            **step,
+        )
+
     # ------------------------------------------------------------------ nonce reservations
     # Class defaults, not __init__ attributes: only sessions that seal records pay for them
     # (an idle session must stay under 30 instance attributes, see session_core.py).
@@ -194,6 +258,36 @@ class Session(SessionCore):
     ) -> None:
         self.reserved_key_id = key_id
         self.reserved_until = until
+
+    @event("NodeRestarted")
+    def _node_restarted(
+        self, at_us: int, trigger: str, state: str, reason: str | None, retry_at_us: int | None
+    ) -> None:
+        self.heartbeat_sent_us = None
+        self.link_down_since_us = None
+        if reason is not None:
+            self.failure_reason = reason
+            self.retry_at_us = retry_at_us
+
+    @event(Closed)
+    def _closed(
+        self,
+        at_us: int,
+        trigger: str,
+        state: str,
+        reason: str,
+        dropped_messages: list[int],
+        counters_from: int,
+        counters_until: int,
+    ) -> None:
+        # Unlike CleanedUp, the keys stay on this object: the close frames are sealed under
+        # them while the manager lets the session linger; then the object leaves memory.
+        self.outbox = []
+        self.close_reason = reason
+        if counters_until:
+            self.reserved_key_id = self.key_id
+            self.close_counters_from = counters_from
+            self.reserved_until = counters_until
 
     @event("LinkWentDown")
     def _link_went_down(self, at_us: int, trigger: str, state: str) -> None:

@@ -9,6 +9,10 @@ skipped, never repeated. Blocks trade ledger appends for skipped counters (2^60 
 
 The keys come from the session's key material as the ledger holds it, sealed
 (keyexchange_pqxdh.py); each end finds its direction from the two identity keys.
+
+A closed session records nothing more, so it cannot reserve: its ``Closed`` event reserved the
+counters its close frames use (``CLOSE_COUNTERS`` from where the reservations stood, decision
+17), and once those are used no more close frames are sealed.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ class SessionChannel:
         self.session, self.save, self.block = session, save, block
         self.key_id = session.key_id
         keys = session_keys_of(session.key_material, own_identity, peer_identity)
-        start = session.counters_reserved()  # 0 for keys that never sent
+        # 0 for keys that never sent; for a closed session, where its close counters start.
+        start = session.close_counters_from if session.closed else session.counters_reserved()
         self.channel = Channel(keys, next_send_counter=start, reserved_until=start)
 
     def seal(self, payload: bytes, now_us: int, kind: MessageType = MessageType.DATA) -> bytes:
@@ -50,7 +55,10 @@ class SessionChannel:
                 f"session {self.session.id} changed keys ({self.key_id} -> "
                 f"{self.session.key_id}): open a new channel for the new keys"
             )
-        if self.channel.next_send_counter >= self.channel.reserved_until:
+        if self.channel.next_send_counter >= self.channel.reserved_until and self.session.closed:
+            # Its Closed event, saved before any close frame is derived, reserved these.
+            self.channel.reserve(self.session.counters_reserved())
+        elif self.channel.next_send_counter >= self.channel.reserved_until:
             # Past what the session already recorded too: a reservation whose save failed
             # stays recorded in memory (and is saved with the session's next save), and a
             # second one for the same limit would not move forward.

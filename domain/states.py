@@ -24,6 +24,13 @@ Two kinds of entry live in the table:
 
 ``FINAL`` stands for the spec's ``[cleanup]`` / ``[*]``: the session is closed. Its history
 stays in the ledger (docs/spec-decisions.md, decision 8); a closed session accepts nothing.
+A session reaches it by ``cleanup()`` (decision 8), by ``close()`` from any state, or when
+the peer's close arrives (``receive_close()``, decision 17).
+
+A restarted node records ``node_restarted`` for every session that was live when its process
+died (decision 16): what was in memory only — connections, a handshake's ephemeral half, a
+rotation in flight — is gone, so live sessions go to ``suspended`` (they resume with fresh
+keys) and handshakes in flight to ``failed`` (they retry).
 
 Where this table departs from the spec's diagram, the departure is listed in the
 "Deviations" table of docs/spec-decisions.md, and tests/domain/test_spec_conformance.py
@@ -70,6 +77,7 @@ class Trigger(StrEnum):
     RETRY = "retry()"
     RETRY_WITH_BACKOFF = "retry_with_backoff()"
     CLEANUP = "cleanup()"
+    CLOSE = "close()"
     # Handshake (SPEC-018 §2.1)
     RECEIVE_VALID_RESPONSE = "receive_valid_response()"
     RECEIVE_ACK = "send_response + ack"
@@ -97,6 +105,9 @@ class Trigger(StrEnum):
     RECEIVE_MESSAGE_ACK = "receive_message_ack"
     # Channel (issue 4: nonces never reused, counters reserved ahead in the ledger)
     RESERVE_COUNTERS = "reserve_counters"
+    # Restart and close (decisions 16 and 17)
+    NODE_RESTARTED = "node_restarted"
+    RECEIVE_CLOSE = "receive_close()"
 
 
 S = State
@@ -110,6 +121,9 @@ _TRAFFIC = {T.RECEIVE_MESSAGE, T.RECEIVE_MESSAGE_ACK}
 # Sending under the current keys — data, heartbeats, probes — needs counters reserved.
 _SEAL = {T.RESERVE_COUNTERS}
 _LINK = {T.CONNECTIVITY_LOST, T.CONNECTIVITY_RESTORED, T.TRANSPORT_FAILED, T.TRANSPORT_SWITCHED}
+# Decision 17: the application may close a session in any state; the peer's close can arrive
+# in any state but idle (it travels sealed under keys an idle session never had).
+_CLOSE: dict[Trigger, Target] = {T.CLOSE: FINAL, T.RECEIVE_CLOSE: FINAL}
 
 
 def _stay(state: State, *triggers: set[Trigger]) -> dict[Trigger, Target]:
@@ -120,12 +134,18 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
     S.IDLE: {
         T.INITIATE_HANDSHAKE: S.HANDSHAKE_INITIATED,
         T.RECEIVE_HANDSHAKE: S.HANDSHAKE_RECEIVED,
-        **_stay(S.IDLE, _QUEUE),
+        T.CLOSE: FINAL,
+        **_stay(S.IDLE, _QUEUE, {T.NODE_RESTARTED}),
     },
     S.HANDSHAKE_INITIATED: {
         T.RECEIVE_VALID_RESPONSE: S.ESTABLISHED,
         T.HANDSHAKE_TIMEOUT: S.FAILED,
         T.INVALID_SIGNATURE: S.FAILED,
+        # Decision 16: the handshake's in-memory half died with the process; it retries.
+        T.NODE_RESTARTED: S.FAILED,
+        # Decision 16: both ends started one at once; the smaller DID answers the larger's.
+        T.RECEIVE_HANDSHAKE: S.HANDSHAKE_RECEIVED,
+        **_CLOSE,
         **_stay(S.HANDSHAKE_INITIATED, _QUEUE),
     },
     S.HANDSHAKE_RECEIVED: {
@@ -133,6 +153,8 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         T.RECEIVE_ACK: S.ESTABLISHED,
         T.HANDSHAKE_TIMEOUT: S.FAILED,
         T.INVALID_SIGNATURE: S.FAILED,
+        T.NODE_RESTARTED: S.FAILED,
+        **_CLOSE,
         **_stay(S.HANDSHAKE_RECEIVED, _QUEUE),
     },
     S.ESTABLISHED: {
@@ -141,6 +163,9 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         # Decision 2: a partition reported by the transport for > 30 s degrades (§2.3).
         T.PARTITION_DETECTED: S.DEGRADED,
         T.TIME_TO_ROTATE: S.ROTATING,
+        # Decision 16: a restart loses the connection; the session resumes with fresh keys.
+        T.NODE_RESTARTED: S.SUSPENDED,
+        **_CLOSE,
         **_stay(
             S.ESTABLISHED,
             {T.HEARTBEAT_DUE, T.HEARTBEAT_ANSWERED, T.HEARTBEAT_MISSED},
@@ -154,6 +179,10 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         # Decision 5: back to established only once the peer answers the attempt.
         T.REESTABLISHMENT_CONFIRMED: S.ESTABLISHED,
         T.DEGRADED_TIMEOUT: S.SUSPENDED,
+        T.NODE_RESTARTED: S.SUSPENDED,
+        # Decision 16: the peer restarted and resumes (or retries) while our heartbeats fail.
+        T.RECEIVE_HANDSHAKE: S.HANDSHAKE_RECEIVED,
+        **_CLOSE,
         # Inbound traffic under the current keys is still delivered; outbound is held.
         **_stay(S.DEGRADED, {T.HEARTBEAT_DUE, T.HEARTBEAT_MISSED}, _QUEUE, _TRAFFIC, _LINK, _SEAL),
     },
@@ -161,6 +190,9 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         T.ROTATION_COMPLETE: S.ESTABLISHED,
         T.ROTATION_TIMEOUT: S.FAILED,
         T.INVALID_SIGNATURE: S.FAILED,
+        # Decision 16: the rotation's in-memory half is gone; resume from the current keys.
+        T.NODE_RESTARTED: S.SUSPENDED,
+        **_CLOSE,
         # The old keys stay valid until the rotation completes (§2.2 "no messages are lost").
         **_stay(S.ROTATING, _QUEUE, _TRAFFIC, _SEAL),
     },
@@ -171,14 +203,16 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         T.RECEIVE_HANDSHAKE: S.HANDSHAKE_RECEIVED,
         # Decision 4: resumption takes the handshake_initiated edge, never idle -> established.
         T.INITIATE_RESUMPTION: S.HANDSHAKE_INITIATED,
-        **_stay(S.SUSPENDED, _QUEUE),
+        **_CLOSE,
+        **_stay(S.SUSPENDED, _QUEUE, {T.NODE_RESTARTED}),
     },
     S.FAILED: {
         T.CLEANUP: FINAL,
         T.RETRY_WITH_BACKOFF: S.HANDSHAKE_INITIATED,
         T.INITIATE_RESUMPTION: S.HANDSHAKE_INITIATED,
         T.RECEIVE_HANDSHAKE: S.HANDSHAKE_RECEIVED,
-        **_stay(S.FAILED, _QUEUE),
+        **_CLOSE,
+        **_stay(S.FAILED, _QUEUE, {T.NODE_RESTARTED}),
     },
 }
 

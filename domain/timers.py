@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from l2_session.domain.states import State
 
 if TYPE_CHECKING:
+    from l2_session.domain.config import SessionConfig
     from l2_session.domain.session_core import SessionCore as Session
 
 US = 1_000_000
@@ -207,3 +208,22 @@ def next_deadline(s: Session) -> tuple[int, Timer] | None:
 def is_due(s: Session, timer: Timer, now_us: int) -> bool:
     at = DEADLINES[timer](s)
     return at is not None and not s.closed and at <= now_us
+
+
+# ---------------------------------------------------------------------- after a close
+# A closed session has no deadlines of its own; while the manager lets it linger (decision 17)
+# these two say when its close is sent again and when it leaves memory. Memory only: a close
+# is recorded once, its resends are not.
+
+
+def close_resend_after(config: SessionConfig, resends: int) -> int:
+    """How long after the close's previous sending it goes again, unacknowledged: the
+    heartbeat's response time (§2.2 "peer responds within 2 seconds"), doubling each time."""
+    return us(config.heartbeat_response_timeout * 2**resends)
+
+
+def close_linger(config: SessionConfig) -> int:
+    """How long a closed session stays to resend and answer its close: one heartbeat interval
+    and its response time, so that a peer that missed every close has sent a heartbeat (which
+    is answered with the close) before the linger ends."""
+    return us(config.heartbeat_interval + config.heartbeat_response_timeout)

@@ -15,8 +15,8 @@ malformed, truncated, oversized or of an unknown kind with ``FrameError`` naming
 wrong; it never returns a partial frame.
 
 Kinds from 0x80 up are not frames of this table: 0x80 is a sealed frame (sealed.py), which
-carries a Data, DataAck, Heartbeat or HeartbeatAck frame encoded here, inside the session
-channel's records. Those four kinds never travel in clear on a real transport.
+carries a Data, DataAck, Heartbeat, HeartbeatAck, Close or CloseAck frame encoded here, inside
+the session channel's records. Those six kinds never travel in clear on a real transport.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import Any
 from uuid import UUID
 
 from l2_session.domain.commands import (
+    Close,
+    CloseAck,
     Data,
     DataAck,
     Frame,
@@ -52,6 +54,8 @@ KINDS: tuple[type[Any], ...] = (
     RotationRequest,
     RotationResponse,
     RotationConfirm,
+    Close,
+    CloseAck,
 )
 KIND_OF = {cls: n for n, cls in enumerate(KINDS, start=1)}
 LENGTH = struct.Struct(">I")

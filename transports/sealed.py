@@ -1,5 +1,5 @@
-"""The session channel on the wire: the manager's Data, DataAck, Heartbeat and HeartbeatAck
-frames sealed in ChaCha20-Poly1305 records once a session is established (issue 4).
+"""The session channel on the wire: the manager's Data, DataAck, Heartbeat, HeartbeatAck, Close
+and CloseAck frames sealed in ChaCha20-Poly1305 records once a session has keys (issue 4).
 
 Sans-I/O, between the manager's ``Send`` outputs and a stream transport's bytes (tcp.py).
 Handshake and rotation frames stay as frames.py writes them: they carry their own signed,
@@ -12,14 +12,16 @@ ciphertext || tag 16``, the header its associated data) and the plaintexts, in o
 inner frame as frames.py encodes it (without its length prefix), cut into pieces of at most
 ``MAX_PLAINTEXT - 1`` bytes, each prefixed with how many pieces follow it (u8). Counters are
 consecutive within a frame and the count-down is inside the AEAD, so pieces of different
-frames cannot be spliced. Heartbeats go in HEARTBEAT records, data and acks in DATA records.
+frames cannot be spliced. Heartbeats go in HEARTBEAT records, data, acks and closes in DATA
+records.
 
 Keys and nonces: the session's current key material (the ledger's) through a
 ``SessionChannel`` per conversation, whose send counters are reserved in the ledger before
 use (session_channel.py), so no (key, nonce) pair repeats even across SIGKILL. When the
 session's keys change (rotation, resumption) the channel is replaced and the old keys are
 gone: a record under them is refused as ``old_key``. The key id in clear only says which keys
-to try; the AEAD decides.
+to try; the AEAD decides. A closed session's close frames are sealed under its last keys, with
+the counters its ``Closed`` event reserved (decision 17), while the manager lets it linger.
 
 Refusals are counted by reason in ``refused`` (``replayed``, ``forged``, ``old_key``,
 ``no_keys``, ``unknown_session``, ``malformed``; tcp.py adds ``unsealed`` for a channel frame
@@ -35,7 +37,15 @@ from collections import Counter
 from collections.abc import Callable
 from uuid import UUID
 
-from l2_session.domain.commands import Data, DataAck, Frame, Heartbeat, HeartbeatAck
+from l2_session.domain.commands import (
+    Close,
+    CloseAck,
+    Data,
+    DataAck,
+    Frame,
+    Heartbeat,
+    HeartbeatAck,
+)
 from l2_session.domain.errors import SessionError
 from l2_session.domain.handshake_errors import (
     HandshakeAuthenticationFailed,
@@ -48,7 +58,8 @@ from l2_session.domain.session_channel import RESERVATION_BLOCK, SessionChannel
 from l2_session.transports.frames import MAX_FRAME, FrameError, decode, encode
 
 SEALED_KIND = 0x80  # plaintext frame kinds stay below it (frames.KINDS)
-CHANNEL_FRAMES = (Data, DataAck, Heartbeat, HeartbeatAck)
+# A close must be as unforgeable as the data it ends (decision 17): it rides the channel too.
+CHANNEL_FRAMES = (Data, DataAck, Heartbeat, HeartbeatAck, Close, CloseAck)
 _HEAD = struct.Struct(">B16s8sB")
 _PIECE = MAX_PLAINTEXT - 1
 MAX_RECORDS = -(-MAX_FRAME // _PIECE)

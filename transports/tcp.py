@@ -51,6 +51,13 @@ frames (``idle_timeout_s``) and a frame from its length prefix to its last byte
 (``max_partial_bytes``); beyond the frame being read, asyncio's reader stops reading a
 connection at twice ``read_limit_bytes``. A frame for a connection already closing is not
 written (``closed_sends``).
+
+Starting and stopping (decisions 16 and 17 in docs/spec-decisions.md). A node made over a
+ledger that holds sessions recovers them (``SessionManager.recover``): the sessions that were
+live when the last process stopped are recorded as restarted and suspended, and each resumes,
+with fresh keys, when a connection to its peer comes up (``connect``, or the peer's hello).
+``close()`` stops the node and leaves its sessions resumable; ``close(end_sessions=True)``
+closes them first, telling each peer.
 """
 
 from __future__ import annotations
@@ -91,6 +98,7 @@ FRAME_TIMEOUT_S = 10.0  # from a frame's length prefix to its last byte (128 KiB
 MAX_PARTIAL_BYTES = 16 * 1024 * 1024  # frames being read, all connections together
 READ_LIMIT_BYTES = 64 * 1024  # asyncio's reader pauses a connection at twice this unread
 PRUNE_FLOOR = 1024  # _agreed_here entries before the first prune
+CLOSE_WAIT_S = 5.0  # close(end_sessions=True) waits this long at most for the peers' answers
 
 
 @dataclass(eq=False)
@@ -187,6 +195,9 @@ class TcpNode:
         self._drain_scheduled = False
         self._progress = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Decision 16: the sessions the last process left live are recorded as restarted
+        # before any frame or timer of this one touches them.
+        manager.recover(now_us())
 
     # ------------------------------------------------------------------ connections
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
@@ -201,6 +212,7 @@ class TcpNode:
         self._links.add(link)
         self._claimed[peer_did] = link
         self._spawn(self._read(link, reader))
+        self._reached(link)
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _no_delay(writer)
@@ -226,6 +238,7 @@ class TcpNode:
             current = self._claimed.get(peer_did)
             if current is None or not current.outgoing:  # our own connection to it stays first
                 self._claimed[peer_did] = link
+            self._reached(link)
             await self._read(link, reader)
 
     def _admit(self, link: Link) -> bool:
@@ -394,6 +407,16 @@ class TcpNode:
         # is then its proven connection's (address_of), never the last frame's.
         self._reading = None
 
+    def _reached(self, link: Link) -> None:
+        """A connection with ``link.did`` is up: the sessions a restart left waiting for that
+        peer resume over it (decision 16). A resumption proves itself (its MAC is under the
+        session's secret), so a connection that only claims the DID can only make it time
+        out, and the session retries with a full handshake."""
+        try:
+            self.perform(self.manager.reconnected(link.did, self.now_us()), via=link)
+        except Exception:  # the ledger failed to save: the sessions' timers retry
+            log.exception("resuming the sessions with %s failed", link.did)
+
     def _dropped(self, why: str) -> None:
         self.dropped_connections.append(why)
         self.dropped_count += 1
@@ -482,7 +505,20 @@ class TcpNode:
                 self._progress.clear()
                 await self._progress.wait()
 
-    async def close(self) -> None:
+    async def close(
+        self, *, end_sessions: bool = False, close_wait_s: float = CLOSE_WAIT_S
+    ) -> None:
+        """Stop the node. By default its sessions stay as they are, resumable: nothing queued
+        is lost, and a node started over the same ledger resumes them (decision 16) — the
+        peers, meanwhile, see a silent peer. ``end_sessions=True`` closes every session first
+        (decision 17): each peer is told, and the node waits up to ``close_wait_s`` for their
+        answers (closes lost meanwhile are resent while the timers run)."""
+        if close_wait_s < 0:
+            raise ValueError(f"close_wait_s must be >= 0, got {close_wait_s}")
+        if end_sessions:
+            self.perform(self.manager.close_all(self.now_us()))
+            with contextlib.suppress(TimeoutError):
+                await self.wait_for(lambda: not self.manager.awaiting_close_acks(), close_wait_s)
         for task in self._tasks:
             task.cancel()
         for task in list(self._tasks):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, cast
 from uuid import UUID
@@ -40,9 +40,10 @@ from .chain import LedgerRecorder
 from .checkpoint import Checkpoint
 from .codec import CanonicalJSONTranscoder, FieldSealer, LedgerMapper
 from .groupcommit import GroupCommitConfig
+from .live import live_sessions_parameters, live_sessions_statement, session_ids
 from .pg_url import is_postgres_url
 from .recorder import SignedSQLiteRecorder
-from .schema import CHECKPOINTS_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
+from .schema import CHECKPOINTS_TABLE, EVENTS_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
 from .snapshots import SignedSnapshotRecorder, StorageCipher
 from .sqlite_store import SYNCHRONOUS, Durability, LedgerDatastore
 
@@ -356,3 +357,16 @@ class SessionLedger(Application[UUID]):
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT did FROM {SIGNERS_TABLE}")
             return {row[0] for row in c.fetchall()}
+
+    # -- what a restarted node asks first (live.py) ---------------------------------------
+    def live_session_ids(self, opened_topic: str, final_topics: Sequence[str]) -> list[UUID]:
+        """The sessions this node opened (first event ``opened_topic``, signed by this
+        ledger's identity) whose newest event is none of ``final_topics``: one statement, no
+        event decoded (SessionManager.recover, decision 16)."""
+        signer = None if self.identity is None else self.identity.did
+        statement = live_sessions_statement(
+            EVENTS_TABLE, "?", final_topics, by_signer=signer is not None
+        )
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(statement, live_sessions_parameters(opened_topic, final_topics, signer))
+            return session_ids(c.fetchall())

@@ -27,6 +27,7 @@ from psycopg.rows import tuple_row
 from ..identity import NodeIdentity
 from .application import SessionLedger
 from .chain import session_key, version_filter
+from .live import live_sessions_parameters, live_sessions_statement, session_ids
 from .pg_recorder import SignedPostgresRecorder
 from .pg_schema import open_meta
 from .pg_url import PostgresLocation
@@ -194,3 +195,12 @@ class PostgresSessionLedger(SessionLedger):
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             rows = cur.execute(f"SELECT did FROM {self.pg.schema}.{SIGNERS_TABLE}").fetchall()
         return {row[0] for row in rows}
+
+    def live_session_ids(self, opened_topic: str, final_topics: Sequence[str]) -> list[UUID]:
+        signer = None if self.identity is None else self.identity.did
+        statement = live_sessions_statement(
+            f"{self.pg.schema}.{EVENTS_TABLE}", "%s", final_topics, by_signer=signer is not None
+        )
+        parameters = live_sessions_parameters(opened_topic, final_topics, signer)
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            return session_ids(cur.execute(statement, parameters).fetchall())

@@ -12,7 +12,14 @@ import struct
 from pathlib import Path
 
 import pytest
-from l2_session.domain.commands import Data, DataAck, HandshakeAck, Heartbeat, HeartbeatAck
+from l2_session.domain.commands import (
+    Data,
+    DataAck,
+    HandshakeAck,
+    HandshakeRequest,
+    Heartbeat,
+    HeartbeatAck,
+)
 from l2_session.domain.config import SessionConfig
 from l2_session.domain.handshake_wire import MessageType
 from l2_session.domain.manager import SessionManager
@@ -186,22 +193,17 @@ def test_after_a_restart_and_resumption_the_old_keys_no_longer_open_frames(
         pair.relay.hold = None
         under_old_keys = pair.relay.held.pop()
 
-        # Alice's process goes away; a new one replays her session from the ledger, finds the
-        # peer silent until the session is suspended, reconnects and resumes.
+        # Alice's process goes away; a new one finds her session in the ledger, records the
+        # restart (suspended), and resumes it as soon as it reaches Bob (decision 16).
         await pair.alice.node.close()
         exchange = pair.alice.manager._kx  # the node's identity and prekeys (a key store's job)
         manager = SessionManager(pair.alice.did, pair.alice.ledger, key_exchange=exchange)
         pair.alice = Side(manager, TcpNode(manager, pair.clock.now_us), pair.alice.store,
                           pair.alice.ledger)  # fmt: skip
         exchange.source_of = pair.alice.node.address_of  # type: ignore[attr-defined]
-        alice = manager.restore(pair.conversation)
-        while alice.state != "suspended":
-            wake = manager.next_wakeup_us()
-            assert wake is not None
-            pair.clock.skip(max(0, wake - pair.clock.now_us()) / 1e6)
-            pair.alice.node.perform(manager.tick(pair.clock.now_us()))
+        alice = manager.session(pair.conversation)
+        assert alice.state == "suspended" and alice.key_id == old_key
         await pair.alice.node.connect(pair.bob.did, "127.0.0.1", pair.relay.port)
-        pair.alice.node.perform(manager.resume(alice.id, pair.clock.now_us()))
         await until(lambda: bob.key_id == alice.key_id != old_key and bob.state == "established")
         # The message held back is not lost: it went again, under the resumed keys.
         await until(lambda: [d.payload for d in pair.bob.node.delivered] == [SECRET])
@@ -242,10 +244,10 @@ def test_an_impostor_claiming_a_peers_did_gets_none_of_its_frames(tmp_path: Path
 
 def test_a_session_replayed_from_the_ledger_proves_no_connection(tmp_path: Path) -> None:
     # Bob restarts. Before Alice is back, Mallory connects claiming Alice's DID and sends a
-    # stray handshake frame for the conversation (its id travels in clear). Handling it,
-    # Bob's manager replays the session — keys and all — from his ledger: that is not a
-    # handshake completed on Mallory's connection, and Bob's frames for Alice must not go
-    # to it.
+    # stray handshake frame for the conversation (its id travels in clear). Bob's session,
+    # found in his ledger with its keys, was recorded as restarted: Mallory's claim gets the
+    # RESUME (a handshake frame goes to the latest claim; only Alice can answer it), and none
+    # of Bob's channel frames for Alice, then or later.
     async def test(pair: Pair) -> None:
         exchange = pair.bob.manager._kx  # the node's identity and prekeys (a key store's job)
         manager = SessionManager(pair.bob.did, pair.bob.ledger, key_exchange=exchange)
@@ -261,14 +263,21 @@ def test_a_session_replayed_from_the_ledger_proves_no_connection(tmp_path: Path)
             await until(lambda: manager.dropped_frames == 1)  # handled: a stale ack
             session = manager.session_for(pair.conversation)
             assert session is not None and session.key_id is not None  # replayed, with keys
+            assert session.state == "handshake_initiated" and session.resuming
             assert not node.is_proven(pair.alice.did)
 
             node.perform(manager.submit(session.id, b"for alice only", pair.clock.now_us()))
-            assert node.unrouted == 1  # lost, as on a network: no connection to Alice
+            assert node.unrouted == 0 and not session.sendable()  # held until resumed
         finally:
             await node.close()
             server.close()
-        assert await reader.read() == b""  # Mallory got nothing
+        received = await reader.read()
+        frames = []
+        while received:
+            length = int.from_bytes(received[:4], "big")
+            frames.append(received[4 : 4 + length])
+            received = received[4 + length :]
+        assert [frame[0] for frame in frames] == [KIND_OF[HandshakeRequest]]  # the RESUME only
         writer.close()
 
     _run(tmp_path, test)

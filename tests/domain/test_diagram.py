@@ -20,3 +20,16 @@ def test_every_state_change_of_the_table_is_drawn_and_nothing_else() -> None:
     drawn = {tuple(a.split(": ")[0].split(" --> ")) for a in arrows}
     assert drawn == {(src.value, dst.value) for src, _, dst in state_changes()}
     assert all(src != dst for src, dst in drawn)  # self-loops are guarded but not drawn
+
+
+def test_the_restart_and_close_arrows_are_drawn() -> None:
+    # Decisions 16 and 17: a restart suspends live sessions and fails handshakes in flight;
+    # a close (here, or by the peer) ends a session from anywhere.
+    arrows = set(render_mermaid().splitlines())
+    assert "    established --> suspended: node_restarted" in arrows
+    assert "    rotating --> suspended: node_restarted" in arrows
+    assert "    handshake_initiated --> failed: timeout / invalid_sig / node_restarted" in arrows
+    assert "    handshake_initiated --> handshake_received: receive_handshake()" in arrows
+    assert "    idle --> [*]: close()" in arrows
+    assert "    established --> [*]: close() / receive_close()" in arrows
+    assert "    suspended --> [*]: cleanup() / close() / receive_close()" in arrows

@@ -259,25 +259,6 @@ def test_retry_after_a_lost_confirmation_continues_a_responder_session_holding_a
     assert [d.payload for d in sim.delivered[ALICE]] == [b"r1"]
 
 
-def test_a_restarted_responder_finds_its_session_in_the_ledger(
-    make_sim: Callable[..., Simulation], session_ledger_factory: Callable[..., Any]
-) -> None:
-    """Frames for a conversation the restarted node has not loaded yet replay the session
-    from the ledger (as initiator: by its id; as responder: by the derived id)."""
-    sim = make_sim()
-    sid = connect(sim)
-    conversation = sim.nodes[ALICE].session(sid).conversation
-    before = sim.nodes[BOB].session_for(conversation)
-    restarted = SessionManager(BOB, session_ledger_factory("bob"))
-    sim.add(restarted)
-    sim.perform(ALICE, sim.nodes[ALICE].submit(sid, b"after the restart", sim.clock.wall_us()))
-    sim.run_for(1)
-    replayed = restarted.session_for(conversation)
-    assert before is not None and replayed is not None and replayed is not before
-    assert replayed.id == before.id and replayed.version == before.version + 1  # + delivery
-    assert [d.payload for d in sim.delivered[BOB]] == [b"after the restart"]
-
-
 def test_resumption_for_an_unknown_conversation_is_dropped_not_quarantined(
     make_sim: Callable[..., Simulation],
 ) -> None:

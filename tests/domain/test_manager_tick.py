@@ -40,6 +40,9 @@ class RecordingLedger:
     def repository(self) -> Any:
         return self.inner.repository
 
+    def live_session_ids(self, *topics: Any) -> Any:
+        return self.inner.live_session_ids(*topics)
+
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         if self.fail_next:
             self.fail_next = False

@@ -80,7 +80,8 @@ def test_section_3_1_valid_transitions_match_the_table() -> None:
 
 
 def test_generated_diagram_groups_labels_like_the_spec() -> None:
-    assert edges()[("handshake_initiated", "failed")] == ["timeout", "invalid_sig"]
+    labels = ["timeout", "invalid_sig", "node_restarted"]
+    assert edges()[("handshake_initiated", "failed")] == labels
 
 
 NUMBERED = re.findall(r"^## (\d+)\. ", DECISIONS, flags=re.M)
