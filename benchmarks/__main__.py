@@ -33,6 +33,7 @@ SUITES: dict[str, str] = {
     "tick": "benchmarks.bench_tick",
     "tcp": "benchmarks.bench_tcp",
     "attack": "benchmarks.bench_attack",
+    "recover": "benchmarks.bench_recover",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")

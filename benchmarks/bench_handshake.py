@@ -14,8 +14,8 @@ save per round of frames), with the floor of the same run and where the time goe
 contrast, ``IN_FLIGHT`` at a time with the events dropped instead of recorded (the ceiling
 any ledger could reach); and
 resumption latency p50/p99 over loopback TCP from a session with 100,000 events in the ledger
-(target p99 <= 10 ms once the process is up), from restoring the session and from the
-``resume`` call.
+(target p99 <= 10 ms once the process is up), from making the restarted node (which finds the
+session and records the restart) and from connecting to the peer (which starts the resumption).
 
 Also, per primitive, two threads calling it at once against one (``two_thread_scaling``): the
 parts of a handshake a second core can take in one process are those whose binding releases
@@ -275,7 +275,8 @@ def session_figures(work: Path, quick: bool) -> list[dict[str, Any]]:
             f"resumption p50, {events:,}-event session",
             describe(restored)["p50_ms"],
             "ms",
-            note="restore from the ledger + resume -> established, loopback TCP",
+            note="restarted node over the ledger (restart recorded) + connect -> established, "
+            "loopback TCP",
         ),
         figure(
             f"resumption p99, {events:,}-event session",
@@ -286,7 +287,7 @@ def session_figures(work: Path, quick: bool) -> list[dict[str, Any]]:
             note=f"{len(restored)} resumptions",
         ),
         figure(
-            "resumption p50 / p99 from the resume call",
+            "resumption p50 / p99 from connecting",
             describe(resumed)["p50_ms"],
             "ms",
             note=f"p99 {describe(resumed)['p99_ms']:.1f} ms (session already replayed)",
