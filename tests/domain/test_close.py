@@ -256,3 +256,53 @@ def test_after_its_linger_a_closed_session_leaves_memory_and_its_peer_learns_not
     assert alice.awaiting_close_acks() == 0
     sim.transport.rejoin(BOB)
     assert not theirs.closed  # it ends by its own timers (decision 17)
+
+
+def _alice_in(state: str, sim: Simulation) -> Any:
+    """Alice's session with Bob, driven through the manager into ``state``; the link healed."""
+    alice, now = sim.nodes[ALICE], sim.clock.wall_us
+    if state == "handshake_initiated":
+        sim.transport.isolate(BOB)
+        sid, outputs = alice.establish(BOB, now())
+        sim.perform(ALICE, outputs)
+        return sid
+    sid = connect(sim)
+    session = alice.session(sid)
+    if state in ("degraded", "suspended"):
+        sim.transport.partition(ALICE, BOB)
+        settle(sim, lambda: session.state == state, 300)
+        sim.transport.heal(ALICE, BOB)
+    elif state in ("rotating", "failed"):
+        settle(sim, lambda: session.state == "rotating", 90)
+        if state == "failed":  # the rotation's messages are lost: it fails, keys kept
+            sim.transport.partition(ALICE, BOB)
+            settle(sim, lambda: session.state == "failed", 10)
+            sim.transport.heal(ALICE, BOB)
+    assert session.state == state
+    return sid
+
+
+@pytest.mark.parametrize(
+    "state",
+    ["handshake_initiated", "established", "degraded", "rotating", "suspended", "failed"],
+)
+def test_close_through_the_manager_in_each_state_tells_the_peer_when_there_are_keys(
+    make_sim: Sim, state: str
+) -> None:
+    rotates_soon = SessionConfig(ttl=120.0, rotation_window=60.0)
+    sim = make_sim(config=rotates_soon if state in ("rotating", "failed") else None)
+    sid = _alice_in(state, sim)
+    alice, bob = sim.nodes[ALICE], sim.nodes[BOB]
+    theirs = bob.session_for(sid)  # none: Bob never heard of a first handshake's session
+    keys = alice.session(sid).key_id is not None
+    outputs = alice.close(sid, sim.clock.wall_us())
+    assert closed_events(alice, sid)[0].state == FINAL.value
+    assert (sent(outputs, Close) == [Close(sid)]) == keys
+    sim.transport.rejoin(BOB)
+    sim.perform(ALICE, outputs)
+    sim.run_for(timers.close_linger(SessionConfig()) / SECOND + 1)
+    assert len(alice) == 0  # gone from memory after its linger (at once without keys)
+    assert (theirs is not None) == keys
+    if theirs is not None:
+        assert theirs.closed and closed_events(bob, theirs.id)[0].reason == "closed by peer"
+        assert len(bob) == 0
