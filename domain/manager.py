@@ -462,7 +462,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         try:
             lingering = self._lingering_for(frame.conversation, peer_did)
             if lingering is not None:  # closed here, its close exchange under way
-                return self._on_lingering(lingering, frame)
+                return self._on_lingering(lingering, frame, now_us)
             if isinstance(frame, HandshakeRequest):
                 return self._on_request(peer_did, frame, now_us)
             session = self._find(frame.conversation)

@@ -8,8 +8,9 @@ transport, so nobody else can end a session.
 Frames get lost, so a closed session that has keys *lingers* in memory (like TCP's FIN_WAIT
 and TIME_WAIT) for ``timers.close_linger`` (32 s by default): the closer resends its ``Close``
 (2 s, then 4, 8, 16 s later) until a ``CloseAck`` or a ``Close`` from the peer comes; any
-other frame for the conversation — a heartbeat, data, a retry — is answered with the
-``Close``, and a ``Close`` with a ``CloseAck``, at either end. When the linger ends (or the
+other frame for the conversation — a heartbeat, data, a retry (a handshake frame, which anyone
+can send, once per 2 s) — is answered with the ``Close``, and a ``Close`` with a ``CloseAck``,
+at either end. When the linger ends (or the
 closer's close is acknowledged) the session leaves memory, its keys with it. The linger is
 memory only: a node that restarts meanwhile has the session closed and answers nothing more
 for it; the peer, if it never heard, finds out through its heartbeats (decision 1) and its
@@ -25,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from l2_session.domain import timers
-from l2_session.domain.commands import Close, CloseAck, Frame, Output
+from l2_session.domain.commands import (
+    Close,
+    CloseAck,
+    Data,
+    DataAck,
+    Frame,
+    Heartbeat,
+    HeartbeatAck,
+    Output,
+)
 from l2_session.domain.deadlines import DeadlineHeap
 from l2_session.domain.errors import CloseReason, SessionClosed, StaleFrame
 from l2_session.domain.outbound import send
@@ -36,6 +46,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
+# Frames a real transport carries only sealed under the session keys (transports/sealed.py).
+_CHANNEL = (Data, DataAck, Heartbeat, HeartbeatAck)
+
+
 @dataclass
 class _Linger:
     """A closed session kept in memory for its close exchange."""
@@ -44,6 +58,7 @@ class _Linger:
     until_us: int
     resend_at_us: int | None  # None: not resending (acknowledged, or not the closer)
     resends: int = 0
+    answered_at_us: int | None = None  # the last close sent for a frame anyone could send
 
     def wake_at(self) -> int:
         return self.until_us if self.resend_at_us is None else min(self.resend_at_us, self.until_us)
@@ -106,7 +121,7 @@ class Closing:
         s.receive_close(now_us)
         return self._commit(s)  # the CloseAck comes from the Closed event (outbound.py)
 
-    def _on_lingering(self, linger: _Linger, frame: Frame) -> list[Output]:
+    def _on_lingering(self, linger: _Linger, frame: Frame, now_us: int) -> list[Output]:
         """A frame for a closed session that lingers: it is about the close."""
         s = linger.session
         closer = s.close_reason == CloseReason.CLOSED
@@ -117,9 +132,17 @@ class Closing:
             if closer:
                 self._end_linger(s.conversation)
             return []
-        if closer:  # the peer missed our close: a heartbeat, data, a handshake retry
-            return [send(s, Close(s.conversation))]
-        raise SessionClosed(Trigger.RECEIVE_MESSAGE)
+        if not closer:
+            raise SessionClosed(Trigger.RECEIVE_MESSAGE)
+        # The peer missed our close: a heartbeat, data, a handshake or resumption retry. A
+        # channel frame came sealed by the peer; a handshake frame anyone can send, so those
+        # get a close (and spend its reserved counters) at most once per resend interval.
+        if not isinstance(frame, _CHANNEL):
+            quiet = timers.close_resend_after(s.config, 0)
+            if linger.answered_at_us is not None and now_us < linger.answered_at_us + quiet:
+                raise SessionClosed(Trigger.RECEIVE_HANDSHAKE)
+            linger.answered_at_us = now_us
+        return [send(s, Close(s.conversation))]
 
     # ------------------------------------------------------------------ linger
     def _linger(self, s: Session) -> bool:

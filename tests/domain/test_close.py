@@ -240,6 +240,11 @@ def test_a_handshake_retry_for_a_conversation_closed_here_is_answered_with_the_c
     request = HandshakeRequest(sid, b"x" * 32, resuming=True)
     outputs = bob.receive(ALICE, request, sim.clock.wall_us())
     assert sent(outputs, Close) == [Close(sid)] and bob.session_for(sid) is theirs
+    # Anyone can send a handshake frame: each costs one of the close's reserved counters, so
+    # they are answered once per resend interval (2 s), not once each.
+    assert bob.receive(ALICE, request, sim.clock.wall_us()) == []
+    later = sim.clock.wall_us() + timers.close_resend_after(SessionConfig(), 0)
+    assert sent(bob.receive(ALICE, request, later), Close) == [Close(sid)]
     sim.perform(BOB, outputs)
     settle(sim, lambda: mine.closed, 1)
     assert closed_events(alice, sid)[0].reason == "closed by peer"
