@@ -229,6 +229,9 @@ class PeerReadFails:
 
         return Repository()
 
+    def live_session_ids(self, *topics: Any) -> Any:
+        return self.inner.live_session_ids(*topics)
+
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         return self.inner.save(*objs, **kwargs)
 
