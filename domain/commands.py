@@ -121,6 +121,12 @@ Frame = (
 )
 
 
+# Frames that a real transport carries only sealed under the session keys (transports/
+# sealed.py): whoever sends one holds the keys. A close must be as unforgeable as the data it
+# ends (decision 17).
+CHANNEL_FRAMES = (Data, DataAck, Heartbeat, HeartbeatAck, Close, CloseAck)
+
+
 @dataclass(frozen=True, slots=True)
 class Send:
     """Put ``frame`` on the wire to ``peer_did`` (over the session's current transport)."""

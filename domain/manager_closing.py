@@ -26,16 +26,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from l2_session.domain import timers
-from l2_session.domain.commands import (
-    Close,
-    CloseAck,
-    Data,
-    DataAck,
-    Frame,
-    Heartbeat,
-    HeartbeatAck,
-    Output,
-)
+from l2_session.domain.commands import CHANNEL_FRAMES, Close, CloseAck, Frame, Output
 from l2_session.domain.deadlines import DeadlineHeap
 from l2_session.domain.errors import CloseReason, SessionClosed, StaleFrame
 from l2_session.domain.outbound import send
@@ -44,10 +35,6 @@ from l2_session.domain.states import Trigger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-
-# Frames a real transport carries only sealed under the session keys (transports/sealed.py).
-_CHANNEL = (Data, DataAck, Heartbeat, HeartbeatAck)
 
 
 @dataclass
@@ -137,7 +124,7 @@ class Closing:
         # The peer missed our close: a heartbeat, data, a handshake or resumption retry. A
         # channel frame came sealed by the peer; a handshake frame anyone can send, so those
         # get a close (and spend its reserved counters) at most once per resend interval.
-        if not isinstance(frame, _CHANNEL):
+        if not isinstance(frame, CHANNEL_FRAMES):
             quiet = timers.close_resend_after(s.config, 0)
             if linger.answered_at_us is not None and now_us < linger.answered_at_us + quiet:
                 raise SessionClosed(Trigger.RECEIVE_HANDSHAKE)

@@ -37,15 +37,7 @@ from collections import Counter
 from collections.abc import Callable
 from uuid import UUID
 
-from l2_session.domain.commands import (
-    Close,
-    CloseAck,
-    Data,
-    DataAck,
-    Frame,
-    Heartbeat,
-    HeartbeatAck,
-)
+from l2_session.domain.commands import CHANNEL_FRAMES, Frame, Heartbeat, HeartbeatAck
 from l2_session.domain.errors import SessionError
 from l2_session.domain.handshake_errors import (
     HandshakeAuthenticationFailed,
@@ -58,8 +50,6 @@ from l2_session.domain.session_channel import RESERVATION_BLOCK, SessionChannel
 from l2_session.transports.frames import MAX_FRAME, FrameError, decode, encode
 
 SEALED_KIND = 0x80  # plaintext frame kinds stay below it (frames.KINDS)
-# A close must be as unforgeable as the data it ends (decision 17): it rides the channel too.
-CHANNEL_FRAMES = (Data, DataAck, Heartbeat, HeartbeatAck, Close, CloseAck)
 _HEAD = struct.Struct(">B16s8sB")
 _PIECE = MAX_PLAINTEXT - 1
 MAX_RECORDS = -(-MAX_FRAME // _PIECE)
