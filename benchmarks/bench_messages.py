@@ -178,9 +178,10 @@ def measure(
         pairs = result["connect"]
         ends = server["connect"]["connected"]
         if len(ends) != len(pairs):
-            ends = [end for _, end in pairs]
+            ends = [end for _, end, _ in pairs]
         both = zip(pairs, ends, strict=True)
-        connect = [max(end, theirs) - start for (start, end), theirs in both]
+        connect = [max(end, theirs) - start for (start, end, _), theirs in both]
+        dialled = [dialled - start for start, _, dialled in pairs]
     else:
         ends = server["connect"]["established"]
         connect = [max(end, ends.get(conv, end)) - start for conv, start, end in result["connect"]]
@@ -195,6 +196,7 @@ def measure(
         "bulk_mib_s": bulk_mib / bulk_s,
     }
     if contender == "libp2p":
+        figures["dial_p50_ms"] = percentile(dialled, 50) * 1e3
         stalls = [result["stall_s"][p] for p in ("echo", "bulk")]
         stalls += [server[p]["stall_s"] for p in ("echo", "bulk")]
         figures["stall_ms"] = max(stalls) * 1e3
@@ -215,7 +217,8 @@ def measure(
             "stall_ms_client": mine["stall_s"] * 1e3,
             "stall_ms_server": theirs["stall_s"] * 1e3,
         }
-    figures["stall_ms"] = max(figures["echo"]["stall_ms"], figures["bulk"]["stall_ms"])
+    for key in ("stall_ms", "stall_ms_client", "stall_ms_server"):
+        figures[key] = max(figures["echo"][key], figures["bulk"][key])
     return figures
 
 
@@ -277,7 +280,9 @@ def _figures(
         label = contender.replace("-", " ")
         figures += [
             figure(f"connect -> session p50, {label}", med(contender, "connect_p50_ms"), "ms",
-                   note=f"p99 {med(contender, 'connect_p99_ms'):.1f} ms; {connects} per round"),
+                   note=f"p99 {med(contender, 'connect_p99_ms'):.1f} ms; {connects} per round"
+                   + ("" if contender != "libp2p" else
+                      f"; connect() alone p50 {med(contender, 'dial_p50_ms'):.1f} ms")),
             figure(f"{ECHO_BYTES} B echo round trip p50, {label}", med(contender, "echo_p50_ms"),
                    "ms", note=f"p99 {med(contender, 'echo_p99_ms'):.2f} ms; {echoes} per round"),
             figure(f"{size} messages, {label}", med(contender, "bulk_mib_s"), "MiB/s",
@@ -323,7 +328,8 @@ def _figures(
             figure(f"longest event-loop stall, {label}", stall, "ms",
                    target=f"<= {STALL_MS}" if label == "normal" else None,
                    ok=stall <= STALL_MS if label == "normal" else None,
-                   note=f"echo and bulk, either end; worst round {worst:.1f} ms"),
+                   note=f"echo and bulk, either end (the server's "
+                        f"{med(contender, 'stall_ms_server'):.1f}); worst round {worst:.1f} ms"),
         ]  # fmt: skip
     if "libp2p" in runs:
         figures.append(

@@ -137,9 +137,10 @@ async def client(config: dict[str, Any]) -> None:
         await phase("connect")
         for _ in range(config["connects"]):
             start = time.monotonic()
-            await host.connect(info)
+            await host.connect(info)  # dialled: TCP, Noise and yamux
+            dialled = time.monotonic()
             stream = await host.new_stream(info.peer_id, [CONNECT])
-            result["connect"].append([start, time.monotonic()])
+            result["connect"].append([start, time.monotonic(), dialled])
             await stream.close()
             await host.disconnect(info.peer_id)
         result["stall_s"]["connect"] = stalls.take()
