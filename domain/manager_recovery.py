@@ -25,26 +25,22 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
-from eventsourcing.utils import get_topic
 from l2_session.domain.commands import Output
 from l2_session.domain.errors import SessionError
 from l2_session.domain.peer import Peer
 from l2_session.domain.session import Session
-from l2_session.domain.session_core import SessionCore
 from l2_session.domain.states import State, Trigger, is_allowed, next_state
+from l2_session.domain.topics import SESSION_CLEANED_UP, SESSION_CLOSED, SESSION_OPENED
 
 if TYPE_CHECKING:
     from l2_session.domain.manager import Ledger
 
 log = logging.getLogger("l2_session.session")
 
-OPENED_TOPIC = get_topic(Session.Opened)
+OPENED_TOPIC = SESSION_OPENED
 # The events that leave a session closed (FINAL): decision 8's cleanup, decision 17's close,
-# named as the ledger stores them (by the class whose @event method records them).
-FINAL_TOPICS = (
-    get_topic(getattr(SessionCore, "CleanedUp")),  # noqa: B009 (made by @event: mypy cannot see it)
-    get_topic(Session.Closed),
-)
+# named as the ledger stores them (topics.py).
+FINAL_TOPICS = (SESSION_CLEANED_UP, SESSION_CLOSED)
 _PAGE = 1000  # notifications read at a time by the scan
 
 

@@ -24,6 +24,7 @@ from l2_session.domain.config import (
 )
 from l2_session.domain.errors import PeerQuarantined
 from l2_session.domain.timers import timestamp_of, us
+from l2_session.domain.topics import pin_topics
 
 _PEER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://libertaria.org/l2-session/peer")
 
@@ -119,3 +120,6 @@ class Peer(Aggregate):
     def _backoff_reset(self, at_us: int) -> None:
         self.failed_attempts = 0
         self.retry_at_us = None
+
+
+pin_topics(Peer)  # the ledger's names for its classes (topics.py)

@@ -34,6 +34,7 @@ from l2_session.domain.session_core import (
     key_id_of,
 )
 from l2_session.domain.states import State, Trigger
+from l2_session.domain.topics import pin_topics
 
 __all__ = ["CLOSE_COUNTERS", "KNOWN_TRANSPORTS", "TCP", "TRANSPORTS", "Session", "key_id_of"]
 
@@ -312,3 +313,6 @@ class Session(SessionCore):
     @event("Suspended")
     def _suspended(self, at_us: int, trigger: str, state: str) -> None:
         self.heartbeat_sent_us = None
+
+
+pin_topics(SessionCore, Session)  # the ledger's names for them (topics.py), here: after both

@@ -20,6 +20,7 @@ from eventsourcing.domain import Aggregate
 from l2_session.domain.session import Session
 from l2_session.domain.states import State
 from l2_session.domain.timers import holds_nothing, timestamp_of
+from l2_session.domain.topics import pin_topics
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://libertaria.org/l2-session/unconfirmed")
 
@@ -61,6 +62,9 @@ class UnconfirmedHandshakes(Aggregate):
             since_us=since_us,
             counts=dict(sorted(counts.items())),
         )
+
+
+pin_topics(UnconfirmedHandshakes)  # the ledger's names for its classes (topics.py)
 
 
 class UnconfirmedTally:
