@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-from l2_session.domain.commands import HandshakeRequest
-from l2_session.domain.handshake import InitiatorHandshake
-from l2_session.domain.handshake_bundle import PrekeyBundle
-from l2_session.domain.handshake_flood import HandshakeAdmission
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-from l2_session.domain.manager import PEER_IDLE_US, SUMMARY_INTERVAL_US, SessionManager
+from l2_session.domain.handshake.admission import HandshakeAdmission
+from l2_session.domain.handshake.bundle import PrekeyBundle
+from l2_session.domain.handshake.protocol import InitiatorHandshake
+from l2_session.domain.manager.manager import PEER_IDLE_US, SUMMARY_INTERVAL_US, SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+from l2_session.domain.session.commands import HandshakeRequest
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.resolver import DidKeyResolver

@@ -37,10 +37,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from l2_session.domain.handshake import InitiatorHandshake, Responder
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_kem import backend
-from l2_session.domain.handshake_keys import ed25519_private_to_x25519
+from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.kem import backend
+from l2_session.domain.handshake.keys import ed25519_private_to_x25519
+from l2_session.domain.handshake.protocol import InitiatorHandshake, Responder
 
 from .common import figure, rate_per_second, scratch_dir
 from .handshake_sessions import (

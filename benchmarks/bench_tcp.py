@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from l2_session.domain.handshake_flood import HandshakeAdmission
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.handshake.admission import HandshakeAdmission
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.ledger.application import Durability

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
-from l2_session.domain.commands import HandshakeResponse
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.manager import SessionManager
-from l2_session.domain.session import Session
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session.commands import HandshakeResponse
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 
@@ -272,7 +272,7 @@ def heartbeat_ledger_rate(
 
 
 def _ack(session: Session) -> Any:
-    from l2_session.domain.commands import HeartbeatAck
+    from l2_session.domain.session.commands import HeartbeatAck
 
     return HeartbeatAck(session.conversation, session.heartbeat_counter)
 

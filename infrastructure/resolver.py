@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from l2_session.domain.handshake_bundle import PrekeyBundle
+from l2_session.domain.handshake.bundle import PrekeyBundle
 
 from .identity import DIDError, did_key_from_public_bytes, public_bytes_from_did_key
 

@@ -27,8 +27,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from l2_session.domain.handshake_errors import HandshakeError
-from l2_session.domain.handshake_wire import (
+from l2_session.domain.handshake.errors import HandshakeError
+from l2_session.domain.handshake.wire import (
     HEADER,
     INIT_BODY_LEN,
     PROTOCOL_VERSION,

@@ -21,18 +21,18 @@ from dataclasses import dataclass, field, replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from l2_session.domain.handshake_errors import (
+from l2_session.domain.handshake.errors import (
     HandshakeAuthenticationFailed,
     MalformedMessage,
     PrekeyError,
 )
-from l2_session.domain.handshake_kem import DEFAULT_BACKEND, KemBackend, KemPrivateKey
-from l2_session.domain.handshake_keys import (
+from l2_session.domain.handshake.kem import DEFAULT_BACKEND, KemBackend, KemPrivateKey
+from l2_session.domain.handshake.keys import (
     check_signature,
     ed25519_public_bytes,
     x25519_public_bytes,
 )
-from l2_session.domain.handshake_wire import (
+from l2_session.domain.handshake.wire import (
     MAX_ONE_TIME_PREKEYS,
     MLKEM768_PUBLIC_LEN,
     SIGNATURE_LEN,

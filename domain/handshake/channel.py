@@ -22,14 +22,14 @@ import struct
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from l2_session.domain.handshake_errors import (
+from l2_session.domain.handshake.errors import (
     HandshakeAuthenticationFailed,
     HandshakeError,
     MalformedMessage,
     ReplayedMessage,
 )
-from l2_session.domain.handshake_keys import SessionKeys
-from l2_session.domain.handshake_wire import (
+from l2_session.domain.handshake.keys import SessionKeys
+from l2_session.domain.handshake.wire import (
     AEAD_TAG_LEN,
     HEADER,
     MAX_PLAINTEXT,

@@ -18,24 +18,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from l2_session.domain.errors import FailureReason
-from l2_session.domain.handshake import InitiatorHandshake, PendingResponse, Responder
-from l2_session.domain.handshake_bundle import PrekeyBundle
-from l2_session.domain.handshake_errors import (
+from l2_session.domain.handshake.admission import HandshakeAdmission, claimed_identity
+from l2_session.domain.handshake.bundle import PrekeyBundle
+from l2_session.domain.handshake.errors import (
     HandshakeAuthenticationFailed,
     HandshakeError,
     MalformedMessage,
 )
-from l2_session.domain.handshake_flood import HandshakeAdmission, claimed_identity
-from l2_session.domain.handshake_kem import DEFAULT_BACKEND, KemBackend
-from l2_session.domain.handshake_keys import SessionKeys, ed25519_private_to_x25519
-from l2_session.domain.handshake_resume import (
+from l2_session.domain.handshake.kem import DEFAULT_BACKEND, KemBackend
+from l2_session.domain.handshake.keys import SessionKeys, ed25519_private_to_x25519
+from l2_session.domain.handshake.protocol import InitiatorHandshake, PendingResponse, Responder
+from l2_session.domain.handshake.resume import (
     PendingResume,
     ResumeInitiator,
     ResumeResponder,
     ResumptionTicket,
 )
-from l2_session.domain.handshake_wire import HANDSHAKE_ID_LEN, MessageType, peek_type
+from l2_session.domain.handshake.wire import HANDSHAKE_ID_LEN, MessageType, peek_type
+from l2_session.domain.session.errors import FailureReason
 
 HANDSHAKE_TIMEOUT_US = 5_000_000  # SPEC-018 §2.1 "no response within 5 seconds"
 MAX_PENDING = 10_000

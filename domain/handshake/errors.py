@@ -7,7 +7,7 @@ malformed or replayed input is dropped without any change of state.
 
 from __future__ import annotations
 
-from l2_session.domain.errors import AuthenticationFailed, SessionError
+from l2_session.domain.session.errors import AuthenticationFailed, SessionError
 
 
 class HandshakeError(SessionError):

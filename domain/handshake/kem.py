@@ -16,7 +16,7 @@ from typing import Protocol
 
 import pqcrypto.kem.ml_kem_768 as _pq
 from cryptography.hazmat.primitives.asymmetric import mlkem as _mlkem
-from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed, PrekeyError
+from l2_session.domain.handshake.errors import HandshakeAuthenticationFailed, PrekeyError
 
 PUBLIC_KEY_LEN = 1184
 CIPHERTEXT_LEN = 1088

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
-from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed, MalformedMessage
+from l2_session.domain.handshake.errors import HandshakeAuthenticationFailed, MalformedMessage
 
 _P = 2**255 - 19
 
@@ -131,7 +131,7 @@ class SessionKeys:
     """The result of a completed handshake (or resumption), from one side's point of view.
 
     ``resumption_secret`` and ``generation`` let the session resume after a restart without a
-    new KEM exchange (handshake_resume.py); ``prekey_ids`` are the responder's (signed, KEM)
+    new KEM exchange (resume.py); ``prekey_ids`` are the responder's (signed, KEM)
     prekeys it was made with: resumption is only offered while they are unchanged. Whoever
     stores this (the ledger) must seal the secret fields.
     """

@@ -38,15 +38,15 @@ from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from l2_session.domain.handshake_bundle import PrekeyBundle, PrekeySecrets
-from l2_session.domain.handshake_errors import (
+from l2_session.domain.handshake.bundle import PrekeyBundle, PrekeySecrets
+from l2_session.domain.handshake.errors import (
     HandshakeAuthenticationFailed,
     HandshakeStateError,
     PrekeyError,
     ReplayedMessage,
 )
-from l2_session.domain.handshake_kem import DEFAULT_BACKEND, KemBackend
-from l2_session.domain.handshake_keys import (
+from l2_session.domain.handshake.kem import DEFAULT_BACKEND, KemBackend
+from l2_session.domain.handshake.keys import (
     CONTEXT_CONFIRM_INITIATOR,
     CONTEXT_CONFIRM_RESPONDER,
     CONTEXT_MASTER,
@@ -66,7 +66,7 @@ from l2_session.domain.handshake_keys import (
     transcript_hash,
     x25519_public_bytes,
 )
-from l2_session.domain.handshake_wire import HANDSHAKE_ID_LEN, Confirm, Init, Response
+from l2_session.domain.handshake.wire import HANDSHAKE_ID_LEN, Confirm, Init, Response
 
 # SPEC-018 §7.1 replay attacks: an INIT is accepted only within this distance of the
 # responder's clock, and its ephemeral key is remembered for as long, so a replay is refused

@@ -18,7 +18,7 @@ short messages prove that both sides still hold the secret and agree on fresh ke
     th3'    = H(th2', mac_R, RESUME_CONFIRM header || session_id)
     mac_I2  = MAC(KDF(resume initiator confirm, master'), th3')
 
-The new keys come from master' like a full handshake's (handshake_keys.session_keys), with the
+The new keys come from master' like a full handshake's (keys.session_keys), with the
 same session id and generation + 1, and a new resumption secret: each ticket works once, so a
 stolen old ticket is useless after the next resumption. The fresh X25519 pair gives the resumed
 keys forward secrecy even if the resumption secret leaks later. Resumption is refused (use a
@@ -34,15 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from l2_session.domain.handshake import MAX_CLOCK_SKEW_US, ReplayCache
-from l2_session.domain.handshake_errors import (
+from l2_session.domain.handshake.errors import (
     HandshakeAuthenticationFailed,
     HandshakeError,
     HandshakeStateError,
     MalformedMessage,
     ReplayedMessage,
 )
-from l2_session.domain.handshake_keys import (
+from l2_session.domain.handshake.keys import (
     CONTEXT_RESUME_AUTH,
     CONTEXT_RESUME_CONFIRM_INITIATOR,
     CONTEXT_RESUME_CONFIRM_RESPONDER,
@@ -56,7 +55,8 @@ from l2_session.domain.handshake_keys import (
     transcript_hash,
     x25519_public_bytes,
 )
-from l2_session.domain.handshake_wire import (
+from l2_session.domain.handshake.protocol import MAX_CLOCK_SKEW_US, ReplayCache
+from l2_session.domain.handshake.wire import (
     HEADER,
     MAC_LEN,
     PROTOCOL_VERSION,

@@ -18,17 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from l2_session.domain.handshake import InitiatorHandshake, PendingResponse, Responder
-from l2_session.domain.handshake_bundle import PrekeyBundle
-from l2_session.domain.handshake_channel import Channel
-from l2_session.domain.handshake_errors import (
+from l2_session.domain.handshake.bundle import PrekeyBundle
+from l2_session.domain.handshake.channel import Channel
+from l2_session.domain.handshake.errors import (
     HandshakeAuthenticationFailed,
     HandshakeError,
     HandshakeStateError,
 )
-from l2_session.domain.handshake_kem import DEFAULT_BACKEND, KemBackend
-from l2_session.domain.handshake_keys import SessionKeys, ed25519_public_bytes
-from l2_session.domain.handshake_wire import MessageType, peek_type
+from l2_session.domain.handshake.kem import DEFAULT_BACKEND, KemBackend
+from l2_session.domain.handshake.keys import SessionKeys, ed25519_public_bytes
+from l2_session.domain.handshake.protocol import InitiatorHandshake, PendingResponse, Responder
+from l2_session.domain.handshake.wire import MessageType, peek_type
 
 HOUR_US = 3_600_000_000
 ROTATE_AFTER_US = 23 * HOUR_US  # SPEC-018 §5.1: ttl 24 h − rotation_window 1 h

@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from l2_session.domain.handshake_errors import MalformedMessage
+from l2_session.domain.handshake.errors import MalformedMessage
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">BBH")

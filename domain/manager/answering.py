@@ -11,21 +11,27 @@ import random
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
-from l2_session.domain.commands import Frame, HandshakeRequest, HandshakeResponse, Output, Send
-from l2_session.domain.errors import (
+from l2_session.domain.manager.keyexchange import KeyExchange
+from l2_session.domain.session.commands import (
+    Frame,
+    HandshakeRequest,
+    HandshakeResponse,
+    Output,
+    Send,
+)
+from l2_session.domain.session.errors import (
     AuthenticationFailed,
     InvalidState,
     NothingToResume,
     StaleFrame,
 )
-from l2_session.domain.keyexchange import KeyExchange
-from l2_session.domain.peer import Peer
-from l2_session.domain.session import Session
-from l2_session.domain.states import State, Trigger, is_allowed
+from l2_session.domain.session.peer import Peer
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.states import State, Trigger, is_allowed
 
 if TYPE_CHECKING:
-    from l2_session.domain.config import SessionConfig
-    from l2_session.domain.manager import Ledger
+    from l2_session.domain.manager.manager import Ledger
+    from l2_session.domain.session.config import SessionConfig
 
 
 class HandshakeAnswering:

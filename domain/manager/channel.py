@@ -1,4 +1,4 @@
-"""A session's channel (handshake_channel.py) whose send counters are reserved in the ledger,
+"""A session's channel (domain/handshake/channel.py) whose send counters are reserved in the ledger,
 so that no (key, nonce) pair is ever used twice, even across SIGKILL and restart (issue 4).
 
 Before the channel may seal under counter ``n``, a ``CountersReserved`` event saying "counters
@@ -8,7 +8,7 @@ sends from the end of the last reservation: the counters it may have used before
 skipped, never repeated. Blocks trade ledger appends for skipped counters (2^60 per key).
 
 The keys come from the session's key material as the ledger holds it, sealed
-(keyexchange_pqxdh.py); each end finds its direction from the two identity keys.
+(pqxdh.py); each end finds its direction from the two identity keys.
 
 A closed session records nothing more, so it cannot reserve: its ``Closed`` event reserved the
 counters its close frames use (``CLOSE_COUNTERS`` from where the reservations stood, decision
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from l2_session.domain.handshake_channel import Channel
-from l2_session.domain.handshake_errors import HandshakeStateError
-from l2_session.domain.handshake_wire import MessageType
-from l2_session.domain.keyexchange_pqxdh import session_keys_of
-from l2_session.domain.session import Session
+from l2_session.domain.handshake.channel import Channel
+from l2_session.domain.handshake.errors import HandshakeStateError
+from l2_session.domain.handshake.wire import MessageType
+from l2_session.domain.manager.pqxdh import session_keys_of
+from l2_session.domain.session.session import Session
 
 RESERVATION_BLOCK = 1024  # counters per ledger append
 

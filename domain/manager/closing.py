@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from l2_session.domain import timers
-from l2_session.domain.commands import CHANNEL_FRAMES, Close, CloseAck, Frame, Output
-from l2_session.domain.deadlines import DeadlineHeap
-from l2_session.domain.errors import CloseReason, SessionClosed, StaleFrame
-from l2_session.domain.outbound import send
-from l2_session.domain.session import Session
-from l2_session.domain.states import Trigger
+from l2_session.domain.manager.deadlines import DeadlineHeap
+from l2_session.domain.manager.outbound import send
+from l2_session.domain.session import timers
+from l2_session.domain.session.commands import CHANNEL_FRAMES, Close, CloseAck, Frame, Output
+from l2_session.domain.session.errors import CloseReason, SessionClosed, StaleFrame
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.states import Trigger
 
 if TYPE_CHECKING:
     from collections.abc import Callable

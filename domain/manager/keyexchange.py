@@ -15,7 +15,7 @@ Resumption (decision 4) replaces the first two steps: ``resume`` and ``respond_r
 take the session's stored key material (sealed in the ledger) instead of doing a new KEM
 exchange; ``complete`` and ``confirm`` then finish it like a handshake, with fresh keys.
 
-The PQxdh engine (``handshake_engine.py``, docs/handshake.md) fits this shape.
+The PQxdh engine (``domain/handshake/engine.py``, docs/handshake.md) fits this shape.
 ``MockKeyExchange`` is SPEC-018 §6.3's "PQxdh: deterministic test vectors" for simulations: a
 seeded random share per side and BLAKE2b over both. It offers no security.
 """
@@ -28,7 +28,7 @@ import random
 from typing import Protocol
 from uuid import UUID
 
-from l2_session.domain.errors import AuthenticationFailed, NothingToResume, StaleFrame
+from l2_session.domain.session.errors import AuthenticationFailed, NothingToResume, StaleFrame
 
 
 class KeyExchange(Protocol):

@@ -6,9 +6,9 @@ a frame, ``Deliver`` a message); it never touches a socket or a clock. Frames an
 become ``Session`` / ``Peer`` commands; the aggregates decide; the manager saves what they
 recorded to the ledger and re-arms the session's next deadline.
 
-Answering a peer's handshake or resumption request is manager_answering.py's; starting again
-over an existing ledger (decision 16) manager_recovery.py's; closing a session and the linger
-after it (decision 17) manager_closing.py's.
+Answering a peer's handshake or resumption request is answering.py's; starting again
+over an existing ledger (decision 16) recovery.py's; closing a session and the linger
+after it (decision 17) closing.py's.
 
 Deadlines live in one binary heap (deadlines.py), one live entry per session, so ``tick``
 costs O(due timers · log n), not O(sessions). ``tick`` is also where time passes for what
@@ -17,7 +17,7 @@ memory (peer_table.py) and the count of handshakes never confirmed (unconfirmed.
 bounded and let go on the clock, not on unrelated activity.
 
 Keys come from a ``KeyExchange`` (keyexchange.py): by default the deterministic
-``MockKeyExchange`` for simulations; ``PqxdhKeyExchange`` (keyexchange_pqxdh.py) for real
+``MockKeyExchange`` for simulations; ``PqxdhKeyExchange`` (pqxdh.py) for real
 keys — full handshakes, rotations and resumptions from the key material sealed in the ledger.
 """
 
@@ -30,8 +30,20 @@ from typing import Any, NamedTuple, Protocol
 from uuid import UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
-from l2_session.domain import timers
-from l2_session.domain.commands import (
+from l2_session.domain.manager.answering import HandshakeAnswering
+from l2_session.domain.manager.closing import Closing
+from l2_session.domain.manager.deadlines import DeadlineHeap
+from l2_session.domain.manager.keyexchange import KeyExchange, MockKeyExchange
+from l2_session.domain.manager.outbound import outputs_for, send
+from l2_session.domain.manager.peer_table import PeerTable, holds_unsaved
+from l2_session.domain.manager.recovery import Recovery
+from l2_session.domain.manager.unconfirmed import (
+    UnconfirmedTally,
+    goes_unwritten,
+    never_saved_answer,
+)
+from l2_session.domain.session import timers
+from l2_session.domain.session.commands import (
     Close,
     CloseAck,
     Data,
@@ -49,24 +61,16 @@ from l2_session.domain.commands import (
     RotationResponse,
     Send,
 )
-from l2_session.domain.config import DEFAULT_CONFIG, SessionConfig
-from l2_session.domain.deadlines import DeadlineHeap
-from l2_session.domain.errors import (
+from l2_session.domain.session.config import DEFAULT_CONFIG, SessionConfig
+from l2_session.domain.session.errors import (
     AuthenticationFailed,
     SessionError,
     StaleFrame,
     UnknownSession,
 )
-from l2_session.domain.keyexchange import KeyExchange, MockKeyExchange
-from l2_session.domain.manager_answering import HandshakeAnswering
-from l2_session.domain.manager_closing import Closing
-from l2_session.domain.manager_recovery import Recovery
-from l2_session.domain.outbound import outputs_for, send
-from l2_session.domain.peer import Peer, peer_id
-from l2_session.domain.peer_table import PeerTable, holds_unsaved
-from l2_session.domain.session import KNOWN_TRANSPORTS, TRANSPORTS, Session
-from l2_session.domain.states import State, Trigger, is_allowed
-from l2_session.domain.unconfirmed import UnconfirmedTally, goes_unwritten, never_saved_answer
+from l2_session.domain.session.peer import Peer, peer_id
+from l2_session.domain.session.session import KNOWN_TRANSPORTS, TRANSPORTS, Session
+from l2_session.domain.session.states import State, Trigger, is_allowed
 
 log = logging.getLogger("l2_session.session")
 
@@ -125,7 +129,7 @@ class Ledger(Protocol):
     """What the manager needs of the ledger: any eventsourcing ``Application`` fits. To find
     the sessions that were live when the node stopped (decision 16) it asks the ledger's
     ``live_session_ids`` if it has one (SessionLedger), else scans its recorder's
-    notifications (manager_recovery.py)."""
+    notifications (recovery.py)."""
 
     @property
     def repository(self) -> Any: ...
@@ -301,7 +305,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
 
     def _newest_answer(self, first: Session) -> Session:
         """A conversation answered again after its session closed has a new responder session
-        (manager_answering.py: id from the closed one's); the newest is the one that counts."""
+        (answering.py: id from the closed one's); the newest is the one that counts."""
         newest = first
         while newest.closed:
             following = uuid5(newest.conversation, f"{self.local_did}#{newest.id}")
@@ -377,8 +381,8 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
 
         ``frames`` is consumed one at a time, in order: each frame is decided before the next
         is taken from it, so a generator may note, between two frames, what the previous one
-        did to its session (tcp.py tells which connection proved a peer that way). Nothing is
-        saved or sent before the last frame is taken.
+        did to its session (transports/tcp.py tells which connection proved a peer that way).
+        Nothing is saved or sent before the last frame is taken.
 
         A frame whose deciding raises something other than a ``SessionError`` (a bug, a
         resolver failing) is dropped alone, counted in ``failed_frames``, if it recorded

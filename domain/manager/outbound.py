@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from l2_session.domain.commands import (
+from l2_session.domain.manager.keyexchange import KeyExchange
+from l2_session.domain.session.commands import (
     Close,
     CloseAck,
     Data,
@@ -21,10 +22,9 @@ from l2_session.domain.commands import (
     RotationRequest,
     Send,
 )
-from l2_session.domain.errors import CloseReason
-from l2_session.domain.keyexchange import KeyExchange
-from l2_session.domain.session import Session
-from l2_session.domain.states import State
+from l2_session.domain.session.errors import CloseReason
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.states import State
 
 log = logging.getLogger("l2_session.session")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from l2_session.domain.peer import Peer
+from l2_session.domain.session.peer import Peer
 
 
 def holds_unsaved(peer: Peer) -> bool:

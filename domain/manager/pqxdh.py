@@ -25,13 +25,13 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from l2_session.domain.errors import AuthenticationFailed, NothingToResume, StaleFrame
-from l2_session.domain.handshake import Responder
-from l2_session.domain.handshake_bundle import PrekeyBundle, create_prekeys
-from l2_session.domain.handshake_engine import HandshakeEngine, Outcome
-from l2_session.domain.handshake_flood import HandshakeRefused
-from l2_session.domain.handshake_keys import SessionKeys, ed25519_public_bytes
-from l2_session.domain.handshake_resume import ResumeResponder, ResumptionTicket
+from l2_session.domain.handshake.admission import HandshakeRefused
+from l2_session.domain.handshake.bundle import PrekeyBundle, create_prekeys
+from l2_session.domain.handshake.engine import HandshakeEngine, Outcome
+from l2_session.domain.handshake.keys import SessionKeys, ed25519_public_bytes
+from l2_session.domain.handshake.protocol import Responder
+from l2_session.domain.handshake.resume import ResumeResponder, ResumptionTicket
+from l2_session.domain.session.errors import AuthenticationFailed, NothingToResume, StaleFrame
 
 _TAIL = struct.Struct(">16sIIIB")
 KEY_MATERIAL_LEN = 32 * 3 + _TAIL.size

@@ -3,8 +3,8 @@
 A node whose process died finds its sessions in the ledger as they were: ``established``
 sessions that no longer have a connection, handshakes whose ephemeral half was in memory only.
 ``recover`` records ``node_restarted`` for each session that was live — the table
-(states.py) says where it leads: live sessions to ``suspended``, handshakes in flight to
-``failed`` — so that nothing sent before the crash is taken up again under the old keys.
+(domain/session/states.py) says where it leads: live sessions to ``suspended``, handshakes in
+flight to ``failed`` — so that nothing sent before the crash is taken up again under the old keys.
 ``reconnected`` then resumes them (decision 4: fresh keys from the stored resumption secret,
 no KEM) as soon as the transport reaches their peer.
 
@@ -25,15 +25,15 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
-from l2_session.domain.commands import Output
-from l2_session.domain.errors import SessionError
-from l2_session.domain.peer import Peer
-from l2_session.domain.session import Session
-from l2_session.domain.states import State, Trigger, is_allowed, next_state
-from l2_session.domain.topics import SESSION_CLEANED_UP, SESSION_CLOSED, SESSION_OPENED
+from l2_session.domain.session.commands import Output
+from l2_session.domain.session.errors import SessionError
+from l2_session.domain.session.peer import Peer
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.states import State, Trigger, is_allowed, next_state
+from l2_session.domain.session.topics import SESSION_CLEANED_UP, SESSION_CLOSED, SESSION_OPENED
 
 if TYPE_CHECKING:
-    from l2_session.domain.manager import Ledger
+    from l2_session.domain.manager.manager import Ledger
 
 log = logging.getLogger("l2_session.session")
 

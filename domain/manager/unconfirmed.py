@@ -17,10 +17,10 @@ import uuid
 from typing import Any
 
 from eventsourcing.domain import Aggregate
-from l2_session.domain.session import Session
-from l2_session.domain.states import State
-from l2_session.domain.timers import holds_nothing, timestamp_of
-from l2_session.domain.topics import pin_topics
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.states import State
+from l2_session.domain.session.timers import holds_nothing, timestamp_of
+from l2_session.domain.session.topics import pin_topics
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://libertaria.org/l2-session/unconfirmed")
 

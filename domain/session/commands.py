@@ -7,7 +7,7 @@ Transports turn bytes into these frames; timers turn deadlines into session comm
 Frames name the conversation by the initiator's session id; each end keeps its own
 ``Session`` aggregate for it.
 
-Handshake frames carry the key exchange's messages (``keyexchange.py``) as bytes.
+Handshake frames carry the key exchange's messages (``domain/manager/keyexchange.py``) as bytes.
 The ``authentic`` flag stands for the outcome of the signature check done by the handshake
 layer (PQxdh, docs/handshake.md); a frame whose signature failed arrives with it False.
 """

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
-from l2_session.domain.errors import ConfigError
+from l2_session.domain.session.errors import ConfigError
 
 HOUR = 3600.0
 

@@ -14,7 +14,7 @@ change state, so replaying the stored events rebuilds the same session.
 
 Time is a value: each command takes ``now_us`` (decision 9) and the session never reads a
 clock. What to send and which deadline comes next are derived from the recorded state
-(``manager.py``, ``timers.py``).
+(``domain/manager/manager.py``, ``timers.py``).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from typing import Any, ClassVar, Literal, Self
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
-from l2_session.domain import timers
-from l2_session.domain.config import (
+from l2_session.domain.session import timers
+from l2_session.domain.session.config import (
     SessionConfig,
     config_fields,
     config_from_fields,
     shared_fields,
 )
-from l2_session.domain.errors import (
+from l2_session.domain.session.errors import (
     FailureReason,
     NotDue,
     NothingToResume,
@@ -39,7 +39,7 @@ from l2_session.domain.errors import (
     StaleFrame,
     TimeWentBackwards,
 )
-from l2_session.domain.states import FINAL, State, Target, Trigger, next_state
+from l2_session.domain.session.states import FINAL, State, Target, Trigger, next_state
 
 Role = Literal["initiator", "responder"]
 TRANSPORTS = ("quic", "utcp")  # SPEC-018 §1.2: QUIC primary, μTCP fallback (in that order)

@@ -7,7 +7,7 @@ the spec does (``timeout / invalid_sig``). Self-loops are left out, as in the sp
 
 from __future__ import annotations
 
-from l2_session.domain.states import TRANSITIONS, State, state_changes
+from l2_session.domain.session.states import TRANSITIONS, State, state_changes
 
 
 def edges() -> dict[tuple[str, str], list[str]]:

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from l2_session.domain.states import State, Trigger
+    from l2_session.domain.session.states import State, Trigger
 
 
 class FailureReason(StrEnum):

@@ -16,15 +16,15 @@ import uuid
 from typing import Any
 
 from eventsourcing.domain import Aggregate, event
-from l2_session.domain.config import (
+from l2_session.domain.session.config import (
     SessionConfig,
     config_fields,
     config_from_fields,
     shared_fields,
 )
-from l2_session.domain.errors import PeerQuarantined
-from l2_session.domain.timers import timestamp_of, us
-from l2_session.domain.topics import pin_topics
+from l2_session.domain.session.errors import PeerQuarantined
+from l2_session.domain.session.timers import timestamp_of, us
+from l2_session.domain.session.topics import pin_topics
 
 _PEER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://libertaria.org/l2-session/peer")
 

@@ -1,5 +1,5 @@
 """The ``Session`` aggregate: a ``SessionCore`` (handshake, heartbeats, rotation, cleanup;
-session_core.py) plus the link and what travels over it — degradation and recovery and the
+core.py) plus the link and what travels over it — degradation and recovery and the
 QUIC → μTCP fallback (SPEC-018 §2.3), and the message queue with sequence numbers,
 acknowledgements and de-duplication (issue 3).
 
@@ -18,23 +18,23 @@ from __future__ import annotations
 from typing import Any, ClassVar, cast
 
 from eventsourcing.domain import event
-from l2_session.domain import timers
-from l2_session.domain.errors import (
-    CloseReason,
-    FailureReason,
-    MessageTooLarge,
-    StaleFrame,
-    TransportFailed,
-)
-from l2_session.domain.session_core import (
+from l2_session.domain.session import timers
+from l2_session.domain.session.core import (
     KNOWN_TRANSPORTS,
     TCP,
     TRANSPORTS,
     SessionCore,
     key_id_of,
 )
-from l2_session.domain.states import State, Trigger
-from l2_session.domain.topics import pin_topics
+from l2_session.domain.session.errors import (
+    CloseReason,
+    FailureReason,
+    MessageTooLarge,
+    StaleFrame,
+    TransportFailed,
+)
+from l2_session.domain.session.states import State, Trigger
+from l2_session.domain.session.topics import pin_topics
 
 __all__ = ["CLOSE_COUNTERS", "KNOWN_TRANSPORTS", "TCP", "TRANSPORTS", "Session", "key_id_of"]
 
@@ -185,7 +185,7 @@ class Session(SessionCore):
 
     # ------------------------------------------------------------------ nonce reservations
     # Class defaults, not __init__ attributes: only sessions that seal records pay for them
-    # (an idle session must stay under 30 instance attributes, see session_core.py).
+    # (an idle session must stay under 30 instance attributes, see core.py).
     # Not annotated: eventsourcing would take annotated class attributes for Opened's fields.
     reserved_key_id = cast("str | None", None)
     reserved_until = 0

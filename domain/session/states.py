@@ -221,7 +221,7 @@ def next_state(state: State, trigger: Trigger) -> Target:
     """The state that ``trigger`` leads to from ``state``; ``InvalidState`` if it may not
     happen there."""
     # Imported here so errors.py can name states without a cycle at import time.
-    from l2_session.domain.errors import InvalidState
+    from l2_session.domain.session.errors import InvalidState
 
     try:
         return TRANSITIONS[state][trigger]

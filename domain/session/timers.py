@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from l2_session.domain.states import State
+from l2_session.domain.session.states import State
 
 if TYPE_CHECKING:
-    from l2_session.domain.config import SessionConfig
-    from l2_session.domain.session_core import SessionCore as Session
+    from l2_session.domain.session.config import SessionConfig
+    from l2_session.domain.session.core import SessionCore as Session
 
 US = 1_000_000
 

@@ -117,8 +117,8 @@ def pin_topics(*aggregates: type) -> None:
             topic = STORED_TOPICS.get(cls.__qualname__)
             if topic is None:
                 raise LookupError(
-                    f"{cls.__module__}.{cls.__qualname__} is stored in the ledger but has no "
-                    "topic in STORED_TOPICS (domain/topics.py): add one, once, and never change it"
+                    f"{cls.__module__}.{cls.__qualname__} is stored in the ledger but has no topic "
+                    "in STORED_TOPICS (domain/session/topics.py): add one, once, never to change"
                 )
             type.__setattr__(cls, "TOPIC", topic)
             register_topic(topic, cls)

@@ -32,7 +32,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.sqlite import SQLiteFactory
 from eventsourcing.utils import Environment
-from l2_session.domain.states import TRANSITIONS, State, Trigger
+from l2_session.domain.session.states import TRANSITIONS, State, Trigger
 
 from ..clock import SystemClock, TimeSource
 from ..identity import NodeIdentity
@@ -80,7 +80,8 @@ def replay_events(aggregate: Any, events: Iterable[Any]) -> Any:
 SnapshotWhen = Callable[[Any], bool]
 """Given an event being saved, whether to snapshot its session at that event's version."""
 
-#: The states a resumption starts from (``initiate_resumption`` is accepted there, states.py).
+#: The states a resumption starts from (``initiate_resumption`` is accepted there: the table,
+#: domain/session/states.py).
 RESUMABLE_STATES: Final = frozenset(
     s.value for s, row in TRANSITIONS.items() if Trigger.INITIATE_RESUMPTION in row
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from l2_session.domain.topics import PEER_REGISTERED, SESSION_CREATIONS
+from l2_session.domain.session.topics import PEER_REGISTERED, SESSION_CREATIONS
 
 from .format import ZERO_HASH
 

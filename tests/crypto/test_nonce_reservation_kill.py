@@ -22,17 +22,17 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from l2_session.domain.handshake_channel import Channel
-from l2_session.domain.keyexchange_pqxdh import session_keys_of
-from l2_session.domain.session import Session
-from l2_session.domain.session_channel import SessionChannel
+from l2_session.domain.handshake.channel import Channel
+from l2_session.domain.manager.channel import SessionChannel
+from l2_session.domain.manager.pqxdh import session_keys_of
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.keystore import KeyStore
 from ledger_sessions import established_pair, open_ledger, record_established
 
 SENDER = textwrap.dedent(
     """
     import os, sys, time, uuid
-    from l2_session.domain.session_channel import SessionChannel
+    from l2_session.domain.manager.channel import SessionChannel
     from l2_session.infrastructure.keystore import KeyStore
     from l2_session.infrastructure.ledger import SessionLedger
 

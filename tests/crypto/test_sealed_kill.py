@@ -25,9 +25,9 @@ from tcp_support import Pair, established_pair, is_sealed, until
 SENDER = textwrap.dedent(
     """
     import asyncio, os, sys, time, uuid
-    from l2_session.domain.handshake_engine import HandshakeEngine
-    from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-    from l2_session.domain.manager import SessionManager
+    from l2_session.domain.handshake.engine import HandshakeEngine
+    from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+    from l2_session.domain.manager.manager import SessionManager
     from l2_session.infrastructure.keystore import KeyStore
     from l2_session.infrastructure.ledger import SessionLedger
     from l2_session.infrastructure.resolver import DidKeyResolver

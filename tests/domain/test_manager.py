@@ -10,10 +10,10 @@ from uuid import uuid4
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from l2_session.domain import timers
-from l2_session.domain.commands import Send
-from l2_session.domain.errors import MessageTooLarge, UnknownSession
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session import timers
+from l2_session.domain.session.commands import Send
+from l2_session.domain.session.errors import MessageTooLarge, UnknownSession
 from l2_session.transports.mock import LinkProfile, Simulation
 from session_helpers import ALICE, BOB, PREKEYS, SECOND, unconfirmed_summaries
 
@@ -131,7 +131,7 @@ def test_frames_that_do_not_fit_are_dropped_and_counted(
     sim = make_sim()
     sid = connect(sim)
     alice = sim.nodes[ALICE]
-    from l2_session.domain.commands import HeartbeatAck
+    from l2_session.domain.session.commands import HeartbeatAck
 
     version = alice.session(sid).version
     conversation = alice.session(sid).conversation
@@ -262,7 +262,7 @@ def test_retry_after_a_lost_confirmation_continues_a_responder_session_holding_a
 def test_resumption_for_an_unknown_conversation_is_dropped_not_quarantined(
     make_sim: Callable[..., Simulation],
 ) -> None:
-    from l2_session.domain.commands import HandshakeRequest
+    from l2_session.domain.session.commands import HandshakeRequest
 
     sim = make_sim()
     bob = sim.nodes[BOB]

@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-from l2_session.domain.diagram import edges
-from l2_session.domain.states import FINAL, TRANSITIONS, State, state_changes
+from l2_session.domain.session.diagram import edges
+from l2_session.domain.session.states import FINAL, TRANSITIONS, State, state_changes
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = (ROOT / "docs" / "spec" / "SPEC-018-l2-session-manager.md").read_text(encoding="utf-8")
