@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import TYPE_CHECKING, ClassVar
-
-if TYPE_CHECKING:
-    from l2_session.domain.session.states import State, Trigger
+from typing import ClassVar
 
 
 class FailureReason(StrEnum):
@@ -61,9 +58,9 @@ class InvalidState(SessionError):
 
     reason = "invalid_state"
 
-    def __init__(
-        self, state: State | str, trigger: Trigger | str, allowed: Iterable[str] = ()
-    ) -> None:
+    # ``state`` and ``trigger`` are str: states.py's State and Trigger are StrEnums, and the
+    # table (states.py) raises this error, so this module names neither.
+    def __init__(self, state: str, trigger: str, allowed: Iterable[str] = ()) -> None:
         self.state = str(state)
         self.trigger = str(trigger)
         self.allowed = [str(a) for a in allowed]
@@ -76,7 +73,7 @@ class InvalidState(SessionError):
 class SessionClosed(InvalidState):
     """The session was cleaned up; its history stays in the ledger, it accepts nothing."""
 
-    def __init__(self, trigger: Trigger | str) -> None:
+    def __init__(self, trigger: str) -> None:
         super().__init__("[cleanup]", trigger)
         self.args = (f"'{self.trigger}' refused: the session was cleaned up; open a new session",)
 

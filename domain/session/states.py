@@ -42,6 +42,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
+from l2_session.domain.session.errors import InvalidState
+
 
 class State(StrEnum):
     """SPEC-018 §5.1 ``State``."""
@@ -220,9 +222,6 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
 def next_state(state: State, trigger: Trigger) -> Target:
     """The state that ``trigger`` leads to from ``state``; ``InvalidState`` if it may not
     happen there."""
-    # Imported here so errors.py can name states without a cycle at import time.
-    from l2_session.domain.session.errors import InvalidState
-
     try:
         return TRANSITIONS[state][trigger]
     except KeyError:
