@@ -13,13 +13,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from l2_session.domain.session.config import SessionConfig
 from l2_session.domain.session.states import State
-
-if TYPE_CHECKING:
-    from l2_session.domain.session.config import SessionConfig
-    from l2_session.domain.session.core import SessionCore as Session
 
 US = 1_000_000
 
@@ -40,6 +37,42 @@ def timestamp_of(at_us: int) -> datetime:
 
 def micros_of(timestamp: datetime) -> int:
     return (timestamp - EPOCH) // _ONE_US
+
+
+class TimedSession(Protocol):
+    """What the deadline rules read of a session: recorded state only. The ``Session``
+    aggregate (core.py) has it all; the aggregate asks these rules, so they name no class."""
+
+    @property
+    def state(self) -> State: ...
+    @property
+    def config(self) -> SessionConfig: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def resuming(self) -> bool: ...
+    @property
+    def state_since_us(self) -> int: ...
+    @property
+    def last_activity_us(self) -> int: ...
+    @property
+    def heartbeat_sent_us(self) -> int | None: ...
+    @property
+    def link_down_since_us(self) -> int | None: ...
+    @property
+    def keys_derived_us(self) -> int | None: ...
+    @property
+    def retry_at_us(self) -> int | None: ...
+    @property
+    def lease_expires_us(self) -> int: ...
+    @property
+    def key_material(self) -> bytes | None: ...
+    @property
+    def next_seq(self) -> int: ...
+    @property
+    def next_expected_seq(self) -> int: ...
 
 
 class Timer(StrEnum):
@@ -67,63 +100,63 @@ class Timer(StrEnum):
     """§3.1 ``[cleanup]`` of a suspended or failed session whose lease ran out (decision 8)."""
 
 
-def handshake_timeout(s: Session) -> int | None:
+def handshake_timeout(s: TimedSession) -> int | None:
     if s.state in (State.HANDSHAKE_INITIATED, State.HANDSHAKE_RECEIVED):
         limit = s.config.resumption_timeout if s.resuming else s.config.handshake_timeout
         return s.state_since_us + us(limit)
     return None
 
 
-def send_heartbeat(s: Session) -> int | None:
+def send_heartbeat(s: TimedSession) -> int | None:
     if s.state in (State.ESTABLISHED, State.DEGRADED) and s.heartbeat_sent_us is None:
         return s.last_activity_us + us(s.config.heartbeat_interval)
     return None
 
 
-def heartbeat_response(s: Session) -> int | None:
+def heartbeat_response(s: TimedSession) -> int | None:
     if s.state in (State.ESTABLISHED, State.DEGRADED) and s.heartbeat_sent_us is not None:
         return s.heartbeat_sent_us + us(s.config.heartbeat_response_timeout)
     return None
 
 
-def partition(s: Session) -> int | None:
+def partition(s: TimedSession) -> int | None:
     if s.state == State.ESTABLISHED and s.link_down_since_us is not None:
         return s.link_down_since_us + us(s.config.partition_threshold)
     return None
 
 
-def degraded_timeout(s: Session) -> int | None:
+def degraded_timeout(s: TimedSession) -> int | None:
     if s.state == State.DEGRADED:
         return s.state_since_us + us(s.config.degraded_timeout)
     return None
 
 
-def suspended_recovery(s: Session) -> int | None:
+def suspended_recovery(s: TimedSession) -> int | None:
     if s.state == State.SUSPENDED:
         return s.state_since_us + us(s.config.suspended_recovery)
     return None
 
 
-def rotation(s: Session) -> int | None:
+def rotation(s: TimedSession) -> int | None:
     # Only the initiator starts a rotation, so the two ends never race (decision 3).
     if s.state == State.ESTABLISHED and s.role == "initiator" and s.keys_derived_us is not None:
         return s.keys_derived_us + us(s.config.ttl - s.config.rotation_window)
     return None
 
 
-def rotation_timeout(s: Session) -> int | None:
+def rotation_timeout(s: TimedSession) -> int | None:
     if s.state == State.ROTATING:
         return s.state_since_us + us(s.config.rotation_timeout)
     return None
 
 
-def retry_backoff(s: Session) -> int | None:
+def retry_backoff(s: TimedSession) -> int | None:
     if s.state == State.FAILED and s.retry_at_us is not None:
         return s.retry_at_us
     return None
 
 
-def lease_expiry(s: Session) -> int | None:
+def lease_expiry(s: TimedSession) -> int | None:
     if s.state == State.FAILED and holds_nothing(s):
         return s.state_since_us  # decision 15: nothing for a lease to keep; clean up now
     if s.state in (State.SUSPENDED, State.FAILED):
@@ -131,7 +164,7 @@ def lease_expiry(s: Session) -> int | None:
     return None
 
 
-def holds_nothing(s: Session) -> bool:
+def holds_nothing(s: TimedSession) -> bool:
     """A responder's session that never had keys and never took a message: its handshake
     failed before it began, so there is nothing to resume, nothing to deliver and no state a
     retry needs (a new session answers it the same way). Decision 15: it is cleaned up when
@@ -183,7 +216,7 @@ _RULES_IN = {
 }
 
 
-def deadlines(s: Session) -> dict[Timer, int]:
+def deadlines(s: TimedSession) -> dict[Timer, int]:
     """Every deadline pending for ``s``; empty once it is closed."""
     if s.closed:
         return {}
@@ -191,7 +224,7 @@ def deadlines(s: Session) -> dict[Timer, int]:
     return {timer: at for timer, at in found.items() if at is not None}
 
 
-def next_deadline(s: Session) -> tuple[int, Timer] | None:
+def next_deadline(s: TimedSession) -> tuple[int, Timer] | None:
     """The earliest pending deadline of ``s`` (on a tie, the timer listed first above).
     The manager asks after every command, so this builds no collection: one pass over the
     rules of the session's state."""
@@ -205,7 +238,7 @@ def next_deadline(s: Session) -> tuple[int, Timer] | None:
     return best
 
 
-def is_due(s: Session, timer: Timer, now_us: int) -> bool:
+def is_due(s: TimedSession, timer: Timer, now_us: int) -> bool:
     at = DEADLINES[timer](s)
     return at is not None and not s.closed and at <= now_us
 
