@@ -8,10 +8,11 @@ into ``SessionManager``, which provides the lookups and bookkeeping declared bel
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID, uuid5
 
 from l2_session.domain.manager.keyexchange import KeyExchange
+from l2_session.domain.manager.ledger import Ledger
 from l2_session.domain.session.commands import (
     Frame,
     HandshakeRequest,
@@ -19,6 +20,7 @@ from l2_session.domain.session.commands import (
     Output,
     Send,
 )
+from l2_session.domain.session.config import SessionConfig
 from l2_session.domain.session.errors import (
     AuthenticationFailed,
     InvalidState,
@@ -28,10 +30,6 @@ from l2_session.domain.session.errors import (
 from l2_session.domain.session.peer import Peer
 from l2_session.domain.session.session import Session
 from l2_session.domain.session.states import State, Trigger, is_allowed
-
-if TYPE_CHECKING:
-    from l2_session.domain.manager.manager import Ledger
-    from l2_session.domain.session.config import SessionConfig
 
 
 class HandshakeAnswering:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 from uuid import UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
@@ -34,6 +34,7 @@ from l2_session.domain.manager.answering import HandshakeAnswering
 from l2_session.domain.manager.closing import Closing
 from l2_session.domain.manager.deadlines import DeadlineHeap
 from l2_session.domain.manager.keyexchange import KeyExchange, MockKeyExchange
+from l2_session.domain.manager.ledger import Ledger
 from l2_session.domain.manager.outbound import outputs_for, send
 from l2_session.domain.manager.peer_table import PeerTable, holds_unsaved
 from l2_session.domain.manager.recovery import Recovery
@@ -123,18 +124,6 @@ class _Batch:
 
 # States in which a session's last handshake frame is never answered again (it is dropped).
 _FORGET_HANDSHAKE_FRAME_IN = frozenset({State.FAILED, State.SUSPENDED})
-
-
-class Ledger(Protocol):
-    """What the manager needs of the ledger: any eventsourcing ``Application`` fits. To find
-    the sessions that were live when the node stopped (decision 16) it asks the ledger's
-    ``live_session_ids`` if it has one (SessionLedger), else scans its recorder's
-    notifications (recovery.py)."""
-
-    @property
-    def repository(self) -> Any: ...
-
-    def save(self, *objs: Any, **kwargs: Any) -> Any: ...
 
 
 def _check_key_exchange_outlasts_replies(kx: KeyExchange, config: SessionConfig) -> None:

@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
+from l2_session.domain.manager.ledger import Ledger
 from l2_session.domain.session.commands import Output
 from l2_session.domain.session.errors import SessionError
 from l2_session.domain.session.peer import Peer
 from l2_session.domain.session.session import Session
 from l2_session.domain.session.states import State, Trigger, is_allowed, next_state
 from l2_session.domain.session.topics import SESSION_CLEANED_UP, SESSION_CLOSED, SESSION_OPENED
-
-if TYPE_CHECKING:
-    from l2_session.domain.manager.manager import Ledger
 
 log = logging.getLogger("l2_session.session")
 
@@ -42,15 +40,6 @@ OPENED_TOPIC = SESSION_OPENED
 # named as the ledger stores them (topics.py).
 FINAL_TOPICS = (SESSION_CLEANED_UP, SESSION_CLOSED)
 _PAGE = 1000  # notifications read at a time by the scan
-
-
-class LiveSessionIndex(Protocol):
-    """A ledger that can name its live sessions without replaying them (SessionLedger)."""
-
-    def live_session_ids(self, opened_topic: str, final_topics: Sequence[str]) -> Iterable[UUID]:
-        """The sessions this node opened (first event ``opened_topic``) whose newest event is
-        none of ``final_topics``."""
-        ...
 
 
 def live_in_notifications(
