@@ -41,7 +41,6 @@ from .checkpoint import Checkpoint
 from .codec import CanonicalJSONTranscoder, FieldSealer, LedgerMapper
 from .groupcommit import GroupCommitConfig
 from .live import live_sessions_parameters, live_sessions_statement, session_ids
-from .pg_url import is_postgres_url
 from .recorder import SignedSQLiteRecorder
 from .schema import CHECKPOINTS_TABLE, EVENTS_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
 from .snapshots import SignedSnapshotRecorder, StorageCipher
@@ -132,6 +131,10 @@ class LedgerRepository(Repository[UUID]):
         return bool(recorder.select_events(aggregate_id, limit=1))
 
 
+_FLAVOURS: list[tuple[Callable[[str | Path], bool], Callable[[], type[SessionLedger]]]] = []
+"""The stores besides SQLite: (accepts a location, the ``SessionLedger`` subclass for it)."""
+
+
 class SessionLedger(Application[UUID]):
     """Sessions (any eventsourcing aggregates) saved as signed, hash-chained ledger events.
 
@@ -149,7 +152,9 @@ class SessionLedger(Application[UUID]):
     snapshots off.
 
     ``location`` may also be a ``postgresql://`` URL: like ``pathlib.Path``, the constructor
-    then returns the PostgreSQL flavour, ``PostgresSessionLedger`` (pg_application.py).
+    then returns the PostgreSQL flavour, ``PostgresSessionLedger`` (pg_application.py). A
+    flavour is a subclass that registers itself with ``add_flavour`` (the package's
+    ``__init__.py`` does it for PostgreSQL), so this class names none of them.
     """
 
     name = "SessionLedger"
@@ -158,11 +163,19 @@ class SessionLedger(Application[UUID]):
     # events are ~0.3 MB typically and 64 MiB at most (the payload limit, format.py).
     log_section_size = 1000
 
-    def __new__(cls, location: str | Path, *args: Any, **kwargs: Any) -> SessionLedger:
-        if cls is SessionLedger and is_postgres_url(location):
-            from .pg_application import PostgresSessionLedger
+    @staticmethod
+    def add_flavour(
+        opens: Callable[[str | Path], bool], flavour: Callable[[], type[SessionLedger]]
+    ) -> None:
+        """``SessionLedger(location)`` returns a ``flavour()`` for a location that ``opens``
+        accepts (the flavour's class is asked for only then, so that its imports wait)."""
+        _FLAVOURS.append((opens, flavour))
 
-            return cast(SessionLedger, super().__new__(PostgresSessionLedger))
+    def __new__(cls, location: str | Path, *args: Any, **kwargs: Any) -> SessionLedger:
+        if cls is SessionLedger:
+            for opens, flavour in _FLAVOURS:
+                if opens(location):
+                    return super().__new__(flavour())
         return super().__new__(cls)
 
     def __init__(
