@@ -31,8 +31,8 @@ from l2_session.infrastructure.ledger.codec import FieldSealer, LedgerMapper
 from l2_session.infrastructure.ledger.format import ZERO_HASH, event_hash, genesis_hash, lp
 from l2_session.infrastructure.ledger.schema import CREATE_STATEMENTS, EVENT_COLUMNS, EVENTS_TABLE
 
-from .common import figure, median, rate_per_second, scratch_dir, timed
-from .workload import EVENTS_PER_SESSION, BenchSession, chunks, sessions
+from benchmarks.common import figure, median, rate_per_second, scratch_dir, timed
+from benchmarks.workload import EVENTS_PER_SESSION, BenchSession, chunks, sessions
 
 SAVE_THREADS = 16  # concurrent callers of save(): a node serving many sessions at once
 BATCH_SESSIONS = 200  # sessions per save(*batch), i.e. 1000 events per transaction

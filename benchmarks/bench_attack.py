@@ -41,8 +41,8 @@ from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.frames import MAX_FRAME, encode
 from l2_session.transports.tcp import TcpNode
 
-from .common import figure, scratch_dir
-from .handshake_sessions import UNLIMITED
+from benchmarks.common import figure, scratch_dir
+from benchmarks.handshake_sessions import UNLIMITED
 
 PARTIAL, FLOOD = 1024, 2000
 DAY_US = 86_400_000_000

@@ -42,8 +42,8 @@ from l2_session.domain.handshake.kem import backend
 from l2_session.domain.handshake.keys import ed25519_private_to_x25519
 from l2_session.domain.handshake.protocol import InitiatorHandshake, Responder
 
-from .common import figure, rate_per_second, scratch_dir
-from .handshake_sessions import (
+from benchmarks.common import figure, rate_per_second, scratch_dir
+from benchmarks.handshake_sessions import (
     batched_handshake_rate,
     describe,
     handshake_breakdown,

@@ -24,8 +24,8 @@ from typing import Any
 
 import psycopg
 
-from .bench_append import SAVE_THREADS, _from_threads
-from .workload import EVENTS_PER_SESSION, sessions
+from benchmarks.bench_append import SAVE_THREADS, _from_threads
+from benchmarks.workload import EVENTS_PER_SESSION, sessions
 
 WRITERS = (1, 2, 4)
 TARGET_VS_PLAIN = 2.0
@@ -170,7 +170,7 @@ def _catch_up(view_url: str, end: float, head: int) -> dict[str, float]:
 def run(quick: bool) -> dict[str, Any]:
     from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 
-    from .common import figure, median
+    from benchmarks.common import figure, median
 
     admin = PostgresLocation.parse(os.environ.get("L2S_BENCH_POSTGRES_URL", DEFAULT_URL))
     dbname = f"l2s_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"

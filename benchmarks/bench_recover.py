@@ -33,7 +33,7 @@ from l2_session.domain.session.timers import Timer, deadlines
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 
-from .common import figure, median, scratch_dir, timed, timed_call
+from benchmarks.common import figure, median, scratch_dir, timed, timed_call
 
 T0 = 1_767_225_600_000_000
 KEY = bytes(range(32))

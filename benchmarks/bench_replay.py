@@ -21,8 +21,8 @@ from typing import Any
 from eventsourcing.application import project_aggregate
 from l2_session.infrastructure.ledger import SessionLedger
 
-from .common import figure, median, timed, timed_call
-from .datasets import BENCH_STORAGE_KEY, long_session_ledger
+from benchmarks.common import figure, median, timed, timed_call
+from benchmarks.datasets import BENCH_STORAGE_KEY, long_session_ledger
 
 TARGET_MS = 5.0
 

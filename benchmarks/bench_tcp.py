@@ -31,8 +31,8 @@ from l2_session.infrastructure.ledger.application import Durability
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.tcp import MAX_BATCH, TcpNode
 
-from .common import figure, scratch_dir
-from .handshake_sessions import UNLIMITED
+from benchmarks.common import figure, scratch_dir
+from benchmarks.handshake_sessions import UNLIMITED
 
 CLIENTS = 32
 DAY_US = 86_400_000_000

@@ -42,7 +42,7 @@ from l2_session.domain.session.session import Session
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 
-from .common import figure, median, scratch_dir
+from benchmarks.common import figure, median, scratch_dir
 
 T0 = 1_767_225_600_000_000
 SECOND = 1_000_000

@@ -22,8 +22,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from l2_session.infrastructure.ledger.verify import verify
 
-from .common import figure, median, rate_per_second, timed, timed_call
-from .datasets import many_sessions_ledger
+from benchmarks.common import figure, median, rate_per_second, timed, timed_call
+from benchmarks.datasets import many_sessions_ledger
 
 TARGET_FRACTION = 0.9
 

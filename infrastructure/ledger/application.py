@@ -33,18 +33,30 @@ from eventsourcing.persistence import (
 from eventsourcing.sqlite import SQLiteFactory
 from eventsourcing.utils import Environment
 from l2_session.domain.session.states import TRANSITIONS, State, Trigger
-
-from ..clock import SystemClock, TimeSource
-from ..identity import NodeIdentity
-from .chain import LedgerRecorder
-from .checkpoint import Checkpoint
-from .codec import CanonicalJSONTranscoder, FieldSealer, LedgerMapper
-from .groupcommit import GroupCommitConfig
-from .live import live_sessions_parameters, live_sessions_statement, session_ids
-from .recorder import SignedSQLiteRecorder
-from .schema import CHECKPOINTS_TABLE, EVENTS_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
-from .snapshots import SignedSnapshotRecorder, StorageCipher
-from .sqlite_store import SYNCHRONOUS, Durability, LedgerDatastore
+from l2_session.infrastructure.clock import SystemClock, TimeSource
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger.chain import LedgerRecorder
+from l2_session.infrastructure.ledger.checkpoint import Checkpoint
+from l2_session.infrastructure.ledger.codec import (
+    CanonicalJSONTranscoder,
+    FieldSealer,
+    LedgerMapper,
+)
+from l2_session.infrastructure.ledger.groupcommit import GroupCommitConfig
+from l2_session.infrastructure.ledger.live import (
+    live_sessions_parameters,
+    live_sessions_statement,
+    session_ids,
+)
+from l2_session.infrastructure.ledger.recorder import SignedSQLiteRecorder
+from l2_session.infrastructure.ledger.schema import (
+    CHECKPOINTS_TABLE,
+    EVENTS_TABLE,
+    SIGNERS_TABLE,
+    check_sqlite_ledger_file,
+)
+from l2_session.infrastructure.ledger.snapshots import SignedSnapshotRecorder, StorageCipher
+from l2_session.infrastructure.ledger.sqlite_store import SYNCHRONOUS, Durability, LedgerDatastore
 
 log = logging.getLogger(__name__)
 

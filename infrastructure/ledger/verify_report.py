@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from l2_session.domain.session.topics import PEER_REGISTERED, SESSION_CREATIONS
-
-from .format import ZERO_HASH
+from l2_session.infrastructure.ledger.format import ZERO_HASH
 
 
 def printable(text: str) -> str:
