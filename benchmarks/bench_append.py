@@ -1,6 +1,6 @@
 """Append throughput: the signed ledger versus plain eventsourcing (a) and a hand-written floor (b).
 
-Issue 2 targets: ledger >= 2.0x (a) and >= 0.8x (b), on the same events (workload.py).
+Targets: ledger >= 2.0x (a) and >= 0.8x (b), on the same events (workload.py).
 
 What is timed, for every contender: from the first save/insert to the last commit returning.
 Sessions with their 5 pending events are built before the clock starts (for the ledger and for

@@ -1,6 +1,6 @@
 """Append throughput on PostgreSQL: the signed ledger versus plain eventsourcing, 1/2/4 writers.
 
-Issue 5 target: ledger >= 2.0x plain eventsourcing on PostgreSQL, saving the same events in the
+Target: ledger >= 2.0x plain eventsourcing on PostgreSQL, saving the same events in the
 same run. A *writer* is a process (a node); in each, SAVE_THREADS threads save one session of
 5 events per save() — a node serving many sessions at once (bench_append's _from_threads). The
 ledger nodes each have their own identity and share one ledger (one global chain); the plain

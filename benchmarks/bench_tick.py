@@ -1,4 +1,4 @@
-"""Issue 3 benchmarks: the session manager's ``tick``, its memory per idle session, and the
+"""The session manager's ``tick``, its memory per idle session, and the
 command → event → ledger rate of heartbeat-driven sessions.
 
 * ``tick_cost``: one manager with N registered (established) sessions of which K are due;

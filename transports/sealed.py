@@ -1,5 +1,6 @@
 """The session channel on the wire: the manager's Data, DataAck, Heartbeat, HeartbeatAck, Close
-and CloseAck frames sealed in ChaCha20-Poly1305 records once a session has keys (issue 4).
+and CloseAck frames sealed in ChaCha20-Poly1305 records once a session has keys (SPEC-018 §7.2),
+each under a nonce that is never used twice with the same key.
 
 Sans-I/O, between the manager's ``Send`` outputs and a stream transport's bytes (tcp.py).
 Handshake and rotation frames stay as frames.py writes them: they carry their own signed,

@@ -1,5 +1,5 @@
 """Admission of handshake attempts under flood (SPEC-018 §7.1 "Denial of service: quarantine +
-exponential backoff"; issue 4 "handshake floods bounded").
+exponential backoff": a flood of handshakes costs the responder a bounded amount of work).
 
 A gate in front of ``Responder.receive_init`` that costs a dictionary lookup or two per INIT,
 run before any signature check, DH or ML-KEM work:

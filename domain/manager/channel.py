@@ -1,5 +1,5 @@
-"""A session's channel (domain/handshake/channel.py) whose send counters are reserved in the ledger,
-so that no (key, nonce) pair is ever used twice, even across SIGKILL and restart (issue 4).
+"""A session's channel (domain/handshake/channel.py) whose send counters are reserved in the
+ledger, so that no (key, nonce) pair is ever used twice, even across SIGKILL and restart.
 
 Before the channel may seal under counter ``n``, a ``CountersReserved`` event saying "counters
 below ``until`` (> n) may be in use under key ``key_id``" is saved — durably, on return of

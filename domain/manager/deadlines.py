@@ -4,7 +4,7 @@ Each session has at most one live entry: its earliest deadline (``timers.next_de
 Re-arming a session pushes a new entry with a new generation; the old one stays in the heap
 and is skipped when it surfaces (lazy deletion), and the heap is compacted when stale entries
 outnumber live ones. So ``arm`` and popping one due entry cost O(log n), and a tick costs
-O(due · log n) whatever the number of sessions registered (issue 3).
+O(due · log n) whatever the number of sessions registered (SPEC-018 §5.2 ``tick``).
 """
 
 from __future__ import annotations

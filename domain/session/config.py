@@ -120,6 +120,6 @@ _CONFIG_OF_SHARED: dict[int, tuple[dict[str, Any], SessionConfig]] = {}
 
 def shared_fields(recorded: dict[str, Any]) -> dict[str, Any]:
     """One dict per distinct config for every aggregate that holds it: an idle session must
-    stay small (issue 3 targets <= 2 KiB per idle session). Treat it as read-only."""
+    stay small (<= 2 KiB per idle session: a million in 2 GiB). Treat it as read-only."""
     key = tuple(sorted(recorded.items()))
     return _SHARED_FIELDS.setdefault(key, dict(key))

@@ -1,7 +1,7 @@
 """The ``Session`` aggregate: a ``SessionCore`` (handshake, heartbeats, rotation, cleanup;
 core.py) plus the link and what travels over it — degradation and recovery and the
 QUIC → μTCP fallback (SPEC-018 §2.3), and the message queue with sequence numbers,
-acknowledgements and de-duplication (issue 3).
+acknowledgements and de-duplication (§2.2-§2.3 "queued messages", "no messages are lost").
 
 Messages submitted while the session is not established are recorded (``MessageQueued``) and
 held; they go out, in order, once it is (``sendable``). Acks are cumulative. The receiving
@@ -192,7 +192,7 @@ class Session(SessionCore):
 
     def counters_reserved(self) -> int:
         """Where sending under the current keys may resume after a restart: every counter
-        below this may have been used (issue 4: no (key, nonce) pair ever repeats)."""
+        below this may have been used, so that no (key, nonce) pair ever repeats."""
         return self.reserved_until if self.reserved_key_id == self.key_id else 0
 
     def reserve_counters(self, now_us: int, until: int) -> None:

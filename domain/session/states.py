@@ -101,11 +101,11 @@ class Trigger(StrEnum):
     DEGRADED_TIMEOUT = "timeout(60s)"
     TRANSPORT_FAILED = "transport_failed"
     TRANSPORT_SWITCHED = "transport_switched"
-    # Messages (issue 3: queue, sequence numbers, acknowledgements)
+    # Messages (§2.2-§2.3 "queued messages": a queue, sequence numbers, acknowledgements)
     SUBMIT_MESSAGE = "submit_message"
     RECEIVE_MESSAGE = "receive_message"
     RECEIVE_MESSAGE_ACK = "receive_message_ack"
-    # Channel (issue 4: nonces never reused, counters reserved ahead in the ledger)
+    # Channel (§7.2 ChaCha20-Poly1305: nonces never reused, counters reserved ahead in the ledger)
     RESERVE_COUNTERS = "reserve_counters"
     # Restart and close (decisions 16 and 17)
     NODE_RESTARTED = "node_restarted"
@@ -115,9 +115,9 @@ class Trigger(StrEnum):
 S = State
 T = Trigger
 
-# Messages may be submitted in every live state and are held until established
-# (issue 3, "Message queue"); data frames from the peer are only accepted once the keys
-# are confirmed, and acks likewise.
+# Messages may be submitted in every live state and are held until established (§2.2
+# "queued messages are held", §2.3 "messages are queued"); data frames from the peer are only
+# accepted once the keys are confirmed, and acks likewise.
 _QUEUE = {T.SUBMIT_MESSAGE}
 _TRAFFIC = {T.RECEIVE_MESSAGE, T.RECEIVE_MESSAGE_ACK}
 # Sending under the current keys — data, heartbeats, probes — needs counters reserved.

@@ -1,5 +1,5 @@
 """No (key, nonce) pair repeats on the wire, even when the sending process is SIGKILLed at
-random moments and restarted from its ledger (issue 4): the session's frames travel sealed over
+random moments and restarted from its ledger: the session's frames travel sealed over
 loopback TCP (transports/sealed.py), each record's counter reserved in the ledger before use,
 and each restart resumes the session with fresh keys (decision 16).
 

@@ -1,4 +1,4 @@
-"""Issue 4 on the real transport: after the handshake every Data, DataAck, Heartbeat and
+"""The session channel on the real transport: after the handshake every Data, DataAck, Heartbeat and
 HeartbeatAck frame travels sealed under the session's directional ChaCha20-Poly1305 keys,
 with per-direction counters (reserved in the ledger) as nonces and a 2048-wide replay window
 (transports/sealed.py); and a connection is bound to the DID its handshake proved

@@ -92,7 +92,7 @@ def test_decisions_are_numbered_1_to_n_and_cover_the_issue() -> None:
     # and tests, so they are never renumbered.
     numbers = [int(n) for n in NUMBERED]
     assert numbers[0] == 1 and numbers == sorted(set(numbers))
-    assert len(NUMBERED) >= 8  # issue 3 lists eight points to decide
+    assert len(NUMBERED) >= 8  # the eight points where the spec's prose and diagram disagree
 
 
 @pytest.mark.parametrize("number", [int(n) for n in NUMBERED])
