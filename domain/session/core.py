@@ -52,6 +52,8 @@ def key_id_of(key_material: bytes) -> str:
     return hashlib.blake2b(key_material, digest_size=8).hexdigest()
 
 
+# Its ledger topics are pinned in session.py, once Session is defined (topics.py: eventsourcing
+# refuses to subclass an aggregate whose events already carry explicit topics).
 class SessionCore(Aggregate):
     # ------------------------------------------------------------------ recorded events
     class Opened(Aggregate.Created):

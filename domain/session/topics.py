@@ -11,7 +11,8 @@ stays exactly so wherever the class lives now.
 class gets its own: an inherited ``TOPIC`` would give a subclass its base's name), and
 registers it (``register_topic``), so that a stored topic resolves to its class without any
 module being imported by the name in the topic. Each aggregate module pins its classes when it
-is imported; the ledger's mapper imports those modules (infrastructure/ledger/codec.py).
+is imported (session.py pins SessionCore's with Session's); the ledger's mapper imports those
+modules (infrastructure/ledger/codec.py).
 
 A new event class needs a new entry here, or ``pin_topics`` refuses it: choose its topic once
 (its module path at the time reads well) and never change it after.
