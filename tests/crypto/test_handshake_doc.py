@@ -558,6 +558,46 @@ def test_the_reference_ml_kem_is_the_librarys() -> None:
         assert bytes(pq.decaps(expanded, ciphertext)) == shared
 
 
+FIELD_TABLE = re.compile(r"^\| offset \|.*\n\|[-|]+\n((?:\|.*\n)+)", re.MULTILINE)
+TABLE_MESSAGES = (
+    "bundle",
+    "init",
+    "response",
+    "confirm",
+    "resume",
+    "resume_response",
+    "resume_confirm",
+)
+
+
+def test_the_documents_prose_agrees_with_its_values(text: str) -> None:
+    """The field tables, fixed headers and quoted strings outside the value blocks say what the
+    checked values say."""
+    doc = documented(text)
+    tables = FIELD_TABLE.findall(text)
+    assert len(tables) == len(TABLE_MESSAGES)
+    for name, rows in zip(TABLE_MESSAGES, tables, strict=True):
+        message = bytes.fromhex(doc[name])
+        at = 0
+        for row in rows.strip().splitlines():
+            offset, field, size = (cell.strip() for cell in row.strip("|").split(" | "))
+            assert int(offset) == at, f"{name}: {field} at {offset}, expected {at}"
+            header = re.search(r"`((?:[0-9a-f]{2} ){3}[0-9a-f]{2})`", field)
+            if header:
+                assert message[:4] == bytes.fromhex(header.group(1).replace(" ", "")), name
+            at += int(size.removesuffix(" each"))
+        assert at == len(message), f"{name}: fields add up to {at}, the example is {len(message)}"
+    for row in re.findall(r"^\| (\w+) header \| `([0-9a-f ]+)`", text, re.MULTILINE):
+        assert doc[row[0].lower()][:8] == row[1].replace(" ", ""), row
+    strings = {
+        string(v).decode().rstrip("\0")
+        for k, v in doc.items()
+        if k.startswith(("context_", "label_"))
+    }
+    for quoted in re.findall(r'"(l2-session [^"]*?)(?:\\0)?"', text):
+        assert quoted in strings, f"{quoted!r} is not a documented context or label"
+
+
 def _change_value(name: str) -> Callable[[str], str]:
     def change(text: str) -> str:
         doc = documented(text)
