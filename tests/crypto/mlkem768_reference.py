@@ -4,9 +4,10 @@ Neither ML-KEM library the project uses takes the encapsulation randomness ``m``
 §6.2 ML-KEM.Encaps_internal), so docs/handshake.md's worked example could not otherwise say
 where its KEM ciphertext comes from. This is FIPS 203's ML-KEM.KeyGen_internal(d, z) and
 ML-KEM.Encaps_internal(ek, m) for parameter set ML-KEM-768, written from the standard for the
-test only: slow, not constant time, never for real keys. test_handshake_doc.py checks it against
-the `cryptography` library (same public key from the same seed; the library decapsulates the
-ciphertext made here to the shared secret made here).
+test only: not constant time, never for real keys. test_mlkem_reference.py holds it to
+Wycheproof's seeded key generation and derandomized encapsulation vectors, and to both libraries
+(the same public key from the same seed; each decapsulates the ciphertext made here to the shared
+secret made here).
 """
 
 from __future__ import annotations
