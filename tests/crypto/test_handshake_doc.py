@@ -479,7 +479,8 @@ def test_the_code_sends_the_documented_bytes_from_the_documented_inputs(text: st
 
 
 def test_the_codes_constants_are_the_documented_ones(text: str) -> None:
-    from l2_session.domain import handshake_bundle, handshake_keys
+    from l2_session.domain.handshake import bundle as handshake_bundle
+    from l2_session.domain.handshake import keys as handshake_keys
 
     doc = documented(text)
     code = {
@@ -505,15 +506,15 @@ def test_the_codes_constants_are_the_documented_ones(text: str) -> None:
 
 
 def test_the_code_maps_identities_and_records_keys_as_documented(text: str) -> None:
-    from l2_session.domain.handshake_channel import Channel
-    from l2_session.domain.handshake_keys import (
+    from l2_session.domain.handshake.channel import Channel
+    from l2_session.domain.handshake.keys import (
         SessionKeys,
         ed25519_private_to_x25519,
         ed25519_public_to_x25519,
         x25519_public_bytes,
     )
-    from l2_session.domain.keyexchange_pqxdh import key_material
-    from l2_session.domain.session_core import key_id_of
+    from l2_session.domain.manager.pqxdh import key_material
+    from l2_session.domain.session.core import key_id_of
     from l2_session.infrastructure.identity import did_key_from_public_bytes
 
     doc = documented(text)
