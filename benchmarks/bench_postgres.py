@@ -1,8 +1,10 @@
 """Append throughput on PostgreSQL: the signed ledger versus plain eventsourcing, 1/2/4 writers.
 
-Target: ledger >= 2.0x plain eventsourcing on PostgreSQL, saving the same events in the
-same run. A *writer* is a process (a node); in each, SAVE_THREADS threads save one session of
-5 events per save() — a node serving many sessions at once (bench_append's _from_threads). The
+Target: ledger >= 2.0x plain eventsourcing on PostgreSQL, saving the same events in the same
+run, as on SQLite: group commit more than pays for the chain and the signatures.
+
+A *writer* is a process (a node); in each, SAVE_THREADS threads save one session of 5 events
+per save() — a node serving many sessions at once (bench_append's _from_threads). The
 ledger nodes each have their own identity and share one ledger (one global chain); the plain
 eventsourcing writers share one stored_events table. Timed: from the moment every writer is
 ready (sessions built, connections open) to the last commit returning, across all writers.

@@ -1,6 +1,7 @@
 """Verification of a 1,000,000-event ledger with every core, against the Ed25519 verify rate.
 
-Target: verify() events/s >= 0.9 x (single-core Ed25519 verify rate) x cores used.
+Target: verify() events/s >= 0.9 x (single-core Ed25519 verify rate) x cores used, so that a
+ledger's audit scales with the cores and costs little besides its signature checks.
 
 What is timed: one ``verify(path)`` call, all of it — meta and signer checks, SQLite's
 quick_check, starting the worker processes, reading and checking every row, stitching. The
