@@ -327,6 +327,35 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         session.submit_message(now_us, payload)
         return self._commit(session)
 
+    def submit_many(
+        self, messages: Iterable[tuple[UUID, bytes]], now_us: int
+    ) -> list[list[Output] | SessionError]:
+        """``submit`` of each ``(session_id, payload)``, everything they recorded saved in one
+        ``save`` (one group commit), then each message's outputs, in order. Per message: its
+        outputs, or the ``SessionError`` that refused it (``WindowFull``, say) — one refusal
+        does not stop the others. If the save fails, nothing was queued and it raises."""
+        self._recover_once(now_us)
+        results: list[SessionError | None] = []
+
+        def each() -> list[list[Output | _AfterSave]]:
+            out: list[list[Output | _AfterSave]] = []
+            for session_id, payload in messages:
+                try:
+                    out.append(list(self.submit(session_id, payload, now_us)))
+                except SessionError as error:
+                    results.append(error)
+                    continue
+                results.append(None)
+            return out
+
+        groups = iter(self._in_one_save(each))
+        return [next(groups) if refused is None else refused for refused in results]
+
+    def send_room(self, session_id: UUID) -> int:
+        """How many more messages ``session_id`` takes before ``WindowFull``."""
+        session = self.session(session_id)
+        return max(0, session.config.send_window - len(session.outbox))
+
     def cleanup(self, session_id: UUID, now_us: int) -> list[Output]:
         self._recover_once(now_us)
         session = self.session(session_id)

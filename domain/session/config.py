@@ -52,6 +52,9 @@ class SessionConfig:
 
     # --- limits --------------------------------------------------------------------------
     max_message_size: int = 64 * 1024
+    send_window: int = 64
+    """Messages a session holds unacknowledged (queued or in flight); a submit beyond it is
+    refused with ``WindowFull`` and the application waits for an acknowledgement."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -62,7 +65,7 @@ class SessionConfig:
                 raise ConfigError(f.name, value, "expected a finite number")
             if value <= 0 and f.name != "backoff_jitter":
                 raise ConfigError(f.name, value, "expected a value greater than 0")
-        for name in ("heartbeat_tolerance", "max_message_size"):
+        for name in ("heartbeat_tolerance", "max_message_size", "send_window"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(name, getattr(self, name), "expected a whole number")
         if not 0 <= self.backoff_jitter < 1:

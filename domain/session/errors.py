@@ -111,6 +111,22 @@ class MessageTooLarge(SessionError):
         )
 
 
+class WindowFull(SessionError):
+    """The session holds ``SessionConfig.send_window`` messages not yet acknowledged: the
+    application waits until an acknowledgement makes room (backpressure), then submits again.
+    Nothing was recorded."""
+
+    reason = "window_full"
+
+    def __init__(self, held: int, window: int) -> None:
+        self.held = held
+        self.window = window
+        super().__init__(
+            f"{held} messages are not yet acknowledged, the send window is {window} "
+            "(SessionConfig.send_window); wait for an acknowledgement"
+        )
+
+
 class ConfigError(ValueError):
     """A ``SessionConfig`` field with a value that cannot work."""
 

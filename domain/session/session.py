@@ -32,6 +32,7 @@ from l2_session.domain.session.errors import (
     MessageTooLarge,
     StaleFrame,
     TransportFailed,
+    WindowFull,
 )
 from l2_session.domain.session.states import State, Trigger
 from l2_session.domain.session.topics import pin_topics
@@ -117,6 +118,8 @@ class Session(SessionCore):
         """Queue a message for the peer; returns its sequence number."""
         if len(payload) > self.config.max_message_size:
             raise MessageTooLarge(len(payload), self.config.max_message_size)
+        if len(self.outbox) >= self.config.send_window:
+            raise WindowFull(len(self.outbox), self.config.send_window)
         target = self._decide(Trigger.SUBMIT_MESSAGE, now_us)
         seq = self.next_seq
         self._message_queued(
