@@ -22,7 +22,7 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-from .common import RESULTS_DIR, cores, load_average
+from benchmarks.common import RESULTS_DIR, cores, load_average
 
 SUITES: dict[str, str] = {
     "append": "benchmarks.bench_append",

@@ -29,20 +29,20 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-from l2_session.domain.commands import HandshakeRequest
-from l2_session.domain.handshake import InitiatorHandshake
-from l2_session.domain.handshake_bundle import PrekeyBundle
-from l2_session.domain.handshake_flood import HandshakeAdmission
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-from l2_session.domain.manager import PEER_IDLE_US, SUMMARY_INTERVAL_US, SessionManager
+from l2_session.domain.handshake.admission import HandshakeAdmission
+from l2_session.domain.handshake.bundle import PrekeyBundle
+from l2_session.domain.handshake.protocol import InitiatorHandshake
+from l2_session.domain.manager.manager import PEER_IDLE_US, SUMMARY_INTERVAL_US, SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+from l2_session.domain.session.commands import HandshakeRequest
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.frames import MAX_FRAME, encode
 from l2_session.transports.tcp import TcpNode
 
-from .common import figure, scratch_dir
-from .handshake_sessions import UNLIMITED
+from benchmarks.common import figure, scratch_dir
+from benchmarks.handshake_sessions import UNLIMITED
 
 PARTIAL, FLOOD = 1024, 2000
 DAY_US = 86_400_000_000

@@ -1,8 +1,10 @@
 """Append throughput on PostgreSQL: the signed ledger versus plain eventsourcing, 1/2/4 writers.
 
-Issue 5 target: ledger >= 2.0x plain eventsourcing on PostgreSQL, saving the same events in the
-same run. A *writer* is a process (a node); in each, SAVE_THREADS threads save one session of
-5 events per save() — a node serving many sessions at once (bench_append's _from_threads). The
+Target: ledger >= 2.0x plain eventsourcing on PostgreSQL, saving the same events in the same
+run, as on SQLite: group commit more than pays for the chain and the signatures.
+
+A *writer* is a process (a node); in each, SAVE_THREADS threads save one session of 5 events
+per save() — a node serving many sessions at once (bench_append's _from_threads). The
 ledger nodes each have their own identity and share one ledger (one global chain); the plain
 eventsourcing writers share one stored_events table. Timed: from the moment every writer is
 ready (sessions built, connections open) to the last commit returning, across all writers.
@@ -24,8 +26,8 @@ from typing import Any
 
 import psycopg
 
-from .bench_append import SAVE_THREADS, _from_threads
-from .workload import EVENTS_PER_SESSION, sessions
+from benchmarks.bench_append import SAVE_THREADS, _from_threads
+from benchmarks.workload import EVENTS_PER_SESSION, sessions
 
 WRITERS = (1, 2, 4)
 TARGET_VS_PLAIN = 2.0
@@ -170,7 +172,7 @@ def _catch_up(view_url: str, end: float, head: int) -> dict[str, float]:
 def run(quick: bool) -> dict[str, Any]:
     from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 
-    from .common import figure, median
+    from benchmarks.common import figure, median
 
     admin = PostgresLocation.parse(os.environ.get("L2S_BENCH_POSTGRES_URL", DEFAULT_URL))
     dbname = f"l2s_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"

@@ -25,15 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from l2_session.domain.config import DEFAULT_CONFIG
-from l2_session.domain.manager import SessionManager
-from l2_session.domain.manager_recovery import FINAL_TOPICS, OPENED_TOPIC, live_in_notifications
-from l2_session.domain.session import Session
-from l2_session.domain.timers import Timer, deadlines
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.recovery import FINAL_TOPICS, OPENED_TOPIC, live_in_notifications
+from l2_session.domain.session.config import DEFAULT_CONFIG
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.timers import Timer, deadlines
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 
-from .common import figure, median, scratch_dir, timed, timed_call
+from benchmarks.common import figure, median, scratch_dir, timed, timed_call
 
 T0 = 1_767_225_600_000_000
 KEY = bytes(range(32))

@@ -1,6 +1,7 @@
 """Replay of one session of 100,000 events: ``repository.get(id)`` with and without snapshots.
 
-Issue 2 target: median <= 5 ms with snapshots (SessionLedger's default snapshot_interval, 20).
+Target: median <= 5 ms with snapshots (SessionLedger's default snapshot_interval, 20), so that
+restoring a session before it resumes costs little however long the session has run.
 
 What is timed: one ``ledger.repository.get(session_id)`` call on a ledger opened read-only (no
 identity). Nothing of the aggregate is cached between calls — SessionLedger configures no
@@ -21,8 +22,8 @@ from typing import Any
 from eventsourcing.application import project_aggregate
 from l2_session.infrastructure.ledger import SessionLedger
 
-from .common import figure, median, timed, timed_call
-from .datasets import BENCH_STORAGE_KEY, long_session_ledger
+from benchmarks.common import figure, median, timed, timed_call
+from benchmarks.datasets import BENCH_STORAGE_KEY, long_session_ledger
 
 TARGET_MS = 5.0
 

@@ -22,17 +22,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from l2_session.domain.handshake_flood import HandshakeAdmission
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.handshake.admission import HandshakeAdmission
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.ledger.application import Durability
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.tcp import MAX_BATCH, TcpNode
 
-from .common import figure, scratch_dir
-from .handshake_sessions import UNLIMITED
+from benchmarks.common import figure, scratch_dir
+from benchmarks.handshake_sessions import UNLIMITED
 
 CLIENTS = 32
 DAY_US = 86_400_000_000

@@ -1,5 +1,5 @@
-"""Issue 3 benchmarks: the session manager's ``tick``, its memory per idle session, and the
-command → event → ledger rate of heartbeat-driven sessions.
+"""The session manager's ``tick``, its memory per idle session, and the command → event →
+ledger rate of heartbeat-driven sessions.
 
 * ``tick_cost``: one manager with N registered (established) sessions of which K are due;
   the median cost of a tick that fires the K. Target: cost(1M) / cost(1k) <= 1.5 for the same
@@ -35,14 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
-from l2_session.domain.commands import HandshakeResponse
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.manager import SessionManager
-from l2_session.domain.session import Session
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session.commands import HandshakeResponse
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 
-from .common import figure, median, scratch_dir
+from benchmarks.common import figure, median, scratch_dir
 
 T0 = 1_767_225_600_000_000
 SECOND = 1_000_000
@@ -89,8 +89,8 @@ def tick_cost(total: int, due: int) -> float:
     costs = []
     # As timeit does: the collector is off while a tick is timed (a full collection of a
     # million sessions would land in some tick and time the collector), and nothing is forced
-    # between ticks — a collection before each tick (as this did until 2026-11-27) leaves
-    # every cache cold, which times the collection's wake, not the tick.
+    # between ticks — a collection before each tick would leave every cache cold, and time
+    # the collection's wake, not the tick.
     gc.collect()
     for at in (30, 32.001, 62.001, 64.002, 94.002, 96.003) if due else (1, 2, 3, 4, 5, 6):
         now = T0 + round(at * SECOND)
@@ -272,7 +272,7 @@ def heartbeat_ledger_rate(
 
 
 def _ack(session: Session) -> Any:
-    from l2_session.domain.commands import HeartbeatAck
+    from l2_session.domain.session.commands import HeartbeatAck
 
     return HeartbeatAck(session.conversation, session.heartbeat_counter)
 

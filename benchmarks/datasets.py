@@ -18,8 +18,8 @@ from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.ledger.format import FORMAT_VERSION
 from l2_session.infrastructure.ledger.schema import EVENTS_TABLE
 
-from .common import WORK_DIR, WORKLOAD_VERSION
-from .workload import (
+from benchmarks.common import WORK_DIR, WORKLOAD_VERSION
+from benchmarks.workload import (
     EVENTS_PER_SESSION,
     BenchSession,
     add_change,

@@ -1,7 +1,7 @@
 """The session-level halves of bench_handshake: handshakes through two SessionManagers with
 their ledger appends, and resumption latency from a session with many events in the ledger.
 
-Both use real PQxdh keys (keyexchange_pqxdh.py) and signed SQLite ledgers in a scratch
+Both use real PQxdh keys (domain/manager/pqxdh.py) and signed SQLite ledgers in a scratch
 directory. Handshakes are driven frame by frame in one process (no network: the comparison is
 with the crypto floor); resumption runs over a loopback TCP socket (transports/tcp.py).
 """
@@ -18,10 +18,10 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from l2_session.domain.commands import Output, Send
-from l2_session.domain.handshake_flood import FloodLimits, HandshakeAdmission
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.handshake.admission import FloodLimits, HandshakeAdmission
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+from l2_session.domain.session.commands import Output, Send
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.ledger.application import Durability

@@ -21,10 +21,9 @@ from typing import Any
 import blake3
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from l2_session.domain.handshake_bundle import PrekeySecrets
-from l2_session.domain.handshake_kem import load_private
-
-from .identity import NodeIdentity
+from l2_session.domain.handshake.bundle import PrekeySecrets
+from l2_session.domain.handshake.kem import load_private
+from l2_session.infrastructure.identity import NodeIdentity
 
 FORMAT = "l2-session key store v1"
 STORAGE_KEY_SIZE = 32

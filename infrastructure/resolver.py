@@ -17,9 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from l2_session.domain.handshake_bundle import PrekeyBundle
-
-from .identity import DIDError, did_key_from_public_bytes, public_bytes_from_did_key
+from l2_session.domain.handshake.bundle import PrekeyBundle
+from l2_session.infrastructure.identity import (
+    DIDError,
+    did_key_from_public_bytes,
+    public_bytes_from_did_key,
+)
 
 
 class ResolutionError(LookupError):

@@ -20,10 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from l2_session.infrastructure.ledger import LedgerCorrupted, SessionLedger
+from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 from psycopg.sql import SQL, Identifier
-
-from ..infrastructure.ledger import LedgerCorrupted, SessionLedger
-from ..infrastructure.ledger.pg_url import PostgresLocation
 
 TRACKING_TABLE = "l2s_projection_tracking"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from l2_session.domain.handshake_kem import DEFAULT_BACKEND, KemPrivateKey
+from l2_session.domain.handshake.kem import DEFAULT_BACKEND, KemPrivateKey
 
 
 @dataclass

@@ -27,7 +27,7 @@ CHECKPOINT_MAX_BYTES = 64 * 1024
 
 
 def _diagram(args: argparse.Namespace) -> int:
-    from l2_session.domain.diagram import render_mermaid
+    from l2_session.domain.session.diagram import render_mermaid
 
     sys.stdout.write(render_mermaid())
     return ExitCode.OK

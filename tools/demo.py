@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.session import Session
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.clock import ManualClock, SystemClock
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger

@@ -1,4 +1,4 @@
-"""The session manager's frames (domain/commands.py) as bytes, for stream transports.
+"""The session manager's frames (domain/session/commands.py) as bytes, for stream transports.
 
 One frame on the wire::
 
@@ -10,7 +10,7 @@ A field is a UUID (16 bytes), an int (u64), a bool (u8 0/1), bytes (u32 length |
 declare its own frame unauthentic and so get someone else's DID quarantined.
 
 The handshake messages inside ``key_share`` and ``confirmation`` carry their own versioned
-framing (domain/handshake_wire.py); this layer only moves them. ``decode`` rejects anything
+framing (domain/handshake/wire.py); this layer only moves them. ``decode`` rejects anything
 malformed, truncated, oversized or of an unknown kind with ``FrameError`` naming what was
 wrong; it never returns a partial frame.
 
@@ -26,7 +26,7 @@ from dataclasses import fields
 from typing import Any
 from uuid import UUID
 
-from l2_session.domain.commands import (
+from l2_session.domain.session.commands import (
     Close,
     CloseAck,
     Data,

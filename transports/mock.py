@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from l2_session.domain.commands import Deliver, Frame, Output, Send
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session.commands import Deliver, Frame, Output, Send
 from l2_session.infrastructure.clock import ManualClock
 
 

@@ -1,5 +1,6 @@
 """The session channel on the wire: the manager's Data, DataAck, Heartbeat, HeartbeatAck, Close
-and CloseAck frames sealed in ChaCha20-Poly1305 records once a session has keys (issue 4).
+and CloseAck frames sealed in ChaCha20-Poly1305 records once a session has keys (SPEC-018 §7.2),
+each under a nonce that is never used twice with the same key.
 
 Sans-I/O, between the manager's ``Send`` outputs and a stream transport's bytes (tcp.py).
 Handshake and rotation frames stay as frames.py writes them: they carry their own signed,
@@ -7,7 +8,7 @@ versioned messages. Every frame after the handshake travels as one sealed frame:
 
     0x80 | conversation 16 | key id 8 | record count u8 | record ...
 
-where each record is handshake_channel.py's (``version | kind | length | counter 8 |
+where each record is domain/handshake/channel.py's (``version | kind | length | counter 8 |
 ciphertext || tag 16``, the header its associated data) and the plaintexts, in order, are the
 inner frame as frames.py encodes it (without its length prefix), cut into pieces of at most
 ``MAX_PLAINTEXT - 1`` bytes, each prefixed with how many pieces follow it (u8). Counters are
@@ -17,7 +18,7 @@ records.
 
 Keys and nonces: the session's current key material (the ledger's) through a
 ``SessionChannel`` per conversation, whose send counters are reserved in the ledger before
-use (session_channel.py), so no (key, nonce) pair repeats even across SIGKILL. When the
+use (domain/manager/channel.py), so no (key, nonce) pair repeats even across SIGKILL. When the
 session's keys change (rotation, resumption) the channel is replaced and the old keys are
 gone: a record under them is refused as ``old_key``. The key id in clear only says which keys
 to try; the AEAD decides. A closed session's close frames are sealed under its last keys, with
@@ -37,16 +38,16 @@ from collections import Counter
 from collections.abc import Callable
 from uuid import UUID
 
-from l2_session.domain.commands import CHANNEL_FRAMES, Frame, Heartbeat, HeartbeatAck
-from l2_session.domain.errors import SessionError
-from l2_session.domain.handshake_errors import (
+from l2_session.domain.handshake.errors import (
     HandshakeAuthenticationFailed,
     HandshakeError,
     ReplayedMessage,
 )
-from l2_session.domain.handshake_wire import HEADER, MAX_PLAINTEXT, MessageType
-from l2_session.domain.session import Session
-from l2_session.domain.session_channel import RESERVATION_BLOCK, SessionChannel
+from l2_session.domain.handshake.wire import HEADER, MAX_PLAINTEXT, MessageType
+from l2_session.domain.manager.channel import RESERVATION_BLOCK, SessionChannel
+from l2_session.domain.session.commands import CHANNEL_FRAMES, Frame, Heartbeat, HeartbeatAck
+from l2_session.domain.session.errors import SessionError
+from l2_session.domain.session.session import Session
 from l2_session.transports.frames import MAX_FRAME, FrameError, decode, encode
 
 SEALED_KIND = 0x80  # plaintext frame kinds stay below it (frames.KINDS)

@@ -73,10 +73,10 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from l2_session.domain.commands import Deliver, Frame, Output, Send
-from l2_session.domain.manager import SessionManager
-from l2_session.domain.session import TCP
-from l2_session.domain.session_channel import RESERVATION_BLOCK
+from l2_session.domain.manager.channel import RESERVATION_BLOCK
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session.commands import Deliver, Frame, Output, Send
+from l2_session.domain.session.session import TCP
 from l2_session.infrastructure.identity import public_bytes_from_did_key
 from l2_session.transports.frames import MAX_FRAME, FrameError, body_length, decode, encode
 from l2_session.transports.sealed import SEALED_KIND, SealedFrames, SealRefused, is_channel_frame

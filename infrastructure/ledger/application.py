@@ -32,20 +32,31 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.sqlite import SQLiteFactory
 from eventsourcing.utils import Environment
-from l2_session.domain.states import TRANSITIONS, State, Trigger
-
-from ..clock import SystemClock, TimeSource
-from ..identity import NodeIdentity
-from .chain import LedgerRecorder
-from .checkpoint import Checkpoint
-from .codec import CanonicalJSONTranscoder, FieldSealer, LedgerMapper
-from .groupcommit import GroupCommitConfig
-from .live import live_sessions_parameters, live_sessions_statement, session_ids
-from .pg_url import is_postgres_url
-from .recorder import SignedSQLiteRecorder
-from .schema import CHECKPOINTS_TABLE, EVENTS_TABLE, SIGNERS_TABLE, check_sqlite_ledger_file
-from .snapshots import SignedSnapshotRecorder, StorageCipher
-from .sqlite_store import SYNCHRONOUS, Durability, LedgerDatastore
+from l2_session.domain.session.states import TRANSITIONS, State, Trigger
+from l2_session.infrastructure.clock import SystemClock, TimeSource
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger.chain import LedgerRecorder
+from l2_session.infrastructure.ledger.checkpoint import Checkpoint
+from l2_session.infrastructure.ledger.codec import (
+    CanonicalJSONTranscoder,
+    FieldSealer,
+    LedgerMapper,
+)
+from l2_session.infrastructure.ledger.groupcommit import GroupCommitConfig
+from l2_session.infrastructure.ledger.live import (
+    live_sessions_parameters,
+    live_sessions_statement,
+    session_ids,
+)
+from l2_session.infrastructure.ledger.recorder import SignedSQLiteRecorder
+from l2_session.infrastructure.ledger.schema import (
+    CHECKPOINTS_TABLE,
+    EVENTS_TABLE,
+    SIGNERS_TABLE,
+    check_sqlite_ledger_file,
+)
+from l2_session.infrastructure.ledger.snapshots import SignedSnapshotRecorder, StorageCipher
+from l2_session.infrastructure.ledger.sqlite_store import SYNCHRONOUS, Durability, LedgerDatastore
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +91,8 @@ def replay_events(aggregate: Any, events: Iterable[Any]) -> Any:
 SnapshotWhen = Callable[[Any], bool]
 """Given an event being saved, whether to snapshot its session at that event's version."""
 
-#: The states a resumption starts from (``initiate_resumption`` is accepted there, states.py).
+#: The states a resumption starts from (``initiate_resumption`` is accepted there: the table,
+#: domain/session/states.py).
 RESUMABLE_STATES: Final = frozenset(
     s.value for s, row in TRANSITIONS.items() if Trigger.INITIATE_RESUMPTION in row
 )
@@ -131,6 +143,10 @@ class LedgerRepository(Repository[UUID]):
         return bool(recorder.select_events(aggregate_id, limit=1))
 
 
+_FLAVOURS: list[tuple[Callable[[str | Path], bool], Callable[[], type[SessionLedger]]]] = []
+"""The stores besides SQLite: (accepts a location, the ``SessionLedger`` subclass for it)."""
+
+
 class SessionLedger(Application[UUID]):
     """Sessions (any eventsourcing aggregates) saved as signed, hash-chained ledger events.
 
@@ -148,7 +164,9 @@ class SessionLedger(Application[UUID]):
     snapshots off.
 
     ``location`` may also be a ``postgresql://`` URL: like ``pathlib.Path``, the constructor
-    then returns the PostgreSQL flavour, ``PostgresSessionLedger`` (pg_application.py).
+    then returns the PostgreSQL flavour, ``PostgresSessionLedger`` (pg_application.py). A
+    flavour is a subclass that registers itself with ``add_flavour`` (the package's
+    ``__init__.py`` does it for PostgreSQL), so this class names none of them.
     """
 
     name = "SessionLedger"
@@ -157,11 +175,19 @@ class SessionLedger(Application[UUID]):
     # events are ~0.3 MB typically and 64 MiB at most (the payload limit, format.py).
     log_section_size = 1000
 
-    def __new__(cls, location: str | Path, *args: Any, **kwargs: Any) -> SessionLedger:
-        if cls is SessionLedger and is_postgres_url(location):
-            from .pg_application import PostgresSessionLedger
+    @staticmethod
+    def add_flavour(
+        opens: Callable[[str | Path], bool], flavour: Callable[[], type[SessionLedger]]
+    ) -> None:
+        """``SessionLedger(location)`` returns a ``flavour()`` for a location that ``opens``
+        accepts (the flavour's class is asked for only then, so that its imports wait)."""
+        _FLAVOURS.append((opens, flavour))
 
-            return cast(SessionLedger, super().__new__(PostgresSessionLedger))
+    def __new__(cls, location: str | Path, *args: Any, **kwargs: Any) -> SessionLedger:
+        if cls is SessionLedger:
+            for opens, flavour in _FLAVOURS:
+                if opens(location):
+                    return super().__new__(flavour())
         return super().__new__(cls)
 
     def __init__(

@@ -18,20 +18,19 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
-
-from ..clock import TimeSource
-from ..identity import NodeIdentity
-from .codec import LedgerStoredEvent
-from .errors import (
+from l2_session.infrastructure.clock import TimeSource
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger.codec import LedgerStoredEvent
+from l2_session.infrastructure.ledger.errors import (
     ClockWentBackwards,
     ConcurrencyConflict,
     LedgerCorrupted,
     LedgerError,
     SessionChainError,
 )
-from .format import ZERO_HASH, event_hash, lp
-from .groupcommit import GroupCommitter
-from .insert_checks import check_event
+from l2_session.infrastructure.ledger.format import ZERO_HASH, event_hash, lp
+from l2_session.infrastructure.ledger.groupcommit import GroupCommitter
+from l2_session.infrastructure.ledger.insert_checks import check_event
 
 SIGNER_DOMAIN = b"l2-session/ledger/signer/v1\n"
 # Below this many events, a handoff to the signing thread costs more than it saves.

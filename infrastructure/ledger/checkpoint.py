@@ -20,10 +20,14 @@ import binascii
 from dataclasses import dataclass
 
 from blake3 import blake3
-
-from ..identity import DIDError, NodeIdentity, public_bytes_from_did_key, verify_did_signature
-from .errors import LedgerError
-from .format import HASH_SIZE, SIGNATURE_SIZE
+from l2_session.infrastructure.identity import (
+    DIDError,
+    NodeIdentity,
+    public_bytes_from_did_key,
+    verify_did_signature,
+)
+from l2_session.infrastructure.ledger.errors import LedgerError
+from l2_session.infrastructure.ledger.format import HASH_SIZE, SIGNATURE_SIZE
 
 ORIGIN_PREFIX = "l2-session ledger "
 SIGNATURE_DASH = "\u2014"

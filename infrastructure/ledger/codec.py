@@ -34,9 +34,21 @@ from eventsourcing.persistence import (
     find_id_convertor,
 )
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
+from l2_session.domain.manager.unconfirmed import UnconfirmedHandshakes
+from l2_session.domain.session.peer import Peer
+from l2_session.domain.session.session import Session
+from l2_session.infrastructure.ledger.errors import (
+    LedgerCorrupted,
+    PayloadTooLarge,
+    SealedFieldError,
+    UnknownEventType,
+)
+from l2_session.infrastructure.ledger.format import MAX_PAYLOAD_BYTES, MAX_SEALED_BYTES, sealed_aad
 
-from .errors import LedgerCorrupted, PayloadTooLarge, SealedFieldError, UnknownEventType
-from .format import MAX_PAYLOAD_BYTES, MAX_SEALED_BYTES, sealed_aad
+STORED_AGGREGATES = (Session, Peer, UnconfirmedHandshakes)
+"""The domain's aggregates a ledger holds. Importing them pins their topics
+(domain/session/topics.py): every topic in a ledger resolves here to its class, under the frozen
+name the ledger holds, whatever module the class lives in now."""
 
 SEALED_MARK = "_sealed_"
 NONCE_SIZE = 12

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 from blake3 import blake3
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
-from ..identity import NodeIdentity
-from .checkpoint import Checkpoint, key_id
-from .codec import SEALED_MARK, CanonicalJSONTranscoder, encode_sealed_column
-from .format import ZERO_HASH, event_hash, event_hash_input, genesis_hash, lp, sealed_aad
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger.checkpoint import Checkpoint, key_id
+from l2_session.infrastructure.ledger.codec import (
+    SEALED_MARK,
+    CanonicalJSONTranscoder,
+    encode_sealed_column,
+)
+from l2_session.infrastructure.ledger.format import (
+    ZERO_HASH,
+    event_hash,
+    event_hash_input,
+    genesis_hash,
+    lp,
+    sealed_aad,
+)
 
 SEED = bytes(range(32))
 LEDGER_ID = "00112233445566778899aabbccddeeff"

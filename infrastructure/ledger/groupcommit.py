@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .errors import LedgerClosed
+from l2_session.infrastructure.ledger.errors import LedgerClosed
 
 T = TypeVar("T")
 R = TypeVar("R")

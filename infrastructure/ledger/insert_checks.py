@@ -12,9 +12,12 @@ from __future__ import annotations
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
-
-from .errors import InvalidEvent, PayloadTooLarge
-from .format import MAX_PAYLOAD_BYTES, MAX_SEALED_BYTES, MAX_TOPIC_BYTES
+from l2_session.infrastructure.ledger.errors import InvalidEvent, PayloadTooLarge
+from l2_session.infrastructure.ledger.format import (
+    MAX_PAYLOAD_BYTES,
+    MAX_SEALED_BYTES,
+    MAX_TOPIC_BYTES,
+)
 
 # The version column is a signed 64-bit integer on both backends (SQLite INTEGER, bigint).
 MAX_VERSION = 2**63 - 1

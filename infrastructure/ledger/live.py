@@ -7,7 +7,7 @@ PostgreSQL ledger). The statement walks the distinct session ids on the (session
 index, one seek each (a loose index scan, as a recursive query), and reads each session's
 first and newest event by the same index: its cost grows with the number of sessions the
 ledger holds, not with their length, and no event is decoded. The domain names the topics
-(manager_recovery.py).
+(domain/manager/recovery.py).
 """
 
 from __future__ import annotations

@@ -22,17 +22,24 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.utils import Environment
-from psycopg.rows import tuple_row
-
-from ..identity import NodeIdentity
-from .application import SessionLedger
-from .chain import session_key, version_filter
-from .live import live_sessions_parameters, live_sessions_statement, session_ids
-from .pg_recorder import SignedPostgresRecorder
-from .pg_schema import open_meta
-from .pg_url import PostgresLocation
-from .schema import CHECKPOINTS_TABLE, EVENTS_TABLE, SIGNERS_TABLE, SNAPSHOTS_TABLE
-from .snapshots import (
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger.application import SessionLedger
+from l2_session.infrastructure.ledger.chain import session_key, version_filter
+from l2_session.infrastructure.ledger.live import (
+    live_sessions_parameters,
+    live_sessions_statement,
+    session_ids,
+)
+from l2_session.infrastructure.ledger.pg_recorder import SignedPostgresRecorder
+from l2_session.infrastructure.ledger.pg_schema import open_meta
+from l2_session.infrastructure.ledger.pg_url import PostgresLocation
+from l2_session.infrastructure.ledger.schema import (
+    CHECKPOINTS_TABLE,
+    EVENTS_TABLE,
+    SIGNERS_TABLE,
+    SNAPSHOTS_TABLE,
+)
+from l2_session.infrastructure.ledger.snapshots import (
     WriteTransaction,
     read_only,
     snapshot_row,
@@ -40,6 +47,7 @@ from .snapshots import (
     trusted_snapshots,
     unanchored,
 )
+from psycopg.rows import tuple_row
 
 POOL_SIZE = 4  # appends use one connection at a time (group commit); reads and LISTEN the rest
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from .chain import ROW_COLUMNS
-from .errors import LedgerError
-from .pg_schema import migrate, read_meta
-from .pg_url import PostgresLocation
-from .schema import (
+from l2_session.infrastructure.ledger.chain import ROW_COLUMNS
+from l2_session.infrastructure.ledger.errors import LedgerError
+from l2_session.infrastructure.ledger.pg_schema import migrate, read_meta
+from l2_session.infrastructure.ledger.pg_url import PostgresLocation
+from l2_session.infrastructure.ledger.schema import (
     CHECKPOINTS_TABLE,
     EVENTS_TABLE,
     META_TABLE,

@@ -24,12 +24,9 @@ from uuid import UUID
 import psycopg
 from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
-
-from ..clock import TimeSource
-from ..identity import NodeIdentity
-from .chain import (
+from l2_session.infrastructure.clock import TimeSource
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger.chain import (
     READ_COLUMNS,
     ROW_COLUMNS,
     LedgerChain,
@@ -38,11 +35,13 @@ from .chain import (
     session_key,
     version_filter,
 )
-from .errors import LedgerCorrupted, LedgerError
-from .format import ZERO_HASH, genesis_hash
-from .groupcommit import GroupCommitConfig, GroupCommitter
-from .pg_schema import lock_key
-from .schema import EVENTS_TABLE, SIGNERS_TABLE
+from l2_session.infrastructure.ledger.errors import LedgerCorrupted, LedgerError
+from l2_session.infrastructure.ledger.format import ZERO_HASH, genesis_hash
+from l2_session.infrastructure.ledger.groupcommit import GroupCommitConfig, GroupCommitter
+from l2_session.infrastructure.ledger.pg_schema import lock_key
+from l2_session.infrastructure.ledger.schema import EVENTS_TABLE, SIGNERS_TABLE
+from psycopg.rows import tuple_row
+from psycopg.sql import SQL, Identifier
 
 _COLUMN_TYPES = (
     "bigint", "text", "bigint", "text", "bigint", "bytea", "bytea",

@@ -18,11 +18,16 @@ import uuid
 from typing import Any
 
 from blake3 import blake3
-
-from .errors import LedgerError, LedgerNotFound, NotALedger
-from .format import FORMAT_NAME, FORMAT_VERSION
-from .pg_url import PostgresLocation
-from .schema import CHECKPOINTS_TABLE, EVENTS_TABLE, META_TABLE, SIGNERS_TABLE, SNAPSHOTS_TABLE
+from l2_session.infrastructure.ledger.errors import LedgerError, LedgerNotFound, NotALedger
+from l2_session.infrastructure.ledger.format import FORMAT_NAME, FORMAT_VERSION
+from l2_session.infrastructure.ledger.pg_url import PostgresLocation
+from l2_session.infrastructure.ledger.schema import (
+    CHECKPOINTS_TABLE,
+    EVENTS_TABLE,
+    META_TABLE,
+    SIGNERS_TABLE,
+    SNAPSHOTS_TABLE,
+)
 
 SCHEMA_VERSION = 1
 NODE_ROLE = "l2s_node"

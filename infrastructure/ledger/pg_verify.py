@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..identity import verify_did_signature
-from .chain import ROW_COLUMNS, signer_statement
-from .pg_schema import check_meta, read_meta
-from .pg_url import PostgresLocation
-from .schema import EVENTS_TABLE, SIGNERS_TABLE
+from l2_session.infrastructure.identity import verify_did_signature
+from l2_session.infrastructure.ledger.chain import ROW_COLUMNS, signer_statement
+from l2_session.infrastructure.ledger.pg_schema import check_meta, read_meta
+from l2_session.infrastructure.ledger.pg_url import PostgresLocation
+from l2_session.infrastructure.ledger.schema import EVENTS_TABLE, SIGNERS_TABLE
 
 
 @contextmanager

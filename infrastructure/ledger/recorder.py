@@ -16,15 +16,30 @@ from uuid import UUID
 
 from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder
-
-from ..clock import TimeSource
-from ..identity import NodeIdentity
-from .chain import SIGNER_DOMAIN, LedgerChain, notification_filter, session_key, version_filter
-from .errors import LedgerCorrupted, LedgerError
-from .format import FORMAT_NAME, FORMAT_VERSION, ZERO_HASH, genesis_hash
-from .groupcommit import GroupCommitConfig, GroupCommitter
-from .schema import CREATE_STATEMENTS, EVENTS_TABLE, META_TABLE, SIGNERS_TABLE
-from .sqlite_store import LedgerDatastore
+from l2_session.infrastructure.clock import TimeSource
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger.chain import (
+    SIGNER_DOMAIN,
+    LedgerChain,
+    notification_filter,
+    session_key,
+    version_filter,
+)
+from l2_session.infrastructure.ledger.errors import LedgerCorrupted, LedgerError
+from l2_session.infrastructure.ledger.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ZERO_HASH,
+    genesis_hash,
+)
+from l2_session.infrastructure.ledger.groupcommit import GroupCommitConfig, GroupCommitter
+from l2_session.infrastructure.ledger.schema import (
+    CREATE_STATEMENTS,
+    EVENTS_TABLE,
+    META_TABLE,
+    SIGNERS_TABLE,
+)
+from l2_session.infrastructure.ledger.sqlite_store import LedgerDatastore
 
 __all__ = ["SIGNER_DOMAIN", "SignedSQLiteRecorder", "session_key"]
 

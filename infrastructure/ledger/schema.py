@@ -6,9 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import sqlite_utils
-
-from .errors import LedgerNotFound, NotALedger
-from .format import FORMAT_NAME, FORMAT_VERSION
+from l2_session.infrastructure.ledger.errors import LedgerNotFound, NotALedger
+from l2_session.infrastructure.ledger.format import FORMAT_NAME, FORMAT_VERSION
 
 EVENTS_TABLE = "ledger_events"
 META_TABLE = "ledger_meta"

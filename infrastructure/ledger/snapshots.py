@@ -26,12 +26,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from eventsourcing.persistence import Cipher, StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteDatastore
-
-from ..identity import NodeIdentity, verify_did_signature
-from .chain import session_key
-from .errors import LedgerError, SealedFieldError
-from .format import snapshot_hash
-from .schema import EVENTS_TABLE, SIGNERS_TABLE, SNAPSHOTS_TABLE
+from l2_session.infrastructure.identity import NodeIdentity, verify_did_signature
+from l2_session.infrastructure.ledger.chain import session_key
+from l2_session.infrastructure.ledger.errors import LedgerError, SealedFieldError
+from l2_session.infrastructure.ledger.format import snapshot_hash
+from l2_session.infrastructure.ledger.schema import EVENTS_TABLE, SIGNERS_TABLE, SNAPSHOTS_TABLE
 
 log = logging.getLogger(__name__)
 _STATE_AAD = b"l2-session/ledger/snapshot-state/v1\n"

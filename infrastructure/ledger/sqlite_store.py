@@ -30,9 +30,8 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteDatastore
-
-from .errors import LedgerClosed
-from .walcheckpoint import WAL_BACKSTOP_PAGES, WalCheckpointer
+from l2_session.infrastructure.ledger.errors import LedgerClosed
+from l2_session.infrastructure.ledger.walcheckpoint import WAL_BACKSTOP_PAGES, WalCheckpointer
 
 log = logging.getLogger(__name__)
 

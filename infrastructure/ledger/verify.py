@@ -23,11 +23,14 @@ from typing import Any
 from blake3 import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from ..identity import DIDError, public_key_from_did_key
-from .checkpoint import Checkpoint
-from .codec import decode_sealed_column, encode_sealed_column, sealed_reference
-from .format import (
+from l2_session.infrastructure.identity import DIDError, public_key_from_did_key
+from l2_session.infrastructure.ledger.checkpoint import Checkpoint
+from l2_session.infrastructure.ledger.codec import (
+    decode_sealed_column,
+    encode_sealed_column,
+    sealed_reference,
+)
+from l2_session.infrastructure.ledger.format import (
     HASH_SIZE,
     SIGNATURE_SIZE,
     ZERO_HASH,
@@ -35,10 +38,15 @@ from .format import (
     genesis_hash,
     lp,
 )
-from .pg_url import is_postgres_url
-from .schema import check_sqlite_ledger_file
-from .verify_report import Problem, ProblemKind, VerificationReport, aggregate_kind
-from .verify_sources import (
+from l2_session.infrastructure.ledger.pg_url import is_postgres_url
+from l2_session.infrastructure.ledger.schema import check_sqlite_ledger_file
+from l2_session.infrastructure.ledger.verify_report import (
+    Problem,
+    ProblemKind,
+    VerificationReport,
+    aggregate_kind,
+)
+from l2_session.infrastructure.ledger.verify_sources import (
     pg_ledger_meta,
     range_rows,
     read_errors,

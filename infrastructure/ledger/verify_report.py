@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cache
 
-from .format import ZERO_HASH
+from l2_session.domain.session.topics import PEER_REGISTERED, SESSION_CREATIONS
+from l2_session.infrastructure.ledger.format import ZERO_HASH
 
 
 def printable(text: str) -> str:
@@ -24,27 +24,18 @@ def _escape(c: str) -> str:
     return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
-@cache
-def _aggregate_kinds() -> dict[str, str]:
-    """The kind of aggregate each creation event's topic starts: sessions and peers (their
-    own counts in the summary). Imported on first use, in the process that summarises, not
-    in verify's workers."""
-    from eventsourcing.utils import get_topic
-    from l2_session.domain.peer import Peer
-    from l2_session.domain.session import Session
-    from l2_session.domain.session_core import SessionCore
-
-    return {
-        get_topic(Session.Opened): "session",
-        get_topic(SessionCore.Opened): "session",
-        get_topic(Peer.Registered): "peer",
-    }
+_AGGREGATE_KINDS = {
+    **dict.fromkeys(SESSION_CREATIONS, "session"),
+    PEER_REGISTERED: "peer",
+}
+"""The kind of aggregate each creation event's topic starts: sessions and peers (their own
+counts in the summary)."""
 
 
 def aggregate_kind(creation_topic: str | None) -> str:
     """'session', 'peer' or 'other' (any other aggregate, or one whose first event is not in
     the ledger), from the topic of an aggregate's version-1 event."""
-    return _aggregate_kinds().get(creation_topic or "", "other")
+    return _AGGREGATE_KINDS.get(creation_topic or "", "other")
 
 
 class ProblemKind(StrEnum):

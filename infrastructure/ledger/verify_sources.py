@@ -13,12 +13,17 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..identity import verify_did_signature
-from .format import lp
-from .pg_url import is_postgres_url
-from .recorder import SIGNER_DOMAIN
-from .schema import EVENT_COLUMNS, EVENTS_TABLE, META_TABLE, SIGNERS_TABLE
-from .verify_report import Problem, ProblemKind
+from l2_session.infrastructure.identity import verify_did_signature
+from l2_session.infrastructure.ledger.format import lp
+from l2_session.infrastructure.ledger.pg_url import is_postgres_url
+from l2_session.infrastructure.ledger.recorder import SIGNER_DOMAIN
+from l2_session.infrastructure.ledger.schema import (
+    EVENT_COLUMNS,
+    EVENTS_TABLE,
+    META_TABLE,
+    SIGNERS_TABLE,
+)
+from l2_session.infrastructure.ledger.verify_report import Problem, ProblemKind
 
 # A stored row is at least this many bytes (three hashes and a signature alone are 160).
 MIN_ROW_BYTES = 100
@@ -34,7 +39,7 @@ def connect_ro(path: str) -> sqlite3.Connection:
 def range_rows(source: str, lo: int, hi: int) -> Iterator[Iterable[Any]]:
     """The rows (EVENT_COLUMNS) with ``lo <= position <= hi`` of either backend's ledger."""
     if is_postgres_url(source):
-        from .pg_verify import range_rows as pg_range_rows
+        from l2_session.infrastructure.ledger.pg_verify import range_rows as pg_range_rows
 
         with pg_range_rows(source, lo, hi) as rows:
             yield rows
@@ -121,6 +126,6 @@ def _sqlite_bounds(conn: sqlite3.Connection, step: int) -> tuple[list[int], int 
 
 
 def pg_ledger_meta(url: str, step: int) -> tuple[str, frozenset[str], list[int], int | None]:
-    from .pg_verify import ledger_meta
+    from l2_session.infrastructure.ledger.pg_verify import ledger_meta
 
     return ledger_meta(url, step)

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from crypto_support import DAY_US, NOW_US
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from l2_session.domain.handshake import Responder
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_kem import backend
+from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.kem import backend
+from l2_session.domain.handshake.protocol import Responder
 
 # tests/crypto/conftest.py -> parents[2] is the repository root.
 REPO_ROOT = Path(__file__).resolve().parents[2]

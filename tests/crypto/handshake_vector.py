@@ -12,11 +12,11 @@ from typing import Any
 import blake3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from l2_session.domain.handshake import InitiatorHandshake, Responder
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_channel import Channel, heartbeat
-from l2_session.domain.handshake_kem import CryptographyKem
-from l2_session.domain.handshake_resume import (
+from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.channel import Channel, heartbeat
+from l2_session.domain.handshake.kem import CryptographyKem
+from l2_session.domain.handshake.protocol import InitiatorHandshake, Responder
+from l2_session.domain.handshake.resume import (
     ResumeInitiator,
     ResumeResponder,
     ResumptionTicket,

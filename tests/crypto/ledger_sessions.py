@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from uuid import UUID
 
-from l2_session.domain.config import DEFAULT_CONFIG
-from l2_session.domain.handshake import InitiatorHandshake, Responder
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.keyexchange_pqxdh import key_material
-from l2_session.domain.session import Session
+from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.protocol import InitiatorHandshake, Responder
+from l2_session.domain.manager.pqxdh import key_material
+from l2_session.domain.session.config import DEFAULT_CONFIG
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
 

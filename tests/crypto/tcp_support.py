@@ -16,14 +16,14 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from kem_counting import CountingKemKey, KemCounts
-from l2_session.domain.commands import HandshakeRequest
-from l2_session.domain.config import DEFAULT_CONFIG, SessionConfig
-from l2_session.domain.handshake import InitiatorHandshake
-from l2_session.domain.handshake_bundle import PrekeyBundle
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-from l2_session.domain.manager import SessionManager
-from l2_session.domain.session import Session
-from l2_session.domain.session_channel import RESERVATION_BLOCK
+from l2_session.domain.handshake.bundle import PrekeyBundle
+from l2_session.domain.handshake.protocol import InitiatorHandshake
+from l2_session.domain.manager.channel import RESERVATION_BLOCK
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+from l2_session.domain.session.commands import HandshakeRequest
+from l2_session.domain.session.config import DEFAULT_CONFIG, SessionConfig
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger

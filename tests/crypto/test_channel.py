@@ -9,20 +9,20 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from l2_session.domain.handshake_channel import (
+from l2_session.domain.handshake.channel import (
     REPLAY_WINDOW,
     Channel,
     CountersExhausted,
     ReplayWindow,
     heartbeat,
 )
-from l2_session.domain.handshake_errors import (
+from l2_session.domain.handshake.errors import (
     HandshakeAuthenticationFailed,
     MalformedMessage,
     ReplayedMessage,
 )
-from l2_session.domain.handshake_keys import SessionKeys
-from l2_session.domain.handshake_wire import MAX_PLAINTEXT, MessageType
+from l2_session.domain.handshake.keys import SessionKeys
+from l2_session.domain.handshake.wire import MAX_PLAINTEXT, MessageType
 
 
 def _pair(seed: int = 1) -> tuple[Channel, Channel]:

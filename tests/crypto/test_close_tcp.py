@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from l2_session.domain.commands import Close
+from l2_session.domain.session.commands import Close
 from l2_session.infrastructure.ledger.verify import verify
 from l2_session.transports.frames import encode
 from tcp_support import Pair, established_pair, is_sealed, until

@@ -12,23 +12,23 @@ from crypto_support import DAY_US, NOW_US
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from l2_session.domain.errors import AuthenticationFailed
-from l2_session.domain.handshake import InitiatorHandshake, Responder
-from l2_session.domain.handshake_bundle import PrekeyBundle, create_prekeys
-from l2_session.domain.handshake_errors import (
+from l2_session.domain.handshake.bundle import PrekeyBundle, create_prekeys
+from l2_session.domain.handshake.errors import (
     HandshakeAuthenticationFailed,
     HandshakeStateError,
     MalformedMessage,
     PrekeyError,
     ReplayedMessage,
 )
-from l2_session.domain.handshake_kem import backend
-from l2_session.domain.handshake_keys import (
+from l2_session.domain.handshake.kem import backend
+from l2_session.domain.handshake.keys import (
     LABEL_RESPONSE_SIGNATURE,
     transcript_hash,
     x25519_public_bytes,
 )
-from l2_session.domain.handshake_wire import Init, Response
+from l2_session.domain.handshake.protocol import InitiatorHandshake, Responder
+from l2_session.domain.handshake.wire import Init, Response
+from l2_session.domain.session.errors import AuthenticationFailed
 
 Parties = Callable[..., Any]
 

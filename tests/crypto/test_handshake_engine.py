@@ -9,11 +9,11 @@ import pytest
 from crypto_support import DAY_US, NOW_US
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from l2_session.domain.handshake import Responder
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_engine import HANDSHAKE_TIMEOUT_US, HandshakeEngine
-from l2_session.domain.handshake_resume import ResumeResponder, ResumptionTicket
-from l2_session.domain.handshake_wire import Response
+from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.engine import HANDSHAKE_TIMEOUT_US, HandshakeEngine
+from l2_session.domain.handshake.protocol import Responder
+from l2_session.domain.handshake.resume import ResumeResponder, ResumptionTicket
+from l2_session.domain.handshake.wire import Response
 
 A, B = "192.0.2.1:7000", "192.0.2.2:7000"
 

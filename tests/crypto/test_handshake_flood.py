@@ -10,16 +10,16 @@ import tracemalloc
 import pytest
 from crypto_support import DAY_US, NOW_US
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from l2_session.domain.handshake import InitiatorHandshake, Responder
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed, HandshakeError
-from l2_session.domain.handshake_flood import (
+from l2_session.domain.handshake.admission import (
     QUARANTINE_US,
     Bucket,
     FloodLimits,
     HandshakeAdmission,
     HandshakeRefused,
 )
+from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.errors import HandshakeAuthenticationFailed, HandshakeError
+from l2_session.domain.handshake.protocol import InitiatorHandshake, Responder
 
 SECOND = 1_000_000
 

@@ -9,7 +9,7 @@ import os
 
 import pytest
 from handshake_vector import DOC_FILE, VECTOR_FILE, build, default_inputs, doc_example, render
-from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed
+from l2_session.domain.handshake.errors import HandshakeAuthenticationFailed
 
 REGENERATE = os.environ.get("L2S_REGENERATE_VECTORS") == "1"
 

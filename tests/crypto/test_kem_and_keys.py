@@ -7,15 +7,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed, PrekeyError
-from l2_session.domain.handshake_kem import (
+from l2_session.domain.handshake.errors import HandshakeAuthenticationFailed, PrekeyError
+from l2_session.domain.handshake.kem import (
     DEFAULT_BACKEND,
     EXPANDED_PRIVATE_LEN,
     SEED_LEN,
     backend,
     load_private,
 )
-from l2_session.domain.handshake_keys import (
+from l2_session.domain.handshake.keys import (
     dh,
     ed25519_private_to_x25519,
     ed25519_public_to_x25519,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from crypto_support import DAY_US, NOW_US
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_kem import backend
+from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.kem import backend
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.keystore import KeyStore, KeyStoreError
 

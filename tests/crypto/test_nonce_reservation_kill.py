@@ -1,7 +1,8 @@
 """Nonces are never reused, even across SIGKILL: the sender reserves counters in blocks in the
 ledger — a ``CountersReserved`` event of the session, saved durably — before using them, and a
 restarted sender rebuilds its channel from the session replayed from the ledger, starting at the
-end of the last reservation (issue 4, "Nonces are never reused, even after SIGKILL and resume").
+end of the last reservation: a nonce reused under one ChaCha20-Poly1305 key would expose the
+plaintexts it sealed.
 
 The sending process is killed many times at random moments, with real keys from a real
 handshake, on a real SQLite ledger file; every counter it put on the wire is logged, and no
@@ -22,17 +23,17 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from l2_session.domain.handshake_channel import Channel
-from l2_session.domain.keyexchange_pqxdh import session_keys_of
-from l2_session.domain.session import Session
-from l2_session.domain.session_channel import SessionChannel
+from l2_session.domain.handshake.channel import Channel
+from l2_session.domain.manager.channel import SessionChannel
+from l2_session.domain.manager.pqxdh import session_keys_of
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.keystore import KeyStore
 from ledger_sessions import established_pair, open_ledger, record_established
 
 SENDER = textwrap.dedent(
     """
     import os, sys, time, uuid
-    from l2_session.domain.session_channel import SessionChannel
+    from l2_session.domain.manager.channel import SessionChannel
     from l2_session.infrastructure.keystore import KeyStore
     from l2_session.infrastructure.ledger import SessionLedger
 

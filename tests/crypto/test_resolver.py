@@ -9,11 +9,11 @@ from uuid import uuid4
 
 import pytest
 from crypto_support import DAY_US, NOW_US
-from l2_session.domain import handshake_bundle
-from l2_session.domain.handshake import InitiatorHandshake, Responder
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed, PrekeyError
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
+from l2_session.domain.handshake import bundle as bundle_module
+from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.errors import HandshakeAuthenticationFailed, PrekeyError
+from l2_session.domain.handshake.protocol import InitiatorHandshake, Responder
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
 from l2_session.infrastructure.identity import DIDError, NodeIdentity
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.resolver import DidKeyResolver, MockResolver, ResolutionError
@@ -156,12 +156,12 @@ def test_an_initiated_handshake_verifies_the_bundle_once(
         alice.did, alice.private_key, resolver, now_us=NOW_US, valid_for_us=DAY_US
     )
     checked: list[str] = []
-    real = handshake_bundle.check_signature
+    real = bundle_module.check_signature
 
     def counting(public: bytes, signature: bytes, message: bytes, what: str) -> None:
         checked.append(what)
         real(public, signature, message, what)
 
-    monkeypatch.setattr(handshake_bundle, "check_signature", counting)
+    monkeypatch.setattr(bundle_module, "check_signature", counting)
     exchange.initiate(uuid4(), bob.did, NOW_US)
     assert checked == ["prekey bundle"]

@@ -33,9 +33,9 @@ ALICE = textwrap.dedent(
     """
     import asyncio, json, sys, uuid
     from pathlib import Path
-    from l2_session.domain.handshake_engine import HandshakeEngine
-    from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-    from l2_session.domain.manager import SessionManager
+    from l2_session.domain.handshake.engine import HandshakeEngine
+    from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+    from l2_session.domain.manager.manager import SessionManager
     from l2_session.infrastructure.clock import SessionTimeline, SystemClock
     from l2_session.infrastructure.keystore import KeyStore
     from l2_session.infrastructure.ledger import SessionLedger

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 from crypto_support import NOW_US
-from l2_session.domain.handshake import InitiatorHandshake
-from l2_session.domain.handshake_channel import Channel
-from l2_session.domain.handshake_errors import (
+from l2_session.domain.handshake.channel import Channel
+from l2_session.domain.handshake.errors import (
     HandshakeAuthenticationFailed,
     MalformedMessage,
     ReplayedMessage,
 )
-from l2_session.domain.handshake_keys import SessionKeys
-from l2_session.domain.handshake_resume import (
+from l2_session.domain.handshake.keys import SessionKeys
+from l2_session.domain.handshake.protocol import InitiatorHandshake
+from l2_session.domain.handshake.resume import (
     Resume,
     ResumeInitiator,
     ResumeRefused,

@@ -21,8 +21,8 @@ from pathlib import Path
 from uuid import UUID
 
 from kem_counting import CountingKemKey, KemCounts
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
 from l2_session.infrastructure.clock import ManualClock, SessionTimeline, SystemClock
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.resolver import DidKeyResolver
@@ -35,9 +35,9 @@ DAY_US = 86_400_000_000
 CHILD = textwrap.dedent(
     """
     import asyncio, json, sys, time, uuid
-    from l2_session.domain.handshake_engine import HandshakeEngine
-    from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-    from l2_session.domain.manager import SessionManager
+    from l2_session.domain.handshake.engine import HandshakeEngine
+    from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+    from l2_session.domain.manager.manager import SessionManager
     from l2_session.infrastructure.clock import SessionTimeline, SystemClock
     from l2_session.infrastructure.keystore import KeyStore
     from l2_session.infrastructure.ledger import SessionLedger

@@ -10,16 +10,16 @@ from crypto_support import DAY_US, NOW_US
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from l2_session.domain.handshake import InitiatorHandshake, Responder
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.handshake_errors import HandshakeAuthenticationFailed, HandshakeError
-from l2_session.domain.handshake_rotation import (
+from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.errors import HandshakeAuthenticationFailed, HandshakeError
+from l2_session.domain.handshake.protocol import InitiatorHandshake, Responder
+from l2_session.domain.handshake.rotation import (
     ROTATE_AFTER_US,
     ROTATION_TIMEOUT_US,
     RotationFailed,
     SessionCrypto,
 )
-from l2_session.domain.handshake_wire import MessageType
+from l2_session.domain.handshake.wire import MessageType
 
 
 def _session():  # type: ignore[no-untyped-def]

@@ -16,9 +16,9 @@ from uuid import UUID
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from l2_session.domain.commands import Data, Frame, Heartbeat
-from l2_session.domain.config import DEFAULT_CONFIG
-from l2_session.domain.session import Session
+from l2_session.domain.session.commands import Data, Frame, Heartbeat
+from l2_session.domain.session.config import DEFAULT_CONFIG
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.identity import public_bytes_from_did_key
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.transports.sealed import SealedFrames, SealRefused

@@ -1,5 +1,5 @@
 """No (key, nonce) pair repeats on the wire, even when the sending process is SIGKILLed at
-random moments and restarted from its ledger (issue 4): the session's frames travel sealed over
+random moments and restarted from its ledger: the session's frames travel sealed over
 loopback TCP (transports/sealed.py), each record's counter reserved in the ledger before use,
 and each restart resumes the session with fresh keys (decision 16).
 
@@ -25,9 +25,9 @@ from tcp_support import Pair, established_pair, is_sealed, until
 SENDER = textwrap.dedent(
     """
     import asyncio, os, sys, time, uuid
-    from l2_session.domain.handshake_engine import HandshakeEngine
-    from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-    from l2_session.domain.manager import SessionManager
+    from l2_session.domain.handshake.engine import HandshakeEngine
+    from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+    from l2_session.domain.manager.manager import SessionManager
     from l2_session.infrastructure.keystore import KeyStore
     from l2_session.infrastructure.ledger import SessionLedger
     from l2_session.infrastructure.resolver import DidKeyResolver

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from l2_session.domain.session import Session
-from l2_session.domain.session_channel import SessionChannel
+from l2_session.domain.manager.channel import SessionChannel
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.keystore import KeyStore
 from ledger_sessions import established_pair, open_ledger, record_established
 from tcp_support import Pair, is_sealed, until

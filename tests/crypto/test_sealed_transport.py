@@ -1,4 +1,4 @@
-"""Issue 4 on the real transport: after the handshake every Data, DataAck, Heartbeat and
+"""The session channel on the real transport: after the handshake every Data, DataAck, Heartbeat and
 HeartbeatAck frame travels sealed under the session's directional ChaCha20-Poly1305 keys,
 with per-direction counters (reserved in the ledger) as nonces and a 2048-wide replay window
 (transports/sealed.py); and a connection is bound to the DID its handshake proved
@@ -12,7 +12,9 @@ import struct
 from pathlib import Path
 
 import pytest
-from l2_session.domain.commands import (
+from l2_session.domain.handshake.wire import MessageType
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session.commands import (
     Data,
     DataAck,
     HandshakeAck,
@@ -20,9 +22,7 @@ from l2_session.domain.commands import (
     Heartbeat,
     HeartbeatAck,
 )
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.handshake_wire import MessageType
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.session.config import SessionConfig
 from l2_session.transports import tcp
 from l2_session.transports.frames import KIND_OF, encode
 from l2_session.transports.tcp import TcpNode

@@ -13,9 +13,9 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from l2_session.domain.commands import Send
-from l2_session.domain.handshake_flood import FloodLimits, HandshakeAdmission
-from l2_session.domain.peer import peer_id
+from l2_session.domain.handshake.admission import FloodLimits, HandshakeAdmission
+from l2_session.domain.session.commands import Send
+from l2_session.domain.session.peer import peer_id
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.transports import sealed, tcp
 from l2_session.transports.frames import MAX_FRAME

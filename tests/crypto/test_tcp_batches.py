@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from l2_session.domain.commands import Frame
-from l2_session.domain.handshake_wire import MessageType
+from l2_session.domain.handshake.wire import MessageType
+from l2_session.domain.session.commands import Frame
 from l2_session.infrastructure.resolver import DidKeyResolver
 from tcp_support import Relay, Side, VirtualTime, fresh_did, hello, is_sealed, make_side, until
 

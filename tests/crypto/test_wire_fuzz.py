@@ -16,17 +16,17 @@ from crypto_support import DAY_US, NOW_US
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from l2_session.domain.handshake import InitiatorHandshake, Responder
-from l2_session.domain.handshake_bundle import PrekeyBundle, create_prekeys
-from l2_session.domain.handshake_channel import Channel
-from l2_session.domain.handshake_errors import HandshakeError, MalformedMessage
-from l2_session.domain.handshake_resume import (
+from l2_session.domain.handshake.bundle import PrekeyBundle, create_prekeys
+from l2_session.domain.handshake.channel import Channel
+from l2_session.domain.handshake.errors import HandshakeError, MalformedMessage
+from l2_session.domain.handshake.protocol import InitiatorHandshake, Responder
+from l2_session.domain.handshake.resume import (
     Resume,
     ResumeInitiator,
     ResumeResponder,
     ResumptionTicket,
 )
-from l2_session.domain.handshake_wire import Confirm, Init, MessageType, Response, peek_type
+from l2_session.domain.handshake.wire import Confirm, Init, MessageType, Response, peek_type
 
 # One real exchange, made once: mutations are applied to these bytes.
 _I = Ed25519PrivateKey.generate()

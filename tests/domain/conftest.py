@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session.config import SessionConfig
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.transports.mock import LinkProfile, MockTransport, Simulation
 from session_helpers import ALICE, BOB, PREKEYS

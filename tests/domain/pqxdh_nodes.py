@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kem_counting import CountingKem, CountingKemKey, KemCounts
-from l2_session.domain.handshake import Responder
-from l2_session.domain.handshake_bundle import create_prekeys
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange, new_prekey_id
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.protocol import Responder
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange, new_prekey_id
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.resolver import DidKeyResolver

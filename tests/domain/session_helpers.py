@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from l2_session.domain import timers
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.session import Session
-from l2_session.domain.timers import Timer
-from l2_session.domain.unconfirmed import UnconfirmedHandshakes
+from l2_session.domain.manager.unconfirmed import UnconfirmedHandshakes
+from l2_session.domain.session import timers
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.timers import Timer
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
 SECOND = 1_000_000

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.errors import ConfigError
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.errors import ConfigError
 
 
 def test_defaults_are_spec_018_section_5_1_and_section_2() -> None:
@@ -43,7 +43,7 @@ def test_a_sessions_config_is_its_own_whether_its_fields_are_shared_or_a_private
     """The config property is read by every deadline rule, so shared field dicts are looked
     up by identity; a private copy (as a snapshot restores) must still give the same config,
     and two configs must never be confused."""
-    from l2_session.domain.config import config_fields, config_from_fields, shared_fields
+    from l2_session.domain.session.config import config_fields, config_from_fields, shared_fields
 
     fast, slow = SessionConfig(heartbeat_interval=5.0), SessionConfig(heartbeat_interval=50.0)
     shared_fast, shared_slow = (shared_fields(config_fields(c)) for c in (fast, slow))

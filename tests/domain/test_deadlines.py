@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from uuid import uuid4
 
-from l2_session.domain.deadlines import DeadlineHeap
+from l2_session.domain.manager.deadlines import DeadlineHeap
 
 
 def test_rearming_replaces_the_deadline_and_disarming_removes_it() -> None:
@@ -33,7 +33,7 @@ def test_stale_entries_are_compacted_so_the_heap_stays_proportional() -> None:
 
 
 def test_next_deadline_is_the_earliest_pending_one_with_ties_to_the_timer_listed_first() -> None:
-    from l2_session.domain import timers
+    from l2_session.domain.session import timers
     from session_helpers import degraded, established, failed_by_timeout, miss_heartbeat
 
     partitioned = established()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from l2_session.domain.diagram import render_mermaid
-from l2_session.domain.states import state_changes
+from l2_session.domain.session.diagram import render_mermaid
+from l2_session.domain.session.states import state_changes
 from l2_session.tools.cli import main
 
 

@@ -8,7 +8,7 @@ from uuid import uuid4
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from l2_session.domain.commands import (
+from l2_session.domain.session.commands import (
     Data,
     DataAck,
     HandshakeAck,

@@ -10,10 +10,11 @@ from uuid import uuid4
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from l2_session.domain import timers
-from l2_session.domain.commands import Send
-from l2_session.domain.errors import MessageTooLarge, UnknownSession
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session import timers
+from l2_session.domain.session.commands import Send
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.errors import MessageTooLarge, UnknownSession, WindowFull
 from l2_session.transports.mock import LinkProfile, Simulation
 from session_helpers import ALICE, BOB, PREKEYS, SECOND, unconfirmed_summaries
 
@@ -131,7 +132,7 @@ def test_frames_that_do_not_fit_are_dropped_and_counted(
     sim = make_sim()
     sid = connect(sim)
     alice = sim.nodes[ALICE]
-    from l2_session.domain.commands import HeartbeatAck
+    from l2_session.domain.session.commands import HeartbeatAck
 
     version = alice.session(sid).version
     conversation = alice.session(sid).conversation
@@ -262,10 +263,57 @@ def test_retry_after_a_lost_confirmation_continues_a_responder_session_holding_a
 def test_resumption_for_an_unknown_conversation_is_dropped_not_quarantined(
     make_sim: Callable[..., Simulation],
 ) -> None:
-    from l2_session.domain.commands import HandshakeRequest
+    from l2_session.domain.session.commands import HandshakeRequest
 
     sim = make_sim()
     bob = sim.nodes[BOB]
     now = sim.clock.wall_us()
     assert bob.receive(ALICE, HandshakeRequest(uuid4(), b"", resuming=True), now) == []
     assert bob.dropped_frames == 1 and not bob.peer(ALICE).is_quarantined(now)
+
+
+def test_a_full_send_window_refuses_the_next_message_and_records_nothing(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    sim = make_sim(config=SessionConfig(send_window=3))
+    sid = connect(sim)
+    sim.transport.partition(ALICE, BOB)  # nothing is acknowledged
+    alice = sim.nodes[ALICE]
+    for i in range(3):
+        assert alice.send_room(sid) == 3 - i
+        sim.perform(ALICE, alice.submit(sid, b"m%d" % i, sim.clock.wall_us()))
+    assert alice.send_room(sid) == 0
+    version = alice.session(sid).version
+    with pytest.raises(WindowFull, match="3 messages are not yet acknowledged"):
+        alice.submit(sid, b"m3", sim.clock.wall_us())
+    assert alice.session(sid).version == version
+    assert alice.ledger.repository.get(sid).version == version
+
+
+def test_submit_many_saves_once_and_reports_each_refusal_in_its_place(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    sim = make_sim(config=SessionConfig(send_window=2))
+    sid = connect(sim)
+    alice = sim.nodes[ALICE]
+    saves: list[int] = []
+    save = alice.ledger.save
+    alice.ledger.save = lambda *objs, **kw: saves.append(len(objs)) or save(*objs, **kw)  # type: ignore[method-assign]
+    results = alice.submit_many(
+        [(sid, b"a"), (uuid4(), b"x"), (sid, b"b"), (sid, b"c")], sim.clock.wall_us()
+    )
+    assert saves == [1]
+    assert isinstance(results[1], UnknownSession) and isinstance(results[3], WindowFull)
+    sent = [
+        o.frame.payload
+        for r in results
+        if isinstance(r, list)
+        for o in r
+        if hasattr(o.frame, "payload")
+    ]
+    assert b"a" in sent and b"b" in sent and b"c" not in sent
+    for r in results:
+        if isinstance(r, list):
+            sim.perform(ALICE, r)
+    sim.run_for(2)
+    assert payloads(sim, BOB) == [b"a", b"b"]

@@ -12,7 +12,8 @@ from uuid import UUID, uuid4
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from l2_session.domain.commands import (
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session.commands import (
     Data,
     DataAck,
     Deliver,
@@ -23,11 +24,10 @@ from l2_session.domain.commands import (
     Output,
     Send,
 )
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.errors import SessionError
-from l2_session.domain.manager import SessionManager
-from l2_session.domain.peer import peer_id
-from l2_session.domain.session import Session
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.errors import SessionError
+from l2_session.domain.session.peer import peer_id
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.ledger.verify import verify
 from pqxdh_nodes import Nodes

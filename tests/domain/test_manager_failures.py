@@ -8,11 +8,11 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from l2_session.domain.commands import Data, Deliver, HandshakeRequest, HandshakeResponse
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.errors import SessionError
-from l2_session.domain.handshake_flood import HandshakeRefused
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.handshake.admission import HandshakeRefused
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session.commands import Data, Deliver, HandshakeRequest, HandshakeResponse
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.errors import SessionError
 from session_helpers import ALICE, BOB, SECOND, T0
 from test_manager_tick import PEERS, RecordingKeyExchange, RecordingLedger, frames_to
 

@@ -10,10 +10,10 @@ from typing import Any
 from uuid import uuid4, uuid5
 
 import pytest
-from l2_session.domain.commands import HandshakeRequest, HandshakeResponse, Send
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.errors import UnknownSession
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session.commands import HandshakeRequest, HandshakeResponse, Send
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.errors import UnknownSession
 from session_helpers import ALICE, BOB, SECOND, T0, unconfirmed_summaries
 
 HOUR = 3600 * SECOND

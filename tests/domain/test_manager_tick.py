@@ -9,7 +9,9 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from l2_session.domain.commands import (
+from l2_session.domain.manager.keyexchange import MockKeyExchange
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session.commands import (
     Data,
     HandshakeRequest,
     HandshakeResponse,
@@ -17,11 +19,9 @@ from l2_session.domain.commands import (
     Output,
     Send,
 )
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.keyexchange import MockKeyExchange
-from l2_session.domain.manager import SessionManager
-from l2_session.domain.peer import Peer
-from l2_session.domain.session import Session
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.peer import Peer
+from l2_session.domain.session.session import Session
 from session_helpers import ALICE, SECOND, T0
 
 PEERS = ("did:key:z6MkPeerOne", "did:key:z6MkPeerTwo")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 import pytest
-from l2_session.domain.commands import Heartbeat
+from l2_session.domain.session.commands import Heartbeat
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.transports.mock import LinkProfile, MockTransport
 

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.errors import PeerQuarantined
-from l2_session.domain.manager import SessionManager
-from l2_session.domain.peer import Peer, backoff_delay_us, peer_id
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.errors import PeerQuarantined
+from l2_session.domain.session.peer import Peer, backoff_delay_us, peer_id
 from l2_session.transports.mock import Simulation
 from session_helpers import ALICE, BOB, SECOND, T0
 
@@ -76,7 +76,7 @@ def test_request_from_quarantined_peer_is_refused_and_opens_nothing(
 ) -> None:
     from uuid import uuid4
 
-    from l2_session.domain.commands import HandshakeRequest
+    from l2_session.domain.session.commands import HandshakeRequest
 
     sim = make_sim()
     bob = sim.nodes[BOB]

@@ -10,11 +10,16 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from l2_session.domain.commands import HandshakeAck, HandshakeRequest, HandshakeResponse, Send
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.handshake_wire import MessageType
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.handshake.wire import MessageType
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+from l2_session.domain.session.commands import (
+    HandshakeAck,
+    HandshakeRequest,
+    HandshakeResponse,
+    Send,
+)
+from l2_session.domain.session.config import SessionConfig
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.resolver import ResolutionError
 from pqxdh_nodes import Nodes

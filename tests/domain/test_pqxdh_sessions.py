@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from l2_session.domain.commands import HandshakeResponse, Output, Send
-from l2_session.domain.keyexchange_pqxdh import KEY_MATERIAL_LEN, PqxdhKeyExchange
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import KEY_MATERIAL_LEN, PqxdhKeyExchange
+from l2_session.domain.session.commands import HandshakeResponse, Output, Send
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.resolver import DidKeyResolver

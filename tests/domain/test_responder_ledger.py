@@ -11,7 +11,12 @@ from dataclasses import replace
 from typing import Any
 from uuid import uuid5
 
-from l2_session.domain.commands import HandshakeAck, HandshakeRequest, HandshakeResponse, Send
+from l2_session.domain.session.commands import (
+    HandshakeAck,
+    HandshakeRequest,
+    HandshakeResponse,
+    Send,
+)
 from l2_session.infrastructure.clock import ManualClock
 from pqxdh_nodes import Nodes
 from session_helpers import unconfirmed_summaries

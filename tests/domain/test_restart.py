@@ -9,14 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from l2_session.domain import timers
-from l2_session.domain.commands import Data, HandshakeRequest, Send
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.manager import SessionManager
-from l2_session.domain.manager_recovery import FINAL_TOPICS, OPENED_TOPIC, live_in_notifications
-from l2_session.domain.session import Session
-from l2_session.domain.states import State, Trigger
-from l2_session.domain.timers import Timer
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.recovery import FINAL_TOPICS, OPENED_TOPIC, live_in_notifications
+from l2_session.domain.session import timers
+from l2_session.domain.session.commands import Data, HandshakeRequest, Send
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.states import State, Trigger
+from l2_session.domain.session.timers import Timer
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.transports.mock import Simulation

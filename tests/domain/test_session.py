@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from l2_session.domain import timers
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.errors import (
+from l2_session.domain.session import timers
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.errors import (
     InvalidState,
     MessageTooLarge,
     NotDue,
@@ -17,9 +17,9 @@ from l2_session.domain.errors import (
     TimeWentBackwards,
     TransportFailed,
 )
-from l2_session.domain.session import Session
-from l2_session.domain.states import State
-from l2_session.domain.timers import Timer
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.states import State
+from l2_session.domain.session.timers import Timer
 from session_helpers import (
     KEY,
     PEER,

@@ -9,12 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from l2_session.domain import timers
-from l2_session.domain.commands import Close, CloseAck, HandshakeRequest, Send
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.errors import InvalidState, SessionClosed
-from l2_session.domain.session import Session
-from l2_session.domain.states import FINAL, TRANSITIONS, State, Trigger
+from l2_session.domain.session import timers
+from l2_session.domain.session.commands import Close, CloseAck, HandshakeRequest, Send
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.errors import InvalidState, SessionClosed
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.states import FINAL, TRANSITIONS, State, Trigger
 from l2_session.transports.mock import Simulation
 from session_helpers import (
     ALICE,

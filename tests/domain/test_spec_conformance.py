@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-from l2_session.domain.diagram import edges
-from l2_session.domain.states import FINAL, TRANSITIONS, State, state_changes
+from l2_session.domain.session.diagram import edges
+from l2_session.domain.session.states import FINAL, TRANSITIONS, State, state_changes
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = (ROOT / "docs" / "spec" / "SPEC-018-l2-session-manager.md").read_text(encoding="utf-8")
@@ -92,7 +92,7 @@ def test_decisions_are_numbered_1_to_n_and_cover_the_issue() -> None:
     # and tests, so they are never renumbered.
     numbers = [int(n) for n in NUMBERED]
     assert numbers[0] == 1 and numbers == sorted(set(numbers))
-    assert len(NUMBERED) >= 8  # issue 3 lists eight points to decide
+    assert len(NUMBERED) >= 8  # the eight points where the spec's prose and diagram disagree
 
 
 @pytest.mark.parametrize("number", [int(n) for n in NUMBERED])

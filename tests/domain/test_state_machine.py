@@ -20,11 +20,11 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from l2_session.domain import timers
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.errors import SessionError
-from l2_session.domain.session import Session
-from l2_session.domain.states import TRANSITIONS, State, Trigger
+from l2_session.domain.session import timers
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.errors import SessionError
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.states import TRANSITIONS, State, Trigger
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger

@@ -13,11 +13,11 @@ from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
-from l2_session.domain.commands import HandshakeResponse, Output, Send
-from l2_session.domain.handshake_resume import ResumptionTicket
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange, ticket_of
-from l2_session.domain.manager import SessionManager
-from l2_session.domain.session import Session
+from l2_session.domain.handshake.resume import ResumptionTicket
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange, ticket_of
+from l2_session.domain.session.commands import HandshakeResponse, Output, Send
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.identity import NodeIdentity, public_bytes_from_did_key
 from l2_session.infrastructure.resolver import DidKeyResolver

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from l2_session.domain.commands import Data, HandshakeRequest, Heartbeat, RotationRequest
-from l2_session.domain.errors import PeerQuarantined
-from l2_session.domain.handshake_wire import MessageType
-from l2_session.domain.timers import Timer, deadlines
+from l2_session.domain.handshake.wire import MessageType
+from l2_session.domain.session.commands import Data, HandshakeRequest, Heartbeat, RotationRequest
+from l2_session.domain.session.errors import PeerQuarantined
+from l2_session.domain.session.timers import Timer, deadlines
 from l2_session.infrastructure.identity import public_bytes_from_did_key
 from pytest_bdd import given, parsers, scenarios, then, when
 from session_world import SECOND, World

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from eventsourcing.application import ProgrammingError, project_aggregate
-from l2_session.domain import timers
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.session import Session
-from l2_session.domain.timers import Timer
+from l2_session.domain.session import timers
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.session import Session
+from l2_session.domain.session.timers import Timer
 from l2_session.infrastructure.ledger.application import (
     RESUMABLE_STATES,
     replay_events,

@@ -8,10 +8,10 @@ import os
 from typing import Any
 
 import pytest
-from l2_session.domain.config import DEFAULT_CONFIG
-from l2_session.domain.manager import SessionManager
-from l2_session.domain.manager_recovery import FINAL_TOPICS, OPENED_TOPIC
-from l2_session.domain.session import Session
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.recovery import FINAL_TOPICS, OPENED_TOPIC
+from l2_session.domain.session.config import DEFAULT_CONFIG
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.ledger.verify import verify

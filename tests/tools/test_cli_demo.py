@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from clirun import CLI, DemoLedger, refused, run
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.session import Session
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 

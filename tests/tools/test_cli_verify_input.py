@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from clirun import DemoLedger, corrupt_page, refused, run
-from l2_session.domain.config import SessionConfig
-from l2_session.domain.peer import Peer
-from l2_session.domain.session import Session
+from l2_session.domain.session.config import SessionConfig
+from l2_session.domain.session.peer import Peer
+from l2_session.domain.session.session import Session
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger

@@ -1,0 +1,777 @@
+"""The session manager: SPEC-018 §5.2 ``establish`` / ``resume`` / ``accept`` / ``tick``
+(``accept`` is ``receive`` of a ``HandshakeRequest``).
+
+Sans-I/O. Every entry point takes ``now_us`` and returns the outputs to perform (``Send``
+a frame, ``Deliver`` a message); it never touches a socket or a clock. Frames and deadlines
+become ``Session`` / ``Peer`` commands; the aggregates decide; the manager saves what they
+recorded to the ledger and re-arms the session's next deadline.
+
+Answering a peer's handshake or resumption request is answering.py's; starting again
+over an existing ledger (decision 16) recovery.py's; closing a session and the linger
+after it (decision 17) closing.py's.
+
+Deadlines live in one binary heap (deadlines.py), one live entry per session, so ``tick``
+costs O(due timers · log n), not O(sessions). ``tick`` is also where time passes for what
+the manager holds besides sessions: the key exchange's handshakes in progress, the peers in
+memory (peer_table.py) and the count of handshakes never confirmed (unconfirmed.py), each
+bounded and let go on the clock, not on unrelated activity.
+
+Keys come from a ``KeyExchange`` (keyexchange.py): by default the deterministic
+``MockKeyExchange`` for simulations; ``PqxdhKeyExchange`` (pqxdh.py) for real
+keys — full handshakes, rotations and resumptions from the key material sealed in the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+from uuid import UUID, uuid5
+
+from eventsourcing.application import AggregateNotFoundError
+from l2_session.domain.manager.answering import HandshakeAnswering
+from l2_session.domain.manager.closing import Closing
+from l2_session.domain.manager.deadlines import DeadlineHeap
+from l2_session.domain.manager.keyexchange import KeyExchange, MockKeyExchange
+from l2_session.domain.manager.ledger import Ledger
+from l2_session.domain.manager.outbound import outputs_for, send
+from l2_session.domain.manager.peer_table import PeerTable, holds_unsaved
+from l2_session.domain.manager.recovery import Recovery
+from l2_session.domain.manager.unconfirmed import (
+    UnconfirmedTally,
+    goes_unwritten,
+    never_saved_answer,
+)
+from l2_session.domain.session import timers
+from l2_session.domain.session.commands import (
+    Close,
+    CloseAck,
+    Data,
+    DataAck,
+    Deliver,
+    Frame,
+    HandshakeAck,
+    HandshakeRequest,
+    HandshakeResponse,
+    Heartbeat,
+    HeartbeatAck,
+    Output,
+    RotationConfirm,
+    RotationRequest,
+    RotationResponse,
+    Send,
+)
+from l2_session.domain.session.config import DEFAULT_CONFIG, SessionConfig
+from l2_session.domain.session.errors import (
+    AuthenticationFailed,
+    SessionError,
+    StaleFrame,
+    UnknownSession,
+)
+from l2_session.domain.session.peer import Peer, peer_id
+from l2_session.domain.session.session import KNOWN_TRANSPORTS, TRANSPORTS, Session
+from l2_session.domain.session.states import State, Trigger, is_allowed
+
+log = logging.getLogger("l2_session.session")
+
+MAX_PEERS = 10_000  # peers in memory; the rest are read from the ledger when needed
+PEER_IDLE_US = 600 * timers.US  # a peer unused this long leaves memory
+SUMMARY_INTERVAL_US = 60 * timers.US  # a summary of unconfirmed handshakes, at most this often
+
+
+class _Fired(NamedTuple):
+    """What one tick did to one session: the events its timers recorded, in order, and
+    when to wake it next (None: no deadline pending)."""
+
+    session: Session
+    events: list[Any]
+    wake_at_us: int | None
+
+
+class _AfterSave(NamedTuple):
+    """In a batch: the outputs of ``events`` (one command's), derived once the batch is saved."""
+
+    session: Session
+    events: list[Any]
+
+
+class _Batch:
+    """What the commands of one ``receive_many`` / ``establish_many`` recorded, saved at once."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[UUID, Session] = {}
+        self.peers: dict[UUID, Peer] = {}
+        self.claimed: dict[UUID, int] = {}  # per session: pending events already claimed
+        self.arm: set[UUID] = set()
+
+    def forget(self, session_id: UUID) -> None:
+        """A session the batch must not save after all (decision 18)."""
+        self.sessions.pop(session_id, None)
+        self.claimed.pop(session_id, None)
+        self.arm.discard(session_id)
+
+    def add(self, s: Session, others: tuple[Any, ...], arm: bool) -> _AfterSave:
+        self.sessions[s.id] = s
+        for other in others:
+            self.peers[other.id] = other
+        if arm:
+            self.arm.add(s.id)
+        pending = s.pending_events
+        start, self.claimed[s.id] = self.claimed.get(s.id, 0), len(pending)
+        return _AfterSave(s, list(pending[start:]))
+
+
+# States in which a session's last handshake frame is never answered again (it is dropped).
+_FORGET_HANDSHAKE_FRAME_IN = frozenset({State.FAILED, State.SUSPENDED})
+
+
+def _check_key_exchange_outlasts_replies(kx: KeyExchange, config: SessionConfig) -> None:
+    """The key exchange forgets a handshake after its own timeout (``expire``, on every
+    tick); a config that waits longer for a reply would see the reply dropped as stale."""
+    kept = kx.timeout_us
+    waits_us = round(max(config.handshake_timeout, config.rotation_timeout) * 1e6)
+    if kept is not None and kept < waits_us:
+        raise ValueError(
+            f"the key exchange keeps a handshake {kept / 1e6:g} s, but the config waits "
+            f"{waits_us / 1e6:g} s for a reply (handshake_timeout / rotation_timeout): give "
+            "the handshake engine a timeout_us at least that long, or shorten the config"
+        )
+
+
+class SessionManager(HandshakeAnswering, Recovery, Closing):
+    def __init__(
+        self,
+        local_did: str,
+        ledger: Ledger,
+        config: SessionConfig = DEFAULT_CONFIG,
+        *,
+        seed: int = 0,
+        prekeys_of: Callable[[str], str] = lambda did: "",
+        own_prekeys: str = "",
+        key_exchange: KeyExchange | None = None,
+        transport: str = TRANSPORTS[0],
+        max_peers: int = MAX_PEERS,
+        peer_idle_us: int = PEER_IDLE_US,
+        summary_interval_us: int = SUMMARY_INTERVAL_US,
+    ) -> None:
+        for name, value in (
+            ("max_peers", max_peers),
+            ("peer_idle_us", peer_idle_us),
+            ("summary_interval_us", summary_interval_us),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if transport not in KNOWN_TRANSPORTS:
+            raise ValueError(f"transport {transport!r} is not one of {', '.join(KNOWN_TRANSPORTS)}")
+        # The transport new sessions record (decision 20); a transport adapter sets its own.
+        self.transport = transport
+        self.local_did = local_did
+        self.config = config
+        self._ledger = ledger
+        self._rng = random.Random(seed)  # backoff jitter; seeded for simulations
+        self._kx: KeyExchange = key_exchange or MockKeyExchange(seed)
+        _check_key_exchange_outlasts_replies(self._kx, config)
+        self._prekeys_of = prekeys_of
+        self._own_prekeys = own_prekeys
+        self._sessions: dict[UUID, Session] = {}
+        self._conversations: dict[UUID, UUID] = {}
+        self._peers = PeerTable(max_peers, peer_idle_us)
+        self._unconfirmed = UnconfirmedTally(local_did, summary_interval_us)
+        self._deadlines = DeadlineHeap()
+        # The last handshake frame sent per conversation, to answer again if the peer shows
+        # it was lost (a lost key confirmation strands the responder). Memory only.
+        self._last_handshake_frame: dict[UUID, Frame] = {}
+        self.dropped_frames = 0
+        self.failed_frames = 0  # frames of a batch whose deciding raised, each dropped alone
+        self._batch: _Batch | None = None  # inside receive_many / establish_many
+        # Decision 16: the restart is recorded once, before anything else touches a session.
+        self._recovered = False
+        self._awaiting_peer = {}  # peer -> sessions resumed when it is reachable again
+        # Decision 17: closed sessions kept for their close exchange, and when each wakes.
+        self._lingering = {}
+        self._linger_deadlines = DeadlineHeap()
+
+    # ------------------------------------------------------------------ lookups
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
+    def session(self, session_id: UUID) -> Session:
+        """A live session; or a closed one, read from the ledger (closed sessions leave
+        memory: ``_settle``, after their linger, decision 17). Any other session not in memory
+        is ``UnknownSession`` (after a restart, ``recover`` loads the live ones)."""
+        found = self._sessions.get(session_id)
+        if found is not None:
+            return found
+        try:
+            stored = self._ledger.repository.get(session_id)
+        except AggregateNotFoundError:
+            raise UnknownSession(session_id) from None
+        if isinstance(stored, Session) and stored.closed:
+            return stored
+        raise UnknownSession(session_id)
+
+    def session_for(self, conversation: UUID) -> Session | None:
+        sid = self._conversations.get(conversation)
+        return None if sid is None else self._sessions[sid]
+
+    def peer(self, peer_did: str, now_us: int = 0) -> Peer:
+        """The peer's standing (decision 7), from memory, the ledger, or new at ``now_us``."""
+        self._peers.now_us = max(self._peers.now_us, now_us)
+        found = self._peers.get(peer_did)
+        if found is None:
+            try:
+                found = self._ledger.repository.get(peer_id(peer_did))
+            except AggregateNotFoundError:  # a peer never seen before
+                found = Peer.register(peer_did, self.config, now_us)
+            self._peers[peer_did] = found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    # ------------------------------------------------------------------ §5.2 API
+    def establish(self, peer_did: str, now_us: int) -> tuple[UUID, list[Output]]:
+        self._recover_once(now_us)
+        peer = self.peer(peer_did, now_us)
+        peer.check_admissible(now_us)
+        session = Session.open(peer_did, "initiator", self.config, now_us, transport=self.transport)
+        session.initiate_handshake(now_us)
+        self._add(session)
+        return session.id, self._commit(session, peer)
+
+    def establish_many(
+        self, peer_dids: Iterable[str], now_us: int
+    ) -> tuple[list[UUID | SessionError], list[Output]]:
+        """``establish`` with each peer, every session's first events saved in one ``save``
+        (one group commit); then the handshake requests, in order. Per peer: the new
+        session's id, or the ``SessionError`` that refused it (a quarantined peer, say) —
+        one refusal does not stop the others."""
+        results: list[UUID | SessionError] = []
+        self._recover_once(now_us)
+
+        def each() -> list[list[Output | _AfterSave]]:
+            out: list[list[Output | _AfterSave]] = []
+            for peer_did in peer_dids:
+                try:
+                    sid, outputs = self.establish(peer_did, now_us)
+                except SessionError as error:
+                    results.append(error)
+                    continue
+                results.append(sid)
+                out.append(list(outputs))  # inside a batch: an _AfterSave (_commit)
+            return out
+
+        return results, [o for group in self._in_one_save(each) for o in group]
+
+    def _find(self, conversation: UUID) -> Session | None:
+        """The session for ``conversation``: in memory, or else replayed from the ledger
+        after a restart — as initiator (the conversation is its id) or as first responder."""
+        found = self.session_for(conversation)
+        if found is not None:
+            return found
+        for candidate in (conversation, uuid5(conversation, self.local_did)):
+            stored = self._stored(candidate, conversation)
+            if stored is None:
+                continue
+            if stored.role == "responder":
+                stored = self._newest_answer(stored)
+            if not stored.closed:  # a closed one is only read (it stays out of memory)
+                self._add(stored)
+                self._arm(stored)
+            return stored
+        return None
+
+    def _stored(self, session_id: UUID, conversation: UUID) -> Session | None:
+        try:
+            stored = self._ledger.repository.get(session_id)
+        except AggregateNotFoundError:
+            return None
+        return (
+            stored if isinstance(stored, Session) and stored.conversation == conversation else None
+        )
+
+    def _newest_answer(self, first: Session) -> Session:
+        """A conversation answered again after its session closed has a new responder session
+        (answering.py: id from the closed one's); the newest is the one that counts."""
+        newest = first
+        while newest.closed:
+            following = uuid5(newest.conversation, f"{self.local_did}#{newest.id}")
+            found = self._stored(following, newest.conversation)
+            if found is None:
+                break
+            newest = found
+        return newest
+
+    def restore(self, session_id: UUID) -> Session:
+        """Replay the session from the ledger and re-arm its deadlines. After a restart there
+        is no need: ``recover`` (which every entry point given a time calls first) has found
+        and loaded every session that was live, and recorded the restart (decision 16)."""
+        session: Session = self._ledger.repository.get(session_id)
+        self._add(session)
+        self._arm(session)
+        return session
+
+    def resume(self, session_id: UUID, now_us: int) -> list[Output]:
+        self._recover_once(now_us)  # a session live before a restart is suspended first
+        session = self.session(session_id)
+        peer = self.peer(session.peer_did)
+        peer.check_admissible(now_us)
+        session.initiate_resumption(now_us, self._prekeys_of(session.peer_did))
+        return self._commit(session, peer)
+
+    def submit(self, session_id: UUID, payload: bytes, now_us: int) -> list[Output]:
+        self._recover_once(now_us)
+        session = self.session(session_id)
+        session.submit_message(now_us, payload)
+        return self._commit(session)
+
+    def submit_many(
+        self, messages: Iterable[tuple[UUID, bytes]], now_us: int
+    ) -> list[list[Output] | SessionError]:
+        """``submit`` of each ``(session_id, payload)``, everything they recorded saved in one
+        ``save`` (one group commit), then each message's outputs, in order. Per message: its
+        outputs, or the ``SessionError`` that refused it (``WindowFull``, say) — one refusal
+        does not stop the others. If the save fails, nothing was queued and it raises."""
+        self._recover_once(now_us)
+        results: list[SessionError | None] = []
+
+        def each() -> list[list[Output | _AfterSave]]:
+            out: list[list[Output | _AfterSave]] = []
+            for session_id, payload in messages:
+                try:
+                    out.append(list(self.submit(session_id, payload, now_us)))
+                except SessionError as error:
+                    results.append(error)
+                    continue
+                results.append(None)
+            return out
+
+        groups = iter(self._in_one_save(each))
+        return [next(groups) if refused is None else refused for refused in results]
+
+    def send_room(self, session_id: UUID) -> int:
+        """How many more messages ``session_id`` takes before ``WindowFull``."""
+        session = self.session(session_id)
+        return max(0, session.config.send_window - len(session.outbox))
+
+    def cleanup(self, session_id: UUID, now_us: int) -> list[Output]:
+        self._recover_once(now_us)
+        session = self.session(session_id)
+        session.cleanup(now_us)
+        return self._commit(session)
+
+    def link_event(self, session_id: UUID, what: str, now_us: int) -> list[Output]:
+        """Transport signals: ``connectivity_lost``, ``connectivity_restored``,
+        ``transport_failed``, ``transport_switched`` (§2.3)."""
+        self._recover_once(now_us)
+        session = self.session(session_id)
+        command = {
+            "connectivity_lost": session.connectivity_lost,
+            "connectivity_restored": session.connectivity_restored,
+            "transport_failed": session.transport_failed,
+            "transport_switched": session.transport_switched,
+        }[what]
+        command(now_us)
+        return self._commit(session)
+
+    # ------------------------------------------------------------------ frames
+    def receive(self, peer_did: str, frame: Frame, now_us: int) -> list[Output]:
+        """A frame from ``peer_did``. Frames that do not fit the session's state (late,
+        duplicated, replayed) are dropped and counted: the network is not trusted."""
+        self._recover_once(now_us)
+        return self._receive(peer_did, frame, now_us)  # outside a batch: Outputs only
+
+    def receive_many(self, frames: Iterable[tuple[str, Frame]], now_us: int) -> list[Output]:
+        """Several frames at once — what a transport read in one go — each decided as
+        ``receive`` decides it, and everything they recorded saved in one ``save``: one group
+        commit (and one batch of signatures, on both cores) for the lot, as ``tick`` does
+        for timers. Nothing is sent before that save returned; the outputs come in the order
+        of the frames. If the save fails, every session and peer the frames touched goes back
+        to what the ledger holds and the error is raised: the frames are lost, as on a lossy
+        network, and the peers' retries bring them again."""
+        return [o for group in self.receive_each(frames, now_us) for o in group]
+
+    def receive_each(self, frames: Iterable[tuple[str, Frame]], now_us: int) -> list[list[Output]]:
+        """``receive_many``, with the outputs kept per frame: the i-th list is what the i-th
+        frame asks to send (a transport answers each on the connection it came in on).
+
+        ``frames`` is consumed one at a time, in order: each frame is decided before the next
+        is taken from it, so a generator may note, between two frames, what the previous one
+        did to its session (transports/tcp.py tells which connection proved a peer that way).
+        Nothing is saved or sent before the last frame is taken.
+
+        A frame whose deciding raises something other than a ``SessionError`` (a bug, a
+        resolver failing) is dropped alone, counted in ``failed_frames``, if it recorded
+        nothing before it failed; the others are decided and saved. If it had recorded
+        something, memory is no longer the ledger plus the batch, and the batch fails as a
+        whole — as it does when its save fails."""
+
+        def each() -> list[list[Output | _AfterSave]]:
+            out: list[list[Output | _AfterSave]] = []
+            for peer_did, frame in frames:
+                before = self._unsaved_of(peer_did, frame)
+                try:
+                    out.append(self._receive(peer_did, frame, now_us))
+                except Exception:
+                    if self._unsaved_of(peer_did, frame) != before:
+                        self._reload_with_batch(peer_did, frame)
+                        raise
+                    self.failed_frames += 1
+                    log.exception("%s from %s could not be decided", type(frame).__name__, peer_did)
+                    out.append([])
+            return out
+
+        self._recover_once(now_us)
+        return self._in_one_save(each)
+
+    def _reload_with_batch(self, peer_did: str, frame: Frame) -> None:
+        """What a failing frame recorded goes back to the ledger's state with the batch's."""
+        assert self._batch is not None
+        s, peer = self.session_for(frame.conversation), self._peers.get(peer_did)
+        if s is not None:
+            self._batch.sessions.setdefault(s.id, s)
+        if peer is not None:
+            self._batch.peers.setdefault(peer.id, peer)
+
+    def _unsaved_of(self, peer_did: str, frame: Frame) -> tuple[Any, ...]:
+        """What a frame can have recorded: its session's and its peer's unsaved events (a
+        peer's registration alone records nothing: peer_table.py)."""
+        s, peer = self.session_for(frame.conversation), self._peers.get(peer_did)
+        return (
+            None if s is None else (s.id, len(s.pending_events)),
+            peer is not None and holds_unsaved(peer) and len(peer.pending_events),
+        )
+
+    def _in_one_save(
+        self, commands: Callable[[], list[list[Output | _AfterSave]]]
+    ) -> list[list[Output]]:
+        """Run ``commands`` (each command's planned outputs, a list per command), save what
+        they recorded in one ``save``, then derive each command's outputs."""
+        if self._batch is not None:
+            raise RuntimeError("receive_many / establish_many cannot nest")
+        batch = self._batch = _Batch()
+        try:
+            planned = commands()
+            objects = [*batch.sessions.values(), *batch.peers.values()]
+            if objects:
+                self._ledger.save(*objects)
+        except BaseException:
+            self._reload(list(batch.sessions), batch.peers)
+            raise
+        finally:
+            self._batch = None
+        for sid in batch.arm:
+            self._settle(batch.sessions[sid])
+        return [self._derive(group) for group in planned]
+
+    def _derive(self, planned: list[Output | _AfterSave]) -> list[Output]:
+        """One command's outputs in a batch, once the batch is saved."""
+        out: list[Output] = []
+        for item in planned:
+            if not isinstance(item, _AfterSave):
+                out.append(item)
+                continue
+            try:
+                out.extend(self._outputs_after_save(item.session, item.events, tolerate=False))
+            except SessionError as error:  # as receive would: this frame's outputs only
+                self.dropped_frames += 1
+                log.debug("nothing sent for session %s: %s", item.session.id, error)
+        return out
+
+    def _receive(self, peer_did: str, frame: Frame, now_us: int) -> list[Any]:
+        try:
+            lingering = self._lingering_for(frame.conversation, peer_did)
+            if lingering is not None:  # closed here, its close exchange under way
+                return self._on_lingering(lingering, frame, now_us)
+            if isinstance(frame, HandshakeRequest):
+                return self._on_request(peer_did, frame, now_us)
+            session = self._find(frame.conversation)
+            if session is None or session.peer_did != peer_did:
+                raise UnknownSession(frame.conversation)
+            return self._on_frame(session, frame, now_us)
+        except SessionError as error:
+            self.dropped_frames += 1
+            log.debug("dropped %s from %s: %s", type(frame).__name__, peer_did, error)
+            return []
+
+    def _on_frame(self, s: Session, frame: Frame, now_us: int) -> list[Output]:
+        out: list[Output] = []
+        touched: list[Any] = []
+        if isinstance(frame, Close | CloseAck):
+            return self._on_close_frame(s, frame, now_us)
+        if isinstance(frame, HandshakeResponse) and s.state != State.HANDSHAKE_INITIATED:
+            return self._resend(s)  # our confirmation was lost: the responder asks again
+        if isinstance(frame, Heartbeat | Data) and s.state == State.HANDSHAKE_RECEIVED:
+            return self._resend(s)  # the initiator is established: our response got through
+        if isinstance(frame, HeartbeatAck | Heartbeat | Data | DataAck):
+            self._last_handshake_frame.pop(s.conversation, None)  # the peer is established
+        # A resumption answered while established completes in rotating (_on_resumption).
+        if isinstance(frame, HandshakeAck) and s.state not in (
+            State.HANDSHAKE_RECEIVED,
+            State.ROTATING,
+        ):
+            raise StaleFrame("a key confirmation for a handshake that is over (a duplicate)")
+        if isinstance(frame, RotationConfirm | RotationResponse) and s.state != State.ROTATING:
+            # Late (the rotation died with a restart, decision 16) or a duplicate: it must not
+            # reach the key exchange, which may be running another handshake for the session.
+            raise StaleFrame(f"a {type(frame).__name__} outside a rotation")
+        authentic, key, confirmation = getattr(frame, "authentic", True), b"", b""
+        try:
+            if not authentic:
+                pass
+            elif isinstance(frame, HandshakeAck | RotationConfirm):
+                key = self._kx.confirm(s.conversation, frame.confirmation, now_us)
+            elif isinstance(frame, RotationResponse | HandshakeResponse):
+                confirmation, key = self._kx.complete(s.conversation, frame.key_share, now_us)
+        except AuthenticationFailed:
+            authentic = False
+        if not authentic:
+            # §2.1 "invalid signature received": fail, and quarantine the peer — only if
+            # the session is where such a failure counts (a stray frame quarantines no one).
+            if not is_allowed(s.state, Trigger.INVALID_SIGNATURE) or s.closed:
+                raise StaleFrame(f"an unauthentic {type(frame).__name__} in {s.state}")
+            if never_saved_answer(s):
+                # Decision 18: a confirmation that fails proves no one sent the request; the
+                # key exchange holds off its (identity, source), nothing goes to the ledger.
+                s.receive_invalid_signature(now_us, None)
+            else:
+                peer = self.peer(s.peer_did)
+                retry_at = peer.authentication_failed(now_us, self._rng.random())
+                s.receive_invalid_signature(now_us, retry_at if s.role == "initiator" else None)
+                touched.append(peer)
+        elif isinstance(frame, HandshakeResponse):
+            s.receive_valid_response(now_us, key, frame.prekeys or None)
+            ack = HandshakeAck(s.conversation, confirmation)
+            self._last_handshake_frame[s.conversation] = ack
+            out.append(self._send(s, ack))
+            touched.append(self._peer_succeeded(s, now_us))
+        elif isinstance(frame, HandshakeAck):
+            if s.state == State.ROTATING:
+                s.rotation_complete(now_us, key)
+            else:
+                s.receive_ack(now_us, key)
+            touched.append(self._peer_succeeded(s, now_us))
+        elif isinstance(frame, Heartbeat):
+            if s.closed or s.state not in (State.ESTABLISHED, State.DEGRADED, State.ROTATING):
+                raise UnknownSession(frame.conversation)
+            out.append(self._send(s, HeartbeatAck(s.conversation, frame.counter)))
+            if s.state != State.DEGRADED or s.heartbeat_sent_us is not None:
+                return out
+            # The peer is talking to us again: attempt re-establishment (decision 5).
+            s.connectivity_restored(now_us)
+        elif isinstance(frame, HeartbeatAck):
+            s.receive_heartbeat_ack(now_us, frame.counter)
+        elif isinstance(frame, Data):
+            if s.receive_message(now_us, frame.seq, frame.payload):
+                out.append(Deliver(s.id, frame.seq, frame.payload))
+            out.append(self._send(s, DataAck(s.conversation, s.next_expected_seq - 1)))
+        elif isinstance(frame, DataAck):
+            s.receive_message_ack(now_us, frame.up_to_seq)
+        elif isinstance(frame, RotationRequest):
+            response = self._kx.respond(s.conversation, s.peer_did, frame.key_share, now_us)
+            s.time_to_rotate(now_us, requested_by_peer=True)
+            out.append(self._send(s, RotationResponse(s.conversation, response)))
+        elif isinstance(frame, RotationResponse):
+            s.rotation_complete(now_us, key)
+            out.append(self._send(s, RotationConfirm(s.conversation, confirmation)))
+        else:  # RotationConfirm, confirmed above
+            s.rotation_complete(now_us, key)
+        # Direct replies first: the handshake ack must reach the peer before flushed data.
+        return [*out, *self._commit(s, *touched)]
+
+    def _peer_succeeded(self, s: Session, now_us: int) -> Peer:
+        peer = self.peer(s.peer_did)
+        peer.succeeded(now_us)
+        return peer
+
+    # ------------------------------------------------------------------ timers
+    def tick(self, now_us: int) -> list[Output]:
+        """SPEC-018 §5.2 ``tick``: fire every deadline that is due, O(due · log n).
+
+        Everything the due timers record is saved in one ``save`` — one group commit per
+        tick, not one per session. What to send is derived only after that save returned,
+        per session from its new events in order, so nothing leaves before its events are
+        in the ledger. If firing or saving raises, nothing is sent and the due sessions go
+        back to what the ledger holds, re-armed, so their timers fire again."""
+        self._recover_once(now_us)
+        self._kx.expire(now_us)  # handshakes in progress time out on the clock
+        self._peers.expire(now_us)
+        closing = self._tick_closing(now_us) if self._lingering else []
+        due = self._deadlines.pop_due(now_us)
+        if not due and not self._unconfirmed.is_due(now_us):
+            return closing  # most ticks: touch nothing else
+        peers: dict[UUID, Peer] = {}
+        try:
+            fired = [self._fire_due(self._sessions[sid], now_us, peers) for sid in due]
+            fired = [f for f in fired if not self._forget_unconfirmed(f.session, now_us)]
+            summary = self._unconfirmed.due(now_us)
+            self._save_fired(fired, peers, *(() if summary is None else (summary,)))
+        except BaseException:
+            self._reload(due, peers)
+            raise
+        if summary is not None:
+            self._unconfirmed.saved()
+        for f in fired:  # re-armed first: one session's outputs failing must not strand others
+            if f.session.closed:
+                self._drop(f.session.id)  # its lease ran out (cleanup): see _settle
+            else:
+                self._deadlines.arm(f.session.id, f.wake_at_us)
+        out: list[Output] = closing
+        for f in fired:
+            out.extend(self._outputs_after_save(f.session, f.events, tolerate=True))
+        return out
+
+    def next_wakeup_us(self) -> int | None:
+        wakes = [self._deadlines.next_at(), self._linger_deadlines.next_at()]
+        return min((at for at in wakes if at is not None), default=None)
+
+    def _fire_due(self, s: Session, now_us: int, peers: dict[UUID, Peer]) -> _Fired:
+        """Fire each of ``s``'s due timers in deadline order (one may make the next due);
+        save nothing yet. ``peers`` collects the peers the timers touched."""
+        while (due := timers.next_deadline(s)) is not None and due[0] <= now_us:
+            timer = due[1]
+            try:
+                self._fire(s, timer, now_us, peers)
+            except SessionError as error:
+                # The deadline stays (it is derived from the session); wake up again when it
+                # can fire, not at once, or tick would spin on it.
+                not_before = getattr(error, "until_us", now_us + timers.US)
+                log.info("timer %s of session %s deferred: %s", timer, s.id, error)
+                return _Fired(s, list(s.pending_events), max(due[0], not_before))
+        # ``due`` is the next deadline of the session as it is now: arm it after the save.
+        return _Fired(s, list(s.pending_events), None if due is None else due[0])
+
+    def _save_fired(self, fired: list[_Fired], peers: dict[UUID, Peer], *others: Any) -> None:
+        """One ``save`` of every session that recorded something, of each peer touched, and
+        of ``others`` (a summary of unconfirmed handshakes)."""
+        changed = [f.session for f in fired if f.events]
+        if changed or others or any(p.pending_events for p in peers.values()):
+            self._ledger.save(*changed, *peers.values(), *others)
+
+    def _forget_unconfirmed(self, s: Session, now_us: int) -> bool:
+        """Decision 18: a responder's session never saved that failed holding nothing is not
+        written; it leaves memory, and only its outcome is counted for the next summary."""
+        if not goes_unwritten(s):
+            return False
+        self._unconfirmed.count(s.failure_reason or "failed", now_us)
+        self._drop(s.id)
+        if self._batch is not None:
+            self._batch.forget(s.id)
+        return True
+
+    def _reload(self, session_ids: list[UUID], peers: dict[UUID, Peer]) -> None:
+        """After a failed save memory is ahead of the ledger: drop what was not saved, so
+        that the sessions are what the ledger holds (re-armed) and a frame or timer that
+        comes again is decided afresh — not dropped as a duplicate of something the ledger
+        never recorded."""
+        for peer in peers.values():
+            self._peers.pop(peer.peer_did, None)  # read again from the ledger when needed
+        for sid in session_ids:
+            try:
+                self.restore(sid)
+            except AggregateNotFoundError:  # never saved (decision 14's responder, a new one)
+                log.debug("session %s was never saved: dropped after a failed save", sid)
+                self._drop(sid)
+            except Exception:  # the ledger cannot be read either: a frame finds it later
+                log.exception("session %s could not be reloaded after a failed save", sid)
+                self._drop(sid)
+
+    def _drop(self, sid: UUID) -> None:
+        dropped = self._sessions.pop(sid, None)
+        self._deadlines.arm(sid, None)
+        if dropped is None or self._conversations.get(dropped.conversation) != sid:
+            return  # the conversation has moved on to a newer session: leave it be
+        del self._conversations[dropped.conversation]
+        self._last_handshake_frame.pop(dropped.conversation, None)
+
+    def _fire(self, s: Session, timer: timers.Timer, now_us: int, peers: dict[UUID, Peer]) -> None:
+        T = timers.Timer
+        if timer in (T.HANDSHAKE_TIMEOUT, T.ROTATION_TIMEOUT):
+            retry_at = None
+            if s.role == "initiator":
+                peer = self.peer(s.peer_did)
+                peers[peer.id] = peer
+                retry_at = peer.schedule_retry(now_us, self._rng.random())
+            if timer is T.HANDSHAKE_TIMEOUT:
+                s.handshake_timed_out(now_us, retry_at)
+            else:
+                s.rotation_timed_out(now_us, retry_at)
+        elif timer is T.SEND_HEARTBEAT:
+            s.heartbeat_due(now_us)
+        elif timer is T.HEARTBEAT_RESPONSE:
+            s.heartbeat_timed_out(now_us)
+        elif timer in (T.SUSPENDED_RECOVERY, T.RETRY_BACKOFF):
+            self.peer(s.peer_did).check_admissible(now_us)
+            (s.retry if timer is T.SUSPENDED_RECOVERY else s.retry_with_backoff)(now_us)
+        elif timer is T.PARTITION:
+            s.partition_detected(now_us)
+        elif timer is T.DEGRADED_TIMEOUT:
+            s.degraded_timed_out(now_us)
+        elif timer is T.ROTATION:
+            s.time_to_rotate(now_us)
+        else:  # LEASE_EXPIRY
+            s.cleanup(now_us)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _add(self, session: Session) -> None:
+        self._sessions[session.id] = session
+        self._conversations[session.conversation] = session.id
+
+    def _settle(self, s: Session) -> None:
+        """After a save: arm ``s``'s next deadline — or, if it is closed (§3.1 ``[*]``:
+        nothing can happen to it any more), let it go from memory, so that a long-running
+        node holds only sessions that can still change. The ledger keeps it: ``session``
+        reads it back, and a frame for its conversation finds it there (``_find``)."""
+        if s.closed:
+            if self._linger(s):  # decision 17: it stays for its close exchange
+                self._deadlines.arm(s.id, None)
+            else:
+                self._drop(s.id)
+        else:
+            self._arm(s)
+
+    def _arm(self, s: Session, not_before_us: int = 0) -> None:
+        due = timers.next_deadline(s)
+        self._deadlines.arm(s.id, None if due is None else max(due[0], not_before_us))
+
+    def _commit(self, s: Session, *others: Any, arm: bool = True) -> list[Output]:
+        """Save what was recorded, re-arm the deadline, derive what to send. If the save
+        raises, the session and peers go back to what the ledger holds and nothing is sent."""
+        if not others and self._forget_unconfirmed(s, s.at_us):
+            return []
+        if self._batch is not None:  # saved with the rest of the batch (_in_one_save)
+            return [self._batch.add(s, others, arm)]  # type: ignore[list-item]
+        new_events = list(s.pending_events)
+        try:
+            self._ledger.save(s, *others)
+        except BaseException:
+            self._reload([s.id], {o.id: o for o in others if isinstance(o, Peer)})
+            raise
+        if arm:
+            self._settle(s)
+        return self._outputs_after_save(s, new_events, tolerate=False)
+
+    def _outputs_after_save(self, s: Session, events: list[Any], *, tolerate: bool) -> list[Output]:
+        """What the saved ``events`` ask to send. With ``tolerate`` (a tick: nobody to tell),
+        a frame that cannot be made (the peer's prekeys expired, say) is logged and not sent;
+        the events are in the ledger and the session's timers recover it (a handshake times
+        out and is retried). Otherwise the caller gets the error."""
+        if (
+            s.closed
+            or s.state in _FORGET_HANDSHAKE_FRAME_IN
+            or (s.role == "responder" and s.state == State.ESTABLISHED)
+        ):
+            # Nothing will ask for the last handshake frame again: it stops taking memory.
+            self._last_handshake_frame.pop(s.conversation, None)
+        try:
+            return outputs_for(s, events, self._kx)
+        except SessionError as error:
+            if not tolerate:
+                raise
+            log.warning("session %s: nothing sent after %d events: %s", s.id, len(events), error)
+            return []
+
+    def _send(self, s: Session, frame: Frame) -> Send:
+        return send(s, frame)
