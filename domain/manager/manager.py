@@ -38,6 +38,7 @@ from l2_session.domain.manager.ledger import Ledger
 from l2_session.domain.manager.outbound import outputs_for, send
 from l2_session.domain.manager.peer_table import PeerTable, holds_unsaved
 from l2_session.domain.manager.recovery import Recovery
+from l2_session.domain.manager.reservations import reserve_with_keys
 from l2_session.domain.manager.unconfirmed import (
     UnconfirmedTally,
     goes_unwritten,
@@ -507,6 +508,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             return self._resend(s)  # the initiator is established: our response got through
         if isinstance(frame, HeartbeatAck | Heartbeat | Data | DataAck):
             self._last_handshake_frame.pop(s.conversation, None)  # the peer is established
+        keys_before = s.key_material
         # A resumption answered while established completes in rotating (_on_resumption).
         if isinstance(frame, HandshakeAck) and s.state not in (
             State.HANDSHAKE_RECEIVED,
@@ -578,6 +580,10 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             out.append(self._send(s, RotationConfirm(s.conversation, confirmation)))
         else:  # RotationConfirm, confirmed above
             s.rotation_complete(now_us, key)
+        if s.key_material is not keys_before and s.key_material is not None:
+            # New keys: their first send counters are reserved in the save that records
+            # them, so that sealing the first frame does not save (reservations.py).
+            reserve_with_keys(s, now_us)
         # Direct replies first: the handshake ack must reach the peer before flushed data.
         return [*out, *self._commit(s, *touched)]
 

@@ -161,7 +161,7 @@ class Session(SessionCore):
         )
 
     # ------------------------------------------------------------------ close (decision 17)
-    # Class defaults, set only by ``Closed`` (see reserved_key_id below for why).
+    # Class defaults, set only by ``Closed`` (see core.py for why).
     close_reason = cast("str | None", None)
     close_counters_from = 0
 
@@ -187,16 +187,11 @@ class Session(SessionCore):
         )
 
     # ------------------------------------------------------------------ nonce reservations
-    # Class defaults, not __init__ attributes: only sessions that seal records pay for them
-    # (an idle session must stay under 30 instance attributes, see core.py).
-    # Not annotated: eventsourcing would take annotated class attributes for Opened's fields.
-    reserved_key_id = cast("str | None", None)
-    reserved_until = 0
-
     def counters_reserved(self) -> int:
         """Where sending under the current keys may resume after a restart: every counter
-        below this may have been used, so that no (key, nonce) pair ever repeats."""
-        return self.reserved_until if self.reserved_key_id == self.key_id else 0
+        below this may have been used, so that no (key, nonce) pair ever repeats. New keys
+        start from 0 (``Established`` resets it when the key material changes)."""
+        return self.reserved_until
 
     def reserve_counters(self, now_us: int, until: int) -> None:
         """Record, before any of them is used, that send counters below ``until`` may be used
@@ -260,7 +255,6 @@ class Session(SessionCore):
     def _counters_reserved(
         self, at_us: int, trigger: str, state: str, key_id: str, until: int
     ) -> None:
-        self.reserved_key_id = key_id
         self.reserved_until = until
 
     @event("NodeRestarted")
@@ -289,7 +283,6 @@ class Session(SessionCore):
         self.outbox = []
         self.close_reason = reason
         if counters_until:
-            self.reserved_key_id = self.key_id
             self.close_counters_from = counters_from
             self.reserved_until = counters_until
 
