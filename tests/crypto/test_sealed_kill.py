@@ -56,6 +56,8 @@ SENDER = textwrap.dedent(
         for i in range(10**9):
             if os.getppid() != parent:  # the test is gone: so is this sender
                 return
+            if not manager.send_room(sid):  # the window is full: wait for an ack
+                await node.wait_for(lambda: manager.send_room(sid) > 0, timeout_s=10)
             node.perform(manager.submit(sid, b"message %d" % i, now()))
             await asyncio.sleep(0)  # let the peer's acks in
 
@@ -81,6 +83,7 @@ def test_no_key_nonce_pair_repeats_on_the_wire_across_sigkills(tmp_path: Path) -
 
     async def run() -> Pair:
         pair = await established_pair(tmp_path)
+        pair.bob.node.start_timers()  # Bob acknowledges a lone message after max_ack_delay
         await pair.alice.node.close()  # Alice's first process is gone; her ledger stays
         pair.alice.ledger.close()
         port = pair.relay.port

@@ -15,7 +15,7 @@ from l2_session.domain.manager.channel import SessionChannel
 from l2_session.domain.session.session import Session
 from l2_session.infrastructure.keystore import KeyStore
 from ledger_sessions import established_pair, open_ledger, record_established
-from tcp_support import Pair, is_sealed, until
+from tcp_support import Pair, acknowledged, is_sealed, until
 from tcp_support import established_pair as established_tcp_pair
 
 
@@ -78,7 +78,7 @@ def test_sealing_continues_on_the_session_the_manager_replayed_from_its_ledger(
         manager, node = pair.alice.manager, pair.alice.node
         node.perform(manager.submit(pair.conversation, b"one", pair.clock.now_us()))
         await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"one"])
-        await until(lambda: not pair.alice.session(pair.conversation).outbox)
+        await acknowledged(pair)
 
         replayed = manager.restore(pair.conversation)
         node.perform(manager.submit(pair.conversation, b"two", pair.clock.now_us()))

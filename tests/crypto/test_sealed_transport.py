@@ -26,7 +26,16 @@ from l2_session.domain.session.config import SessionConfig
 from l2_session.transports import tcp
 from l2_session.transports.frames import KIND_OF, encode
 from l2_session.transports.tcp import TcpNode
-from tcp_support import Pair, Side, established_pair, fresh_did, hello, is_sealed, until
+from tcp_support import (
+    Pair,
+    Side,
+    acknowledged,
+    established_pair,
+    fresh_did,
+    hello,
+    is_sealed,
+    until,
+)
 
 SECRET = b"the application's secret message"
 CHANNEL_KINDS = {KIND_OF[c] for c in (Data, DataAck, Heartbeat, HeartbeatAck)}
@@ -59,7 +68,7 @@ def test_messages_and_heartbeats_travel_sealed(tmp_path: Path) -> None:
         pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, SECRET,
                                                           pair.clock.now_us()))  # fmt: skip
         await until(lambda: [d.payload for d in pair.bob.node.delivered] == [SECRET])
-        await until(lambda: not pair.alice.session(pair.conversation).outbox)  # acknowledged
+        await acknowledged(pair)
         await _heartbeat_round(pair)
 
         wire = pair.relay.to_server + pair.relay.to_client
@@ -98,7 +107,7 @@ def test_a_replayed_or_altered_sealed_frame_is_refused_and_changes_nothing(
 
         pair.relay.inject(original)  # the untouched frame still opens: nothing was consumed
         await until(lambda: len(pair.bob.node.delivered) == 1)
-        await until(lambda: not pair.alice.session(pair.conversation).outbox)
+        await acknowledged(pair)
         version = bob.version
         pair.relay.inject(original)  # a replay
         await until(lambda: refused["replayed"] == 1)
@@ -114,14 +123,14 @@ def test_frames_reordered_within_the_window_are_accepted(tmp_path: Path) -> None
         for text in (b"first", b"second"):
             pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, text,
                                                               pair.clock.now_us()))  # fmt: skip
-        # Each submission sends every unacknowledged message: first, first, second.
-        await until(lambda: len(pair.relay.held) == 3)
+        # Each message goes once: first, second (decision 21).
+        await until(lambda: len(pair.relay.held) == 2)
         pair.relay.hold = None
         for frame in reversed(pair.relay.held):
             pair.relay.inject(frame)
-        await until(lambda: pair.bob.node.sealed.opened == opened + 3)
+        await until(lambda: pair.bob.node.sealed.opened == opened + 2)
         assert not pair.bob.node.sealed.refused
-        await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"first", b"second"])
+        # The second, ahead of a gap, waited for the first: delivered in order, once.        await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"first", b"second"])
 
     _run(tmp_path, test)
 
@@ -150,20 +159,20 @@ def test_after_rotation_the_old_keys_no_longer_open_frames(tmp_path: Path) -> No
         for message in messages:
             pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, message,
                                                               pair.clock.now_us()))  # fmt: skip
-        # Each submission sends every unacknowledged message: 1 + 2 + 3 records.
-        await until(lambda: len(held) == 6)
+        # Each message goes once: three records (decision 21).
+        await until(lambda: len(held) == 3)
         under_old_keys = held[-1]
-        assert under_old_keys[4 + 26 + 4 : 4 + 26 + 12] == (5).to_bytes(8, "big")  # counter
+        assert under_old_keys[4 + 26 + 4 : 4 + 26 + 12] == (2).to_bytes(8, "big")  # counter
 
         pair.alice.node.perform(pair.alice.manager.tick(pair.clock.skip(21)))
         await until(lambda: bob.key_id == alice.key_id != old_key and bob.state == "established")
-        await until(lambda: len(held) > 6)  # Alice sends again under the new keys
+        await until(lambda: len(held) >= 6)  # Alice sends them all again under the new keys
 
         refused = pair.bob.node.sealed.refused
         pair.relay.inject(under_old_keys)
         await until(lambda: refused["old_key"] == 1)
         # Relabelled with the new key id, the old record meets the new key: the AEAD refuses
-        # it (its counter 5 is new to the new keys' window, which has seen nothing yet).
+        # it (its counter 2 is new to the new keys' window, which has seen nothing yet).
         assert bob.key_id is not None
         relabelled = bytearray(under_old_keys)
         relabelled[4 + 17 : 4 + 25] = bytes.fromhex(bob.key_id)
@@ -173,7 +182,7 @@ def test_after_rotation_the_old_keys_no_longer_open_frames(tmp_path: Path) -> No
 
         # No message is lost: what Alice sent under the new keys is delivered, in order.
         pair.relay.hold = None
-        for frame in held[6:]:
+        for frame in held[3:]:
             pair.relay.inject(frame)
         await until(lambda: [d.payload for d in pair.bob.node.delivered] == messages)
 
