@@ -1,12 +1,17 @@
-"""STUN for UDP discovery (transports/stun.py, stun_binding.py).
+"""STUN for UDP discovery (transports/stun.py, stun_binding.py, stun_udp.py).
 
 The codec against RFC 5769's test vectors and hypothesis; the server's answers and bounds and
-the client's retransmission schedule on a manual clock (sans-I/O).
+the client's retransmission schedule on a manual clock (sans-I/O); then client and server on
+real loopback sockets, with loss, silence, garbage and a port shared with QUIC. Interoperation
+with another STUN implementation is in test_stun_interop.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
+import itertools
+import socket
 import struct
 from typing import Any
 
@@ -55,6 +60,7 @@ from l2_session.transports.stun_binding import (
     Retransmission,
     TooManyTransactions,
 )
+from l2_session.transports.stun_udp import open_stun
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -758,3 +764,213 @@ def test_the_client_sends_software_when_told():
     [(request, _)] = client.poll(0.0)
     assert decode(request).software == "l2-session"
     assert decode(request).fingerprinted
+
+
+# --- on real sockets ------------------------------------------------------------------------
+
+FAST = Retransmission(rto=0.05, rc=7, rm=16)
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        pytest.param(
+            "::1",
+            marks=pytest.mark.skipif(
+                not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this host"
+            ),
+        ),
+    ],
+)
+def test_client_and_server_on_loopback(host):
+    async def run():
+        server = await open_stun((host, 0))
+        client = await open_stun((host, 0), serve=False, retransmission=FAST)
+        try:
+            outcome = await client.query(server.local_address, deadline=2.0)
+            assert isinstance(outcome, BindingSucceeded), outcome
+            assert outcome.mapped_address == tuple(client.local_address[:2])
+            assert outcome.requests_sent == 1
+            assert await client.is_alive(server.local_address, deadline=2.0)
+            assert server.server.counters.answered == 2
+        finally:
+            await client.close()
+            await server.close()
+
+    asyncio.run(run())
+
+
+class _Recorder(asyncio.DatagramProtocol):
+    """A UDP socket that records what comes in and answers Binding requests after the first
+    ``drop`` (None: never)."""
+
+    def __init__(self, drop: int | None = None) -> None:
+        self.drop = drop
+        self.received: list[tuple[float, bytes]] = []
+        self.server = BindingServer()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received.append((asyncio.get_running_loop().time(), data))
+        if self.drop is not None and len(self.received) > self.drop:
+            self.transport.sendto(self.server.answer(data, addr), addr)
+
+
+async def _recorder(drop: int | None) -> tuple[_Recorder, tuple[str, int]]:
+    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: _Recorder(drop), local_addr=("127.0.0.1", 0)
+    )
+    return protocol, transport.get_extra_info("sockname")
+
+
+def test_the_client_retransmits_through_loss():
+    async def run():
+        lossy, address = await _recorder(drop=2)
+        client = await open_stun(("127.0.0.1", 0), serve=False, retransmission=FAST)
+        try:
+            outcome = await client.query(address, deadline=5.0)
+        finally:
+            await client.close()
+            lossy.transport.close()
+        assert isinstance(outcome, BindingSucceeded), outcome
+        assert outcome.requests_sent == 3
+        assert len({data for _, data in lossy.received}) == 1  # the same request each time
+        times = [t for t, _ in lossy.received]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert gaps[0] >= 0.04 and gaps[1] >= 0.09  # 50 ms, then doubled
+        assert outcome.elapsed >= 0.14
+
+    asyncio.run(run())
+
+
+def test_a_silent_peer_is_not_alive_and_the_answer_comes_by_the_deadline():
+    async def run():
+        silent, address = await _recorder(drop=None)
+        client = await open_stun(
+            ("127.0.0.1", 0), serve=False, retransmission=Retransmission(rto=0.1)
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            started = loop.time()
+            assert not await client.is_alive(address, deadline=0.35)
+            took = loop.time() - started
+        finally:
+            await client.close()
+            silent.transport.close()
+        assert 0.35 <= took < 1.0
+        assert len(silent.received) == 3  # at 0, 100 and 300 ms
+        assert client.client.outstanding == 0
+
+    asyncio.run(run())
+
+
+def test_garbage_truncated_and_oversized_datagrams_are_dropped_and_counted():
+    async def run():
+        server = await open_stun(("127.0.0.1", 0))
+        valid = encode(binding_request())
+        not_stun = [
+            b"",
+            b"\x00\x01",
+            bytes(range(256)),
+            valid[:19],  # a truncated header
+            valid[:-4],  # truncated: the length field no longer matches
+            valid + bytes(4),  # trailing bytes
+            _quic_initial(),
+        ]
+        oversized = [
+            encode(
+                Message(BINDING, MessageClass.REQUEST, bytes(12), (Attribute(0xC001, bytes(1400)),))
+            ),
+            encode(
+                Message(
+                    BINDING, MessageClass.REQUEST, bytes(12), (Attribute(0xC001, bytes(60000)),)
+                )
+            ),
+        ]
+        malformed = [valid[:-1] + bytes([valid[-1] ^ 1])]  # a wrong FINGERPRINT
+        stray = [encode(binding_success(binding_request(), CLIENT))]  # a response to nobody
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.setblocking(False)
+            sender.connect(server.local_address[:2])
+            try:
+                for datagram in [*not_stun, *oversized, *malformed, *stray, valid]:
+                    sender.send(datagram)
+                answer = await asyncio.wait_for(loop.sock_recv(sender, 2048), 2.0)
+                await asyncio.sleep(0.05)
+                with pytest.raises(BlockingIOError):
+                    sender.recv(2048)  # nothing else was answered
+            finally:
+                await server.close()
+        assert decode(answer).transaction_id == valid[8:20]
+        counters = server.server.counters
+        assert server.not_stun == len(not_stun)
+        assert (counters.oversized, counters.malformed, counters.answered) == (2, 1, 1)
+        assert server.client.counters.unmatched == 1  # the stray response went to the client side
+
+    asyncio.run(run())
+
+
+def test_one_port_serves_stun_and_hands_the_rest_to_quic():
+    """The shared port: STUN answered, everything else (a QUIC Initial) passed on untouched."""
+
+    async def run():
+        passed_on: list[bytes] = []
+        shared = await open_stun(("127.0.0.1", 0), other=lambda data, addr: passed_on.append(data))
+        client = await open_stun(("127.0.0.1", 0), serve=False, retransmission=FAST)
+        initial = _quic_initial()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as quic_client:
+                quic_client.sendto(initial, shared.local_address[:2])
+            outcome = await client.query(shared.local_address, deadline=2.0)
+        finally:
+            await client.close()
+            await shared.close()
+        assert isinstance(outcome, BindingSucceeded)
+        assert passed_on == [initial]
+        assert shared.not_stun == 0
+
+    asyncio.run(run())
+
+
+def test_a_socket_that_does_not_serve_drops_requests():
+    async def run():
+        quiet = await open_stun(("127.0.0.1", 0), serve=False)
+        client = await open_stun(("127.0.0.1", 0), serve=False, retransmission=FAST)
+        try:
+            assert not await client.is_alive(quiet.local_address, deadline=0.2)
+        finally:
+            await client.close()
+            await quiet.close()
+        assert quiet.unserved_requests >= 2
+
+    asyncio.run(run())
+
+
+def test_closing_the_socket_settles_pending_queries():
+    async def run():
+        silent, address = await _recorder(drop=None)
+        client = await open_stun(("127.0.0.1", 0), serve=False)
+        query = asyncio.ensure_future(client.query(address))
+        await asyncio.sleep(0.05)
+        await client.close()
+        outcome = await asyncio.wait_for(query, 1.0)
+        silent.transport.close()
+        assert outcome == BindingFailed(address, "the socket closed")
+
+    asyncio.run(run())
