@@ -223,40 +223,6 @@ def address_value(address: Address, *, xor_with: bytes | None) -> bytes:
     return bytes([0, family]) + port_and_address
 
 
-def binding_request(transaction_id: bytes | None = None, *, software: str | None = None) -> Message:
-    attributes = () if software is None else (Attribute(SOFTWARE, software.encode()),)
-    return Message(
-        BINDING, MessageClass.REQUEST, transaction_id or new_transaction_id(), attributes
-    )
-
-
-def binding_success(request: Message, source: Address) -> Message:
-    """The success answer to ``request``: where its sender was seen from."""
-    value = address_value(source, xor_with=request.transaction_id)
-    return Message(
-        BINDING,
-        MessageClass.SUCCESS,
-        request.transaction_id,
-        (Attribute(XOR_MAPPED_ADDRESS, value),),
-    )
-
-
-def binding_error(
-    request: Message, code: int, reason: str = "", unknown: Sequence[int] = ()
-) -> Message:
-    """An error answer to ``request``; for 420, ``unknown`` lists the attribute types not
-    understood (UNKNOWN-ATTRIBUTES, padded as any attribute: RFC 5389 §15.9)."""
-    if not 300 <= code <= 699:
-        raise StunError(f"error code {code} outside 300..699")
-    error = struct.pack(">HBB", 0, code // 100, code % 100) + reason.encode()
-    attributes = [Attribute(ERROR_CODE, error)]
-    if unknown:
-        attributes.append(
-            Attribute(UNKNOWN_ATTRIBUTES, b"".join(struct.pack(">H", t) for t in unknown))
-        )
-    return Message(request.method, MessageClass.ERROR, request.transaction_id, tuple(attributes))
-
-
 def is_stun(datagram: bytes) -> bool:
     """Whether a datagram is framed as STUN: the first byte 0-3 (RFC 7983 §7; a QUIC packet
     has its fixed bit 0x40 set, RFC 9000 §17), the magic cookie, and a length field that
@@ -273,8 +239,7 @@ def is_stun(datagram: bytes) -> bool:
 
 def message_class_of(datagram: bytes) -> MessageClass:
     """The class bits of a datagram ``is_stun`` accepted, read from its header alone."""
-    message_type = int.from_bytes(datagram[0:2], "big")
-    return MessageClass(((message_type >> 4) & 0b01) | ((message_type >> 7) & 0b10))
+    return _split_type(int.from_bytes(datagram[0:2], "big"))[1]
 
 
 def decode(data: bytes) -> Message:
@@ -291,10 +256,7 @@ def decode(data: bytes) -> Message:
             f"length field {length}: the datagram holds {len(data) - HEADER_SIZE} bytes of "
             "attributes, and the length must equal that and be a multiple of 4"
         )
-    method = (
-        (message_type & 0x000F) | ((message_type & 0x00E0) >> 1) | ((message_type & 0x3E00) >> 2)
-    )
-    message_class = MessageClass(((message_type >> 4) & 0b01) | ((message_type >> 7) & 0b10))
+    method, message_class = _split_type(message_type)
 
     attributes: list[Attribute] = []
     integrity: list[int] = []  # the integrity attributes seen, in order
@@ -380,6 +342,14 @@ def _header(message: Message, length: int) -> bytes:
         (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2) | ((c & 1) << 4) | ((c & 2) << 7)
     )
     return HEADER.pack(message_type, length, MAGIC_COOKIE, message.transaction_id)
+
+
+def _split_type(message_type: int) -> tuple[int, MessageClass]:
+    """The method and class interleaved in a message type's 14 bits (the inverse of _header's)."""
+    method = (
+        (message_type & 0x000F) | ((message_type & 0x00E0) >> 1) | ((message_type & 0x3E00) >> 2)
+    )
+    return method, MessageClass(((message_type >> 4) & 0b01) | ((message_type >> 7) & 0b10))
 
 
 def _attribute_bytes(attribute: Attribute) -> bytes:

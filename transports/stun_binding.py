@@ -1,4 +1,4 @@
-"""The Binding method's two sides, sans-I/O (RFC 5389 §7): a server that answers and a client
+"""The Binding method, sans-I/O (RFC 5389 §7): its messages, a server that answers and a client
 that asks. Both take datagrams and the time as values and return the datagrams to send;
 stun_udp.py puts them on a socket.
 
@@ -17,21 +17,27 @@ transaction, from another address or unreadable are dropped and counted.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from l2_session.transports.stun import (
     BINDING,
+    ERROR_CODE,
+    SOFTWARE,
+    UNKNOWN_ATTRIBUTES,
+    XOR_MAPPED_ADDRESS,
     Address,
+    Attribute,
+    Message,
     MessageClass,
     StunError,
-    binding_error,
-    binding_request,
-    binding_success,
+    address_value,
     decode,
     encode,
     is_stun,
+    new_transaction_id,
     transport_address,
 )
 
@@ -44,6 +50,40 @@ MAX_GROWTH = 24
 
 MAX_OUTSTANDING = 10
 """Transactions a client keeps open to one server at a time (RFC 5389 §7.2)."""
+
+
+def binding_request(transaction_id: bytes | None = None, *, software: str | None = None) -> Message:
+    attributes = () if software is None else (Attribute(SOFTWARE, software.encode()),)
+    return Message(
+        BINDING, MessageClass.REQUEST, transaction_id or new_transaction_id(), attributes
+    )
+
+
+def binding_success(request: Message, source: Address) -> Message:
+    """The success answer to ``request``: where its sender was seen from."""
+    value = address_value(source, xor_with=request.transaction_id)
+    return Message(
+        BINDING,
+        MessageClass.SUCCESS,
+        request.transaction_id,
+        (Attribute(XOR_MAPPED_ADDRESS, value),),
+    )
+
+
+def binding_error(
+    request: Message, code: int, reason: str = "", unknown: Sequence[int] = ()
+) -> Message:
+    """An error answer to ``request``; for 420, ``unknown`` lists the attribute types not
+    understood (UNKNOWN-ATTRIBUTES, padded as any attribute: RFC 5389 §15.9)."""
+    if not 300 <= code <= 699:
+        raise StunError(f"error code {code} outside 300..699")
+    error = struct.pack(">HBB", 0, code // 100, code % 100) + reason.encode()
+    attributes = [Attribute(ERROR_CODE, error)]
+    if unknown:
+        attributes.append(
+            Attribute(UNKNOWN_ATTRIBUTES, b"".join(struct.pack(">H", t) for t in unknown))
+        )
+    return Message(request.method, MessageClass.ERROR, request.transaction_id, tuple(attributes))
 
 
 @dataclass(frozen=True)

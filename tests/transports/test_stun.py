@@ -39,9 +39,6 @@ from l2_session.transports.stun import (
     MessageClass,
     StunError,
     address_value,
-    binding_error,
-    binding_request,
-    binding_success,
     decode,
     encode,
     is_stun,
@@ -59,6 +56,9 @@ from l2_session.transports.stun_binding import (
     BindingTimedOut,
     Retransmission,
     TooManyTransactions,
+    binding_error,
+    binding_request,
+    binding_success,
 )
 from l2_session.transports.stun_udp import open_stun
 

@@ -19,9 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from l2_session.transports.stun import (
     MessageClass,
-    binding_error,
-    binding_request,
-    binding_success,
     decode,
     encode,
     transport_address,
@@ -31,6 +28,9 @@ from l2_session.transports.stun_binding import (
     BindingServer,
     BindingSucceeded,
     Retransmission,
+    binding_error,
+    binding_request,
+    binding_success,
 )
 from l2_session.transports.stun_udp import open_stun
 
