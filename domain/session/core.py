@@ -381,7 +381,7 @@ class SessionCore(Aggregate):
         new_keys: bool,
         prekeys: str | None,
     ) -> None:
-        if key_material != self.key_material:
+        if self.reserved_until and key_material != self.key_material:
             self.reserved_until = 0  # counters are per key: new keys have used none
         self.key_material = key_material
         self.prekeys = prekeys
