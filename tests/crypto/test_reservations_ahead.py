@@ -7,14 +7,12 @@ test_sealed_kill.py) hold the other half: no (key, nonce) pair ever repeats."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 from l2_session.domain.manager.channel import SessionChannel
 from l2_session.domain.session.session import Session
-from l2_session.infrastructure.keystore import KeyStore
-from ledger_sessions import established_pair, open_ledger, record_established
+from ledger_sessions import recorded_session
 from tcp_support import Pair, until
 from tcp_support import established_pair as established_tcp_pair
 
@@ -55,16 +53,13 @@ def test_the_first_frames_under_new_keys_seal_without_a_save(tmp_path: Path) -> 
 
 
 def test_the_next_block_rides_with_a_save_that_happens_anyway(tmp_path: Path) -> None:
-    alice, bob = KeyStore.create(tmp_path / "a.keys"), KeyStore.create(tmp_path / "b.keys")
-    now = time.time_ns() // 1000
-    material, _ = established_pair(alice, bob, now)
-    ledger = open_ledger(alice, tmp_path / "a.sqlite3")
+    recorded = recorded_session(tmp_path)
+    ledger, now = recorded.ledger, recorded.now_us
     try:
-        session_id = record_established(ledger, bob.identity.did, material, now)
-        session: Session = ledger.repository.get(session_id)
+        session: Session = ledger.repository.get(recorded.session_id)
         saves: list[Any] = []
         channel = SessionChannel(
-            session, alice.identity.public_bytes, bob.identity.public_bytes,
+            session, recorded.alice.identity.public_bytes, recorded.bob.identity.public_bytes,
             _counting(saves, ledger.save), block=4,
         )  # fmt: skip
         counters = [channel.seal(b"x", now)[4:12] for _ in range(3)]
@@ -78,11 +73,7 @@ def test_the_next_block_rides_with_a_save_that_happens_anyway(tmp_path: Path) ->
 
         used = [int.from_bytes(c, "big") for c in counters]
         assert used == list(range(8))
-        reader = open_ledger(alice, tmp_path / "a.sqlite3")
-        try:
-            restored: Session = reader.repository.get(session_id)
-        finally:
-            reader.close()
-        assert restored.counters_reserved() > max(used)  # every counter used was saved first
+        # Every counter used was saved first: a restart starts after all of them.
+        assert recorded.reopen().counters_reserved() > max(used)
     finally:
         ledger.close()
