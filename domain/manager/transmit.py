@@ -55,7 +55,7 @@ from l2_session.domain.manager.deadlines import DeadlineHeap
 from l2_session.domain.session import timers
 from l2_session.domain.session.commands import Data, DataAck
 from l2_session.domain.session.session import Session
-from l2_session.domain.session.states import Trigger
+from l2_session.domain.session.states import Trigger, is_allowed
 
 INITIAL_RTT_US = 333_000  # RFC 9002 §6.2.2 kInitialRtt
 GRANULARITY_US = 1_000  # RFC 9002 kGranularity
@@ -381,7 +381,7 @@ class Transmissions:
         """What a batch's last data frame for ``s`` answers, once the batch is saved: an
         acknowledgement now, or a deadline for one."""
         t = self._states.get(s.id)
-        if t is None or s.closed:
+        if t is None or not _acknowledges(s):
             return []
         if t.ack_due():
             out = [t.ack(s)]
@@ -447,7 +447,7 @@ class Transmissions:
             out += t.timed_out(s, now_us, delay)
         if t.ack_at_us is not None and t.ack_at_us <= now_us:
             t.ack_at_us = None
-            if t.new_since_ack and not s.closed:
+            if t.new_since_ack and _acknowledges(s):
                 out.append(t.ack(s))
         if t.idle_at_us is not None and t.idle_at_us <= now_us and t.idle():
             self.remember_rtt(s.id, t.rtt.smoothed_us, t.rtt.variation_us)
@@ -455,6 +455,12 @@ class Transmissions:
             return out
         self._settle(s, t, now_us)
         return out
+
+
+def _acknowledges(s: Session) -> bool:
+    """Acknowledgements go where messages are received: not once the session is closed, or
+    suspended, or in a new handshake (the peer's messages come again after it)."""
+    return not s.closed and is_allowed(s.state, Trigger.RECEIVE_MESSAGE)
 
 
 def _max_ack_delay_us(s: Session) -> int:
