@@ -141,12 +141,16 @@ class MockTransport:
         return len(self._in_flight)
 
 
+RETRY_AFTER_FAILURE_US = 1_000  # a node whose call failed tries again this much later
+
+
 class Simulation:
     """Session managers wired through one ``MockTransport`` and one ``ManualClock``.
 
     With ``failures_lost``, a node whose ``receive`` or ``tick`` raises (its ledger failed to
     save, say) goes on as a real node does: what that call would have sent is lost, as on a
-    network, and the failure is counted in ``failures``. By default the error propagates."""
+    network, the failure is counted in ``failures``, and time moves on a millisecond before
+    the next try. By default the error propagates."""
 
     def __init__(
         self, clock: ManualClock, transport: MockTransport, *, failures_lost: bool = False
@@ -173,7 +177,7 @@ class Simulation:
     def run_until(self, until_us: int) -> None:
         """Advance the clock to ``until_us``, stopping at every delivery and deadline."""
         while True:
-            now = self.clock.wall_us()
+            now, failures = self.clock.wall_us(), self.failures
             for src, dst, frame in self.transport.due():
                 if dst in self.nodes:
                     self.perform(dst, self._call(self.nodes[dst].receive, src, frame, now))
@@ -182,7 +186,9 @@ class Simulation:
             candidates = [self.transport.next_delivery_us()]
             candidates += [m.next_wakeup_us() for m in self.nodes.values()]
             upcoming = [c for c in candidates if c is not None and c > now]
-            if any(c is not None and c <= now for c in candidates):
+            if self.failures > failures:
+                upcoming.append(now + RETRY_AFTER_FAILURE_US)  # as a node's timer retries
+            elif any(c is not None and c <= now for c in candidates):
                 continue  # something became due at this same instant
             step_to = min([*upcoming, until_us])
             if step_to <= now:
