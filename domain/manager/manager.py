@@ -540,7 +540,11 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         if isinstance(frame, Close | CloseAck):
             return self._on_close_frame(s, frame, now_us)
         if isinstance(frame, HandshakeResponse) and s.state != State.HANDSHAKE_INITIATED:
-            return self._resend(s)  # our confirmation was lost: the responder asks again
+            # Our confirmation was lost: the responder asks again. Only a confirmation answers
+            # it: two ends that each answered the other's request (a duplicate resumption
+            # request answered late) would otherwise send responses to each other for ever.
+            last = self._last_handshake_frame.get(s.conversation)
+            return self._resend(s) if isinstance(last, HandshakeAck) else []
         if isinstance(frame, Heartbeat | Data) and s.state == State.HANDSHAKE_RECEIVED:
             return self._resend(s)  # the initiator is established: our response got through
         if isinstance(frame, HeartbeatAck | Heartbeat | Data | DataAck):

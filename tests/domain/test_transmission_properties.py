@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from l2_session.domain.manager.manager import SessionManager
 from l2_session.domain.session.commands import Deliver, Output
@@ -136,6 +136,16 @@ examples = itertools.count()
     max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+# Both ends restart and resume at once; a duplicated resumption request, answered late as a
+# rotation, left each end holding a response as its last handshake frame: each answered the
+# other's response with its own, for ever (a response is answered only by a confirmation now).
+@example(
+    seed=62,
+    loss=0.0,
+    duplication=0.1,
+    reordering=0.3,
+    schedule=[("crash", ALICE), ("crash", BOB), ("run", 1.0)],
 )
 @given(
     seed=st.integers(0, 2**16),
