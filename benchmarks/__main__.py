@@ -34,6 +34,7 @@ SUITES: dict[str, str] = {
     "tcp": "benchmarks.bench_tcp",
     "attack": "benchmarks.bench_attack",
     "recover": "benchmarks.bench_recover",
+    "messages": "benchmarks.bench_messages",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")

@@ -1,0 +1,245 @@
+"""Our side of the messages suite (bench_messages.py): one server or one client process, a
+``TcpNode`` with real PQxdh keys on a signed SQLite ledger of its own at the durability named.
+
+``python -m benchmarks.messages_ours server|client CONFIG`` (CONFIG: JSON). The process
+protocol is the one messages_libp2p.py speaks (see there): the server prints ``ready`` and
+answers ``phase NAME`` / ``end`` lines with what it counted since the line before; the client
+prints ``{"phase": NAME}``, waits for ``go``, and prints ``{"result": ...}`` at the end.
+
+What each process counts per phase, from the node's outputs (``perform`` is wrapped: every
+``Send`` by the class of its frame, every ``Deliver``), from its ledger (appends committed,
+``committer.requests``; transactions, ``committer.batches``) and from a probe task (the
+longest a 1 ms ``asyncio.sleep`` overslept: the longest the event loop was held).
+
+The server is the application a message reaches: in phase ``echo`` it submits every message
+delivered to it back on the same session; in phase ``bulk`` it notes when the last one was
+delivered. In phase ``connect`` it notes when each new session became established (its save
+returned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+# The suite's only imports from l2_session.domain, kept together.
+from l2_session.domain.handshake_flood import HandshakeAdmission
+from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
+from l2_session.domain.manager import SessionManager
+from l2_session.infrastructure.clock import SessionTimeline, SystemClock
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.resolver import DidKeyResolver
+from l2_session.transports.tcp import TcpNode
+
+from .handshake_sessions import UNLIMITED
+
+DAY_US = 86_400_000_000
+WAIT_S = 120.0  # a bound for waits that end at once on a working link; never a measurement
+ESTABLISHED = "established"
+
+
+def say(**what: Any) -> None:
+    print(json.dumps(what), flush=True)
+
+
+class Stalls:
+    """The longest a 1 ms sleep overslept: how long the event loop could not run a task."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+
+    async def probe(self) -> None:
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(0.001)
+            self.longest = max(self.longest, time.monotonic() - start - 0.001)
+
+    def take(self) -> float:
+        longest, self.longest = self.longest, 0.0
+        return longest
+
+
+class Peer:
+    """One identity, one ledger, one manager; nodes (connections) are made over it."""
+
+    def __init__(self, work: Path, name: str, durability: Any, directory: DidKeyResolver) -> None:
+        self.timeline = SessionTimeline(SystemClock())
+        self.now_us = self.timeline.now_us
+        identity = NodeIdentity.generate()
+        self.exchange = PqxdhKeyExchange.for_node(
+            identity.did, identity.private_key, directory, now_us=self.now_us(),
+            valid_for_us=DAY_US, one_time_prekeys=0,
+            # A benchmark connects as fast as it can: admission must not be what is measured.
+            engine_options={"admission": HandshakeAdmission(UNLIMITED)},
+        )  # fmt: skip
+        self.ledger = SessionLedger(
+            work / f"{name}.sqlite3", identity=identity, storage_key=os.urandom(32),
+            durability=durability,
+        )  # fmt: skip
+        self.manager = SessionManager(identity.did, self.ledger, key_exchange=self.exchange)
+        self.did = identity.did
+        self.sent: Counter[str] = Counter()  # Send outputs by frame class, and Deliver outputs
+        self.stalls = Stalls()
+        self._last_appends = self._last_commits = 0
+
+    @property
+    def bundle(self) -> bytes:
+        return bytes(self.exchange.engine.responder.bundle.encode())
+
+    def node(self) -> TcpNode:
+        node = TcpNode(self.manager, self.now_us)
+        self.exchange.source_of = node.address_of  # the engine keys its gate by address
+        perform = node.perform
+
+        def counted(outputs: list[Any], via: Any = None) -> None:
+            for output in outputs:
+                self.sent[type(getattr(output, "frame", output)).__name__] += 1
+            perform(outputs, via)
+
+        node.perform = counted  # type: ignore[method-assign]
+        node.start_timers()
+        return node
+
+    def take(self) -> dict[str, Any]:
+        """What this process did since the last ``take``."""
+        committer = self.ledger.recorder.committer  # type: ignore[attr-defined]
+        appends, self._last_appends = committer.requests - self._last_appends, committer.requests
+        commits, self._last_commits = committer.batches - self._last_commits, committer.batches
+        sent, self.sent = dict(self.sent), Counter()
+        return {"sent": sent, "appends": appends, "commits": commits, "stall_s": self.stalls.take()}
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+async def readline() -> str:
+    return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+# ---------------------------------------------------------------------------- server
+async def serve(config: dict[str, Any]) -> None:
+    peer = Peer(Path(config["work"]), "server", config["durability"], DidKeyResolver())
+    established: dict[str, float] = {}
+    save = peer.ledger.save
+
+    def noting(*aggregates: Any, **kwargs: Any) -> Any:
+        # A session is established at the server once the save recording it returned.
+        done = save(*aggregates, **kwargs)
+        for aggregate in aggregates:
+            if getattr(aggregate, "state", None) == ESTABLISHED:
+                established.setdefault(str(aggregate.conversation), time.monotonic())
+        return done
+
+    peer.ledger.save = noting  # type: ignore[method-assign]
+    node = peer.node()
+    server = await node.serve()
+    mode, bulk_done = "connect", None
+    prober = asyncio.ensure_future(peer.stalls.probe())
+
+    async def application() -> None:
+        nonlocal bulk_done
+        handled = 0
+        while True:
+            await node.wait_for(lambda h=handled: len(node.delivered) > h, 1e9)
+            new, handled = node.delivered[handled:], len(node.delivered)
+            if mode == "echo":
+                for message in new:
+                    node.perform(peer.manager.submit(message.session_id, message.payload,
+                                                     peer.now_us()))  # fmt: skip
+            elif mode == "bulk":
+                bulk_done = time.monotonic()  # the latest delivery; the last one, at the end
+
+    app = asyncio.ensure_future(application())
+    say(ready=True, port=server.sockets[0].getsockname()[1], did=peer.did, bundle=peer.bundle.hex())
+    while True:
+        line = (await readline()).split()
+        if not line:
+            break
+        say(phase=line[-1], established=established, bulk_done=bulk_done, **peer.take())
+        established, bulk_done = {}, None
+        mode = line[-1]
+        if line[0] == "end":
+            break
+    for task in (app, prober):
+        task.cancel()
+    server.close()
+    await node.close()
+    peer.close()
+
+
+# ---------------------------------------------------------------------------- client
+async def phase(name: str) -> None:
+    say(phase=name)
+    if (await readline()).strip() != "go":
+        raise SystemExit(f"no go for phase {name}")
+
+
+async def client(config: dict[str, Any]) -> None:
+    directory = DidKeyResolver()
+    peer = Peer(Path(config["work"]), "client", config["durability"], directory)
+    server_did, port = config["did"], config["port"]
+    directory.publish_bundle(server_did, bytes.fromhex(config["bundle"]), peer.now_us())
+    manager = peer.manager
+    result: dict[str, Any] = {"connect": [], "echo_s": [], "phases": {}}
+    prober = asyncio.ensure_future(peer.stalls.probe())
+
+    async def session_on(node: TcpNode) -> Any:
+        await node.connect(server_did, "127.0.0.1", port)
+        sid, outputs = manager.establish(server_did, peer.now_us())
+        node.perform(outputs)
+        session = manager.session(sid)
+        await node.wait_for(lambda: session.state == ESTABLISHED, WAIT_S)
+        return session
+
+    await phase("connect")
+    for _ in range(config["connects"]):
+        node = peer.node()  # a fresh connection each time, made before the clock starts
+        start = time.monotonic()
+        session = await session_on(node)
+        result["connect"].append([str(session.conversation), start, time.monotonic()])
+        await node.close(end_sessions=True)
+    node = peer.node()
+    session = await session_on(node)  # the session the messages travel on
+    result["phases"]["connect"] = peer.take()
+
+    await phase("echo")
+    message = b"e" * config["echo_bytes"]
+    for n in range(config["echoes"]):
+        start = time.monotonic()
+        node.perform(manager.submit(session.id, message, peer.now_us()))
+        await node.wait_for(lambda n=n: len(node.delivered) > n, WAIT_S)
+        result["echo_s"].append(time.monotonic() - start)
+    await node.wait_for(lambda: not session.outbox, WAIT_S)
+    await asyncio.sleep(0.05)  # the server's last acknowledgements arrive in this phase
+    result["phases"]["echo"] = peer.take()
+
+    await phase("bulk")
+    message, window = b"b" * config["bulk_bytes"], config["window"]
+    result["bulk_start"] = time.monotonic()
+    for _ in range(config["bulk_messages"]):
+        # At most ``window`` unacknowledged, as a send call with backpressure would wait; the
+        # node itself has no send window.
+        if len(session.outbox) >= window:
+            await node.wait_for(lambda: len(session.outbox) < window, WAIT_S)
+        node.perform(manager.submit(session.id, message, peer.now_us()))
+    await node.wait_for(lambda: not session.outbox, WAIT_S)  # acknowledged: delivered
+    result["bulk_acked"] = time.monotonic()
+    result["phases"]["bulk"] = peer.take()
+
+    await phase("done")
+    say(result=result)
+    prober.cancel()
+    await node.close()
+    peer.close()
+
+
+if __name__ == "__main__":
+    role, settings = sys.argv[1], json.loads(sys.argv[2])
+    asyncio.run(serve(settings) if role == "server" else client(settings))
