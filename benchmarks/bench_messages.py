@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from .common import PACKAGE_DIR, WORK_DIR, figure, scratch_dir
+from benchmarks.common import PACKAGE_DIR, WORK_DIR, figure, scratch_dir
 
 LIBP2P = "libp2p==0.8.1"
 LIBP2P_VENV = WORK_DIR / "libp2p-0.8.1-venv"

@@ -29,16 +29,16 @@ from pathlib import Path
 from typing import Any
 
 # The suite's only imports from l2_session.domain, kept together.
-from l2_session.domain.handshake_flood import HandshakeAdmission
-from l2_session.domain.keyexchange_pqxdh import PqxdhKeyExchange
-from l2_session.domain.manager import SessionManager
+from l2_session.domain.handshake.admission import HandshakeAdmission
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
 from l2_session.infrastructure.clock import SessionTimeline, SystemClock
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.tcp import TcpNode
 
-from .handshake_sessions import UNLIMITED
+from benchmarks.handshake_sessions import UNLIMITED
 
 DAY_US = 86_400_000_000
 WAIT_S = 120.0  # a bound for waits that end at once on a working link; never a measurement
