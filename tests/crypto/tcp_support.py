@@ -1,6 +1,11 @@
 """Two session managers with real PQxdh keys and signed SQLite ledgers, talking over loopback
 TCP through ``Relay``: an on-path attacker that sees every frame and can hold, replay, alter
-and reorder them (for tests of transports/tcp.py and transports/sealed.py)."""
+and reorder them (for tests of transports/tcp.py and transports/sealed.py).
+
+Each node's manager belongs to the node's worker thread: a test changes it only through the
+node (``establish``, ``send``, ``command``, ``query``) and waits on its sessions with
+``node.until`` (checked on the worker, between batches). ``until`` here polls from the event
+loop, for what the loop holds (deliveries, connections, counters)."""
 
 from __future__ import annotations
 
@@ -201,16 +206,22 @@ async def established_pair(
     server = await bob.node.serve()
     relay = Relay(server.sockets[0].getsockname()[1])
     await alice.node.connect(bob.did, "127.0.0.1", await relay.start())
-    sid, outputs = alice.manager.establish(bob.did, clock.now_us())
-    alice.node.perform(outputs)
+    sid = await alice.node.establish(bob.did)
     pair = Pair(alice, bob, relay, clock, server, conversation=sid)
-    await until(lambda: _established(bob, sid) and _established(alice, sid))
+    await established(alice, sid)
+    await established(bob, sid)
     return pair
 
 
 def _established(side: Side, conversation: UUID) -> bool:
     session = side.manager.session_for(conversation)
     return session is not None and session.state == "established"
+
+
+async def established(side: Side, conversation: UUID) -> None:
+    """Until ``side``'s session of ``conversation`` is established, as its node's worker
+    sees it after a batch — saved, and what the batch proved applied."""
+    await side.node.until(lambda: _established(side, conversation), WAIT_S)
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -354,9 +365,10 @@ class Attacked:
                 self.port, request, local_ip=local_ip(i) if local_ip else "127.0.0.1"
             )
 
-    def tick(self, skip_s: float = 0) -> None:
+    async def tick(self, skip_s: float = 0) -> None:
         """Bob's timers, ``skip_s`` seconds later."""
-        self.bob.node.perform(self.bob.manager.tick(self.clock.skip(skip_s)))
+        now = self.clock.skip(skip_s)
+        await self.bob.node.command(lambda: self.bob.manager.tick(now))
 
     async def newcomer(self, name: str) -> tuple[Side, UUID]:
         """A legitimate peer connects (from 127.0.0.1), asks for a session and gets it —
@@ -368,9 +380,9 @@ class Attacked:
 
     async def another_session(self, side: Side) -> UUID:
         """A new session between ``side`` (connected already) and Bob, established."""
-        sid, outputs = side.manager.establish(self.bob.did, self.clock.now_us())
-        side.node.perform(outputs)
-        await until(lambda: _established(side, sid) and _established(self.bob, sid))
+        sid = await side.node.establish(self.bob.did)
+        await established(side, sid)
+        await established(self.bob, sid)
         return sid
 
 
