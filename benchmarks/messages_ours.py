@@ -239,7 +239,5 @@ async def client(config: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    import os as _o
-    if _o.environ.get("SWITCH"): sys.setswitchinterval(float(_o.environ["SWITCH"]))
     role, settings = sys.argv[1], json.loads(sys.argv[2])
     asyncio.run(serve(settings) if role == "server" else client(settings))
