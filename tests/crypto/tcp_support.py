@@ -32,6 +32,7 @@ from l2_session.domain.session.session import Session
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.ledger.application import Durability
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.frames import encode
 from l2_session.transports.sealed import SEALED_KIND
@@ -150,6 +151,7 @@ def make_side(
     config: SessionConfig = DEFAULT_CONFIG, reservation_block: int = RESERVATION_BLOCK,
     *, node_options: dict[str, Any] | None = None, engine_options: dict[str, Any] | None = None,
     manager_options: dict[str, Any] | None = None, kem: KemCounts | None = None,
+    durability: Durability = "full",
 ) -> Side:  # fmt: skip
     """A node with real keys on its own signed SQLite ledger. ``kem`` counts the
     decapsulations its responder makes (the KEM work a request costs it)."""
@@ -164,8 +166,9 @@ def make_side(
             responder.secrets, kem_prekey=CountingKemKey(responder.secrets.kem_prekey, kem)
         )
     ledger = SessionLedger(
-        tmp_path / f"{name}.sqlite3", identity=store.identity, storage_key=store.storage_key
-    )
+        tmp_path / f"{name}.sqlite3", identity=store.identity, storage_key=store.storage_key,
+        durability=durability,
+    )  # fmt: skip
     manager = SessionManager(
         store.identity.did, ledger, config, key_exchange=exchange, **(manager_options or {})
     )
@@ -184,6 +187,7 @@ class Pair:
     clock: VirtualTime
     server: asyncio.Server
     conversation: UUID
+    directory: DidKeyResolver
 
     async def close(self) -> None:
         await self.alice.node.close()
@@ -198,16 +202,19 @@ async def established_pair(
     tmp_path: Path,
     config: SessionConfig = DEFAULT_CONFIG,
     reservation_block: int = RESERVATION_BLOCK,
+    durability: Durability = "full",
 ) -> Pair:
     """Alice connects to Bob through the relay and establishes a session with him."""
     clock, directory = VirtualTime(), DidKeyResolver()
-    alice = make_side(tmp_path, "alice", directory, clock, config, reservation_block)
-    bob = make_side(tmp_path, "bob", directory, clock, config, reservation_block)
+    alice = make_side(tmp_path, "alice", directory, clock, config, reservation_block,
+                      durability=durability)  # fmt: skip
+    bob = make_side(tmp_path, "bob", directory, clock, config, reservation_block,
+                    durability=durability)  # fmt: skip
     server = await bob.node.serve()
     relay = Relay(server.sockets[0].getsockname()[1])
     await alice.node.connect(bob.did, "127.0.0.1", await relay.start())
     sid = await alice.node.establish(bob.did)
-    pair = Pair(alice, bob, relay, clock, server, conversation=sid)
+    pair = Pair(alice, bob, relay, clock, server, sid, directory)
     await established(alice, sid)
     await established(bob, sid)
     return pair
