@@ -465,6 +465,7 @@ class TcpNode:
         batch, self._in_hand = self._in_hand, None
         assert batch is not None
         self._idle.set()
+        self._apply(report.outcome)
         for condition in batch.conditions:
             if condition.done.done():
                 continue

@@ -33,6 +33,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -150,11 +151,12 @@ class Outcome:
 @dataclass
 class Report:
     """After a whole batch: the room of the sessions watched (None: unknown, or a session
-    that takes no more messages — its sends go on and are refused with the reason), and when
-    the manager wants its next tick."""
+    that takes no more messages — its sends go on and are refused with the reason), when
+    the manager wants its next tick, and the outcome of the batch's last stage."""
 
     room: dict[UUID, int | None]
     next_wakeup_us: int | None
+    outcome: Outcome
 
 
 @dataclass
@@ -223,43 +225,53 @@ class NodeWorker:
                 report = self._decide_batch(batch)
             except Exception:  # a bug: the node must not hang waiting for this batch
                 log.exception("a batch could not be decided")
-                self._post()
-                report = Report({}, None)
+                report = Report({}, None, self._taken())
             self._finished(report)
 
     def _decide_batch(self, batch: Batch) -> Report:
-        for link, up in batch.links:
-            self._up(link) if up else self._down(link)
-        self._post()
-        for command in batch.commands:
-            try:
-                command.result = command.fn()
-            except Exception as error:
-                command.error = error
-            self._out.decided.append(command)
-            self._post()
+        stages: list[Callable[[], None]] = []
+        if batch.links:
+            stages.append(lambda: self._links(batch.links))
+        stages += [partial(self._command, command) for command in batch.commands]
         if batch.frames:
-            self._decide(batch.frames)
-            self._post()
+            stages.append(partial(self._decide, batch.frames))
         if batch.messages:
-            self._submit(batch.messages)
-            self._post()
+            stages.append(partial(self._submit, batch.messages))
         if batch.tick:
-            self._tick()
-            self._post()
+            stages.append(self._tick)
+        for n, stage in enumerate(stages, start=1):
+            stage()
+            if n < len(stages) and self._out:
+                # What this stage decided leaves now, not after the next stage's saves.
+                self._post_outcome(self._taken())
         for condition in batch.conditions:
             try:
                 condition.result = bool(condition.fn())
             except Exception as error:
                 condition.error = error
-        return Report({sid: self._room(sid) for sid in batch.watch}, self.manager.next_wakeup_us())
+        room = {sid: self._room(sid) for sid in batch.watch}
+        # The last stage's outcome goes with the report: one wake-up of the loop, not two.
+        return Report(room, self.manager.next_wakeup_us(), self._taken())
 
-    def _post(self) -> None:
-        if self._out:
-            out, self._out = self._out, Outcome()
-            self._post_outcome(out)
+    def _taken(self) -> Outcome:
+        out, self._out = self._out, Outcome()
+        return out
+
+    def _command(self, command: Command) -> None:
+        try:
+            command.result = command.fn()
+        except Exception as error:
+            command.error = error
+        self._out.decided.append(command)
 
     # ------------------------------------------------------------------ connections
+    def _links(self, events: list[tuple[Link, bool]]) -> None:
+        for link, up in events:
+            if up:
+                self._up(link)
+            else:
+                self._down(link)
+
     def _up(self, link: Link) -> None:
         """A connection with ``link.did`` is up: routed to, and the sessions a restart left
         waiting for that peer resume over it (decision 16). A resumption proves itself (its
