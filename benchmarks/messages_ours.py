@@ -16,10 +16,10 @@ sends every message delivered to it back on the same session; in phase ``bulk`` 
 the last one was delivered. In phase ``connect`` it notes when each new session became
 established (its save returned).
 
-The client sends through ``TcpNode.send``: one at a time in ``echo``; in ``bulk`` every
-message at once, each send a task the node holds until the session's window
-(``SessionConfig.send_window``, the suite's ``window``) has room for it — the backpressure a
-send call applies.
+The client sends through ``TcpNode.send``: one at a time in ``echo``; in ``bulk`` with twice
+the suite's ``window`` of sends under way, each a task the node holds until the session's
+window (``SessionConfig.send_window``, the suite's ``window``) has room for it — the
+backpressure a send call applies.
 """
 
 from __future__ import annotations
@@ -182,6 +182,17 @@ async def phase(name: str) -> None:
         raise SystemExit(f"no go for phase {name}")
 
 
+async def stream(node: TcpNode, sid: Any, messages: list[bytes], outstanding: int) -> None:
+    """Send ``messages`` in order, keeping ``outstanding`` sends under way: a producer that
+    waits only when that many are not yet queued (the node holds those beyond the window)."""
+    pending: set[asyncio.Future[None]] = set()
+    for message in messages:
+        pending.add(asyncio.ensure_future(node.send(sid, message)))
+        if len(pending) >= outstanding:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.gather(*pending)
+
+
 async def client(config: dict[str, Any]) -> None:
     directory = DidKeyResolver()
     peer = Peer(Path(config["work"]), "client", config, directory)
@@ -225,8 +236,8 @@ async def client(config: dict[str, Any]) -> None:
     await phase("bulk")
     message = b"b" * config["bulk_bytes"]
     result["bulk_start"] = time.monotonic()
-    sends = [asyncio.ensure_future(node.send(sid, message)) for _ in range(config["bulk_messages"])]
-    await asyncio.wait_for(asyncio.gather(*sends), WAIT_S)
+    async with asyncio.timeout(WAIT_S):
+        await stream(node, sid, [message] * config["bulk_messages"], 2 * config["window"])
     await node.until(acknowledged, WAIT_S)  # acknowledged: delivered
     result["bulk_acked"] = time.monotonic()
     result["phases"]["bulk"] = peer.take()
