@@ -4,21 +4,24 @@ default security (Noise) and muxer (yamux), on loopback, a server process and a 
 for each, fresh for every run.
 
 Each round runs the three contenders one after the other, in an order that rotates from round
-to round; each run measures, in the client:
-- connect → authenticated session, per sample (``CONNECTS``): ours, a new connection and
-  ``establish`` until both ends are ``established`` (the server notes when its save returned);
+to round (``SIZES``: 5 rounds; ``--quick``, 1 and fewer of everything); each run measures:
+- connect → authenticated session, 50 times: ours, a new ``TcpNode`` (made before the clock
+  starts, on the client's one identity and ledger) connects and ``establish``es until both
+  ends are ``established`` (the server notes when its save returned), then closes the session;
   py-libp2p, ``connect`` (dial, Noise, yamux) and ``new_stream`` until the stream is
-  negotiated at both ends. Times come from ``time.monotonic`` in both processes (one clock for
-  the machine), the later end counts;
-- a 64 B echo round trip, one after the other (``ECHOES``): the client sends, the server's
-  application gets the message and sends it back, the client's application gets it;
+  negotiated at both ends, then disconnects. Times come from ``time.monotonic`` in both
+  processes (one clock for the machine); the later end counts;
+- a 64 B echo round trip, 200 one after the other: the client sends, the server's application
+  gets the message and sends it back, the client's application gets it;
 - 1 MiB as 1,024 messages of 1 KiB: from the client's first send until the server's
-  application has the last one, as MiB/s. Ours sends them all at once and the node keeps at
-  most ``WINDOW`` unacknowledged (the session's send window, ``SessionConfig.send_window``);
-  py-libp2p writes them to one stream.
+  application has the last one, as MiB/s. Ours sends through ``TcpNode.send``, which waits
+  while ``WINDOW`` messages are unacknowledged (the session's send window,
+  ``SessionConfig.send_window``); py-libp2p writes them to one stream.
 For ours the processes also count, per phase: Data frames sent per message delivered (both
 ends), ledger appends per message delivered (both ends), and the longest event-loop stall (a
-task sleeping 1 ms over and over; the longest it overslept, either end).
+task sleeping 1 ms over and over; the longest it overslept, either end; py-libp2p's, under
+trio, for contrast). The probe sees the process's own work and the other processes that
+share the cores alike.
 
 Figures are medians over rounds; ratios are medians of the per-round ratios (each pairs runs
 seconds apart). py-libp2p is not a dependency of l2-session: the first run makes a venv for it
@@ -48,6 +51,8 @@ REPO_DIR = PACKAGE_DIR.parent
 CONTENDERS = ("ours-normal", "ours-full", "libp2p")
 ECHO_BYTES, BULK_BYTES = 64, 1024
 WINDOW = 16  # messages a session keeps unacknowledged (ours: SessionConfig.send_window)
+# rounds, connects per run, echoes per run, bulk messages per run; by --quick
+SIZES = {False: (5, 50, 200, 1024), True: (1, 10, 50, 256)}
 RUN_TIMEOUT_S = 900.0  # a run that takes longer is killed and reported as failed
 INSTALL_TIMEOUT_S = 1800.0
 
@@ -225,7 +230,7 @@ def measure(
 
 # ---------------------------------------------------------------------------- the suite
 def run(quick: bool) -> dict[str, Any]:
-    rounds, connects, echoes, bulk = (1, 10, 50, 256) if quick else (5, 50, 200, 1024)
+    rounds, connects, echoes, bulk = SIZES[quick]
     python, libp2p_setup = libp2p_python()
     contenders = CONTENDERS if python is not None else CONTENDERS[:2]
     if python is None:

@@ -210,7 +210,7 @@ async def client(config: dict[str, Any]) -> None:
 
     await phase("connect")
     for _ in range(config["connects"]):
-        node = peer.node()  # a fresh connection each time, made before the clock starts
+        node = peer.node()  # a fresh node and connection each time, made before the clock
         start = time.monotonic()
         sid = await session_on(node)
         result["connect"].append([str(sid), start, time.monotonic()])
