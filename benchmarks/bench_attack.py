@@ -102,7 +102,7 @@ async def _serve(work: Path) -> None:
         stats = {
             "rss_kb": _rss_kb(),
             "events": ledger.recorder.max_notification_id() or 0,
-            "connections": len(node._links),
+            "connections": len(node.connections.open),
             "pending": exchange.engine.pending(),
             "peers": len(manager._peers),
             "sessions": len(manager),

@@ -11,18 +11,18 @@ thread that touches them. What the loop collected while the worker was busy (fra
 connection, the application's sends and commands, a due tick, connections up and down) goes to
 the worker as the next batch: one ``receive_each`` for the frames and one ``submit_many`` for
 the sends, each one save — one group commit, one fsync at durability ``full`` — however many
-connections and sessions they come from. So a busy node batches by itself and an idle one
-answers at once; the loop keeps reading while a batch is saved (frames read meanwhile wait for
-the next batch), and a slow save stalls no connection's reads or deadlines.
+connections and sessions they come from (at most ``max_batch`` frames, and as many sends, a
+batch). So a busy node batches by itself and an idle one answers at once; the loop keeps
+reading while a batch is saved (frames read meanwhile wait for the next batch), and a slow
+save stalls no connection's reads or deadlines.
 
-The worker's Python holds the GIL (signing with Ed25519, AEAD and SQLite release it): the
+The worker's Python holds the GIL (SQLite's calls and system calls release it): the
 loop gets it back within the interpreter's switch interval, which the node leaves as it is
 (5 ms by default; it is the process's setting, not the node's). Measured with the messages
 benchmark on two shared cores, a switch interval of 1, 0.5 or 0.2 ms changed neither the
 loop's longest stall (5-9 ms at either end) nor latency or throughput beyond run-to-run
 noise: during those stalls the loop thread itself ran under 1 ms and the process as a whole
-often less than the stall — the loop waited for a core more than for the GIL. A connection
-reads at most ``READS_PER_TURN`` buffered frames before it lets the rest of the loop run.
+often less than the stall — the loop waited for a core more than for the GIL.
 
 Durability is not weakened by it: what a stage of a batch asks to send is derived after its
 save returned and sealed on the worker, and only then handed to the loop, which writes it. No
@@ -54,38 +54,10 @@ Sealing (sealed.py). Data, DataAck, Heartbeat and HeartbeatAck travel only seale
 session's keys; the same frames in clear are refused (``sealed.refused["unsealed"]``).
 Handshake and rotation frames travel as they are.
 
-Connections and DIDs. A connection opens with the connecting node's DID (``u16 length |
-UTF-8``). That is a claim. A connection is *proven* for a DID once a frame it carried made
-the manager take new keys with that DID — an INIT signed by the DID's key and confirmed, a
-RESPONSE signed by it, a RESUME MAC under the session's secret — or once it carried a sealed
-frame that opened under keys this node agreed with that DID itself (not keys it replayed
-from the ledger, whose replay window restarted empty). Routing:
-
-- channel frames go to the DID's proven connection, else to the connection this node opened
-  to the DID (it chose the address), never to a connection that only claims the DID (none
-  of these: the frame is lost, as on a network);
-- a handshake frame answering a frame goes back on the connection that frame came in on;
-- other handshake frames (establish, resume, timers) go to the proven connection, else the
-  connection this node opened to the DID, else the latest claim.
-
-So an unproven claim never displaces a proven connection, and a connection claiming someone
-else's DID gets nothing but answers to what it sent itself. The handshake engine keys
-quarantine and rate limits by the source a frame came from (``address_of``): its IPv4
-address, or its IPv6 address's /64 (decision 19 in docs/spec-decisions.md).
-
-Bounds (docs/security.md, "Denial of service"; who is cut first: tcp_bounds.py). Every
-connection counts toward ``max_connections`` from the moment it is accepted; at the cap the
-least recently active unproven connection this node did not dial is cut to make room, so a
-peer that talks gets in however many connections sit idle. Every phase has a deadline that
-activity within the phase does not extend: the hello (``hello_timeout_s``), the wait between
-frames (``idle_timeout_s``) and a frame from its length prefix to its last byte
-(``frame_timeout_s``). Frames being read count against one budget for the node
-(``max_partial_bytes``); beyond the frame being read, asyncio's reader stops reading a
-connection at twice ``read_limit_bytes``. Frames read and not yet decided are at most
-``max_batch`` (plus one per connection): beyond it the connections stop reading until the
-worker takes the next batch — the time that wait takes is the node's, not the peer's, and
-counts against no deadline. A frame for a connection already closing is not written
-(``closed_sends``).
+Connections (tcp_links.py): the hello, frames off the wire, the deadlines and budgets that
+bound what a connection holds (docs/security.md, "Denial of service"). Routing and proof
+(tcp_worker.py): which connection proved which DID, where each frame goes, and the source the
+handshake engine keys its limits by (``address_of``).
 
 Starting and stopping (decisions 16 and 17 in docs/spec-decisions.md). A node made over a
 ledger that holds sessions recovers them (``SessionManager.recover``): the sessions that were
@@ -100,8 +72,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import struct
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
@@ -113,35 +83,25 @@ from l2_session.domain.session.commands import Deliver, Output
 from l2_session.domain.session.errors import WindowFull
 from l2_session.domain.session.session import TCP
 from l2_session.infrastructure.identity import public_bytes_from_did_key
-from l2_session.transports.frames import MAX_FRAME, FrameError, body_length
+from l2_session.transports.frames import MAX_FRAME
 from l2_session.transports.sealed import SealedFrames
-from l2_session.transports.tcp_bounds import NoRoom, Occupancy
-from l2_session.transports.tcp_worker import (
-    Batch,
-    Command,
-    Link,
-    Message,
-    NodeWorker,
-    Outcome,
-    Report,
+from l2_session.transports.tcp_bounds import Occupancy
+from l2_session.transports.tcp_handoff import Batch, Command, Link, Message, Outcome, Report
+from l2_session.transports.tcp_links import (
+    FRAME_TIMEOUT_S,
+    HELLO_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    MAX_PARTIAL_BYTES,
+    READ_LIMIT_BYTES,
+    Connections,
 )
+from l2_session.transports.tcp_worker import NodeWorker
 
 __all__ = ["Link", "NodeClosed", "TcpNode"]
 
-HELLO_LENGTH = struct.Struct(">H")
 TIMER_IDLE_S = 0.05  # the timer task asks for a tick at least this often
-DROPPED_KEPT = 64  # reasons for dropped connections kept (the latest)
-HELLO_TIMEOUT_S = 5.0  # an accepted connection must name its DID within this
-MAX_DID_BYTES = 256  # a did:key is ~56 bytes; a longer claim is refused unread
-MAX_CONNECTIONS = 1024  # open connections at once, counted from their accept
 MAX_BATCH = 256  # frames (and sends) decided in one save; readers wait beyond it
-# A live session's connection carries a heartbeat or its answer every 30 s (SPEC-018 §5.1):
-# four intervals without a frame and the connection carries no live session.
-IDLE_TIMEOUT_S = 120.0
-FRAME_TIMEOUT_S = 10.0  # from a frame's length prefix to its last byte (128 KiB at 13 KB/s)
-MAX_PARTIAL_BYTES = 16 * 1024 * 1024  # frames being read, all connections together
-READ_LIMIT_BYTES = 64 * 1024  # asyncio's reader pauses a connection at twice this unread
-READS_PER_TURN = 32  # frames a connection reads from its buffer before it lets others run
 CLOSE_WAIT_S = 5.0  # close(end_sessions=True) waits this long at most for the peers' answers
 
 T = TypeVar("T")
@@ -183,33 +143,28 @@ class TcpNode:
             if not seconds > 0:
                 raise ValueError(f"{name} must be > 0, got {seconds}")
         self.manager, self.now_us = manager, now_us
-        self.max_connections, self.hello_timeout_s = max_connections, hello_timeout_s
-        self.max_batch = max_batch  # frames per save; 1: a save per frame
-        self.idle_timeout_s, self.frame_timeout_s = idle_timeout_s, frame_timeout_s
-        self.read_limit_bytes = read_limit_bytes
-        self.occupancy: Occupancy[Link] = Occupancy(max_partial_bytes)
-        self._identity_key_of = identity_key_of
         manager.transport = TCP  # sessions opened through this node record it (decision 20)
         self.sealed = SealedFrames(
             manager.session_for, identity_key_of, manager.local_did,
             manager.ledger.save, block=reservation_block,
         )  # fmt: skip
         self.worker = NodeWorker(manager, now_us, self.sealed, self._post, self._post_report)
+        self.connections = Connections(
+            manager.local_did, identity_key_of,
+            up=lambda link: self._link_event(link, True),
+            down=lambda link: self._link_event(link, False),
+            arrived=self._dispatch, max_frames=max_batch, max_connections=max_connections,
+            hello_timeout_s=hello_timeout_s, idle_timeout_s=idle_timeout_s,
+            frame_timeout_s=frame_timeout_s, max_partial_bytes=max_partial_bytes,
+            read_limit_bytes=read_limit_bytes,
+        )  # fmt: skip
         self.delivered: list[Deliver] = []
         self._received: asyncio.Queue[Deliver] = asyncio.Queue()
-        # Why connections were dropped: the latest few (anyone can open connections), and
-        # how many in all.
-        self.dropped_connections: deque[str] = deque(maxlen=DROPPED_KEPT)
-        self.dropped_count = 0
-        self.closed_sends = 0  # frames not written: their connection was closing (peer gone)
-        self._links: set[Link] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        # Collected for the next batch (see the module's docstring).
-        self._inbox: list[tuple[Link, bytes]] = []  # frames read, not yet decided
-        self._inbox_room = asyncio.Event()
+        # Collected for the next batch (see the module's docstring), besides the frames read.
         self._link_events: list[tuple[Link, bool]] = []
         self._commands: list[Command] = []
         self._waiting: dict[UUID, deque[Message]] = {}  # per session, in the order sent
@@ -232,141 +187,46 @@ class TcpNode:
     # ------------------------------------------------------------------ connections
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
         self._start()
-        return await asyncio.start_server(self._accepted, host, port, limit=self.read_limit_bytes)
+        return await self.connections.serve(host, port)
 
     async def connect(self, peer_did: str, host: str, port: int) -> None:
+        """Dial ``peer_did`` at an address given for it; the sessions a restart left waiting
+        for that peer resume over the connection (decision 16)."""
         self._start()
-        reader, writer = await asyncio.open_connection(host, port, limit=self.read_limit_bytes)
-        _no_delay(writer)
-        did = self.manager.local_did.encode()
-        writer.write(HELLO_LENGTH.pack(len(did)) + did)
-        link = Link(writer, peer_did, outgoing=True)
-        self._links.add(link)
-        self._reached(link)
-        self._spawn(self._read(link, reader))
+        await self.connections.dial(peer_did, host, port)
 
-    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _no_delay(writer)
-        link = Link(writer, "", outgoing=False)
-        if not self._admit(link):
-            return
-        # The server runs this handler as its own task; one cancelled at shutdown must end
-        # quietly here (asyncio logs the CancelledError of a handler task as an error).
-        with contextlib.suppress(asyncio.CancelledError):
-            try:
-                peer_did = await asyncio.wait_for(self._hello(reader), self.hello_timeout_s)
-                self._identity_key_of(peer_did)  # a DID this node cannot use: refused here
-            except TimeoutError:
-                self._cut(link, f"bad hello: none within {self.hello_timeout_s} s")
-                return
-            except (asyncio.IncompleteReadError, ConnectionError, FrameError) as error:
-                self._cut(link, f"bad hello: {error}")
-                return
-            except (ValueError, LookupError) as error:  # not UTF-8, or a DID that cannot be used
-                self._cut(link, f"bad hello: {error}")
-                return
-            link.did = peer_did
-            self._reached(link)
-            await self._read(link, reader)
-
-    def _admit(self, link: Link) -> bool:
-        """Count ``link`` from its accept. At the cap, cut the least recently active unproven
-        connection to make room — refusing the newcomer instead would let connections that
-        sit idle lock every peer out; proven and dialled connections are never cut for it."""
-        if len(self._links) >= self.max_connections:
-            victim = self.occupancy.least_active()
-            if victim is None:
-                self._dropped(f"refused: {len(self._links)} open, all proven or dialled")
-                link.writer.transport.abort()
-                return False
-            self._cut(victim, f"{victim.name}: cut for a new connection, the least recently "
-                              f"active unproven one of {len(self._links)}")  # fmt: skip
-        self._links.add(link)
-        self.occupancy.opened(link)
-        return True
-
-    def _cut(self, link: Link, why: str) -> None:
-        """Close ``link`` at once, discarding what it has not sent (a peer that does not read
-        must not keep it open), and say why — once."""
-        if link not in self._links:
-            return
-        self._dropped(why)
-        self._forget(link)
-        link.writer.transport.abort()
-
-    @staticmethod
-    async def _hello(reader: asyncio.StreamReader) -> str:
-        """The DID an accepted connection claims: ``u16 length | UTF-8``, at most
-        MAX_DID_BYTES (a slow or oversized hello holds no resources for long)."""
-        (n,) = HELLO_LENGTH.unpack(await reader.readexactly(HELLO_LENGTH.size))
-        if n > MAX_DID_BYTES:
-            raise FrameError(f"DID of {n} bytes claimed, at most {MAX_DID_BYTES}")
-        return (await reader.readexactly(n)).decode()
-
-    async def _read(self, link: Link, reader: asyncio.StreamReader) -> None:
-        loop = asyncio.get_running_loop()
-        waiting = ""  # what the deadline cuts off, if it passes
-        read_in_turn = 0
-        try:
-            # One deadline per phase, set when the phase begins: bytes trickling in do not
-            # move it, so a connection cannot hold a frame (or its slot) open for ever.
-            async with asyncio.timeout(None) as deadline:
-                while True:
-                    if len(self._inbox) >= self.max_batch:
-                        deadline.reschedule(None)  # the node's wait, not the peer's
-                        while len(self._inbox) >= self.max_batch:
-                            self._inbox_room.clear()
-                            await self._inbox_room.wait()
-                    deadline.reschedule(loop.time() + self.idle_timeout_s)
-                    waiting = f"idle for {self.idle_timeout_s} s"
-                    n = body_length(await reader.readexactly(4))
-                    deadline.reschedule(loop.time() + self.frame_timeout_s)
-                    waiting = f"inside a frame of {n} bytes for {self.frame_timeout_s} s"
-                    self.occupancy.reserve(link, n, self._cut_for_room)
-                    body = await reader.readexactly(n)
-                    self.occupancy.release(link)
-                    self.occupancy.active(link)
-                    self._inbox.append((link, body))
-                    self._dispatch()
-                    read_in_turn += 1
-                    if read_in_turn >= READS_PER_TURN:
-                        # Frames already buffered are read without waiting: let the other
-                        # connections and tasks run between runs of them.
-                        read_in_turn = 0
-                        await asyncio.sleep(0)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the peer went away; its sessions notice through their deadlines
-        except TimeoutError:
-            self._cut(link, f"{link.did}: {waiting}")
-        except NoRoom as error:
-            self._cut(link, f"{link.did}: {error}")
-        except FrameError as error:
-            # A stream that broke framing cannot be resynchronised: drop the connection.
-            self._dropped(f"{link.did}: {error}")
-        self._forget(link)
-        link.writer.close()
-
-    def _cut_for_room(self, link: Link) -> None:
-        budget = self.occupancy.max_partial_bytes
-        self._cut(link, f"{link.name}: cut for room in the {budget} bytes of frames being read")
-
-    def _reached(self, link: Link) -> None:
-        """A connection with ``link.did`` is up: the worker routes to it, and resumes over it
-        the sessions a restart left waiting for that peer (NodeWorker._up)."""
-        self._link_events.append((link, True))
+    def _link_event(self, link: Link, up: bool) -> None:
+        """A connection with ``link.did`` is up (the worker routes to it, and resumes over it
+        the sessions a restart left waiting for that peer: NodeWorker._up) or gone."""
+        self._link_events.append((link, up))
         self._dispatch()
 
-    def _dropped(self, why: str) -> None:
-        self.dropped_connections.append(why)
-        self.dropped_count += 1
+    @property
+    def max_batch(self) -> int:
+        """Frames (and sends) decided in one save; 1: a save per frame."""
+        return self.connections.max_frames
 
-    def _forget(self, link: Link) -> None:
-        self.occupancy.closed(link)
-        if link in self._links:
-            self._links.discard(link)
-            if link.did:  # the worker heard of it: it stops routing to it
-                self._link_events.append((link, False))
-                self._dispatch()
+    @max_batch.setter
+    def max_batch(self, frames: int) -> None:
+        self.connections.max_frames = frames
+
+    @property
+    def occupancy(self) -> Occupancy[Link]:
+        return self.connections.occupancy
+
+    @property
+    def dropped_connections(self) -> deque[str]:
+        """Why connections were dropped: the latest few (anyone can open connections)."""
+        return self.connections.dropped_connections
+
+    @property
+    def dropped_count(self) -> int:
+        return self.connections.dropped_count
+
+    @property
+    def closed_sends(self) -> int:
+        """Frames not written: their connection was closing (the peer gone)."""
+        return self.connections.closed_sends
 
     def address_of(self, peer_did: str) -> str:
         """Where ``peer_did``'s frames arrive from (``source_of``: its IP address, or its IPv6
@@ -401,11 +261,7 @@ class TcpNode:
             return
         batch = Batch(self._link_events, self._commands)
         self._link_events, self._commands = [], []
-        frames, self._inbox = self._inbox[: self.max_batch], self._inbox[self.max_batch :]
-        # A connection dropped since its frame was read: the frame goes with it.
-        batch.frames = [(link, body) for link, body in frames if link in self._links]
-        if len(self._inbox) < self.max_batch:
-            self._inbox_room.set()
+        batch.frames = self.connections.take(self.max_batch)
         self._take_messages(batch)
         batch.tick, self._tick_wanted = self._tick_wanted, False
         if not batch and not self._check_conditions:
@@ -443,24 +299,17 @@ class TcpNode:
 
     def _apply(self, outcome: Outcome) -> None:
         """On the loop: what a stage of the batch decided, once its saves have returned."""
+        connections = self.connections
         for link, why in outcome.dropped:
-            if link in self._links:
-                self._dropped(why)
-                self._forget(link)
-                link.writer.close()
+            connections.drop(link, why)
         for link in outcome.proven:
-            self.occupancy.proven(link)
+            connections.proven(link)
         if outcome.writes:
             chunks: dict[Link, list[bytes]] = {}
             for link, data in outcome.writes:
                 chunks.setdefault(link, []).append(data)
             for link, data_list in chunks.items():
-                if link.writer.is_closing():
-                    # The peer went away and its reader has not noticed yet: lost, as on a
-                    # network (asyncio would log a warning for every such write).
-                    self.closed_sends += len(data_list)
-                else:
-                    link.writer.write(b"".join(data_list))
+                connections.write(link, data_list)
         for message in outcome.delivered:
             self.delivered.append(message)
             self._received.put_nowait(message)
@@ -510,7 +359,7 @@ class TcpNode:
         room = self._room
         sendable = any(room.get(sid) != 0 for sid in self._waiting)
         return bool(
-            self._inbox or self._link_events or self._commands or self._tick_wanted
+            self.connections.frames or self._link_events or self._commands or self._tick_wanted
             or sendable or self._check_conditions
         )  # fmt: skip
 
@@ -688,9 +537,7 @@ class TcpNode:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for link in self._links:
-            link.writer.close()
-        self._links.clear()
+        await self.connections.close()
         await self._idle.wait()  # the batch in hand: its saves are not cut short
         self.worker.stop()
         self.worker.forget_routes()
@@ -706,10 +553,3 @@ class TcpNode:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _no_delay(writer: asyncio.StreamWriter) -> None:
-    # Handshake messages are small and latency-bound: do not let Nagle hold them back.
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -19,144 +19,49 @@ before it uses them), and posted to the loop, which writes it: no byte leaves be
 it depends on. Frames the loop reads meanwhile wait for the next batch — group commit by
 design, with no timer: a batch is whatever arrived during the previous one.
 
-Routing and proof (docs in tcp.py) are the worker's too: which connection proved which DID,
-the keys agreed through this node, and which connection a frame being decided came in on —
-what ``address_of`` answers the key exchange, which calls it from inside the manager.
+Routing and proof are the worker's too. A connection opens with the connecting node's DID
+(tcp_links.py): that is a claim. A connection is *proven* for a DID once a frame it carried
+made the manager take new keys with that DID — an INIT signed by the DID's key and confirmed,
+a RESPONSE signed by it, a RESUME MAC under the session's secret — or once it carried a
+sealed frame that opened under keys this node agreed with that DID itself (not keys it
+replayed from the ledger, whose replay window restarted empty). Routing:
+
+- channel frames go to the DID's proven connection, else to the connection this node opened
+  to the DID (it chose the address), never to a connection that only claims the DID (none
+  of these: the frame is lost, as on a network);
+- a handshake frame answering a frame goes back on the connection that frame came in on;
+- other handshake frames (establish, resume, timers) go to the proven connection, else the
+  connection this node opened to the DID, else the latest claim.
+
+So an unproven claim never displaces a proven connection, and a connection claiming someone
+else's DID gets nothing but answers to what it sent itself. The handshake engine keys
+quarantine and rate limits by the source a frame came from (``address_of``, which the key
+exchange calls from inside the manager, so on this thread): while a frame is decided, the
+connection it came in on; its IPv4 address, or its IPv6 address's /64 (decision 19 in
+docs/spec-decisions.md).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
 from uuid import UUID
 
 from l2_session.domain.manager.manager import SessionManager
-from l2_session.domain.session.commands import Deliver, Frame, Output, Send
+from l2_session.domain.session.commands import Frame, Output, Send
 from l2_session.domain.session.errors import SessionError
 from l2_session.transports.frames import FrameError, decode, encode
 from l2_session.transports.sealed import SEALED_KIND, SealedFrames, SealRefused, is_channel_frame
-from l2_session.transports.tcp_bounds import source_of
+from l2_session.transports.tcp_handoff import Batch, Command, Link, Message, Outcome, Report
 
 log = logging.getLogger("l2_session.transport")
 
 PRUNE_FLOOR = 1024  # _agreed_here entries before the first prune
-
-
-@dataclass(eq=False)
-class Link:
-    """One TCP connection and the DID it is with (claimed or, once proven, proved). ``did``
-    is set before the worker hears of the link and never changes after; ``source`` is read
-    from the socket when the link is made, so the worker needs nothing of the socket."""
-
-    writer: asyncio.StreamWriter
-    did: str
-    outgoing: bool
-    source: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.source = source_of(self.writer.get_extra_info("peername"))
-
-    @property
-    def address(self) -> str:
-        peer = self.writer.get_extra_info("peername")
-        return "" if peer is None else f"{peer[0]}:{peer[1]}"
-
-    @property
-    def name(self) -> str:
-        return self.did or f"a connection from {self.address} in its hello"
-
-
-class Pending:
-    """Something the application waits on (a send, a command): the worker sets ``result``
-    or ``error``; the loop resolves ``done`` with it."""
-
-    __slots__ = ("done", "error", "result")
-
-    def __init__(self, done: asyncio.Future[Any]) -> None:
-        self.done = done
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def resolve(self) -> None:
-        """On the loop, once the worker decided."""
-        if self.done.done():
-            return  # cancelled meanwhile: nothing is undone (see TcpNode.send)
-        if self.error is not None:
-            self.done.set_exception(self.error)
-        else:
-            self.done.set_result(self.result)
-
-
-class Message(Pending):
-    """An application's message, until its ``MessageQueued`` is saved (or refused)."""
-
-    __slots__ = ("payload", "session_id")
-
-    def __init__(self, session_id: UUID, payload: bytes, done: asyncio.Future[Any]) -> None:
-        super().__init__(done)
-        self.session_id, self.payload = session_id, payload
-
-
-class Command(Pending):
-    """A function run on the worker (``TcpNode.command``, ``query``, ``until``)."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[], Any], done: asyncio.Future[Any]) -> None:
-        super().__init__(done)
-        self.fn = fn
-
-
-@dataclass
-class Batch:
-    """What the loop collected while the worker was busy, decided in this order."""
-
-    links: list[tuple[Link, bool]] = field(default_factory=list)  # (link, up), in order
-    commands: list[Command] = field(default_factory=list)
-    frames: list[tuple[Link, bytes]] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)
-    tick: bool = False
-    watch: set[UUID] = field(default_factory=set)  # sessions whose room the loop waits on
-    conditions: list[Command] = field(default_factory=list)  # ``until``: re-checked after
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.links or self.commands or self.frames or self.messages or self.tick
-            or self.conditions
-        )  # fmt: skip
-
-
-@dataclass
-class Outcome:
-    """What one stage of a batch asks the loop to do, in this order: drop connections
-    (a frame broke their framing), mark connections proven, write, deliver, answer."""
-
-    dropped: list[tuple[Link, str]] = field(default_factory=list)
-    proven: list[Link] = field(default_factory=list)
-    writes: list[tuple[Link, bytes]] = field(default_factory=list)
-    delivered: list[Deliver] = field(default_factory=list)
-    decided: list[Pending] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.dropped or self.proven or self.writes or self.delivered or self.decided)
-
-
-@dataclass
-class Report:
-    """After a whole batch: the room of the sessions watched (None: unknown, or a session
-    that takes no more messages — its sends go on and are refused with the reason), when
-    the manager wants its next tick, and the outcome of the batch's last stage."""
-
-    room: dict[UUID, int | None]
-    next_wakeup_us: int | None
-    outcome: Outcome
 
 
 @dataclass
@@ -189,7 +94,7 @@ class NodeWorker:
         self.outputs: Counter[str] = Counter()  # Sends performed by frame class, and Delivers
         self._claimed: dict[str, Link] = {}
         self._proven: dict[str, Link] = {}
-        # conversation -> the key id agreed through this node (so a proof, see tcp.py)
+        # conversation -> the key id agreed through this node (a proof: see the docstring)
         self._agreed_here: dict[UUID, str] = {}
         self._prune_at = PRUNE_FLOOR
         self._reading: Link | None = None

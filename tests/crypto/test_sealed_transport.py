@@ -24,7 +24,7 @@ from l2_session.domain.session.commands import (
     Output,
 )
 from l2_session.domain.session.config import SessionConfig
-from l2_session.transports import tcp
+from l2_session.transports import tcp_links
 from l2_session.transports.frames import KIND_OF, encode
 from l2_session.transports.tcp import TcpNode
 from tcp_support import (
@@ -308,7 +308,7 @@ def test_a_session_replayed_from_the_ledger_proves_no_connection(tmp_path: Path)
 
 def test_reasons_for_dropped_connections_are_bounded(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # Anyone can connect and break the framing; the node keeps the latest reasons only.
-    monkeypatch.setattr(tcp, "DROPPED_KEPT", 3)
+    monkeypatch.setattr(tcp_links, "DROPPED_KEPT", 3)
 
     async def test(pair: Pair) -> None:
         node = TcpNode(pair.bob.manager, pair.clock.now_us)
@@ -369,13 +369,13 @@ def test_a_silent_oversized_or_unusable_hello_and_connections_over_the_cap_are_c
                 opened.append(writer)
                 readers.append(reader)
                 writer.write(hello(fresh_did()))
-            await until(lambda: len(node._links) == 2)
+            await until(lambda: len(node.connections.open) == 2)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             opened.append(writer)
             assert await readers[0].read() == b""  # the first, least recently active, is cut
             await until(lambda: node.dropped_count == 4)
             assert "the least recently active unproven one of 2" in node.dropped_connections[-1]
-            assert len(node._links) == 2
+            assert len(node.connections.open) == 2
         finally:
             for writer in opened:
                 writer.close()

@@ -149,7 +149,7 @@ def test_a_duplicate_from_an_impostor_in_the_same_batch_proves_nothing(tmp_path:
         claimed = alice.did.encode()
         writer.write(struct.pack(">H", len(claimed)) + claimed)
         # Bob has taken the claim in (connections count from their accept, before the hello).
-        await until(lambda: [link.did for link in bob.node._links] == [alice.did] * 2)
+        await until(lambda: [link.did for link in bob.node.connections.open] == [alice.did] * 2)
         batches = Batches(bob)
         dropped = bob.manager.dropped_frames
         relay.inject(relay.held[0])
@@ -178,7 +178,7 @@ def test_a_malformed_frame_drops_its_connection_alone(tmp_path: Path) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         mallory = fresh_did()
         writer.write(hello(mallory))
-        await until(lambda: mallory in {link.did for link in bob.node._links})
+        await until(lambda: mallory in {link.did for link in bob.node.connections.open})
         batches = Batches(bob)
         relay.inject(relay.held[0])
         writer.write(struct.pack(">I", 3) + bytes([MessageType.CONFIRM, 0xFF, 0xFF]))

@@ -207,7 +207,11 @@ def test_a_save_in_flight_stops_no_connection(tmp_path: Path) -> None:
                     await carol.node.send(sid, b"from carol %d" % n)
                 frames = carol.node.outputs["Data"]  # each a sealed frame Carol wrote
                 # Read off the socket by the loop, waiting for the next batch.
-                await until(lambda: len(pair.bob.node._inbox) == frames and not unread_bytes(port))
+                await until(
+                    lambda: (
+                        len(pair.bob.node.connections.frames) == frames and not unread_bytes(port)
+                    )
+                )
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(hello("did:key:") + hello(fresh_did()))  # a hello that is no DID
                 assert await reader.read() == b""  # cut by the loop meanwhile
@@ -241,7 +245,7 @@ def test_frames_waiting_for_a_busy_worker_stay_within_max_batch(tmp_path: Path) 
             for n in range(6):
                 await pair.alice.node.send(pair.conversation, b"then %d" % n)
             await asyncio.sleep(HOLD_S)
-            assert node.max_batch <= len(node._inbox) <= node.max_batch + 1
+            assert node.max_batch <= len(node.connections.frames) <= node.max_batch + 1
             assert not node.dropped_count
         finally:
             gate.release()
