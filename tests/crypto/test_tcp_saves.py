@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import pytest
-from l2_session.domain.session.commands import Frame
 from l2_session.domain.session.config import SessionConfig
 from l2_session.domain.session.errors import UnknownSession
 from l2_session.infrastructure.ledger.application import Durability
@@ -36,6 +35,7 @@ from tcp_support import (
     unread_bytes,
     until,
 )
+from test_tcp_batches import Batches
 
 DURABILITIES = pytest.mark.parametrize("durability", ["normal", "full"])
 HOLD_S = 0.2  # how long a test watches for something that must not happen while a save waits
@@ -162,29 +162,6 @@ def test_a_send_whose_save_fails_sends_nothing_and_says_why(tmp_path: Path) -> N
 
 
 # ------------------------------------------------------------------ the loop goes on
-class Decided:
-    """Spies on a manager's ``receive_each``: how many frames each call took."""
-
-    def __init__(self, side: Side) -> None:
-        self.calls: list[int] = []
-        receive_each = side.manager.receive_each
-
-        def spy(frames: Iterable[tuple[str, Frame]], now_us: int) -> Any:
-            taken = [0]
-
-            def counted() -> Iterator[tuple[str, Frame]]:
-                for item in frames:
-                    taken[0] += 1
-                    yield item
-
-            try:
-                return receive_each(counted(), now_us)
-            finally:
-                self.calls.append(taken[0])
-
-        side.manager.receive_each = spy  # type: ignore[method-assign]
-
-
 def test_a_save_in_flight_stops_no_connection(tmp_path: Path) -> None:
     """While Bob's worker is held in a save for Alice's message, his event loop still reads
     Carol's connection to the end of what she sent, and accepts and cuts connections; once
@@ -198,7 +175,8 @@ def test_a_save_in_flight_stops_no_connection(tmp_path: Path) -> None:
             sid = await carol.node.establish(pair.bob.did)
             await established(carol, sid)
             await established(pair.bob, sid)
-            gate, decided = SaveGate(pair.bob), Decided(pair.bob)
+            gate = SaveGate(pair.bob)
+            batches = Batches(pair.bob)  # counts the saves that pass the gate
             gate.close()
             try:
                 await pair.alice.node.send(pair.conversation, b"from alice")
@@ -221,7 +199,7 @@ def test_a_save_in_flight_stops_no_connection(tmp_path: Path) -> None:
                 gate.release()
             expected = [b"from alice", *(b"from carol %d" % n for n in range(3))]
             await until(lambda: _delivered(pair.bob) == expected)
-            assert decided.calls[:2] == [1, frames]  # Alice's frame, then all of Carol's
+            assert batches.calls[:2] == [(1, 1), (frames, 1)]  # Alice's, then all of Carol's
         finally:
             await carol.node.close()
             carol.ledger.close()
