@@ -29,6 +29,7 @@ import logging
 from collections import deque
 from typing import Any, Protocol, cast
 
+from aioquic._buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
@@ -48,6 +49,7 @@ from l2_session.transports.tcp_bounds import NoRoom
 log = logging.getLogger("l2_session.transport.quic")
 
 STREAM_ID = 0  # the client's first bidirectional stream
+SPENT_BUFFER = 64  # bytes: what is left of a TLS output buffer once the handshake is done
 # Application error codes in CONNECTION_CLOSE (RFC 9000 §20.2 leaves them to the protocol).
 DONE = 0x0  # closed by its user
 BROKEN = 0x1  # the peer broke the link's framing or stream rules
@@ -77,6 +79,7 @@ class FlowControlledConnection(QuicConnection):
         super().__init__(**kwargs)
         self.receive_window = receive_window
         self.taken = 0
+        self._grant_due_at = receive_window // 4
         # MAX_STREAMS, read by _serialize_transport_parameters when the handshake starts.
         bidi, uni = self._local_max_streams_bidi, self._local_max_streams_uni
         bidi.value = bidi.sent = 0 if self._is_client else 1
@@ -92,13 +95,18 @@ class FlowControlledConnection(QuicConnection):
             return 0
         return stream.sender._buffer_stop - stream.sender._buffer_start
 
-    def credit_due(self) -> bool:
-        """Enough was taken since the last grant to send a new one (a quarter window)."""
-        stream = self._stream()
-        granted = self.taken + self.receive_window
-        return stream is not None and granted - stream.max_stream_data_local >= (
-            self.receive_window // 4
-        )
+    def take(self, n: int) -> bool:
+        """Count ``n`` bytes of the stream as taken by the application; whether enough were
+        taken since the last grant (a quarter window) for a new one to be sent."""
+        self.taken += n
+        return self.taken >= self._grant_due_at
+
+    def handshake_done(self) -> None:
+        """Give back TLS's three 16 KiB output buffers: after the handshake it writes nothing
+        more (the server's session ticket went out with the handshake's last message; aioquic
+        sends no other post-handshake message)."""
+        for epoch in self._crypto_buffers:
+            self._crypto_buffers[epoch] = Buffer(capacity=SPENT_BUFFER)
 
     @property
     def state(self) -> QuicConnectionState:
@@ -113,8 +121,9 @@ class FlowControlledConnection(QuicConnection):
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
     ) -> None:
         # Replaces aioquic's, which doubles the credit as data arrives.
-        if stream.stream_id == STREAM_ID and self.credit_due():
+        if stream.stream_id == STREAM_ID and self.taken >= self._grant_due_at:
             stream.max_stream_data_local = self.taken + self.receive_window
+            self._grant_due_at = self.taken + self.receive_window // 4
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
@@ -157,6 +166,8 @@ class QuicLink:
         self.outgoing = outgoing
         self.established = False
         """The QUIC handshake completed."""
+        self.established_at: float | None = None
+        """When, on the event loop's clock."""
         self.early_data_accepted = False
         """The handshake accepted 0-RTT data (this end sent, or received, its first bytes in
         0-RTT)."""
@@ -171,6 +182,8 @@ class QuicLink:
         self._reader = FrameReader(hello=not outgoing)
         self._reserved = 0
         self._queue: deque[bytes] = deque()
+        self._outbox: list[bytes] = []  # written, not yet handed to aioquic (_transmit)
+        self._outbox_bytes = 0
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
         self._established = self._loop.create_future()
@@ -200,7 +213,7 @@ class QuicLink:
     @property
     def send_buffered(self) -> int:
         """Bytes sent and not yet acknowledged."""
-        return self.connection.unacknowledged()
+        return self._outbox_bytes + self.connection.unacknowledged()
 
     @property
     def receive_buffered(self) -> int:
@@ -233,8 +246,7 @@ class QuicLink:
             self._readable.clear()
             await self._readable.wait()
         body = self._queue.popleft()
-        self.connection.taken += LENGTH.size + len(body)
-        if self.connection.credit_due():
+        if self.connection.take(LENGTH.size + len(body)):
             self._schedule_transmit()
         return body
 
@@ -246,6 +258,16 @@ class QuicLink:
             return await self.receive()
         except LinkClosed:
             raise StopAsyncIteration from None
+
+    async def drain(self) -> None:
+        """Until every frame sent was acknowledged by the peer. ``close`` discards what was
+        not (QUIC's CONNECTION_CLOSE ends the streams where they are): drain first to close
+        gracefully."""
+        while self.send_buffered:
+            if self.closed:
+                raise LinkClosed(self.close_reason)
+            self._room.clear()
+            await self._room.wait()
 
     async def wait_established(self) -> None:
         await asyncio.shield(self._established)
@@ -315,7 +337,9 @@ class QuicLink:
             self._terminated("internal error handling a datagram")
             return
         self._transmit()
-        if self.send_buffered < self.settings.max_send_buffer:
+        # Senders wait until half the buffer is free: they then write in bursts, and aioquic
+        # packs their frames into full packets, instead of a packet or two per ACK.
+        if self.send_buffered <= self.settings.max_send_buffer // 2:
             self._room.set()
 
     def keepalive(self, now: float) -> None:
@@ -331,7 +355,10 @@ class QuicLink:
         return buffered == 0 or buffered + n <= self.settings.max_send_buffer
 
     def _write(self, data: bytes) -> None:
-        self.connection.send_stream_data(STREAM_ID, data)
+        # Frames written in one turn of the loop go to aioquic as one write at the next
+        # transmit: one buffer append and one range for all of them.
+        self._outbox.append(data)
+        self._outbox_bytes += len(data)
         self._schedule_transmit()
 
     def _schedule_transmit(self) -> None:
@@ -342,6 +369,10 @@ class QuicLink:
         self._transmit_soon = None
         if self._transport is None or self._closed.done():
             return
+        if self._outbox and not self._closing:
+            self.connection.send_stream_data(STREAM_ID, b"".join(self._outbox))
+            self._outbox.clear()
+            self._outbox_bytes = 0
         now = self._loop.time()
         datagrams = self.connection.datagrams_to_send(now=now)
         for data, addr in datagrams:
@@ -379,7 +410,8 @@ class QuicLink:
             elif isinstance(event, events.StreamReset | events.StopSendingReceived):
                 self._broken(f"the peer stopped stream {event.stream_id} (code {event.error_code})")
             elif isinstance(event, events.HandshakeCompleted):
-                self.established = True
+                self.established, self.established_at = True, self._loop.time()
+                self.connection.handshake_done()
                 self.early_data_accepted = event.early_data_accepted
                 self.session_resumed = event.session_resumed
                 if not self._established.done():
@@ -403,7 +435,7 @@ class QuicLink:
             return
         now = self._loop.time()
         if not had_hello and self._reader.hello is not None:
-            self.connection.taken += 2 + len(self._reader.hello)
+            self.connection.take(2 + len(self._reader.hello))
             self._owner.hello_received(self)
         if bodies:
             self._queue.extend(bodies)
