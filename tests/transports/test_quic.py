@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from dataclasses import replace
 
 import pytest
+from aioquic.asyncio.client import connect
 from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
 from l2_session.transports.frames import LENGTH, MAX_FRAME, FrameError
 from l2_session.transports.quic import LinkClosed, QuicEndpoint
 from l2_session.transports.quic_link import BROKEN
@@ -225,6 +228,19 @@ def test_at_the_cap_the_least_recently_active_unkept_link_is_cut_then_none():
                 await refused.close()
             assert server.dropped["connections full"] >= 1
             assert not first.closed and not third.closed
+
+    asyncio.run(run())
+
+
+def test_a_peer_without_alpn_l2s_is_refused_in_the_handshake():
+    async def run():
+        async with endpoints() as (server, _client, address):
+            config = QuicConfiguration(alpn_protocols=["h3"], verify_mode=ssl.CERT_NONE)
+            with pytest.raises(ConnectionError):
+                async with connect(*address, configuration=config):
+                    pass
+            await eventually(lambda: not server.links)
+            assert "No common ALPN" in server.closed[-1]
 
     asyncio.run(run())
 
