@@ -38,22 +38,12 @@ from collections.abc import Sequence
 from functools import partial
 from typing import cast
 
-from aioquic._buffer import Buffer  # (aioquic.buffer re-exports it implicitly)
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnectionState
 from aioquic.quic.logger import QuicLogger
-from aioquic.quic.packet import (
-    QuicPacketType,
-    encode_quic_version_negotiation,
-    pull_quic_header,
-)
-from l2_session.transports.quic_link import (
-    CUT,
-    FlowControlledConnection,
-    LinkClosed,
-    QuicLink,
-    first_flight,
-)
+from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation
+from l2_session.transports.quic_connection import FlowControlledConnection, header_of
+from l2_session.transports.quic_link import CUT, LinkClosed, QuicLink, first_flight
 from l2_session.transports.quic_settings import QuicSettings
 from l2_session.transports.quic_tls import (
     ClientTickets,
@@ -136,9 +126,7 @@ class QuicEndpoint:
     def _datagram(self, data: bytes, addr: NetworkAddress) -> None:
         assert self._server_config is not None and self._transport is not None
         try:
-            header = pull_quic_header(
-                Buffer(data=data), host_cid_length=self._server_config.connection_id_length
-            )
+            header = header_of(data, self._server_config.connection_id_length)
         except ValueError:
             self.dropped["not QUIC"] += 1
             return

@@ -2,18 +2,16 @@
 aioquic's sans-I/O ``QuicConnection``, and the flow control aioquic leaves out.
 
 A link is one bidirectional stream, opened by the side that dials (stream 0); its bytes are
-quic_framing.py's — the dialler's hello, then length-prefixed frames both ways. The peer
-may open no other stream (MAX_STREAMS: one bidirectional stream from the client, none from
-the server, no unidirectional ones); a stream other than 0, or stream 0 finished or reset,
+quic_framing.py's — the dialler's hello, then length-prefixed frames both ways. A stream
+other than 0 (which MAX_STREAMS forbids, quic_connection.py), or stream 0 finished or reset,
 closes the link.
 
 Backpressure, both ways (aioquic has none of its own):
 
-- **Receiving.** aioquic grants a peer more stream credit as data *arrives*, whether or not
-  anyone reads it. ``FlowControlledConnection`` grants it as the application *takes* frames
-  (``receive``): the peer can have at most ``receive_window`` bytes beyond what was taken in
-  this end's memory — frames queued, the frame being read and data out of order together.
-  A peer whose frames nobody reads is stopped by QUIC flow control, not by a growing queue.
+- **Receiving.** Stream credit is granted as the application *takes* frames (``receive``),
+  not as they arrive (quic_connection.py): the peer can have at most ``receive_window`` bytes
+  beyond what was taken in this end's memory. A peer whose frames nobody reads is stopped by
+  QUIC flow control, not by a growing queue.
 - **Sending.** ``send`` waits while the bytes written and not yet acknowledged (aioquic's
   stream send buffer: in flight, waiting for congestion window or for the peer's credit)
   would exceed ``max_send_buffer``. A peer that does not read makes its senders wait.
@@ -27,29 +25,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Protocol, cast
+from typing import Protocol
 
-from aioquic._buffer import Buffer
 from aioquic.quic import events
-from aioquic.quic.connection import (
-    MAX_STREAM_DATA_FRAME_CAPACITY,
-    NetworkAddress,
-    QuicConnection,
-    QuicConnectionState,
-)
-from aioquic.quic.packet import QuicFrameType
-from aioquic.quic.packet_builder import QuicPacketBuilder
-from aioquic.quic.recovery import QuicPacketSpace
-from aioquic.quic.stream import QuicStream
+from aioquic.quic.connection import NetworkAddress, QuicConnectionState
 from l2_session.transports.frames import LENGTH, FrameError
+from l2_session.transports.quic_connection import STREAM_ID, FlowControlledConnection
 from l2_session.transports.quic_framing import FrameReader, check_frame, hello_bytes
 from l2_session.transports.quic_settings import QuicSettings
 from l2_session.transports.tcp_bounds import NoRoom
 
 log = logging.getLogger("l2_session.transport.quic")
 
-STREAM_ID = 0  # the client's first bidirectional stream
-SPENT_BUFFER = 64  # bytes: what is left of a TLS output buffer once the handshake is done
 # Application error codes in CONNECTION_CLOSE (RFC 9000 §20.2 leaves them to the protocol).
 DONE = 0x0  # closed by its user
 BROKEN = 0x1  # the peer broke the link's framing or stream rules
@@ -69,71 +56,6 @@ class Owner(Protocol):
     def reserve(self, link: QuicLink, n: int) -> None: ...
     def release(self, link: QuicLink) -> None: ...
     def terminated(self, link: QuicLink) -> None: ...
-
-
-class FlowControlledConnection(QuicConnection):
-    """aioquic's connection with the link's stream limits and its receive credit tied to
-    what the application took (``taken``, bytes of stream 0), not to what arrived."""
-
-    def __init__(self, *, receive_window: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.receive_window = receive_window
-        self.taken = 0
-        self._grant_due_at = receive_window // 4
-        # MAX_STREAMS, read by _serialize_transport_parameters when the handshake starts.
-        bidi, uni = self._local_max_streams_bidi, self._local_max_streams_uni
-        bidi.value = bidi.sent = 0 if self._is_client else 1
-        uni.value = uni.sent = 0
-
-    def _stream(self) -> QuicStream | None:
-        return self._streams.get(STREAM_ID)
-
-    def unacknowledged(self) -> int:
-        """Bytes written to the stream and not yet acknowledged by the peer."""
-        stream = self._stream()
-        if stream is None:
-            return 0
-        return stream.sender._buffer_stop - stream.sender._buffer_start
-
-    def take(self, n: int) -> bool:
-        """Count ``n`` bytes of the stream as taken by the application; whether enough were
-        taken since the last grant (a quarter window) for a new one to be sent."""
-        self.taken += n
-        return self.taken >= self._grant_due_at
-
-    def handshake_done(self) -> None:
-        """Give back TLS's three 16 KiB output buffers: after the handshake it writes nothing
-        more (the server's session ticket went out with the handshake's last message; aioquic
-        sends no other post-handshake message)."""
-        for epoch in self._crypto_buffers:
-            self._crypto_buffers[epoch] = Buffer(capacity=SPENT_BUFFER)
-
-    @property
-    def state(self) -> QuicConnectionState:
-        return self._state
-
-    @property
-    def network_paths(self) -> list[Any]:
-        """aioquic's paths to the peer, the one in use first (tests read them)."""
-        return self._network_paths
-
-    def _write_stream_limits(
-        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
-    ) -> None:
-        # Replaces aioquic's, which doubles the credit as data arrives.
-        if stream.stream_id == STREAM_ID and self.taken >= self._grant_due_at:
-            stream.max_stream_data_local = self.taken + self.receive_window
-            self._grant_due_at = self.taken + self.receive_window // 4
-        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
-            buf = builder.start_frame(
-                QuicFrameType.MAX_STREAM_DATA,
-                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
-                handler=self._on_max_stream_data_delivery,
-                handler_args=(stream,),
-            )
-            buf.push_uint_var(cast(int, stream.stream_id))  # a stream of the connection has one
-            buf.push_uint_var(stream.max_stream_data_local)
-            stream.max_stream_data_local_sent = stream.max_stream_data_local
 
 
 class _ClientSocket(asyncio.DatagramProtocol):
