@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,13 +142,21 @@ class MockTransport:
 
 
 class Simulation:
-    """Session managers wired through one ``MockTransport`` and one ``ManualClock``."""
+    """Session managers wired through one ``MockTransport`` and one ``ManualClock``.
 
-    def __init__(self, clock: ManualClock, transport: MockTransport) -> None:
+    With ``failures_lost``, a node whose ``receive`` or ``tick`` raises (its ledger failed to
+    save, say) goes on as a real node does: what that call would have sent is lost, as on a
+    network, and the failure is counted in ``failures``. By default the error propagates."""
+
+    def __init__(
+        self, clock: ManualClock, transport: MockTransport, *, failures_lost: bool = False
+    ) -> None:
         self.clock = clock
         self.transport = transport
         self.nodes: dict[str, SessionManager] = {}
         self.delivered: dict[str, list[Deliver]] = {}
+        self.failures_lost = failures_lost
+        self.failures = 0
 
     def add(self, manager: SessionManager) -> SessionManager:
         self.nodes[manager.local_did] = manager
@@ -168,9 +176,9 @@ class Simulation:
             now = self.clock.wall_us()
             for src, dst, frame in self.transport.due():
                 if dst in self.nodes:
-                    self.perform(dst, self.nodes[dst].receive(src, frame, now))
-            for did, manager in self.nodes.items():
-                self.perform(did, manager.tick(now))
+                    self.perform(dst, self._call(self.nodes[dst].receive, src, frame, now))
+            for did, manager in list(self.nodes.items()):
+                self.perform(did, self._call(manager.tick, now))
             candidates = [self.transport.next_delivery_us()]
             candidates += [m.next_wakeup_us() for m in self.nodes.values()]
             upcoming = [c for c in candidates if c is not None and c > now]
@@ -180,6 +188,15 @@ class Simulation:
             if step_to <= now:
                 return
             self.clock.advance((step_to - now) / 1_000_000)
+
+    def _call(self, entry: Callable[..., list[Output]], *args: Any) -> list[Output]:
+        try:
+            return entry(*args)
+        except Exception:
+            if not self.failures_lost:
+                raise
+            self.failures += 1
+            return []
 
     def run_for(self, seconds: float) -> None:
         self.run_until(self.clock.wall_us() + round(seconds * 1_000_000))

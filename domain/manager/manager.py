@@ -38,6 +38,8 @@ from l2_session.domain.manager.ledger import Ledger
 from l2_session.domain.manager.outbound import outputs_for, send
 from l2_session.domain.manager.peer_table import PeerTable, holds_unsaved
 from l2_session.domain.manager.recovery import Recovery
+from l2_session.domain.manager.reservations import reserve_with_keys
+from l2_session.domain.manager.transmit import Transmissions
 from l2_session.domain.manager.unconfirmed import (
     UnconfirmedTally,
     goes_unwritten,
@@ -49,7 +51,6 @@ from l2_session.domain.session.commands import (
     CloseAck,
     Data,
     DataAck,
-    Deliver,
     Frame,
     HandshakeAck,
     HandshakeRequest,
@@ -96,6 +97,16 @@ class _AfterSave(NamedTuple):
     events: list[Any]
 
 
+class _AckPoint:
+    """Where a data frame's acknowledgement may go, once what it delivered is saved. In a
+    batch only the last one of each session answers: one acknowledgement per session."""
+
+    __slots__ = ("now_us", "session")
+
+    def __init__(self, session: Session, now_us: int) -> None:
+        self.session, self.now_us = session, now_us
+
+
 class _Batch:
     """What the commands of one ``receive_many`` / ``establish_many`` recorded, saved at once."""
 
@@ -104,6 +115,7 @@ class _Batch:
         self.peers: dict[UUID, Peer] = {}
         self.claimed: dict[UUID, int] = {}  # per session: pending events already claimed
         self.arm: set[UUID] = set()
+        self.ack_points: dict[UUID, _AckPoint] = {}  # per session: the last one
 
     def forget(self, session_id: UUID) -> None:
         """A session the batch must not save after all (decision 18)."""
@@ -122,6 +134,7 @@ class _Batch:
         return _AfterSave(s, list(pending[start:]))
 
 
+_HANDSHAKING = frozenset({State.HANDSHAKE_INITIATED, State.HANDSHAKE_RECEIVED})
 # States in which a session's last handshake frame is never answered again (it is dropped).
 _FORGET_HANDSHAKE_FRAME_IN = frozenset({State.FAILED, State.SUSPENDED})
 
@@ -179,6 +192,9 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         self._peers = PeerTable(max_peers, peer_idle_us)
         self._unconfirmed = UnconfirmedTally(local_did, summary_interval_us)
         self._deadlines = DeadlineHeap()
+        # How messages travel: in flight, timers, acknowledgements owed (transmit.py). Memory.
+        self._transmit = Transmissions()
+        self._now_us = 0  # the latest time an entry point was given
         # The last handshake frame sent per conversation, to answer again if the peer shows
         # it was lost (a lost key confirmation strands the responder). Memory only.
         self._last_handshake_frame: dict[UUID, Frame] = {}
@@ -232,8 +248,13 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         return len(self._sessions)
 
     # ------------------------------------------------------------------ §5.2 API
-    def establish(self, peer_did: str, now_us: int) -> tuple[UUID, list[Output]]:
+    def _begin(self, now_us: int) -> None:
+        """Every entry point given a time: note it, and record a restart first (decision 16)."""
+        self._now_us = max(self._now_us, now_us)
         self._recover_once(now_us)
+
+    def establish(self, peer_did: str, now_us: int) -> tuple[UUID, list[Output]]:
+        self._begin(now_us)
         peer = self.peer(peer_did, now_us)
         peer.check_admissible(now_us)
         session = Session.open(peer_did, "initiator", self.config, now_us, transport=self.transport)
@@ -249,7 +270,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         session's id, or the ``SessionError`` that refused it (a quarantined peer, say) —
         one refusal does not stop the others."""
         results: list[UUID | SessionError] = []
-        self._recover_once(now_us)
+        self._begin(now_us)
 
         def each() -> list[list[Output | _AfterSave]]:
             out: list[list[Output | _AfterSave]] = []
@@ -280,6 +301,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             if not stored.closed:  # a closed one is only read (it stays out of memory)
                 self._add(stored)
                 self._arm(stored)
+                self._transmit.replayed(stored, self._now_us)
             return stored
         return None
 
@@ -311,10 +333,11 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         session: Session = self._ledger.repository.get(session_id)
         self._add(session)
         self._arm(session)
+        self._transmit.replayed(session, self._now_us)  # in flight is unknown: send again
         return session
 
     def resume(self, session_id: UUID, now_us: int) -> list[Output]:
-        self._recover_once(now_us)  # a session live before a restart is suspended first
+        self._begin(now_us)  # a session live before a restart is suspended first
         session = self.session(session_id)
         peer = self.peer(session.peer_did)
         peer.check_admissible(now_us)
@@ -322,7 +345,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         return self._commit(session, peer)
 
     def submit(self, session_id: UUID, payload: bytes, now_us: int) -> list[Output]:
-        self._recover_once(now_us)
+        self._begin(now_us)
         session = self.session(session_id)
         session.submit_message(now_us, payload)
         return self._commit(session)
@@ -334,7 +357,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         ``save`` (one group commit), then each message's outputs, in order. Per message: its
         outputs, or the ``SessionError`` that refused it (``WindowFull``, say) — one refusal
         does not stop the others. If the save fails, nothing was queued and it raises."""
-        self._recover_once(now_us)
+        self._begin(now_us)
         results: list[SessionError | None] = []
 
         def each() -> list[list[Output | _AfterSave]]:
@@ -357,7 +380,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         return max(0, session.config.send_window - len(session.outbox))
 
     def cleanup(self, session_id: UUID, now_us: int) -> list[Output]:
-        self._recover_once(now_us)
+        self._begin(now_us)
         session = self.session(session_id)
         session.cleanup(now_us)
         return self._commit(session)
@@ -365,7 +388,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
     def link_event(self, session_id: UUID, what: str, now_us: int) -> list[Output]:
         """Transport signals: ``connectivity_lost``, ``connectivity_restored``,
         ``transport_failed``, ``transport_switched`` (§2.3)."""
-        self._recover_once(now_us)
+        self._begin(now_us)
         session = self.session(session_id)
         command = {
             "connectivity_lost": session.connectivity_lost,
@@ -380,8 +403,21 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
     def receive(self, peer_did: str, frame: Frame, now_us: int) -> list[Output]:
         """A frame from ``peer_did``. Frames that do not fit the session's state (late,
         duplicated, replayed) are dropped and counted: the network is not trusted."""
-        self._recover_once(now_us)
-        return self._receive(peer_did, frame, now_us)  # outside a batch: Outputs only
+        self._begin(now_us)
+        return self._answer_acks(self._receive(peer_did, frame, now_us))
+
+    def _answer_acks(self, planned: list[Any], batch: _Batch | None = None) -> list[Output]:
+        """A command's outputs once what it recorded is saved, with the acknowledgements its
+        data frames owe (transmit.py): in a batch, only the last data frame of each session
+        answers."""
+        out: list[Output] = []
+        for item in planned:
+            if not isinstance(item, _AckPoint):
+                out.append(item)
+            elif batch is None or batch.ack_points.get(item.session.id) is item:
+                s = item.session
+                out += [self._send(s, ack) for ack in self._transmit.ack_after_save(s, item.now_us)]
+        return out
 
     def receive_many(self, frames: Iterable[tuple[str, Frame]], now_us: int) -> list[Output]:
         """Several frames at once — what a transport read in one go — each decided as
@@ -423,7 +459,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
                     out.append([])
             return out
 
-        self._recover_once(now_us)
+        self._begin(now_us)
         return self._in_one_save(each)
 
     def _reload_with_batch(self, peer_did: str, frame: Frame) -> None:
@@ -462,13 +498,15 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             raise
         finally:
             self._batch = None
+        for sid in batch.sessions:
+            self._transmit.saved(sid)
         for sid in batch.arm:
             self._settle(batch.sessions[sid])
-        return [self._derive(group) for group in planned]
+        return [self._derive(group, batch) for group in planned]
 
-    def _derive(self, planned: list[Output | _AfterSave]) -> list[Output]:
+    def _derive(self, planned: list[Output | _AfterSave], batch: _Batch) -> list[Output]:
         """One command's outputs in a batch, once the batch is saved."""
-        out: list[Output] = []
+        out: list[Any] = []
         for item in planned:
             if not isinstance(item, _AfterSave):
                 out.append(item)
@@ -478,7 +516,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             except SessionError as error:  # as receive would: this frame's outputs only
                 self.dropped_frames += 1
                 log.debug("nothing sent for session %s: %s", item.session.id, error)
-        return out
+        return self._answer_acks(out, batch)
 
     def _receive(self, peer_did: str, frame: Frame, now_us: int) -> list[Any]:
         try:
@@ -507,6 +545,14 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             return self._resend(s)  # the initiator is established: our response got through
         if isinstance(frame, HeartbeatAck | Heartbeat | Data | DataAck):
             self._last_handshake_frame.pop(s.conversation, None)  # the peer is established
+        if isinstance(frame, Data):
+            return self._on_data(s, frame, now_us)
+        if isinstance(frame, DataAck):
+            # No save of its own: it rides with the session's next (decision 21).
+            retransmit = self._transmit.acknowledgement(s, frame.up_to_seq, now_us)
+            return [self._send(s, data) for data in retransmit]
+        keys_before = s.key_material
+        handshaking_since = s.state_since_us if s.state in _HANDSHAKING else None
         # A resumption answered while established completes in rotating (_on_resumption).
         if isinstance(frame, HandshakeAck) and s.state not in (
             State.HANDSHAKE_RECEIVED,
@@ -563,12 +609,6 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             s.connectivity_restored(now_us)
         elif isinstance(frame, HeartbeatAck):
             s.receive_heartbeat_ack(now_us, frame.counter)
-        elif isinstance(frame, Data):
-            if s.receive_message(now_us, frame.seq, frame.payload):
-                out.append(Deliver(s.id, frame.seq, frame.payload))
-            out.append(self._send(s, DataAck(s.conversation, s.next_expected_seq - 1)))
-        elif isinstance(frame, DataAck):
-            s.receive_message_ack(now_us, frame.up_to_seq)
         elif isinstance(frame, RotationRequest):
             response = self._kx.respond(s.conversation, s.peer_did, frame.key_share, now_us)
             s.time_to_rotate(now_us, requested_by_peer=True)
@@ -578,8 +618,25 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             out.append(self._send(s, RotationConfirm(s.conversation, confirmation)))
         else:  # RotationConfirm, confirmed above
             s.rotation_complete(now_us, key)
+        if s.key_material is not keys_before and s.key_material is not None:
+            # New keys: their first send counters are reserved in the save that records
+            # them, so that sealing the first frame does not save (reservations.py).
+            reserve_with_keys(s, now_us)
+            if handshaking_since is not None:
+                self._transmit.handshake_rtt(s.id, now_us - handshaking_since)
         # Direct replies first: the handshake ack must reach the peer before flushed data.
         return [*out, *self._commit(s, *touched)]
+
+    def _on_data(self, s: Session, frame: Data, now_us: int) -> list[Any]:
+        """A message: delivered in order (with any held after it) once saved, or held ahead
+        of a gap, or a duplicate; the acknowledgement is decided after the save."""
+        delivered = self._transmit.received(s, frame.seq, frame.payload, now_us)
+        point = _AckPoint(s, now_us)
+        if self._batch is not None:
+            self._batch.ack_points[s.id] = point
+        if not delivered:
+            return [point]  # nothing recorded: nothing to save
+        return [*self._commit(s), point]  # Deliver outputs come from MessageDelivered
 
     def _peer_succeeded(self, s: Session, now_us: int) -> Peer:
         peer = self.peer(s.peer_did)
@@ -594,26 +651,42 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         tick, not one per session. What to send is derived only after that save returned,
         per session from its new events in order, so nothing leaves before its events are
         in the ledger. If firing or saving raises, nothing is sent and the due sessions go
-        back to what the ledger holds, re-armed, so their timers fire again."""
-        self._recover_once(now_us)
+        back to what the ledger holds, re-armed, so their timers fire again.
+
+        The transmission deadlines (transmit.py) fire here too: retransmissions and delayed
+        acknowledgements, which need no save (what they send or acknowledge is in the ledger
+        already), and the save of acknowledgements received that waited long enough for
+        one, which joins the tick's save."""
+        self._begin(now_us)
         self._kx.expire(now_us)  # handshakes in progress time out on the clock
         self._peers.expire(now_us)
         closing = self._tick_closing(now_us) if self._lingering else []
         due = self._deadlines.pop_due(now_us)
-        if not due and not self._unconfirmed.is_due(now_us):
+        moving = [sid for sid in self._transmit.pop_due(now_us) if sid in self._sessions]
+        if not due and not moving and not self._unconfirmed.is_due(now_us):
             return closing  # most ticks: touch nothing else
+        firing = set(due)
+        flushing = [
+            sid
+            for sid in moving
+            if sid not in firing and self._transmit.needs_save(self._sessions[sid], now_us)
+        ]
         peers: dict[UUID, Peer] = {}
         try:
             fired = [self._fire_due(self._sessions[sid], now_us, peers) for sid in due]
+            fired += [self._fire_due(self._sessions[sid], now_us, peers) for sid in flushing]
             fired = [f for f in fired if not self._forget_unconfirmed(f.session, now_us)]
             summary = self._unconfirmed.due(now_us)
             self._save_fired(fired, peers, *(() if summary is None else (summary,)))
         except BaseException:
-            self._reload(due, peers)
+            self._reload([*due, *flushing], peers)
+            for sid in moving:
+                self._transmit.rearm(sid)
             raise
         if summary is not None:
             self._unconfirmed.saved()
         for f in fired:  # re-armed first: one session's outputs failing must not strand others
+            self._transmit.saved(f.session.id)
             if f.session.closed:
                 self._drop(f.session.id)  # its lease ran out (cleanup): see _settle
             else:
@@ -621,10 +694,18 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         out: list[Output] = closing
         for f in fired:
             out.extend(self._outputs_after_save(f.session, f.events, tolerate=True))
+        for sid in moving:
+            s = self._sessions.get(sid)
+            if s is not None:
+                out += [self._send(s, frame) for frame in self._transmit.fire(s, now_us)]
         return out
 
     def next_wakeup_us(self) -> int | None:
-        wakes = [self._deadlines.next_at(), self._linger_deadlines.next_at()]
+        wakes = [
+            self._deadlines.next_at(),
+            self._linger_deadlines.next_at(),
+            self._transmit.next_at(),
+        ]
         return min((at for at in wakes if at is not None), default=None)
 
     def _fire_due(self, s: Session, now_us: int, peers: dict[UUID, Peer]) -> _Fired:
@@ -681,6 +762,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
     def _drop(self, sid: UUID) -> None:
         dropped = self._sessions.pop(sid, None)
         self._deadlines.arm(sid, None)
+        self._transmit.forget(sid)
         if dropped is None or self._conversations.get(dropped.conversation) != sid:
             return  # the conversation has moved on to a newer session: leave it be
         del self._conversations[dropped.conversation]
@@ -725,6 +807,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         node holds only sessions that can still change. The ledger keeps it: ``session``
         reads it back, and a frame for its conversation finds it there (``_find``)."""
         if s.closed:
+            self._transmit.forget(s.id)  # nothing travels any more but its close
             if self._linger(s):  # decision 17: it stays for its close exchange
                 self._deadlines.arm(s.id, None)
             else:
@@ -749,6 +832,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         except BaseException:
             self._reload([s.id], {o.id: o for o in others if isinstance(o, Peer)})
             raise
+        self._transmit.saved(s.id)
         if arm:
             self._settle(s)
         return self._outputs_after_save(s, new_events, tolerate=False)
@@ -765,13 +849,18 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         ):
             # Nothing will ask for the last handshake frame again: it stops taking memory.
             self._last_handshake_frame.pop(s.conversation, None)
+        # Data first: if a frame below cannot be made, these are as good as lost on the
+        # network, and their retransmission timer is running.
+        data: list[Output] = [
+            self._send(s, frame) for frame in self._transmit.after_save(s, events, s.at_us)
+        ]
         try:
-            return outputs_for(s, events, self._kx)
+            return [*outputs_for(s, events, self._kx), *data]
         except SessionError as error:
             if not tolerate:
                 raise
             log.warning("session %s: nothing sent after %d events: %s", s.id, len(events), error)
-            return []
+            return data
 
     def _send(self, s: Session, frame: Frame) -> Send:
         return send(s, frame)

@@ -1,8 +1,10 @@
-"""What recorded events ask to put on the wire: derived, never stored.
+"""What recorded events ask to put on the wire, or to hand to the application: derived,
+never stored.
 
-After a command, the manager hands the new events here and sends what comes back. Because
-the outputs are a function of the events (and of the session they left behind), a restarted
-node re-derives them: queued messages go out again from ``Session.sendable()``.
+After a command, the manager hands the new events here, once they are saved, and performs what
+comes back: handshake and heartbeat frames, closes, and a ``Deliver`` for each message
+delivered. Data frames are not derived here but by the transmission (transmit.py), which
+knows what is in flight.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from l2_session.domain.manager.keyexchange import KeyExchange
 from l2_session.domain.session.commands import (
     Close,
     CloseAck,
-    Data,
+    Deliver,
     Frame,
     HandshakeRequest,
     Heartbeat,
@@ -28,18 +30,6 @@ from l2_session.domain.session.states import State
 
 log = logging.getLogger("l2_session.session")
 
-# Events after which every sendable message goes out (again): the session became able to
-# send, or an ack left a gap (go-back-N resends the rest at once rather than at the next
-# heartbeat), or a heartbeat is a good moment to retransmit what is unacknowledged.
-_FLUSH = {
-    "Established",
-    "HeartbeatAnswered",
-    "TransportSwitched",
-    "MessageQueued",
-    "MessagesAcknowledged",
-    "HeartbeatSent",
-}
-
 
 def send(s: Session, frame: Frame) -> Send:
     return Send(s.peer_did, frame, s.transport)
@@ -47,10 +37,12 @@ def send(s: Session, frame: Frame) -> Send:
 
 def outputs_for(s: Session, events: list[Any], kx: KeyExchange) -> list[Output]:
     out: list[Output] = []
-    flush = False
     for e in events:
         name = type(e).__name__
-        flush = flush or name in _FLUSH
+        if name == "MessageDelivered":
+            # Saved before the application sees it: delivered once, in order.
+            out.append(Deliver(s.id, e.seq, e.payload))
+            continue
         # A responder's full retry waits for its initiator; a resumption either end can start
         # (decision 16: the end that restarted resumes, whichever role it had).
         if name == "HandshakeInitiated" and (s.role == "initiator" or e.resuming):
@@ -77,6 +69,4 @@ def outputs_for(s: Session, events: list[Any], kx: KeyExchange) -> list[Output]:
             # it with); a close from the peer is acknowledged.
             by_peer = e.reason == CloseReason.CLOSED_BY_PEER
             out.append(send(s, (CloseAck if by_peer else Close)(s.conversation)))
-    if flush:
-        out += [send(s, Data(s.conversation, seq, payload)) for seq, payload in s.sendable()]
     return out

@@ -54,7 +54,13 @@ class SessionConfig:
     max_message_size: int = 64 * 1024
     send_window: int = 64
     """Messages a session holds unacknowledged (queued or in flight); a submit beyond it is
-    refused with ``WindowFull`` and the application waits for an acknowledgement."""
+    refused with ``WindowFull`` and the application waits for an acknowledgement. The
+    receiving end keeps at most this many messages that arrived ahead of a gap."""
+    max_ack_delay: float = 0.025
+    """How long a receiver may hold back the acknowledgement of one new message, hoping to
+    cover the next one with it (QUIC's ``max_ack_delay``, RFC 9000 §13.2.1, 25 ms). Two new
+    messages, a gap or a duplicate are acknowledged at once. The sender adds it to its
+    retransmission timeout: both ends of a session are assumed to use the same value."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -79,6 +85,12 @@ class SessionConfig:
         if self.rotation_window >= self.ttl:
             raise ConfigError(
                 "rotation_window", self.rotation_window, f"expected < ttl ({self.ttl})"
+            )
+        if self.max_ack_delay >= self.heartbeat_response_timeout:
+            raise ConfigError(
+                "max_ack_delay",
+                self.max_ack_delay,
+                f"expected < heartbeat_response_timeout ({self.heartbeat_response_timeout})",
             )
         if self.heartbeat_response_timeout >= self.heartbeat_interval:
             raise ConfigError(

@@ -123,12 +123,17 @@ class SessionCore(Aggregate):
         self.missed_heartbeats = 0
         self.link_down_since_us: int | None = None
         self.transport = transport  # the transport that carries it (decision 20)
-        self.fallback_pending = False
         self.next_seq = 1
         # Acks are cumulative and sequence numbers consecutive, so the unacknowledged
         # messages are always the last len(outbox) seqs before next_seq: a list is enough.
         self.outbox: list[bytes] = []
         self.next_expected_seq = 1
+
+    # Class defaults, not __init__ attributes: set only by the events that change them, so
+    # that an idle session does not pay for them. Not annotated: eventsourcing would take
+    # annotated class attributes for Opened's fields.
+    fallback_pending = False  # a transport fallback under way (session.py, §2.3)
+    reserved_until = 0  # send counters reserved under the current keys (session.py)
 
     # Derived, not stored: an idle session must stay under 30 attributes, where CPython
     # still shares the keys of instance dicts (<= 2 KiB per idle session: a million in 2 GiB).
@@ -376,6 +381,8 @@ class SessionCore(Aggregate):
         new_keys: bool,
         prekeys: str | None,
     ) -> None:
+        if self.reserved_until and key_material != self.key_material:
+            self.reserved_until = 0  # counters are per key: new keys have used none
         self.key_material = key_material
         self.prekeys = prekeys
         if new_keys:

@@ -4,9 +4,11 @@ QUIC → μTCP fallback (SPEC-018 §2.3), and the message queue with sequence nu
 acknowledgements and de-duplication (§2.2-§2.3 "queued messages", "no messages are lost").
 
 Messages submitted while the session is not established are recorded (``MessageQueued``) and
-held; they go out, in order, once it is (``sendable``). Acks are cumulative. The receiving
-side delivers only the next expected sequence number (go-back-N): duplicates and gaps are
-dropped and the sender retransmits, so the application sees each message once, in order.
+held; they go out, in order, once it is (``can_send``). Acks are cumulative. The session
+delivers only the next expected sequence number (``receive_message``), so the application
+sees each message once, in order; how messages travel — sent once, sent again on a timeout,
+held by the receiver when they arrive ahead of a gap — is the manager's, in memory
+(domain/manager/transmit.py, decision 21).
 
 The link ends in two more ways: the node's process dies (``node_restarted``, recorded when it
 starts again, decision 16), or a side closes the session (``close`` / ``receive_close``,
@@ -128,8 +130,9 @@ class Session(SessionCore):
         return seq
 
     def receive_message(self, now_us: int, seq: int, payload: bytes) -> bool:
-        """Deliver ``seq`` if it is the next one; duplicates and gaps are dropped and the
-        sender retransmits (go-back-N), so the application sees each message once, in order."""
+        """Deliver ``seq`` if it is the next one (True); anything else records nothing
+        (False): a duplicate, or a message ahead of a gap, which the caller may hold until
+        the gap is filled. So the application sees each message once, in order."""
         target = self._decide(Trigger.RECEIVE_MESSAGE, now_us)
         if seq != self.next_expected_seq:
             return False
@@ -161,7 +164,7 @@ class Session(SessionCore):
         )
 
     # ------------------------------------------------------------------ close (decision 17)
-    # Class defaults, set only by ``Closed`` (see reserved_key_id below for why).
+    # Class defaults, set only by ``Closed`` (see core.py for why).
     close_reason = cast("str | None", None)
     close_counters_from = 0
 
@@ -187,16 +190,11 @@ class Session(SessionCore):
         )
 
     # ------------------------------------------------------------------ nonce reservations
-    # Class defaults, not __init__ attributes: only sessions that seal records pay for them
-    # (an idle session must stay under 30 instance attributes, see core.py).
-    # Not annotated: eventsourcing would take annotated class attributes for Opened's fields.
-    reserved_key_id = cast("str | None", None)
-    reserved_until = 0
-
     def counters_reserved(self) -> int:
         """Where sending under the current keys may resume after a restart: every counter
-        below this may have been used, so that no (key, nonce) pair ever repeats."""
-        return self.reserved_until if self.reserved_key_id == self.key_id else 0
+        below this may have been used, so that no (key, nonce) pair ever repeats. New keys
+        start from 0 (``Established`` resets it when the key material changes)."""
+        return self.reserved_until
 
     def reserve_counters(self, now_us: int, until: int) -> None:
         """Record, before any of them is used, that send counters below ``until`` may be used
@@ -218,11 +216,14 @@ class Session(SessionCore):
     def accepts_traffic(self) -> bool:
         return not self.closed and self.state in (State.ESTABLISHED, State.ROTATING)
 
+    @property
+    def can_send(self) -> bool:
+        """Messages may go out now: established, no transport fallback pending."""
+        return not self.closed and self.state == State.ESTABLISHED and not self.fallback_pending
+
     def sendable(self) -> list[tuple[int, bytes]]:
-        """Queued messages that may go out now, in order (held unless established)."""
-        if self.closed or self.state != State.ESTABLISHED or self.fallback_pending:
-            return []
-        return self.unacknowledged()
+        """Queued messages that may go out now, in order (held unless ``can_send``)."""
+        return self.unacknowledged() if self.can_send else []
 
     def unacknowledged(self) -> list[tuple[int, bytes]]:
         return [(self.acked_up_to + 1 + i, p) for i, p in enumerate(self.outbox)]
@@ -260,7 +261,6 @@ class Session(SessionCore):
     def _counters_reserved(
         self, at_us: int, trigger: str, state: str, key_id: str, until: int
     ) -> None:
-        self.reserved_key_id = key_id
         self.reserved_until = until
 
     @event("NodeRestarted")
@@ -289,7 +289,6 @@ class Session(SessionCore):
         self.outbox = []
         self.close_reason = reason
         if counters_until:
-            self.reserved_key_id = self.key_id
             self.close_counters_from = counters_from
             self.reserved_until = counters_until
 

@@ -3,6 +3,8 @@ process over the ledger (kill and restart, resume from a fresh process)."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
@@ -32,6 +34,35 @@ def established_pair(alice: KeyStore, bob: KeyStore, now_us: int) -> tuple[bytes
     return (
         key_material(keys_a, alice.identity.public_bytes, prekeys_mine=False),
         key_material(keys_b, bob.identity.public_bytes, prekeys_mine=True),
+    )
+
+
+@dataclass
+class Recorded:
+    """Alice's session with Bob, established with real keys and saved to her ledger (open)."""
+
+    alice: KeyStore
+    bob: KeyStore
+    ledger: SessionLedger
+    session_id: UUID
+    now_us: int
+
+    def reopen(self) -> Session:
+        """The session as a process that opens Alice's ledger file now replays it."""
+        reader = open_ledger(self.alice, Path(self.ledger.path))
+        try:
+            return reader.repository.get(self.session_id)  # type: ignore[no-any-return]
+        finally:
+            reader.close()
+
+
+def recorded_session(tmp_path: Path) -> Recorded:
+    alice, bob = KeyStore.create(tmp_path / "a.keys"), KeyStore.create(tmp_path / "b.keys")
+    now = time.time_ns() // 1000
+    material, _ = established_pair(alice, bob, now)
+    ledger = open_ledger(alice, tmp_path / "a.sqlite3")
+    return Recorded(
+        alice, bob, ledger, record_established(ledger, bob.identity.did, material, now), now
     )
 
 

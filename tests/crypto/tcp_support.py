@@ -238,6 +238,17 @@ async def until(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.001)
 
 
+async def acknowledged(pair: Pair) -> None:
+    """Until Bob acknowledged Alice's messages. A lone message is acknowledged after
+    ``max_ack_delay`` (25 ms), by Bob's timer: these tests run the timers by hand, through
+    each node's worker (the only thread that touches its manager)."""
+    alice = pair.alice.session(pair.conversation)
+    async with asyncio.timeout(WAIT_S):
+        while await pair.alice.node.query(lambda: bool(alice.outbox)):
+            await pair.bob.node.command(lambda: pair.bob.manager.tick(pair.clock.now_us()))
+            await asyncio.sleep(0.001)
+
+
 async def until_steady(condition: Callable[[], bool], polls: int = 3) -> None:
     """Until ``condition()`` holds on ``polls`` polls in a row: a connection the server cut
     keeps its socket until the loop's next turn, and its client sees it closed turns later."""

@@ -130,14 +130,18 @@ def test_a_fresh_process_resumes_from_its_ledger_over_loopback_tcp(tmp_path: Pat
     async def run() -> dict[str, object]:
         node = TcpNode(bob, SessionTimeline(SystemClock()).now_us)
         exchange.source_of = node.address_of
-        # Bob's timers are not run: his own recovery attempt (a responder's retry() waits in
-        # handshake_initiated for 5 s) would race the resumption and is not what is tested.
+        # Bob's timers run only once the resumption is done: before, his own recovery attempt
+        # (a responder's retry() waits in handshake_initiated for 5 s) would race it, and is
+        # not what is tested. After, they send his delayed acknowledgement of the message.
         server = await node.serve()
         port = server.sockets[0].getsockname()[1]
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-c", CHILD, str(alice.path), str(tmp_path / "alice.sqlite3"), sid,
             bob.local_did, str(port), stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        session = bob.session_for(conversation)
+        await node.wait_for(lambda: session is not None and session.state == "established", 60)
+        node.start_timers()
         out, _ = await asyncio.wait_for(child.communicate(), timeout=60)
         assert child.returncode == 0
         await node.wait_for(lambda: bool(node.delivered), timeout_s=5)

@@ -80,6 +80,7 @@ def test_no_key_nonce_pair_repeats_on_the_wire_across_sigkills(tmp_path: Path) -
 
     async def run() -> Pair:
         pair = await established_pair(tmp_path)
+        pair.bob.node.start_timers()  # Bob acknowledges a lone message after max_ack_delay
         await pair.alice.node.close()  # Alice's first process is gone; her ledger stays
         pair.alice.ledger.close()
         port = pair.relay.port

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,16 @@ import pytest
 from l2_session.domain.manager.channel import SessionChannel
 from l2_session.domain.session.commands import Output
 from l2_session.domain.session.session import Session
-from l2_session.infrastructure.keystore import KeyStore
-from ledger_sessions import established_pair, open_ledger, record_established
-from tcp_support import WAIT_S, Pair, is_sealed, until
+from ledger_sessions import recorded_session
+from tcp_support import WAIT_S, Pair, acknowledged, is_sealed, until
 from tcp_support import established_pair as established_tcp_pair
 
 
 def test_a_reservation_whose_save_failed_does_not_stop_the_channel(tmp_path: Path) -> None:
-    alice, bob = KeyStore.create(tmp_path / "a.keys"), KeyStore.create(tmp_path / "b.keys")
-    now = time.time_ns() // 1000
-    material, _ = established_pair(alice, bob, now)
-    ledger = open_ledger(alice, tmp_path / "a.sqlite3")
+    recorded = recorded_session(tmp_path)
+    ledger, now, alice, bob = recorded.ledger, recorded.now_us, recorded.alice, recorded.bob
     try:
-        session_id = record_established(ledger, bob.identity.did, material, now)
-        session: Session = ledger.repository.get(session_id)
+        session: Session = ledger.repository.get(recorded.session_id)
         failing = [True]
 
         def save(s: Session) -> Any:
@@ -48,12 +43,7 @@ def test_a_reservation_whose_save_failed_does_not_stop_the_channel(tmp_path: Pat
         used = [int.from_bytes(c, "big") for c in counters]
         assert len(set(used)) == len(used) == 5
         # Every counter used was reserved durably first: a restart starts after all of them.
-        reader = open_ledger(alice, tmp_path / "a.sqlite3")
-        try:
-            restored: Session = reader.repository.get(session_id)
-        finally:
-            reader.close()
-        assert restored.counters_reserved() > max(used)
+        assert recorded.reopen().counters_reserved() > max(used)
     finally:
         ledger.close()
 
@@ -79,8 +69,7 @@ def test_sealing_continues_on_the_session_the_manager_replayed_from_its_ledger(
         manager, node = pair.alice.manager, pair.alice.node
         await node.send(pair.conversation, b"one")
         await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"one"])
-        alice = pair.alice.session(pair.conversation)
-        await node.until(lambda: not alice.outbox, WAIT_S)
+        await acknowledged(pair)
 
         replayed = await node.query(lambda: manager.restore(pair.conversation))
         await node.send(pair.conversation, b"two")

@@ -26,6 +26,7 @@ from tcp_support import (
     Pair,
     Side,
     VirtualTime,
+    acknowledged,
     established,
     established_pair,
     fresh_did,
@@ -113,7 +114,8 @@ def test_a_receivers_answer_and_delivery_wait_for_its_save(
         finally:
             gate.release()
         await until(lambda: _delivered(pair.bob) == [b"held at Bob's save"])
-        await until(lambda: len(pair.relay.to_client) > answers)  # the ack, after the save
+        await acknowledged(pair)  # the ack, after the save (delayed: Bob's timer)
+        assert len(pair.relay.to_client) > answers
 
     _run(tmp_path, test, durability=durability)
 

@@ -100,12 +100,15 @@ def test_two_frames_for_one_session_keep_their_own_outputs_in_order(node) -> Non
     manager, _ = node
     _, outputs = manager.establish_many(PEERS[:1], T0)
     [(peer_did, response)] = _responses(manager, _sent(outputs, HandshakeRequest))
-    data = Data(response.conversation, 1, b"hello")
-    out = manager.receive_many([(peer_did, response), (peer_did, data)], T0 + SECOND)
+    first, second = (Data(response.conversation, n, b"m%d" % n) for n in (1, 2))
+    out = manager.receive_many(
+        [(peer_did, response), (peer_did, first), (peer_did, second)], T0 + SECOND
+    )
     kinds = [type(o.frame if isinstance(o, Send) else o).__name__ for o in out]
-    assert kinds == ["HandshakeAck", "Deliver", "DataAck"]
-    assert [o.payload for o in out if isinstance(o, Deliver)] == [b"hello"]
-    assert _sent(out, DataAck)[0].up_to_seq == 1
+    # One acknowledgement for the session's two messages, after the last (decision 21).
+    assert kinds == ["HandshakeAck", "Deliver", "Deliver", "DataAck"]
+    assert [o.payload for o in out if isinstance(o, Deliver)] == [b"m1", b"m2"]
+    assert _sent(out, DataAck)[0].up_to_seq == 2
 
 
 def test_receive_each_keeps_each_frames_outputs_apart(node) -> None:
@@ -119,9 +122,12 @@ def test_receive_each_keeps_each_frames_outputs_apart(node) -> None:
     groups = manager.receive_each([responses[0], stray, data, responses[1]], T0 + SECOND)
     assert len(ledger.saves()) == saves + 1
     kinds = [[type(o.frame if isinstance(o, Send) else o).__name__ for o in g] for g in groups]
-    assert kinds == [["HandshakeAck"], [], ["Deliver", "DataAck"], ["HandshakeAck"]]
+    assert kinds == [["HandshakeAck"], [], ["Deliver"], ["HandshakeAck"]]
     acks = [g[0].frame for g in (groups[0], groups[3])]
     assert [a.conversation for a in acks] == [r.conversation for _, r in responses]
+    # One message alone is acknowledged after max_ack_delay (25 ms), by the tick.
+    assert manager.next_wakeup_us() == T0 + SECOND + 25_000
+    assert _sent(manager.tick(T0 + SECOND + 25_000), DataAck) == [DataAck(first, 1)]
 
 
 def test_receive_each_decides_a_frame_before_taking_the_next(node) -> None:

@@ -169,7 +169,8 @@ def test_a_session_firing_two_timers_in_one_tick_sends_what_both_asked_for(
 ) -> None:
     """Heartbeat 1 goes unanswered; the tick that notices it (2 s later) comes so late that
     the next heartbeat is due too: one tick records HeartbeatMissed then HeartbeatSent, and
-    the outputs come from both, in order — the heartbeat, then the unacknowledged data."""
+    the outputs come from both, in order — then the unacknowledged data, whose retransmission
+    timer is due in the same tick."""
     manager, ledger = node
     s = established(manager, PEERS[0], T0)
     quiet = established(manager, PEERS[1], T0 + 31 * SECOND)  # due in neither tick

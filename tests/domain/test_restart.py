@@ -245,7 +245,7 @@ def test_both_ends_restarted_converge_on_the_larger_dids_resumption(
     assert mine.key_id == theirs.key_id
     # "did:key:z6MkBob" > "did:key:z6MkAlice": Alice answered Bob's resumption.
     answered = [e.trigger for e in alice.ledger.events.get(sid) if hasattr(e, "trigger")]
-    assert answered[-2:] == ["receive_handshake()", "send_response + ack"]
+    assert answered[-3:] == ["receive_handshake()", "send_response + ack", "reserve_counters"]
     sim.perform(ALICE, alice.submit(sid, b"after both restarts", sim.clock.wall_us()))
     settle(sim, lambda: payloads(sim, BOB) == [b"after both restarts"])
 
@@ -307,7 +307,7 @@ def test_a_peer_that_degraded_meanwhile_answers_the_resumption(
     settle(sim, lambda: mine.state == "established" and bob.state == "established", 1)
     assert mine.key_id == bob.key_id
     moves = [e.state for e in sim.nodes[ALICE].ledger.events.get(sid) if hasattr(e, "state")]
-    assert moves[-2:] == ["handshake_received", "established"]
+    assert moves[-3:] == ["handshake_received", "established", "established"]  # and reserved
 
 
 # ---------------------------------------------------------------------- the ledger's answer

@@ -102,9 +102,21 @@ def test_each_class_writes_and_reads_its_pinned_topic(name):
     assert resolve_topic(PINNED[name]) is cls
 
 
+# How a session holds its state in memory, where that changed and what the ledger holds did
+# not: the same events replay to the same session. A reservation of send counters is reset by
+# Established when the keys change, so the key it was made under is not kept; a session not in
+# a transport fallback holds fallback_pending as a class default, not an attribute of its own.
+REPRESENTATION = (
+    re.compile(r"\('reserved_key_id', (None|'[0-9a-f]*')\), "),
+    re.compile(r"\('fallback_pending', False\), "),
+)
+
+
 def plain(text: str) -> str:
     """``<State.FAILED: 'failed'>`` as ``'failed'``: a closed session read from a snapshot
-    holds its state as the str it equals."""
+    holds its state as the str it equals; and without the attributes of REPRESENTATION."""
+    for attribute in REPRESENTATION:
+        text = attribute.sub("", text)
     return re.sub(r"<\w+\.\w+: ('[^']*')>", r"\1", text)
 
 
