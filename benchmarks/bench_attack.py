@@ -102,7 +102,7 @@ async def _serve(work: Path) -> None:
         stats = {
             "rss_kb": _rss_kb(),
             "events": ledger.recorder.max_notification_id() or 0,
-            "connections": len(node._links),
+            "connections": len(node.connections.open),
             "pending": exchange.engine.pending(),
             "peers": len(manager._peers),
             "sessions": len(manager),
@@ -174,10 +174,9 @@ async def _peer_gets_a_session(server: _Server, work: Path) -> bool:
     exchange.source_of = node.address_of
     try:
         await node.connect(server.did, "127.0.0.1", server.port)
-        sid, outputs = manager.establish(server.did, clock.now_us())
-        node.perform(outputs)
-        session = manager.session(sid)
-        await node.wait_for(lambda: session.state == "established", 10)
+        sid = await node.establish(server.did)
+        session = await node.query(lambda: manager.session(sid))
+        await node.until(lambda: session.state == "established", 10)
         return True
     except TimeoutError:
         return False

@@ -14,9 +14,9 @@ to round (``SIZES``: 5 rounds; ``--quick``, 1 and fewer of everything); each run
 - a 64 B echo round trip, 200 one after the other: the client sends, the server's application
   gets the message and sends it back, the client's application gets it;
 - 1 MiB as 1,024 messages of 1 KiB: from the client's first send until the server's
-  application has the last one, as MiB/s. Ours submits whenever fewer than ``WINDOW`` are
-  unacknowledged and otherwise waits for acknowledgements, as a send call with backpressure
-  would (the node itself has no send window); py-libp2p writes them to one stream.
+  application has the last one, as MiB/s. Ours sends through ``TcpNode.send``, which waits
+  while ``WINDOW`` messages are unacknowledged (the session's send window,
+  ``SessionConfig.send_window``); py-libp2p writes them to one stream.
 For ours the processes also count, per phase: Data frames sent per message delivered (both
 ends), ledger appends per message delivered (both ends), and the longest event-loop stall (a
 task sleeping 1 ms over and over; the longest it overslept, either end; py-libp2p's, under
@@ -50,7 +50,7 @@ LIBP2P_VENV = WORK_DIR / "libp2p-0.8.1-venv"
 REPO_DIR = PACKAGE_DIR.parent
 CONTENDERS = ("ours-normal", "ours-full", "libp2p")
 ECHO_BYTES, BULK_BYTES = 64, 1024
-WINDOW = 16  # messages the application keeps unacknowledged in bulk (ours)
+WINDOW = 16  # messages a session keeps unacknowledged (ours: SessionConfig.send_window)
 # rounds, connects per run, echoes per run, bulk messages per run; by --quick
 SIZES = {False: (5, 50, 200, 1024), True: (1, 10, 50, 256)}
 RUN_TIMEOUT_S = 900.0  # a run that takes longer is killed and reported as failed

@@ -79,10 +79,9 @@ async def _rate(work: Path, durability: Durability, max_batch: int, seconds: flo
         nonlocal done
         manager = client.manager
         while time.perf_counter() < stop:
-            sid, outputs = manager.establish(bob.manager.local_did, _now_us())
-            client.node.perform(outputs)
-            session = manager.session(sid)
-            await client.node.wait_for(lambda s=session: s.state == "established", 30)
+            sid = await client.node.establish(bob.manager.local_did)
+            session = await client.node.query(lambda sid=sid: manager.session(sid))
+            await client.node.until(lambda s=session: s.state == "established", 30)
             done += 1
 
     start = time.perf_counter()

@@ -231,7 +231,7 @@ def resumption_latencies(
             restored_version = session.version - 1  # as loaded, before its NodeRestarted
             called = time.perf_counter()
             await node.connect(pair.bob, "127.0.0.1", port)  # the peer reached: it resumes
-            await node.wait_for(lambda s=session: s.state == "established", timeout_s=5)
+            await node.until(lambda s=session: s.state == "established", timeout_s=5)
             samples.append(time.perf_counter() - start)
             from_resume.append(time.perf_counter() - called)
             await node.close()

@@ -6,15 +6,20 @@ protocol is the one messages_libp2p.py speaks (see there): the server prints ``r
 answers ``phase NAME`` / ``end`` lines with what it counted since the line before; the client
 prints ``{"phase": NAME}``, waits for ``go``, and prints ``{"result": ...}`` at the end.
 
-What each process counts per phase, from the node's outputs (``perform`` is wrapped: every
+What each process counts per phase, from the node's outputs (``TcpNode.outputs``: every
 ``Send`` by the class of its frame, every ``Deliver``), from its ledger (appends committed,
 ``committer.requests``; transactions, ``committer.batches``) and from a probe task (the
 longest a 1 ms ``asyncio.sleep`` overslept: the longest the event loop was held).
 
-The server is the application a message reaches: in phase ``echo`` it submits every message
-delivered to it back on the same session; in phase ``bulk`` it notes when the last one was
-delivered. In phase ``connect`` it notes when each new session became established (its save
-returned).
+The server is the application a message reaches (``TcpNode.messages``): in phase ``echo`` it
+sends every message delivered to it back on the same session; in phase ``bulk`` it notes when
+the last one was delivered. In phase ``connect`` it notes when each new session became
+established (its save returned).
+
+The client sends through ``TcpNode.send``: one at a time in ``echo``; in ``bulk`` with twice
+the suite's ``window`` of sends under way, each a task the node holds until the session's
+window (``SessionConfig.send_window``, the suite's ``window``) has room for it — the
+backpressure a send call applies.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 from l2_session.domain.handshake.admission import HandshakeAdmission
 from l2_session.domain.manager.manager import SessionManager
 from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+from l2_session.domain.session.config import SessionConfig
 from l2_session.infrastructure.clock import SessionTimeline, SystemClock
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
@@ -69,7 +75,9 @@ class Stalls:
 class Peer:
     """One identity, one ledger, one manager; nodes (connections) are made over it."""
 
-    def __init__(self, work: Path, name: str, durability: Any, directory: DidKeyResolver) -> None:
+    def __init__(
+        self, work: Path, name: str, config: dict[str, Any], directory: DidKeyResolver
+    ) -> None:
         self.timeline = SessionTimeline(SystemClock())
         self.now_us = self.timeline.now_us
         identity = NodeIdentity.generate()
@@ -81,11 +89,15 @@ class Peer:
         )  # fmt: skip
         self.ledger = SessionLedger(
             work / f"{name}.sqlite3", identity=identity, storage_key=os.urandom(32),
-            durability=durability,
+            durability=config["durability"],
         )  # fmt: skip
-        self.manager = SessionManager(identity.did, self.ledger, key_exchange=self.exchange)
+        self.manager = SessionManager(
+            identity.did, self.ledger, SessionConfig(send_window=config["window"]),
+            key_exchange=self.exchange,
+        )  # fmt: skip
         self.did = identity.did
-        self.sent: Counter[str] = Counter()  # Send outputs by frame class, and Deliver outputs
+        self.nodes: list[TcpNode] = []
+        self._counted: Counter[str] = Counter()  # Sends by frame class, and Delivers, so far
         self.stalls = Stalls()
         self._last_appends = self._last_commits = 0
 
@@ -96,14 +108,7 @@ class Peer:
     def node(self) -> TcpNode:
         node = TcpNode(self.manager, self.now_us)
         self.exchange.source_of = node.address_of  # the engine keys its gate by address
-        perform = node.perform
-
-        def counted(outputs: list[Any], via: Any = None) -> None:
-            for output in outputs:
-                self.sent[type(getattr(output, "frame", output)).__name__] += 1
-            perform(outputs, via)
-
-        node.perform = counted  # type: ignore[method-assign]
+        self.nodes.append(node)
         node.start_timers()
         return node
 
@@ -112,7 +117,8 @@ class Peer:
         committer = self.ledger.recorder.committer  # type: ignore[attr-defined]
         appends, self._last_appends = committer.requests - self._last_appends, committer.requests
         commits, self._last_commits = committer.batches - self._last_commits, committer.batches
-        sent, self.sent = dict(self.sent), Counter()
+        total: Counter[str] = sum((node.outputs for node in self.nodes), Counter())
+        sent, self._counted = dict(total - self._counted), total
         return {"sent": sent, "appends": appends, "commits": commits, "stall_s": self.stalls.take()}
 
     def close(self) -> None:
@@ -125,7 +131,7 @@ async def readline() -> str:
 
 # ---------------------------------------------------------------------------- server
 async def serve(config: dict[str, Any]) -> None:
-    peer = Peer(Path(config["work"]), "server", config["durability"], DidKeyResolver())
+    peer = Peer(Path(config["work"]), "server", config, DidKeyResolver())
     established: dict[str, float] = {}
     save = peer.ledger.save
 
@@ -145,14 +151,9 @@ async def serve(config: dict[str, Any]) -> None:
 
     async def application() -> None:
         nonlocal bulk_done
-        handled = 0
-        while True:
-            await node.wait_for(lambda h=handled: len(node.delivered) > h, 1e9)
-            new, handled = node.delivered[handled:], len(node.delivered)
+        async for message in node.messages():
             if mode == "echo":
-                for message in new:
-                    node.perform(peer.manager.submit(message.session_id, message.payload,
-                                                     peer.now_us()))  # fmt: skip
+                await node.send(message.session_id, message.payload)
             elif mode == "bulk":
                 bulk_done = time.monotonic()  # the latest delivery; the last one, at the end
 
@@ -181,9 +182,20 @@ async def phase(name: str) -> None:
         raise SystemExit(f"no go for phase {name}")
 
 
+async def stream(node: TcpNode, sid: Any, messages: list[bytes], outstanding: int) -> None:
+    """Send ``messages`` in order, keeping ``outstanding`` sends under way: a producer that
+    waits only when that many are not yet queued (the node holds those beyond the window)."""
+    pending: set[asyncio.Future[None]] = set()
+    for message in messages:
+        pending.add(asyncio.ensure_future(node.send(sid, message)))
+        if len(pending) >= outstanding:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.gather(*pending)
+
+
 async def client(config: dict[str, Any]) -> None:
     directory = DidKeyResolver()
-    peer = Peer(Path(config["work"]), "client", config["durability"], directory)
+    peer = Peer(Path(config["work"]), "client", config, directory)
     server_did, port = config["did"], config["port"]
     directory.publish_bundle(server_did, bytes.fromhex(config["bundle"]), peer.now_us())
     manager = peer.manager
@@ -192,44 +204,41 @@ async def client(config: dict[str, Any]) -> None:
 
     async def session_on(node: TcpNode) -> Any:
         await node.connect(server_did, "127.0.0.1", port)
-        sid, outputs = manager.establish(server_did, peer.now_us())
-        node.perform(outputs)
-        session = manager.session(sid)
-        await node.wait_for(lambda: session.state == ESTABLISHED, WAIT_S)
-        return session
+        sid = await node.establish(server_did)
+        await node.until(lambda: manager.session(sid).state == ESTABLISHED, WAIT_S)
+        return sid  # and the conversation's id: this end initiated it
 
     await phase("connect")
     for _ in range(config["connects"]):
         node = peer.node()  # a fresh node and connection each time, made before the clock
         start = time.monotonic()
-        session = await session_on(node)
-        result["connect"].append([str(session.conversation), start, time.monotonic()])
+        sid = await session_on(node)
+        result["connect"].append([str(sid), start, time.monotonic()])
         await node.close(end_sessions=True)
     node = peer.node()
-    session = await session_on(node)  # the session the messages travel on
+    sid = await session_on(node)  # the session the messages travel on
     result["phases"]["connect"] = peer.take()
+
+    def acknowledged() -> bool:
+        return not manager.session(sid).outbox
 
     await phase("echo")
     message = b"e" * config["echo_bytes"]
-    for n in range(config["echoes"]):
+    for _ in range(config["echoes"]):
         start = time.monotonic()
-        node.perform(manager.submit(session.id, message, peer.now_us()))
-        await node.wait_for(lambda n=n: len(node.delivered) > n, WAIT_S)
+        await node.send(sid, message)
+        await asyncio.wait_for(node.receive(), WAIT_S)
         result["echo_s"].append(time.monotonic() - start)
-    await node.wait_for(lambda: not session.outbox, WAIT_S)
+    await node.until(acknowledged, WAIT_S)
     await asyncio.sleep(0.05)  # the server's last acknowledgements arrive in this phase
     result["phases"]["echo"] = peer.take()
 
     await phase("bulk")
-    message, window = b"b" * config["bulk_bytes"], config["window"]
+    message = b"b" * config["bulk_bytes"]
     result["bulk_start"] = time.monotonic()
-    for _ in range(config["bulk_messages"]):
-        # At most ``window`` unacknowledged, as a send call with backpressure would wait; the
-        # node itself has no send window.
-        if len(session.outbox) >= window:
-            await node.wait_for(lambda: len(session.outbox) < window, WAIT_S)
-        node.perform(manager.submit(session.id, message, peer.now_us()))
-    await node.wait_for(lambda: not session.outbox, WAIT_S)  # acknowledged: delivered
+    async with asyncio.timeout(WAIT_S):
+        await stream(node, sid, [message] * config["bulk_messages"], 2 * config["window"])
+    await node.until(acknowledged, WAIT_S)  # acknowledged: delivered
     result["bulk_acked"] = time.monotonic()
     result["phases"]["bulk"] = peer.take()
 

@@ -1,8 +1,8 @@
 """How much a TCP node lets its connections hold, and which connection goes when it is full
-(docs/security.md, "Denial of service"; tcp.py is the node).
+(docs/security.md, "Denial of service"; tcp_links.py holds the connections).
 
 Anyone can open connections, so the node decides whom to keep when they are more than it
-will hold: peers that proved who they are (tcp.py) and connections it dialled itself are
+will hold: peers that proved who they are (tcp_worker.py) and connections it dialled itself are
 kept; of the others, the least recently active goes first — as a SYN cache forgets the
 oldest half-open connection — so connections that sit idle cannot lock out a peer that
 talks. The same order decides who gives back room in the node's budget for frames being

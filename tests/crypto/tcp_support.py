@@ -1,6 +1,11 @@
 """Two session managers with real PQxdh keys and signed SQLite ledgers, talking over loopback
 TCP through ``Relay``: an on-path attacker that sees every frame and can hold, replay, alter
-and reorder them (for tests of transports/tcp.py and transports/sealed.py)."""
+and reorder them (for tests of transports/tcp.py and transports/sealed.py).
+
+Each node's manager belongs to the node's worker thread: a test changes it only through the
+node (``establish``, ``send``, ``command``, ``query``) and waits on its sessions with
+``node.until`` (checked on the worker, between batches). ``until`` here polls from the event
+loop, for what the loop holds (deliveries, connections, counters)."""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from l2_session.domain.session.session import Session
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.ledger.application import Durability
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.frames import encode
 from l2_session.transports.sealed import SEALED_KIND
@@ -145,6 +151,7 @@ def make_side(
     config: SessionConfig = DEFAULT_CONFIG, reservation_block: int = RESERVATION_BLOCK,
     *, node_options: dict[str, Any] | None = None, engine_options: dict[str, Any] | None = None,
     manager_options: dict[str, Any] | None = None, kem: KemCounts | None = None,
+    durability: Durability = "full",
 ) -> Side:  # fmt: skip
     """A node with real keys on its own signed SQLite ledger. ``kem`` counts the
     decapsulations its responder makes (the KEM work a request costs it)."""
@@ -159,8 +166,9 @@ def make_side(
             responder.secrets, kem_prekey=CountingKemKey(responder.secrets.kem_prekey, kem)
         )
     ledger = SessionLedger(
-        tmp_path / f"{name}.sqlite3", identity=store.identity, storage_key=store.storage_key
-    )
+        tmp_path / f"{name}.sqlite3", identity=store.identity, storage_key=store.storage_key,
+        durability=durability,
+    )  # fmt: skip
     manager = SessionManager(
         store.identity.did, ledger, config, key_exchange=exchange, **(manager_options or {})
     )
@@ -179,6 +187,7 @@ class Pair:
     clock: VirtualTime
     server: asyncio.Server
     conversation: UUID
+    directory: DidKeyResolver
 
     async def close(self) -> None:
         await self.alice.node.close()
@@ -193,24 +202,33 @@ async def established_pair(
     tmp_path: Path,
     config: SessionConfig = DEFAULT_CONFIG,
     reservation_block: int = RESERVATION_BLOCK,
+    durability: Durability = "full",
 ) -> Pair:
     """Alice connects to Bob through the relay and establishes a session with him."""
     clock, directory = VirtualTime(), DidKeyResolver()
-    alice = make_side(tmp_path, "alice", directory, clock, config, reservation_block)
-    bob = make_side(tmp_path, "bob", directory, clock, config, reservation_block)
+    alice = make_side(tmp_path, "alice", directory, clock, config, reservation_block,
+                      durability=durability)  # fmt: skip
+    bob = make_side(tmp_path, "bob", directory, clock, config, reservation_block,
+                    durability=durability)  # fmt: skip
     server = await bob.node.serve()
     relay = Relay(server.sockets[0].getsockname()[1])
     await alice.node.connect(bob.did, "127.0.0.1", await relay.start())
-    sid, outputs = alice.manager.establish(bob.did, clock.now_us())
-    alice.node.perform(outputs)
-    pair = Pair(alice, bob, relay, clock, server, conversation=sid)
-    await until(lambda: _established(bob, sid) and _established(alice, sid))
+    sid = await alice.node.establish(bob.did)
+    pair = Pair(alice, bob, relay, clock, server, sid, directory)
+    await established(alice, sid)
+    await established(bob, sid)
     return pair
 
 
 def _established(side: Side, conversation: UUID) -> bool:
     session = side.manager.session_for(conversation)
     return session is not None and session.state == "established"
+
+
+async def established(side: Side, conversation: UUID) -> None:
+    """Until ``side``'s session of ``conversation`` is established, as its node's worker
+    sees it after a batch — saved, and what the batch proved applied."""
+    await side.node.until(lambda: _established(side, conversation), WAIT_S)
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -222,10 +240,12 @@ async def until(condition: Callable[[], bool]) -> None:
 
 async def acknowledged(pair: Pair) -> None:
     """Until Bob acknowledged Alice's messages. A lone message is acknowledged after
-    ``max_ack_delay`` (25 ms), by Bob's timer: these tests run the timers by hand."""
+    ``max_ack_delay`` (25 ms), by Bob's timer: these tests run the timers by hand, through
+    each node's worker (the only thread that touches its manager)."""
+    alice = pair.alice.session(pair.conversation)
     async with asyncio.timeout(WAIT_S):
-        while pair.alice.session(pair.conversation).outbox:
-            pair.bob.node.perform(pair.bob.manager.tick(pair.clock.now_us()))
+        while await pair.alice.node.query(lambda: bool(alice.outbox)):
+            await pair.bob.node.command(lambda: pair.bob.manager.tick(pair.clock.now_us()))
             await asyncio.sleep(0.001)
 
 
@@ -363,9 +383,10 @@ class Attacked:
                 self.port, request, local_ip=local_ip(i) if local_ip else "127.0.0.1"
             )
 
-    def tick(self, skip_s: float = 0) -> None:
+    async def tick(self, skip_s: float = 0) -> None:
         """Bob's timers, ``skip_s`` seconds later."""
-        self.bob.node.perform(self.bob.manager.tick(self.clock.skip(skip_s)))
+        now = self.clock.skip(skip_s)
+        await self.bob.node.command(lambda: self.bob.manager.tick(now))
 
     async def newcomer(self, name: str) -> tuple[Side, UUID]:
         """A legitimate peer connects (from 127.0.0.1), asks for a session and gets it —
@@ -377,9 +398,9 @@ class Attacked:
 
     async def another_session(self, side: Side) -> UUID:
         """A new session between ``side`` (connected already) and Bob, established."""
-        sid, outputs = side.manager.establish(self.bob.did, self.clock.now_us())
-        side.node.perform(outputs)
-        await until(lambda: _established(side, sid) and _established(self.bob, sid))
+        sid = await side.node.establish(self.bob.did)
+        await established(side, sid)
+        await established(self.bob, sid)
         return sid
 
 

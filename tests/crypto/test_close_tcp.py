@@ -11,7 +11,7 @@ from pathlib import Path
 from l2_session.domain.session.commands import Close
 from l2_session.infrastructure.ledger.verify import verify
 from l2_session.transports.frames import encode
-from tcp_support import Pair, established_pair, is_sealed, until
+from tcp_support import WAIT_S, Pair, established_pair, is_sealed, until
 
 
 def _closed(side: object, session_id: object) -> list[object]:
@@ -38,8 +38,13 @@ def test_one_side_closes_both_ledgers_show_the_session_ended(tmp_path: Path) -> 
             assert not bob.closed
 
             sent = len(pair.relay.to_server)
-            pair.alice.node.perform(pair.alice.manager.close(alice.id, pair.clock.now_us()))
-            await until(lambda: bob.closed and not pair.alice.manager.awaiting_close_acks())
+            await pair.alice.node.command(
+                lambda: pair.alice.manager.close(alice.id, pair.clock.now_us())
+            )
+            await pair.bob.node.until(lambda: bob.closed, WAIT_S)
+            await pair.alice.node.until(
+                lambda: not pair.alice.manager.awaiting_close_acks(), WAIT_S
+            )
             # The close went sealed, under the session's keys.
             assert pair.relay.to_server[sent:] and all(map(is_sealed, pair.relay.to_server[sent:]))
             assert pair.relay.to_server[sent][21:29].hex() == keys

@@ -13,7 +13,7 @@ from typing import Any
 from l2_session.domain.manager.channel import SessionChannel
 from l2_session.domain.session.session import Session
 from ledger_sessions import recorded_session
-from tcp_support import Pair, until
+from tcp_support import Pair, acknowledged, until
 from tcp_support import established_pair as established_tcp_pair
 
 
@@ -32,12 +32,9 @@ def test_the_first_frames_under_new_keys_seal_without_a_save(tmp_path: Path) -> 
             sealing_saves: list[Any] = []
             for side in (pair.alice, pair.bob):
                 side.node.sealed._save = _counting(sealing_saves, side.node.sealed._save)
-            pair.alice.node.perform(
-                pair.alice.manager.submit(pair.conversation, b"first", pair.clock.now_us())
-            )
+            await pair.alice.node.send(pair.conversation, b"first")
             await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"first"])
-            pair.bob.node.perform(pair.bob.manager.tick(pair.clock.now_us() + 25_000))
-            await until(lambda: not pair.alice.session(pair.conversation).outbox)
+            await acknowledged(pair)
             assert pair.alice.node.sealed.opened == pair.bob.node.sealed.opened == 1
             assert sealing_saves == []  # neither end saved to seal its first frame
             for side in (pair.alice, pair.bob):

@@ -67,29 +67,24 @@ ALICE = textwrap.dedent(
         node.start_timers()
         await node.connect(bob, "127.0.0.1", int(port))
         if mode == "first":
-            ids = []
-            for _ in range(int(count)):
-                sid, outputs = manager.establish(bob, timeline.now_us())
-                node.perform(outputs)
-                ids.append(sid)
-        sessions = [manager.session(i) for i in ids]
-        await node.wait_for(lambda: all(s.state == "established" for s in sessions), 10)
+            ids = [await node.establish(bob) for _ in range(int(count))]
+        sessions = await node.query(lambda: [manager.session(i) for i in ids])
+        await node.until(lambda: all(s.state == "established" for s in sessions), 10)
+        key_ids = await node.query(lambda: [s.key_id for s in sessions])
         if mode == "first":
             for n, s in enumerate(sessions):
-                node.perform(manager.submit(s.id, b"before %d" % n, timeline.now_us()))
-            await node.wait_for(lambda: not any(s.outbox for s in sessions), 10)
-            say(sessions=[str(i) for i in ids], keys=[s.key_id for s in sessions])
+                await node.send(s.id, b"before %d" % n)
+            await node.until(lambda: not any(s.outbox for s in sessions), 10)
+            say(sessions=[str(i) for i in ids], keys=key_ids)
             sys.stdin.readline()  # from here on, the relay holds what this process sends
             for n, s in enumerate(sessions):
-                node.perform(manager.submit(s.id, b"unacknowledged %d" % n, timeline.now_us()))
+                await node.send(s.id, b"unacknowledged %d" % n)
             say(submitted=True)
             await asyncio.sleep(3600)  # until killed
-        await node.wait_for(
-            lambda: len(node.delivered) >= len(sessions) and not any(s.outbox for s in sessions),
-            10,
-        )
+        await node.wait_for(lambda: len(node.delivered) >= len(sessions), 10)
+        await node.until(lambda: not any(s.outbox for s in sessions), 10)
         say(
-            found=found, states=states, keys=[s.key_id for s in sessions],
+            found=found, states=states, keys=key_ids,
             delivered=[d.payload.decode() for d in node.delivered],
         )
         await node.close()
@@ -145,8 +140,7 @@ def test_a_sigkilled_node_resumes_its_sessions_with_fresh_keys_and_loses_nothing
             relay.hold = None
             killed_at = len(relay.to_server)
             for n, s in enumerate(theirs):  # Bob writes while Alice is down
-                bob.node.perform(bob.manager.submit(s.id, b"while alice was down %d" % n,
-                                                    clock.now_us()))  # fmt: skip
+                await bob.node.send(s.id, b"while alice was down %d" % n)
 
             again = await _child(tmp_path, bob, port, "again", ",".join(map(str, ids)))
             report = await _said(again)

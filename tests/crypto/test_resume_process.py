@@ -65,10 +65,10 @@ CHILD = textwrap.dedent(
         restarted = session.state == "suspended"
         called = time.perf_counter()
         await node.connect(peer_did, "127.0.0.1", int(port))  # the peer reached: it resumes
-        await node.wait_for(lambda: session.state == "established", timeout_s=10)
+        await node.until(lambda: session.state == "established", timeout_s=10)
         established = time.perf_counter()
-        node.perform(manager.submit(sid, b"hello after restart", timeline.now_us()))
-        await node.wait_for(lambda: not session.outbox, timeout_s=10)  # acknowledged
+        await node.send(sid, b"hello after restart")
+        await node.until(lambda: not session.outbox, timeout_s=10)  # acknowledged
         await node.close()
         ledger.close()
         print(json.dumps({

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 from l2_session.domain.manager.channel import SessionChannel
+from l2_session.domain.session.commands import Output
 from l2_session.domain.session.session import Session
 from ledger_sessions import recorded_session
-from tcp_support import Pair, acknowledged, is_sealed, until
+from tcp_support import WAIT_S, Pair, acknowledged, is_sealed, until
 from tcp_support import established_pair as established_tcp_pair
 
 
@@ -66,12 +67,12 @@ def test_sealing_continues_on_the_session_the_manager_replayed_from_its_ledger(
     # manager let go of conflicts with the manager's own saves.
     async def test(pair: Pair) -> None:
         manager, node = pair.alice.manager, pair.alice.node
-        node.perform(manager.submit(pair.conversation, b"one", pair.clock.now_us()))
+        await node.send(pair.conversation, b"one")
         await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"one"])
         await acknowledged(pair)
 
-        replayed = manager.restore(pair.conversation)
-        node.perform(manager.submit(pair.conversation, b"two", pair.clock.now_us()))
+        replayed = await node.query(lambda: manager.restore(pair.conversation))
+        await node.send(pair.conversation, b"two")
         await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"one", b"two"])
         assert not pair.bob.node.sealed.refused and not node.sealed.refused
         sealed_up = [f for f in pair.relay.to_server if is_sealed(f)]
@@ -110,7 +111,7 @@ def test_the_timers_go_on_after_a_tick_failed_to_save(tmp_path: Path, monkeypatc
             alice = pair.alice.session(pair.conversation)
             return alice.heartbeat_counter >= 1 and alice.heartbeat_sent_us is None
 
-        await until(answered)
+        await pair.alice.node.until(answered, WAIT_S)
         assert not failing and pair.alice.node.failed_ticks == 1
         assert not pair.bob.node.sealed.refused
 
@@ -126,13 +127,18 @@ def test_a_frame_that_cannot_be_handled_is_lost_and_the_connection_reads_on(
     async def test(pair: Pair) -> None:
         failing = _fail_next_save(monkeypatch, pair.bob.ledger)
         alice = pair.alice
-        alice.node.perform(alice.manager.submit(pair.conversation, b"one", pair.clock.now_us()))
-        await until(lambda: not failing)  # Bob tried to save the delivery
+        await alice.node.send(pair.conversation, b"one")
+        await pair.bob.node.until(lambda: not failing, WAIT_S)  # Bob tried to save the delivery
 
-        session = alice.session(pair.conversation)
-        alice.node.perform(alice.manager.tick(pair.clock.skip(31)))
-        assert session.heartbeat_sent_us is not None
-        await until(lambda: session.heartbeat_sent_us is None)  # Bob answered
+        session, now = alice.session(pair.conversation), pair.clock.skip(31)
+
+        def tick() -> list[Output]:
+            outputs = alice.manager.tick(now)
+            assert session.heartbeat_sent_us is not None
+            return outputs
+
+        await alice.node.command(tick)
+        await alice.node.until(lambda: session.heartbeat_sent_us is None, WAIT_S)  # answered
         assert pair.bob.node.failed_frames == 1 and pair.bob.node.is_proven(alice.did)
 
     _run(tmp_path, test, block=1)

@@ -21,12 +21,14 @@ from l2_session.domain.session.commands import (
     HandshakeRequest,
     Heartbeat,
     HeartbeatAck,
+    Output,
 )
 from l2_session.domain.session.config import SessionConfig
-from l2_session.transports import tcp
+from l2_session.transports import tcp_links
 from l2_session.transports.frames import KIND_OF, encode
 from l2_session.transports.tcp import TcpNode
 from tcp_support import (
+    WAIT_S,
     Pair,
     Side,
     acknowledged,
@@ -56,17 +58,21 @@ def _run(tmp_path: Path, test, config: SessionConfig | None = None) -> None:  # 
 
 async def _heartbeat_round(pair: Pair) -> None:
     """Skip to Alice's next heartbeat and wait until Bob's answer reached her."""
-    alice = pair.alice.session(pair.conversation)
-    sent = alice.heartbeat_counter
-    pair.alice.node.perform(pair.alice.manager.tick(pair.clock.skip(31)))
-    assert alice.heartbeat_counter == sent + 1 and alice.heartbeat_sent_us is not None
-    await until(lambda: alice.heartbeat_sent_us is None)  # answered
+    alice, manager = pair.alice.session(pair.conversation), pair.alice.manager
+    sent, now = alice.heartbeat_counter, pair.clock.skip(31)
+
+    def tick() -> list[Output]:
+        outputs = manager.tick(now)
+        assert alice.heartbeat_counter == sent + 1 and alice.heartbeat_sent_us is not None
+        return outputs
+
+    await pair.alice.node.command(tick)
+    await pair.alice.node.until(lambda: alice.heartbeat_sent_us is None, WAIT_S)  # answered
 
 
 def test_messages_and_heartbeats_travel_sealed(tmp_path: Path) -> None:
     async def test(pair: Pair) -> None:
-        pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, SECRET,
-                                                          pair.clock.now_us()))  # fmt: skip
+        await pair.alice.node.send(pair.conversation, SECRET)
         await until(lambda: [d.payload for d in pair.bob.node.delivered] == [SECRET])
         await acknowledged(pair)
         await _heartbeat_round(pair)
@@ -90,8 +96,7 @@ def test_a_replayed_or_altered_sealed_frame_is_refused_and_changes_nothing(
     async def test(pair: Pair) -> None:
         bob, refused = pair.bob.session(pair.conversation), pair.bob.node.sealed.refused
         pair.relay.hold = is_sealed
-        pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, SECRET,
-                                                          pair.clock.now_us()))  # fmt: skip
+        await pair.alice.node.send(pair.conversation, SECRET)
         await until(lambda: bool(pair.relay.held))
         pair.relay.hold = None
         original = pair.relay.held.pop()
@@ -121,8 +126,7 @@ def test_frames_reordered_within_the_window_are_accepted(tmp_path: Path) -> None
         opened = pair.bob.node.sealed.opened
         pair.relay.hold = is_sealed
         for text in (b"first", b"second"):
-            pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, text,
-                                                              pair.clock.now_us()))  # fmt: skip
+            await pair.alice.node.send(pair.conversation, text)
         # Each message goes once: first, second (decision 21).
         await until(lambda: len(pair.relay.held) == 2)
         pair.relay.hold = None
@@ -130,7 +134,8 @@ def test_frames_reordered_within_the_window_are_accepted(tmp_path: Path) -> None
             pair.relay.inject(frame)
         await until(lambda: pair.bob.node.sealed.opened == opened + 2)
         assert not pair.bob.node.sealed.refused
-        # The second, ahead of a gap, waited for the first: delivered in order, once.        await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"first", b"second"])
+        # The second, ahead of a gap, waited for the first: delivered in order, once.
+        await until(lambda: [d.payload for d in pair.bob.node.delivered] == [b"first", b"second"])
 
     _run(tmp_path, test)
 
@@ -157,15 +162,18 @@ def test_after_rotation_the_old_keys_no_longer_open_frames(tmp_path: Path) -> No
         pair.relay.hold = is_sealed  # Alice's sealed frames, under the old keys and the new
         messages = [SECRET, b"two", b"three"]
         for message in messages:
-            pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, message,
-                                                              pair.clock.now_us()))  # fmt: skip
+            await pair.alice.node.send(pair.conversation, message)
         # Each message goes once: three records (decision 21).
         await until(lambda: len(held) == 3)
         under_old_keys = held[-1]
         assert under_old_keys[4 + 26 + 4 : 4 + 26 + 12] == (2).to_bytes(8, "big")  # counter
 
-        pair.alice.node.perform(pair.alice.manager.tick(pair.clock.skip(21)))
-        await until(lambda: bob.key_id == alice.key_id != old_key and bob.state == "established")
+        now = pair.clock.skip(21)
+        await pair.alice.node.command(lambda: pair.alice.manager.tick(now))
+        await pair.bob.node.until(
+            lambda: bob.key_id != old_key and bob.state == "established", WAIT_S
+        )
+        await pair.alice.node.until(lambda: alice.key_id == bob.key_id, WAIT_S)
         await until(lambda: len(held) >= 6)  # Alice sends them all again under the new keys
 
         refused = pair.bob.node.sealed.refused
@@ -196,8 +204,7 @@ def test_after_a_restart_and_resumption_the_old_keys_no_longer_open_frames(
         bob = pair.bob.session(pair.conversation)
         old_key = bob.key_id
         pair.relay.hold = is_sealed
-        pair.alice.node.perform(pair.alice.manager.submit(pair.conversation, SECRET,
-                                                          pair.clock.now_us()))  # fmt: skip
+        await pair.alice.node.send(pair.conversation, SECRET)
         await until(lambda: bool(pair.relay.held))
         pair.relay.hold = None
         under_old_keys = pair.relay.held.pop()
@@ -236,11 +243,13 @@ def test_an_impostor_claiming_a_peers_did_gets_none_of_its_frames(tmp_path: Path
 
         # Bob sends to Alice, by message and by heartbeat; Alice to Bob. All of it arrives.
         bob = pair.bob.session(pair.conversation)
-        pair.bob.node.perform(pair.bob.manager.submit(bob.id, b"for alice only",
-                                                      pair.clock.now_us()))  # fmt: skip
+        await pair.bob.node.send(bob.id, b"for alice only")
         await until(lambda: [d.payload for d in pair.alice.node.delivered] == [b"for alice only"])
-        pair.bob.node.perform(pair.bob.manager.tick(pair.clock.skip(31)))
-        await until(lambda: bob.heartbeat_sent_us is None and bob.heartbeat_counter == 1)
+        now = pair.clock.skip(31)
+        await pair.bob.node.command(lambda: pair.bob.manager.tick(now))
+        await pair.bob.node.until(
+            lambda: bob.heartbeat_sent_us is None and bob.heartbeat_counter == 1, WAIT_S
+        )
         await _heartbeat_round(pair)
         assert pair.bob.node.is_proven(pair.alice.did)
 
@@ -269,14 +278,15 @@ def test_a_session_replayed_from_the_ledger_proves_no_connection(tmp_path: Path)
             claimed = pair.alice.did.encode()
             writer.write(struct.pack(">H", len(claimed)) + claimed)
             writer.write(encode(HandshakeAck(pair.conversation, b"stray")))
-            await until(lambda: manager.dropped_frames == 1)  # handled: a stale ack
+            await node.until(lambda: manager.dropped_frames == 1, WAIT_S)  # a stale ack
             session = manager.session_for(pair.conversation)
             assert session is not None and session.key_id is not None  # replayed, with keys
             assert session.state == "handshake_initiated" and session.resuming
             assert not node.is_proven(pair.alice.did)
 
-            node.perform(manager.submit(session.id, b"for alice only", pair.clock.now_us()))
-            assert node.unrouted == 0 and not session.sendable()  # held until resumed
+            await node.send(session.id, b"for alice only")
+            sendable = await node.query(session.sendable)
+            assert node.unrouted == 0 and not sendable  # held until resumed
         finally:
             await node.close()
             server.close()
@@ -294,7 +304,7 @@ def test_a_session_replayed_from_the_ledger_proves_no_connection(tmp_path: Path)
 
 def test_reasons_for_dropped_connections_are_bounded(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # Anyone can connect and break the framing; the node keeps the latest reasons only.
-    monkeypatch.setattr(tcp, "DROPPED_KEPT", 3)
+    monkeypatch.setattr(tcp_links, "DROPPED_KEPT", 3)
 
     async def test(pair: Pair) -> None:
         node = TcpNode(pair.bob.manager, pair.clock.now_us)
@@ -355,13 +365,13 @@ def test_a_silent_oversized_or_unusable_hello_and_connections_over_the_cap_are_c
                 opened.append(writer)
                 readers.append(reader)
                 writer.write(hello(fresh_did()))
-            await until(lambda: len(node._links) == 2)
+            await until(lambda: len(node.connections.open) == 2)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             opened.append(writer)
             assert await readers[0].read() == b""  # the first, least recently active, is cut
             await until(lambda: node.dropped_count == 4)
             assert "the least recently active unproven one of 2" in node.dropped_connections[-1]
-            assert len(node._links) == 2
+            assert len(node.connections.open) == 2
         finally:
             for writer in opened:
                 writer.close()

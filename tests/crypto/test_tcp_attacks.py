@@ -17,7 +17,7 @@ from l2_session.domain.handshake.admission import FloodLimits, HandshakeAdmissio
 from l2_session.domain.session.commands import Send
 from l2_session.domain.session.peer import peer_id
 from l2_session.infrastructure.identity import NodeIdentity
-from l2_session.transports import sealed, tcp
+from l2_session.transports import sealed, tcp_worker
 from l2_session.transports.frames import MAX_FRAME
 from l2_session.transports.tcp_bounds import source_of
 from tcp_support import (
@@ -84,7 +84,7 @@ def test_proven_connections_are_never_cut_for_newcomers(tmp_path) -> None:
             await a.watched.open(a.port, hello(fresh_did()))
         await until_steady(lambda: held_connections(a.port) + a.watched.closed == 31)
         assert held_connections(a.port) == 4 and a.bob.node.is_proven(alice.did)
-        alice.node.perform(alice.manager.submit(sid, b"still here", a.clock.now_us()))
+        await alice.node.send(sid, b"still here")
         await until(lambda: [d.payload for d in a.bob.node.delivered] == [b"still here"])
 
     run_attacked(tmp_path, test, node_options={"max_connections": 4})
@@ -199,8 +199,8 @@ def test_a_flood_of_unconfirmed_handshakes_does_not_grow_the_ledger(tmp_path) ->
         engine = a.bob.manager._kx.engine  # type: ignore[attr-defined]
         await until(lambda: engine.pending() == flood)  # all answered, none confirmed
         alice, sid = await a.newcomer("alice")
-        a.tick(6)  # past the handshake timeout: every flooded handshake has failed
-        a.tick(60)  # the summary interval is over
+        await a.tick(6)  # past the handshake timeout: every flooded handshake has failed
+        await a.tick(60)  # the summary interval is over
         responder = a.bob.manager.session_for(sid)
         assert responder is not None
         history = [type(e).__name__ for e in a.bob.ledger.events.get(responder.id)]
@@ -227,9 +227,9 @@ def test_tables_of_peers_and_pending_handshakes_stay_bounded_and_expire(tmp_path
         await until(lambda: exchange.engine.pending() == flood)
         assert len(manager._peers) <= 50  # bounded while the flood is in flight
         await a.newcomer("alice")
-        a.tick(6)  # the handshake timeout: on the node's own clock, not on its next handshake
+        await a.tick(6)  # the handshake timeout: on the node's own clock, not on its next handshake
         assert exchange.engine.pending() == 0 and len(exchange._peers) == 0
-        a.tick(600)  # peers idle for the peer cache's time are let go
+        await a.tick(600)  # peers idle for the peer cache's time are let go
         assert len(manager._peers) == 0
         assert len(manager) == 1  # Alice's session
 
@@ -239,7 +239,7 @@ def test_tables_of_peers_and_pending_handshakes_stay_bounded_and_expire(tmp_path
 def test_keys_agreed_and_channels_of_closed_sessions_leave_the_node(tmp_path, monkeypatch):
     # Anyone can make an identity and complete handshakes: what a node keeps per session it
     # agreed (which keys prove a connection, each session channel) must leave with the session.
-    monkeypatch.setattr(tcp, "PRUNE_FLOOR", 8)
+    monkeypatch.setattr(tcp_worker, "PRUNE_FLOOR", 8)
     monkeypatch.setattr(sealed, "PRUNE_FLOOR", 8)
 
     async def test(a: Attacked) -> None:
@@ -247,23 +247,27 @@ def test_keys_agreed_and_channels_of_closed_sessions_leave_the_node(tmp_path, mo
         manager, node = alice.manager, alice.node
         wave = [first, *[await a.another_session(alice) for _ in range(29)]]
         for sid in wave:
-            node.perform(manager.submit(sid, b"one", a.clock.now_us()))
+            await node.send(sid, b"one")
         await until(lambda: len(a.bob.node.delivered) == 30)
-        # Bob goes quiet (Alice's heartbeats are not sent): her sessions fail their
-        # heartbeats, are suspended, and she cleans them up; they leave her memory.
-        while any(manager.session(sid).state != "suspended" for sid in wave):
-            wake = manager.next_wakeup_us()
-            assert wake is not None
-            manager.tick(a.clock.skip(max(0, wake - a.clock.now_us()) / 1e6))
-        for sid in wave:
-            manager.cleanup(sid, a.clock.now_us())
+
+        def silence() -> None:
+            """Bob goes quiet (Alice's heartbeats are not sent): her sessions fail their
+            heartbeats, are suspended, and she cleans them up; they leave her memory."""
+            while any(manager.session(sid).state != "suspended" for sid in wave):
+                wake = manager.next_wakeup_us()
+                assert wake is not None
+                manager.tick(a.clock.skip(max(0, wake - a.clock.now_us()) / 1e6))
+            for sid in wave:
+                manager.cleanup(sid, a.clock.now_us())
+
+        await node.query(silence)
         assert len(manager) == 0
         for _ in range(10):
             sid = await a.another_session(alice)
-            node.perform(manager.submit(sid, b"two", a.clock.now_us()))
+            await node.send(sid, b"two")
         await until(lambda: len(a.bob.node.delivered) == 40)
         assert len(manager) == 10
-        assert len(node._agreed_here) <= 2 * len(manager)  # not the 40 ever agreed
+        assert len(node.worker._agreed_here) <= 2 * len(manager)  # not the 40 ever agreed
         assert len(node.sealed._channels) <= 2 * len(manager)
 
     run_attacked(tmp_path, test, engine_options=OPEN_GATE)
@@ -302,8 +306,7 @@ def test_a_returning_peer_is_known_on_a_new_connection(tmp_path) -> None:
         alice.manager._kx.source_of = node.address_of  # type: ignore[attr-defined]
         alice.node = node
         await node.connect(a.bob.did, "127.0.0.1", a.port)
-        sid, outputs = alice.manager.establish(a.bob.did, a.clock.now_us())
-        node.perform(outputs)
+        sid = await node.establish(a.bob.did)
         await until(lambda: alice.manager.session(sid).state == "established")
 
     run_attacked(tmp_path, test, engine_options=_gate(per_source_burst=5, unknown_burst=21))
@@ -314,15 +317,18 @@ def test_sending_to_a_peer_that_closed_is_quiet_and_counted(tmp_path, caplog) ->
     async def test(a: Attacked) -> None:
         alice, sid = await a.newcomer("alice")
         node = a.bob.node
-        link = node._proven[alice.did]
+        link = node.worker._proven[alice.did]
         link.writer.transport.abort()  # the peer is gone; the reader has not noticed yet
         responder = a.bob.manager.session_for(sid)
         assert responder is not None
-        sends = 0
-        for _ in range(20):
-            outputs = a.bob.manager.submit(responder.id, b"to nobody", a.clock.now_us())
-            sends += sum(isinstance(o, Send) for o in outputs)
-            node.perform(outputs)
+        outputs = await node.command(  # in one batch, before the reader notices
+            lambda: [
+                output
+                for _ in range(20)
+                for output in a.bob.manager.submit(responder.id, b"to nobody", a.clock.now_us())
+            ]
+        )
+        sends = sum(isinstance(o, Send) for o in outputs)
         assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]
         assert sends >= 20 and node.closed_sends == sends
 

@@ -15,7 +15,18 @@ from typing import Any
 from l2_session.domain.handshake.wire import MessageType
 from l2_session.domain.session.commands import Frame
 from l2_session.infrastructure.resolver import DidKeyResolver
-from tcp_support import Relay, Side, VirtualTime, fresh_did, hello, is_sealed, make_side, until
+from tcp_support import (
+    WAIT_S,
+    Relay,
+    Side,
+    VirtualTime,
+    established,
+    fresh_did,
+    hello,
+    is_sealed,
+    make_side,
+    until,
+)
 
 
 class Batches:
@@ -81,9 +92,8 @@ def _state(side: Side, conversation: Any) -> str | None:
 
 
 async def _alice_established(alice: Side, bob: Side, relay: Relay, clock: VirtualTime) -> Any:
-    sid, outputs = alice.manager.establish(bob.did, clock.now_us())
-    alice.node.perform(outputs)
-    await until(lambda: alice.manager.session(sid).state == "established")
+    sid = await alice.node.establish(bob.did)
+    await established(alice, sid)
     await until(lambda: len(relay.held) == 1)  # her CONFIRM, held
     assert _state(bob, sid) == "handshake_received"
     return sid
@@ -96,7 +106,7 @@ def test_a_confirmation_and_the_message_behind_it_are_decided_in_one_save(tmp_pa
 
     async def test(alice: Side, bob: Side, relay: Relay, clock: VirtualTime, port: int) -> None:
         sid = await _alice_established(alice, bob, relay, clock)
-        alice.node.perform(alice.manager.submit(sid, b"first words", clock.now_us()))
+        await alice.node.send(sid, b"first words")
         await until(lambda: len(relay.held) == 2)
         assert is_sealed(relay.held[1]) and not is_sealed(relay.held[0])
         batches = Batches(bob)
@@ -116,7 +126,7 @@ def test_max_batch_bounds_the_frames_of_one_save(tmp_path: Path) -> None:
 
     async def test(alice: Side, bob: Side, relay: Relay, clock: VirtualTime, port: int) -> None:
         sid = await _alice_established(alice, bob, relay, clock)
-        alice.node.perform(alice.manager.submit(sid, b"first words", clock.now_us()))
+        await alice.node.send(sid, b"first words")
         await until(lambda: len(relay.held) == 2)
         bob.node.max_batch = 1
         batches = Batches(bob)
@@ -139,18 +149,18 @@ def test_a_duplicate_from_an_impostor_in_the_same_batch_proves_nothing(tmp_path:
         claimed = alice.did.encode()
         writer.write(struct.pack(">H", len(claimed)) + claimed)
         # Bob has taken the claim in (connections count from their accept, before the hello).
-        await until(lambda: [link.did for link in bob.node._links] == [alice.did] * 2)
+        await until(lambda: [link.did for link in bob.node.connections.open] == [alice.did] * 2)
         batches = Batches(bob)
         dropped = bob.manager.dropped_frames
         relay.inject(relay.held[0])
         writer.write(relay.held[0])  # the same bytes, on Mallory's connection
-        await until(lambda: bob.manager.dropped_frames == dropped + 1)
+        await bob.node.until(lambda: bob.manager.dropped_frames == dropped + 1, WAIT_S)
         assert batches.calls == [(2, 1)]  # one batch: hers, then the copy
         assert _state(bob, sid) == "established"
 
         bob_session = bob.manager.session_for(sid)
         assert bob_session is not None
-        bob.node.perform(bob.manager.submit(bob_session.id, b"for alice only", clock.now_us()))
+        await bob.node.send(bob_session.id, b"for alice only")
         await until(lambda: [d.payload for d in alice.node.delivered] == [b"for alice only"])
         await bob.node.close()  # Bob hangs up on everyone: Mallory reads to the end
         assert await reader.read() == b""
@@ -168,12 +178,12 @@ def test_a_malformed_frame_drops_its_connection_alone(tmp_path: Path) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         mallory = fresh_did()
         writer.write(hello(mallory))
-        await until(lambda: mallory in {link.did for link in bob.node._links})
+        await until(lambda: mallory in {link.did for link in bob.node.connections.open})
         batches = Batches(bob)
         relay.inject(relay.held[0])
         writer.write(struct.pack(">I", 3) + bytes([MessageType.CONFIRM, 0xFF, 0xFF]))
         assert await reader.read() == b""  # dropped
-        await until(lambda: _state(bob, sid) == "established")
+        await bob.node.until(lambda: _state(bob, sid) == "established", WAIT_S)
         assert bob.node.dropped_count == 1 and bob.node.is_proven(alice.did)
         assert "truncated" in bob.node.dropped_connections[-1]  # for its frame, not its hello
         assert sum(taken for taken, _ in batches.calls) == 1  # only Alice's frame was decided
