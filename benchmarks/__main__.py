@@ -35,6 +35,7 @@ SUITES: dict[str, str] = {
     "attack": "benchmarks.bench_attack",
     "recover": "benchmarks.bench_recover",
     "messages": "benchmarks.bench_messages",
+    "quic_link": "benchmarks.bench_quic_link",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")
