@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from l2_session.domain.session.config import DEFAULT_CONFIG
+
 from benchmarks.common import PACKAGE_DIR, WORK_DIR, figure, scratch_dir
 
 LIBP2P = "libp2p==0.8.1"
@@ -50,7 +52,8 @@ LIBP2P_VENV = WORK_DIR / "libp2p-0.8.1-venv"
 REPO_DIR = PACKAGE_DIR.parent
 CONTENDERS = ("ours-normal", "ours-full", "libp2p")
 ECHO_BYTES, BULK_BYTES = 64, 1024
-WINDOW = 16  # messages a session keeps unacknowledged (ours: SessionConfig.send_window)
+# Messages a session keeps unacknowledged (ours): the default SessionConfig.send_window.
+WINDOW = DEFAULT_CONFIG.send_window
 # rounds, connects per run, echoes per run, bulk messages per run; by --quick
 SIZES = {False: (5, 50, 200, 1024), True: (1, 10, 50, 256)}
 RUN_TIMEOUT_S = 900.0  # a run that takes longer is killed and reported as failed
