@@ -376,8 +376,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
 
     def send_room(self, session_id: UUID) -> int:
         """How many more messages ``session_id`` takes before ``WindowFull``."""
-        session = self.session(session_id)
-        return max(0, session.config.send_window - len(session.outbox))
+        return self.session(session_id).send_room
 
     def cleanup(self, session_id: UUID, now_us: int) -> list[Output]:
         self._begin(now_us)

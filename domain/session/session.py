@@ -120,7 +120,7 @@ class Session(SessionCore):
         """Queue a message for the peer; returns its sequence number."""
         if len(payload) > self.config.max_message_size:
             raise MessageTooLarge(len(payload), self.config.max_message_size)
-        if len(self.outbox) >= self.config.send_window:
+        if not self.send_room:
             raise WindowFull(len(self.outbox), self.config.send_window)
         target = self._decide(Trigger.SUBMIT_MESSAGE, now_us)
         seq = self.next_seq
@@ -211,6 +211,11 @@ class Session(SessionCore):
         self._counters_reserved(
             key_id=key_id, until=until, **self._step(Trigger.RESERVE_COUNTERS, now_us, target)
         )
+
+    @property
+    def send_room(self) -> int:
+        """How many more messages ``submit_message`` takes before ``WindowFull``."""
+        return max(0, self.config.send_window - len(self.outbox))
 
     @property
     def accepts_traffic(self) -> bool:
