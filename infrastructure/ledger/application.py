@@ -156,8 +156,9 @@ class SessionLedger(Application[UUID]):
     Without ``identity`` the ledger is read-only (for auditors); without ``storage_key``, secret
     fields cannot be written and read back as ``SealedValue`` placeholders.
 
-    Snapshots (with a storage key and a ``snapshot_interval``): at every multiple of the
-    interval, and at every event ``snapshot_when(event)`` accepts — by default the events
+    Snapshots (with a storage key and a ``snapshot_interval``): by every save that reaches or
+    crosses a multiple of the interval (of the session as that save left it), and by every
+    save with an event ``snapshot_when(event)`` accepts — by default the events
     that take a session into a state ``resume`` starts from (``suspended``, ``failed``), so a
     session restored to be resumed replays (nearly) nothing, whatever the interval. Pass
     ``snapshot_when=None`` for interval snapshots only; ``snapshot_interval=None`` turns all
@@ -335,18 +336,22 @@ class SessionLedger(Application[UUID]):
         self.ledger_recorder.close()
         super().close()
 
-    # -- snapshots: every `snapshot_interval` versions, and where `snapshot_when` says ------
+    # -- snapshots: where a save crosses a multiple of `snapshot_interval`, and where ------
+    # -- `snapshot_when` says; of the session as this save left it -----------------------
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
         interval = self.snapshot_interval
         if not interval or self.snapshots is None or self.identity is None:
             return
         when = self.snapshot_when
+        due: dict[UUID, int] = {}  # session -> the newest version of this save that is due
         for event in processing_event.events:
             version = event.originator_version
             if version % interval and not (when is not None and when(event)):
                 continue
+            due[event.originator_id] = version
+        for session, version in due.items():
             try:
-                self._take_snapshot(processing_event, event.originator_id, version)
+                self._take_snapshot(processing_event, session, version)
             except Exception:
                 # The events are committed: a snapshot is a cache, and failing to write one
                 # must not report a committed save as failed (its caller would retry or give
@@ -354,16 +359,22 @@ class SessionLedger(Application[UUID]):
                 self.snapshot_failures += 1
                 log.warning(
                     "snapshot of session %s at version %s not written (the save is committed; "
-                    "replay starts from an older snapshot)", event.originator_id, version,
+                    "replay starts from an older snapshot)", session, version,
                     exc_info=True,
                 )  # fmt: skip
 
     def _take_snapshot(
         self, processing_event: ProcessingEvent[UUID], session: UUID, version: int
     ) -> None:
+        """A snapshot of ``session`` at or after the due ``version``. A saved aggregate is
+        snapshotted as it is in memory, at the version this save left it: every event up to
+        that version has just committed, and a snapshot is a cache that replay may start from
+        at any version (a save of many events that crosses the interval snapshots once, at
+        its end, instead of replaying the ledger up to each multiple). Events saved without
+        their aggregate are snapshotted at ``version`` from the ledger."""
         assert self.snapshots is not None
         aggregate = processing_event.aggregates.get(session)
-        if aggregate is not None and aggregate.version == version:
+        if aggregate is not None and aggregate.version >= version:
             snapshot_class: Any = getattr(type(aggregate), "Snapshot")  # noqa: B009
             self.snapshots.put([snapshot_class.take(aggregate)])
         else:

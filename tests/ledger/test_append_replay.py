@@ -69,14 +69,44 @@ def test_replay_from_snapshot_equals_replay_from_start(ledger_factory, clock):
         )
 
 
+def test_a_save_across_the_interval_snapshots_once_as_it_left_the_session(
+    ledger_factory, clock
+):
+    """A save of many events that reaches or crosses multiples of the interval takes one
+    snapshot, of the aggregate in memory at the version saved, without reading the ledger
+    back; replay from it equals replay from the start, at every version."""
+    ledger = ledger_factory(snapshot_interval=5)
+    conversation = Conversation(peer="p")
+    for i in range(11):
+        conversation.note(text=f"n{i}")
+    reads = []
+    get = ledger.repository.get
+    ledger.repository.get = lambda *a, **k: reads.append(a) or get(*a, **k)  # type: ignore[method-assign]
+    ledger.save(conversation)  # versions 1..12: crosses 5 and 10
+    ledger.repository.get = get  # type: ignore[method-assign]
+    assert reads == []
+    assert ledger.snapshots is not None
+    versions = [s.originator_version for s in ledger.snapshots.get(conversation.id)]
+    assert versions == [12]
+    conversation.note(text="one more")
+    ledger.save(conversation)  # version 13: no multiple reached, no snapshot
+    assert [s.originator_version for s in ledger.snapshots.get(conversation.id)] == [12]
+    no_snapshots = ledger_factory(snapshot_interval=None)
+    for version in (None, 11, 12, 13):
+        assert state_of(ledger.repository.get(conversation.id, version=version)) == state_of(
+            no_snapshots.repository.get(conversation.id, version=version)
+        )
+
+
 def test_a_tampered_snapshot_is_ignored_and_replay_stays_right(
     ledger_factory, clock, ledger_location
 ):
     ledger = ledger_factory(snapshot_interval=5)
     conversation = Conversation(peer="p")
+    ledger.save(conversation)
     for i in range(12):
         conversation.note(text=f"n{i}")
-    ledger.save(conversation)
+        ledger.save(conversation)  # snapshots at versions 5 and 10
     db = open_raw(ledger_location)
     db.execute("UPDATE ledger_snapshots SET head_hash = ? WHERE version = 10", (b"\x00" * 32,))
     db.commit()
@@ -93,9 +123,10 @@ def test_replay_reads_past_many_untrusted_snapshots_to_a_trusted_one(
     forged, replay keeps reading until it finds one that checks out."""
     ledger = ledger_factory(snapshot_interval=2)
     conversation = Conversation(peer="p")
+    ledger.save(conversation)
     for i in range(29):
         conversation.note(text=f"n{i}")
-    ledger.save(conversation)  # versions 1..30: snapshots at 2, 4, ..., 30
+        ledger.save(conversation)  # versions 1..30: snapshots at 2, 4, ..., 30
     db = open_raw(ledger_location)
     db.execute("UPDATE ledger_snapshots SET head_hash = ? WHERE version > 16", (b"\x00" * 32,))
     db.commit()
