@@ -69,9 +69,7 @@ def test_replay_from_snapshot_equals_replay_from_start(ledger_factory, clock):
         )
 
 
-def test_a_save_across_the_interval_snapshots_once_as_it_left_the_session(
-    ledger_factory, clock
-):
+def test_a_save_across_the_interval_snapshots_once_as_it_left_the_session(ledger_factory, clock):
     """A save of many events that reaches or crosses multiples of the interval takes one
     snapshot, of the aggregate in memory at the version saved, without reading the ledger
     back; replay from it equals replay from the start, at every version."""
