@@ -12,14 +12,15 @@ What each process counts per phase, from the node's outputs (``TcpNode.outputs``
 longest a 1 ms ``asyncio.sleep`` overslept: the longest the event loop was held).
 
 The server is the application a message reaches (``TcpNode.messages``): in phase ``echo`` it
-sends every message delivered to it back on the same session; in phase ``bulk`` it notes when
-the last one was delivered. In phase ``connect`` it notes when each new session became
-established (its save returned).
+sends every message delivered to it back on the same session; in phase ``answer`` its node's
+``answer`` (decision 23) sends it back, in the save that records the delivery, without the
+application's loop; in phase ``bulk`` it notes when the last one was delivered. In phase
+``connect`` it notes when each new session became established (its save returned).
 
-The client sends through ``TcpNode.send``: one at a time in ``echo``; in ``bulk`` with twice
-the suite's ``window`` of sends under way, each a task the node holds until the session's
-window (``SessionConfig.send_window``, the suite's ``window``) has room for it — the
-backpressure a send call applies.
+The client sends through ``TcpNode.send``: one at a time in ``echo`` and ``answer``; in
+``bulk`` with twice the suite's ``window`` of sends under way, each a task the node holds
+until the session's window (``SessionConfig.send_window``, the suite's ``window``) has room
+for it — the backpressure a send call applies.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ class Peer:
     def bundle(self) -> bytes:
         return bytes(self.exchange.engine.responder.bundle.encode())
 
-    def node(self) -> TcpNode:
-        node = TcpNode(self.manager, self.now_us)
+    def node(self, answer: Any = None) -> TcpNode:
+        node = TcpNode(self.manager, self.now_us, answer=answer)
         self.exchange.source_of = node.address_of  # the engine keys its gate by address
         self.nodes.append(node)
         node.start_timers()
@@ -144,7 +145,14 @@ async def serve(config: dict[str, Any]) -> None:
         return done
 
     peer.ledger.save = noting  # type: ignore[method-assign]
-    node = peer.node()
+
+    def answer(session_id: Any, payload: bytes) -> bytes | None:
+        # On the node's worker, before the delivery is saved (decision 23): in phase
+        # ``answer`` the echo rides with the delivery's save; otherwise the message goes to
+        # the application below, as without an answer.
+        return payload if mode == "answer" else None
+
+    node = peer.node(answer)
     server = await node.serve()
     mode, bulk_done = "connect", None
     prober = asyncio.ensure_future(peer.stalls.probe())
@@ -232,6 +240,17 @@ async def client(config: dict[str, Any]) -> None:
     await node.until(acknowledged, WAIT_S)
     await asyncio.sleep(0.05)  # the server's last acknowledgements arrive in this phase
     result["phases"]["echo"] = peer.take()
+
+    await phase("answer")  # the same echo, answered by the server node's ``answer``
+    result["answer_s"] = []
+    for _ in range(config["echoes"]):
+        start = time.monotonic()
+        await node.send(sid, message)
+        await asyncio.wait_for(node.receive(), WAIT_S)
+        result["answer_s"].append(time.monotonic() - start)
+    await node.until(acknowledged, WAIT_S)
+    await asyncio.sleep(0.05)
+    result["phases"]["answer"] = peer.take()
 
     await phase("bulk")
     message = b"b" * config["bulk_bytes"]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Deliver, Frame, Output, Send
 from l2_session.infrastructure.clock import ManualClock
 
@@ -159,6 +159,9 @@ class Simulation:
         self.transport = transport
         self.nodes: dict[str, SessionManager] = {}
         self.delivered: dict[str, list[Deliver]] = {}
+        # A node's ``answer`` (decision 23): its frames are decided by ``receive_each`` with
+        # it, so that each answer rides in the save of the delivery it answers.
+        self.answers: dict[str, Answer] = {}
         self.failures_lost = failures_lost
         self.failures = 0
 
@@ -180,7 +183,7 @@ class Simulation:
             now, failures = self.clock.wall_us(), self.failures
             for src, dst, frame in self.transport.due():
                 if dst in self.nodes:
-                    self.perform(dst, self._call(self.nodes[dst].receive, src, frame, now))
+                    self.perform(dst, self._call(self._receive, dst, src, frame, now))
             for did, manager in list(self.nodes.items()):
                 self.perform(did, self._call(manager.tick, now))
             candidates = [self.transport.next_delivery_us()]
@@ -194,6 +197,13 @@ class Simulation:
             if step_to <= now:
                 return
             self.clock.advance((step_to - now) / 1_000_000)
+
+    def _receive(self, dst: str, src: str, frame: Frame, now: int) -> list[Output]:
+        answer = self.answers.get(dst)
+        if answer is None:
+            return self.nodes[dst].receive(src, frame, now)
+        (outputs,) = self.nodes[dst].receive_each([(src, frame)], now, answer=answer)
+        return outputs
 
     def _call(self, entry: Callable[..., list[Output]], *args: Any) -> list[Output]:
         try:

@@ -46,7 +46,15 @@ The application (all on the loop, none blocking it):
   queued in the order their sends were called. A send cancelled while it waits is not
   queued; once the worker has taken it, it is queued or refused whole, never half-saved;
 - ``await receive()`` / ``async for message in messages()``: the messages delivered, in
-  order (also appended to ``delivered``);
+  order (also appended to ``delivered``), but for those the node's ``answer`` answered;
+- ``TcpNode(..., answer=fn)``, for a node that answers requests (decision 23): ``fn(session_id,
+  payload)`` is called on the worker thread with every message delivered, before the
+  delivery is saved, and the payload it returns (None: no answer) is queued on the same
+  session in that save — the delivery and its answer commit together, and the answer leaves
+  with the batch, without a turn through the loop. ``fn`` must be quick and must not touch
+  the node or the loop (it runs on the worker); it may see a message again if the node dies
+  before the save (its answer is sent once). A message it answers does not reach
+  ``receive``; one it returns None for does, as any other;
 - ``await command(fn)`` / ``query(fn)`` / ``until(condition)``: any other manager call or
   read, run on the worker between batches.
 
@@ -78,7 +86,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from l2_session.domain.manager.channel import RESERVATION_BLOCK
-from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Deliver, Output
 from l2_session.domain.session.errors import WindowFull
 from l2_session.domain.session.session import TCP
@@ -126,6 +134,7 @@ class TcpNode:
         frame_timeout_s: float = FRAME_TIMEOUT_S,
         max_partial_bytes: int = MAX_PARTIAL_BYTES,
         read_limit_bytes: int = READ_LIMIT_BYTES,
+        answer: Answer | None = None,
     ) -> None:
         for name, count, least in (
             ("max_connections", max_connections, 1),
@@ -148,7 +157,10 @@ class TcpNode:
             manager.session_for, identity_key_of, manager.local_did,
             manager.ledger.save, block=reservation_block,
         )  # fmt: skip
-        self.worker = NodeWorker(manager, now_us, self.sealed, self._post, self._post_report)
+        self.answer = answer
+        self.worker = NodeWorker(
+            manager, now_us, self.sealed, self._post, self._post_report, answer=answer
+        )
         self.connections = Connections(
             manager.local_did, identity_key_of,
             up=lambda link: self._link_event(link, True),
@@ -311,8 +323,9 @@ class TcpNode:
             for link, data_list in chunks.items():
                 connections.write(link, data_list)
         for message in outcome.delivered:
-            self.delivered.append(message)
-            self._received.put_nowait(message)
+            if not message.answered:  # the node's answer had it, and answered it
+                self.delivered.append(message)
+                self._received.put_nowait(message)
         held_back: dict[UUID, list[Message]] = {}
         for decided in outcome.decided:
             if isinstance(decided, Message) and isinstance(decided.error, WindowFull):

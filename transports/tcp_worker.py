@@ -9,7 +9,8 @@ stages, each with at most one save where the manager allows it:
 
 1. connections up (``reconnected``: the sessions a restart left waiting resume) and down;
 2. commands (``TcpNode.command`` / ``query``), one by one, each as the caller wrote it;
-3. frames: one ``receive_each`` (one save) for all of them, each decided in the order read;
+3. frames: one ``receive_each`` (one save) for all of them, each decided in the order read
+   (with the node's ``answer``, if it has one: the answers ride in that save);
 4. sends: one ``submit_many`` (one save) for all of them;
 5. the tick, if the timers asked for one (one save, the manager's).
 
@@ -52,7 +53,7 @@ from dataclasses import dataclass
 from functools import partial
 from uuid import UUID
 
-from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Frame, Output, Send
 from l2_session.domain.session.errors import SessionError
 from l2_session.transports.frames import FrameError, decode, encode
@@ -85,8 +86,10 @@ class NodeWorker:
         sealed: SealedFrames,
         post: Callable[[Outcome], None],
         finished: Callable[[Report], None],
+        answer: Answer | None = None,
     ) -> None:
         self.manager, self.now_us, self.sealed = manager, now_us, sealed
+        self.answer = answer
         self._post_outcome, self._finished = post, finished
         self.failed_ticks = 0
         self.failed_frames = 0
@@ -223,7 +226,9 @@ class NodeWorker:
         batch, as a network would, and the node reads on."""
         proofs: list[_Proof] = []
         try:
-            groups = self.manager.receive_each(self._frames(batch, proofs), self.now_us())
+            groups = self.manager.receive_each(
+                self._frames(batch, proofs), self.now_us(), answer=self.answer
+            )
         except Exception:
             self.failed_frames += len(proofs)
             log.exception("%d frame(s) could not be handled", len(proofs))

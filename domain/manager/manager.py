@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, NamedTuple
 from uuid import UUID, uuid5
 
@@ -51,6 +52,7 @@ from l2_session.domain.session.commands import (
     CloseAck,
     Data,
     DataAck,
+    Deliver,
     Frame,
     HandshakeAck,
     HandshakeRequest,
@@ -107,6 +109,11 @@ class _AckPoint:
         self.session, self.now_us = session, now_us
 
 
+# ``receive_each``'s ``answer``: a message delivered (session id, payload) -> the answer to
+# queue on that session in the same save, or None.
+Answer = Callable[[UUID, bytes], "bytes | None"]
+
+
 class _Batch:
     """What the commands of one ``receive_many`` / ``establish_many`` recorded, saved at once."""
 
@@ -116,6 +123,8 @@ class _Batch:
         self.claimed: dict[UUID, int] = {}  # per session: pending events already claimed
         self.arm: set[UUID] = set()
         self.ack_points: dict[UUID, _AckPoint] = {}  # per session: the last one
+        self.answer: Answer | None = None  # receive_each's: answers ride with deliveries
+        self.answered: set[tuple[UUID, int]] = set()  # (session, seq) the answer took
 
     def forget(self, session_id: UUID) -> None:
         """A session the batch must not save after all (decision 18)."""
@@ -200,6 +209,8 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         self._last_handshake_frame: dict[UUID, Frame] = {}
         self.dropped_frames = 0
         self.failed_frames = 0  # frames of a batch whose deciding raised, each dropped alone
+        self.held_for_answers = 0  # data frames left undecided: no room for their answers
+        self.failed_answers = 0  # answers that raised or could not be queued
         self._batch: _Batch | None = None  # inside receive_many / establish_many
         # Decision 16: the restart is recorded once, before anything else touches a session.
         self._recovered = False
@@ -428,9 +439,24 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         network, and the peers' retries bring them again."""
         return [o for group in self.receive_each(frames, now_us) for o in group]
 
-    def receive_each(self, frames: Iterable[tuple[str, Frame]], now_us: int) -> list[list[Output]]:
+    def receive_each(
+        self, frames: Iterable[tuple[str, Frame]], now_us: int, *, answer: Answer | None = None
+    ) -> list[list[Output]]:
         """``receive_many``, with the outputs kept per frame: the i-th list is what the i-th
         frame asks to send (a transport answers each on the connection it came in on).
+
+        ``answer`` (decision 23): called with each message the frames deliver, in order,
+        before anything is saved; a payload it returns is queued on the same session, in the
+        same save as the delivery, so that a delivery and its answer commit together — one
+        save on a request's way through, not two. Its ``Deliver`` says ``answered``; a
+        message it returns None for is the application's, as without an ``answer``. A data
+        frame whose messages the session has no send room to answer is left undecided
+        (``held_for_answers``): the peer sends it again. An ``answer`` that raises, or
+        returns what cannot be queued (too large), is logged and counted
+        (``failed_answers``); the message stays delivered, unanswered, for the application.
+        Should the save fail (or the node die before it), neither the delivery nor the
+        answer happened, and the message comes again: ``answer`` may see a message more than
+        once, and its answer is sent once.
 
         ``frames`` is consumed one at a time, in order: each frame is decided before the next
         is taken from it, so a generator may note, between two frames, what the previous one
@@ -459,7 +485,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             return out
 
         self._begin(now_us)
-        return self._in_one_save(each)
+        return self._in_one_save(each, answer)
 
     def _reload_with_batch(self, peer_did: str, frame: Frame) -> None:
         """What a failing frame recorded goes back to the ledger's state with the batch's."""
@@ -480,13 +506,14 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         )
 
     def _in_one_save(
-        self, commands: Callable[[], list[list[Output | _AfterSave]]]
+        self, commands: Callable[[], list[list[Output | _AfterSave]]], answer: Answer | None = None
     ) -> list[list[Output]]:
         """Run ``commands`` (each command's planned outputs, a list per command), save what
         they recorded in one ``save``, then derive each command's outputs."""
         if self._batch is not None:
             raise RuntimeError("receive_many / establish_many cannot nest")
         batch = self._batch = _Batch()
+        batch.answer = answer
         try:
             planned = commands()
             objects = [*batch.sessions.values(), *batch.peers.values()]
@@ -515,6 +542,13 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             except SessionError as error:  # as receive would: this frame's outputs only
                 self.dropped_frames += 1
                 log.debug("nothing sent for session %s: %s", item.session.id, error)
+        if batch.answered:
+            out = [
+                replace(o, answered=True)
+                if isinstance(o, Deliver) and (o.session_id, o.seq) in batch.answered
+                else o
+                for o in out
+            ]
         return self._answer_acks(out, batch)
 
     def _receive(self, peer_did: str, frame: Frame, now_us: int) -> list[Any]:
@@ -633,13 +667,39 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
     def _on_data(self, s: Session, frame: Data, now_us: int) -> list[Any]:
         """A message: delivered in order (with any held after it) once saved, or held ahead
         of a gap, or a duplicate; the acknowledgement is decided after the save."""
+        answer = None if self._batch is None else self._batch.answer
+        if answer is not None and self._transmit.deliverable(s, frame.seq) > s.send_room:
+            self.held_for_answers += 1  # no room for the answers: it comes again
+            return []
+        recorded = len(s.pending_events)
         delivered = self._transmit.received(s, frame.seq, frame.payload, now_us)
         point = _AckPoint(s, now_us)
         if self._batch is not None:
             self._batch.ack_points[s.id] = point
         if not delivered:
             return [point]  # nothing recorded: nothing to save
+        if answer is not None:
+            assert self._batch is not None
+            for event in s.pending_events[recorded:]:
+                if isinstance(event, Session.MessageDelivered) and self._answer(
+                    s, event.payload, answer, now_us
+                ):
+                    self._batch.answered.add((s.id, event.seq))
         return [*self._commit(s), point]  # Deliver outputs come from MessageDelivered
+
+    def _answer(self, s: Session, payload: bytes, answer: Answer, now_us: int) -> bool:
+        """Queue ``answer``'s reply to a message just delivered on ``s`` (unsaved yet);
+        whether it answered (None: the message is the application's, as any other)."""
+        try:
+            reply = answer(s.id, payload)
+            if reply is None:
+                return False
+            s.submit_message(now_us, bytes(reply))
+        except Exception:  # the application's: the delivery stands, unanswered
+            self.failed_answers += 1
+            log.exception("no answer queued to a message on session %s", s.id)
+            return False
+        return True
 
     def _peer_succeeded(self, s: Session, now_us: int) -> Peer:
         peer = self.peer(s.peer_did)

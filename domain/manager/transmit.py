@@ -259,6 +259,16 @@ class Transmission:
         self.new_since_ack += delivered
         return True
 
+    def deliverable(self, s: Session, seq: int) -> int:
+        """How many messages a frame with ``seq`` would deliver now: it and those held after
+        it, if it is the next one; none otherwise."""
+        if seq != s.next_expected_seq:
+            return 0
+        count = 1
+        while seq + count in self.held:
+            count += 1
+        return count
+
     def ack_due(self) -> bool:
         return self.ack_now or self.new_since_ack >= ACK_EVERY
 
@@ -376,6 +386,13 @@ class Transmissions:
             return t.received(s, seq, payload, now_us)
         finally:
             self._settle(s, t, now_us)
+
+    def deliverable(self, s: Session, seq: int) -> int:
+        """See ``Transmission.deliverable``."""
+        t = self._states.get(s.id)
+        if t is None:
+            return 1 if seq == s.next_expected_seq else 0
+        return t.deliverable(s, seq)
 
     def ack_after_save(self, s: Session, now_us: int) -> list[DataAck]:
         """What a batch's last data frame for ``s`` answers, once the batch is saved: an

@@ -138,11 +138,14 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """Hand a message to the application: exactly once, in order."""
+    """Hand a message to the application: exactly once, in order. ``answered``: the
+    ``answer`` of ``SessionManager.receive_each`` took it and queued its answer (decision 23);
+    the application has seen it already."""
 
     session_id: UUID
     seq: int
     payload: bytes
+    answered: bool = False
 
 
 Output = Send | Deliver

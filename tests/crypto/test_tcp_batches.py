@@ -43,7 +43,7 @@ class Batches:
             saves[0] += 1
             return save(*objs, **kwargs)
 
-        def spy(frames: Iterable[tuple[str, Frame]], now_us: int) -> Any:
+        def spy(frames: Iterable[tuple[str, Frame]], now_us: int, **options: Any) -> Any:
             taken, before = [0], saves[0]
 
             def counted() -> Iterator[tuple[str, Frame]]:
@@ -52,7 +52,7 @@ class Batches:
                     yield item
 
             try:
-                return receive_each(counted(), now_us)
+                return receive_each(counted(), now_us, **options)
             finally:
                 self.calls.append((taken[0], saves[0] - before))
 

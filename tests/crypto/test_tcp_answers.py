@@ -1,0 +1,94 @@
+"""A TcpNode made with ``answer`` (decision 23) answers requests on its worker, in the save
+that records each delivery: the answer and the delivery share one transaction of the ledger,
+the answer leaves with the batch, and the application's ``receive`` gets only what the answer
+left to it. Real keys, signed SQLite ledgers, loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from uuid import UUID
+
+from l2_session.domain.session.commands import Deliver
+from l2_session.infrastructure.ledger.schema import EVENTS_TABLE
+from l2_session.infrastructure.resolver import DidKeyResolver
+from tcp_support import WAIT_S, Relay, VirtualTime, established, make_side
+
+
+def transactions(path: Path, session_id: UUID) -> list[list[str]]:
+    """The kinds of ``session_id``'s events in the ledger, grouped by the commit that wrote
+    them (a commit stamps every row it writes with one timestamp)."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            f"SELECT topic, timestamp FROM {EVENTS_TABLE} WHERE session_id = ? ORDER BY position",
+            (session_id.hex,),
+        ).fetchall()
+    groups: list[list[str]] = []
+    last = None
+    for topic, stamp in rows:
+        if stamp != last:
+            groups.append([])
+            last = stamp
+        groups[-1].append(topic.rsplit(".", 1)[-1])
+    return groups
+
+
+def test_a_node_answers_on_its_worker_in_the_deliverys_save(tmp_path: Path) -> None:
+    asyncio.run(_answers(tmp_path))
+
+
+async def _answers(tmp_path: Path) -> None:
+    clock, directory = VirtualTime(), DidKeyResolver()
+    threads: set[str] = set()
+
+    def answer(session_id: UUID, payload: bytes) -> bytes | None:
+        threads.add(threading.current_thread().name)
+        return b"re:" + payload if payload.startswith(b"q") else None
+
+    alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+    bob = make_side(
+        tmp_path, "bob", directory, clock, durability="normal", node_options={"answer": answer}
+    )
+    server = await bob.node.serve()
+    relay = Relay(server.sockets[0].getsockname()[1])
+    try:
+        await alice.node.connect(bob.did, "127.0.0.1", await relay.start())
+        sid = await alice.node.establish(bob.did)
+        await established(alice, sid)
+        conversation = alice.session(sid).conversation
+        await established(bob, conversation)
+        requests = [b"q%d" % n for n in range(20)]
+        for payload in requests[:10]:  # one at a time
+            await alice.node.send(sid, payload)
+            got = await asyncio.wait_for(alice.node.receive(), WAIT_S)
+            assert got.payload == b"re:" + payload
+        await asyncio.gather(*(alice.node.send(sid, p) for p in requests[10:]))  # together
+        await alice.node.send(sid, b"a note")
+        answers = [await asyncio.wait_for(alice.node.receive(), WAIT_S) for _ in range(10)]
+        assert [a.payload for a in answers] == [b"re:" + p for p in requests[10:]]
+        # Bob's application gets only what the answer left to it.
+        note = await asyncio.wait_for(bob.node.receive(), WAIT_S)
+        bob_sid = bob.session(conversation).id
+        assert note == Deliver(bob_sid, 21, b"a note", answered=False)
+        assert bob.node._received.empty()
+        assert [d.payload for d in bob.node.delivered] == [b"a note"]
+        assert threads == {"l2-session-node"}
+        # Every answer is in the transaction of the delivery it answers.
+        groups = transactions(tmp_path / "bob.sqlite3", bob_sid)
+        with_messages = [g for g in groups if {"MessageDelivered", "MessageQueued"} & set(g)]
+        answered = [g for g in with_messages if "MessageQueued" in g]
+        assert sum(g.count("MessageQueued") for g in answered) == len(requests)
+        for group in answered:
+            # each answer follows its request in the same commit: as many of each
+            deliveries = [k for k in group if k == "MessageDelivered"]
+            assert len(deliveries) >= group.count("MessageQueued") > 0
+        assert sum(g.count("MessageDelivered") for g in with_messages) == len(requests) + 1
+    finally:
+        await alice.node.close()
+        await relay.close()
+        server.close()
+        await bob.node.close()
+        alice.ledger.close()
+        bob.ledger.close()
