@@ -46,7 +46,8 @@ The application (all on the loop, none blocking it):
   queued in the order their sends were called. A send cancelled while it waits is not
   queued; once the worker has taken it, it is queued or refused whole, never half-saved;
 - ``await receive()`` / ``async for message in messages()``: the messages delivered, in
-  order (also appended to ``delivered``), but for those the node's ``answer`` answered;
+  order (the latest 1,024 also in ``delivered``), but for those the node's ``answer``
+  answered;
 - ``TcpNode(..., answer=fn)``, for a node that answers requests (decision 23): ``fn(session_id,
   payload)`` is called on the worker thread with every message delivered, before the
   delivery is saved, and the payload it returns (None: no answer) is queued on the same
@@ -110,6 +111,7 @@ __all__ = ["Link", "NodeClosed", "TcpNode"]
 
 TIMER_IDLE_S = 0.05  # the timer task asks for a tick at least this often
 MAX_BATCH = 256  # frames (and sends) decided in one save; readers wait beyond it
+DELIVERED_KEPT = 1024  # ``TcpNode.delivered`` holds the latest this many messages
 CLOSE_WAIT_S = 5.0  # close(end_sessions=True) waits this long at most for the peers' answers
 
 T = TypeVar("T")
@@ -170,7 +172,9 @@ class TcpNode:
             frame_timeout_s=frame_timeout_s, max_partial_bytes=max_partial_bytes,
             read_limit_bytes=read_limit_bytes,
         )  # fmt: skip
-        self.delivered: list[Deliver] = []
+        # The latest messages delivered, for a look at what arrived (tests, a REPL); the
+        # application reads them through ``receive``. Bounded: a node runs for months.
+        self.delivered: deque[Deliver] = deque(maxlen=DELIVERED_KEPT)
         self._received: asyncio.Queue[Deliver] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress = asyncio.Event()

@@ -9,11 +9,13 @@ import asyncio
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from l2_session.domain.session.commands import Deliver
 from l2_session.infrastructure.ledger.schema import EVENTS_TABLE
 from l2_session.infrastructure.resolver import DidKeyResolver
+from l2_session.transports import tcp
 from tcp_support import WAIT_S, Relay, VirtualTime, established, make_side
 
 
@@ -88,6 +90,35 @@ async def _answers(tmp_path: Path) -> None:
     finally:
         await alice.node.close()
         await relay.close()
+        server.close()
+        await bob.node.close()
+        alice.ledger.close()
+        bob.ledger.close()
+
+
+def test_delivered_keeps_only_the_latest_messages(tmp_path: Path, monkeypatch: Any) -> None:
+    """``TcpNode.delivered`` is a look at the latest messages, bounded; ``receive`` has all."""
+    monkeypatch.setattr(tcp, "DELIVERED_KEPT", 4)
+    asyncio.run(_kept(tmp_path))
+
+
+async def _kept(tmp_path: Path) -> None:
+    clock, directory = VirtualTime(), DidKeyResolver()
+    alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+    bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
+    server = await bob.node.serve()
+    try:
+        await alice.node.connect(bob.did, "127.0.0.1", server.sockets[0].getsockname()[1])
+        sid = await alice.node.establish(bob.did)
+        await established(alice, sid)
+        sent = [b"m%d" % n for n in range(10)]
+        for payload in sent:
+            await alice.node.send(sid, payload)
+        got = [(await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload for _ in sent]
+        assert got == sent
+        assert [d.payload for d in bob.node.delivered] == sent[-4:]
+    finally:
+        await alice.node.close()
         server.close()
         await bob.node.close()
         alice.ledger.close()
