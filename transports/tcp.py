@@ -1,4 +1,9 @@
-"""A session manager over TCP with asyncio: the thin adapter around the sans-I/O core.
+"""A session manager over TCP and QUIC with asyncio: the thin adapter around the sans-I/O core.
+
+A node serves and dials both (``serve`` / ``connect`` over TCP, ``serve_quic`` /
+``connect_quic`` over QUIC links, quic.py); everything below the connection is the same for
+either — a connection's way out is its pipe (pipes.py) — and the rest of this docstring says
+"connection" for both.
 
 Bytes from a connection become frames (frames.py) for the manager; its ``Send`` outputs are
 written to a connection of their peer; its deadlines are served by one timer task asking for
@@ -93,6 +98,7 @@ from l2_session.domain.session.errors import WindowFull
 from l2_session.domain.session.session import TCP
 from l2_session.infrastructure.identity import public_bytes_from_did_key
 from l2_session.transports.frames import MAX_FRAME
+from l2_session.transports.quic import QuicEndpoint, QuicSettings
 from l2_session.transports.sealed import SealedFrames
 from l2_session.transports.tcp_bounds import Occupancy
 from l2_session.transports.tcp_handoff import Batch, Command, Link, Message, Outcome, Report
@@ -175,6 +181,7 @@ class TcpNode:
         # The latest messages delivered, for a look at what arrived (tests, a REPL); the
         # application reads them through ``receive``. Bounded: a node runs for months.
         self.delivered: deque[Deliver] = deque(maxlen=DELIVERED_KEPT)
+        self.quic: QuicEndpoint | None = None  # made by the first serve_quic / connect_quic
         self._received: asyncio.Queue[Deliver] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress = asyncio.Event()
@@ -210,6 +217,39 @@ class TcpNode:
         for that peer resume over the connection (decision 16)."""
         self._start()
         await self.connections.dial(peer_did, host, port)
+
+    async def serve_quic(
+        self, host: str = "127.0.0.1", port: int = 0, settings: QuicSettings | None = None
+    ) -> tuple[str, int]:
+        """Listen for QUIC links (quic.py) on UDP ``host``:``port`` — STUN is answered on the
+        same port — and take each as a connection; the address listened on. A node serves
+        TCP and QUIC alike: sessions, routing and batches do not depend on which carries
+        them (a session records ``quic`` or ``tcp``: decision 20)."""
+        self._start()
+        endpoint = self._quic(settings)
+        address = await endpoint.listen(host, port)
+        self._spawn(self._accept_quic(endpoint))
+        return address
+
+    async def connect_quic(self, peer_did: str, host: str, port: int) -> None:
+        """``connect`` over QUIC: a link to ``peer_did`` at ``host``:``port`` (an IP
+        address), once its handshake completed; ``ConnectionError`` if it did not. A second
+        dial to an address uses the session ticket of the first (0-RTT)."""
+        self._start()
+        endpoint = self._quic(None)
+        quic = await endpoint.connect(host, port, hello=self.manager.local_did.encode())
+        self.connections.dialled_quic(quic, peer_did)
+
+    def _quic(self, settings: QuicSettings | None) -> QuicEndpoint:
+        if self.quic is None:
+            self.quic = QuicEndpoint(settings or QuicSettings())
+        elif settings is not None and settings != self.quic.settings:
+            raise ValueError("the node's QUIC endpoint is already made, with other settings")
+        return self.quic
+
+    async def _accept_quic(self, endpoint: QuicEndpoint) -> None:
+        while True:
+            self.connections.accept_quic(await endpoint.accept())
 
     def _link_event(self, link: Link, up: bool) -> None:
         """A connection with ``link.did`` is up (the worker routes to it, and resumes over it
@@ -386,6 +426,8 @@ class TcpNode:
         first events are saved and its handshake request handed to the connection."""
 
         def establish() -> UUID:
+            # The session records the transport it opens on (decision 20).
+            self.manager.transport = self.worker.transport_to(peer_did) or TCP
             session_id, outputs = self.manager.establish(peer_did, self.now_us())
             self.perform(outputs)
             return session_id
@@ -555,6 +597,8 @@ class TcpNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.connections.close()
+        if self.quic is not None:
+            await self.quic.close()
         await self._idle.wait()  # the batch in hand: its saves are not cut short
         self.worker.stop()
         self.worker.forget_routes()

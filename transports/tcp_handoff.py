@@ -13,26 +13,33 @@ from typing import Any
 from uuid import UUID
 
 from l2_session.domain.session.commands import Deliver
+from l2_session.transports.pipes import Pipe
 from l2_session.transports.tcp_bounds import source_of
 
 
 @dataclass(eq=False)
 class Link:
-    """One TCP connection and the DID it is with (claimed or, once proven, proved). ``did``
-    is set before the worker hears of the link and never changes after; ``source`` is read
-    from the socket when the link is made, so the worker needs nothing of the socket."""
+    """One connection — TCP or QUIC, its ``pipe`` (pipes.py) — and the DID it is with
+    (claimed or, once proven, proved). ``did`` is set before the worker hears of the link and
+    never changes after; ``source`` is read from the socket when the link is made, so the
+    worker needs nothing of the socket."""
 
-    writer: asyncio.StreamWriter
+    pipe: Pipe
     did: str
     outgoing: bool
     source: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.source = source_of(self.writer.get_extra_info("peername"))
+        self.source = source_of(self.pipe.peername())
+
+    @property
+    def kind(self) -> str:
+        """The transport: ``tcp`` or ``quic``."""
+        return self.pipe.kind
 
     @property
     def address(self) -> str:
-        peer = self.writer.get_extra_info("peername")
+        peer = self.pipe.peername()
         return "" if peer is None else f"{peer[0]}:{peer[1]}"
 
     @property

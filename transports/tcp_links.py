@@ -31,6 +31,8 @@ from collections import deque
 from collections.abc import Callable
 
 from l2_session.transports.frames import FrameError, body_length
+from l2_session.transports.pipes import QuicPipe, TcpPipe
+from l2_session.transports.quic_link import BROKEN, QuicLink
 from l2_session.transports.tcp_bounds import NoRoom, Occupancy
 from l2_session.transports.tcp_handoff import Link
 
@@ -96,7 +98,7 @@ class Connections:
         _no_delay(writer)
         did = self.local_did.encode()
         writer.write(HELLO_LENGTH.pack(len(did)) + did)
-        link = Link(writer, peer_did, outgoing=True)
+        link = Link(TcpPipe(writer), peer_did, outgoing=True)
         self.open.add(link)
         self._up(link)
         task = asyncio.ensure_future(self._read(link, reader))
@@ -105,7 +107,7 @@ class Connections:
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _no_delay(writer)
-        link = Link(writer, "", outgoing=False)
+        link = Link(TcpPipe(writer), "", outgoing=False)
         if not self._admit(link):
             return
         # The server runs this handler as its own task; one cancelled at shutdown must end
@@ -135,7 +137,7 @@ class Connections:
             victim = self.occupancy.least_active()
             if victim is None:
                 self._dropped(f"refused: {len(self.open)} open, all proven or dialled")
-                link.writer.transport.abort()
+                link.pipe.abort()
                 return False
             self.cut(victim, f"{victim.name}: cut for a new connection, the least recently "
                              f"active unproven one of {len(self.open)}")  # fmt: skip
@@ -193,7 +195,51 @@ class Connections:
             # A stream that broke framing cannot be resynchronised: drop the connection.
             self._dropped(f"{link.did}: {error}")
         self._forget(link)
-        link.writer.close()
+        link.pipe.close()
+
+    # ------------------------------------------------------------------ QUIC links
+    def accept_quic(self, quic: QuicLink) -> None:
+        """A QUIC link a peer dialled (quic.py), its hello arrived: counted and admitted as
+        an accepted TCP connection is, then read like one."""
+        try:
+            peer_did = (quic.hello or b"").decode()
+            self._identity_key_of(peer_did)  # a DID this node cannot use: refused here
+        except (ValueError, LookupError) as error:
+            self._dropped(f"bad hello over QUIC from {quic.peer_address}: {error}")
+            quic.close(f"bad hello: {error}", BROKEN)
+            return
+        link = Link(QuicPipe(quic), peer_did, outgoing=False)
+        if self._admit(link):
+            self._attach(link, quic)
+
+    def dialled_quic(self, quic: QuicLink, peer_did: str) -> None:
+        """A QUIC link this node dialled to ``peer_did`` (at an address it was given)."""
+        link = Link(QuicPipe(quic), peer_did, outgoing=True)
+        self.open.add(link)
+        self._attach(link, quic)
+
+    def _attach(self, link: Link, quic: QuicLink) -> None:
+        self._up(link)
+        task = asyncio.ensure_future(self._read_quic(link, quic))
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+
+    async def _read_quic(self, link: Link, quic: QuicLink) -> None:
+        """A QUIC link's frames, as ``_read`` takes a TCP connection's. Its deadlines, the
+        frames it may hold and its framing are the QUIC endpoint's (quic_settings.py): a
+        frame is taken from the link only when there is room for it here, so a peer nobody
+        reads is held back by QUIC's flow control."""
+        with contextlib.suppress(asyncio.CancelledError):
+            async for body in quic:
+                while len(self.frames) >= self.max_frames:
+                    self._room.clear()
+                    await self._room.wait()
+                self.occupancy.active(link)
+                self.frames.append((link, body))
+                self._arrived()
+        # Closed: by the peer, by QUIC's deadlines, or for breaking its framing (the
+        # endpoint counts and says which: QuicEndpoint.closed).
+        self._forget(link)
 
     def _cut_for_room(self, link: Link) -> None:
         budget = self.occupancy.max_partial_bytes
@@ -209,12 +255,12 @@ class Connections:
 
     # ------------------------------------------------------------------ out
     def write(self, link: Link, data: list[bytes]) -> None:
-        if link.writer.is_closing():
+        if link.pipe.closing():
             # The peer went away and its reader has not noticed yet: lost, as on a network
             # (asyncio would log a warning for every such write).
             self.closed_sends += len(data)
         else:
-            link.writer.write(b"".join(data))
+            link.pipe.write(data)
 
     def proven(self, link: Link) -> None:
         self.occupancy.proven(link)
@@ -225,7 +271,7 @@ class Connections:
         if link in self.open:
             self._dropped(why)
             self._forget(link)
-            link.writer.close()
+            link.pipe.close()
 
     def cut(self, link: Link, why: str) -> None:
         """Close ``link`` at once, discarding what it has not sent (a peer that does not read
@@ -234,7 +280,7 @@ class Connections:
             return
         self._dropped(why)
         self._forget(link)
-        link.writer.transport.abort()
+        link.pipe.abort()
 
     def _dropped(self, why: str) -> None:
         self.dropped_connections.append(why)
@@ -255,7 +301,7 @@ class Connections:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for link in self.open:
-            link.writer.close()
+            link.pipe.close()
         self.open.clear()
 
 

@@ -219,6 +219,11 @@ class NodeWorker:
     def is_proven(self, peer_did: str) -> bool:
         return peer_did in self._proven
 
+    def transport_to(self, peer_did: str) -> str | None:
+        """The transport of the connection frames to ``peer_did`` would go on, if any."""
+        link = self._proven.get(peer_did) or self._claimed.get(peer_did)
+        return None if link is None else link.kind
+
     # ------------------------------------------------------------------ frames
     def _decide(self, batch: list[tuple[Link, bytes]]) -> None:
         """One ``receive_each`` (one save) for ``batch``, then each frame answered on its own
@@ -282,6 +287,8 @@ class NodeWorker:
             before = self.manager.session_for(frame.conversation)
             before_key = None if before is None else before.key_id
             self._reading = link
+            # A session this frame opens records the transport that carried it (decision 20).
+            self.manager.transport = link.kind
             proofs.append(proof)
             yield link.did, frame
             after = self.manager.session_for(frame.conversation)

@@ -153,9 +153,11 @@ def make_side(
     manager_options: dict[str, Any] | None = None, kem: KemCounts | None = None,
     durability: Durability = "full",
 ) -> Side:  # fmt: skip
-    """A node with real keys on its own signed SQLite ledger. ``kem`` counts the
-    decapsulations its responder makes (the KEM work a request costs it)."""
-    store = KeyStore.create(tmp_path / f"{name}.keys")
+    """A node with real keys (made, or those a side of that name made before) on its own
+    signed SQLite ledger. ``kem`` counts the decapsulations its responder makes (the KEM
+    work a request costs it)."""
+    keys = tmp_path / f"{name}.keys"
+    store = KeyStore.load(keys) if keys.exists() else KeyStore.create(keys)  # a restart: its keys
     exchange = PqxdhKeyExchange.for_node(
         store.identity.did, store.identity.private_key, directory,
         now_us=clock.now_us(), valid_for_us=DAY_US, engine_options=engine_options,

@@ -318,7 +318,7 @@ def test_sending_to_a_peer_that_closed_is_quiet_and_counted(tmp_path, caplog) ->
         alice, sid = await a.newcomer("alice")
         node = a.bob.node
         link = node.worker._proven[alice.did]
-        link.writer.transport.abort()  # the peer is gone; the reader has not noticed yet
+        link.pipe.abort()  # the peer is gone; the reader has not noticed yet
         responder = a.bob.manager.session_for(sid)
         assert responder is not None
         outputs = await node.command(  # in one batch, before the reader notices
