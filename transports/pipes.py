@@ -19,10 +19,11 @@ import asyncio
 from collections import deque
 from typing import Any, Protocol
 
+from l2_session.domain.session.session import QUIC, UTCP
 from l2_session.transports.quic_link import LinkClosed, QuicLink
 
-TCP_KIND = "tcp"
-QUIC_KIND = "quic"
+TCP_KIND = UTCP  # the node's framed TCP is the spec's μTCP (decision 24)
+QUIC_KIND = QUIC
 
 
 class Pipe(Protocol):

@@ -228,6 +228,10 @@ class QuicEndpoint:
             link.close(why, CUT)
             link.abandon(why)
             raise ConnectionError(why) from None
+        except asyncio.CancelledError:  # the caller gave up (a dial raced and lost): no leak
+            link.close("dial cancelled", CUT)
+            link.abandon("dial cancelled")
+            raise
         return link
 
     # ------------------------------------------------------------------ what links tell

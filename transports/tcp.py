@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
@@ -95,8 +96,9 @@ from l2_session.domain.manager.channel import RESERVATION_BLOCK
 from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Deliver, Output
 from l2_session.domain.session.errors import WindowFull
-from l2_session.domain.session.session import TCP
+from l2_session.domain.session.session import QUIC, UTCP
 from l2_session.infrastructure.identity import public_bytes_from_did_key
+from l2_session.transports.fallback import FallbackPolicy
 from l2_session.transports.frames import MAX_FRAME
 from l2_session.transports.quic import QuicEndpoint, QuicSettings
 from l2_session.transports.sealed import SealedFrames
@@ -114,6 +116,8 @@ from l2_session.transports.tcp_links import (
 from l2_session.transports.tcp_worker import NodeWorker
 
 __all__ = ["Link", "NodeClosed", "TcpNode"]
+
+log = logging.getLogger("l2_session.transport")
 
 TIMER_IDLE_S = 0.05  # the timer task asks for a tick at least this often
 MAX_BATCH = 256  # frames (and sends) decided in one save; readers wait beyond it
@@ -160,7 +164,7 @@ class TcpNode:
             if not seconds > 0:
                 raise ValueError(f"{name} must be > 0, got {seconds}")
         self.manager, self.now_us = manager, now_us
-        manager.transport = TCP  # sessions opened through this node record it (decision 20)
+        manager.transport = UTCP  # until a connection says which (decisions 20, 24)
         self.sealed = SealedFrames(
             manager.session_for, identity_key_of, manager.local_did,
             manager.ledger.save, block=reservation_block,
@@ -182,6 +186,8 @@ class TcpNode:
         # application reads them through ``receive``. Bounded: a node runs for months.
         self.delivered: deque[Deliver] = deque(maxlen=DELIVERED_KEPT)
         self.quic: QuicEndpoint | None = None  # made by the first serve_quic / connect_quic
+        self.fallback = FallbackPolicy()  # QUIC or μTCP, per peer (dial)
+        self._addresses: dict[str, tuple[tuple[str, int] | None, tuple[str, int] | None]] = {}
         self._received: asyncio.Queue[Deliver] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress = asyncio.Event()
@@ -224,7 +230,7 @@ class TcpNode:
         """Listen for QUIC links (quic.py) on UDP ``host``:``port`` — STUN is answered on the
         same port — and take each as a connection; the address listened on. A node serves
         TCP and QUIC alike: sessions, routing and batches do not depend on which carries
-        them (a session records ``quic`` or ``tcp``: decision 20)."""
+        them (a session records ``quic`` or ``utcp``: decisions 20, 24)."""
         self._start()
         endpoint = self._quic(settings)
         address = await endpoint.listen(host, port)
@@ -240,6 +246,65 @@ class TcpNode:
         quic = await endpoint.connect(host, port, hello=self.manager.local_did.encode())
         self.connections.dialled_quic(quic, peer_did)
 
+    async def dial(
+        self,
+        peer_did: str,
+        *,
+        quic: tuple[str, int] | None = None,
+        tcp: tuple[str, int] | None = None,
+    ) -> str:
+        """Connect to ``peer_did`` as SPEC-018 §2.3 says: QUIC at ``quic`` first, μTCP at
+        ``tcp`` beside it if QUIC has not connected within its head start, or at once if QUIC
+        to this peer failed recently (fallback.py). The first to connect carries the peer's
+        sessions; the other is closed. The transport connected (``quic`` or ``utcp``);
+        ``ConnectionError`` naming why each failed if neither did. The addresses are kept:
+        if the QUIC link dies, the peer is dialled again the same way (over μTCP at once, QUIC
+        being broken for a while), and its sessions record the fallback (decision 24)."""
+        if quic is None and tcp is None:
+            raise ValueError("dial needs a QUIC address, a TCP address, or both")
+        self._start()
+        if self._closed:
+            raise NodeClosed("the node is closed")
+        self._addresses[peer_did] = (quic, tcp)
+        loop = asyncio.get_running_loop()
+        policy, started = self.fallback, loop.time()
+        attempts: dict[str, asyncio.Task[Any]] = {}
+        if quic is not None and (tcp is None or policy.try_quic(peer_did, started)):
+            endpoint = self._quic(None)
+            hello = self.manager.local_did.encode()
+            attempts[QUIC] = asyncio.ensure_future(endpoint.connect(*quic, hello=hello))
+            if tcp is not None:
+                await asyncio.wait([attempts[QUIC]], timeout=policy.head_start(peer_did))
+        quic_won = QUIC in attempts and attempts[QUIC].done() and not _failed(attempts[QUIC])
+        if tcp is not None and not quic_won:
+            attempts[UTCP] = asyncio.ensure_future(self.connections.open_tcp(*tcp))
+        winner, errors = await _first_connected(attempts)
+        for kind, task in attempts.items():
+            if kind != winner:
+                await _discard(task)
+        if QUIC in attempts and winner != QUIC:
+            policy.quic_failed(peer_did, loop.time())
+        if winner is None:
+            why = "; ".join(f"{kind}: {error}" for kind, error in errors.items())
+            raise ConnectionError(f"no connection to {peer_did}: {why}")
+        policy.connected(peer_did, winner, loop.time() - started)
+        if self._closed:
+            await _discard(attempts[winner], connected=True)
+            raise NodeClosed("the node closed while it dialled")
+        if winner == QUIC:
+            self.connections.dialled_quic(attempts[QUIC].result(), peer_did)
+        else:
+            self.connections.dialled_tcp(peer_did, *attempts[UTCP].result())
+        return winner
+
+    async def _redial(self, peer_did: str) -> None:
+        """A dialled QUIC link to ``peer_did`` died: dial again (decision 24)."""
+        quic, tcp = self._addresses[peer_did]
+        try:
+            await self.dial(peer_did, quic=quic, tcp=tcp)
+        except (ConnectionError, OSError) as error:
+            log.warning("could not dial %s again after its QUIC link died: %s", peer_did, error)
+
     def _quic(self, settings: QuicSettings | None) -> QuicEndpoint:
         if self.quic is None:
             self.quic = QuicEndpoint(settings or QuicSettings())
@@ -254,6 +319,12 @@ class TcpNode:
     def _link_event(self, link: Link, up: bool) -> None:
         """A connection with ``link.did`` is up (the worker routes to it, and resumes over it
         the sessions a restart left waiting for that peer: NodeWorker._up) or gone."""
+        redial = not up and link.kind == QUIC and link.outgoing and link.did in self._addresses
+        if redial and not self._closed and self._loop is not None:
+            # A dialled QUIC link died: QUIC to that peer is broken for a while, and the peer
+            # is dialled again (over μTCP at once: decision 24).
+            self.fallback.quic_failed(link.did, self._loop.time())
+            self._spawn(self._redial(link.did))
         self._link_events.append((link, up))
         self._dispatch()
 
@@ -427,7 +498,7 @@ class TcpNode:
 
         def establish() -> UUID:
             # The session records the transport it opens on (decision 20).
-            self.manager.transport = self.worker.transport_to(peer_did) or TCP
+            self.manager.transport = self.worker.transport_to(peer_did) or UTCP
             session_id, outputs = self.manager.establish(peer_did, self.now_us())
             self.perform(outputs)
             return session_id
@@ -614,3 +685,37 @@ class TcpNode:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return task.cancelled() or task.exception() is not None
+
+
+async def _first_connected(
+    attempts: dict[str, asyncio.Task[Any]],
+) -> tuple[str | None, dict[str, BaseException]]:
+    """The kind of the first attempt to connect, and why those that failed did."""
+    kinds = {task: kind for kind, task in attempts.items()}
+    errors: dict[str, BaseException] = {}
+    pending = set(kinds)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in sorted(done, key=lambda t: kinds[t]):  # QUIC first if both at once
+            error = None if task.cancelled() else task.exception()
+            if task.cancelled() or error is not None:
+                errors[kinds[task]] = error or ConnectionError("cancelled")
+            else:
+                return kinds[task], errors
+    return None, errors
+
+
+async def _discard(task: asyncio.Task[Any], *, connected: bool = False) -> None:
+    """Stop a dial that lost the race, closing what it connected."""
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        result = await task
+        if isinstance(result, tuple):  # (reader, writer) of TCP
+            result[1].close()
+        else:  # a QUIC link
+            result.close("lost the race to another transport")

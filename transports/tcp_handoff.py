@@ -34,7 +34,7 @@ class Link:
 
     @property
     def kind(self) -> str:
-        """The transport: ``tcp`` or ``quic``."""
+        """The transport: ``quic`` or ``utcp`` (decision 24)."""
         return self.pipe.kind
 
     @property

@@ -94,8 +94,22 @@ class Connections:
         return await asyncio.start_server(self._accepted, host, port, limit=self.read_limit_bytes)
 
     async def dial(self, peer_did: str, host: str, port: int) -> None:
+        reader, writer = await self.open_tcp(host, port)
+        self.dialled_tcp(peer_did, reader, writer)
+
+    async def open_tcp(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to ``host``:``port``, not yet the node's (``dialled_tcp``)."""
         reader, writer = await asyncio.open_connection(host, port, limit=self.read_limit_bytes)
         _no_delay(writer)
+        return reader, writer
+
+    def dialled_tcp(
+        self, peer_did: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A connection from ``open_tcp`` becomes the node's, to ``peer_did``: the hello goes
+        out, and it is read and routed to."""
         did = self.local_did.encode()
         writer.write(HELLO_LENGTH.pack(len(did)) + did)
         link = Link(TcpPipe(writer), peer_did, outgoing=True)
@@ -229,14 +243,13 @@ class Connections:
         frames it may hold and its framing are the QUIC endpoint's (quic_settings.py): a
         frame is taken from the link only when there is room for it here, so a peer nobody
         reads is held back by QUIC's flow control."""
-        with contextlib.suppress(asyncio.CancelledError):
-            async for body in quic:
-                while len(self.frames) >= self.max_frames:
-                    self._room.clear()
-                    await self._room.wait()
-                self.occupancy.active(link)
-                self.frames.append((link, body))
-                self._arrived()
+        async for body in quic:  # cancelled: the node is closing, and forgets every link
+            while len(self.frames) >= self.max_frames:
+                self._room.clear()
+                await self._room.wait()
+            self.occupancy.active(link)
+            self.frames.append((link, body))
+            self._arrived()
         # Closed: by the peer, by QUIC's deadlines, or for breaking its framing (the
         # endpoint counts and says which: QuicEndpoint.closed).
         self._forget(link)

@@ -409,6 +409,43 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         command(now_us)
         return self._commit(session)
 
+    def transport_lost(self, peer_did: str, transport: str, now_us: int) -> list[Output]:
+        """SPEC-018 §2.3: the ``transport`` connection to ``peer_did`` died. Every live
+        session with the peer over it that can fall back records ``transport_failed`` — its
+        transport becomes the next in the order (QUIC → μTCP) and its messages are held —
+        in one save; the others are left to their heartbeats."""
+        return self._transport_step(peer_did, transport, now_us, lost=True)
+
+    def transport_found(self, peer_did: str, transport: str, now_us: int) -> list[Output]:
+        """A ``transport`` connection to ``peer_did`` is up: every session with the peer
+        whose fallback to that transport is pending records ``transport_switched`` (one
+        save), and sends what it held."""
+        return self._transport_step(peer_did, transport, now_us, lost=False)
+
+    def _transport_step(
+        self, peer_did: str, transport: str, now_us: int, *, lost: bool
+    ) -> list[Output]:
+        self._begin(now_us)
+        trigger = Trigger.TRANSPORT_FAILED if lost else Trigger.TRANSPORT_SWITCHED
+
+        def each() -> list[list[Output | _AfterSave]]:
+            out: list[list[Output | _AfterSave]] = []
+            for s in list(self._sessions.values()):
+                if s.peer_did != peer_did or s.closed or s.transport != transport:
+                    continue
+                if s.fallback_pending == lost or not is_allowed(s.state, trigger):
+                    continue
+                if lost and transport not in TRANSPORTS[:-1]:
+                    continue  # nothing to fall back to
+                if lost:
+                    s.transport_failed(now_us)
+                else:
+                    s.transport_switched(now_us)
+                out.append(list(self._commit(s)))
+            return out
+
+        return [o for group in self._in_one_save(each) for o in group]
+
     # ------------------------------------------------------------------ frames
     def receive(self, peer_did: str, frame: Frame, now_us: int) -> list[Output]:
         """A frame from ``peer_did``. Frames that do not fit the session's state (late,

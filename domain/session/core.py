@@ -43,7 +43,10 @@ from l2_session.domain.session.states import FINAL, State, Target, Trigger, next
 
 Role = Literal["initiator", "responder"]
 TRANSPORTS = ("quic", "utcp")  # SPEC-018 §1.2: QUIC primary, μTCP fallback (in that order)
-TCP = "tcp"  # transports/tcp.py: plain TCP, outside the spec's fallback order (decision 20)
+QUIC, UTCP = TRANSPORTS  # a node's QUIC links and its framed TCP connections (decision 24)
+# Plain TCP, outside the fallback order: what sessions over the node's TCP recorded before its
+# framed TCP became the spec's μTCP (decisions 20, 24); their ledgers still read.
+TCP = "tcp"
 KNOWN_TRANSPORTS = (*TRANSPORTS, TCP)
 
 

@@ -23,8 +23,10 @@ from eventsourcing.domain import event
 from l2_session.domain.session import timers
 from l2_session.domain.session.core import (
     KNOWN_TRANSPORTS,
+    QUIC,
     TCP,
     TRANSPORTS,
+    UTCP,
     SessionCore,
     key_id_of,
 )
@@ -39,7 +41,10 @@ from l2_session.domain.session.errors import (
 from l2_session.domain.session.states import State, Trigger
 from l2_session.domain.session.topics import pin_topics
 
-__all__ = ["CLOSE_COUNTERS", "KNOWN_TRANSPORTS", "TCP", "TRANSPORTS", "Session", "key_id_of"]
+__all__ = [
+    "CLOSE_COUNTERS", "KNOWN_TRANSPORTS", "QUIC", "TCP", "TRANSPORTS", "UTCP", "Session",
+    "key_id_of",
+]  # fmt: skip
 
 # Send counters the Closed event reserves for the close frames sent after it (decision 17):
 # a closed session records nothing more, so these cannot be reserved later. Enough for every

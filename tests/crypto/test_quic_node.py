@@ -77,7 +77,7 @@ def test_a_node_serves_tcp_and_quic_at_once(tmp_path: Path) -> None:
             await established(alice, a_sid)
             await established(carol, c_sid)
             assert alice.session(a_sid).transport == "quic"
-            assert carol.session(c_sid).transport == "tcp"
+            assert carol.session(c_sid).transport == "utcp"
             await asyncio.gather(
                 *(alice.node.send(a_sid, b"a%d" % n) for n in range(20)),
                 *(carol.node.send(c_sid, b"c%d" % n) for n in range(20)),
@@ -89,7 +89,7 @@ def test_a_node_serves_tcp_and_quic_at_once(tmp_path: Path) -> None:
             assert sorted(by_session.values()) == sorted(
                 [[b"a%d" % n for n in range(20)], [b"c%d" % n for n in range(20)]]
             )
-            assert {link.kind for link in bob.node.connections.open} == {"quic", "tcp"}
+            assert {link.kind for link in bob.node.connections.open} == {"quic", "utcp"}
             server.close()
         finally:
             await _close(alice, carol, bob)

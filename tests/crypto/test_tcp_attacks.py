@@ -337,13 +337,13 @@ def test_sending_to_a_peer_that_closed_is_quiet_and_counted(tmp_path, caplog) ->
 
 
 # ------------------------------------------------------------------ 7. the transport named
-def test_a_session_over_tcp_records_tcp(tmp_path) -> None:
+def test_a_session_over_the_nodes_tcp_records_utcp(tmp_path) -> None:
     async def test(a: Attacked) -> None:
         alice, sid = await a.newcomer("alice")
         responder = a.bob.manager.session_for(sid)
         assert responder is not None
-        assert alice.manager.session(sid).transport == responder.transport == "tcp"
-        assert a.bob.ledger.repository.get(responder.id).transport == "tcp"
+        assert alice.manager.session(sid).transport == responder.transport == "utcp"
+        assert a.bob.ledger.repository.get(responder.id).transport == "utcp"
 
     run_attacked(tmp_path, test)
 

@@ -1,0 +1,157 @@
+"""SPEC-018 §2.3 with real sockets (decision 24): a node dials QUIC first and μTCP beside it
+when QUIC does not connect in time, remembers per peer that QUIC failed, and moves a live
+session from a dead QUIC link to μTCP — the same session and keys, the fallback and the
+switch in both ledgers, every message once and in order. Real PQxdh keys, signed SQLite
+ledgers, aioquic and TCP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+from l2_session.infrastructure.resolver import DidKeyResolver
+from tcp_support import WAIT_S, Side, VirtualTime, established, make_side, until
+
+
+class BlackHole(asyncio.DatagramProtocol):
+    """A UDP port where QUIC's packets go unanswered (a firewall that drops UDP)."""
+
+    def __init__(self) -> None:
+        self.datagrams = 0
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.datagrams += 1
+
+
+async def black_hole() -> tuple[BlackHole, asyncio.DatagramTransport, tuple[str, int]]:
+    loop = asyncio.get_running_loop()
+    transport, hole = await loop.create_datagram_endpoint(
+        BlackHole, local_addr=("127.0.0.1", 0), family=socket.AF_INET
+    )
+    return hole, transport, transport.get_extra_info("sockname")[:2]
+
+
+def kinds(side: Side, session_id: object) -> list[str]:
+    return [type(e).__name__ for e in side.ledger.events.get(session_id)]
+
+
+async def _close(*sides: Side) -> None:
+    for side in sides:
+        await side.node.close()
+        side.ledger.close()
+
+
+def test_dial_takes_quic_when_it_connects_and_never_starts_tcp(tmp_path: Path) -> None:
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+        bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
+        try:
+            quic = await bob.node.serve_quic()
+            server = await bob.node.serve()
+            tcp = server.sockets[0].getsockname()[:2]
+            assert await alice.node.dial(bob.did, quic=quic, tcp=tcp) == "quic"
+            sid = await alice.node.establish(bob.did)
+            await established(alice, sid)
+            assert alice.session(sid).transport == "quic"
+            await until(lambda: {link.kind for link in bob.node.connections.open} == {"quic"})
+            assert alice.node.fallback.failures(bob.did) == 0
+            server.close()
+        finally:
+            await _close(alice, bob)
+
+    asyncio.run(run())
+
+
+def test_dial_falls_back_to_utcp_and_then_skips_quic_while_it_is_broken(tmp_path: Path) -> None:
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+        bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
+        hole, hole_transport, quic = await black_hole()
+        try:
+            server = await bob.node.serve()
+            tcp = server.sockets[0].getsockname()[:2]
+            assert await alice.node.dial(bob.did, quic=quic, tcp=tcp) == "utcp"
+            assert hole.datagrams > 0  # QUIC was tried first
+            assert alice.node.fallback.failures(bob.did) == 1
+            sid = await alice.node.establish(bob.did)
+            await established(alice, sid)
+            assert alice.session(sid).transport == "utcp"
+            # QUIC to Bob is broken for its back-off: the next dial does not try it.
+            tried = hole.datagrams
+            assert await alice.node.dial(bob.did, quic=quic, tcp=tcp) == "utcp"
+            assert hole.datagrams == tried
+            # The losing QUIC attempt left nothing open behind it.
+            assert alice.node.quic is not None and not alice.node.quic.links
+            server.close()
+        finally:
+            hole_transport.close()
+            await _close(alice, bob)
+
+    asyncio.run(run())
+
+
+def test_dial_says_why_when_neither_transport_connects(tmp_path: Path) -> None:
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+        _hole, hole_transport, quic = await black_hole()
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        tcp = closed.getsockname()[:2]
+        closed.close()  # nothing listens there: refused
+        try:
+            with pytest.raises(ConnectionError) as raised:
+                await alice.node.dial("did:key:z6MkNobody", quic=quic, tcp=tcp)
+            assert "quic:" in str(raised.value) and "utcp:" in str(raised.value)
+            with pytest.raises(ValueError, match="QUIC address, a TCP address"):
+                await alice.node.dial("did:key:z6MkNobody")
+        finally:
+            hole_transport.close()
+            await _close(alice)
+
+    asyncio.run(run())
+
+
+def test_a_session_moves_from_a_dead_quic_link_to_utcp_losing_nothing(tmp_path: Path) -> None:
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+        bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
+        try:
+            quic = await bob.node.serve_quic()
+            server = await bob.node.serve()
+            tcp = server.sockets[0].getsockname()[:2]
+            assert await alice.node.dial(bob.did, quic=quic, tcp=tcp) == "quic"
+            sid = await alice.node.establish(bob.did)
+            await established(alice, sid)
+            conversation = alice.session(sid).conversation
+            await established(bob, conversation)
+            keys = alice.session(sid).key_id
+            sent = [b"m%d" % n for n in range(40)]
+            await asyncio.gather(*(alice.node.send(sid, p) for p in sent[:20]))
+            # The QUIC path dies (Bob's end cuts it, as a middlebox that stops passing UDP
+            # would end it by the idle timeout).
+            (link,) = [link for link in bob.node.connections.open if link.kind == "quic"]
+            bob.node.connections.cut(link, "the QUIC path died")
+            await asyncio.gather(*(alice.node.send(sid, p) for p in sent[20:]))
+            got = [(await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload for _ in sent]
+            assert got == sent  # once each, in order
+            assert bob.node._received.empty()
+            await alice.node.until(lambda: not alice.session(sid).fallback_pending, WAIT_S)
+            s = alice.session(sid)
+            assert s.transport == "utcp" and s.key_id == keys and s.state == "established"
+            assert {link.kind for link in alice.node.connections.open} == {"utcp"}
+            for side, session_id in ((alice, sid), (bob, bob.session(conversation).id)):
+                history = kinds(side, session_id)
+                assert "FallbackAttempted" in history and "TransportSwitched" in history
+                assert history.index("FallbackAttempted") < history.index("TransportSwitched")
+            assert alice.node.fallback.failures(bob.did) == 1
+            server.close()
+        finally:
+            await _close(alice, bob)
+
+    asyncio.run(run())

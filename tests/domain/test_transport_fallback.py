@@ -1,0 +1,67 @@
+"""SPEC-018 §2.3 at the manager: a QUIC connection to a peer dies, its sessions record the
+fallback to μTCP and hold their messages; a μTCP connection comes up, they record the switch
+and send what they held — same session, same keys, every message once (decision 24). Two
+managers on signed SQLite ledgers, a MockTransport and a manual clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from l2_session.domain.session.commands import Data, Send
+from l2_session.transports.mock import Simulation
+from session_helpers import ALICE, BOB
+from test_manager import connect, payloads
+
+
+def kinds(sim: Simulation, node: str, sid) -> list[str]:
+    return [type(e).__name__ for e in sim.nodes[node].ledger.events.get(sid)]
+
+
+def test_a_lost_quic_connection_falls_back_to_utcp_without_losing_a_message(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    sim = make_sim()
+    sid = connect(sim)
+    alice = sim.nodes[ALICE]
+    assert alice.session(sid).transport == "quic"
+    now = sim.clock.wall_us()
+    assert alice.transport_lost(BOB, "quic", now) == []
+    s = alice.session(sid)
+    assert s.transport == "utcp" and s.fallback_pending
+    assert kinds(sim, ALICE, sid)[-1] == "FallbackAttempted"
+    # While the fallback is pending, a message is queued (saved), not sent.
+    outputs = alice.submit(sid, b"held", now)
+    assert not [o for o in outputs if isinstance(o, Send) and isinstance(o.frame, Data)]
+    # Losing it again, or finding a QUIC connection, changes nothing.
+    assert alice.transport_lost(BOB, "quic", now) == []
+    assert alice.transport_found(BOB, "quic", now) == []
+    assert alice.session(sid).fallback_pending
+    outputs = alice.transport_found(BOB, "utcp", sim.clock.wall_us())
+    assert [o.frame.payload for o in outputs if isinstance(o.frame, Data)] == [b"held"]
+    assert not alice.session(sid).fallback_pending
+    assert kinds(sim, ALICE, sid)[-1] == "TransportSwitched"
+    sim.perform(ALICE, outputs)
+    sim.run_for(5)
+    assert payloads(sim, BOB) == [b"held"]
+    assert alice.session(sid).unacknowledged() == []
+    # The switch is history: replayed, the session is on μTCP with nothing pending.
+    replayed = alice.ledger.repository.get(sid)
+    assert replayed.transport == "utcp" and not replayed.fallback_pending
+
+
+def test_only_the_lost_transports_sessions_with_that_peer_fall_back(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    sim = make_sim()
+    sid = connect(sim)
+    alice = sim.nodes[ALICE]
+    now = sim.clock.wall_us()
+    alice.transport_lost("did:key:z6MkSomeoneElse", "quic", now)  # another peer
+    alice.transport_lost(BOB, "utcp", now)  # a transport it is not on
+    assert alice.session(sid).transport == "quic" and not alice.session(sid).fallback_pending
+    alice.transport_lost(BOB, "quic", now)
+    assert alice.session(sid).transport == "utcp"
+    alice.transport_found(BOB, "utcp", now)
+    # On μTCP, the last in the order: losing it has nothing to fall back to.
+    assert alice.transport_lost(BOB, "utcp", now) == []
+    assert not alice.session(sid).fallback_pending and alice.session(sid).transport == "utcp"
