@@ -1,9 +1,10 @@
 """Messages over a session, side by side with py-libp2p 0.8.1: our ``TcpNode`` (real PQxdh keys,
-signed SQLite ledgers at durability ``normal`` and ``full``) against py-libp2p over TCP with its
+signed SQLite ledgers at durability ``normal`` and ``full`` over the node's TCP (μTCP), and at
+``normal`` over QUIC links) against py-libp2p over TCP with its
 default security (Noise) and muxer (yamux), on loopback, a server process and a client process
 for each, fresh for every run.
 
-Each round runs the three contenders one after the other, in an order that rotates from round
+Each round runs the four contenders one after the other, in an order that rotates from round
 to round (``SIZES``: 5 rounds; ``--quick``, 1 and fewer of everything); each run measures:
 - connect → authenticated session, 50 times: ours, a new ``TcpNode`` (made before the clock
   starts, on the client's one identity and ledger) connects and ``establish``es until both
@@ -52,7 +53,14 @@ from benchmarks.common import PACKAGE_DIR, WORK_DIR, figure, scratch_dir
 LIBP2P = "libp2p==0.8.1"
 LIBP2P_VENV = WORK_DIR / "libp2p-0.8.1-venv"
 REPO_DIR = PACKAGE_DIR.parent
-CONTENDERS = ("ours-normal", "ours-full", "libp2p")
+CONTENDERS = ("ours-normal", "ours-full", "ours-quic", "libp2p")
+# Ours: (durability, transport). ``ours-quic``: a session over QUIC links (decision 24), at
+# ``normal``, beside the same over μTCP (``ours-normal``).
+OURS = {
+    "ours-normal": ("normal", "utcp"),
+    "ours-full": ("full", "utcp"),
+    "ours-quic": ("normal", "quic"),
+}
 ECHO_BYTES, BULK_BYTES = 64, 1024
 # Messages a session keeps unacknowledged (ours): the default SessionConfig.send_window.
 WINDOW = DEFAULT_CONFIG.send_window
@@ -239,7 +247,7 @@ def measure(
 def run(quick: bool) -> dict[str, Any]:
     rounds, connects, echoes, bulk = SIZES[quick]
     python, libp2p_setup = libp2p_python()
-    contenders = CONTENDERS if python is not None else CONTENDERS[:2]
+    contenders = CONTENDERS if python is not None else CONTENDERS[:-1]
     if python is None:
         print(f"messages: py-libp2p left out, our figures alone: {libp2p_setup}", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
@@ -249,7 +257,8 @@ def run(quick: bool) -> dict[str, Any]:
             for contender in order:
                 (where := work / f"{r}-{contender}").mkdir()
                 config = {
-                    "work": str(where), "durability": contender.removeprefix("ours-"),
+                    "work": str(where), "durability": OURS.get(contender, ("", ""))[0],
+                    "transport": OURS.get(contender, ("", ""))[1],
                     "connects": connects, "echoes": echoes, "echo_bytes": ECHO_BYTES,
                     "bulk_messages": bulk, "bulk_bytes": BULK_BYTES, "window": WINDOW,
                 }  # fmt: skip
@@ -260,7 +269,7 @@ def run(quick: bool) -> dict[str, Any]:
                         raise
                     libp2p_setup = f"a py-libp2p run failed, left out: {error}"
                     print(f"messages: {libp2p_setup}", flush=True)
-                    contenders = CONTENDERS[:2]
+                    contenders = CONTENDERS[:-1]
                     del runs["libp2p"]
                     continue
                 runs[contender].append(measure(contender, config, result, server))
@@ -334,6 +343,25 @@ def _figures(
                        ok=mib >= BULK_VS_LIBP2P[durability]),
                 figure(f"  connect p50, {durability} / libp2p", connect, "x",
                        target=f"<= {CONNECT_VS_LIBP2P}", ok=connect <= CONNECT_VS_LIBP2P),
+            ]  # fmt: skip
+    if "ours-quic" in runs:
+        quic_answered = statistics.median(
+            x["answer_p50_ms"] / y["answer_p50_ms"]
+            for x, y in zip(runs["ours-quic"], runs["ours-normal"], strict=True)
+        )
+        figures += [
+            figure("  echo answered p50, QUIC / utcp (both normal)", quic_answered, "x",
+                   note="a session over QUIC links against the same over the node's TCP"),
+            figure("  bulk throughput, QUIC / utcp", ratio("ours-quic", "ours-normal",
+                                                          "bulk_mib_s"), "x"),
+            figure("  connect p50, QUIC / utcp", ratio("ours-quic", "ours-normal",
+                                                      "connect_p50_ms"), "x",
+                   note="a fresh QUIC endpoint per connect: full handshakes, no 0-RTT"),
+        ]  # fmt: skip
+        if "libp2p" in runs:
+            figures += [
+                figure("  bulk throughput, QUIC / libp2p", ratio("ours-quic", "libp2p",
+                                                                "bulk_mib_s"), "x"),
             ]  # fmt: skip
     for contender in (c for c in runs if c != "libp2p"):
         label = contender.removeprefix("ours-")

@@ -153,7 +153,12 @@ async def serve(config: dict[str, Any]) -> None:
         return payload if mode == "answer" else None
 
     node = peer.node(answer)
-    server = await node.serve()
+    if config["transport"] == "quic":
+        _, port = await node.serve_quic()
+        server = None
+    else:
+        server = await node.serve()
+        port = server.sockets[0].getsockname()[1]
     mode, bulk_done = "connect", None
     prober = asyncio.ensure_future(peer.stalls.probe())
 
@@ -166,7 +171,7 @@ async def serve(config: dict[str, Any]) -> None:
                 bulk_done = time.monotonic()  # the latest delivery; the last one, at the end
 
     app = asyncio.ensure_future(application())
-    say(ready=True, port=server.sockets[0].getsockname()[1], did=peer.did, bundle=peer.bundle.hex())
+    say(ready=True, port=port, did=peer.did, bundle=peer.bundle.hex())
     while True:
         line = (await readline()).split()
         if not line:
@@ -178,7 +183,8 @@ async def serve(config: dict[str, Any]) -> None:
             break
     for task in (app, prober):
         task.cancel()
-    server.close()
+    if server is not None:
+        server.close()
     await node.close()
     peer.close()
 
@@ -211,7 +217,10 @@ async def client(config: dict[str, Any]) -> None:
     prober = asyncio.ensure_future(peer.stalls.probe())
 
     async def session_on(node: TcpNode) -> Any:
-        await node.connect(server_did, "127.0.0.1", port)
+        if config["transport"] == "quic":
+            await node.connect_quic(server_did, "127.0.0.1", port)
+        else:
+            await node.connect(server_did, "127.0.0.1", port)
         sid = await node.establish(server_did)
         await node.until(lambda: manager.session(sid).state == ESTABLISHED, WAIT_S)
         return sid  # and the conversation's id: this end initiated it
