@@ -41,6 +41,12 @@ def _demo(args: argparse.Namespace) -> int:
     return ExitCode.OK if result.ok else ExitCode.NOT_INTACT
 
 
+def _node(args: argparse.Namespace) -> int:
+    from l2_session.tools.node import main as run_node
+
+    return run_node(args)
+
+
 def read_checkpoint(path: str) -> Checkpoint:
     """The checkpoint in the file at ``path``; UsageError says what is wrong with the file."""
     from l2_session.infrastructure.ledger import Checkpoint, CheckpointError
@@ -152,6 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(run=_verify)
     pg_commands.register(command)  # pg-migrate, pg-import, project (tools/pg_commands.py)
+    node = command("node", "run a node: QUIC and μTCP listeners, driven through a control socket")
+    node.add_argument(
+        "--keys", required=True, metavar="FILE", help="its key store (made if it does not exist)"
+    )
+    add_ledger_argument(node)
+    node.add_argument("--quic", metavar="HOST:PORT", help="listen for QUIC (UDP; STUN too)")
+    node.add_argument("--tcp", metavar="HOST:PORT", help="listen for μTCP")
+    node.add_argument(
+        "--control", required=True, metavar="PATH", help="the control socket (a Unix socket)"
+    )
+    node.add_argument(
+        "--durability", choices=("full", "normal"), default="full",
+        help="when a save returns: on disk (full, default) or in the OS (normal)",
+    )  # fmt: skip
+    node.set_defaults(run=_node)
     return parser
 
 

@@ -258,6 +258,11 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def sessions(self) -> list[Session]:
+        """The sessions in memory: every one not closed (``session`` reads a closed one back
+        from the ledger)."""
+        return list(self._sessions.values())
+
     # ------------------------------------------------------------------ §5.2 API
     def _begin(self, now_us: int) -> None:
         """Every entry point given a time: note it, and record a restart first (decision 16)."""

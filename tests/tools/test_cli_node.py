@@ -1,0 +1,194 @@
+"""``l2-session node``: two node processes with real keys and ledgers on disk, over QUIC on
+loopback, driven through their control sockets as a program would — a session, messages both
+ways, a SIGKILL of one in the middle of a stream, its restart from its files, the session
+resumed and every message delivered once and in order; and the control socket's answers to
+requests that are wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clirun import CLI, refused, run
+
+WAIT_S = 20.0
+
+
+class Node:
+    """One ``l2-session node`` process and a connection to its control socket."""
+
+    def __init__(self, work: Path, name: str) -> None:
+        self.work, self.name = work, name
+        self.process: subprocess.Popen[str] | None = None
+        self.ready: dict[str, Any] = {}
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @property
+    def control(self) -> Path:
+        return self.work / f"{self.name}.sock"
+
+    async def start(self) -> dict[str, Any]:
+        env = {k: v for k, v in os.environ.items() if k != "L2S_LEDGER"}
+        self.process = subprocess.Popen(
+            [*CLI, "node", "--keys", str(self.work / f"{self.name}.keys"),
+             "--ledger", str(self.work / f"{self.name}.sqlite3"), "--quic", "127.0.0.1:0",
+             "--tcp", "127.0.0.1:0", "--control", str(self.control), "--durability", "normal"],
+            stdout=subprocess.PIPE, stderr=(self.work / f"{self.name}.log").open("a"),
+            text=True, env=env,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), WAIT_S)
+        assert line, (self.work / f"{self.name}.log").read_text()
+        self.ready = json.loads(line)
+        assert self.ready["ready"] is True
+        self._reader, self._writer = await asyncio.open_unix_connection(str(self.control))
+        return self.ready
+
+    async def ask(self, op: str, **arguments: Any) -> dict[str, Any]:
+        assert self._reader is not None and self._writer is not None
+        self._writer.write(json.dumps({"op": op, **arguments}).encode() + b"\n")
+        await self._writer.drain()
+        answer: dict[str, Any] = json.loads(await asyncio.wait_for(self._reader.readline(), 60))
+        return answer
+
+    async def do(self, op: str, **arguments: Any) -> dict[str, Any]:
+        answer = await self.ask(op, **arguments)
+        assert answer["ok"], (op, answer)
+        return answer
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(WAIT_S)
+        if self._writer is not None:
+            self._writer.close()
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(self.process.wait, WAIT_S)
+        if self._writer is not None:
+            self._writer.close()
+        return code
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+async def received(node: Node, count: int) -> list[tuple[str, bytes]]:
+    out = []
+    for _ in range(count):
+        message = await node.do("receive", timeout=WAIT_S)
+        out.append((message["session"], base64.b64decode(message["data"])))
+    return out
+
+
+def test_two_node_processes_keep_a_session_over_quic_through_a_sigkill(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        alice, bob = Node(tmp_path, "alice"), Node(tmp_path, "bob")
+        try:
+            await bob.start()
+            await alice.start()
+            await alice.do("peer", did=bob.ready["did"], bundle=bob.ready["bundle"])
+            dialled = await alice.do("dial", did=bob.ready["did"], quic=bob.ready["quic"],
+                                     tcp=bob.ready["tcp"])  # fmt: skip
+            assert dialled["transport"] == "quic"
+            sid = (await alice.do("establish", did=bob.ready["did"]))["session"]
+            await alice.do("wait", session=sid, state="established", timeout=WAIT_S)
+            first = [b"before %d" % n for n in range(10)]
+            for payload in first:
+                await alice.do("send", session=sid, data=b64(payload))
+            got = await received(bob, len(first))
+            assert [p for _, p in got] == first
+            bob_sid = got[0][0]
+            await bob.do("send", session=bob_sid, data=b64(b"to alice"))
+            assert [p for _, p in await received(alice, 1)] == [b"to alice"]
+            (listed,) = (await alice.do("sessions"))["sessions"]
+            assert listed["transport"] == "quic" and listed["state"] == "established"
+            # Alice queues more and is killed with them in flight or not yet acknowledged.
+            second = [b"after %d" % n for n in range(10)]
+            for payload in second[:5]:
+                await alice.do("send", session=sid, data=b64(payload))
+            alice.kill()
+            # Restarted from her key store and ledger, she finds the session and resumes it.
+            await alice.start()
+            (listed,) = (await alice.do("sessions"))["sessions"]
+            assert listed["id"] == sid and listed["state"] == "suspended"
+            await alice.do("dial", did=bob.ready["did"], quic=bob.ready["quic"])
+            await alice.do("wait", session=sid, state="established", timeout=WAIT_S)
+            for payload in second[5:]:
+                await alice.do("send", session=sid, data=b64(payload))
+            got = await received(bob, len(second))
+            assert [p for _, p in got] == second  # each once, in order, across the kill
+            assert {s for s, _ in got} == {bob_sid}  # the same session at Bob
+            nothing = await bob.ask("receive", timeout=0.5)
+            assert nothing == {"ok": False, "error": "timed out"}
+            assert await alice.stop() == 0
+            assert await bob.stop() == 0
+        finally:
+            for node in (alice, bob):
+                if node.process is not None and node.process.poll() is None:
+                    node.process.kill()
+
+    asyncio.run(scenario())
+    for name in ("alice", "bob"):
+        verified = run("verify", "--ledger", str(tmp_path / f"{name}.sqlite3"))
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_control_socket_answers_a_wrong_request_with_why(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        node = Node(tmp_path, "solo")
+        try:
+            await node.start()
+            assert (await node.do("status"))["connections"] == []
+            for request, fragment in [
+                ({"op": "nonsense"}, "unknown op"),
+                ({"op": "send", "session": "not-a-uuid", "data": "aGk="}, "session"),
+                ({"op": "send", "session": "3" * 32, "data": "***"}, "base64"),
+                ({"op": "wait", "session": "3" * 32, "state": "x", "timeout": -1}, "timeout"),
+                ({"op": "dial", "did": "did:key:z6Mkx"}, "quic"),
+                ({"op": "peer", "did": node.ready["did"], "bundle": "zz"}, "hex"),
+                ({"op": "send", "session": "3" * 32, "data": "aGk="}, "session"),
+            ]:
+                answer = await node.ask(**request)
+                assert answer["ok"] is False and fragment in answer["error"], (request, answer)
+            assert node._writer is not None and node._reader is not None
+            node._writer.write(b"{not json\n")
+            await node._writer.drain()
+            answer = json.loads(await node._reader.readline())
+            assert answer["ok"] is False and "not JSON" in answer["error"]
+            await node.do("stop")
+            assert node.process is not None
+            assert await asyncio.to_thread(node.process.wait, WAIT_S) == 0
+            assert not node.control.exists()
+        finally:
+            if node.process is not None and node.process.poll() is None:
+                node.process.kill()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("--quic", "nowhere"), "HOST:PORT"),
+        (("--tcp", "127.0.0.1:99999"), "port of 0 to 65535"),
+        ((), "--quic HOST:PORT, --tcp HOST:PORT"),
+    ],
+)
+def test_node_refuses_wrong_listen_addresses(tmp_path: Path, args: tuple[str, ...],
+                                              fragment: str) -> None:  # fmt: skip
+    result = run("node", "--keys", str(tmp_path / "k.keys"), "--ledger",
+                 str(tmp_path / "l.sqlite3"), "--control", str(tmp_path / "c.sock"), *args)  # fmt: skip
+    refused(result, 2, fragment)

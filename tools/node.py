@@ -1,0 +1,339 @@
+"""``l2-session node``: one node as a process — its keys, its ledger, QUIC and μTCP listeners,
+and a control socket through which a program (or a person with ``socat``) drives it.
+
+    l2-session node --keys alice.keys --ledger alice.sqlite3 \\
+        --quic 0.0.0.0:4433 --tcp 0.0.0.0:4433 --control alice.sock
+
+On start it creates the key store if the file does not exist (or loads it), makes fresh
+prekeys (kept in the key store before they are published), opens the ledger — recovering the
+sessions a previous process left live (decision 16) — listens, and prints one JSON line on
+stdout: ``{"ready": true, "did": ..., "bundle": HEX, "quic": [host, port], "tcp": [host,
+port], "control": PATH}``. The bundle is what a peer needs to open a session with this node
+(``peer`` below). SIGTERM or SIGINT stops it with its sessions left resumable; exit 0.
+
+The control socket (a Unix socket, owner only) takes one JSON object per line and answers each
+with one line: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+
+============  ====================================  ========================================
+``op``        arguments                             answer
+============  ====================================  ========================================
+status                                              ``did``, ``sessions``, ``connections``
+peer          ``did``, ``bundle`` (hex)             the peer's prekey bundle is known
+dial          ``did``, ``quic`` / ``tcp`` [h, p]    ``transport``: ``quic`` or ``utcp``
+establish     ``did``                               ``session`` (its id)
+wait          ``session``, ``state``, ``timeout``   once the session is in ``state``
+send          ``session``, ``data`` (base64)        once the message is saved (queued)
+receive       ``timeout`` (s)                       ``session``, ``seq``, ``data`` (base64)
+sessions                                            ``sessions``: id, peer, state, transport
+close         ``session``                           once the close is saved and sent
+stop                                                the node stops, as on SIGTERM
+============  ====================================  ========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import os
+import signal
+import stat
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.protocol import Responder
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange, new_prekey_id
+from l2_session.domain.session.errors import SessionError
+from l2_session.infrastructure.clock import SessionTimeline, SystemClock
+from l2_session.infrastructure.keystore import KeyStore
+from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.resolver import DidKeyResolver
+from l2_session.tools.errors import UsageError
+from l2_session.transports.tcp import NodeClosed, TcpNode
+
+PREKEYS_VALID_US = 30 * 86_400_000_000  # a month; a node makes fresh ones at every start
+ONE_TIME_PREKEYS = 32
+MAX_REQUEST_BYTES = 1 << 20  # one control request (a 64 KiB message is ~88 KiB of base64)
+MAX_WAIT_S = 3600.0
+
+
+@dataclass
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, option: str) -> Address:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise UsageError(f"{option} {text!r}: give HOST:PORT, with a port of 0 to 65535")
+        return cls(host.strip("[]"), int(port))
+
+
+class Request(Exception):
+    """A control request that cannot be done; its message is the answer's ``error``."""
+
+
+class NodeProcess:
+    """The node a process runs: built from its files by ``open``, driven by ``control``."""
+
+    def __init__(self, store: KeyStore, ledger: SessionLedger, durability: str) -> None:
+        self.store, self.ledger = store, ledger
+        self.timeline = SessionTimeline(SystemClock())
+        self.directory = DidKeyResolver()
+        now = self.timeline.now_us()
+        identity = store.identity
+        secrets, bundle = create_prekeys(
+            identity.private_key,
+            expires_at_us=now + PREKEYS_VALID_US,
+            signed_prekey_id=new_prekey_id(),
+            kem_prekey_id=new_prekey_id(),
+            one_time_prekey_ids=tuple(range(1, ONE_TIME_PREKEYS + 1)),
+        )
+        store.set_prekeys(secrets)  # kept before they are published
+        self.bundle = bundle.encode()
+        self.directory.publish_bundle(identity.did, self.bundle, now)
+        self.exchange = PqxdhKeyExchange.with_prekeys(
+            identity.private_key, Responder(identity.private_key, secrets, bundle), self.directory
+        )
+        self.manager = SessionManager(identity.did, ledger, key_exchange=self.exchange)
+        self.node = TcpNode(self.manager, self.timeline.now_us)
+        self.exchange.source_of = self.node.address_of
+        self.durability = durability
+        self.stopped = asyncio.Event()
+
+    @property
+    def did(self) -> str:
+        return self.store.identity.did
+
+    # ------------------------------------------------------------------ control
+    async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One control connection: a request per line, an answer per line, in order."""
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while line := await reader.readline():
+                answer = await self.answer(line)
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+        writer.close()
+
+    async def answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise Request('a request is a JSON object with an "op"')
+            op = request.get("op")
+            handler = self._ops().get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise Request(f"unknown op {op!r}; one of {', '.join(sorted(self._ops()))}")
+            return {"ok": True, **(await handler(request))}
+        except json.JSONDecodeError as error:
+            return {"ok": False, "error": f"not JSON: {error}"}
+        except TimeoutError:  # before OSError, of which it is a kind
+            return {"ok": False, "error": "timed out"}
+        except (Request, SessionError, NodeClosed, ConnectionError, OSError) as error:
+            return {"ok": False, "error": str(error) or type(error).__name__}
+
+    def _ops(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
+        return {
+            "status": self._status, "peer": self._peer, "dial": self._dial,
+            "establish": self._establish, "wait": self._wait, "send": self._send,
+            "receive": self._receive, "sessions": self._sessions, "close": self._close,
+            "stop": self._stop,
+        }  # fmt: skip
+
+    async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
+        sessions = await self.node.query(lambda: len(self.manager))
+        links = sorted(link.kind for link in self.node.connections.open)
+        return {"did": self.did, "sessions": sessions, "connections": links}
+
+    async def _peer(self, request: dict[str, Any]) -> dict[str, Any]:
+        did, bundle = _text(request, "did"), _hex(request, "bundle")
+        try:
+            self.directory.publish_bundle(did, bundle, self.timeline.now_us())
+        except Exception as error:  # a bundle that does not decode, or is not the DID's
+            raise Request(f"bundle for {did} refused: {error}") from error
+        return {}
+
+    async def _dial(self, request: dict[str, Any]) -> dict[str, Any]:
+        quic, tcp = _address(request, "quic"), _address(request, "tcp")
+        if quic is None and tcp is None:
+            raise Request('dial needs "quic" or "tcp": [host, port]')
+        transport = await self.node.dial(_text(request, "did"), quic=quic, tcp=tcp)
+        return {"transport": transport}
+
+    async def _establish(self, request: dict[str, Any]) -> dict[str, Any]:
+        session = await self.node.establish(_text(request, "did"))
+        return {"session": str(session)}
+
+    async def _wait(self, request: dict[str, Any]) -> dict[str, Any]:
+        sid, state = _session(request), _text(request, "state")
+        timeout = _seconds(request)
+        await self.node.until(lambda: self.manager.session(sid).state == state, timeout)
+        return {}
+
+    async def _send(self, request: dict[str, Any]) -> dict[str, Any]:
+        data = request.get("data")
+        try:
+            payload = base64.b64decode(data, validate=True) if isinstance(data, str) else None
+        except binascii.Error as error:
+            raise Request(f'"data" is not base64: {error}') from None
+        if payload is None:
+            raise Request('send needs "data": the message, base64')
+        await self.node.send(_session(request), payload)
+        return {}
+
+    async def _receive(self, request: dict[str, Any]) -> dict[str, Any]:
+        message = await asyncio.wait_for(self.node.receive(), _seconds(request))
+        return {
+            "session": str(message.session_id), "seq": message.seq,
+            "data": base64.b64encode(message.payload).decode(),
+        }  # fmt: skip
+
+    async def _sessions(self, request: dict[str, Any]) -> dict[str, Any]:
+        def listed() -> list[dict[str, Any]]:
+            return [
+                {"id": str(s.id), "peer": s.peer_did, "state": s.state, "transport": s.transport}
+                for s in self.manager.sessions()
+            ]
+
+        return {"sessions": await self.node.query(listed)}
+
+    async def _close(self, request: dict[str, Any]) -> dict[str, Any]:
+        sid = _session(request)
+        await self.node.command(lambda: self.manager.close(sid, self.timeline.now_us()))
+        return {}
+
+    async def _stop(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.stopped.set()
+        return {}
+
+
+# ---------------------------------------------------------------------------- requests
+def _text(request: dict[str, Any], name: str) -> str:
+    value = request.get(name)
+    if not isinstance(value, str) or not value:
+        raise Request(f'"{name}" is missing or not a string')
+    return value
+
+
+def _hex(request: dict[str, Any], name: str) -> bytes:
+    try:
+        return bytes.fromhex(_text(request, name))
+    except ValueError:
+        raise Request(f'"{name}" is not hex') from None
+
+
+def _session(request: dict[str, Any]) -> UUID:
+    try:
+        return UUID(_text(request, "session"))
+    except ValueError:
+        raise Request('"session" is not a session id') from None
+
+
+def _seconds(request: dict[str, Any]) -> float:
+    value = request.get("timeout", 10.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_WAIT_S:
+        raise Request(f'"timeout" must be seconds, over 0 and at most {MAX_WAIT_S:.0f}')
+    return float(value)
+
+
+def _address(request: dict[str, Any], name: str) -> tuple[str, int] | None:
+    value = request.get(name)
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str)
+        or isinstance(value[1], bool) or not isinstance(value[1], int)
+    ):  # fmt: skip
+        raise Request(f'"{name}" must be [host, port]')
+    return value[0], value[1]
+
+
+# ---------------------------------------------------------------------------- the process
+def open_keys(path: Path) -> KeyStore:
+    return KeyStore.load(path) if path.exists() else KeyStore.create(path)
+
+
+async def serve(
+    keys: Path,
+    ledger_location: str,
+    *,
+    quic: Address | None,
+    tcp: Address | None,
+    control: Path,
+    durability: str,
+) -> None:
+    store = open_keys(keys)
+    ledger = SessionLedger(
+        ledger_location, identity=store.identity, storage_key=store.storage_key,
+        durability=durability,  # type: ignore[arg-type]
+    )  # fmt: skip
+    try:
+        process = NodeProcess(store, ledger, durability)
+        await _run(process, quic, tcp, control)
+    finally:
+        ledger.close()
+
+
+async def _run(
+    process: NodeProcess, quic: Address | None, tcp: Address | None, control: Path
+) -> None:
+    node = process.node
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, process.stopped.set)
+    listening: dict[str, Any] = {}
+    servers: list[Any] = []
+    try:
+        if quic is not None:
+            listening["quic"] = list(await node.serve_quic(quic.host, quic.port))
+        if tcp is not None:
+            server = await node.serve(tcp.host, tcp.port)
+            servers.append(server)
+            listening["tcp"] = list(server.sockets[0].getsockname()[:2])
+        node.start_timers()
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(control.stat().st_mode):
+                control.unlink()  # a socket left by a process that was killed
+        old_umask = os.umask(0o177)  # the control socket: its owner's only
+        try:
+            servers.append(await asyncio.start_unix_server(
+                process.control, path=str(control), limit=MAX_REQUEST_BYTES
+            ))  # fmt: skip
+        finally:
+            os.umask(old_umask)
+        print(json.dumps({
+            "ready": True, "did": process.did, "bundle": process.bundle.hex(),
+            **listening, "control": str(control),
+        }), flush=True)  # fmt: skip
+        await process.stopped.wait()
+    finally:
+        for server in servers:
+            server.close()
+        await node.close()
+        with contextlib.suppress(FileNotFoundError):
+            control.unlink()
+
+
+def main(args: Any) -> int:
+    if args.quic is None and args.tcp is None:
+        raise UsageError("give --quic HOST:PORT, --tcp HOST:PORT, or both: where to listen")
+    quic = None if args.quic is None else Address.parse(args.quic, "--quic")
+    tcp = None if args.tcp is None else Address.parse(args.tcp, "--tcp")
+    asyncio.run(serve(
+        Path(args.keys), args.ledger, quic=quic, tcp=tcp, control=Path(args.control),
+        durability=args.durability,
+    ))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run it as `l2-session node`")
