@@ -54,6 +54,10 @@ class PrekeyDirectory:
     def put(self, did: str, bundle: PrekeyBundle) -> None:
         self._bundles[did] = bundle
 
+    def __contains__(self, did: object) -> bool:
+        """Whether a bundle is published for ``did`` (current or not)."""
+        return did in self._bundles
+
     def take(self, did: str) -> PrekeyBundle:
         try:
             bundle = self._bundles[did]

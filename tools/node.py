@@ -20,7 +20,8 @@ with one line: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 status                                              ``did``, ``sessions``, ``connections``
 peer          ``did``, ``bundle`` (hex)             the peer's prekey bundle is known
 dial          ``did``, ``quic`` / ``tcp`` [h, p]    ``transport``: ``quic`` or ``utcp``
-establish     ``did``                               ``session`` (its id)
+establish     ``did``                               ``session`` (its id); the peer's bundle
+                                                    fetched over the connection if unknown
 wait          ``session``, ``state``, ``timeout``   once the session is in ``state``
 send          ``session``, ``data`` (base64)        once the message is saved (queued)
 receive       ``timeout`` (s)                       ``session``, ``seq``, ``data`` (base64)
@@ -105,7 +106,10 @@ class NodeProcess:
             identity.private_key, Responder(identity.private_key, secrets, bundle), self.directory
         )
         self.manager = SessionManager(identity.did, ledger, key_exchange=self.exchange)
-        self.node = TcpNode(self.manager, self.timeline.now_us)
+        self.node = TcpNode(
+            self.manager, self.timeline.now_us, bundle=self.bundle,
+            publish_bundle=self.directory.publish_bundle,
+        )  # fmt: skip
         self.exchange.source_of = self.node.address_of
         self.durability = durability
         self.stopped = asyncio.Event()
@@ -170,7 +174,10 @@ class NodeProcess:
         return {"transport": transport}
 
     async def _establish(self, request: dict[str, Any]) -> dict[str, Any]:
-        session = await self.node.establish(_text(request, "did"))
+        did = _text(request, "did")
+        if did not in self.directory.directory:  # nobody handed it over: ask the peer
+            await self.node.fetch_bundle(did)
+        session = await self.node.establish(did)
         return {"session": str(session)}
 
     async def _wait(self, request: dict[str, Any]) -> dict[str, Any]:

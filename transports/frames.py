@@ -41,6 +41,7 @@ from l2_session.domain.session.commands import (
     RotationRequest,
     RotationResponse,
 )
+from l2_session.transports.bundles import BundleRequest, BundleResponse
 
 # Append only: a kind's number is part of the wire format.
 KINDS: tuple[type[Any], ...] = (
@@ -56,6 +57,8 @@ KINDS: tuple[type[Any], ...] = (
     RotationConfirm,
     Close,
     CloseAck,
+    BundleRequest,  # 13, 14: a node's prekey bundle, asked and given (bundles.py)
+    BundleResponse,
 )
 KIND_OF = {cls: n for n, cls in enumerate(KINDS, start=1)}
 LENGTH = struct.Struct(">I")
@@ -71,7 +74,11 @@ def _wire_fields(cls: type[Any]) -> list[Any]:
     return [f for f in fields(cls) if f.name != "authentic"]
 
 
-def encode(frame: Frame) -> bytes:
+# What travels on a connection: the session manager's frames and the node's own (bundles.py).
+WireFrame = Frame | BundleRequest | BundleResponse
+
+
+def encode(frame: WireFrame) -> bytes:
     kind = KIND_OF.get(type(frame))
     if kind is None:
         raise FrameError(f"{type(frame).__name__} is not a frame this transport carries")
@@ -103,7 +110,7 @@ def body_length(prefix: bytes) -> int:
     return n
 
 
-def decode(body: bytes) -> Frame:
+def decode(body: bytes) -> WireFrame:
     """The frame in ``body`` (what follows the length prefix)."""
     if not body or not 1 <= body[0] <= len(KINDS):
         raise FrameError(f"unknown frame kind {body[0] if body else 'none'}")

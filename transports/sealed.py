@@ -48,6 +48,7 @@ from l2_session.domain.manager.channel import RESERVATION_BLOCK, SessionChannel
 from l2_session.domain.session.commands import CHANNEL_FRAMES, Frame, Heartbeat, HeartbeatAck
 from l2_session.domain.session.errors import SessionError
 from l2_session.domain.session.session import Session
+from l2_session.transports.bundles import BundleRequest, BundleResponse
 from l2_session.transports.frames import MAX_FRAME, FrameError, decode, encode
 
 SEALED_KIND = 0x80  # plaintext frame kinds stay below it (frames.KINDS)
@@ -189,9 +190,12 @@ class SealedFrames:
             if kind != opened[0][0]:
                 raise self._refuse("malformed", "pieces of one frame in different record kinds")
         try:
-            frame = decode(b"".join(payload[1:] for _, _, payload in opened))
+            wire = decode(b"".join(payload[1:] for _, _, payload in opened))
         except FrameError as error:
             raise self._refuse("malformed", str(error)) from None
+        if isinstance(wire, BundleRequest | BundleResponse):  # never inside a channel
+            raise self._refuse("malformed", f"a sealed {type(wire).__name__}")
+        frame = wire
         if not is_channel_frame(frame) or frame.conversation != conversation:
             raise self._refuse("malformed", f"a sealed {type(frame).__name__} for {conversation}")
         if _record_kind(frame) != opened[0][0]:

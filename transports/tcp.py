@@ -147,6 +147,8 @@ class TcpNode:
         max_partial_bytes: int = MAX_PARTIAL_BYTES,
         read_limit_bytes: int = READ_LIMIT_BYTES,
         answer: Answer | None = None,
+        bundle: bytes | None = None,
+        publish_bundle: Callable[[str, bytes, int], None] | None = None,
     ) -> None:
         for name, count, least in (
             ("max_connections", max_connections, 1),
@@ -171,8 +173,9 @@ class TcpNode:
         )  # fmt: skip
         self.answer = answer
         self.worker = NodeWorker(
-            manager, now_us, self.sealed, self._post, self._post_report, answer=answer
-        )
+            manager, now_us, self.sealed, self._post, self._post_report, answer=answer,
+            bundle=bundle, publish_bundle=publish_bundle,
+        )  # fmt: skip
         self.connections = Connections(
             manager.local_did, identity_key_of,
             up=lambda link: self._link_event(link, True),
@@ -304,6 +307,20 @@ class TcpNode:
             await self.dial(peer_did, quic=quic, tcp=tcp)
         except (ConnectionError, OSError) as error:
             log.warning("could not dial %s again after its QUIC link died: %s", peer_did, error)
+
+    async def fetch_bundle(self, peer_did: str, timeout_s: float = 5.0) -> None:
+        """Ask ``peer_did``, over the connection to it, for its prekey bundle, and return once
+        it came and was published (``publish_bundle``: its signatures checked against the
+        DID) — what ``establish`` needs of a peer whose bundle nobody handed over
+        (bundles.py). ``ConnectionError`` without a connection to it; ``TimeoutError`` if no
+        valid bundle came within ``timeout_s``."""
+
+        def ask() -> bool:
+            return self.worker.request_bundle(peer_did)
+
+        if not await self.query(ask):
+            raise ConnectionError(f"no connection to {peer_did} to ask for its bundle")
+        await self.until(lambda: peer_did in self.worker.bundles_received, timeout_s)
 
     def _quic(self, settings: QuicSettings | None) -> QuicEndpoint:
         if self.quic is None:

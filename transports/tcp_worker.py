@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Frame, Output, Send
 from l2_session.domain.session.errors import SessionError
 from l2_session.domain.session.session import QUIC
+from l2_session.transports.bundles import BundleRequest, BundleResponse
 from l2_session.transports.frames import FrameError, decode, encode
 from l2_session.transports.sealed import SEALED_KIND, SealedFrames, SealRefused, is_channel_frame
 from l2_session.transports.tcp_handoff import Batch, Command, Link, Message, Outcome, Report
@@ -88,9 +90,16 @@ class NodeWorker:
         post: Callable[[Outcome], None],
         finished: Callable[[Report], None],
         answer: Answer | None = None,
+        bundle: bytes | None = None,
+        publish_bundle: Callable[[str, bytes, int], None] | None = None,
     ) -> None:
         self.manager, self.now_us, self.sealed = manager, now_us, sealed
         self.answer = answer
+        # Prekey bundles over connections (bundles.py): this node's, and where a peer's goes.
+        self.bundle, self.publish_bundle = bundle, publish_bundle
+        self.bundles_received: set[str] = set()  # DIDs whose bundle came and was published
+        self.bundles_refused = 0  # bundle frames not answered or not taken
+        self._bundles_sent: weakref.WeakSet[Link] = weakref.WeakSet()
         self._post_outcome, self._finished = post, finished
         self.failed_ticks = 0
         self.failed_frames = 0
@@ -289,7 +298,11 @@ class NodeWorker:
                     here = agreed.get(frame.conversation, self._agreed_here.get(frame.conversation))
                     proof.proves = here == key_id
                 else:
-                    frame = decode(body)
+                    wire = decode(body)
+                    if isinstance(wire, BundleRequest | BundleResponse):
+                        self._bundle_frame(link, wire)
+                        continue
+                    frame = wire
                     if is_channel_frame(frame):
                         self.sealed.refused["unsealed"] += 1
                         continue
@@ -317,6 +330,38 @@ class NodeWorker:
         # The batch is saved and its answers derived with no frame in hand: a peer's address
         # is then its proven connection's (address_of), never the last frame's.
         self._reading = None
+
+    def _bundle_frame(self, link: Link, frame: BundleRequest | BundleResponse) -> None:
+        """Answer a request for this node's bundle (once per connection), or take the bundle
+        of the DID the connection is with (published: its signatures are checked there)."""
+        if isinstance(frame, BundleRequest):
+            mine = frame.did == self.manager.local_did and self.bundle is not None
+            if not mine or link in self._bundles_sent:
+                self.bundles_refused += 1
+                return
+            self._bundles_sent.add(link)
+            assert self.bundle is not None
+            self._out.writes.append((link, encode(BundleResponse(frame.did, self.bundle))))
+            return
+        if frame.did != link.did or self.publish_bundle is None:
+            self.bundles_refused += 1
+            return
+        try:
+            self.publish_bundle(frame.did, frame.bundle, self.now_us())
+        except Exception as error:  # forged, expired, malformed: not the DID's bundle
+            self.bundles_refused += 1
+            log.warning("a bundle for %s from %s refused: %s", frame.did, link.address, error)
+            return
+        self.bundles_received.add(frame.did)
+
+    def request_bundle(self, did: str) -> bool:
+        """Ask ``did`` for its bundle on the connection frames to it would go on."""
+        link = self._proven.get(did) or self._claimed.get(did)
+        if link is None:
+            return False
+        self.bundles_received.discard(did)
+        self._out.writes.append((link, encode(BundleRequest(did))))
+        return True
 
     def _prune(self) -> None:
         """Forget the keys agreed here for sessions that have left the manager's memory (they

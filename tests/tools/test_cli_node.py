@@ -1,8 +1,8 @@
 """``l2-session node``: two node processes with real keys and ledgers on disk, over QUIC on
 loopback, driven through their control sockets as a program would — a session, messages both
 ways, a SIGKILL of one in the middle of a stream, its restart from its files, the session
-resumed and every message delivered once and in order; and the control socket's answers to
-requests that are wrong."""
+resumed and every message delivered once and in order, with Bob's prekey bundle fetched over
+the connection; and the control socket's answers to requests that are wrong."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_two_node_processes_keep_a_session_over_quic_through_a_sigkill(tmp_path:
         try:
             await bob.start()
             await alice.start()
-            await alice.do("peer", did=bob.ready["did"], bundle=bob.ready["bundle"])
+            # No bundle handed over: Alice's node asks Bob's for it over the connection.
             dialled = await alice.do("dial", did=bob.ready["did"], quic=bob.ready["quic"],
                                      tcp=bob.ready["tcp"])  # fmt: skip
             assert dialled["transport"] == "quic"
