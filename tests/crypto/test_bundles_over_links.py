@@ -95,7 +95,7 @@ def test_a_node_answers_for_itself_once_per_connection_and_takes_only_genuine_bu
             await until(lambda: bob.node.worker.bundles_refused == 2)
             # A bundle for the DID the connection claims, but signed by another key: refused.
             _, forged = create_prekeys(mallory.private_key, expires_at_us=clock.now_us() + DAY_US)
-            reader2, writer2 = await open_raw(port, hello(carol.did))
+            _reader2, writer2 = await open_raw(port, hello(carol.did))
             writer2.write(encode(BundleResponse(carol.did, forged.encode())))
             # And a genuine bundle of Mallory's, on a connection that claims Carol.
             writer2.write(encode(BundleResponse(mallory.did, forged.encode())))
