@@ -1,0 +1,132 @@
+"""A session over QUIC through a bad network: a UDP relay between two nodes loses datagrams
+both ways, rebinds its port mid-stream (a NAT that rebinds: the QUIC connection migrates,
+its new path validated) and partitions the nodes for a while — and the session carries on,
+every message delivered once and in order, no new handshake. Real keys and ledgers, aioquic
+on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+from l2_session.infrastructure.resolver import DidKeyResolver
+from tcp_support import WAIT_S, Side, VirtualTime, established, make_side
+
+
+class ChaosRelay(asyncio.DatagramProtocol):
+    """Alice sends to ``address``; the relay forwards to Bob from its upstream socket and
+    Bob's answers back, losing ``loss`` of the datagrams each way (seeded), none while
+    ``partitioned``; ``rebind`` moves the upstream socket to a new port."""
+
+    def __init__(self, server: tuple[str, int], loss: float, seed: int) -> None:
+        self.server, self.loss, self.random = server, loss, random.Random(seed)
+        self.partitioned = False
+        self.lost = self.forwarded = 0
+        self.client: Any = None
+        self._down: asyncio.DatagramTransport | None = None
+        self._up: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def start(cls, server: tuple[str, int], loss: float, seed: int) -> ChaosRelay:
+        relay = cls(server, loss, seed)
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: relay, local_addr=("127.0.0.1", 0))
+        await relay.rebind()
+        return relay
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._down is not None
+        return self._down.get_extra_info("sockname")[:2]  # type: ignore[no-any-return]
+
+    async def rebind(self) -> None:
+        old = self._up
+        loop = asyncio.get_running_loop()
+        self._up, _ = await loop.create_datagram_endpoint(
+            lambda: _Answers(self), local_addr=("127.0.0.1", 0)
+        )
+        if old is not None:
+            old.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._down = transport  # type: ignore[assignment]
+
+    def _passes(self) -> bool:
+        if self.partitioned or self.random.random() < self.loss:
+            self.lost += 1
+            return False
+        self.forwarded += 1
+        return True
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.client = addr
+        if self._up is not None and self._passes():
+            self._up.sendto(data, self.server)
+
+    def answer(self, data: bytes) -> None:
+        if self._down is not None and self.client is not None and self._passes():
+            self._down.sendto(data, self.client)
+
+    def close(self) -> None:
+        for transport in (self._down, self._up):
+            if transport is not None:
+                transport.close()
+
+
+class _Answers(asyncio.DatagramProtocol):
+    def __init__(self, relay: ChaosRelay) -> None:
+        self.relay = relay
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.relay.answer(data)
+
+
+async def _close(*sides: Side) -> None:
+    for side in sides:
+        await side.node.close()
+        side.ledger.close()
+
+
+def test_a_session_over_quic_survives_loss_a_nat_rebinding_and_a_partition(
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+        bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
+        relay = await ChaosRelay.start(await bob.node.serve_quic(), loss=0.1, seed=7)
+        try:
+            await alice.node.connect_quic(bob.did, *relay.address)
+            sid = await alice.node.establish(bob.did)
+            await established(alice, sid)
+            keys = alice.session(sid).key_id
+            sent = [b"m%d" % n for n in range(90)]
+
+            async def send(batch: list[bytes]) -> None:
+                await asyncio.gather(*(alice.node.send(sid, p) for p in batch))
+
+            await send(sent[:30])  # through 10 % loss each way
+            await relay.rebind()  # the NAT gives Alice's flow a new port
+            await send(sent[30:60])
+            relay.partitioned = True  # nothing passes for a second; the sends wait for room
+            healed = asyncio.get_running_loop().call_later(1.0, setattr, relay, "partitioned",
+                                                           False)  # fmt: skip
+            async with asyncio.timeout(WAIT_S):
+                await send(sent[60:])
+            healed.cancel()
+            got = [(await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload for _ in sent]
+            assert got == sent  # once each, in order
+            assert bob.node._received.empty()
+            s = alice.session(sid)
+            assert s.key_id == keys and s.transport == "quic" and s.state == "established"
+            assert relay.lost > 0
+            assert {link.kind for link in alice.node.connections.open} == {"quic"}
+            (link,) = alice.node.connections.open
+            assert not link.pipe.closing()  # the one QUIC connection, migrated
+        finally:
+            relay.close()
+            await _close(alice, bob)
+
+    asyncio.run(run())
