@@ -27,7 +27,10 @@ loop gets it back within the interpreter's switch interval, which the node leave
 benchmark on two shared cores, a switch interval of 1, 0.5 or 0.2 ms changed neither the
 loop's longest stall (5-9 ms at either end) nor latency or throughput beyond run-to-run
 noise: during those stalls the loop thread itself ran under 1 ms and the process as a whole
-often less than the stall — the loop waited for a core more than for the GIL.
+often less than the stall — the loop waited for a core more than for the GIL. A full garbage
+collection holds the GIL too: in a process that imported aioquic, the first one scans ~53,000
+objects and took 10-15 ms. A long-running node process calls ``gc.freeze()`` once it has
+started (``l2-session node`` does), so that full collections scan only what came after.
 
 Durability is not weakened by it: what a stage of a batch asks to send is derived after its
 save returned and sealed on the worker, and only then handed to the loop, which writes it. No
