@@ -108,7 +108,7 @@ class NodeProcess:
         )
         self.manager = SessionManager(identity.did, ledger, key_exchange=self.exchange)
         self.node = TcpNode(
-            self.manager, self.timeline.now_us, bundle=self.bundle,
+            self.manager, self.timeline.now_us, serve_bundle=self._serve_bundle,
             publish_bundle=self.directory.publish_bundle,
         )  # fmt: skip
         self.exchange.source_of = self.node.address_of
@@ -118,6 +118,11 @@ class NodeProcess:
     @property
     def did(self) -> str:
         return self.store.identity.did
+
+    def _serve_bundle(self) -> bytes:
+        """This node's bundle for one asker: with one of its one-time prekeys, never handed
+        to another (none once the pool is spent: the handshake then goes without)."""
+        return bytes(self.directory.directory.take(self.did).encode())
 
     # ------------------------------------------------------------------ control
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

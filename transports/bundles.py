@@ -11,7 +11,8 @@ Two frames of the wire (frames.py kinds 13 and 14), in clear — a bundle is pub
 The asker takes a response only for the DID its connection is with, and only through the
 directory's ``publish_bundle``, which checks the bundle's signatures against that DID's key
 and its expiry (infrastructure/resolver.py): a connection that claims a DID it does not hold
-cannot plant a bundle for it. A node answers each connection once.
+cannot plant a bundle for it. A node answers each connection once, with the bundle its
+``serve_bundle`` gives for one asker (l2-session node: one one-time prekey each, spent once).
 """
 
 from __future__ import annotations

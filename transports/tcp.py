@@ -150,7 +150,7 @@ class TcpNode:
         max_partial_bytes: int = MAX_PARTIAL_BYTES,
         read_limit_bytes: int = READ_LIMIT_BYTES,
         answer: Answer | None = None,
-        bundle: bytes | None = None,
+        serve_bundle: Callable[[], bytes] | None = None,
         publish_bundle: Callable[[str, bytes, int], None] | None = None,
     ) -> None:
         for name, count, least in (
@@ -177,7 +177,7 @@ class TcpNode:
         self.answer = answer
         self.worker = NodeWorker(
             manager, now_us, self.sealed, self._post, self._post_report, answer=answer,
-            bundle=bundle, publish_bundle=publish_bundle,
+            serve_bundle=serve_bundle, publish_bundle=publish_bundle,
         )  # fmt: skip
         self.connections = Connections(
             manager.local_did, identity_key_of,

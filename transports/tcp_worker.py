@@ -90,13 +90,14 @@ class NodeWorker:
         post: Callable[[Outcome], None],
         finished: Callable[[Report], None],
         answer: Answer | None = None,
-        bundle: bytes | None = None,
+        serve_bundle: Callable[[], bytes] | None = None,
         publish_bundle: Callable[[str, bytes, int], None] | None = None,
     ) -> None:
         self.manager, self.now_us, self.sealed = manager, now_us, sealed
         self.answer = answer
-        # Prekey bundles over connections (bundles.py): this node's, and where a peer's goes.
-        self.bundle, self.publish_bundle = bundle, publish_bundle
+        # Prekey bundles over connections (bundles.py): this node's to hand out (each call
+        # takes at most one one-time prekey from its pool), and where a peer's goes.
+        self.serve_bundle, self.publish_bundle = serve_bundle, publish_bundle
         self.bundles_received: set[str] = set()  # DIDs whose bundle came and was published
         self.bundles_refused = 0  # bundle frames not answered or not taken
         self._bundles_sent: weakref.WeakSet[Link] = weakref.WeakSet()
@@ -335,13 +336,12 @@ class NodeWorker:
         """Answer a request for this node's bundle (once per connection), or take the bundle
         of the DID the connection is with (published: its signatures are checked there)."""
         if isinstance(frame, BundleRequest):
-            mine = frame.did == self.manager.local_did and self.bundle is not None
-            if not mine or link in self._bundles_sent:
+            serve = self.serve_bundle
+            if frame.did != self.manager.local_did or serve is None or link in self._bundles_sent:
                 self.bundles_refused += 1
                 return
             self._bundles_sent.add(link)
-            assert self.bundle is not None
-            self._out.writes.append((link, encode(BundleResponse(frame.did, self.bundle))))
+            self._out.writes.append((link, encode(BundleResponse(frame.did, serve()))))
             return
         if frame.did != link.did or self.publish_bundle is None:
             self.bundles_refused += 1

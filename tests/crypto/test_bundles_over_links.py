@@ -11,7 +11,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.bundle import PrekeyBundle, create_prekeys
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.bundles import BundleRequest, BundleResponse
@@ -34,7 +34,7 @@ def side_with_bundle(tmp_path: Path, name: str, directory: DidKeyResolver, clock
     """A node that serves its own bundle and takes peers' into ``mine`` (its own directory,
     which knows no peer's bundle at first)."""
     side = make_side(tmp_path, name, directory, clock, durability="normal")
-    side.node.worker.bundle = directory.directory._bundles[side.did].encode()
+    side.node.worker.serve_bundle = lambda: directory.directory.take(side.did).encode()
     side.node.worker.publish_bundle = mine.publish_bundle
     return side
 
@@ -91,7 +91,16 @@ def test_a_node_answers_for_itself_once_per_connection_and_takes_only_genuine_bu
             (n,) = struct.unpack(">I", await asyncio.wait_for(reader.readexactly(4), WAIT_S))
             answer = decode(await reader.readexactly(n))
             assert isinstance(answer, BundleResponse) and answer.did == bob.did
-            assert answer.bundle == bob.node.worker.bundle
+            given = PrekeyBundle.parse(answer.bundle)
+            assert len(given.one_time_prekeys) == 1  # one of the pool, for this asker alone
+            # Another asker gets another one-time prekey.
+            reader3, writer3 = await open_raw(port, hello(NodeIdentity.generate().did))
+            writer3.write(encode(BundleRequest(bob.did)))
+            (n,) = struct.unpack(">I", await asyncio.wait_for(reader3.readexactly(4), WAIT_S))
+            other = decode(await reader3.readexactly(n))
+            assert isinstance(other, BundleResponse)
+            assert PrekeyBundle.parse(other.bundle).one_time_prekeys[0] != given.one_time_prekeys[0]
+            writer3.close()
             await until(lambda: bob.node.worker.bundles_refused == 2)
             # A bundle for the DID the connection claims, but signed by another key: refused.
             _, forged = create_prekeys(mallory.private_key, expires_at_us=clock.now_us() + DAY_US)
