@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
-from l2_session.domain.session.config import DEFAULT_CONFIG
+from l2_session.domain.session.config import DEFAULT_CONFIG, SessionConfig
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.quic import QuicEndpoint
 from tcp_support import WAIT_S, Side, VirtualTime, established, make_side, until
+
+
+def kinds(ledger: Any, session_id: UUID) -> list[str]:
+    return [type(e).__name__ for e in ledger.events.get(session_id)]
 
 
 async def _close(*sides: Side) -> None:
@@ -145,5 +150,55 @@ def test_a_session_resumes_over_quic_after_the_dialler_restarts(tmp_path: Path) 
             await _close(again)
         finally:
             await _close(bob)
+
+    asyncio.run(run())
+
+
+def test_a_session_over_quic_heartbeats_rotates_its_keys_and_closes(tmp_path: Path) -> None:
+    """The session's life over QUIC, its timers moved on by hand: a heartbeat 30 s after the
+    last message, answered; keys rotated 40 s after the handshake (ttl - rotation_window),
+    messages before and after; a close that ends both ends."""
+    config = SessionConfig(ttl=120.0, rotation_window=80.0)
+
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        alice = make_side(tmp_path, "alice", directory, clock, config, durability="normal")
+        bob = make_side(tmp_path, "bob", directory, clock, config, durability="normal")
+        try:
+            await alice.node.connect_quic(bob.did, *await bob.node.serve_quic())
+            sid = await alice.node.establish(bob.did)
+            await established(alice, sid)
+            conversation = alice.session(sid).conversation
+            await established(bob, conversation)
+            old_key = alice.session(sid).key_id
+            await alice.node.send(sid, b"before")
+            assert (await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload == b"before"
+
+            async def tick(seconds: float) -> None:
+                now = clock.skip(seconds)
+                await alice.node.command(lambda: alice.manager.tick(now))
+
+            await tick(31)  # a heartbeat is due
+            await alice.node.until(lambda: "HeartbeatAnswered" in kinds(alice.ledger, sid),
+                                   WAIT_S)  # fmt: skip
+            await tick(10)  # 41 s after the handshake: the rotation
+            await alice.node.until(
+                lambda: alice.session(sid).key_id != old_key
+                and alice.session(sid).state == "established", WAIT_S,
+            )  # fmt: skip
+            await bob.node.until(
+                lambda: bob.session(conversation).key_id == alice.session(sid).key_id, WAIT_S
+            )
+            await alice.node.send(sid, b"after")
+            assert (await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload == b"after"
+            history = kinds(alice.ledger, sid)
+            assert history.index("HeartbeatAnswered") < history.index("RotationStarted")
+            assert history.count("Established") == 2  # the handshake, and the rotation
+            await alice.node.command(lambda: alice.manager.close(sid, clock.now_us()))
+            await bob.node.until(lambda: bob.session(conversation).closed, WAIT_S)
+            await alice.node.until(lambda: alice.manager.session(sid).closed, WAIT_S)
+            assert alice.manager.session(sid).transport == "quic"
+        finally:
+            await _close(alice, bob)
 
     asyncio.run(run())
