@@ -160,18 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
     pg_commands.register(command)  # pg-migrate, pg-import, project (tools/pg_commands.py)
     node = command("node", "run a node: QUIC and μTCP listeners, driven through a control socket")
     node.add_argument(
-        "--keys", required=True, metavar="FILE", help="its key store (made if it does not exist)"
+        "--config", metavar="FILE", help="a TOML file with any of these options, and [peers]"
     )
-    add_ledger_argument(node)
+    node.add_argument("--keys", metavar="FILE", help="its key store (made if it does not exist)")
+    node.add_argument("--ledger", metavar="PATH_OR_URL", help="its ledger (default: $L2S_LEDGER)")
     node.add_argument("--quic", metavar="HOST:PORT", help="listen for QUIC (UDP; STUN too)")
     node.add_argument("--tcp", metavar="HOST:PORT", help="listen for μTCP")
+    node.add_argument("--control", metavar="PATH", help="the control socket (a Unix socket)")
     node.add_argument(
-        "--control", required=True, metavar="PATH", help="the control socket (a Unix socket)"
-    )
-    node.add_argument(
-        "--durability", choices=("full", "normal"), default="full",
+        "--durability", choices=("full", "normal"),
         help="when a save returns: on disk (full, default) or in the OS (normal)",
     )  # fmt: skip
+    node.add_argument(
+        "--peer", action="append", metavar="DID=quic:HOST:PORT,tcp:HOST:PORT",
+        help="a peer's addresses, for the address book (repeat)",
+    )  # fmt: skip
+    node.add_argument(
+        "--log-format", choices=("text", "json"), help="stderr logs: text (default), JSON lines"
+    )
     node.set_defaults(run=_node)
     return parser
 

@@ -39,12 +39,14 @@ import binascii
 import contextlib
 import gc
 import json
+import logging
 import os
 import signal
 import stat
 import sys
+import tomllib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -87,8 +89,11 @@ class Request(Exception):
 class NodeProcess:
     """The node a process runs: built from its files by ``open``, driven by ``control``."""
 
-    def __init__(self, store: KeyStore, ledger: SessionLedger, durability: str) -> None:
+    def __init__(
+        self, store: KeyStore, ledger: SessionLedger, peers: dict[str, Addresses] | None = None
+    ) -> None:
         self.store, self.ledger = store, ledger
+        self.peers = dict(peers or {})  # the address book: DID -> (QUIC, μTCP)
         self.timeline = SessionTimeline(SystemClock())
         self.directory = DidKeyResolver()
         now = self.timeline.now_us()
@@ -112,7 +117,6 @@ class NodeProcess:
             publish_bundle=self.directory.publish_bundle,
         )  # fmt: skip
         self.exchange.source_of = self.node.address_of
-        self.durability = durability
         self.stopped = asyncio.Event()
 
     @property
@@ -173,14 +177,25 @@ class NodeProcess:
         return {}
 
     async def _dial(self, request: dict[str, Any]) -> dict[str, Any]:
+        did = _text(request, "did")
         quic, tcp = _address(request, "quic"), _address(request, "tcp")
         if quic is None and tcp is None:
-            raise Request('dial needs "quic" or "tcp": [host, port]')
-        transport = await self.node.dial(_text(request, "did"), quic=quic, tcp=tcp)
+            if did not in self.peers:
+                raise Request(
+                    f'dial needs "quic" or "tcp": [host, port]; {did} is not in the address '
+                    "book (--peer, or [peers] in the config)"
+                )
+            quic, tcp = self.peers[did]
+        else:
+            self.peers[did] = (quic, tcp)
+        transport = await self.node.dial(did, quic=quic, tcp=tcp)
         return {"transport": transport}
 
     async def _establish(self, request: dict[str, Any]) -> dict[str, Any]:
         did = _text(request, "did")
+        connected = await self.node.query(lambda: self.node.worker.transport_to(did) is not None)
+        if not connected and did in self.peers:  # the address book says where
+            await self._dial({"did": did})
         if did not in self.directory.directory:  # nobody handed it over: ask the peer
             await self.node.fetch_bundle(did)
         session = await self.node.establish(did)
@@ -275,23 +290,15 @@ def open_keys(path: Path) -> KeyStore:
     return KeyStore.load(path) if path.exists() else KeyStore.create(path)
 
 
-async def serve(
-    keys: Path,
-    ledger_location: str,
-    *,
-    quic: Address | None,
-    tcp: Address | None,
-    control: Path,
-    durability: str,
-) -> None:
-    store = open_keys(keys)
+async def serve(settings: NodeSettings) -> None:
+    store = open_keys(settings.keys)
     ledger = SessionLedger(
-        ledger_location, identity=store.identity, storage_key=store.storage_key,
-        durability=durability,  # type: ignore[arg-type]
+        settings.ledger, identity=store.identity, storage_key=store.storage_key,
+        durability=settings.durability,  # type: ignore[arg-type]
     )  # fmt: skip
     try:
-        process = NodeProcess(store, ledger, durability)
-        await _run(process, quic, tcp, control)
+        process = NodeProcess(store, ledger, settings.peers)
+        await _run(process, settings.quic, settings.tcp, settings.control)
     finally:
         ledger.close()
 
@@ -341,15 +348,145 @@ async def _run(
             control.unlink()
 
 
-def main(args: Any) -> int:
-    if args.quic is None and args.tcp is None:
+Addresses = tuple[tuple[str, int] | None, tuple[str, int] | None]  # (QUIC, μTCP)
+SETTINGS = ("keys", "ledger", "quic", "tcp", "control", "durability", "log_format", "peers")
+
+
+@dataclass
+class NodeSettings:
+    """What a node runs with: flags over the ``--config`` TOML file over defaults."""
+
+    keys: Path
+    ledger: str
+    quic: Address | None
+    tcp: Address | None
+    control: Path
+    durability: str = "full"
+    log_format: str = "text"
+    peers: dict[str, Addresses] = field(default_factory=dict)
+
+
+def settings_from(args: Any) -> NodeSettings:
+    config = _read_config(args.config) if args.config else {}
+    where = f"--config {args.config}: " if args.config else ""
+
+    def value(name: str) -> Any:
+        given = getattr(args, name)
+        if given is not None:
+            return given
+        found = config.get(name)
+        if found is not None and not isinstance(found, str):
+            raise UsageError(f"{where}{name} must be a string, got {found!r}")
+        return found
+
+    ledger = value("ledger") or os.environ.get("L2S_LEDGER")
+    missing = [f"--{n}" for n, v in (("keys", value("keys")), ("ledger", ledger),
+                                     ("control", value("control"))) if not v]  # fmt: skip
+    if missing:
+        raise UsageError(f"give {', '.join(missing)} (as flags, or in the --config file)")
+    quic, tcp = value("quic"), value("tcp")
+    if quic is None and tcp is None:
         raise UsageError("give --quic HOST:PORT, --tcp HOST:PORT, or both: where to listen")
-    quic = None if args.quic is None else Address.parse(args.quic, "--quic")
-    tcp = None if args.tcp is None else Address.parse(args.tcp, "--tcp")
-    asyncio.run(serve(
-        Path(args.keys), args.ledger, quic=quic, tcp=tcp, control=Path(args.control),
-        durability=args.durability,
-    ))  # fmt: skip
+    durability = value("durability") or "full"
+    log_format = value("log_format") or "text"
+    for name, got, allowed in (("durability", durability, ("full", "normal")),
+                               ("log_format", log_format, ("text", "json"))):  # fmt: skip
+        if got not in allowed:
+            raise UsageError(f"{where}{name} {got!r}: one of {', '.join(allowed)}")
+    peers = _peers_from_config(config.get("peers", {}), where)
+    for flag in args.peer or []:
+        did, book = _peer_from_flag(flag)
+        peers[did] = book
+    return NodeSettings(
+        keys=Path(value("keys")), ledger=str(ledger),
+        quic=None if quic is None else Address.parse(quic, "--quic"),
+        tcp=None if tcp is None else Address.parse(tcp, "--tcp"),
+        control=Path(value("control")), durability=durability, log_format=log_format,
+        peers=peers,
+    )  # fmt: skip
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            config = tomllib.load(f)
+    except OSError as error:
+        raise UsageError(f"--config {path}: cannot read it ({error.strerror})") from error
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"--config {path} is not TOML: {error}") from error
+    unknown = sorted(set(config) - set(SETTINGS))
+    if unknown:
+        raise UsageError(
+            f"--config {path}: unknown setting {', '.join(unknown)}; known: {', '.join(SETTINGS)}"
+        )
+    return config
+
+
+def _peers_from_config(table: Any, where: str) -> dict[str, Addresses]:
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}[peers] must be a table of DID = {{ quic = ..., tcp = ... }}")
+    peers: dict[str, Addresses] = {}
+    for did, entry in table.items():
+        if not isinstance(entry, dict) or not set(entry) <= {"quic", "tcp"} or not entry:
+            raise UsageError(f'{where}peer {did}: give {{ quic = "HOST:PORT", tcp = ... }}')
+        peers[did] = _book(did, entry.get("quic"), entry.get("tcp"))
+    return peers
+
+
+def _peer_from_flag(flag: str) -> tuple[str, Addresses]:
+    did, sep, rest = flag.partition("=")
+    addresses: dict[str, str] = {}
+    for part in rest.split(",") if sep else []:
+        kind, _, address = part.partition(":")
+        if kind not in ("quic", "tcp") or kind in addresses:
+            raise UsageError(f"--peer {flag}: give DID=quic:HOST:PORT,tcp:HOST:PORT")
+        addresses[kind] = address
+    if not did or not addresses:
+        raise UsageError(f"--peer {flag}: give DID=quic:HOST:PORT,tcp:HOST:PORT")
+    return did, _book(did, addresses.get("quic"), addresses.get("tcp"))
+
+
+def _book(did: str, quic: Any, tcp: Any) -> Addresses:
+    def parse(text: Any, kind: str) -> tuple[str, int] | None:
+        if text is None:
+            return None
+        if not isinstance(text, str):
+            raise UsageError(f'peer {did}: {kind} must be "HOST:PORT"')
+        address = Address.parse(text, f"peer {did} {kind}")
+        return address.host, address.port
+
+    return parse(quic, "quic"), parse(tcp, "tcp")
+
+
+class JsonLines(logging.Formatter):
+    """A log record as one JSON object: time, level, logger, message (and the error)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(), "logger": record.name,
+            "message": record.getMessage(),
+        }  # fmt: skip
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def _logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonLines() if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )  # fmt: skip
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def main(args: Any) -> int:
+    settings = settings_from(args)
+    _logging(settings.log_format)
+    asyncio.run(serve(settings))
     return 0
 
 

@@ -35,14 +35,21 @@ class Node:
     def control(self) -> Path:
         return self.work / f"{self.name}.sock"
 
-    async def start(self) -> dict[str, Any]:
+    @property
+    def log(self) -> Path:
+        return self.work / f"{self.name}.log"
+
+    async def start(self, *args: str) -> dict[str, Any]:
+        """Start the process, with ``args`` if given, else with its own files as flags."""
         env = {k: v for k, v in os.environ.items() if k != "L2S_LEDGER"}
+        args = args or (
+            "--keys", str(self.work / f"{self.name}.keys"),
+            "--ledger", str(self.work / f"{self.name}.sqlite3"), "--quic", "127.0.0.1:0",
+            "--tcp", "127.0.0.1:0", "--control", str(self.control), "--durability", "normal",
+        )  # fmt: skip
         self.process = subprocess.Popen(
-            [*CLI, "node", "--keys", str(self.work / f"{self.name}.keys"),
-             "--ledger", str(self.work / f"{self.name}.sqlite3"), "--quic", "127.0.0.1:0",
-             "--tcp", "127.0.0.1:0", "--control", str(self.control), "--durability", "normal"],
-            stdout=subprocess.PIPE, stderr=(self.work / f"{self.name}.log").open("a"),
-            text=True, env=env,
+            [*CLI, "node", *args], stdout=subprocess.PIPE, stderr=self.log.open("a"), text=True,
+            env=env,
         )  # fmt: skip
         assert self.process.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), WAIT_S)
@@ -192,3 +199,71 @@ def test_node_refuses_wrong_listen_addresses(tmp_path: Path, args: tuple[str, ..
     result = run("node", "--keys", str(tmp_path / "k.keys"), "--ledger",
                  str(tmp_path / "l.sqlite3"), "--control", str(tmp_path / "c.sock"), *args)  # fmt: skip
     refused(result, 2, fragment)
+
+
+def test_a_node_from_a_config_file_dials_its_address_book_and_logs_json(tmp_path: Path) -> None:
+    """Alice's node takes its settings from a TOML file, with Bob in its [peers]: ``establish``
+    alone dials him (QUIC first) and fetches his bundle; its logs are JSON lines."""
+
+    async def scenario() -> None:
+        alice, bob = Node(tmp_path, "alice"), Node(tmp_path, "bob")
+        try:
+            await bob.start()
+            host, port = bob.ready["quic"]
+            config = tmp_path / "alice.toml"
+            config.write_text(
+                f'keys = "{tmp_path / "alice.keys"}"\n'
+                f'ledger = "{tmp_path / "alice.sqlite3"}"\n'
+                f'control = "{alice.control}"\n'
+                'quic = "127.0.0.1:0"\n'
+                'durability = "normal"\n'
+                'log_format = "json"\n'
+                f'[peers]\n"{bob.ready["did"]}" = {{ quic = "{host}:{port}" }}\n'
+            )
+            await alice.start("--config", str(config))
+            sid = (await alice.do("establish", did=bob.ready["did"]))["session"]
+            await alice.do("wait", session=sid, state="established", timeout=WAIT_S)
+            await alice.do("send", session=sid, data=b64(b"from the book"))
+            assert [p for _, p in await received(bob, 1)] == [b"from the book"]
+            (listed,) = (await alice.do("sessions"))["sessions"]
+            assert listed["transport"] == "quic"
+            unknown = await alice.ask("dial", did="did:key:z6MkStranger")
+            assert unknown["ok"] is False and "address book" in unknown["error"]
+            assert await alice.stop() == 0
+            assert await bob.stop() == 0
+            logs = [json.loads(line) for line in alice.log.read_text().splitlines() if line]
+            assert logs and all({"time", "level", "logger", "message"} <= set(x) for x in logs)
+        finally:
+            for node in (alice, bob):
+                if node.process is not None and node.process.poll() is None:
+                    node.process.kill()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("keys = [", "is not TOML"),
+        ('keyz = "k"', "unknown setting keyz"),
+        (
+            'keys = "k"\nledger = "l"\ncontrol = "c"\nquic = "127.0.0.1:0"\ndurability = "fast"',
+            "durability 'fast'",
+        ),
+        ('keys = "k"\nledger = "l"\ncontrol = "c"\nquic = "127.0.0.1:0"\n[peers]\nx = 1', "peer x"),
+        ('keys = "k"\nquic = "127.0.0.1:0"', "give --ledger, --control"),
+    ],
+)
+def test_node_refuses_a_wrong_config_file_with_why(
+    tmp_path: Path, content: str, fragment: str
+) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(content)
+    env_free = run("node", "--config", str(config))
+    refused(env_free, 2, fragment)
+
+
+def test_node_refuses_a_wrong_peer_flag(tmp_path: Path) -> None:
+    result = run("node", "--keys", "k", "--ledger", "l", "--control", "c", "--quic", "127.0.0.1:0",
+                 "--peer", "did:key:z6Mkx=udp:1.2.3.4:5")  # fmt: skip
+    refused(result, 2, "DID=quic:HOST:PORT,tcp:HOST:PORT")
