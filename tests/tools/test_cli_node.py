@@ -24,8 +24,9 @@ WAIT_S = 20.0
 class Node:
     """One ``l2-session node`` process and a connection to its control socket."""
 
-    def __init__(self, work: Path, name: str) -> None:
+    def __init__(self, work: Path, name: str, prefix: tuple[str, ...] = ()) -> None:
         self.work, self.name = work, name
+        self.prefix = prefix  # what runs the command (``ip netns exec NS``)
         self.process: subprocess.Popen[str] | None = None
         self.ready: dict[str, Any] = {}
         self._reader: asyncio.StreamReader | None = None
@@ -48,7 +49,7 @@ class Node:
             "--tcp", "127.0.0.1:0", "--control", str(self.control), "--durability", "normal",
         )  # fmt: skip
         self.process = subprocess.Popen(
-            [*CLI, "node", *args], stdout=subprocess.PIPE, stderr=self.log.open("a"), text=True,
+            [*self.prefix, *CLI, "node", *args], stdout=subprocess.PIPE, stderr=self.log.open("a"), text=True,
             env=env,
         )  # fmt: skip
         assert self.process.stdout is not None
