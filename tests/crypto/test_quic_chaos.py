@@ -130,3 +130,54 @@ def test_a_session_over_quic_survives_loss_a_nat_rebinding_and_a_partition(
             await _close(alice, bob)
 
     asyncio.run(run())
+
+
+def test_a_partition_longer_than_the_heartbeats_degrades_and_heals_over_quic(
+    tmp_path: Path,
+) -> None:
+    """Nothing passes between the nodes for longer than three heartbeats: Alice's session
+    goes ``degraded`` and holds what is sent meanwhile; once traffic passes again, the next
+    heartbeat answered re-establishes it (decision 5) and the held messages go, once each."""
+
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+        bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
+        relay = await ChaosRelay.start(await bob.node.serve_quic(), loss=0.0, seed=1)
+        try:
+            await alice.node.connect_quic(bob.did, *relay.address)
+            sid = await alice.node.establish(bob.did)
+            await established(alice, sid)
+            session = alice.session(sid)
+
+            async def tick(seconds: float) -> None:
+                now = clock.skip(seconds)
+                await alice.node.command(lambda: alice.manager.tick(now))
+
+            await alice.node.send(sid, b"before")
+            assert (await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload == b"before"
+            relay.partitioned = True
+            for _ in range(12):  # heartbeats every 30 s, each unanswered within 2 s
+                if await alice.node.query(lambda: session.state == "degraded"):
+                    break
+                await tick(31 if session.heartbeat_sent_us is None else 2.5)
+            assert await alice.node.query(lambda: session.state == "degraded")
+            held = [b"held %d" % n for n in range(5)]
+            for payload in held:
+                await alice.node.send(sid, payload)  # saved, held while degraded
+            relay.partitioned = False
+            for _ in range(12):
+                if await alice.node.query(lambda: session.state == "established"):
+                    break
+                await tick(31 if session.heartbeat_sent_us is None else 2.5)
+                await asyncio.sleep(0.2)
+            assert await alice.node.query(lambda: session.state == "established")
+            got = [(await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload for _ in held]
+            assert got == held and bob.node._received.empty()
+            history = [type(e).__name__ for e in alice.ledger.events.get(sid)]
+            assert "HeartbeatMissed" in history
+        finally:
+            relay.close()
+            await _close(alice, bob)
+
+    asyncio.run(run())
