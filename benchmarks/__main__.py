@@ -36,6 +36,7 @@ SUITES: dict[str, str] = {
     "recover": "benchmarks.bench_recover",
     "messages": "benchmarks.bench_messages",
     "quic_link": "benchmarks.bench_quic_link",
+    "transports": "benchmarks.bench_transports",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")

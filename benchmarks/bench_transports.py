@@ -1,0 +1,207 @@
+"""Sessions over the node's transports (transports/tcp.py, decision 24): the time to an
+established session over QUIC and over μTCP, the time to a session when UDP is blocked, and
+the memory a server holds per live session over QUIC.
+
+- Time to a session: a fresh client node (real PQxdh keys, its own signed SQLite ledger at
+  ``normal``) dials a server node in the same process and establishes a session, timed from
+  the dial to the client's session ``established`` (its save returned): QUIC (``dial`` with
+  the QUIC address alone: a full QUIC handshake, no ticket) and μTCP (the TCP address
+  alone). p50 and p99 of ``ATTEMPTS``; goal p99 ≤ 20 ms on loopback.
+- UDP blocked: ``dial`` with both addresses, the QUIC one a UDP port where nothing answers
+  (a firewall that drops UDP): QUIC is tried first, μTCP starts after the 250 ms head start
+  and carries the session. p50 and p99; goal p99 ≤ 400 ms.
+- Memory per live session over QUIC: a server node in its own process
+  (transport_server.py, tracemalloc from its first line) takes ``SESSIONS`` clients, each a
+  node of its own dialling it over QUIC (one connection per session); what the server's
+  Python holds after, less what it held before, per session — its manager, session, ledger
+  objects, sealed channel, the QUIC connection and its buffers (the kernel's socket buffers
+  are not counted). Target ≤ 100 KiB (aioquic alone: ~51 KiB per idle link end, the
+  quic_link suite).
+
+Run alone with ``python -m benchmarks.bench_transports [--quick]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from l2_session.domain.handshake.admission import HandshakeAdmission
+from l2_session.domain.manager.manager import SessionManager
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+from l2_session.infrastructure.clock import SessionTimeline, SystemClock
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.resolver import DidKeyResolver
+from l2_session.transports.tcp import TcpNode
+
+from benchmarks.common import PACKAGE_DIR, figure, scratch_dir
+from benchmarks.handshake_sessions import UNLIMITED
+
+DAY_US = 86_400_000_000
+WAIT_S = 30.0  # a bound for waits that end at once on a working link; never a measurement
+SIZES = {False: (60, 60), True: (15, 12)}  # attempts per figure, sessions for memory
+SESSION_P99_MS = 20.0
+UDP_BLOCKED_P99_MS = 400.0
+MEMORY_PER_SESSION_KIB = 100.0
+
+
+class Side:
+    """One node: identity, ledger, manager, ``TcpNode``."""
+
+    def __init__(self, work: Path, name: str, directory: DidKeyResolver) -> None:
+        self.now_us = SessionTimeline(SystemClock()).now_us
+        identity = NodeIdentity.generate()
+        self.did = identity.did
+        self.exchange = PqxdhKeyExchange.for_node(
+            identity.did, identity.private_key, directory, now_us=self.now_us(),
+            valid_for_us=DAY_US, one_time_prekeys=0,
+            engine_options={"admission": HandshakeAdmission(UNLIMITED)},
+        )  # fmt: skip
+        self.ledger = SessionLedger(
+            work / f"{name}.sqlite3", identity=identity, storage_key=os.urandom(32),
+            durability="normal",
+        )  # fmt: skip
+        self.manager = SessionManager(identity.did, self.ledger, key_exchange=self.exchange)
+        self.node = TcpNode(self.manager, self.now_us)
+        self.exchange.source_of = self.node.address_of
+
+    async def close(self) -> None:
+        await self.node.close()
+        self.ledger.close()
+
+
+async def _session(client: Side, server_did: str, **addresses: Any) -> tuple[float, str]:
+    start = time.perf_counter()
+    transport = await client.node.dial(server_did, **addresses)
+    sid = await client.node.establish(server_did)
+    manager = client.manager
+    await client.node.until(lambda: manager.session(sid).state == "established", WAIT_S)
+    return time.perf_counter() - start, transport
+
+
+def _black_hole() -> tuple[socket.socket, tuple[str, int]]:
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hole.bind(("127.0.0.1", 0))  # bound, never read: QUIC's packets go unanswered
+    return hole, hole.getsockname()
+
+
+async def _times(work: Path, attempts: int) -> dict[str, Any]:
+    directory = DidKeyResolver()
+    server = Side(work, "server", directory)
+    quic = await server.node.serve_quic()
+    tcp_server = await server.node.serve()
+    tcp = tcp_server.sockets[0].getsockname()[:2]
+    hole, blocked = _black_hole()
+    times: dict[str, list[float]] = {"quic": [], "utcp": [], "udp_blocked": []}
+    transports: dict[str, set[str]] = {k: set() for k in times}
+    try:
+        for n in range(attempts):
+            for kind, addresses in (
+                ("quic", {"quic": quic}), ("utcp", {"tcp": tcp}),
+                ("udp_blocked", {"quic": blocked, "tcp": tcp}),
+            ):  # fmt: skip
+                client = Side(work, f"{kind}-{n}", directory)
+                try:
+                    seconds, transport = await _session(client, server.did, **addresses)
+                finally:
+                    await client.close()
+                times[kind].append(seconds * 1e3)
+                transports[kind].add(transport)
+    finally:
+        hole.close()
+        tcp_server.close()
+        await server.close()
+    return {"ms": times, "transports": {k: sorted(v) for k, v in transports.items()}}
+
+
+async def _memory(work: Path, sessions: int) -> dict[str, Any]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.transport_server", str(work)],
+        cwd=PACKAGE_DIR.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert server.stdin is not None and server.stdout is not None
+    loop = asyncio.get_running_loop()
+
+    async def ask(line: str | None = None) -> dict[str, Any]:
+        assert server.stdin is not None and server.stdout is not None
+        if line is not None:
+            server.stdin.write(line + "\n")
+            server.stdin.flush()
+        said = await loop.run_in_executor(None, server.stdout.readline)
+        if not said:
+            raise RuntimeError("the transport server process ended early")
+        answer: dict[str, Any] = json.loads(said)
+        return answer
+
+    clients: list[Side] = []
+    try:
+        ready = await ask()
+        directory = DidKeyResolver()
+        directory.publish_bundle(ready["did"], bytes.fromhex(ready["bundle"]), 0)
+        before = await ask("measure")
+        for n in range(sessions):
+            client = Side(work, f"client-{n}", directory)
+            clients.append(client)
+            await _session(client, ready["did"], quic=("127.0.0.1", ready["port"]))
+        after = await ask("measure")
+    finally:
+        for client in clients:
+            await client.close()
+        if server.stdin is not None:
+            server.stdin.close()
+        server.wait(timeout=60)
+    if after["sessions"] != sessions or after["links"] != sessions:
+        raise RuntimeError(f"the server holds {after['sessions']} sessions, {after['links']} links")
+    return {"before": before, "after": after, "per_session": (after["bytes"] - before["bytes"])
+            / sessions}  # fmt: skip
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def run(quick: bool) -> dict[str, Any]:
+    attempts, sessions = SIZES[quick]
+    with scratch_dir("transports-") as work:
+        timing = asyncio.run(_times(work, attempts))
+    with scratch_dir("transports-memory-") as work:
+        memory = asyncio.run(_memory(work, sessions))
+    ms = timing["ms"]
+    figures = []
+    for kind, label in (("quic", "QUIC"), ("utcp", "μTCP")):
+        p99 = _percentile(ms[kind], 99)
+        figures.append(figure(
+            f"dial -> established session over {label}, p50", statistics.median(ms[kind]),
+            "ms", target=f"p99 <= {SESSION_P99_MS:.0f} ms", ok=p99 <= SESSION_P99_MS,
+            note=f"p99 {p99:.1f} ms; {attempts} sessions, both nodes in one process",
+        ))  # fmt: skip
+    p99 = _percentile(ms["udp_blocked"], 99)
+    figures.append(figure(
+        "UDP blocked: dial -> established over uTCP, p50", statistics.median(ms["udp_blocked"]),
+        "ms", target=f"p99 <= {UDP_BLOCKED_P99_MS:.0f} ms", ok=p99 <= UDP_BLOCKED_P99_MS,
+        note=f"p99 {p99:.1f} ms; QUIC first, uTCP after its 250 ms head start; "
+        f"carried by {', '.join(timing['transports']['udp_blocked'])}",
+    ))  # fmt: skip
+    kib = memory["per_session"] / 1024
+    figures.append(figure(
+        "server memory per live session over QUIC", kib, "KiB",
+        target=f"<= {MEMORY_PER_SESSION_KIB:.0f} KiB", ok=kib <= MEMORY_PER_SESSION_KIB,
+        note=f"tracemalloc in the server's process, {sessions} sessions on as many connections",
+    ))  # fmt: skip
+    return {"figures": figures, "timing": timing, "memory": memory,
+            "sizes": {"attempts": attempts, "sessions": sessions}}  # fmt: skip
+
+
+if __name__ == "__main__":
+    for f in run("--quick" in sys.argv)["figures"]:
+        print(f)
