@@ -115,6 +115,8 @@ class NodeProcess:
         self.node = TcpNode(
             self.manager, self.timeline.now_us, serve_bundle=self._serve_bundle,
             publish_bundle=self.directory.publish_bundle,
+            # Beside the key store, as private: a restart resumes QUIC in 0-RTT with them.
+            quic_tickets=store.path.with_name(store.path.name + ".quic-tickets"),
         )  # fmt: skip
         self.exchange.source_of = self.node.address_of
         self.stopped = asyncio.Event()

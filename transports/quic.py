@@ -36,6 +36,7 @@ import socket
 from collections import Counter, deque
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import cast
 
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
@@ -64,13 +65,18 @@ class QuicEndpoint:
     set of bounds and one ticket store for all of them."""
 
     def __init__(
-        self, settings: QuicSettings | None = None, *, quic_logger: QuicLogger | None = None
+        self,
+        settings: QuicSettings | None = None,
+        *,
+        quic_logger: QuicLogger | None = None,
+        tickets_path: str | Path | None = None,
     ) -> None:
         self.settings = settings or QuicSettings()
         self.quic_logger = quic_logger  # aioquic's qlog of every connection, for debugging
         self.certificate = self_signed_certificate()
         self.server_tickets = ServerTickets(self.settings.max_server_tickets)
-        self.client_tickets = ClientTickets(self.settings.max_client_tickets)
+        # Kept in ``tickets_path`` if given: a restarted node resumes TLS in 0-RTT (quic_tls.py).
+        self.client_tickets = ClientTickets(self.settings.max_client_tickets, tickets_path)
         self.occupancy: Occupancy[QuicLink] = Occupancy(self.settings.max_partial_bytes)
         self.links: set[QuicLink] = set()
         self.stun: StunProtocol | None = None

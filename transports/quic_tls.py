@@ -14,20 +14,30 @@ Tickets. A server's tickets are opaque random ids into its own memory (aioquic's
 ticket's 0-RTT data is accepted on its first use only (RFC 8446 §8.1, single-use tickets),
 so a replayed first flight finds no ticket and its 0-RTT data is never decrypted. A client
 keeps the latest ticket per server address in ``ClientTickets`` and uses each once
-(RFC 8446 §4.6.1); every handshake brings a new one. Both stores are bounded, oldest out,
-and held in memory: a restarted process starts with none, and its first connection to each
-server takes a full handshake.
+(RFC 8446 §4.6.1); every handshake brings a new one. Both stores are bounded, oldest out.
+The server's are in memory. The client's may be kept in a file (``ClientTickets(path=)``,
+``TcpNode(quic_tickets=)``), so that a restarted node's first connection to a server it knew
+resumes TLS in 0-RTT, and its L2 RESUME rides the first flight: the file holds each ticket's
+resumption secret, so it is written as the key store is (owner only, replaced atomically),
+and rewritten whenever a ticket is added or taken, so a ticket used before a crash is not
+used again after it. A file that cannot be read is logged and set aside: tickets are a cache.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+import logging
+import os
+import secrets
 import ssl
 from collections import OrderedDict
 from collections.abc import Hashable
+from pathlib import Path
+from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.tls import SessionTicket
+from aioquic.tls import CipherSuite, SessionTicket
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
@@ -114,24 +124,88 @@ class ServerTickets:
 
 
 class ClientTickets:
-    """The latest ticket from each server, by the server's address, each taken once."""
+    """The latest ticket from each server, by the server's address, each taken once; kept
+    in ``path`` too, if given (see the module)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, path: str | Path | None = None) -> None:
         self.limit = limit
+        self.path = None if path is None else Path(path)
         self._tickets: OrderedDict[K, SessionTicket] = OrderedDict()
+        if self.path is not None and self.path.exists():
+            self._load(self.path)
 
     def remember(self, server: K, ticket: SessionTicket) -> None:
         self._tickets[server] = ticket
         self._tickets.move_to_end(server)
         while len(self._tickets) > self.limit:
             self._tickets.popitem(last=False)
+        self._save()
 
     def take(self, server: K) -> SessionTicket | None:
         ticket = self._tickets.pop(server, None)
+        if ticket is not None:
+            self._save()  # taken: not to be used again, after a crash either
         return ticket if ticket is not None and ticket.is_valid else None
+
+    # -- the file: JSON, one entry per server address -------------------------------------
+    def _load(self, path: Path) -> None:
+        try:
+            entries = json.loads(path.read_text())
+            for entry in entries[-self.limit :]:
+                server = tuple(entry["server"]) if isinstance(entry["server"], list) else None
+                if server is None:
+                    raise ValueError(f"server {entry['server']!r} is not [host, port]")
+                self._tickets[server] = _ticket_from_json(entry["ticket"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("QUIC tickets in %s not read (%s): starting without", path, error)
+            self._tickets.clear()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        entries = [
+            {"server": list(server) if isinstance(server, tuple) else server,
+             "ticket": _ticket_to_json(ticket)}
+            for server, ticket in self._tickets.items()
+        ]  # fmt: skip
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(entries, f)
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def __contains__(self, server: K) -> bool:
         return server in self._tickets
 
     def __len__(self) -> int:
         return len(self._tickets)
+
+
+log = logging.getLogger("l2_session.transport.quic")
+
+
+def _ticket_to_json(ticket: SessionTicket) -> dict[str, Any]:
+    return {
+        "age_add": ticket.age_add, "cipher_suite": int(ticket.cipher_suite),
+        "not_valid_after": ticket.not_valid_after.isoformat(),
+        "not_valid_before": ticket.not_valid_before.isoformat(),
+        "resumption_secret": ticket.resumption_secret.hex(), "server_name": ticket.server_name,
+        "ticket": ticket.ticket.hex(), "max_early_data_size": ticket.max_early_data_size,
+        "other_extensions": [[kind, data.hex()] for kind, data in ticket.other_extensions],
+    }  # fmt: skip
+
+
+def _ticket_from_json(data: dict[str, Any]) -> SessionTicket:
+    return SessionTicket(
+        age_add=int(data["age_add"]), cipher_suite=CipherSuite(int(data["cipher_suite"])),
+        not_valid_after=datetime.datetime.fromisoformat(data["not_valid_after"]),
+        not_valid_before=datetime.datetime.fromisoformat(data["not_valid_before"]),
+        resumption_secret=bytes.fromhex(data["resumption_secret"]),
+        server_name=str(data["server_name"]), ticket=bytes.fromhex(data["ticket"]),
+        max_early_data_size=data["max_early_data_size"],
+        other_extensions=[(int(k), bytes.fromhex(v)) for k, v in data["other_extensions"]],
+    )  # fmt: skip

@@ -92,17 +92,18 @@ import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 from l2_session.domain.manager.channel import RESERVATION_BLOCK
 from l2_session.domain.manager.manager import Answer, SessionManager
-from l2_session.domain.session.commands import Deliver, Output
+from l2_session.domain.session.commands import Deliver, HandshakeRequest, Output, Send
 from l2_session.domain.session.errors import WindowFull
 from l2_session.domain.session.session import QUIC, UTCP
 from l2_session.infrastructure.identity import public_bytes_from_did_key
 from l2_session.transports.fallback import FallbackPolicy
-from l2_session.transports.frames import MAX_FRAME
+from l2_session.transports.frames import MAX_FRAME, encode
 from l2_session.transports.quic import QuicEndpoint, QuicSettings
 from l2_session.transports.sealed import SealedFrames
 from l2_session.transports.tcp_bounds import Occupancy
@@ -152,6 +153,7 @@ class TcpNode:
         answer: Answer | None = None,
         serve_bundle: Callable[[], bytes] | None = None,
         publish_bundle: Callable[[str, bytes, int], None] | None = None,
+        quic_tickets: str | Path | None = None,
     ) -> None:
         for name, count, least in (
             ("max_connections", max_connections, 1),
@@ -192,6 +194,7 @@ class TcpNode:
         # application reads them through ``receive``. Bounded: a node runs for months.
         self.delivered: deque[Deliver] = deque(maxlen=DELIVERED_KEPT)
         self.quic: QuicEndpoint | None = None  # made by the first serve_quic / connect_quic
+        self.quic_tickets = quic_tickets  # where its QUIC tickets are kept (quic_tls.py)
         self.fallback = FallbackPolicy()  # QUIC or μTCP, per peer (dial)
         self._addresses: dict[str, tuple[tuple[str, int] | None, tuple[str, int] | None]] = {}
         self._received: asyncio.Queue[Deliver] = asyncio.Queue()
@@ -245,12 +248,30 @@ class TcpNode:
 
     async def connect_quic(self, peer_did: str, host: str, port: int) -> None:
         """``connect`` over QUIC: a link to ``peer_did`` at ``host``:``port`` (an IP
-        address), once its handshake completed; ``ConnectionError`` if it did not. A second
-        dial to an address uses the session ticket of the first (0-RTT)."""
+        address), once its handshake completed; ``ConnectionError`` if it did not. A dial to
+        an address this node has a ticket for (an earlier connection's; across restarts with
+        ``quic_tickets``) goes in 0-RTT, and the RESUMEs of the sessions a restart left
+        waiting for the peer ride its first flight (decision 16: saved before they leave)."""
         self._start()
         endpoint = self._quic(None)
-        quic = await endpoint.connect(host, port, hello=self.manager.local_did.encode())
+        early = await self._early_resumes(peer_did)
+        quic = await endpoint.connect(
+            host, port, hello=self.manager.local_did.encode(), early=early
+        )
         self.connections.dialled_quic(quic, peer_did)
+
+    async def _early_resumes(self, peer_did: str) -> list[bytes]:
+        """The RESUMEs of the sessions a restart left waiting for ``peer_did``, saved, as
+        frames for a QUIC link's first flight; those sessions are under way from here."""
+
+        def resumes() -> list[bytes]:
+            outputs = self.manager.reconnected(peer_did, self.now_us())
+            early = [encode(o.frame) for o in outputs if isinstance(o, Send) and _is_request(o)]
+            rest = [o for o in outputs if not _is_request(o)]
+            self.perform(rest)  # anything else, as on any connection
+            return early
+
+        return await self.query(resumes)
 
     async def dial(
         self,
@@ -275,10 +296,14 @@ class TcpNode:
         loop = asyncio.get_running_loop()
         policy, started = self.fallback, loop.time()
         attempts: dict[str, asyncio.Task[Any]] = {}
+        early: list[bytes] = []
         if quic is not None and (tcp is None or policy.try_quic(peer_did, started)):
             endpoint = self._quic(None)
             hello = self.manager.local_did.encode()
-            attempts[QUIC] = asyncio.ensure_future(endpoint.connect(*quic, hello=hello))
+            early = await self._early_resumes(peer_did)  # in QUIC's first flight
+            attempts[QUIC] = asyncio.ensure_future(
+                endpoint.connect(*quic, hello=hello, early=early)
+            )
             if tcp is not None:
                 await asyncio.wait([attempts[QUIC]], timeout=policy.head_start(peer_did))
         quic_won = QUIC in attempts and attempts[QUIC].done() and not _failed(attempts[QUIC])
@@ -300,12 +325,25 @@ class TcpNode:
         if winner == QUIC:
             self.connections.dialled_quic(attempts[QUIC].result(), peer_did)
         else:
-            self.connections.dialled_tcp(peer_did, *attempts[UTCP].result())
+            reader, writer = attempts[UTCP].result()
+            self.connections.dialled_tcp(peer_did, reader, writer)
+            if early:  # the RESUMEs that rode the lost QUIC attempt go on μTCP
+                writer.write(b"".join(early))  # (a duplicate RESUME changes nothing)
         return winner
 
     async def _redial(self, peer_did: str) -> None:
-        """A dialled QUIC link to ``peer_did`` died: dial again (decision 24)."""
+        """A dialled QUIC link to ``peer_did`` died: its sessions over QUIC record the
+        fallback to μTCP (if it has a μTCP address, and no other QUIC link to it is left), and
+        the peer is dialled again (decision 24)."""
         quic, tcp = self._addresses[peer_did]
+
+        def fall_back() -> list[Output]:
+            if tcp is None or self.worker.transport_to(peer_did) == QUIC:
+                return []
+            return self.manager.transport_lost(peer_did, QUIC, self.now_us())
+
+        with contextlib.suppress(NodeClosed):
+            await self.command(fall_back)
         try:
             await self.dial(peer_did, quic=quic, tcp=tcp)
         except (ConnectionError, OSError) as error:
@@ -327,7 +365,7 @@ class TcpNode:
 
     def _quic(self, settings: QuicSettings | None) -> QuicEndpoint:
         if self.quic is None:
-            self.quic = QuicEndpoint(settings or QuicSettings())
+            self.quic = QuicEndpoint(settings or QuicSettings(), tickets_path=self.quic_tickets)
         elif settings is not None and settings != self.quic.settings:
             raise ValueError("the node's QUIC endpoint is already made, with other settings")
         return self.quic
@@ -739,3 +777,7 @@ async def _discard(task: asyncio.Task[Any], *, connected: bool = False) -> None:
             result[1].close()
         else:  # a QUIC link
             result.close("lost the race to another transport")
+
+
+def _is_request(output: Output) -> bool:
+    return isinstance(output, Send) and isinstance(output.frame, HandshakeRequest)

@@ -57,7 +57,6 @@ from uuid import UUID
 from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Frame, Output, Send
 from l2_session.domain.session.errors import SessionError
-from l2_session.domain.session.session import QUIC
 from l2_session.transports.bundles import BundleRequest, BundleResponse
 from l2_session.transports.frames import FrameError, decode, encode
 from l2_session.transports.sealed import SEALED_KIND, SealedFrames, SealRefused, is_channel_frame
@@ -190,7 +189,6 @@ class NodeWorker:
                 self._up(link)
             else:
                 self._down(link)
-                self._lost(link)
 
     def _up(self, link: Link) -> None:
         """A connection with ``link.did`` is up: routed to, and the sessions a restart left
@@ -211,16 +209,6 @@ class NodeWorker:
         for routes in (self._claimed, self._proven):
             if routes.get(link.did) is link:
                 del routes[link.did]
-
-    def _lost(self, link: Link) -> None:
-        """A connection closed (between batches). If it was the last QUIC link to its peer,
-        the peer's sessions over QUIC fall back to μTCP and hold their messages until a μTCP
-        connection to it is up (SPEC-018 §2.3, decision 24)."""
-        if link.kind == QUIC and not self._links_to(link.did):
-            try:
-                self.perform(self.manager.transport_lost(link.did, link.kind, self.now_us()))
-            except Exception:  # the ledger failed to save: the heartbeats decide
-                log.exception("recording the loss of the QUIC link to %s failed", link.did)
 
     def _links_to(self, did: str) -> bool:
         return did in self._claimed or did in self._proven

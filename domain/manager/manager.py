@@ -424,8 +424,13 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
     def transport_found(self, peer_did: str, transport: str, now_us: int) -> list[Output]:
         """A ``transport`` connection to ``peer_did`` is up: every session with the peer
         whose fallback to that transport is pending records ``transport_switched`` (one
-        save), and sends what it held."""
-        return self._transport_step(peer_did, transport, now_us, lost=False)
+        save), and sends what it held. A μTCP connection also moves the peer's live
+        sessions still over QUIC — the peer fell back (its end saw QUIC fail): each records
+        the fallback and the switch at once."""
+        fallen: list[Output] = []
+        if transport == TRANSPORTS[-1]:
+            fallen = self._transport_step(peer_did, TRANSPORTS[0], now_us, lost=True)
+        return fallen + self._transport_step(peer_did, transport, now_us, lost=False)
 
     def _transport_step(
         self, peer_did: str, transport: str, now_us: int, *, lost: bool

@@ -202,3 +202,54 @@ def test_a_session_over_quic_heartbeats_rotates_its_keys_and_closes(tmp_path: Pa
             await _close(alice, bob)
 
     asyncio.run(run())
+
+
+def test_a_restarted_node_resumes_in_quic_0rtt_with_its_resume_in_the_first_flight(
+    tmp_path: Path,
+) -> None:
+    """Alice's node keeps its QUIC tickets in a file (``quic_tickets``). Restarted from its
+    files, it dials Bob again: TLS resumes in 0-RTT, and the L2 RESUME of the session the
+    restart left waiting rides the first flight — Bob has it before the QUIC handshake is
+    done — and the session resumes and carries messages, none twice."""
+
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        tickets = tmp_path / "alice.quic-tickets"
+        options = {"quic_tickets": tickets}
+        alice = make_side(tmp_path, "alice", directory, clock, durability="normal",
+                          node_options=options)  # fmt: skip
+        bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
+        try:
+            host, port = await bob.node.serve_quic()
+            await alice.node.connect_quic(bob.did, host, port)
+            sid = await alice.node.establish(bob.did)
+            await established(alice, sid)
+            conversation = alice.session(sid).conversation
+            await alice.node.send(sid, b"before")
+            assert (await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload == b"before"
+            await until(tickets.exists)  # the server's ticket came after the handshake
+            assert oct(tickets.stat().st_mode & 0o777) == "0o600"
+            await alice.node.close()
+            alice.ledger.close()
+
+            again = make_side(tmp_path, "alice", directory, clock, durability="normal",
+                              node_options=options)  # fmt: skip
+            assert again.session(conversation).state == "suspended"
+            assert bob.node.quic is not None
+            before = set(bob.node.quic.links)
+            await again.node.connect_quic(bob.did, host, port)
+            (dialled,) = [link.pipe.link for link in again.node.connections.open]  # type: ignore[attr-defined]
+            assert dialled.early_data_accepted  # 0-RTT, from the ticket kept in the file
+            (accepted,) = set(bob.node.quic.links) - before
+            assert accepted.frames_before_handshake >= 1  # the RESUME, in the first flight
+            await established(again, conversation)
+            await again.node.send(sid, b"after")
+            second = await asyncio.wait_for(bob.node.receive(), WAIT_S)
+            assert second.payload == b"after" and bob.node._received.empty()
+            history = kinds(again.ledger, sid)
+            assert history.count("Established") == 2 and "NodeRestarted" in history
+            await _close(again)
+        finally:
+            await _close(bob)
+
+    asyncio.run(run())

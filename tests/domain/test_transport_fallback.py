@@ -65,3 +65,22 @@ def test_only_the_lost_transports_sessions_with_that_peer_fall_back(
     # On μTCP, the last in the order: losing it has nothing to fall back to.
     assert alice.transport_lost(BOB, "utcp", now) == []
     assert not alice.session(sid).fallback_pending and alice.session(sid).transport == "utcp"
+
+
+def test_a_peer_arriving_over_utcp_moves_its_quic_sessions_at_once(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    """The accepting end does not see QUIC fail: a μTCP connection from the peer is how it
+    learns the peer fell back, and its sessions record the fallback and the switch together."""
+    sim = make_sim()
+    connect(sim)
+    bob = sim.nodes[BOB]
+    (alice_side,) = sim.nodes[ALICE]._sessions.values()
+    bob_session = bob.session_for(alice_side.conversation)
+    assert bob_session is not None and bob_session.transport == "quic"
+    assert bob.transport_found(ALICE, "quic", sim.clock.wall_us()) == []  # QUIC again: nothing
+    assert kinds(sim, BOB, bob_session.id)[-1] != "TransportSwitched"
+    bob.transport_found(ALICE, "utcp", sim.clock.wall_us())
+    assert bob_session.transport == "utcp" and not bob_session.fallback_pending
+    assert kinds(sim, BOB, bob_session.id)[-2:] == ["FallbackAttempted", "TransportSwitched"]
+    assert alice_side.transport == "quic"  # the other end's sessions are its own
