@@ -37,6 +37,7 @@ SUITES: dict[str, str] = {
     "messages": "benchmarks.bench_messages",
     "quic_link": "benchmarks.bench_quic_link",
     "transports": "benchmarks.bench_transports",
+    "floors": "benchmarks.bench_floors",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")
