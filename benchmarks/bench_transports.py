@@ -43,6 +43,7 @@ from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.tcp import TcpNode
 
+from benchmarks.bench_handshake import primitive_costs
 from benchmarks.common import PACKAGE_DIR, figure, scratch_dir
 from benchmarks.handshake_sessions import UNLIMITED
 
@@ -52,7 +53,12 @@ SIZES = {False: (60, 60), True: (15, 12)}  # attempts per figure, sessions for m
 SESSION_P99_MS = 20.0
 UDP_BLOCKED_P99_MS = 400.0
 MEMORY_PER_SESSION_KIB = 100.0
-RESUME_P99_MS = 100.0  # SPEC-018: resumed within 100 ms of the restarted node being up
+RESUME_P99_MS = 100.0
+RATE_ROUNDS = {False: 3, True: 1}
+RATE_SECONDS = {
+    False: 5.0,
+    True: 2.0,
+}  # SPEC-018: resumed within 100 ms of the restarted node being up
 
 
 class Side:
@@ -166,6 +172,78 @@ async def _resumptions(work: Path, attempts: int) -> dict[str, Any]:
     return {"ms": times, "early_data_accepted": sum(early), "links": len(early)}
 
 
+class _Server:
+    """transport_server.py in its own process, spoken to a line at a time."""
+
+    def __init__(self, work: Path, *options: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.transport_server", str(work), *options],
+            cwd=PACKAGE_DIR.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    async def ask(self, line: str | None = None) -> dict[str, Any]:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        if line is not None:
+            stdin.write(line + "\n")
+            stdin.flush()
+        said = await asyncio.get_running_loop().run_in_executor(None, stdout.readline)
+        if not said:
+            raise RuntimeError("the transport server process ended early")
+        answer: dict[str, Any] = json.loads(said)
+        return answer
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+async def _responder_rate(work: Path, seconds: float, in_flight: int) -> dict[str, Any]:
+    """Handshakes/s one node answers as responder, its client in this process: one client
+    node keeps ``in_flight`` sessions being established over one μTCP connection, and the
+    server counts the sessions it established over ``seconds`` (after a second's warm-up)."""
+    server = _Server(work, "--no-trace")
+    client: Side | None = None
+    try:
+        ready = await server.ask()
+        directory = DidKeyResolver()
+        directory.publish_bundle(ready["did"], bytes.fromhex(ready["bundle"]), 0)
+        client = Side(work, "hammer", directory)
+        await client.node.dial(ready["did"], tcp=("127.0.0.1", ready["tcp_port"]))
+        stop = False
+
+        async def keep_establishing() -> None:
+            assert client is not None
+            while not stop:
+                sid = await client.node.establish(ready["did"])
+                await _established(client, sid)
+
+        tasks = [asyncio.ensure_future(keep_establishing()) for _ in range(in_flight)]
+        await asyncio.sleep(1.0)
+        first = await server.ask("count")
+        await asyncio.sleep(seconds)
+        last = await server.ask("count")
+        stop = True
+        await asyncio.gather(*tasks)
+    finally:
+        if client is not None:
+            await client.close()
+        server.stop()
+    rate = (last["established"] - first["established"]) / (last["at"] - first["at"])
+    return {"rate": rate, "first": first, "last": last, "in_flight": in_flight}
+
+
+def _responder_floor(min_seconds: float) -> float:
+    """The responder's own cryptography per handshake, per second: verify the INIT, three
+    X25519 exchanges with the prekeys, the ML-KEM decapsulation, an ephemeral key and its
+    exchange, sign the RESPONSE (docs/handshake.md; no one-time prekey)."""
+    costs = primitive_costs("pqcrypto", min_seconds)
+    operations = {"ed25519_verify": 1, "ed25519_sign": 1, "x25519_keygen": 1,
+                  "x25519_exchange": 4, "mlkem_decaps": 1}  # fmt: skip
+    return 1.0 / sum(count * costs[op] for op, count in operations.items())
+
+
 async def _memory(work: Path, sessions: int) -> dict[str, Any]:
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.transport_server", str(work)],
@@ -221,6 +299,11 @@ def run(quick: bool) -> dict[str, Any]:
         resumed = asyncio.run(_resumptions(work, attempts))
     with scratch_dir("transports-memory-") as work:
         memory = asyncio.run(_memory(work, sessions))
+    responder_rates, floors = [], []
+    for _ in range(RATE_ROUNDS[quick]):  # alternating with the floor, as the handshake suite
+        floors.append(_responder_floor(0.25))
+        with scratch_dir("transports-responder-") as work:
+            responder_rates.append(asyncio.run(_responder_rate(work, RATE_SECONDS[quick], 32)))
     ms = timing["ms"]
     figures = []
     for kind, label in (("quic", "QUIC"), ("utcp", "μTCP")):
@@ -251,7 +334,17 @@ def run(quick: bool) -> dict[str, Any]:
         target=f"<= {MEMORY_PER_SESSION_KIB:.0f} KiB", ok=kib <= MEMORY_PER_SESSION_KIB,
         note=f"tracemalloc in the server's process, {sessions} sessions on as many connections",
     ))  # fmt: skip
+    rates = [r["rate"] for r in responder_rates]
+    ratios = [r / f for r, f in zip(rates, floors, strict=True)]
+    figures.append(figure(
+        "handshakes/s a node answers, its client in another process",
+        statistics.median(rates), "/s",
+        note=f"{statistics.median(ratios):.2f} x the responder's own crypto floor "
+        f"({statistics.median(floors):,.0f}/s, same run); 32 in flight over one uTCP "
+        "connection; the client's process holds the other core",
+    ))  # fmt: skip
     return {"figures": figures, "timing": timing, "resumed": resumed, "memory": memory,
+            "responder": {"runs": responder_rates, "floors": floors},
             "sizes": {"attempts": attempts, "sessions": sessions}}  # fmt: skip
 
 
