@@ -46,7 +46,7 @@ import stat
 import sys
 import tomllib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -61,6 +61,7 @@ from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.tools.errors import UsageError
+from l2_session.transports.quic import QuicSettings
 from l2_session.transports.tcp import NodeClosed, TcpNode
 
 PREKEYS_VALID_US = 30 * 86_400_000_000  # a month; a node makes fresh ones at every start
@@ -90,7 +91,11 @@ class NodeProcess:
     """The node a process runs: built from its files by ``open``, driven by ``control``."""
 
     def __init__(
-        self, store: KeyStore, ledger: SessionLedger, peers: dict[str, Addresses] | None = None
+        self,
+        store: KeyStore,
+        ledger: SessionLedger,
+        peers: dict[str, Addresses] | None = None,
+        quic_settings: QuicSettings | None = None,
     ) -> None:
         self.store, self.ledger = store, ledger
         self.peers = dict(peers or {})  # the address book: DID -> (QUIC, μTCP)
@@ -117,6 +122,7 @@ class NodeProcess:
             publish_bundle=self.directory.publish_bundle,
             # Beside the key store, as private: a restart resumes QUIC in 0-RTT with them.
             quic_tickets=store.path.with_name(store.path.name + ".quic-tickets"),
+            quic_settings=quic_settings,
         )  # fmt: skip
         self.exchange.source_of = self.node.address_of
         self.stopped = asyncio.Event()
@@ -299,7 +305,7 @@ async def serve(settings: NodeSettings) -> None:
         durability=settings.durability,  # type: ignore[arg-type]
     )  # fmt: skip
     try:
-        process = NodeProcess(store, ledger, settings.peers)
+        process = NodeProcess(store, ledger, settings.peers, settings.quic_settings)
         await _run(process, settings.quic, settings.tcp, settings.control)
     finally:
         ledger.close()
@@ -351,7 +357,10 @@ async def _run(
 
 
 Addresses = tuple[tuple[str, int] | None, tuple[str, int] | None]  # (QUIC, μTCP)
-SETTINGS = ("keys", "ledger", "quic", "tcp", "control", "durability", "log_format", "peers")
+SETTINGS = (
+    "keys", "ledger", "quic", "tcp", "control", "durability", "log_format", "peers",
+    "quic_keepalive_s", "quic_idle_timeout_s",
+)  # fmt: skip
 
 
 @dataclass
@@ -366,6 +375,7 @@ class NodeSettings:
     durability: str = "full"
     log_format: str = "text"
     peers: dict[str, Addresses] = field(default_factory=dict)
+    quic_settings: QuicSettings = field(default_factory=QuicSettings)
 
 
 def settings_from(args: Any) -> NodeSettings:
@@ -395,6 +405,21 @@ def settings_from(args: Any) -> NodeSettings:
                                ("log_format", log_format, ("text", "json"))):  # fmt: skip
         if got not in allowed:
             raise UsageError(f"{where}{name} {got!r}: one of {', '.join(allowed)}")
+    default = QuicSettings()
+    timers: dict[str, float] = {}
+    for name in ("quic_keepalive_s", "quic_idle_timeout_s"):
+        value_s = config.get(name, getattr(default, name.removeprefix("quic_")))
+        if isinstance(value_s, bool) or not isinstance(value_s, int | float):
+            raise UsageError(f"{where}{name} must be seconds, got {value_s!r}")
+        timers[name] = float(value_s)
+    try:
+        quic_settings = replace(
+            default,
+            keepalive_s=timers["quic_keepalive_s"],
+            idle_timeout_s=timers["quic_idle_timeout_s"],
+        )
+    except ValueError as error:
+        raise UsageError(f"{where}{error}") from None
     peers = _peers_from_config(config.get("peers", {}), where)
     for flag in args.peer or []:
         did, book = _peer_from_flag(flag)
@@ -404,7 +429,7 @@ def settings_from(args: Any) -> NodeSettings:
         quic=None if quic is None else Address.parse(quic, "--quic"),
         tcp=None if tcp is None else Address.parse(tcp, "--tcp"),
         control=Path(value("control")), durability=durability, log_format=log_format,
-        peers=peers,
+        peers=peers, quic_settings=quic_settings,
     )  # fmt: skip
 
 

@@ -154,6 +154,7 @@ class TcpNode:
         serve_bundle: Callable[[], bytes] | None = None,
         publish_bundle: Callable[[str, bytes, int], None] | None = None,
         quic_tickets: str | Path | None = None,
+        quic_settings: QuicSettings | None = None,
     ) -> None:
         for name, count, least in (
             ("max_connections", max_connections, 1),
@@ -195,6 +196,7 @@ class TcpNode:
         self.delivered: deque[Deliver] = deque(maxlen=DELIVERED_KEPT)
         self.quic: QuicEndpoint | None = None  # made by the first serve_quic / connect_quic
         self.quic_tickets = quic_tickets  # where its QUIC tickets are kept (quic_tls.py)
+        self.quic_settings = quic_settings or QuicSettings()  # its QUIC timers and bounds
         self.fallback = FallbackPolicy()  # QUIC or μTCP, per peer (dial)
         self._addresses: dict[str, tuple[tuple[str, int] | None, tuple[str, int] | None]] = {}
         self._received: asyncio.Queue[Deliver] = asyncio.Queue()
@@ -365,7 +367,7 @@ class TcpNode:
 
     def _quic(self, settings: QuicSettings | None) -> QuicEndpoint:
         if self.quic is None:
-            self.quic = QuicEndpoint(settings or QuicSettings(), tickets_path=self.quic_tickets)
+            self.quic = QuicEndpoint(settings or self.quic_settings, tickets_path=self.quic_tickets)
         elif settings is not None and settings != self.quic.settings:
             raise ValueError("the node's QUIC endpoint is already made, with other settings")
         return self.quic

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -315,3 +316,68 @@ def test_two_node_processes_keep_a_session_through_loss_and_a_nat_rebinding(
     for name in ("alice", "bob"):
         verified = run("verify", "--ledger", str(tmp_path / f"{name}.sqlite3"))
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_two_node_processes_move_a_session_from_a_dead_quic_path_to_utcp(
+    tmp_path: Path,
+) -> None:
+    """Alice's node (QUIC timers shortened in its config: keep-alive 0.5 s, idle 2 s) talks to
+    Bob over QUIC through a relay, with Bob's μTCP address in its address book. The relay
+    stops passing anything: the QUIC path dies by its idle timeout, Alice's node records the
+    fallback, dials Bob again over μTCP, and the session carries on there — same session,
+    every message once and in order, both ledgers verifying, the switch in their history."""
+
+    async def scenario() -> None:
+        alice, bob = Node(tmp_path, "alice"), Node(tmp_path, "bob")
+        relay = None
+        try:
+            await bob.start()
+            relay = await ChaosRelay.start(tuple(bob.ready["quic"]), loss=0.0, seed=1)
+            (rhost, rport), (thost, tport) = relay.address, bob.ready["tcp"]
+            config = tmp_path / "alice.toml"
+            config.write_text(
+                f'keys = "{tmp_path / "alice.keys"}"\n'
+                f'ledger = "{tmp_path / "alice.sqlite3"}"\n'
+                f'control = "{alice.control}"\n'
+                'quic = "127.0.0.1:0"\ndurability = "normal"\n'
+                "quic_keepalive_s = 0.5\nquic_idle_timeout_s = 2.0\n"
+                f'[peers]\n"{bob.ready["did"]}" = '
+                f'{{ quic = "{rhost}:{rport}", tcp = "{thost}:{tport}" }}\n'
+            )
+            await alice.start("--config", str(config))
+            sid = (await alice.do("establish", did=bob.ready["did"]))["session"]
+            await alice.do("wait", session=sid, state="established", timeout=WAIT_S)
+            (listed,) = (await alice.do("sessions"))["sessions"]
+            assert listed["transport"] == "quic"
+            sent = [b"m%d" % n for n in range(20)]
+            for payload in sent[:10]:
+                await alice.do("send", session=sid, data=b64(payload))
+            assert [p for _, p in await received(bob, 10)] == sent[:10]
+            relay.partitioned = True  # the QUIC path is dead from here on
+            for payload in sent[10:]:
+                await alice.do("send", session=sid, data=b64(payload))
+            got = await received(bob, 10)  # after the idle timeout, over μTCP
+            assert [p for _, p in got] == sent[10:]
+            nothing = await bob.ask("receive", timeout=0.5)
+            assert nothing == {"ok": False, "error": "timed out"}
+            (listed,) = (await alice.do("sessions"))["sessions"]
+            assert listed["transport"] == "utcp" and listed["state"] == "established"
+            assert "utcp" in (await alice.do("status"))["connections"]
+            assert await alice.stop() == 0
+            assert await bob.stop() == 0
+        finally:
+            if relay is not None:
+                relay.close()
+            for node in (alice, bob):
+                if node.process is not None and node.process.poll() is None:
+                    node.process.kill()
+
+    asyncio.run(scenario())
+    for name in ("alice", "bob"):
+        ledger = tmp_path / f"{name}.sqlite3"
+        verified = run("verify", "--ledger", str(ledger))
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        with sqlite3.connect(ledger) as db:
+            topics = [t for (t,) in db.execute("SELECT topic FROM ledger_events ORDER BY position")]
+        kinds = [t.rsplit(".", 1)[-1] for t in topics]
+        assert kinds.index("FallbackAttempted") < kinds.index("TransportSwitched"), name
