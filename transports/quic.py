@@ -32,18 +32,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections import Counter, deque
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnectionState
 from aioquic.quic.logger import QuicLogger
-from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation
-from l2_session.transports.quic_connection import FlowControlledConnection, header_of
+from aioquic.quic.packet import (
+    QuicPacketType,
+    encode_quic_retry,
+    encode_quic_version_negotiation,
+)
+from aioquic.quic.retry import QuicRetryTokenHandler
+from l2_session.transports.quic_connection import (
+    FlowControlledConnection,
+    header_of,
+    invalid_token_close,
+)
 from l2_session.transports.quic_link import CUT, LinkClosed, QuicLink, first_flight
 from l2_session.transports.quic_settings import QuicSettings
 from l2_session.transports.quic_tls import (
@@ -87,6 +97,9 @@ class QuicEndpoint:
         """Links this end closed for a bound or a deadline, by which."""
         self.closed: deque[str] = deque(maxlen=CLOSED_KEPT)
         """Why links closed, the latest few."""
+        self.retries = 0
+        """Retries sent: Initials answered with address validation first."""
+        self._retry = QuicRetryTokenHandler()  # a fresh key per endpoint
         self._server_config: QuicConfiguration | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._routes: dict[bytes, QuicLink] = {}  # connection id -> accepted link
@@ -161,13 +174,18 @@ class QuicEndpoint:
         if len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             self.dropped["Initial under 1200 bytes"] += 1
             return
+        validated = self._validated(header, addr)
+        if validated is None:
+            return  # a Retry (or an INVALID_TOKEN close) went back; nothing is kept
+        original_cid, retry_cid = validated
         if not self._room_for_one():
             self.dropped["connections full"] += 1
             return
         connection = FlowControlledConnection(
             receive_window=self.settings.receive_window,
             configuration=self._server_config,
-            original_destination_connection_id=header.destination_cid,
+            original_destination_connection_id=original_cid,
+            retry_source_connection_id=retry_cid,
             session_ticket_fetcher=self.server_tickets.take,
             session_ticket_handler=self.server_tickets.add,
         )
@@ -181,6 +199,47 @@ class QuicEndpoint:
         self.occupancy.opened(link)
         for cid in (header.destination_cid, connection.host_cid):
             self.cid_issued(link, cid)
+
+    def _validated(self, header: Any, addr: NetworkAddress) -> tuple[bytes, bytes | None] | None:
+        """Address validation for a new connection's Initial (RFC 9000 §8.1.2): its
+        original destination connection id and, after a Retry, the Retry's source id — or
+        None, when this Initial is answered with a Retry or an INVALID_TOKEN close instead.
+        A Retry is sent while ``retry_above`` connections or more are open; a token is
+        checked whenever an Initial carries one (bound to the address it was sent to, and
+        valid for a short while)."""
+        assert self._transport is not None
+        now = asyncio.get_running_loop().time()
+        if header.token:
+            try:
+                original = self._retry.validate_token(
+                    address=addr, destination_cid=header.destination_cid, token=header.token,
+                    now=now,
+                )  # fmt: skip
+            except ValueError:
+                if len(self.links) >= self.settings.retry_above:
+                    self._transport.sendto(
+                        invalid_token_close(header.version, header.destination_cid,
+                                            header.source_cid), addr,
+                    )  # fmt: skip
+                    self.dropped["Initial with a token not for its address"] += 1
+                    return None
+            else:
+                return original, header.destination_cid
+        if len(self.links) < self.settings.retry_above:
+            return header.destination_cid, None
+        retry_cid = os.urandom(8)
+        self._transport.sendto(
+            encode_quic_retry(
+                version=header.version, source_cid=retry_cid, destination_cid=header.source_cid,
+                original_destination_cid=header.destination_cid,
+                retry_token=self._retry.create_token(
+                    address=addr, original_destination_connection_id=header.destination_cid,
+                    retry_source_connection_id=retry_cid, now=now,
+                ),
+            ), addr,
+        )  # fmt: skip
+        self.retries += 1
+        return None
 
     def _room_for_one(self) -> bool:
         if len(self.links) < self.settings.max_connections:

@@ -106,3 +106,15 @@ class FlowControlledConnection(QuicConnection):
             buf.push_uint_var(cast(int, stream.stream_id))  # a stream of the connection has one
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+
+def invalid_token_close(version: int, destination_cid: bytes, source_cid: bytes) -> bytes:
+    """A server Initial closing a connection attempt with INVALID_TOKEN (RFC 9000 §8.1.3),
+    for an Initial whose Retry token is not valid at its address: aioquic's own, private to
+    its asyncio server."""
+    from aioquic.asyncio.server import _encode_invalid_token_close
+
+    packet: bytes = _encode_invalid_token_close(
+        version=version, source_cid=destination_cid, destination_cid=source_cid
+    )
+    return packet

@@ -56,9 +56,20 @@ class QuicSettings:
     """TLS session tickets the server remembers (each one use, for 0-RTT)."""
     max_client_tickets: int = 1024
     """Servers a client remembers a ticket for."""
+    retry_above: int = 512
+    """While at least this many connections are open, a new one must first prove it can
+    receive at its address: a Retry (RFC 9000 §8.1.2) whose token, bound to the address, its
+    next Initial must carry — before any state is kept for it. 0: always. Below it, no
+    Retry and no extra round trip (most of the time)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.retry_above, bool) or not isinstance(self.retry_above, int):
+            raise ValueError(f"retry_above must be a whole number >= 0, got {self.retry_above!r}")
+        if self.retry_above < 0:
+            raise ValueError(f"retry_above must be >= 0, got {self.retry_above}")
         for f in fields(self):
+            if f.name == "retry_above":
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{f.name} must be a number > 0, got {value!r}")
