@@ -197,6 +197,9 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         self._prekeys_of = prekeys_of
         self._own_prekeys = own_prekeys
         self._sessions: dict[UUID, Session] = {}
+        # The sessions in memory by peer: what a connection to a peer concerns (transport_found)
+        # without a scan of every session. A list: one session per peer is the common case.
+        self._by_peer: dict[str, list[UUID]] = {}
         self._conversations: dict[UUID, UUID] = {}
         self._peers = PeerTable(max_peers, peer_idle_us)
         self._unconfirmed = UnconfirmedTally(local_did, summary_interval_us)
@@ -440,8 +443,9 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
 
         def each() -> list[list[Output | _AfterSave]]:
             out: list[list[Output | _AfterSave]] = []
-            for s in list(self._sessions.values()):
-                if s.peer_did != peer_did or s.closed or s.transport != transport:
+            for sid in list(self._by_peer.get(peer_did, ())):
+                s = self._sessions[sid]
+                if s.closed or s.transport != transport:
                     continue
                 if s.fallback_pending == lost or not is_allowed(s.state, trigger):
                     continue
@@ -873,6 +877,12 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         dropped = self._sessions.pop(sid, None)
         self._deadlines.arm(sid, None)
         self._transmit.forget(sid)
+        if dropped is not None:
+            same_peer = self._by_peer.get(dropped.peer_did, [])
+            if sid in same_peer:
+                same_peer.remove(sid)
+            if not same_peer:
+                self._by_peer.pop(dropped.peer_did, None)
         if dropped is None or self._conversations.get(dropped.conversation) != sid:
             return  # the conversation has moved on to a newer session: leave it be
         del self._conversations[dropped.conversation]
@@ -908,6 +918,8 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
 
     # ------------------------------------------------------------------ bookkeeping
     def _add(self, session: Session) -> None:
+        if session.id not in self._sessions:
+            self._by_peer.setdefault(session.peer_did, []).append(session.id)
         self._sessions[session.id] = session
         self._conversations[session.conversation] = session.id
 
