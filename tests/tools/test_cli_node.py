@@ -91,6 +91,13 @@ class Node:
         return code
 
 
+def kill_left(*nodes: Node) -> None:
+    """Kill what a failed test left running."""
+    for node in nodes:
+        if node.process is not None and node.process.poll() is None:
+            node.process.kill()
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -146,9 +153,7 @@ def test_two_node_processes_keep_a_session_over_quic_through_a_sigkill(tmp_path:
             assert await alice.stop() == 0
             assert await bob.stop() == 0
         finally:
-            for node in (alice, bob):
-                if node.process is not None and node.process.poll() is None:
-                    node.process.kill()
+            kill_left(alice, bob)
 
     asyncio.run(scenario())
     for name in ("alice", "bob"):
@@ -183,8 +188,7 @@ def test_the_control_socket_answers_a_wrong_request_with_why(tmp_path: Path) -> 
             assert await asyncio.to_thread(node.process.wait, WAIT_S) == 0
             assert not node.control.exists()
         finally:
-            if node.process is not None and node.process.poll() is None:
-                node.process.kill()
+            kill_left(node)
 
     asyncio.run(scenario())
 
@@ -237,9 +241,7 @@ def test_a_node_from_a_config_file_dials_its_address_book_and_logs_json(tmp_path
             logs = [json.loads(line) for line in alice.log.read_text().splitlines() if line]
             assert logs and all({"time", "level", "logger", "message"} <= set(x) for x in logs)
         finally:
-            for node in (alice, bob):
-                if node.process is not None and node.process.poll() is None:
-                    node.process.kill()
+            kill_left(alice, bob)
 
     asyncio.run(scenario())
 
@@ -308,9 +310,7 @@ def test_two_node_processes_keep_a_session_through_loss_and_a_nat_rebinding(
         finally:
             if relay is not None:
                 relay.close()
-            for node in (alice, bob):
-                if node.process is not None and node.process.poll() is None:
-                    node.process.kill()
+            kill_left(alice, bob)
 
     asyncio.run(scenario())
     for name in ("alice", "bob"):
@@ -368,9 +368,7 @@ def test_two_node_processes_move_a_session_from_a_dead_quic_path_to_utcp(
         finally:
             if relay is not None:
                 relay.close()
-            for node in (alice, bob):
-                if node.process is not None and node.process.poll() is None:
-                    node.process.kill()
+            kill_left(alice, bob)
 
     asyncio.run(scenario())
     for name in ("alice", "bob"):

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli_node import WAIT_S, Node, received
+from test_cli_node import WAIT_S, Node, kill_left, received
 
 A, B = f"l2s-a-{os.getpid()}", f"l2s-b-{os.getpid()}"
 A_IP, B_IP = "10.231.0.1", "10.231.0.2"
@@ -91,8 +91,6 @@ def test_a_session_over_quic_lives_through_a_real_partition(
             assert await alice.stop() == 0
             assert await bob.stop() == 0
         finally:
-            for node in (alice, bob):
-                if node.process is not None and node.process.poll() is None:
-                    node.process.kill()
+            kill_left(alice, bob)
 
     asyncio.run(scenario())
