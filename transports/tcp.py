@@ -55,7 +55,10 @@ The application (all on the loop, none blocking it):
   queued; once the worker has taken it, it is queued or refused whole, never half-saved;
 - ``await receive()`` / ``async for message in messages()``: the messages delivered, in
   order (the latest 1,024 also in ``delivered``), but for those the node's ``answer``
-  answered;
+  answered. An application that does not keep up holds the node back: with ``max_unread``
+  messages (4,096) waiting to be received, the node reads no connection until half of them
+  were taken — its peers' windows and the transports' flow control hold the rest, and
+  memory stays bounded;
 - ``TcpNode(..., answer=fn)``, for a node that answers requests (decision 23): ``fn(session_id,
   payload)`` is called on the worker thread with every message delivered, before the
   delivery is saved, and the payload it returns (None: no answer) is queued on the same
@@ -125,6 +128,7 @@ log = logging.getLogger("l2_session.transport")
 
 TIMER_IDLE_S = 0.05  # the timer task asks for a tick at least this often
 MAX_BATCH = 256  # frames (and sends) decided in one save; readers wait beyond it
+MAX_UNREAD = 4096  # messages delivered and not yet received before the node stops reading
 DELIVERED_KEPT = 1024  # ``TcpNode.delivered`` holds the latest this many messages
 CLOSE_WAIT_S = 5.0  # close(end_sessions=True) waits this long at most for the peers' answers
 
@@ -155,10 +159,12 @@ class TcpNode:
         publish_bundle: Callable[[str, bytes, int], None] | None = None,
         quic_tickets: str | Path | None = None,
         quic_settings: QuicSettings | None = None,
+        max_unread: int = MAX_UNREAD,
     ) -> None:
         for name, count, least in (
             ("max_connections", max_connections, 1),
             ("max_batch", max_batch, 1),
+            ("max_unread", max_unread, 1),
             ("read_limit_bytes", read_limit_bytes, 1),
             ("max_partial_bytes", max_partial_bytes, MAX_FRAME),  # one largest frame fits
         ):
@@ -200,6 +206,7 @@ class TcpNode:
         self.fallback = FallbackPolicy()  # QUIC or μTCP, per peer (dial)
         self._addresses: dict[str, tuple[tuple[str, int] | None, tuple[str, int] | None]] = {}
         self._received: asyncio.Queue[Deliver] = asyncio.Queue()
+        self.max_unread = max_unread  # delivered, not yet taken by receive: reading stops
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -501,6 +508,8 @@ class TcpNode:
             if not message.answered:  # the node's answer had it, and answered it
                 self.delivered.append(message)
                 self._received.put_nowait(message)
+        if self._received.qsize() >= self.max_unread:
+            self.connections.hold(True)  # the application is behind: read no more
         held_back: dict[UUID, list[Message]] = {}
         for decided in outcome.decided:
             if isinstance(decided, Message) and isinstance(decided.error, WindowFull):
@@ -590,12 +599,17 @@ class TcpNode:
 
     async def receive(self) -> Deliver:
         """The next message delivered to this node (any session), in delivery order."""
-        return await self._received.get()
+        return self._taken(await self._received.get())
+
+    def _taken(self, message: Deliver) -> Deliver:
+        if self.connections.held and self._received.qsize() <= self.max_unread // 2:
+            self.connections.hold(False)  # caught up: read on
+        return message
 
     async def messages(self) -> AsyncIterator[Deliver]:
         """The messages delivered to this node, as they come."""
         while True:
-            yield await self._received.get()
+            yield self._taken(await self._received.get())
 
     async def query(self, fn: Callable[[], T]) -> T:
         """``fn()`` run on the worker between batches (so it may call and read the manager,

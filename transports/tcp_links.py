@@ -82,6 +82,7 @@ class Connections:
         self.open: set[Link] = set()
         self.frames: list[tuple[Link, bytes]] = []  # read, not yet taken by the worker
         self._room = asyncio.Event()
+        self.held = False  # hold(): the node's application is behind
         # Why connections were dropped: the latest few (anyone can open connections), and
         # how many in all.
         self.dropped_connections: deque[str] = deque(maxlen=DROPPED_KEPT)
@@ -177,9 +178,9 @@ class Connections:
             # move it, so a connection cannot hold a frame (or its slot) open for ever.
             async with asyncio.timeout(None) as deadline:
                 while True:
-                    if len(self.frames) >= self.max_frames:
+                    if self._full():
                         deadline.reschedule(None)  # the node's wait, not the peer's
-                        while len(self.frames) >= self.max_frames:
+                        while self._full():
                             self._room.clear()
                             await self._room.wait()
                     deadline.reschedule(loop.time() + self.idle_timeout_s)
@@ -244,7 +245,7 @@ class Connections:
         frame is taken from the link only when there is room for it here, so a peer nobody
         reads is held back by QUIC's flow control."""
         async for body in quic:  # cancelled: the node is closing, and forgets every link
-            while len(self.frames) >= self.max_frames:
+            while self._full():
                 self._room.clear()
                 await self._room.wait()
             self.occupancy.active(link)
@@ -254,6 +255,17 @@ class Connections:
         # endpoint counts and says which: QuicEndpoint.closed).
         self._forget(link)
 
+    def _full(self) -> bool:
+        return self.held or len(self.frames) >= self.max_frames
+
+    def hold(self, held: bool) -> None:
+        """Stop reading every connection (``True``) — the application has not taken what
+        was delivered — or read on: what the peers send waits in the transports' own flow
+        control meanwhile, and their windows hold back the rest."""
+        self.held = held
+        if not self._full():
+            self._room.set()
+
     def _cut_for_room(self, link: Link) -> None:
         budget = self.occupancy.max_partial_bytes
         self.cut(link, f"{link.name}: cut for room in the {budget} bytes of frames being read")
@@ -262,7 +274,7 @@ class Connections:
         """Up to ``most`` frames read, oldest first, for the worker (a frame whose connection
         was dropped since it was read goes with it); the readers waiting for room go on."""
         taken, self.frames = self.frames[:most], self.frames[most:]
-        if len(self.frames) < self.max_frames:
+        if not self._full():
             self._room.set()
         return [(link, body) for link, body in taken if link in self.open]
 

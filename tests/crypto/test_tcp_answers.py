@@ -16,7 +16,7 @@ from l2_session.domain.session.commands import Deliver
 from l2_session.infrastructure.ledger.schema import EVENTS_TABLE
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports import tcp
-from tcp_support import WAIT_S, Relay, VirtualTime, established, make_side
+from tcp_support import WAIT_S, Relay, VirtualTime, established, make_side, until
 
 
 def transactions(path: Path, session_id: UUID) -> list[list[str]]:
@@ -117,6 +117,43 @@ async def _kept(tmp_path: Path) -> None:
         got = [(await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload for _ in sent]
         assert got == sent
         assert [d.payload for d in bob.node.delivered] == sent[-4:]
+    finally:
+        await alice.node.close()
+        server.close()
+        await bob.node.close()
+        alice.ledger.close()
+        bob.ledger.close()
+
+
+def test_an_application_that_does_not_read_holds_the_node_back(tmp_path: Path) -> None:
+    """Bob's application reads nothing while Alice sends 200 messages: once ``max_unread``
+    (16) wait, Bob's node reads no connection, so what waits stays bounded (the 16, and what
+    its worker had already taken); Alice's sends wait on her window. Once Bob reads, every
+    message arrives, once and in order."""
+    asyncio.run(_unread(tmp_path))
+
+
+async def _unread(tmp_path: Path) -> None:
+    clock, directory = VirtualTime(), DidKeyResolver()
+    alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+    bob = make_side(tmp_path, "bob", directory, clock, durability="normal",
+                    node_options={"max_unread": 16, "max_batch": 8})  # fmt: skip
+    server = await bob.node.serve()
+    try:
+        await alice.node.connect(bob.did, "127.0.0.1", server.sockets[0].getsockname()[1])
+        sid = await alice.node.establish(bob.did)
+        await established(alice, sid)
+        sent = [b"m%d" % n for n in range(200)]
+        sending = asyncio.ensure_future(asyncio.gather(*(alice.node.send(sid, p) for p in sent)))
+        await until(lambda: bob.node.connections.held)
+        await asyncio.sleep(0.5)  # Bob's node stays held: nothing more is read
+        waiting = bob.node._received.qsize()
+        assert 16 <= waiting <= 16 + 2 * 8, waiting
+        assert not sending.done()  # Alice's window is full of what Bob has not acknowledged
+        got = [(await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload for _ in sent]
+        assert got == sent
+        await asyncio.wait_for(sending, WAIT_S)
+        assert not bob.node.connections.held
     finally:
         await alice.node.close()
         server.close()
