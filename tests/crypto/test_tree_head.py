@@ -83,3 +83,15 @@ def test_a_cosignature_verifies_only_for_its_body_time_and_witness() -> None:
         verify_cosignature(
             "witness.example", Ed25519PrivateKey.generate().public_key(), SPEC_EXAMPLE, line
         )
+
+
+def test_the_specifications_example_cosignature_has_the_layout_read_here() -> None:
+    """c2sp.org/tlog-cosignature's example line (its witness key is not published, so it
+    cannot be verified): key id, then an 8-byte big-endian timestamp, then the signature."""
+    line = (
+        "jWbPPwAAAABkGFDLEZMHwSRaJNiIDoe9DYn/zXcrtPHeolMI5OWXEhZCB9dlrDJsX3b2oyin1nPZ"
+        "qhf5nNo0xUe+mbIUBkBIfZ+qnA=="
+    )
+    payload = base64.b64decode(line)
+    assert len(payload) == 4 + 8 + 64
+    assert int.from_bytes(payload[4:12], "big") == 1679315147  # 2023-03-20, as the spec shows
