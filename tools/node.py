@@ -37,6 +37,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -152,9 +153,9 @@ class NodeProcess:
             if not isinstance(request, dict):
                 raise Request('a request is a JSON object with an "op"')
             op = request.get("op")
-            handler = self._ops().get(op) if isinstance(op, str) else None
+            handler = self._ops.get(op) if isinstance(op, str) else None
             if handler is None:
-                raise Request(f"unknown op {op!r}; one of {', '.join(sorted(self._ops()))}")
+                raise Request(f"unknown op {op!r}; one of {', '.join(sorted(self._ops))}")
             return {"ok": True, **(await handler(request))}
         except json.JSONDecodeError as error:
             return {"ok": False, "error": f"not JSON: {error}"}
@@ -163,6 +164,7 @@ class NodeProcess:
         except (Request, SessionError, NodeClosed, ConnectionError, OSError) as error:
             return {"ok": False, "error": str(error) or type(error).__name__}
 
+    @functools.cached_property
     def _ops(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
         return {
             "status": self._status, "peer": self._peer, "dial": self._dial,

@@ -22,9 +22,6 @@ from typing import Any, Protocol
 from l2_session.domain.session.session import QUIC, UTCP
 from l2_session.transports.quic_link import LinkClosed, QuicLink
 
-TCP_KIND = UTCP  # the node's framed TCP is the spec's μTCP (decision 24)
-QUIC_KIND = QUIC
-
 
 class Pipe(Protocol):
     """One connection's way out."""
@@ -39,7 +36,7 @@ class Pipe(Protocol):
 
 
 class TcpPipe:
-    kind = TCP_KIND
+    kind = UTCP  # the node's framed TCP is the spec's μTCP (decision 24)
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -62,7 +59,7 @@ class TcpPipe:
 
 
 class QuicPipe:
-    kind = QUIC_KIND
+    kind = QUIC
 
     def __init__(self, link: QuicLink) -> None:
         self.link = link

@@ -183,7 +183,6 @@ class TcpNode:
             manager.session_for, identity_key_of, manager.local_did,
             manager.ledger.save, block=reservation_block,
         )  # fmt: skip
-        self.answer = answer
         self.worker = NodeWorker(
             manager, now_us, self.sealed, self._post, self._post_report, answer=answer,
             serve_bundle=serve_bundle, publish_bundle=publish_bundle,
@@ -329,7 +328,7 @@ class TcpNode:
             raise ConnectionError(f"no connection to {peer_did}: {why}")
         policy.connected(peer_did, winner, loop.time() - started)
         if self._closed:
-            await _discard(attempts[winner], connected=True)
+            await _discard(attempts[winner])
             raise NodeClosed("the node closed while it dialled")
         if winner == QUIC:
             self.connections.dialled_quic(attempts[QUIC].result(), peer_did)
@@ -609,7 +608,7 @@ class TcpNode:
     async def messages(self) -> AsyncIterator[Deliver]:
         """The messages delivered to this node, as they come."""
         while True:
-            yield self._taken(await self._received.get())
+            yield await self.receive()
 
     async def query(self, fn: Callable[[], T]) -> T:
         """``fn()`` run on the worker between batches (so it may call and read the manager,
@@ -783,7 +782,7 @@ async def _first_connected(
     return None, errors
 
 
-async def _discard(task: asyncio.Task[Any], *, connected: bool = False) -> None:
+async def _discard(task: asyncio.Task[Any]) -> None:
     """Stop a dial that lost the race, closing what it connected."""
     if not task.done():
         task.cancel()

@@ -180,9 +180,7 @@ class Connections:
                 while True:
                     if self._full():
                         deadline.reschedule(None)  # the node's wait, not the peer's
-                        while self._full():
-                            self._room.clear()
-                            await self._room.wait()
+                        await self._until_room()
                     deadline.reschedule(loop.time() + self.idle_timeout_s)
                     waiting = f"idle for {self.idle_timeout_s} s"
                     n = body_length(await reader.readexactly(4))
@@ -245,9 +243,7 @@ class Connections:
         frame is taken from the link only when there is room for it here, so a peer nobody
         reads is held back by QUIC's flow control."""
         async for body in quic:  # cancelled: the node is closing, and forgets every link
-            while self._full():
-                self._room.clear()
-                await self._room.wait()
+            await self._until_room()
             self.occupancy.active(link)
             self.frames.append((link, body))
             self._arrived()
@@ -257,6 +253,12 @@ class Connections:
 
     def _full(self) -> bool:
         return self.held or len(self.frames) >= self.max_frames
+
+    async def _until_room(self) -> None:
+        """Until the worker has taken enough frames, and the node is not held."""
+        while self._full():
+            self._room.clear()
+            await self._room.wait()
 
     def hold(self, held: bool) -> None:
         """Stop reading every connection (``True``) — the application has not taken what

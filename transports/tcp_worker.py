@@ -210,9 +210,6 @@ class NodeWorker:
             if routes.get(link.did) is link:
                 del routes[link.did]
 
-    def _links_to(self, did: str) -> bool:
-        return did in self._claimed or did in self._proven
-
     def _drop(self, link: Link, why: str) -> None:
         """A frame broke ``link``'s framing: it cannot be resynchronised."""
         self._dropped_now.add(link)
@@ -228,15 +225,20 @@ class NodeWorker:
         """See ``TcpNode.address_of``; called by the key exchange, inside the manager."""
         reading = self._reading
         link = reading if reading is not None and reading.did == peer_did else None
-        link = link or self._proven.get(peer_did) or self._claimed.get(peer_did)
+        link = link or self._route(peer_did)
         return "" if link is None else link.source
+
+    def _route(self, did: str) -> Link | None:
+        """The connection a handshake frame to ``did`` goes on, unless it answers a frame:
+        the proven one, else the latest claim (see the module)."""
+        return self._proven.get(did) or self._claimed.get(did)
 
     def is_proven(self, peer_did: str) -> bool:
         return peer_did in self._proven
 
     def transport_to(self, peer_did: str) -> str | None:
         """The transport of the connection frames to ``peer_did`` would go on, if any."""
-        link = self._proven.get(peer_did) or self._claimed.get(peer_did)
+        link = self._route(peer_did)
         return None if link is None else link.kind
 
     # ------------------------------------------------------------------ frames
@@ -344,7 +346,7 @@ class NodeWorker:
 
     def request_bundle(self, did: str) -> bool:
         """Ask ``did`` for its bundle on the connection frames to it would go on."""
-        link = self._proven.get(did) or self._claimed.get(did)
+        link = self._route(did)
         if link is None:
             return False
         self.bundles_received.discard(did)
@@ -432,7 +434,7 @@ class NodeWorker:
             data = None if link is None else self._sealed(frame)
         else:
             link = via if via is not None and via.did == did else None
-            link = link or self._proven.get(did) or self._claimed.get(did)
+            link = link or self._route(did)
             data = encode(frame)
         if link is None or data is None:
             self.unrouted += 1  # no connection (or no keys): lost, as on a network

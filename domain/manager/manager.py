@@ -439,6 +439,8 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         self, peer_did: str, transport: str, now_us: int, *, lost: bool
     ) -> list[Output]:
         self._begin(now_us)
+        if lost and transport not in TRANSPORTS[:-1]:
+            return []  # the last in the order: nothing to fall back to
         trigger = Trigger.TRANSPORT_FAILED if lost else Trigger.TRANSPORT_SWITCHED
 
         def each() -> list[list[Output | _AfterSave]]:
@@ -449,8 +451,6 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
                     continue
                 if s.fallback_pending == lost or not is_allowed(s.state, trigger):
                     continue
-                if lost and transport not in TRANSPORTS[:-1]:
-                    continue  # nothing to fall back to
                 if lost:
                     s.transport_failed(now_us)
                 else:
