@@ -42,6 +42,7 @@ from l2_session.infrastructure.ledger.codec import (
     FieldSealer,
     LedgerMapper,
 )
+from l2_session.infrastructure.ledger.errors import ProofRequestError
 from l2_session.infrastructure.ledger.groupcommit import GroupCommitConfig
 from l2_session.infrastructure.ledger.live import (
     live_sessions_parameters,
@@ -57,6 +58,7 @@ from l2_session.infrastructure.ledger.schema import (
 )
 from l2_session.infrastructure.ledger.snapshots import SignedSnapshotRecorder, StorageCipher
 from l2_session.infrastructure.ledger.sqlite_store import SYNCHRONOUS, Durability, LedgerDatastore
+from l2_session.infrastructure.ledger.tree import ConsistencyProof, InclusionProof
 
 log = logging.getLogger(__name__)
 
@@ -243,12 +245,8 @@ class SessionLedger(Application[UUID]):
         else:
             recorder.load_meta()
 
-    def _record_checkpoint(self, position: int, text: str) -> None:
-        with self.ledger_recorder.write() as cur:
-            cur.execute(
-                f"INSERT INTO {CHECKPOINTS_TABLE} (position, text) VALUES (?, ?)",
-                (position, text),
-            )
+    _checkpoints_table = CHECKPOINTS_TABLE
+    _mark = "?"
 
     # -- eventsourcing construction hooks ---------------------------------------------------
     def construct_env(self, name: str, env: Any = None) -> Environment:
@@ -382,13 +380,80 @@ class SessionLedger(Application[UUID]):
 
     # -- checkpoints and signers ----------------------------------------------------------
     def checkpoint(self) -> Checkpoint:
-        """Sign the current head and record the checkpoint in the ledger."""
+        """Sign the ledger's current tree head (size, Merkle root, head event hash, time) as a
+        C2SP checkpoint and record it in the ledger, read and written in one transaction."""
         if self.identity is None:
             raise PermissionError("a read-only ledger (no identity) cannot sign checkpoints")
-        position, head, _ = self.ledger_recorder.head()
-        cp = Checkpoint.sign(self.identity, self.ledger_id, position, head, self.clock.wall_us())
-        self._record_checkpoint(position, cp.to_text())
+        recorder = self.ledger_recorder
+        with recorder.write() as cur:
+            size, head, tree_root = recorder.tree_head(cur)
+            cp = Checkpoint.sign(
+                self.identity, self.ledger_id, size, head, self.clock.wall_us(), tree_root
+            )
+            mark = self._mark
+            cur.execute(
+                f"INSERT INTO {self._checkpoints_table} (position, text) VALUES ({mark}, {mark})",
+                (size, cp.to_text()),
+            )
         return cp
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """The checkpoints recorded in the ledger, oldest first (as stored: verify() checks
+        them)."""
+        with self.ledger_recorder.reading() as cur:
+            cur.execute(f"SELECT text FROM {self._checkpoints_table} ORDER BY id")
+            return [Checkpoint.parse(row[0]) for row in cur.fetchall()]
+
+    # -- the Merkle tree and its proofs (tree.py) ------------------------------------------
+    def tree_head(self) -> tuple[int, bytes]:
+        """(size, Merkle root) of the ledger now: the tree of every event appended."""
+        with self.ledger_recorder.reading() as cur:
+            size, _, tree_root = self.ledger_recorder.tree_head(cur)
+        return size, tree_root
+
+    def inclusion_proof(self, position: int, size: int | None = None) -> InclusionProof:
+        """The proof that the event at ``position`` is in the tree of the first ``size``
+        events (default: all of them): O(log size) stored hashes."""
+        recorder = self.ledger_recorder
+        with recorder.reading() as cur:
+            size = self._size(cur, size)
+            if not 1 <= position <= size:
+                raise ProofRequestError(
+                    f"position {position} is not in a tree of {size} events (positions 1..{size})"
+                )
+            hashes = recorder.tree_sql.inclusion_proof(cur, position - 1, size)
+            tree_root = recorder.tree_sql.root(cur, size)
+            event_hash = recorder.tree_sql.event_hash(cur, position)
+        return InclusionProof(self.ledger_id, position, size, event_hash, tree_root, tuple(hashes))
+
+    def consistency_proof(self, old_size: int, size: int | None = None) -> ConsistencyProof:
+        """The proof that the tree of ``old_size`` events is a prefix of the tree of ``size``
+        (default: all events): nothing in the first was changed or removed since."""
+        recorder = self.ledger_recorder
+        with recorder.reading() as cur:
+            size = self._size(cur, size)
+            if not 1 <= old_size <= size:
+                raise ProofRequestError(
+                    f"no consistency proof from {old_size} to {size} events (1 <= old <= new)"
+                )
+            hashes = (
+                recorder.tree_sql.consistency_proof(cur, old_size, size) if old_size < size else []
+            )
+            old_root = recorder.tree_sql.root(cur, old_size)
+            tree_root = recorder.tree_sql.root(cur, size)
+        return ConsistencyProof(self.ledger_id, old_size, size, old_root, tree_root, tuple(hashes))
+
+    def _size(self, cur: Any, size: int | None) -> int:
+        """``size``, checked against the head the open transaction sees (default: the head)."""
+        recorder = self.ledger_recorder
+        if not recorder.has_tree:
+            recorder.tree_head(cur)  # raises TreeMissing, saying what to do
+        head, _ = recorder._head_in(cur)
+        if size is None:
+            return head
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= head:
+            raise ProofRequestError(f"tree size {size!r}: the ledger holds 1..{head} events")
+        return size
 
     def signers(self) -> set[str]:
         with self.datastore.transaction(commit=False) as c:

@@ -31,6 +31,8 @@ from l2_session.infrastructure.ledger.errors import (
 from l2_session.infrastructure.ledger.format import ZERO_HASH, event_hash, lp
 from l2_session.infrastructure.ledger.groupcommit import GroupCommitter
 from l2_session.infrastructure.ledger.insert_checks import check_event
+from l2_session.infrastructure.ledger.merkle import Frontier
+from l2_session.infrastructure.ledger.tree import TreeMissing, TreeSQL, grow
 
 SIGNER_DOMAIN = b"l2-session/ledger/signer/v1\n"
 # Below this many events, a handoff to the signing thread costs more than it saves.
@@ -119,6 +121,15 @@ class LedgerRecorder(Protocol):
 
     def write(self) -> AbstractContextManager[Any]: ...
 
+    def reading(self) -> AbstractContextManager[Any]: ...
+
+    def tree_head(self, cur: Any) -> tuple[int, bytes, bytes]: ...
+
+    def _head_in(self, cur: Any) -> tuple[int, bytes]: ...
+
+    tree_sql: TreeSQL
+    has_tree: bool
+
     def close(self) -> None: ...
 
 
@@ -143,6 +154,9 @@ class LedgerChain:
         self._signer_lp = lp(self._signer.encode()) if self._signer else b""
         self._signer_is_registered = False
         self._session_heads: Heads = {}
+        # The right edge of the stored Merkle tree as the last commit of this process left it
+        # (tree.py); None until read, and after a failed transaction.
+        self._tree: Frontier | None = None
         self._session_cache_size = session_cache_size
         self._heads_lock = threading.Lock()
         # One extra signing thread where there is a second core (see _sign_all).
@@ -154,6 +168,9 @@ class LedgerChain:
 
     committer: GroupCommitter[StoredEvent, list[int]]
     ledger_id: str
+    tree_sql: TreeSQL
+    # False for a format-1 ledger opened read-only: it has no ledger_tree to keep.
+    has_tree: bool = True
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -275,6 +292,40 @@ class LedgerChain:
             )
         return found
 
+    # -- the Merkle tree, kept in the transaction that appends (tree.py) -------------------
+    def _tree_at(self, cur: Any, size: int) -> None:
+        """Make ``_tree`` the stored tree's edge at ``size`` events (the head just read under
+        the write lock): read again when another writer, or a failure, moved it."""
+        if self.has_tree and (self._tree is None or self._tree.size != size):
+            self._tree = self.tree_sql.frontier(cur, size)
+
+    def _grow_tree(self, cur: Any, rows: Sequence[Row]) -> None:
+        """Insert the tree nodes that ``rows``, just inserted, complete. ``_tree`` moves on only
+        once they are in: a statement that fails leaves it as it was."""
+        if not self.has_tree or not rows:
+            return
+        assert self._tree is not None and self._tree.size == rows[0][0] - 1
+        tree = self._tree.copy()
+        nodes = grow(tree, (row[9] for row in rows))
+        if nodes:
+            cur.executemany(self.tree_sql.insert, nodes)
+        self._tree = tree
+
+    def _head_in(self, cur: Any) -> tuple[int, bytes]:
+        """(position, event hash) of the newest event, read in the open transaction."""
+        raise NotImplementedError
+
+    def tree_head(self, cur: Any) -> tuple[int, bytes, bytes]:
+        """(size, event hash at that position, Merkle root) of the ledger as the open
+        transaction sees it."""
+        if not self.has_tree:
+            raise TreeMissing(
+                "this ledger is in format 1 and has no Merkle tree yet: open it once with its "
+                "node's identity (a writer) to build it"
+            )
+        position, head = self._head_in(cur)
+        return position, head, self.tree_sql.root(cur, position)
+
     def _remember(self, heads: Heads) -> None:
         with self._heads_lock:
             cache = self._session_heads
@@ -287,9 +338,11 @@ class LedgerChain:
                     del cache[sid]
 
     def _forget_heads(self) -> None:
-        # After a failed transaction the cache may hold heads that were never committed.
+        # After a failed transaction the cache may hold heads that were never committed, and
+        # the tree's edge nodes that were never inserted.
         with self._heads_lock:
             self._session_heads.clear()
+        self._tree = None
 
     def _conflict(self, cur: Any, events: Sequence[StoredEvent]) -> ConcurrencyConflict:
         for event in events:

@@ -1,16 +1,34 @@
-"""Signed checkpoints, modelled on C2SP tlog-checkpoint and signed-note (BLAKE3 for SHA-256).
+"""Signed checkpoints of a ledger: format 2 is a C2SP tlog-checkpoint signed as a C2SP
+signed note; format 1 (read and verified, no longer written) was modelled on them.
 
-    l2-session ledger <ledger id>          origin line
-    <position>                             number of events the checkpoint covers
-    <base64 head hash>                     event hash at that position (32 bytes)
-    time <timestamp µs>                    extension line: when it was signed
+Format 2 (docs/ledger-format.md §9)::
+
+    l2-session/ledger/<ledger id>          origin line
+    <size>                                 number of events the checkpoint covers
+    <base64 Merkle root>                   root of the tree of those events (tree.py)
+    head <base64 event hash>               extension: the event hash at position <size>
+    time <timestamp µs>                    extension: when it was signed
+    <empty line>
+    — <did:key> <base64(key id[4] || Ed25519 signature[64])>
+    [— <witness> <base64(cosignature)>]    witnesses' cosignatures, if any
+
+The key name is the signer's did:key; the key id is the first 4 bytes of SHA-256(did || 0x0A ||
+0x01 || public key) and the signature covers the body (the five lines, each ending in a
+newline): any C2SP note verifier given the key ``<did>+<key id hex>+<base64(0x01 || public
+key)>`` checks it (``verifier_key``).
+
+Format 1::
+
+    l2-session ledger <ledger id>
+    <position>
+    <base64 head hash>
+    time <timestamp µs>
     <empty line>
     — <did:key> <base64(key id[4] || Ed25519 signature[64])>
 
-The signature covers the note body (the four lines, each ending in a newline). The key id is
-the first 4 bytes of BLAKE3(did || 0x0A || 0x01 || public key), as signed-note does with SHA-256.
-A checkpoint seen earlier pins the ledger's history: if the event at its position no longer
-has its head hash, history was rewritten; if the ledger is shorter, its tail was truncated.
+with the key id from BLAKE3 rather than SHA-256. A checkpoint seen earlier pins the ledger's
+history: if the event at its position no longer has its head hash, or the tree of its size
+another root, history was rewritten; if the ledger is shorter, its tail was truncated.
 """
 
 from __future__ import annotations
@@ -28,8 +46,11 @@ from l2_session.infrastructure.identity import (
 )
 from l2_session.infrastructure.ledger.errors import LedgerError
 from l2_session.infrastructure.ledger.format import HASH_SIZE, SIGNATURE_SIZE
+from l2_session.infrastructure.ledger.note import key_id as note_key_id
+from l2_session.infrastructure.ledger.tree_head import TreeHead, TreeHeadError
 
-ORIGIN_PREFIX = "l2-session ledger "
+ORIGIN_PREFIX = "l2-session ledger "  # format 1
+ORIGIN_V2_PREFIX = "l2-session/ledger/"  # format 2
 SIGNATURE_DASH = "\u2014"
 
 
@@ -43,7 +64,21 @@ def _shown(line: str) -> str:
 
 
 def key_id(did: str) -> bytes:
+    """A format-1 checkpoint's key id (BLAKE3 where signed-note uses SHA-256)."""
     return blake3(did.encode() + b"\n\x01" + public_bytes_from_did_key(did)).digest()[:4]
+
+
+def note_key_id_of(did: str) -> bytes:
+    """A format-2 checkpoint's key id: C2SP signed-note's, with the did:key as the key name."""
+    return note_key_id(did, public_bytes_from_did_key(did))
+
+
+def verifier_key(did: str) -> str:
+    """The C2SP verifier key of ``did``'s format-2 checkpoints: what another implementation's
+    note verifier is given to check them."""
+    public = public_bytes_from_did_key(did)
+    encoded = base64.b64encode(b"\x01" + public).decode()
+    return f"{did}+{note_key_id(did, public).hex()}+{encoded}"
 
 
 @dataclass(frozen=True)
@@ -54,20 +89,36 @@ class Checkpoint:
     timestamp_us: int
     signer: str
     signature: bytes
+    root: bytes | None = None  # the Merkle root of the first ``position`` events; None: format 1
+    cosignatures: tuple[str, ...] = ()  # witnesses' signature lines after the signer's, as read
+
+    @property
+    def version(self) -> int:
+        return 1 if self.root is None else 2
+
+    @property
+    def size(self) -> int:
+        """The number of events covered (the tree size, in tlog-checkpoint's words)."""
+        return self.position
 
     @property
     def origin(self) -> str:
-        return ORIGIN_PREFIX + self.ledger_id
+        return (ORIGIN_PREFIX if self.root is None else ORIGIN_V2_PREFIX) + self.ledger_id
 
     def body(self) -> bytes:
-        return (
-            f"{self.origin}\n{self.position}\n{base64.b64encode(self.head_hash).decode()}\n"
-            f"time {self.timestamp_us}\n"
-        ).encode()
+        head = base64.b64encode(self.head_hash).decode()
+        if self.root is None:
+            return f"{self.origin}\n{self.position}\n{head}\ntime {self.timestamp_us}\n".encode()
+        extensions = (f"head {head}", f"time {self.timestamp_us}")
+        return TreeHead(self.origin, self.position, self.root, extensions).text().encode()
+
+    def key_id(self) -> bytes:
+        return key_id(self.signer) if self.root is None else note_key_id_of(self.signer)
 
     def to_text(self) -> str:
-        sig = base64.b64encode(key_id(self.signer) + self.signature).decode()
-        return self.body().decode() + f"\n{SIGNATURE_DASH} {self.signer} {sig}\n"
+        sig = base64.b64encode(self.key_id() + self.signature).decode()
+        lines = "".join(line + "\n" for line in self.cosignatures)
+        return self.body().decode() + f"\n{SIGNATURE_DASH} {self.signer} {sig}\n" + lines
 
     @classmethod
     def sign(
@@ -77,8 +128,10 @@ class Checkpoint:
         position: int,
         head_hash: bytes,
         timestamp_us: int,
+        root: bytes | None = None,
     ) -> Checkpoint:
-        unsigned = cls(ledger_id, position, head_hash, timestamp_us, identity.did, b"")
+        """Sign a checkpoint: format 2 given the tree's ``root``, format 1 without."""
+        unsigned = cls(ledger_id, position, head_hash, timestamp_us, identity.did, b"", root)
         return cls(
             ledger_id,
             position,
@@ -86,6 +139,7 @@ class Checkpoint:
             timestamp_us,
             identity.did,
             identity.sign(unsigned.body()),
+            root,
         )
 
     def signature_valid(self) -> bool:
@@ -97,10 +151,10 @@ class Checkpoint:
         if not text.strip():
             raise CheckpointError("the checkpoint is empty")
         first = text.split("\n", 1)[0]
-        if not first.startswith(ORIGIN_PREFIX):
+        if not first.startswith((ORIGIN_PREFIX, ORIGIN_V2_PREFIX)):
             raise CheckpointError(
                 f"not a checkpoint: its first line {_shown(first)} is not an origin line "
-                f"'{ORIGIN_PREFIX}<ledger id>'"
+                f"'{ORIGIN_V2_PREFIX}<ledger id>' (or '{ORIGIN_PREFIX}<ledger id>', format 1)"
             )
         if "\r" in text:
             raise CheckpointError(
@@ -121,6 +175,8 @@ class Checkpoint:
                 "the checkpoint has no signature: after its body, expected an empty line, then "
                 f"'{SIGNATURE_DASH} <did:key> <signature>'"
             )
+        if first.startswith(ORIGIN_V2_PREFIX):
+            return cls._parse_v2(body, signatures)
         lines = body.split("\n")
         if len(lines) != 4:
             raise CheckpointError(f"checkpoint body has {len(lines)} lines, expected 4")
@@ -151,4 +207,56 @@ class Checkpoint:
             raise CheckpointError("checkpoint signature does not carry the signer's key id")
         return cls(
             origin[len(ORIGIN_PREFIX) :], int(size), head_hash, int(time_line[5:]), signer, raw[4:]
+        )
+
+    @classmethod
+    def _parse_v2(cls, body: str, signatures: str) -> Checkpoint:
+        try:
+            head = TreeHead.parse(body + "\n")
+        except TreeHeadError as e:
+            raise CheckpointError(f"checkpoint body: {e}") from None
+        if len(head.extensions) != 2:
+            raise CheckpointError(
+                f"checkpoint body has {len(head.extensions)} extension lines, expected 2 "
+                "('head <base64 event hash>', 'time <µs>')"
+            )
+        head_line, time_line = head.extensions
+        if not head_line.startswith("head "):
+            raise CheckpointError(f"checkpoint head line {_shown(head_line)} is not 'head <hash>'")
+        try:
+            head_hash = base64.b64decode(head_line[5:], validate=True)
+        except binascii.Error:
+            raise CheckpointError(f"checkpoint head hash {head_line[5:]!r} is not base64") from None
+        if len(head_hash) != HASH_SIZE:
+            raise CheckpointError(
+                f"checkpoint head hash is {len(head_hash)} bytes, expected {HASH_SIZE}"
+            )
+        if not time_line.startswith("time ") or not time_line[5:].isdigit():
+            raise CheckpointError(f"checkpoint time line {time_line!r} is not 'time <µs>'")
+        if not signatures.endswith("\n"):
+            raise CheckpointError("the checkpoint's last signature line has no final newline")
+        lines = signatures[:-1].split("\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or parts[0] != SIGNATURE_DASH:
+            raise CheckpointError(f"checkpoint signature line {_shown(lines[0])} is malformed")
+        signer = parts[1]
+        try:
+            raw = base64.b64decode(parts[2], validate=True)
+            expected_id = note_key_id_of(signer)
+        except (binascii.Error, DIDError) as e:
+            raise CheckpointError(f"checkpoint signature line: {e}") from None
+        if len(raw) != 4 + SIGNATURE_SIZE or raw[:4] != expected_id:
+            raise CheckpointError("checkpoint signature does not carry the signer's key id")
+        for line in lines[1:]:
+            if not line.startswith(SIGNATURE_DASH + " "):
+                raise CheckpointError(f"checkpoint signature line {_shown(line)} is malformed")
+        return cls(
+            head.origin[len(ORIGIN_V2_PREFIX) :],
+            head.size,
+            head_hash,
+            int(time_line[5:]),
+            signer,
+            raw[4:],
+            head.root,
+            tuple(lines[1:]),
         )

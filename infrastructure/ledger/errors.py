@@ -52,3 +52,7 @@ class InvalidEvent(LedgerError, ValueError):
 class LedgerClosed(LedgerError, ConnectionPoolClosedError):
     """The ledger was closed: nothing more can be read or appended through this SessionLedger
     (an eventsourcing ``ConnectionPoolClosedError``, as its own recorders raise)."""
+
+
+class ProofRequestError(LedgerError, ValueError):
+    """A proof asked for that the ledger cannot give: a position or tree size it does not hold."""

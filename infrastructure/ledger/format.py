@@ -18,7 +18,10 @@ import struct
 from blake3 import blake3
 
 FORMAT_NAME = "l2-session-ledger"
-FORMAT_VERSION = 1
+# 2: the Merkle tree (ledger_tree) and checkpoints as C2SP signed notes over its root. A
+# version-1 ledger is read as it is and migrated to 2 when a node opens it to write.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = ("1", "2")
 
 EVENT_DOMAIN = b"l2-session/ledger/event/v1\n"
 GENESIS_DOMAIN = b"l2-session/ledger/genesis/v1\n"

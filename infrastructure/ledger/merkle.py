@@ -71,17 +71,7 @@ def inclusion_proof(
     """The audit path of leaf ``index`` in the tree of ``leaf_hashes`` (RFC 9162 §2.1.3.1)."""
     if not 0 <= index < len(leaf_hashes):
         raise ValueError(f"leaf {index} is not in a tree of {len(leaf_hashes)}")
-    return _path(index, list(leaf_hashes), h)
-
-
-def _path(m: int, leaves: list[bytes], h: HashFn) -> list[bytes]:
-    n = len(leaves)
-    if n == 1:
-        return []
-    k = _split(n)
-    if m < k:
-        return [*_path(m, leaves[:k], h), root(leaves[k:], h)]
-    return [*_path(m - k, leaves[k:], h), root(leaves[:k], h)]
+    return [root(leaf_hashes[a:b], h) for a, b in inclusion_ranges(index, len(leaf_hashes))]
 
 
 def consistency_proof(
@@ -91,17 +81,109 @@ def consistency_proof(
     ``leaf_hashes`` (RFC 9162 §2.1.4.1)."""
     if not 0 < old_size <= len(leaf_hashes):
         raise ValueError(f"no consistency proof from {old_size} to {len(leaf_hashes)} leaves")
-    return _subproof(old_size, list(leaf_hashes), True, h)
+    return [root(leaf_hashes[a:b], h) for a, b in consistency_ranges(old_size, len(leaf_hashes))]
 
 
-def _subproof(m: int, leaves: list[bytes], complete: bool, h: HashFn) -> list[bytes]:
-    n = len(leaves)
-    if m == n:
-        return [] if complete else [root(leaves, h)]
-    k = _split(n)
-    if m <= k:
-        return [*_subproof(m, leaves[:k], complete, h), root(leaves[k:], h)]
-    return [*_subproof(m - k, leaves[k:], False, h), root(leaves[:k], h)]
+# -- proofs as leaf ranges: the same proofs, for a tree kept in storage ------------------------
+# Every hash of a proof is the tree hash of a range [a, b) of leaves. A range begins where a
+# subtree of the recursive split begins, so it is a run of perfect subtrees ("parts"), each
+# 2**level leaves aligned on a multiple of its size, largest first (``perfect_parts``): the
+# first ``level`` bits of a tree size name the parts of the whole tree. A stored tree keeps
+# the hash of every perfect subtree, so any proof costs one lookup per part.
+
+
+def inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose tree hashes are, in order, the audit path of leaf ``index`` in a
+    tree of ``size`` leaves (RFC 9162 §2.1.3.1's PATH, unrolled)."""
+    if not 0 <= index < size:
+        raise ValueError(f"leaf {index} is not in a tree of {size}")
+    found: list[tuple[int, int]] = []
+    lo, hi, m = 0, size, index
+    while hi - lo > 1:
+        k = _split(hi - lo)
+        if m < k:
+            found.append((lo + k, hi))
+            hi = lo + k
+        else:
+            found.append((lo, lo + k))
+            lo, m = lo + k, m - k
+    return found[::-1]
+
+
+def consistency_ranges(old_size: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose tree hashes are, in order, the consistency proof from
+    ``old_size`` to ``size`` leaves (RFC 9162 §2.1.4.1's SUBPROOF, unrolled)."""
+    if not 0 < old_size <= size:
+        raise ValueError(f"no consistency proof from {old_size} to {size} leaves")
+    found: list[tuple[int, int]] = []
+    lo, hi, m, complete = 0, size, old_size, True
+    while hi - lo != m:
+        k = _split(hi - lo)
+        if m <= k:
+            found.append((lo + k, hi))
+            hi = lo + k
+        else:
+            found.append((lo, lo + k))
+            lo, m, complete = lo + k, m - k, False
+    if not complete:
+        found.append((lo, hi))
+    return found[::-1]
+
+
+def perfect_parts(lo: int, hi: int) -> list[tuple[int, int]]:
+    """The perfect subtrees, as (level, index), whose leaves in order are ``lo`` to ``hi``
+    (exclusive), largest first: subtree (level, index) holds leaves ``index * 2**level`` up
+    to ``(index + 1) * 2**level``. ``lo`` is where a subtree of the recursive split begins
+    (0, or a range of ``inclusion_ranges``/``consistency_ranges``)."""
+    parts: list[tuple[int, int]] = []
+    while lo < hi:
+        level = (hi - lo).bit_length() - 1
+        if lo & ((1 << level) - 1):
+            raise ValueError(f"leaves {lo}.. do not begin a subtree of {1 << level}")
+        parts.append((level, lo >> level))
+        lo += 1 << level
+    return parts
+
+
+def fold(part_hashes: Sequence[bytes], h: HashFn = blake3_hash) -> bytes:
+    """The tree hash of a range from the hashes of its perfect parts, largest first (the
+    recursive split puts each part on the left of the rest)."""
+    found = part_hashes[-1]
+    for part in reversed(part_hashes[:-1]):
+        found = node_hash(part, found, h)
+    return found
+
+
+class Frontier:
+    """The right edge of a growing tree: the hashes of the perfect subtrees that make it up
+    (``perfect_parts(0, size)``), from which each new leaf completes zero or more nodes and
+    the root is a fold. It is all an appender keeps in memory: O(log n) hashes."""
+
+    __slots__ = ("h", "hashes", "size")
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = (), h: HashFn = blake3_hash):
+        if len(hashes) != size.bit_count():
+            raise ValueError(f"a tree of {size} leaves has {size.bit_count()} parts")
+        self.size, self.hashes, self.h = size, list(hashes), h
+
+    def copy(self) -> Frontier:
+        return Frontier(self.size, self.hashes, self.h)
+
+    def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Add the leaf whose hash is ``leaf``; the nodes it completes above it, as (level,
+        index, hash), lowest first."""
+        completed: list[tuple[int, int, bytes]] = []
+        found, level, size, h = leaf, 0, self.size, self.h
+        while size >> level & 1:
+            found = node_hash(self.hashes.pop(), found, h)
+            level += 1
+            completed.append((level, size >> level, found))
+        self.hashes.append(found)
+        self.size = size + 1
+        return completed
+
+    def root(self) -> bytes:
+        return fold(self.hashes, self.h) if self.hashes else self.h(b"")
 
 
 def verify_inclusion(

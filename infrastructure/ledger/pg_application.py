@@ -191,13 +191,11 @@ class PostgresSessionLedger(SessionLedger):
         assert isinstance(recorder, SignedPostgresRecorder)
         recorder.set_meta(self._meta)
 
-    def _record_checkpoint(self, position: int, text: str) -> None:
-        with self.ledger_recorder.write() as cur:
-            cur.execute(
-                f"INSERT INTO {self.pg.schema}.{CHECKPOINTS_TABLE} (position, text) "
-                "VALUES (%s, %s)",
-                (position, text),
-            )
+    _mark = "%s"
+
+    @property
+    def _checkpoints_table(self) -> str:  # type: ignore[override]
+        return f"{self.pg.schema}.{CHECKPOINTS_TABLE}"
 
     def signers(self) -> set[str]:
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:

@@ -1,4 +1,5 @@
-"""Move a SQLite ledger to PostgreSQL row for row: same ledger id, signers, events, checkpoints.
+"""Move a SQLite ledger to PostgreSQL row for row: same ledger id, signers, events, checkpoints
+(the Merkle tree is rebuilt from the events: the same tree, checked as it is built).
 
 The rows are copied byte for byte — nothing is re-hashed or re-signed — so the PostgreSQL ledger
 verifies exactly as the file did, and checkpoints taken on the file still pin its history
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from l2_session.infrastructure.ledger.chain import ROW_COLUMNS
 from l2_session.infrastructure.ledger.errors import LedgerError
-from l2_session.infrastructure.ledger.pg_schema import migrate, read_meta
+from l2_session.infrastructure.ledger.pg_schema import build_tree, migrate, read_meta
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 from l2_session.infrastructure.ledger.schema import (
     CHECKPOINTS_TABLE,
@@ -54,6 +55,7 @@ def import_sqlite_ledger(path: str | Path, url: str) -> int:
                     for row in batch:
                         copy.write_row(row)
                     copied += len(batch)
+            build_tree(cur, schema)  # the file's tree, if it has one, is rebuilt, not copied
             cur.executemany(
                 f"INSERT INTO {schema}.{CHECKPOINTS_TABLE} (position, text) VALUES (%s, %s)",
                 src.execute(f"SELECT position, text FROM {CHECKPOINTS_TABLE} ORDER BY id"),

@@ -40,6 +40,7 @@ from l2_session.infrastructure.ledger.format import ZERO_HASH, genesis_hash
 from l2_session.infrastructure.ledger.groupcommit import GroupCommitConfig, GroupCommitter
 from l2_session.infrastructure.ledger.pg_schema import lock_key
 from l2_session.infrastructure.ledger.schema import EVENTS_TABLE, SIGNERS_TABLE
+from l2_session.infrastructure.ledger.tree import TREE_TABLE, TreeSQL
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
@@ -105,6 +106,7 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
         )
         self.ledger_id = ""
         self.genesis = ZERO_HASH
+        self.tree_sql = TreeSQL("%s", self.table, f"{schema}.{TREE_TABLE}")
 
     # -- identity of the ledger --------------------------------------------------------
     def create_table(self) -> None:
@@ -174,6 +176,7 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
             )
             timestamp = self.clock.wall_us()
             self._check_clock(timestamp, last_ts, position)
+            self._tree_at(cur, position)
             pending: list[Row] = []
             for events in requests:
                 try:
@@ -183,6 +186,7 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
                         with conn.transaction():  # a savepoint: a conflict fails this request
                             rows, heads = self._rows(cur, events, position, prev_global, timestamp)
                             self._insert_rows(cur, rows)
+                            self._grow_tree(cur, rows)
                 except psycopg.errors.UniqueViolation:
                     outcomes.append(self._conflict(cur, events))
                     continue
@@ -197,6 +201,7 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
                 self._remember(heads)
             if as_one_copy and pending:
                 self._insert_rows(cur, pending)  # a (session_id, version) clash raises here
+                self._grow_tree(cur, pending)
             if any(not isinstance(outcome, BaseException) for outcome in outcomes):
                 registering = self._register_signer(cur)
         if registering:
@@ -214,6 +219,21 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
     def _fetch_session_hash(self, cur: Any, sid: str, version: int) -> bytes | None:
         row = cur.execute(self._session_event_hash, (sid, version)).fetchone()
         return None if row is None else bytes(row[0])
+
+    def _head_in(self, cur: Any) -> tuple[int, bytes]:
+        row = cur.execute(self._head).fetchone()
+        return (row[0], bytes(row[1])) if row else (0, self.genesis)
+
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A cursor in one REPEATABLE READ transaction: its reads see one state of the ledger."""
+        with (
+            self.datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=tuple_row) as cur,
+        ):
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield cur
 
     # -- reads --------------------------------------------------------------------------
     def head(self) -> tuple[int, bytes, int | None]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from blake3 import blake3
 from l2_session.infrastructure.ledger.errors import LedgerError, LedgerNotFound, NotALedger
-from l2_session.infrastructure.ledger.format import FORMAT_NAME, FORMAT_VERSION
+from l2_session.infrastructure.ledger.format import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 from l2_session.infrastructure.ledger.schema import (
     CHECKPOINTS_TABLE,
@@ -28,10 +28,11 @@ from l2_session.infrastructure.ledger.schema import (
     SIGNERS_TABLE,
     SNAPSHOTS_TABLE,
 )
+from l2_session.infrastructure.ledger.tree import TREE_TABLE, TreeSQL, build_rows
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 NODE_ROLE = "l2s_node"
-HISTORY_TABLES = (EVENTS_TABLE, SIGNERS_TABLE, CHECKPOINTS_TABLE)
+HISTORY_TABLES = (EVENTS_TABLE, SIGNERS_TABLE, CHECKPOINTS_TABLE, TREE_TABLE)
 
 
 def lock_key(schema: str, purpose: str) -> int:
@@ -96,12 +97,65 @@ def _v1(schema: str) -> list[str]:
             RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
                 USING ERRCODE = 'insufficient_privilege';
         END $$""",
-        *(stmt for table in HISTORY_TABLES for stmt in _append_only(schema, table)),
+        *(
+            stmt
+            for table in (EVENTS_TABLE, SIGNERS_TABLE, CHECKPOINTS_TABLE)
+            for stmt in _append_only(schema, table)
+        ),
     ]
 
 
-# Schema version -> statements taking the schema from the previous version to this one.
-MIGRATIONS: dict[int, Any] = {1: _v1}
+def _v2(schema: str) -> list[str]:
+    """The Merkle tree (tree.py): ledger format 2."""
+    return [
+        f"""CREATE TABLE {schema}.{TREE_TABLE} (
+            position bigint NOT NULL,
+            level smallint NOT NULL,
+            hash bytea NOT NULL,
+            PRIMARY KEY (position, level)
+        )""",
+        *_append_only(schema, TREE_TABLE),
+    ]
+
+
+def build_tree(cur: Any, schema: str) -> None:
+    """The tree of every event in the ledger (an empty ledger_tree is filled), and format
+    version 2: after _v2, in the migration's transaction (a failure leaves the schema at
+    version 1), and after an import has copied the events."""
+    sql = TreeSQL("%s", f"{schema}.{EVENTS_TABLE}", f"{schema}.{TREE_TABLE}")
+
+    def hashes() -> Any:
+        after, chunk = 0, 50_000
+        while True:
+            cur.execute(
+                f"SELECT position, event_hash FROM {schema}.{EVENTS_TABLE} "
+                "WHERE position > %s ORDER BY position LIMIT %s",
+                (after, chunk),
+            )
+            rows = cur.fetchall()
+            for position, value in rows:
+                if position != after + 1:
+                    raise NotALedger(
+                        f"cannot build the ledger's tree: position {position} follows {after}; "
+                        "the ledger is damaged — run verify"
+                    )
+                after = position
+                yield bytes(value)
+            if len(rows) < chunk:
+                return
+
+    for rows in build_rows(list(hashes())):
+        cur.executemany(sql.insert, rows)
+    cur.execute(
+        f"UPDATE {schema}.{META_TABLE} SET value=%s WHERE key='format_version'",
+        (str(FORMAT_VERSION),),
+    )
+
+
+# Schema version -> statements taking the schema from the previous version to this one, and
+# what runs after them (with the cursor) where statements alone cannot do it.
+MIGRATIONS: dict[int, Any] = {1: _v1, 2: _v2}
+AFTER_MIGRATION: dict[int, Any] = {2: build_tree}
 
 
 def _ensure_node_role(cur: Any, schema: str, role: str) -> None:
@@ -127,17 +181,20 @@ def read_meta(cur: Any, schema: str) -> dict[str, str] | None:
     return {k: v for k, v in cur.fetchall()}
 
 
-def check_meta(location: PostgresLocation, meta: dict[str, str] | None) -> None:
-    """Raise NotALedger / LedgerNotFound unless ``meta`` is a current ledger's."""
+def check_meta(
+    location: PostgresLocation, meta: dict[str, str] | None, *, reading: bool = False
+) -> None:
+    """Raise NotALedger / LedgerNotFound unless ``meta`` is a current ledger's (``reading``:
+    one of an older schema version will do, as it is: verify reads it without migrating)."""
     where = location.redacted()
     if meta is None:
         raise LedgerNotFound(f"no ledger at {where}: schema {location.schema} has no {META_TABLE}")
     if meta.get("format") != FORMAT_NAME:
         raise NotALedger(f"{where}: ledger_meta names format {meta.get('format')!r}")
-    if meta.get("format_version") != str(FORMAT_VERSION):
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise NotALedger(
             f"{where}: ledger format version {meta.get('format_version')!r} is not supported "
-            f"(this program reads version {FORMAT_VERSION})"
+            f"(this program reads versions {', '.join(READABLE_VERSIONS)})"
         )
     found = int(meta.get("schema_version", "0"))
     if found > SCHEMA_VERSION:
@@ -145,7 +202,7 @@ def check_meta(location: PostgresLocation, meta: dict[str, str] | None) -> None:
             f"{where}: PostgreSQL schema version {found} is newer than this program's "
             f"({SCHEMA_VERSION}); upgrade l2-session"
         )
-    if found < SCHEMA_VERSION:
+    if found < SCHEMA_VERSION and not reading:
         raise NotALedger(
             f"{where}: PostgreSQL schema version {found}, this program needs {SCHEMA_VERSION}; "
             "run the migration as the schema owner (l2_session.infrastructure.ledger.pg_schema"
@@ -185,6 +242,8 @@ def migrate(
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[version](schema):
                     cur.execute(statement)
+                if version in AFTER_MIGRATION:
+                    AFTER_MIGRATION[version](cur, schema)
             if meta is None:
                 cur.execute(
                     f"INSERT INTO {schema}.{META_TABLE} (key, value) VALUES "

@@ -15,7 +15,8 @@ from l2_session.infrastructure.identity import verify_did_signature
 from l2_session.infrastructure.ledger.chain import ROW_COLUMNS, signer_statement
 from l2_session.infrastructure.ledger.pg_schema import check_meta, read_meta
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation
-from l2_session.infrastructure.ledger.schema import EVENTS_TABLE, SIGNERS_TABLE
+from l2_session.infrastructure.ledger.schema import CHECKPOINTS_TABLE, EVENTS_TABLE, SIGNERS_TABLE
+from l2_session.infrastructure.ledger.tree import TREE_TABLE
 
 
 @contextmanager
@@ -34,6 +35,32 @@ def range_rows(url: str, lo: int, hi: int) -> Iterator[Any]:
             yield cur
 
 
+@contextmanager
+def range_nodes(url: str, lo: int, hi: int) -> Iterator[Any]:
+    """Stored tree rows (position, level, hash) with ``lo <= position <= hi``, in order."""
+    location = PostgresLocation.parse(url)
+    with location.connect(autocommit=False) as conn:
+        conn.read_only = True
+        with conn.cursor(name="l2s_verify_tree") as cur:
+            cur.itersize = 5000
+            cur.execute(
+                f"SELECT position, level, hash FROM {location.schema}.{TREE_TABLE} "
+                "WHERE position BETWEEN %s AND %s ORDER BY position, level",
+                (lo, hi),
+            )
+            yield ((position, level, bytes(value)) for position, level, value in cur)
+
+
+def tree_and_checkpoints(url: str) -> tuple[bool, list[tuple[int, str]]]:
+    """(whether the ledger keeps a tree, its stored checkpoints as (id, text), oldest first)."""
+    location = PostgresLocation.parse(url)
+    with location.connect() as conn, conn.cursor() as cur:
+        meta = read_meta(cur, location.schema) or {}
+        cur.execute(f"SELECT id, text FROM {location.schema}.{CHECKPOINTS_TABLE} ORDER BY id")
+        rows = [(int(i), str(t)) for i, t in cur.fetchall()]
+    return meta.get("format_version", "1") != "1", rows
+
+
 def ledger_meta(url: str, step: int) -> tuple[str, frozenset[str], list[int], int | None]:
     """(ledger id, registered signers whose registration verifies, every ``step``-th stored
     position, the last stored position).
@@ -45,7 +72,7 @@ def ledger_meta(url: str, step: int) -> tuple[str, frozenset[str], list[int], in
     table = f"{location.schema}.{EVENTS_TABLE}"
     with location.connect() as conn, conn.cursor() as cur:
         meta = read_meta(cur, location.schema)
-        check_meta(location, meta)
+        check_meta(location, meta, reading=True)
         assert meta is not None
         ledger_id = meta["ledger_id"]
         cur.execute(f"SELECT did, signature FROM {location.schema}.{SIGNERS_TABLE}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Notification, StoredEvent
@@ -38,8 +39,10 @@ from l2_session.infrastructure.ledger.schema import (
     EVENTS_TABLE,
     META_TABLE,
     SIGNERS_TABLE,
+    TREE_STATEMENTS,
 )
 from l2_session.infrastructure.ledger.sqlite_store import LedgerDatastore
+from l2_session.infrastructure.ledger.tree import TREE_TABLE, TreeSQL, build_rows
 
 __all__ = ["SIGNER_DOMAIN", "SignedSQLiteRecorder", "session_key"]
 
@@ -78,6 +81,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         )
         self.ledger_id = ""
         self.genesis = ZERO_HASH
+        self.tree_sql = TreeSQL("?", EVENTS_TABLE, TREE_TABLE)
 
     # -- schema -------------------------------------------------------------------------
     def construct_create_table_statements(self) -> list[str]:
@@ -104,6 +108,34 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
             raise LedgerCorrupted("ledger_meta has no ledger_id: the ledger's identity is missing")
         self.ledger_id = row[0]
         self.genesis = genesis_hash(self.ledger_id)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT value FROM {META_TABLE} WHERE key='format_version'")
+            version = c.fetchone()
+        if version is not None and version[0] == "1":
+            if self.identity is None:
+                self.has_tree = False  # read as it is: a reader changes nothing
+            else:
+                self._migrate_to_tree()
+
+    def _migrate_to_tree(self) -> None:
+        """Format 1 -> 2: build the Merkle tree of every event already in the ledger, in one
+        transaction with the format's new version (a crash leaves the ledger at format 1).
+        The events themselves are only read."""
+        with self.datastore.writer.transaction() as cur:
+            cur.execute(f"SELECT value FROM {META_TABLE} WHERE key='format_version'")
+            if cur.fetchone()[0] != "1":
+                return  # another process migrated it first
+            for statement in TREE_STATEMENTS:
+                cur.execute(statement)
+            hashes = cur.connection.execute(
+                f"SELECT position, event_hash FROM {EVENTS_TABLE} ORDER BY position"
+            )
+            for chunk in build_rows(_dense(hashes)):
+                cur.executemany(self.tree_sql.insert, chunk)
+            cur.execute(
+                f"UPDATE {META_TABLE} SET value=? WHERE key='format_version'",
+                (str(FORMAT_VERSION),),
+            )
 
     # -- writes: every one through the datastore's writer (sqlite_store.py) ---------------
     @contextmanager
@@ -140,6 +172,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
                 )
                 timestamp = self.clock.wall_us()
                 self._check_clock(timestamp, last_ts, position)
+                self._tree_at(cur, position)
                 if len(requests) == 1:
                     return [self._insert_alone(cur, requests[0], position, prev_global, timestamp)]
                 together = self._insert_together(cur, requests, position, prev_global, timestamp)
@@ -150,6 +183,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
                     try:
                         rows, heads = self._rows(cur, events, position, prev_global, timestamp)
                         cur.executemany(_INSERT, rows)
+                        self._grow_tree(cur, rows)
                     except sqlite3.IntegrityError:
                         cur.execute("ROLLBACK TO request")
                         cur.execute("RELEASE request")
@@ -186,6 +220,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         try:
             rows, heads = self._rows(cur, events, position, prev_global, timestamp)
             cur.executemany(_INSERT, rows)
+            self._grow_tree(cur, rows)
         except sqlite3.IntegrityError:
             cur.execute("ROLLBACK")
             return self._conflict(cur, events)
@@ -213,6 +248,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
             everything = [event for events in requests for event in events]
             rows, heads = self._rows(cur, everything, position, prev_global, timestamp)
             cur.executemany(_INSERT, rows)
+            self._grow_tree(cur, rows)
         except (sqlite3.IntegrityError, LedgerError, ValueError):
             cur.execute("ROLLBACK TO batch")
             cur.execute("RELEASE batch")
@@ -226,11 +262,22 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
             start += len(events)
         return outcomes
 
+    def _head_in(self, cur: Any) -> tuple[int, bytes]:
+        cur.execute(_HEAD)
+        row = cur.fetchone()
+        return (row[0], bytes(row[1])) if row else (0, self.genesis)
+
     def _fetch_session_hash(self, cur: sqlite3.Cursor, sid: str, version: int) -> bytes | None:
         row = cur.execute(_SESSION_EVENT_HASH, (sid, version)).fetchone()
         return None if row is None else bytes(row[0])
 
     # -- reads --------------------------------------------------------------------------
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A cursor in one read transaction: what it reads is one state of the ledger."""
+        with self.datastore.transaction(commit=False) as c:
+            yield c
+
     def has_session(self, originator_id: UUID | str) -> bool:
         """Whether the ledger holds any event of the session: one statement on the
         (session_id, version) index, outside a transaction (a lone read sees one state)."""
@@ -308,3 +355,17 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
             c.execute(f"SELECT MAX(position) FROM {EVENTS_TABLE}")
             found: int | None = c.fetchone()[0]
         return found
+
+
+def _dense(rows: Iterator[tuple[int, bytes]]) -> Iterator[bytes]:
+    """The event hashes of ``rows`` (position, hash), which must be positions 1, 2, 3, ...: a
+    tree over a ledger with a gap would prove a sequence that is not the ledger's."""
+    expected = 1
+    for position, value in rows:
+        if position != expected:
+            raise LedgerCorrupted(
+                f"cannot build the ledger's tree: position {position} follows {expected - 1}; "
+                "the ledger is damaged — run verify"
+            )
+        expected += 1
+        yield bytes(value)

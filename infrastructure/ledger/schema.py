@@ -7,7 +7,8 @@ from pathlib import Path
 
 import sqlite_utils
 from l2_session.infrastructure.ledger.errors import LedgerNotFound, NotALedger
-from l2_session.infrastructure.ledger.format import FORMAT_NAME, FORMAT_VERSION
+from l2_session.infrastructure.ledger.format import FORMAT_NAME, READABLE_VERSIONS
+from l2_session.infrastructure.ledger.tree import TREE_TABLE
 
 EVENTS_TABLE = "ledger_events"
 META_TABLE = "ledger_meta"
@@ -40,6 +41,17 @@ def _append_only(table: str) -> list[str]:
         f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: DELETE refused'); END",
     ]
 
+
+# The Merkle tree of the events (tree.py, docs/ledger-format.md §8): format 2.
+TREE_STATEMENTS: list[str] = [
+    f"""CREATE TABLE IF NOT EXISTS {TREE_TABLE} (
+        position INTEGER NOT NULL,
+        level INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (position, level)
+    ) WITHOUT ROWID""",
+    *_append_only(TREE_TABLE),
+]
 
 CREATE_STATEMENTS: list[str] = [
     f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -83,6 +95,7 @@ CREATE_STATEMENTS: list[str] = [
         signature BLOB NOT NULL,
         PRIMARY KEY (session_id, version)
     )""",
+    *TREE_STATEMENTS,
 ]
 
 
@@ -123,10 +136,10 @@ def check_sqlite_ledger_file(path: Path, *, create: bool) -> bool:
         raise NotALedger(
             f"{path}: ledger_meta names format {meta.get('format')!r}, expected {FORMAT_NAME!r}"
         )
-    if meta.get("format_version") != str(FORMAT_VERSION):
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise NotALedger(
             f"{path}: ledger format version {meta.get('format_version')!r} is not supported "
-            f"(this program reads version {FORMAT_VERSION})"
+            f"(this program reads versions {', '.join(READABLE_VERSIONS)})"
         )
     if EVENTS_TABLE not in tables:
         raise NotALedger(f"{path}: ledger_meta is present but the {EVENTS_TABLE} table is missing")

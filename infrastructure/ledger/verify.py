@@ -24,7 +24,7 @@ from blake3 import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from l2_session.infrastructure.identity import DIDError, public_key_from_did_key
-from l2_session.infrastructure.ledger.checkpoint import Checkpoint
+from l2_session.infrastructure.ledger.checkpoint import Checkpoint, CheckpointError
 from l2_session.infrastructure.ledger.codec import (
     decode_sealed_column,
     encode_sealed_column,
@@ -48,11 +48,14 @@ from l2_session.infrastructure.ledger.verify_report import (
 )
 from l2_session.infrastructure.ledger.verify_sources import (
     pg_ledger_meta,
+    range_nodes,
     range_rows,
     read_errors,
     sqlite_integrity_problems,
     sqlite_ledger_meta,
+    stored_tree_and_checkpoints,
 )
+from l2_session.infrastructure.ledger.verify_tree import RangeTree, TreeStitch, stored_rows
 
 __all__ = ["Problem", "ProblemKind", "VerificationReport", "verify"]
 
@@ -74,7 +77,8 @@ class _RangeResult:
     firsts: dict[str, tuple[int, bytes, int]] = field(default_factory=dict)  # sid -> (v, prev, pos)
     lasts: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # sid -> (v, hash)
     created: dict[str, bytes] = field(default_factory=dict)  # sid -> topic of its version 1
-    pinned: bytes | None = None  # event hash at the checkpoint's position, if in range
+    pinned: dict[int, bytes] = field(default_factory=dict)  # checkpoint size -> event hash there
+    tree: RangeTree | None = None
 
 
 def _as_bytes(value: Any, size: int | None = None) -> bytes:
@@ -112,16 +116,23 @@ def _check_sealed(payload: bytes, sealed: bytes) -> str | None:
 
 
 def _verify_range(
-    path: str, lo: int, hi: int, trusted: frozenset[str], pin: int | None
+    path: str, lo: int, hi: int, trusted: frozenset[str], pins: frozenset[int], has_tree: bool
 ) -> _RangeResult:
     out = _RangeResult()
     try:
-        with range_rows(path, lo, hi) as rows:
-            _check_rows(out, rows, trusted, pin)
+        with range_rows(path, lo, hi) as rows, range_nodes(path, lo, hi, has_tree) as nodes:
+            out.tree = RangeTree(None if nodes is None else stored_rows(nodes), pins)
+            _check_rows(out, rows, trusted, pins)
+            out.tree.finish()
     except read_errors(path) as e:
         out.problems.append(
             Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"rows {lo}..{hi}: {e}")
         )
+        out.tree = None
+    if out.tree is not None:
+        out.problems.extend(out.tree.problems)
+        out.tree.problems = []
+        out.tree.stored = None  # a generator over a closed cursor does not go back to the parent
     return out
 
 
@@ -176,11 +187,11 @@ def _check_signatures(unchecked: list[_Unchecked], problems: list[Problem]) -> N
 
 
 def _check_rows(
-    out: _RangeResult, rows: Iterable[Any], trusted: frozenset[str], pin: int | None
+    out: _RangeResult, rows: Iterable[Any], trusted: frozenset[str], pins: frozenset[int]
 ) -> None:
     unchecked: list[_Unchecked] = []
     try:
-        _check_row_contents(out, rows, trusted, pin, unchecked)
+        _check_row_contents(out, rows, trusted, pins, unchecked)
     finally:  # also when reading fails part way: every row counted had its signature checked
         _check_signatures(unchecked, out.problems)
 
@@ -189,10 +200,11 @@ def _check_row_contents(
     out: _RangeResult,
     rows: Iterable[Any],
     trusted: frozenset[str],
-    pin: int | None,
+    pins: frozenset[int],
     unchecked: list[_Unchecked],
 ) -> None:
     """Every check of each row but the signature's, which goes to ``unchecked``."""
+    grow = out.tree.add if out.tree is not None else None
     prev_pos: int | None = None
     prev_hash: bytes | None = None
     firsts, lasts, signers, problems = out.firsts, out.lasts, out.signers, out.problems
@@ -305,8 +317,10 @@ def _check_row_contents(
                     )
                 )
         lasts[sid] = (version, stored_h)
-        if position == pin:
-            out.pinned = stored_h
+        if grow is not None:
+            grow(position, stored_h)
+        if position in pins:
+            out.pinned[position] = stored_h
         prev_pos, prev_hash = position, stored_h
         out.last = (position, stored_h)
 
@@ -348,12 +362,23 @@ def verify(
         checkpoint = Checkpoint.parse(checkpoint)
     trusted = frozenset(trusted_signers) if trusted_signers is not None else registered
     report = VerificationReport()
-    pin = checkpoint.position if checkpoint else None
+    report.anchored = trusted_signers is not None
+    try:
+        has_tree, stored = stored_tree_and_checkpoints(source)
+    except read_errors(source) as e:
+        has_tree, stored = False, []
+        report.problems.append(
+            Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"stored checkpoints: {e}")
+        )
+    checkpoints = _parse_stored(stored, report)
+    if checkpoint is not None:
+        checkpoints.append(("the checkpoint given", checkpoint))
+    pins = frozenset(cp.position for _, cp in checkpoints if cp.position > 0)
 
     ranges = plan_ranges(bounds, last, chunk_events // step, n_workers)
     if n_workers == 1 or len(ranges) < 2:
-        report.problems = integrity(source) if integrity else []
-        results = [_verify_range(source, a, b, trusted, pin) for a, b in ranges]
+        report.problems += integrity(source) if integrity else []
+        results = [_verify_range(source, a, b, trusted, pins, has_tree) for a, b in ranges]
         report.workers = 1
     else:
         n_workers = min(n_workers, len(ranges))
@@ -365,15 +390,58 @@ def verify(
             ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool,
         ):
             checked = beside.submit(_in_the_gaps, integrity, source) if integrity else None
-            futures = [pool.submit(_verify_range, source, a, b, trusted, pin) for a, b in ranges]
+            futures = [
+                pool.submit(_verify_range, source, a, b, trusted, pins, has_tree) for a, b in ranges
+            ]
             results = [f.result() for f in futures]
-            report.problems = checked.result() if checked else []
+            report.problems += checked.result() if checked else []
         report.workers = n_workers
     _stitch(report, results, genesis_hash(ledger_id))
+    tree = _stitch_tree(report, results, has_tree)
+    for name, cp in checkpoints:
+        _check_checkpoint(report, name, cp, ledger_id, trusted, results, tree)
     if checkpoint is not None:
-        _check_checkpoint(report, checkpoint, ledger_id, trusted, results)
+        report.checkpoint_checked = True
+        report.checkpoint_position = checkpoint.position
+        report.anchored = report.anchored or checkpoint.signature_valid()
     report.problems.sort(key=lambda p: p.position if p.position is not None else -1)
     return report
+
+
+def _parse_stored(
+    stored: list[tuple[int, str]], report: VerificationReport
+) -> list[tuple[str, Checkpoint]]:
+    """The checkpoints stored in the ledger, each named for the report; one that cannot be
+    read is a problem of the ledger (the table is append-only: nothing wrote it honestly)."""
+    found: list[tuple[str, Checkpoint]] = []
+    for row_id, text in stored:
+        name = f"stored checkpoint #{row_id}"
+        try:
+            found.append((name, Checkpoint.parse(text)))
+        except CheckpointError as e:
+            report.problems.append(
+                Problem(ProblemKind.CHECKPOINT_MISMATCH, None, None, f"{name}: {e}")
+            )
+    report.stored_checkpoints = len(found)
+    return found
+
+
+def _stitch_tree(
+    report: VerificationReport, results: list[_RangeResult], has_tree: bool
+) -> TreeStitch | None:
+    """The whole tree from the ranges' blocks: its root, the roots at checkpoint sizes, and
+    the stored nodes that span ranges checked. None if the rows could not all be read."""
+    stitch = TreeStitch(checked=has_tree)
+    for r in results:
+        if r.tree is None:
+            return None
+        stitch.add_range(r.tree)
+    if stitch.broken:
+        return None
+    report.problems.extend(stitch.finish())
+    report.tree_root = stitch.root()
+    report.tree_checked = has_tree
+    return stitch
 
 
 def _unreadable_meta(source: str, error: sqlite3.DatabaseError) -> VerificationReport:
@@ -481,37 +549,37 @@ def _stitch(report: VerificationReport, results: list[_RangeResult], genesis: by
 
 def _check_checkpoint(
     report: VerificationReport,
+    name: str,
     cp: Checkpoint,
     ledger_id: str,
     trusted: frozenset[str],
     results: list[_RangeResult],
+    tree: TreeStitch | None,
 ) -> None:
-    report.checkpoint_checked = True
-    report.checkpoint_position = cp.position
     kind = ProblemKind.CHECKPOINT_MISMATCH
     if cp.ledger_id != ledger_id:
         report.problems.append(
-            Problem(kind, None, None, f"checkpoint is for ledger {cp.ledger_id}, not {ledger_id}")
+            Problem(kind, None, None, f"{name} is for ledger {cp.ledger_id}, not {ledger_id}")
         )
         return
     if not cp.signature_valid():
         report.problems.append(
-            Problem(kind, cp.position, None, "checkpoint signature does not verify")
+            Problem(kind, cp.position, None, f"{name}: its signature does not verify")
         )
     elif cp.signer not in trusted:
         report.problems.append(
-            Problem(kind, cp.position, None, f"checkpoint signed by untrusted {cp.signer}")
+            Problem(kind, cp.position, None, f"{name} is signed by untrusted {cp.signer}")
         )
     if cp.position == 0:
         return
-    pinned = next((r.pinned for r in results if r.pinned is not None), None)
+    pinned = next((r.pinned[cp.position] for r in results if cp.position in r.pinned), None)
     if report.head_position < cp.position or pinned is None:
         report.problems.append(
             Problem(
                 kind,
                 cp.position,
                 None,
-                f"truncated: the ledger ends at position {report.head_position}, but a checkpoint "
+                f"truncated: the ledger ends at position {report.head_position}, but {name} "
                 f"covers {cp.position} events",
             )
         )
@@ -521,7 +589,16 @@ def _check_checkpoint(
                 kind,
                 cp.position,
                 None,
-                "rewritten: the event hash at the checkpoint's position differs from the "
-                "checkpoint's head hash",
+                f"rewritten: the event hash at the position of {name} differs from its head hash",
+            )
+        )
+    elif cp.root is not None and tree is not None and tree.roots.get(cp.position) != cp.root:
+        report.problems.append(
+            Problem(
+                kind,
+                cp.position,
+                None,
+                f"rewritten: the Merkle root of the first {cp.position} events differs from "
+                f"the root {name} signed",
             )
         )

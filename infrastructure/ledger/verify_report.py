@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -49,6 +50,7 @@ class ProblemKind(StrEnum):
     SEALED_MISMATCH = "sealed_mismatch"
     MALFORMED_ROW = "malformed_row"
     CHECKPOINT_MISMATCH = "checkpoint_mismatch"
+    TREE_MISMATCH = "tree_mismatch"
     DATABASE_CORRUPT = "database_corrupt"
 
 
@@ -73,8 +75,15 @@ class VerificationReport:
     head_position: int = 0
     head_hash: bytes = ZERO_HASH
     aggregates: dict[str, int] = field(default_factory=dict)  # by aggregate_kind()
-    checkpoint_checked: bool = False
+    checkpoint_checked: bool = False  # a checkpoint was given and checked
     checkpoint_position: int | None = None
+    stored_checkpoints: int = 0  # checkpoints recorded in the ledger, each checked
+    tree_root: bytes | None = None  # Merkle root of every event, recomputed
+    tree_checked: bool = False  # the stored tree was compared with the recomputed one
+    # Whether the signers were anchored outside the ledger: trusted signers given, or a
+    # checkpoint seen before whose signature verifies. Without an anchor, "intact" means
+    # "consistent with the keys the file itself registered" (a forger can register one).
+    anchored: bool = False
     workers: int = 1
 
     @property
@@ -101,7 +110,19 @@ class VerificationReport:
             f"(head position {self.head_position}, {self.workers} worker(s))",
             "  signers seen: "
             + (", ".join(f"{d} ({n})" for d, n in sorted(self.signers_seen.items())) or "none"),
+            "  signers: anchored (trusted signers or a checkpoint given)"
+            if self.anchored
+            else "  signers: UNANCHORED — taken from the ledger's own registrations; a forger "
+            "can register a key there. Pass --trust DID or --checkpoint FILE to anchor them",
         ]
+        if self.tree_root is not None:
+            lines.append(
+                f"  tree: root {base64.b64encode(self.tree_root).decode()} of "
+                f"{self.head_position} events"
+                + (", stored tree checked" if self.tree_checked else " (format 1: no stored tree)")
+            )
+        if self.stored_checkpoints:
+            lines.append(f"  stored checkpoints checked: {self.stored_checkpoints}")
         if self.checkpoint_checked:
             mismatch = next(
                 (p for p in self.problems if p.kind is ProblemKind.CHECKPOINT_MISMATCH), None

@@ -18,11 +18,13 @@ from l2_session.infrastructure.ledger.format import lp
 from l2_session.infrastructure.ledger.pg_url import is_postgres_url
 from l2_session.infrastructure.ledger.recorder import SIGNER_DOMAIN
 from l2_session.infrastructure.ledger.schema import (
+    CHECKPOINTS_TABLE,
     EVENT_COLUMNS,
     EVENTS_TABLE,
     META_TABLE,
     SIGNERS_TABLE,
 )
+from l2_session.infrastructure.ledger.tree import TREE_TABLE
 from l2_session.infrastructure.ledger.verify_report import Problem, ProblemKind
 
 # A stored row is at least this many bytes (three hashes and a signature alone are 160).
@@ -53,6 +55,47 @@ def range_rows(source: str, lo: int, hi: int) -> Iterator[Iterable[Any]]:
         )
     finally:
         conn.close()
+
+
+@contextmanager
+def range_nodes(source: str, lo: int, hi: int, has_tree: bool) -> Iterator[Iterable[Any] | None]:
+    """The stored tree rows (position, level, hash) with ``lo <= position <= hi``, in
+    (position, level) order; None for a ledger without a stored tree."""
+    if not has_tree:
+        yield None
+        return
+    if is_postgres_url(source):
+        from l2_session.infrastructure.ledger.pg_verify import range_nodes as pg_range_nodes
+
+        with pg_range_nodes(source, lo, hi) as rows:
+            yield rows
+        return
+    conn = connect_ro(source)
+    try:
+        yield conn.execute(
+            f"SELECT position, level, hash FROM {TREE_TABLE} "
+            "WHERE position BETWEEN ? AND ? ORDER BY position, level",
+            (lo, hi),
+        )
+    finally:
+        conn.close()
+
+
+def stored_tree_and_checkpoints(source: str) -> tuple[bool, list[tuple[int, str]]]:
+    """(whether the ledger keeps a tree: format 2, the checkpoints stored in it as (id, text))."""
+    if is_postgres_url(source):
+        from l2_session.infrastructure.ledger.pg_verify import tree_and_checkpoints
+
+        return tree_and_checkpoints(source)
+    conn = connect_ro(source)
+    try:
+        (version,) = conn.execute(
+            f"SELECT value FROM {META_TABLE} WHERE key='format_version'"
+        ).fetchone() or (b"1",)
+        rows = conn.execute(f"SELECT id, text FROM {CHECKPOINTS_TABLE} ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return version != b"1", [(i, t.decode(errors="replace")) for i, t in rows]
 
 
 def read_errors(source: str) -> tuple[type[BaseException], ...]:

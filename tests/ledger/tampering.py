@@ -9,6 +9,7 @@ from typing import Any
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger.format import event_hash, lp
 from l2_session.infrastructure.ledger.recorder import SIGNER_DOMAIN
+from l2_session.infrastructure.ledger.tree import build_rows
 
 COLUMNS = (
     "position", "session_id", "version", "topic", "timestamp", "payload", "sealed",
@@ -126,4 +127,17 @@ def rechain_from(
         )
         heads[r["session_id"]] = h
         prev_g = h
+    db.commit()
+
+
+def cover_tracks(db: sqlite3.Connection) -> None:
+    """What a thorough attacker does after changing the events: rebuild the stored Merkle tree
+    from them and remove the checkpoints stored in the file, so that the file alone is
+    consistent again. Only a checkpoint (or witness) kept elsewhere still tells."""
+    for table in ("ledger_tree", "ledger_checkpoints"):
+        db.execute(f"DROP TRIGGER IF EXISTS {table}_no_delete")
+        db.execute(f"DELETE FROM {table}")
+    hashes = db.execute("SELECT event_hash FROM ledger_events ORDER BY position")
+    for rows in build_rows([bytes(h) for (h,) in hashes]):
+        db.executemany("INSERT INTO ledger_tree (position, level, hash) VALUES (?,?,?)", rows)
     db.commit()

@@ -49,8 +49,11 @@ def test_a_lone_append_is_one_transaction_without_a_savepoint(ledger_factory, le
     conversation.note(text="hello")
     ledger.save(conversation)
     kinds = [s.split()[0] for s in statements]
-    assert kinds == ["BEGIN", "SELECT", "INSERT", "INSERT", "COMMIT"], statements
+    # Positions 3 and 4 are inserted; position 4 completes the tree's nodes of 2 and 4 events,
+    # inserted in the same transaction (tree.py).
+    assert kinds == ["BEGIN", "SELECT", *["INSERT"] * 4, "COMMIT"], statements
     assert statements[0] == "BEGIN IMMEDIATE"
+    assert [s.split()[2] for s in statements[2:6]] == ["ledger_events"] * 2 + ["ledger_tree"] * 2
     reopened = ledger_factory()
     assert state_of(reopened.repository.get(conversation.id)) == state_of(conversation)
 

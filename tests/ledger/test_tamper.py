@@ -22,6 +22,7 @@ from ledger_aggregates import populate
 from tampering import (
     COLUMNS,
     append_forged,
+    cover_tracks,
     flip_byte,
     open_as_attacker,
     rechain_from,
@@ -158,6 +159,7 @@ def test_a_forger_who_registers_their_key_is_caught_by_explicit_trust(pristine, 
     path = copy_of(pristine, tmp_path)
     db = open_as_attacker(path)
     position = append_forged(db, NodeIdentity.generate(), register=True)
+    cover_tracks(db)
     assert verify(path).ok  # the ledger's own signer list was rewritten too ...
     report = verify(path, trusted_signers=[node.did])  # ... so auditors pin the node keys
     assert report.kinds_at(position) == {K.UNKNOWN_SIGNER}
@@ -169,6 +171,7 @@ def test_a_truncated_tail_is_detected_against_an_earlier_checkpoint(pristine, tm
     db = open_as_attacker(path)
     db.execute("DELETE FROM ledger_events WHERE position > ?", (EVENTS - 3,))
     db.commit()
+    cover_tracks(db)
     assert verify(path).ok  # a clean prefix looks like a shorter ledger ...
     report = verify(path, checkpoint)  # ... but not to someone who kept a checkpoint
     assert report.kinds_at(EVENTS) == {K.CHECKPOINT_MISMATCH}
@@ -180,6 +183,7 @@ def test_history_rewritten_with_a_stolen_key_is_detected_against_a_checkpoint(pr
     _, node, checkpoint = pristine
     db = open_as_attacker(path)
     rechain_from(db, 5, node, b'{"text":"what really happened"}')
+    cover_tracks(db)
     assert verify(path).ok  # every hash and signature checks out: the key signed it
     report = verify(path, checkpoint)
     assert report.kinds_at(EVENTS) == {K.CHECKPOINT_MISMATCH}

@@ -268,7 +268,9 @@ def test_a_forged_row_signed_by_an_unknown_key_is_reported(
             (pos + 1, ts, bytes(32), bytes(prev), h, forger.did, forger.sign(h)),
         )
     report = verify(ledger)
-    assert report.kinds_at(pos + 1) == {ProblemKind.UNKNOWN_SIGNER}
+    # The forger inserted no tree node: the stored tree tells too, where the row completes one.
+    tree = {ProblemKind.TREE_MISMATCH} if (pos + 1) % 2 == 0 else set()
+    assert report.kinds_at(pos + 1) == {ProblemKind.UNKNOWN_SIGNER} | tree
 
 
 def test_an_older_schema_is_migrated_by_the_owner_and_refused_otherwise(

@@ -1,0 +1,167 @@
+"""verify()'s Merkle tree: recomputed from the event hashes, range by range, and checked against
+the stored tree (ledger_tree) and against every checkpoint's root.
+
+A verify worker sees one range of positions. It builds the perfect subtrees that lie wholly in
+its range (``RangeTree``): each node it completes is compared with the stored one, and what is
+left at the end is the range as a run of aligned blocks. Stored nodes that reach back before
+the range are handed up. The parent pushes every range's blocks, in order, onto one frontier
+(``TreeStitch``): that creates exactly the nodes that span ranges, which it compares with those
+handed up, and gives the root of any prefix — each checkpoint's size — from the blocks a worker
+kept at that position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from l2_session.infrastructure.ledger.merkle import blake3_hash, fold, leaf_hash, node_hash
+from l2_session.infrastructure.ledger.verify_report import Problem, ProblemKind
+
+Block = tuple[int, int, bytes]  # (level, index, hash) of a perfect subtree
+NodeRow = tuple[int, int, bytes]  # (position, level, hash) as ledger_tree stores it
+
+
+def _problem(position: int, level: int, detail: str) -> Problem:
+    return Problem(
+        ProblemKind.TREE_MISMATCH, position, None, f"tree node of level {level}: {detail}"
+    )
+
+
+@dataclass
+class RangeTree:
+    """The tree work of one verify range; ``stored`` streams its ledger_tree rows in
+    (position, level) order, or is None for a ledger without a stored tree."""
+
+    stored: Iterator[NodeRow] | None
+    pins: frozenset[int] = frozenset()
+    blocks: list[Block] = field(default_factory=list)
+    at_pins: dict[int, list[Block]] = field(default_factory=dict)
+    spanning: list[NodeRow] = field(default_factory=list)  # stored nodes reaching before the range
+    problems: list[Problem] = field(default_factory=list)
+    first: int | None = None  # first position of the range
+    next_position: int | None = None
+    broken: bool = False  # positions did not follow each other: no tree to speak of
+    _ahead: NodeRow | None = None
+
+    def add(self, position: int, event_hash: bytes) -> None:
+        if self.broken:
+            return
+        if self.first is None:
+            self.first = position
+        elif position != self.next_position:
+            self.broken = True  # verify reports the gap; a tree over it would prove nothing
+            return
+        self.next_position = position + 1
+        level, index, value = 0, position - 1, leaf_hash(event_hash)
+        blocks = self.blocks
+        while index & 1 and blocks and blocks[-1][0] == level and blocks[-1][1] == index - 1:
+            value = node_hash(blocks.pop()[2], value)
+            level, index = level + 1, index >> 1
+            self._compare(position, level, value)
+        blocks.append((level, index, value))
+        if position in self.pins:
+            self.at_pins[position] = list(blocks)
+
+    def _next_stored(self) -> NodeRow | None:
+        if self._ahead is None and self.stored is not None:
+            self._ahead = next(self.stored, None)
+        return self._ahead
+
+    def _compare(self, position: int, level: int, value: bytes) -> None:
+        if self.stored is None:
+            return
+        while (ahead := self._next_stored()) is not None and ahead[:2] < (position, level):
+            self._set_aside(ahead)
+        if ahead is None or ahead[:2] != (position, level):
+            self.problems.append(_problem(position, level, "missing from the stored tree"))
+            return
+        self._ahead = None
+        if ahead[2] != value:
+            self.problems.append(
+                _problem(position, level, "the stored hash differs from the recomputed one")
+            )
+
+    def _set_aside(self, row: NodeRow) -> None:
+        """A stored node this range did not compute: one reaching before the range goes up to
+        the parent; any other is not a node of the ledger's tree."""
+        self._ahead = None
+        position, level, _ = row
+        if self.first is not None and position - (1 << level) + 1 < self.first:
+            self.spanning.append(row)
+        else:
+            self.problems.append(_problem(position, level, "stored, but not a node of the tree"))
+
+    def finish(self) -> None:
+        """Hand up, or report, the stored nodes left after the range's last event."""
+        if self.stored is None:
+            return
+        while (ahead := self._next_stored()) is not None:
+            if self.broken:
+                self._ahead = None
+                continue
+            self._set_aside(ahead)
+
+
+@dataclass
+class TreeStitch:
+    """The parent's side: ranges' blocks pushed in order onto the frontier of the whole tree."""
+
+    checked: bool  # the ledger has a stored tree (format 2)
+    blocks: list[Block] = field(default_factory=list)
+    spanning: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    roots: dict[int, bytes] = field(default_factory=dict)  # size -> root, at checkpoint sizes
+    problems: list[Problem] = field(default_factory=list)
+    broken: bool = False
+
+    def add_range(self, tree: RangeTree) -> None:
+        if self.broken or tree.broken:
+            self.broken = True
+            return
+        for row in tree.spanning:
+            self.spanning[(row[0], row[1])] = row[2]
+        for pin, blocks in tree.at_pins.items():
+            edge = list(self.blocks)
+            for block in blocks:
+                _push(edge, block, None)
+            self.roots[pin] = fold([b[2] for b in edge])
+        for block in tree.blocks:
+            _push(self.blocks, block, self._compare)
+
+    def _compare(self, position: int, level: int, value: bytes) -> None:
+        if not self.checked:
+            return
+        stored = self.spanning.pop((position, level), None)
+        if stored is None:
+            self.problems.append(_problem(position, level, "missing from the stored tree"))
+        elif stored != value:
+            self.problems.append(
+                _problem(position, level, "the stored hash differs from the recomputed one")
+            )
+
+    def root(self) -> bytes:
+        return fold([b[2] for b in self.blocks]) if self.blocks else blake3_hash(b"")
+
+    def finish(self) -> list[Problem]:
+        for (position, level), _ in sorted(self.spanning.items()):
+            self.problems.append(_problem(position, level, "stored, but not a node of the tree"))
+        return self.problems
+
+
+def _push(blocks: list[Block], block: Block, created: object) -> None:
+    """Push an aligned block that follows ``blocks``; merge while it is a right sibling."""
+    level, index, value = block
+    while index & 1 and blocks and blocks[-1][0] == level and blocks[-1][1] == index - 1:
+        value = node_hash(blocks.pop()[2], value)
+        level, index = level + 1, index >> 1
+        if callable(created):
+            created((index + 1) << level, level, value)
+    blocks.append((level, index, value))
+
+
+def stored_rows(rows: Iterable[tuple[object, object, object]]) -> Iterator[NodeRow]:
+    """ledger_tree rows as read (any types a damaged file holds) as (int, int, bytes); a row
+    that is not is skipped here and reported as missing where the tree needs it."""
+    for position, level, value in rows:
+        if type(position) is int and type(level) is int and isinstance(value, bytes):
+            yield position, level, value

@@ -1,0 +1,174 @@
+"""The ledger's Merkle tree (infrastructure/ledger/tree.py) as the backends keep it: built in
+the transaction of every append, equal to the tree recomputed from the events, and serving
+proofs that check — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from l2_session.infrastructure.ledger import Checkpoint, SessionLedger
+from l2_session.infrastructure.ledger.errors import LedgerCorrupted, ProofRequestError
+from l2_session.infrastructure.ledger.merkle import (
+    ProofError,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    root,
+)
+from l2_session.infrastructure.ledger.tree import ConsistencyProof, InclusionProof
+from ledger_aggregates import Conversation, populate
+from pgserver import open_raw
+
+
+def event_hashes(location) -> list[bytes]:
+    raw = open_raw(location)
+    rows = raw.execute("SELECT event_hash FROM ledger_events ORDER BY position").fetchall()
+    return [bytes(r[0]) for r in rows]
+
+
+def stored_nodes(location) -> list[tuple[int, int, bytes]]:
+    raw = open_raw(location)
+    rows = raw.execute("SELECT position, level, hash FROM ledger_tree ORDER BY position, level")
+    return [(r[0], r[1], bytes(r[2])) for r in rows.fetchall()]
+
+
+def expected_nodes(hashes: list[bytes]) -> list[tuple[int, int, bytes]]:
+    """Every perfect subtree of two or more leaves, computed from scratch."""
+    leaves = [leaf_hash(h) for h in hashes]
+    found = []
+    for position in range(1, len(leaves) + 1):
+        level = 1
+        while position % (1 << level) == 0:
+            found.append((position, level, root(leaves[position - (1 << level) : position])))
+            level += 1
+    return found
+
+
+def test_the_stored_tree_is_the_tree_of_the_events(ledger_factory, clock, ledger_location):
+    ledger = ledger_factory()
+    populate(ledger, clock, sessions=7, notes=5)  # 49 events, saves of 7
+    hashes = event_hashes(ledger_location)
+    assert len(hashes) == 49
+    assert stored_nodes(ledger_location) == expected_nodes(hashes)
+    size, tree_root = ledger.tree_head()
+    assert (size, tree_root) == (49, root([leaf_hash(h) for h in hashes]))
+
+
+def test_every_proof_served_equals_the_recomputed_one_and_checks(
+    ledger_factory, clock, ledger_location
+):
+    ledger = ledger_factory()
+    populate(ledger, clock, sessions=5, notes=2, with_keys=False)  # 15 events
+    leaves = [leaf_hash(h) for h in event_hashes(ledger_location)]
+    for size in range(1, len(leaves) + 1):
+        for position in range(1, size + 1):
+            proof = ledger.inclusion_proof(position, size)
+            assert list(proof.hashes) == inclusion_proof(position - 1, leaves[:size])
+            assert proof.root == root(leaves[:size])
+            proof.check()
+        for old in range(1, size + 1):
+            proof = ledger.consistency_proof(old, size)
+            expected = consistency_proof(old, leaves[:size]) if old < size else []
+            assert list(proof.hashes) == expected
+            proof.check()
+
+
+def test_proofs_round_trip_through_json_and_a_changed_one_fails(ledger_factory, clock):
+    ledger = ledger_factory()
+    populate(ledger, clock, sessions=3, notes=3)
+    inclusion = ledger.inclusion_proof(5)
+    assert InclusionProof.from_json(inclusion.to_json()) == inclusion
+    consistency = ledger.consistency_proof(3)
+    assert ConsistencyProof.from_json(consistency.to_json()) == consistency
+    forged = InclusionProof(**{**inclusion.__dict__, "event_hash": bytes(32)})
+    with pytest.raises(ProofError):
+        forged.check()
+    moved = InclusionProof(**{**inclusion.__dict__, "position": 6})
+    with pytest.raises(ProofError):
+        moved.check()
+    shortened = ConsistencyProof(**{**consistency.__dict__, "hashes": consistency.hashes[:-1]})
+    with pytest.raises(ProofError):
+        shortened.check()
+
+
+def test_a_proof_the_ledger_cannot_give_is_refused_by_name(ledger_factory, clock):
+    ledger = ledger_factory()
+    populate(ledger, clock, sessions=2, notes=1, with_keys=False)  # 4 events
+    with pytest.raises(ProofRequestError, match="position 5 is not in a tree of 4"):
+        ledger.inclusion_proof(5)
+    with pytest.raises(ProofRequestError, match="position 0"):
+        ledger.inclusion_proof(0)
+    with pytest.raises(ProofRequestError, match="tree size 9"):
+        ledger.inclusion_proof(1, 9)
+    with pytest.raises(ProofRequestError, match="from 5 to 4"):
+        ledger.consistency_proof(5)
+
+
+def test_a_checkpoint_signs_the_root_and_is_a_c2sp_note(ledger_factory, clock, identity):
+    from l2_session.infrastructure.ledger.checkpoint import verifier_key
+    from l2_session.infrastructure.ledger.note import Verifier, open_note
+    from l2_session.infrastructure.ledger.tree_head import TreeHead
+
+    ledger = ledger_factory()
+    populate(ledger, clock, sessions=3, notes=2)
+    cp = ledger.checkpoint()
+    size, tree_root = ledger.tree_head()
+    assert (cp.version, cp.size, cp.root) == (2, size, tree_root)
+    text, signers = open_note(cp.to_text(), [Verifier.parse(verifier_key(identity.did))])
+    assert [v.name for v in signers] == [identity.did]
+    head = TreeHead.parse(text)
+    assert (head.origin, head.size, head.root) == (
+        f"l2-session/ledger/{ledger.ledger_id}",
+        size,
+        tree_root,
+    )
+    assert ledger.checkpoints() == [cp]
+    assert Checkpoint.parse(cp.to_text()) == cp and cp.signature_valid()
+
+
+def test_a_damaged_stored_node_is_named_not_served(ledger_factory, clock, ledger_path):
+    ledger = ledger_factory()
+    populate(ledger, clock, sessions=4, notes=3, with_keys=False)  # 16 events
+    ledger.close()
+    raw = sqlite3.connect(ledger_path)
+    raw.execute("DROP TRIGGER ledger_tree_no_delete")
+    raw.execute("DELETE FROM ledger_tree WHERE position=8 AND level=3")
+    raw.commit()
+    raw.close()
+    reopened = ledger_factory()
+    with pytest.raises(LedgerCorrupted, match="level 3 ending at position 8"):
+        reopened.inclusion_proof(12)
+
+
+def test_the_tree_table_is_append_only(ledger_factory, clock, ledger_path):
+    ledger = ledger_factory()
+    populate(ledger, clock, sessions=2, notes=1)
+    raw = sqlite3.connect(ledger_path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        raw.execute("UPDATE ledger_tree SET hash=zeroblob(32)")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        raw.execute("DELETE FROM ledger_tree")
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(saves=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=8))
+def test_any_sequence_of_saves_and_reopenings_keeps_the_tree_equal_to_a_rebuilt_one(
+    new_ledger_location, identity, storage_key, clock, saves
+):
+    location = new_ledger_location()
+    for i, notes in enumerate(saves):
+        ledger = SessionLedger(location, identity=identity, storage_key=storage_key, clock=clock)
+        try:
+            conversation = Conversation(peer=f"did:key:p{i}")
+            for j in range(notes):
+                conversation.note(text=f"{i}.{j}")
+            ledger.save(conversation)
+        finally:
+            ledger.close()
+    hashes = event_hashes(location)
+    assert stored_nodes(location) == expected_nodes(hashes)

@@ -1,0 +1,123 @@
+"""verify() and the Merkle tree: the root recomputed from the events, the stored tree compared
+with it node by node (also across the ranges of parallel workers), every stored checkpoint
+checked against it, and a report that says when its signers are anchored only in the file."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+from l2_session.infrastructure.ledger import Checkpoint
+from l2_session.infrastructure.ledger.verify import ProblemKind as K
+from l2_session.infrastructure.ledger.verify import verify
+from ledger_aggregates import Conversation
+from tampering import cover_tracks, open_as_attacker, rechain_from
+
+CHUNK = 16  # rows per verify task: 100 events make several ranges, with seams
+
+
+@pytest.fixture
+def built(ledger_factory, clock, identity):
+    """100 events in saves of one (round robin over 5 sessions), a checkpoint at 55 and 100."""
+    ledger = ledger_factory(snapshot_interval=None)
+    conversations = [Conversation(peer=f"p{i}") for i in range(5)]
+    for step in range(19):
+        for c in conversations:
+            c.note(text=f"step {step}")
+            clock.advance(0.01)
+            ledger.save(c)
+        if step == 9:
+            ledger.checkpoint()
+    ledger.checkpoint()
+    size, root = ledger.tree_head()
+    assert size == 100
+    ledger.close()
+    return ledger, root
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_verify_recomputes_the_root_and_checks_stored_tree_and_checkpoints(built, workers):
+    ledger, root = built
+    report = verify(ledger, workers=workers, chunk_events=CHUNK)
+    assert report.ok, report.summary()
+    assert (report.tree_root, report.tree_checked, report.stored_checkpoints) == (root, True, 2)
+    assert report.workers == workers
+
+
+def test_a_stored_checkpoint_is_checked_against_the_root_it_signed(
+    built, identity, tmp_path, ledger_path
+):
+    """A checkpoint whose head hash is right but whose root is not (the signer lied about the
+    tree, or the tree changed since): caught by its root alone."""
+    ledger, _ = built
+    copy = tmp_path / "copy.sqlite3"
+    shutil.copy(ledger_path, copy)
+    head = sqlite3.connect(copy).execute("SELECT event_hash FROM ledger_events WHERE position=60")
+    lying = Checkpoint.sign(identity, ledger.ledger_id, 60, head.fetchone()[0], 1, bytes(32))
+    report = verify(copy, lying.to_text())
+    assert report.kinds_at(60) == {K.CHECKPOINT_MISMATCH}
+    assert "Merkle root of the first 60 events" in str(report.problems[0])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    ("position", "level"), [(2, 1), (16, 4), (32, 5), (64, 6), (96, 5), (100, 2)]
+)
+def test_a_changed_stored_node_is_reported_where_it_ends(
+    built, tmp_path, ledger_path, workers, position, level
+):
+    copy = tmp_path / "copy.sqlite3"
+    shutil.copy(ledger_path, copy)
+    db = open_as_attacker(copy)
+    db.execute("DROP TRIGGER ledger_tree_no_update")
+    db.execute(
+        "UPDATE ledger_tree SET hash=zeroblob(32) WHERE position=? AND level=?", (position, level)
+    )
+    db.commit()
+    report = verify(copy, workers=workers, chunk_events=CHUNK)
+    assert [(p.kind, p.position) for p in report.problems] == [(K.TREE_MISMATCH, position)]
+    assert "differs from the recomputed one" in report.problems[0].detail
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_missing_and_an_extra_stored_node_are_reported(built, tmp_path, ledger_path, workers):
+    copy = tmp_path / "copy.sqlite3"
+    shutil.copy(ledger_path, copy)
+    db = open_as_attacker(copy)
+    db.execute("DROP TRIGGER ledger_tree_no_delete")
+    db.execute("DELETE FROM ledger_tree WHERE position=64 AND level=6")
+    db.execute("INSERT INTO ledger_tree VALUES (51, 1, zeroblob(32))")
+    db.commit()
+    report = verify(copy, workers=workers, chunk_events=CHUNK)
+    found = sorted((p.position, p.detail) for p in report.problems)
+    assert found == [
+        (51, "tree node of level 1: stored, but not a node of the tree"),
+        (64, "tree node of level 6: missing from the stored tree"),
+    ]
+
+
+def test_events_rewritten_with_the_key_are_caught_by_what_the_file_still_holds(
+    built, identity, tmp_path, ledger_path
+):
+    """An attacker who re-signs history but leaves the tree and the stored checkpoints: both
+    tell. One who covers those tracks too is caught only by a checkpoint kept elsewhere."""
+    copy = tmp_path / "copy.sqlite3"
+    shutil.copy(ledger_path, copy)
+    db = open_as_attacker(copy)
+    rechain_from(db, 30, identity, b'{"text":"another story"}')
+    report = verify(copy)
+    kinds = {p.kind for p in report.problems}
+    assert kinds == {K.TREE_MISMATCH, K.CHECKPOINT_MISMATCH}
+    assert {p.position for p in report.problems if p.kind is K.CHECKPOINT_MISMATCH} == {55, 100}
+    cover_tracks(db)
+    assert verify(copy).ok
+
+
+def test_without_an_anchor_the_report_says_its_signers_are_unanchored(built, identity):
+    ledger, _ = built
+    plain = verify(ledger)
+    assert plain.ok and not plain.anchored
+    assert "UNANCHORED" in plain.summary()
+    trusted = verify(ledger, trusted_signers=[identity.did])
+    assert trusted.anchored and "signers: anchored" in trusted.summary()
