@@ -13,17 +13,10 @@ import os
 import re
 import sys
 import traceback
-from typing import TYPE_CHECKING
 
 from l2_session.tools.arguments import ArgumentsRejected, Parser, did_key, whole_number
-from l2_session.tools.errors import EPILOG, ExitCode, UsageError, explain
-
-if TYPE_CHECKING:
-    from l2_session.infrastructure.ledger import Checkpoint
-
-# A checkpoint is a few hundred bytes; reading no more than this keeps a wrong file (a disk
-# image passed by mistake) from filling memory.
-CHECKPOINT_MAX_BYTES = 64 * 1024
+from l2_session.tools.checkpoint_file import read_checkpoint
+from l2_session.tools.errors import EPILOG, ExitCode, explain
 
 
 def _diagram(args: argparse.Namespace) -> int:
@@ -45,34 +38,6 @@ def _node(args: argparse.Namespace) -> int:
     from l2_session.tools.node import main as run_node
 
     return run_node(args)
-
-
-def read_checkpoint(path: str) -> Checkpoint:
-    """The checkpoint in the file at ``path``; UsageError says what is wrong with the file."""
-    from l2_session.infrastructure.ledger import Checkpoint, CheckpointError
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read(CHECKPOINT_MAX_BYTES + 1)
-    except OSError as e:
-        raise UsageError(f"--checkpoint {path}: cannot read it ({e.strerror})") from e
-    if len(data) > CHECKPOINT_MAX_BYTES:
-        raise UsageError(
-            f"--checkpoint {path} holds over {CHECKPOINT_MAX_BYTES} bytes; a checkpoint is a "
-            "few hundred (the file `demo` saves, or SessionLedger.checkpoint().to_text())"
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(
-            f"--checkpoint {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-            f"{e.start}); a checkpoint is the text `demo` saves, or "
-            "SessionLedger.checkpoint().to_text()"
-        ) from None
-    try:
-        return Checkpoint.parse(text)
-    except CheckpointError as e:
-        raise UsageError(f"--checkpoint {path}: {e}") from e
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -99,8 +64,32 @@ def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
     )
 
 
+def _verify_options(check: argparse.ArgumentParser) -> None:
+    from l2_session.tools.ledger_option import add_ledger_argument
+
+    add_ledger_argument(check)
+    check.add_argument(
+        "--checkpoint", metavar="FILE", help="a checkpoint seen earlier (truncation, rewrite)"
+    )
+    check.add_argument(
+        "--trust",
+        action="append",
+        type=did_key,
+        metavar="DID",
+        help="a node did:key allowed to sign (repeat); default: the signers the ledger "
+        "registers, reported as unanchored",
+    )
+    most = 4 * (os.cpu_count() or 1)  # more processes than that are never faster
+    check.add_argument(
+        "--workers",
+        type=whole_number(1, most),
+        help=f"processes to use, 1 to {most} (default: one per core)",
+    )
+    check.set_defaults(run=_verify)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from l2_session.tools import pg_commands
+    from l2_session.tools import audit, pg_commands
     from l2_session.tools.ledger_option import add_ledger_argument
 
     parser = Parser(
@@ -138,25 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         "'.checkpoint'; for a PostgreSQL ledger, l2-session-demo-<schema>.checkpoint)",
     )
     demo.set_defaults(run=_demo)
-    check = command("verify", "recheck every hash, signature and chain link of a ledger")
-    add_ledger_argument(check)
-    check.add_argument(
-        "--checkpoint", metavar="FILE", help="a checkpoint seen earlier (truncation, rewrite)"
+    _verify_options(
+        command("verify", "recheck every hash, signature, chain link and tree node of a ledger")
     )
-    check.add_argument(
-        "--trust",
-        action="append",
-        type=did_key,
-        metavar="DID",
-        help="a node did:key allowed to sign (repeat); default: the signers the ledger registers",
-    )
-    most = 4 * (os.cpu_count() or 1)  # more processes than that are never faster
-    check.add_argument(
-        "--workers",
-        type=whole_number(1, most),
-        help=f"processes to use, 1 to {most} (default: one per core)",
-    )
-    check.set_defaults(run=_verify)
+    audit.register(command, _verify_options)  # audit verify, prove, check-proof (audit.py)
     pg_commands.register(command)  # pg-migrate, pg-import, project (tools/pg_commands.py)
     node = command("node", "run a node: QUIC and μTCP listeners, driven through a control socket")
     node.add_argument(

@@ -119,7 +119,7 @@ def test_demo_saves_its_checkpoint_and_prints_it_ready_to_use(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     saved = Path(f"{path}.checkpoint")
     text = saved.read_text(encoding="utf-8")
-    assert text.startswith("l2-session ledger ")
+    assert text.startswith("l2-session/ledger/")
     assert text in result.stdout  # verbatim, not indented
     (command,) = [line for line in result.stdout.splitlines() if "l2-session verify" in line]
     argv = shlex.split(command.strip())

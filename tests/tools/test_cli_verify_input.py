@@ -71,7 +71,7 @@ def test_a_checkpoint_that_lost_its_blank_line_is_told_so(ledger: DemoLedger):
     text = ledger.checkpoint.read_text(encoding="utf-8")
     ledger.checkpoint.write_text(text.replace("\n\n", "\n"), encoding="utf-8")
     result = run("verify", "--ledger", str(ledger.path), "--checkpoint", str(ledger.checkpoint))
-    refused(result, 2, str(ledger.checkpoint), "no blank line", "line 5")
+    refused(result, 2, str(ledger.checkpoint), "no blank line", "line 6")
 
 
 @pytest.mark.parametrize(
