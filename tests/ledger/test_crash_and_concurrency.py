@@ -19,6 +19,7 @@ from l2_session.infrastructure.ledger import ConcurrencyConflict, GroupCommitCon
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation, is_postgres_url
 from l2_session.infrastructure.ledger.verify import verify
 from ledger_aggregates import Conversation, populate, state_of
+from test_tree import event_hashes, expected_nodes, stored_nodes
 
 CHILD = Path(__file__).with_name("writer_child.py")
 
@@ -70,11 +71,13 @@ def test_appends_acknowledged_before_sigkill_are_never_lost(ledger_location):
             if line.endswith("\n"):  # a line cut by the kill was not fully acknowledged
                 sid, version = line.split()
                 acknowledged.add((sid, int(version)))
-        report = verify(path)
-        assert report.ok, report.summary()
+        report = verify(path)  # the stored tree too, node by node
+        assert report.ok and report.tree_checked, report.summary()
         missing = acknowledged - stored_versions(path)
         assert not missing, f"acknowledged but lost after SIGKILL: {sorted(missing)[:5]}"
     assert len(acknowledged) > kills  # the children did get work done between kills
+    # The tree kept across twelve kills and restarts is the tree rebuilt from the events.
+    assert stored_nodes(path) == expected_nodes(event_hashes(path))
 
 
 def test_two_writer_processes_share_one_ledger(ledger_location):
@@ -89,6 +92,8 @@ def test_two_writer_processes_share_one_ledger(ledger_location):
     report = verify(path)
     assert report.ok, report.summary()
     assert report.events_checked == 2 * 25 * 6
+    # Two processes extended one tree, each reading the other's edge when the head moved.
+    assert stored_nodes(path) == expected_nodes(event_hashes(path))
     assert len(report.signers_seen) == 2
 
 
