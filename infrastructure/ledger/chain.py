@@ -10,6 +10,7 @@ spares a lookup per append, names conflicts, and checks rows read back.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,9 @@ from l2_session.infrastructure.ledger.insert_checks import check_event
 from l2_session.infrastructure.ledger.merkle import Frontier
 from l2_session.infrastructure.ledger.tree import TreeMissing, TreeSQL, grow
 
-SIGNER_DOMAIN = b"l2-session/ledger/signer/v1\n"
+SIGNER_DOMAIN = b"l2-session/ledger/signer/v1\n"  # format 1: registered_at not covered
+SIGNER_DOMAIN_V2 = b"l2-session/ledger/signer/v2\n"
+_I64 = struct.Struct(">q")
 # Below this many events, a handoff to the signing thread costs more than it saves.
 PARALLEL_SIGN_MIN = 16
 
@@ -104,9 +107,30 @@ def notification_filter(
     return ("WHERE " + " AND ".join(clauses) + " ") if clauses else "", params
 
 
-def signer_statement(ledger_id: str, did: str) -> bytes:
-    """What a node signs to register as a signer of a ledger."""
-    return SIGNER_DOMAIN + lp(ledger_id.encode()) + lp(did.encode())
+def signer_statement(ledger_id: str, did: str, registered_at: int | None = None) -> bytes:
+    """What a node signs to register as a signer of a ledger: every field of its
+    ledger_signers row (format 2). Without ``registered_at``, format 1's statement, which
+    did not cover the time; a verifier accepts either (docs/ledger-format.md §7)."""
+    if registered_at is None:
+        return SIGNER_DOMAIN + lp(ledger_id.encode()) + lp(did.encode())
+    return (
+        SIGNER_DOMAIN_V2 + lp(ledger_id.encode()) + lp(did.encode()) + _I64.pack(registered_at)
+    )
+
+
+def registration_valid(ledger_id: str, did: str, registered_at: Any, signature: bytes) -> bool:
+    """Whether a ledger_signers row's signature is its signer's, over the row (format 2) or
+    over format 1's statement."""
+    from l2_session.infrastructure.identity import verify_did_signature
+
+    if (
+        isinstance(registered_at, int)
+        and not isinstance(registered_at, bool)
+        and -(2**63) <= registered_at < 2**63
+        and verify_did_signature(did, signature, signer_statement(ledger_id, did, registered_at))
+    ):
+        return True
+    return verify_did_signature(did, signature, signer_statement(ledger_id, did))
 
 
 class LedgerRecorder(Protocol):
@@ -199,8 +223,9 @@ class LedgerChain:
         None: read-only, or already registered by a committed transaction of this process."""
         if self.identity is None or self._signer is None or self._signer_is_registered:
             return None
-        statement = signer_statement(self.ledger_id, self._signer)
-        return self._signer, self.clock.wall_us(), self.identity.sign(statement)
+        registered_at = self.clock.wall_us()
+        statement = signer_statement(self.ledger_id, self._signer, registered_at)
+        return self._signer, registered_at, self.identity.sign(statement)
 
     def _signer_registered(self) -> None:
         self._signer_is_registered = True

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from l2_session.infrastructure.identity import verify_did_signature
-from l2_session.infrastructure.ledger.chain import ROW_COLUMNS, signer_statement
+from l2_session.infrastructure.ledger.chain import ROW_COLUMNS, registration_valid
 from l2_session.infrastructure.ledger.pg_schema import check_meta, read_meta
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 from l2_session.infrastructure.ledger.schema import CHECKPOINTS_TABLE, EVENTS_TABLE, SIGNERS_TABLE
@@ -75,11 +74,13 @@ def ledger_meta(url: str, step: int) -> tuple[str, frozenset[str], list[int], in
         check_meta(location, meta, reading=True)
         assert meta is not None
         ledger_id = meta["ledger_id"]
-        cur.execute(f"SELECT did, signature FROM {location.schema}.{SIGNERS_TABLE}")
+        cur.execute(
+            f"SELECT did, registered_at, signature FROM {location.schema}.{SIGNERS_TABLE}"
+        )
         registered = frozenset(
             did
-            for did, signature in cur.fetchall()
-            if verify_did_signature(did, bytes(signature), signer_statement(ledger_id, did))
+            for did, registered_at, signature in cur.fetchall()
+            if registration_valid(ledger_id, did, registered_at, bytes(signature))
         )
         cur.execute(
             f"SELECT position FROM (SELECT position, row_number() OVER (ORDER BY position) - 1 "

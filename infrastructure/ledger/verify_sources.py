@@ -13,10 +13,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from l2_session.infrastructure.identity import verify_did_signature
-from l2_session.infrastructure.ledger.format import lp
+from l2_session.infrastructure.ledger.chain import registration_valid
 from l2_session.infrastructure.ledger.pg_url import is_postgres_url
-from l2_session.infrastructure.ledger.recorder import SIGNER_DOMAIN
 from l2_session.infrastructure.ledger.schema import (
     CHECKPOINTS_TABLE,
     EVENT_COLUMNS,
@@ -134,10 +132,12 @@ def sqlite_ledger_meta(path: str, step: int) -> tuple[str, frozenset[str], list[
         row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key='ledger_id'").fetchone()
         ledger_id = row[0].decode() if row else ""
         signers = set()
-        for did, signature in conn.execute(f"SELECT did, signature FROM {SIGNERS_TABLE}"):
+        rows = conn.execute(f"SELECT did, registered_at, signature FROM {SIGNERS_TABLE}")
+        for did, registered_at, signature in rows:
             did_s = did.decode(errors="replace")
-            statement = SIGNER_DOMAIN + lp(ledger_id.encode()) + lp(did_s.encode())
-            if verify_did_signature(did_s, bytes(signature), statement):
+            if isinstance(signature, bytes) and registration_valid(
+                ledger_id, did_s, registered_at, signature
+            ):
                 signers.add(did_s)
         bounds, last = _sqlite_bounds(conn, step)
     finally:

@@ -68,3 +68,41 @@ def test_a_checkpoint_or_a_snapshot_registers_its_signer(ledger_factory, identit
             # Usable: a snapshot counts only if its signer is registered (snapshots.py).
             assert [s.originator_version for s in node.snapshots.get(conversation.id)] == [1]
         assert other.did in node.signers()
+
+
+def test_a_registration_signs_every_field_of_its_row(ledger_factory, identity, ledger_location):
+    """Format 2: the signature covers registered_at too. Moving a registration's time makes it
+    no registration at all (its events' signer is then unknown); a format-1 registration,
+    signed without the time, is still accepted."""
+    from l2_session.infrastructure.ledger.chain import registration_valid, signer_statement
+    from pgserver import open_raw
+
+    ledger = ledger_factory()
+    ledger.save(Conversation(peer="did:key:peer"))
+    raw = open_raw(ledger_location)
+    did, registered_at, signature = raw.execute(
+        "SELECT did, registered_at, signature FROM ledger_signers"
+    ).fetchone()
+    signature = bytes(signature)
+    assert registration_valid(ledger.ledger_id, did, registered_at, signature)
+    assert not registration_valid(ledger.ledger_id, did, registered_at - 1, signature)
+    old = identity.sign(signer_statement(ledger.ledger_id, did))
+    assert registration_valid(ledger.ledger_id, did, 0, old)
+    assert verify(ledger).ok
+
+
+def test_a_registration_whose_time_was_moved_no_longer_registers(ledger_factory, ledger_path):
+    import sqlite3
+
+    from l2_session.infrastructure.ledger.verify import ProblemKind
+
+    ledger = ledger_factory()
+    ledger.save(Conversation(peer="did:key:peer"))
+    ledger.close()
+    db = sqlite3.connect(ledger_path)
+    db.execute("DROP TRIGGER ledger_signers_no_update")
+    db.execute("UPDATE ledger_signers SET registered_at = registered_at - 3600000000")
+    db.commit()
+    db.close()
+    report = verify(ledger_path)
+    assert {p.kind for p in report.problems} == {ProblemKind.UNKNOWN_SIGNER}
