@@ -30,6 +30,7 @@ _CORE = "l2_session.domain.session_core:"
 _SESSION = "l2_session.domain.session:"
 _PEER = "l2_session.domain.peer:"
 _UNCONFIRMED = "l2_session.domain.unconfirmed:"
+_WITNESSED = "l2_session.domain.witnessed:"
 
 STORED_TOPICS: Final[Mapping[str, str]] = {
     # class (its __qualname__) -> the topic the ledger stores for it. Every event class of each
@@ -87,6 +88,12 @@ STORED_TOPICS: Final[Mapping[str, str]] = {
     "UnconfirmedHandshakes.Created": _UNCONFIRMED + "UnconfirmedHandshakes.Created",
     "UnconfirmedHandshakes.Event": _UNCONFIRMED + "UnconfirmedHandshakes.Event",
     "UnconfirmedHandshakes.Summarised": _UNCONFIRMED + "UnconfirmedHandshakes.Summarised",
+    "WitnessedLog": _WITNESSED + "WitnessedLog",
+    "WitnessedLog.CheckpointConflict": _WITNESSED + "WitnessedLog.CheckpointConflict",
+    "WitnessedLog.CheckpointWitnessed": _WITNESSED + "WitnessedLog.CheckpointWitnessed",
+    "WitnessedLog.Created": _WITNESSED + "WitnessedLog.Created",
+    "WitnessedLog.Event": _WITNESSED + "WitnessedLog.Event",
+    "WitnessedLog.Started": _WITNESSED + "WitnessedLog.Started",
 }
 
 # The topics that queries name (live.py, recovery, verify's summary). A session's events other
@@ -97,6 +104,8 @@ SESSION_CLEANED_UP: Final = STORED_TOPICS["SessionCore.CleanedUp"]
 SESSION_CLOSED: Final = STORED_TOPICS["Session.Closed"]
 SESSION_CREATIONS: Final = (SESSION_OPENED, STORED_TOPICS["SessionCore.Opened"])
 PEER_REGISTERED: Final = STORED_TOPICS["Peer.Registered"]
+CHECKPOINT_WITNESSED: Final = STORED_TOPICS["WitnessedLog.CheckpointWitnessed"]
+CHECKPOINT_CONFLICT: Final = STORED_TOPICS["WitnessedLog.CheckpointConflict"]
 
 
 def stored_classes(aggregate: type) -> list[type]:

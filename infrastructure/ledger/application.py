@@ -52,6 +52,7 @@ from l2_session.infrastructure.ledger.live import (
 from l2_session.infrastructure.ledger.recorder import SignedSQLiteRecorder
 from l2_session.infrastructure.ledger.schema import (
     CHECKPOINTS_TABLE,
+    COSIGNATURES_TABLE,
     EVENTS_TABLE,
     SIGNERS_TABLE,
     check_sqlite_ledger_file,
@@ -246,6 +247,7 @@ class SessionLedger(Application[UUID]):
             recorder.load_meta()
 
     _checkpoints_table = CHECKPOINTS_TABLE
+    _cosignatures_table = COSIGNATURES_TABLE
     _mark = "?"
 
     # -- eventsourcing construction hooks ---------------------------------------------------
@@ -400,9 +402,57 @@ class SessionLedger(Application[UUID]):
     def checkpoints(self) -> list[Checkpoint]:
         """The checkpoints recorded in the ledger, oldest first (as stored: verify() checks
         them)."""
+        return [cp for _, cp in self.stored_checkpoints()]
+
+    def stored_checkpoints(self, *, newest: int | None = None) -> list[tuple[int, Checkpoint]]:
+        """(row id, checkpoint) of the checkpoints recorded in the ledger, oldest first; the
+        ``newest`` few only, if given."""
         with self.ledger_recorder.reading() as cur:
-            cur.execute(f"SELECT text FROM {self._checkpoints_table} ORDER BY id")
-            return [Checkpoint.parse(row[0]) for row in cur.fetchall()]
+            if newest is None:
+                cur.execute(f"SELECT id, text FROM {self._checkpoints_table} ORDER BY id")
+            else:
+                cur.execute(
+                    f"SELECT id, text FROM {self._checkpoints_table} ORDER BY id DESC "
+                    f"LIMIT {self._mark}",
+                    (newest,),
+                )
+            rows = cur.fetchall()
+        found = [(int(row_id), Checkpoint.parse(text)) for row_id, text in rows]
+        return found if newest is None else found[::-1]
+
+    def record_cosignature(
+        self, checkpoint_id: int, witness: str, cosignature: str, received_at_us: int
+    ) -> None:
+        """Keep a witness's cosignature beside the checkpoint (row ``checkpoint_id``) it signs;
+        witness.py checks it first."""
+        mark = self._mark
+        with self.ledger_recorder.write() as cur:
+            cur.execute(
+                f"INSERT INTO {self._cosignatures_table} "
+                f"(checkpoint_id, witness, cosignature, received_at) "
+                f"VALUES ({mark}, {mark}, {mark}, {mark})",
+                (checkpoint_id, witness, cosignature, received_at_us),
+            )
+
+    def cosignatures_of(self, checkpoint_id: int) -> list[tuple[str, str]]:
+        """(witness did, cosignature line) of the cosignatures kept for one checkpoint."""
+        with self.ledger_recorder.reading() as cur:
+            cur.execute(
+                f"SELECT witness, cosignature FROM {self._cosignatures_table} "
+                f"WHERE checkpoint_id={self._mark} ORDER BY id",
+                (checkpoint_id,),
+            )
+            return [(str(a), str(b)) for a, b in cur.fetchall()]
+
+    def cosignatures(self) -> list[tuple[int, str, str]]:
+        """(checkpoint id, witness did, cosignature line) of every cosignature kept, oldest
+        first."""
+        with self.ledger_recorder.reading() as cur:
+            cur.execute(
+                f"SELECT checkpoint_id, witness, cosignature FROM {self._cosignatures_table} "
+                "ORDER BY id"
+            )
+            return [(int(a), str(b), str(c)) for a, b, c in cur.fetchall()]
 
     # -- the Merkle tree and its proofs (tree.py) ------------------------------------------
     def tree_head(self) -> tuple[int, bytes]:

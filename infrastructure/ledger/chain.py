@@ -113,9 +113,7 @@ def signer_statement(ledger_id: str, did: str, registered_at: int | None = None)
     did not cover the time; a verifier accepts either (docs/ledger-format.md §7)."""
     if registered_at is None:
         return SIGNER_DOMAIN + lp(ledger_id.encode()) + lp(did.encode())
-    return (
-        SIGNER_DOMAIN_V2 + lp(ledger_id.encode()) + lp(did.encode()) + _I64.pack(registered_at)
-    )
+    return SIGNER_DOMAIN_V2 + lp(ledger_id.encode()) + lp(did.encode()) + _I64.pack(registered_at)
 
 
 def registration_valid(ledger_id: str, did: str, registered_at: Any, signature: bytes) -> bool:

@@ -37,6 +37,7 @@ from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from l2_session.domain.manager.unconfirmed import UnconfirmedHandshakes
 from l2_session.domain.session.peer import Peer
 from l2_session.domain.session.session import Session
+from l2_session.domain.session.witnessed import WitnessedLog
 from l2_session.infrastructure.ledger.errors import (
     LedgerCorrupted,
     PayloadTooLarge,
@@ -45,7 +46,7 @@ from l2_session.infrastructure.ledger.errors import (
 )
 from l2_session.infrastructure.ledger.format import MAX_PAYLOAD_BYTES, MAX_SEALED_BYTES, sealed_aad
 
-STORED_AGGREGATES = (Session, Peer, UnconfirmedHandshakes)
+STORED_AGGREGATES = (Session, Peer, UnconfirmedHandshakes, WitnessedLog)
 """The domain's aggregates a ledger holds. Importing them pins their topics
 (domain/session/topics.py): every topic in a ledger resolves here to its class, under the frozen
 name the ledger holds, whatever module the class lives in now."""

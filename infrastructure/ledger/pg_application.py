@@ -35,6 +35,7 @@ from l2_session.infrastructure.ledger.pg_schema import open_meta
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 from l2_session.infrastructure.ledger.schema import (
     CHECKPOINTS_TABLE,
+    COSIGNATURES_TABLE,
     EVENTS_TABLE,
     SIGNERS_TABLE,
     SNAPSHOTS_TABLE,
@@ -196,6 +197,10 @@ class PostgresSessionLedger(SessionLedger):
     @property
     def _checkpoints_table(self) -> str:  # type: ignore[override]
         return f"{self.pg.schema}.{CHECKPOINTS_TABLE}"
+
+    @property
+    def _cosignatures_table(self) -> str:  # type: ignore[override]
+        return f"{self.pg.schema}.{COSIGNATURES_TABLE}"
 
     def signers(self) -> set[str]:
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:

@@ -1,5 +1,6 @@
 """Move a SQLite ledger to PostgreSQL row for row: same ledger id, signers, events, checkpoints
-(the Merkle tree is rebuilt from the events: the same tree, checked as it is built).
+(the Merkle tree is rebuilt from the events: the same tree, checked as it is built), and the
+witnesses' cosignatures of those checkpoints.
 
 The rows are copied byte for byte — nothing is re-hashed or re-signed — so the PostgreSQL ledger
 verifies exactly as the file did, and checkpoints taken on the file still pin its history
@@ -18,6 +19,7 @@ from l2_session.infrastructure.ledger.pg_schema import build_tree, migrate, read
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 from l2_session.infrastructure.ledger.schema import (
     CHECKPOINTS_TABLE,
+    COSIGNATURES_TABLE,
     EVENTS_TABLE,
     META_TABLE,
     SIGNERS_TABLE,
@@ -56,10 +58,32 @@ def import_sqlite_ledger(path: str | Path, url: str) -> int:
                         copy.write_row(row)
                     copied += len(batch)
             build_tree(cur, schema)  # the file's tree, if it has one, is rebuilt, not copied
-            cur.executemany(
-                f"INSERT INTO {schema}.{CHECKPOINTS_TABLE} (position, text) VALUES (%s, %s)",
-                src.execute(f"SELECT position, text FROM {CHECKPOINTS_TABLE} ORDER BY id"),
-            )
+            # Checkpoint ids are the server's own: cosignatures follow theirs by the map.
+            ids: dict[int, int] = {}
+            for old_id, position, text in src.execute(
+                f"SELECT id, position, text FROM {CHECKPOINTS_TABLE} ORDER BY id"
+            ).fetchall():
+                cur.execute(
+                    f"INSERT INTO {schema}.{CHECKPOINTS_TABLE} (position, text) VALUES (%s, %s) "
+                    "RETURNING id",
+                    (position, text),
+                )
+                ids[old_id] = cur.fetchone()[0]
+            tables = {
+                r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if COSIGNATURES_TABLE in tables:  # format 2
+                cur.executemany(
+                    f"INSERT INTO {schema}.{COSIGNATURES_TABLE} "
+                    "(checkpoint_id, witness, cosignature, received_at) VALUES (%s, %s, %s, %s)",
+                    [
+                        (ids.get(cid, -cid), witness, line, at)
+                        for cid, witness, line, at in src.execute(
+                            "SELECT checkpoint_id, witness, cosignature, received_at "
+                            f"FROM {COSIGNATURES_TABLE} ORDER BY id"
+                        )
+                    ],
+                )
             conn.commit()
     finally:
         src.close()

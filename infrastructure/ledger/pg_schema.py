@@ -23,6 +23,7 @@ from l2_session.infrastructure.ledger.format import FORMAT_NAME, FORMAT_VERSION,
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 from l2_session.infrastructure.ledger.schema import (
     CHECKPOINTS_TABLE,
+    COSIGNATURES_TABLE,
     EVENTS_TABLE,
     META_TABLE,
     SIGNERS_TABLE,
@@ -32,7 +33,7 @@ from l2_session.infrastructure.ledger.tree import TREE_TABLE, TreeSQL, build_row
 
 SCHEMA_VERSION = 2
 NODE_ROLE = "l2s_node"
-HISTORY_TABLES = (EVENTS_TABLE, SIGNERS_TABLE, CHECKPOINTS_TABLE, TREE_TABLE)
+HISTORY_TABLES = (EVENTS_TABLE, SIGNERS_TABLE, CHECKPOINTS_TABLE, TREE_TABLE, COSIGNATURES_TABLE)
 
 
 def lock_key(schema: str, purpose: str) -> int:
@@ -106,7 +107,7 @@ def _v1(schema: str) -> list[str]:
 
 
 def _v2(schema: str) -> list[str]:
-    """The Merkle tree (tree.py): ledger format 2."""
+    """Ledger format 2: the Merkle tree (tree.py) and witnesses' cosignatures (witness.py)."""
     return [
         f"""CREATE TABLE {schema}.{TREE_TABLE} (
             position bigint NOT NULL,
@@ -115,6 +116,14 @@ def _v2(schema: str) -> list[str]:
             PRIMARY KEY (position, level)
         )""",
         *_append_only(schema, TREE_TABLE),
+        f"""CREATE TABLE {schema}.{COSIGNATURES_TABLE} (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            checkpoint_id bigint NOT NULL,
+            witness text NOT NULL,
+            cosignature text NOT NULL,
+            received_at bigint NOT NULL
+        )""",
+        *_append_only(schema, COSIGNATURES_TABLE),
     ]
 
 

@@ -14,7 +14,12 @@ from typing import Any
 from l2_session.infrastructure.ledger.chain import ROW_COLUMNS, registration_valid
 from l2_session.infrastructure.ledger.pg_schema import check_meta, read_meta
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation
-from l2_session.infrastructure.ledger.schema import CHECKPOINTS_TABLE, EVENTS_TABLE, SIGNERS_TABLE
+from l2_session.infrastructure.ledger.schema import (
+    CHECKPOINTS_TABLE,
+    COSIGNATURES_TABLE,
+    EVENTS_TABLE,
+    SIGNERS_TABLE,
+)
 from l2_session.infrastructure.ledger.tree import TREE_TABLE
 
 
@@ -50,14 +55,35 @@ def range_nodes(url: str, lo: int, hi: int) -> Iterator[Any]:
             yield ((position, level, bytes(value)) for position, level, value in cur)
 
 
-def tree_and_checkpoints(url: str) -> tuple[bool, list[tuple[int, str]]]:
-    """(whether the ledger keeps a tree, its stored checkpoints as (id, text), oldest first)."""
+def select_rows(url: str, statement: str, params: Any) -> list[tuple[int, str, bytes]]:
+    """Rows of ``statement`` (``{schema}`` filled in) on the ledger at ``url``."""
     location = PostgresLocation.parse(url)
     with location.connect() as conn, conn.cursor() as cur:
-        meta = read_meta(cur, location.schema) or {}
-        cur.execute(f"SELECT id, text FROM {location.schema}.{CHECKPOINTS_TABLE} ORDER BY id")
+        check_meta(location, read_meta(cur, location.schema), reading=True)
+        cur.execute(statement.format(schema=location.schema), params)
+        return [(int(p), str(t), bytes(v)) for p, t, v in cur.fetchall()]
+
+
+def tree_and_checkpoints(
+    url: str,
+) -> tuple[bool, list[tuple[int, str]], list[tuple[int, int, str, str]]]:
+    """(whether the ledger keeps a tree, its stored checkpoints as (id, text), the cosignatures
+    of them as (id, checkpoint id, witness, line)), oldest first."""
+    location = PostgresLocation.parse(url)
+    schema = location.schema
+    with location.connect() as conn, conn.cursor() as cur:
+        meta = read_meta(cur, schema) or {}
+        cur.execute(f"SELECT id, text FROM {schema}.{CHECKPOINTS_TABLE} ORDER BY id")
         rows = [(int(i), str(t)) for i, t in cur.fetchall()]
-    return meta.get("format_version", "1") != "1", rows
+        has_tree = meta.get("format_version", "1") != "1"
+        cosignatures: list[tuple[int, int, str, str]] = []
+        if has_tree:
+            cur.execute(
+                f"SELECT id, checkpoint_id, witness, cosignature FROM {schema}."
+                f"{COSIGNATURES_TABLE} ORDER BY id"
+            )
+            cosignatures = [(int(i), int(c), str(w), str(x)) for i, c, w, x in cur.fetchall()]
+    return has_tree, rows, cosignatures
 
 
 def ledger_meta(url: str, step: int) -> tuple[str, frozenset[str], list[int], int | None]:
@@ -74,9 +100,7 @@ def ledger_meta(url: str, step: int) -> tuple[str, frozenset[str], list[int], in
         check_meta(location, meta, reading=True)
         assert meta is not None
         ledger_id = meta["ledger_id"]
-        cur.execute(
-            f"SELECT did, registered_at, signature FROM {location.schema}.{SIGNERS_TABLE}"
-        )
+        cur.execute(f"SELECT did, registered_at, signature FROM {location.schema}.{SIGNERS_TABLE}")
         registered = frozenset(
             did
             for did, registered_at, signature in cur.fetchall()

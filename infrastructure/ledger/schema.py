@@ -15,6 +15,7 @@ META_TABLE = "ledger_meta"
 SIGNERS_TABLE = "ledger_signers"
 CHECKPOINTS_TABLE = "ledger_checkpoints"
 SNAPSHOTS_TABLE = "ledger_snapshots"
+COSIGNATURES_TABLE = "ledger_cosignatures"
 
 EVENT_COLUMNS = (
     "position",
@@ -42,7 +43,8 @@ def _append_only(table: str) -> list[str]:
     ]
 
 
-# The Merkle tree of the events (tree.py, docs/ledger-format.md §8): format 2.
+# Format 2: the Merkle tree of the events (tree.py) and the witnesses' cosignatures of this
+# ledger's checkpoints (witness.py); docs/ledger-format.md §5, §8.
 TREE_STATEMENTS: list[str] = [
     f"""CREATE TABLE IF NOT EXISTS {TREE_TABLE} (
         position INTEGER NOT NULL,
@@ -51,6 +53,14 @@ TREE_STATEMENTS: list[str] = [
         PRIMARY KEY (position, level)
     ) WITHOUT ROWID""",
     *_append_only(TREE_TABLE),
+    f"""CREATE TABLE IF NOT EXISTS {COSIGNATURES_TABLE} (
+        id INTEGER PRIMARY KEY,
+        checkpoint_id INTEGER NOT NULL,
+        witness TEXT NOT NULL,
+        cosignature TEXT NOT NULL,
+        received_at INTEGER NOT NULL
+    )""",
+    *_append_only(COSIGNATURES_TABLE),
 ]
 
 CREATE_STATEMENTS: list[str] = [

@@ -23,6 +23,7 @@ from typing import Any
 from blake3 import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from l2_session.domain.session.topics import CHECKPOINT_CONFLICT, CHECKPOINT_WITNESSED
 from l2_session.infrastructure.identity import DIDError, public_key_from_did_key
 from l2_session.infrastructure.ledger.checkpoint import Checkpoint, CheckpointError
 from l2_session.infrastructure.ledger.codec import (
@@ -40,11 +41,13 @@ from l2_session.infrastructure.ledger.format import (
 )
 from l2_session.infrastructure.ledger.pg_url import is_postgres_url
 from l2_session.infrastructure.ledger.schema import check_sqlite_ledger_file
+from l2_session.infrastructure.ledger.tree_head import TreeHeadError, verify_cosignature
 from l2_session.infrastructure.ledger.verify_report import (
     Problem,
     ProblemKind,
     VerificationReport,
     aggregate_kind,
+    printable,
 )
 from l2_session.infrastructure.ledger.verify_sources import (
     pg_ledger_meta,
@@ -54,6 +57,7 @@ from l2_session.infrastructure.ledger.verify_sources import (
     sqlite_integrity_problems,
     sqlite_ledger_meta,
     stored_tree_and_checkpoints,
+    witnessed_events,
 )
 from l2_session.infrastructure.ledger.verify_tree import RangeTree, TreeStitch, stored_rows
 
@@ -332,6 +336,7 @@ def verify(
     trusted_signers: Iterable[str] | None = None,
     workers: int | None = None,
     chunk_events: int = CHUNK_EVENTS,
+    witnesses: Iterable[Any] = (),
 ) -> VerificationReport:
     """Verify a ledger (a SessionLedger, the path of its file or a PostgreSQL URL).
 
@@ -339,6 +344,9 @@ def verify(
     ledger itself — pass them explicitly to also catch a forger who registered their own key.
     ``checkpoint``: a checkpoint seen earlier (object or text); detects truncation or rewriting.
     ``workers``: processes to use (default: one per core); ``chunk_events``: rows per task.
+    ``witnesses``: other nodes' ledgers (paths or URLs): every checkpoint of this ledger they
+    witnessed is checked as a checkpoint seen before, and every conflict they recorded about
+    it is reported (decision 25).
     """
     if chunk_events < 1:
         raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
@@ -364,15 +372,18 @@ def verify(
     report = VerificationReport()
     report.anchored = trusted_signers is not None
     try:
-        has_tree, stored = stored_tree_and_checkpoints(source)
+        has_tree, stored, cosigned = stored_tree_and_checkpoints(source)
     except read_errors(source) as e:
-        has_tree, stored = False, []
+        has_tree, stored, cosigned = False, [], []
         report.problems.append(
             Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"stored checkpoints: {e}")
         )
     checkpoints = _parse_stored(stored, report)
+    _check_cosignatures(cosigned, dict(stored), report)
     if checkpoint is not None:
         checkpoints.append(("the checkpoint given", checkpoint))
+    for witness in witnesses:
+        checkpoints += _witnessed(witness, ledger_id, report)
     pins = frozenset(cp.position for _, cp in checkpoints if cp.position > 0)
 
     ranges = plan_ranges(bounds, last, chunk_events // step, n_workers)
@@ -406,6 +417,86 @@ def verify(
         report.anchored = report.anchored or checkpoint.signature_valid()
     report.problems.sort(key=lambda p: p.position if p.position is not None else -1)
     return report
+
+
+def _witnessed(
+    witness: Any, ledger_id: str, report: VerificationReport
+) -> list[tuple[str, Checkpoint]]:
+    """The checkpoints of ledger ``ledger_id`` that the ledger ``witness`` recorded: those it
+    cosigned, and both of each conflict (one of them no longer matches, or the origin signed
+    two histories); each conflict is a problem of this ledger's owner."""
+    pg = getattr(witness, "pg", None)
+    source = pg.url() if pg is not None else str(getattr(witness, "path", witness))
+    found: list[tuple[str, Checkpoint]] = []
+    rows = witnessed_events(source, (CHECKPOINT_WITNESSED, CHECKPOINT_CONFLICT))
+    report.witnesses += 1
+    report.anchored = True
+    for position, topic, payload in rows:
+        try:
+            fields = json.loads(payload)
+            texts = (
+                [fields["checkpoint"]]
+                if topic == CHECKPOINT_WITNESSED
+                else [fields["witnessed"], fields["offered"]]
+            )
+            parsed = [Checkpoint.parse(t) for t in texts if t]
+        except (ValueError, KeyError, TypeError, CheckpointError) as e:
+            report.problems.append(
+                Problem(
+                    ProblemKind.CHECKPOINT_MISMATCH,
+                    None,
+                    None,
+                    f"witness ledger {printable(source)} position {position}: unreadable ({e})",
+                )
+            )
+            continue
+        if not parsed or parsed[-1].ledger_id != ledger_id:
+            continue
+        name = f"the checkpoint witnessed in {source} (its position {position})"
+        if topic == CHECKPOINT_CONFLICT:
+            report.problems.append(
+                Problem(
+                    ProblemKind.WITNESS_CONFLICT,
+                    parsed[-1].size,
+                    None,
+                    f"{source} (position {position}) recorded that this ledger's owner offered "
+                    f"a checkpoint that does not extend the one it witnessed "
+                    f"({fields.get('reason')}): two signed histories",
+                )
+            )
+        found += [(name, cp) for cp in parsed]
+        report.witnessed_checkpoints += len(parsed)
+    return found
+
+
+def _check_cosignatures(
+    cosigned: list[tuple[int, int, str, str]], stored: dict[int, str], report: VerificationReport
+) -> None:
+    """Each witness cosignature kept must be its witness's, on the checkpoint it names."""
+    for row_id, checkpoint_id, witness, line in cosigned:
+        text = stored.get(checkpoint_id)
+        why = None
+        try:
+            if text is None:
+                why = f"names checkpoint #{checkpoint_id}, which is not stored"
+            else:
+                body = Checkpoint.parse(text).body().decode()
+                verify_cosignature(
+                    witness, public_key_from_did_key(witness), body, line.rstrip("\n") + "\n"
+                )
+        except (CheckpointError, TreeHeadError, DIDError, ValueError) as e:
+            why = f"does not verify ({e})"
+        if why:
+            report.problems.append(
+                Problem(
+                    ProblemKind.CHECKPOINT_MISMATCH,
+                    None,
+                    None,
+                    f"cosignature #{row_id} by {witness} {why}",
+                )
+            )
+        else:
+            report.cosignatures += 1
 
 
 def _parse_stored(

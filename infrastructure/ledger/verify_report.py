@@ -6,7 +6,11 @@ import base64
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from l2_session.domain.session.topics import PEER_REGISTERED, SESSION_CREATIONS
+from l2_session.domain.session.topics import (
+    PEER_REGISTERED,
+    SESSION_CREATIONS,
+    STORED_TOPICS,
+)
 from l2_session.infrastructure.ledger.format import ZERO_HASH
 
 
@@ -28,14 +32,16 @@ def _escape(c: str) -> str:
 _AGGREGATE_KINDS = {
     **dict.fromkeys(SESSION_CREATIONS, "session"),
     PEER_REGISTERED: "peer",
+    STORED_TOPICS["WitnessedLog.Started"]: "witnessed",
 }
 """The kind of aggregate each creation event's topic starts: sessions and peers (their own
 counts in the summary)."""
 
 
 def aggregate_kind(creation_topic: str | None) -> str:
-    """'session', 'peer' or 'other' (any other aggregate, or one whose first event is not in
-    the ledger), from the topic of an aggregate's version-1 event."""
+    """'session', 'peer', 'witnessed' (another ledger this node witnesses) or 'other' (any
+    other aggregate, or one whose first event is not in the ledger), from the topic of an
+    aggregate's version-1 event."""
     return _AGGREGATE_KINDS.get(creation_topic or "", "other")
 
 
@@ -51,6 +57,7 @@ class ProblemKind(StrEnum):
     MALFORMED_ROW = "malformed_row"
     CHECKPOINT_MISMATCH = "checkpoint_mismatch"
     TREE_MISMATCH = "tree_mismatch"
+    WITNESS_CONFLICT = "witness_conflict"
     DATABASE_CORRUPT = "database_corrupt"
 
 
@@ -78,12 +85,15 @@ class VerificationReport:
     checkpoint_checked: bool = False  # a checkpoint was given and checked
     checkpoint_position: int | None = None
     stored_checkpoints: int = 0  # checkpoints recorded in the ledger, each checked
+    cosignatures: int = 0  # witnesses' cosignatures of them kept in the ledger, each verified
     tree_root: bytes | None = None  # Merkle root of every event, recomputed
     tree_checked: bool = False  # the stored tree was compared with the recomputed one
     # Whether the signers were anchored outside the ledger: trusted signers given, or a
     # checkpoint seen before whose signature verifies. Without an anchor, "intact" means
     # "consistent with the keys the file itself registered" (a forger can register one).
     anchored: bool = False
+    witnesses: int = 0  # other ledgers read for the checkpoints of this one they witnessed
+    witnessed_checkpoints: int = 0
     workers: int = 1
 
     @property
@@ -110,7 +120,7 @@ class VerificationReport:
             f"(head position {self.head_position}, {self.workers} worker(s))",
             "  signers seen: "
             + (", ".join(f"{d} ({n})" for d, n in sorted(self.signers_seen.items())) or "none"),
-            "  signers: anchored (trusted signers or a checkpoint given)"
+            "  signers: anchored (trusted signers, a checkpoint or witnesses given)"
             if self.anchored
             else "  signers: UNANCHORED — taken from the ledger's own registrations; a forger "
             "can register a key there. Pass --trust DID or --checkpoint FILE to anchor them",
@@ -122,7 +132,15 @@ class VerificationReport:
                 + (", stored tree checked" if self.tree_checked else " (format 1: no stored tree)")
             )
         if self.stored_checkpoints:
-            lines.append(f"  stored checkpoints checked: {self.stored_checkpoints}")
+            lines.append(
+                f"  stored checkpoints checked: {self.stored_checkpoints}, with "
+                f"{self.cosignatures} witness cosignature(s)"
+            )
+        if self.witnesses:
+            lines.append(
+                f"  witnesses: {self.witnesses} ledger(s), {self.witnessed_checkpoints} "
+                "checkpoint(s) of this ledger witnessed in them, each checked"
+            )
         if self.checkpoint_checked:
             mismatch = next(
                 (p for p in self.problems if p.kind is ProblemKind.CHECKPOINT_MISMATCH), None
@@ -140,10 +158,11 @@ class VerificationReport:
     def _counted(self) -> str:
         """'1 session, 1 peer' (and other aggregates, when there are any)."""
         names = {"session": ("session", "sessions"), "peer": ("peer", "peers")}
+        names["witnessed"] = ("witnessed ledger", "witnessed ledgers")
         names["other"] = ("other aggregate", "other aggregates")
         parts = [
             f"{n} {names[kind][n != 1]}"
-            for kind in ("session", "peer", "other")
+            for kind in ("session", "peer", "witnessed", "other")
             if (n := self.aggregates.get(kind, 0)) or kind == "session"
         ]
         return ", ".join(parts)

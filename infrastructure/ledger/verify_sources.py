@@ -11,16 +11,19 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from l2_session.infrastructure.ledger.chain import registration_valid
 from l2_session.infrastructure.ledger.pg_url import is_postgres_url
 from l2_session.infrastructure.ledger.schema import (
     CHECKPOINTS_TABLE,
+    COSIGNATURES_TABLE,
     EVENT_COLUMNS,
     EVENTS_TABLE,
     META_TABLE,
     SIGNERS_TABLE,
+    check_sqlite_ledger_file,
 )
 from l2_session.infrastructure.ledger.tree import TREE_TABLE
 from l2_session.infrastructure.ledger.verify_report import Problem, ProblemKind
@@ -79,8 +82,11 @@ def range_nodes(source: str, lo: int, hi: int, has_tree: bool) -> Iterator[Itera
         conn.close()
 
 
-def stored_tree_and_checkpoints(source: str) -> tuple[bool, list[tuple[int, str]]]:
-    """(whether the ledger keeps a tree: format 2, the checkpoints stored in it as (id, text))."""
+def stored_tree_and_checkpoints(
+    source: str,
+) -> tuple[bool, list[tuple[int, str]], list[tuple[int, int, str, str]]]:
+    """(whether the ledger keeps a tree: format 2, the checkpoints stored in it as (id, text),
+    the witnesses' cosignatures of them as (id, checkpoint id, witness, line))."""
     if is_postgres_url(source):
         from l2_session.infrastructure.ledger.pg_verify import tree_and_checkpoints
 
@@ -91,9 +97,51 @@ def stored_tree_and_checkpoints(source: str) -> tuple[bool, list[tuple[int, str]
             f"SELECT value FROM {META_TABLE} WHERE key='format_version'"
         ).fetchone() or (b"1",)
         rows = conn.execute(f"SELECT id, text FROM {CHECKPOINTS_TABLE} ORDER BY id").fetchall()
+        cosignatures = (
+            conn.execute(
+                f"SELECT id, checkpoint_id, witness, cosignature FROM {COSIGNATURES_TABLE} "
+                "ORDER BY id"
+            ).fetchall()
+            if version != b"1"
+            else []
+        )
     finally:
         conn.close()
-    return version != b"1", [(i, t.decode(errors="replace")) for i, t in rows]
+    text = [(i, t.decode(errors="replace")) for i, t in rows]
+    return (
+        version != b"1",
+        text,
+        [
+            (i, c, w.decode(errors="replace"), x.decode(errors="replace"))
+            for i, c, w, x in cosignatures
+        ],
+    )
+
+
+def witnessed_events(source: str, topics: tuple[str, ...]) -> list[tuple[int, str, bytes]]:
+    """(position, topic, payload) of the events of ``topics`` in the ledger at ``source``
+    (another node's ledger, read for what it witnessed of this one)."""
+    marks = ",".join(["%s" if is_postgres_url(source) else "?"] * len(topics))
+    if is_postgres_url(source):
+        from l2_session.infrastructure.ledger.pg_verify import select_rows
+
+        return select_rows(
+            source,
+            f"SELECT position, topic, payload FROM {{schema}}.{EVENTS_TABLE} "
+            f"WHERE topic IN ({marks}) ORDER BY position",
+            topics,
+        )
+    check_sqlite_ledger_file(Path(source), create=False)
+    conn = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            f"SELECT position, topic, payload FROM {EVENTS_TABLE} WHERE topic IN ({marks}) "
+            "ORDER BY position",
+            topics,
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(int(p), str(t), bytes(v)) for p, t, v in rows]
 
 
 def read_errors(source: str) -> tuple[type[BaseException], ...]:

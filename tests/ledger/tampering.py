@@ -132,9 +132,10 @@ def rechain_from(
 
 def cover_tracks(db: sqlite3.Connection) -> None:
     """What a thorough attacker does after changing the events: rebuild the stored Merkle tree
-    from them and remove the checkpoints stored in the file, so that the file alone is
+    from them and remove the checkpoints (and their cosignatures) stored in the file, so that
+    the file alone is
     consistent again. Only a checkpoint (or witness) kept elsewhere still tells."""
-    for table in ("ledger_tree", "ledger_checkpoints"):
+    for table in ("ledger_tree", "ledger_checkpoints", "ledger_cosignatures"):
         db.execute(f"DROP TRIGGER IF EXISTS {table}_no_delete")
         db.execute(f"DELETE FROM {table}")
     hashes = db.execute("SELECT event_hash FROM ledger_events ORDER BY position")

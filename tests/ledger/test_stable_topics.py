@@ -22,6 +22,7 @@ from l2_session.domain.session.core import SessionCore
 from l2_session.domain.session.peer import Peer
 from l2_session.domain.session.session import Session
 from l2_session.domain.session.topics import STORED_TOPICS, stored_classes
+from l2_session.domain.session.witnessed import WitnessedLog
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.ledger.verify import verify
@@ -84,8 +85,15 @@ PINNED = {
     "UnconfirmedHandshakes.Created": "l2_session.domain.unconfirmed:UnconfirmedHandshakes.Created",
     "UnconfirmedHandshakes.Event": "l2_session.domain.unconfirmed:UnconfirmedHandshakes.Event",
     "UnconfirmedHandshakes.Summarised": "l2_session.domain.unconfirmed:UnconfirmedHandshakes.Summarised",
+    # Witnessing (decision 25): added with ledger format 2.
+    "WitnessedLog": "l2_session.domain.witnessed:WitnessedLog",
+    "WitnessedLog.CheckpointConflict": "l2_session.domain.witnessed:WitnessedLog.CheckpointConflict",
+    "WitnessedLog.CheckpointWitnessed": "l2_session.domain.witnessed:WitnessedLog.CheckpointWitnessed",
+    "WitnessedLog.Created": "l2_session.domain.witnessed:WitnessedLog.Created",
+    "WitnessedLog.Event": "l2_session.domain.witnessed:WitnessedLog.Event",
+    "WitnessedLog.Started": "l2_session.domain.witnessed:WitnessedLog.Started",
 }
-AGGREGATES = (SessionCore, Session, Peer, UnconfirmedHandshakes)
+AGGREGATES = (SessionCore, Session, Peer, UnconfirmedHandshakes, WitnessedLog)
 STORED = {cls.__qualname__: cls for agg in AGGREGATES for cls in stored_classes(agg)}
 
 
