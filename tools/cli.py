@@ -14,7 +14,13 @@ import re
 import sys
 import traceback
 
-from l2_session.tools.arguments import ArgumentsRejected, Parser, did_key, whole_number
+from l2_session.tools.arguments import (
+    ArgumentsRejected,
+    Parser,
+    did_key,
+    non_empty,
+    whole_number,
+)
 from l2_session.tools.checkpoint_file import read_checkpoint
 from l2_session.tools.errors import EPILOG, ExitCode, explain
 
@@ -45,7 +51,11 @@ def _verify(args: argparse.Namespace) -> int:
 
     checkpoint = read_checkpoint(args.checkpoint) if args.checkpoint else None
     report = verify(
-        args.ledger, checkpoint, trusted_signers=args.trust or None, workers=args.workers
+        args.ledger,
+        checkpoint,
+        trusted_signers=args.trust or None,
+        workers=args.workers,
+        witnesses=args.witness or (),
     )
     print(report.summary())
     return ExitCode.OK if report.ok else ExitCode.NOT_INTACT
@@ -78,6 +88,14 @@ def _verify_options(check: argparse.ArgumentParser) -> None:
         metavar="DID",
         help="a node did:key allowed to sign (repeat); default: the signers the ledger "
         "registers, reported as unanchored",
+    )
+    check.add_argument(
+        "--witness",
+        action="append",
+        type=non_empty("a SQLite file or a postgresql:// URL"),
+        metavar="PATH_OR_URL",
+        help="another node's ledger: check every checkpoint of this ledger it witnessed, and "
+        "report every conflict it recorded about this ledger (repeat)",
     )
     most = 4 * (os.cpu_count() or 1)  # more processes than that are never faster
     check.add_argument(

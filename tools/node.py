@@ -60,10 +60,12 @@ from l2_session.domain.session.errors import SessionError
 from l2_session.infrastructure.clock import SessionTimeline, SystemClock
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.ledger.witness import Witnessing
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.tools.errors import UsageError
 from l2_session.transports.quic import QuicSettings
 from l2_session.transports.tcp import NodeClosed, TcpNode
+from l2_session.transports.tcp_worker import WITNESS_INTERVAL_US
 
 PREKEYS_VALID_US = 30 * 86_400_000_000  # a month; a node makes fresh ones at every start
 ONE_TIME_PREKEYS = 32
@@ -97,6 +99,7 @@ class NodeProcess:
         ledger: SessionLedger,
         peers: dict[str, Addresses] | None = None,
         quic_settings: QuicSettings | None = None,
+        witness_interval_s: float = WITNESS_INTERVAL_US / 1e6,
     ) -> None:
         self.store, self.ledger = store, ledger
         self.peers = dict(peers or {})  # the address book: DID -> (QUIC, μTCP)
@@ -124,6 +127,8 @@ class NodeProcess:
             # Beside the key store, as private: a restart resumes QUIC in 0-RTT with them.
             quic_tickets=store.path.with_name(store.path.name + ".quic-tickets"),
             quic_settings=quic_settings,
+            # Its peers witness its ledger and it theirs, over their sessions (decision 25).
+            witnessing=Witnessing(ledger, identity), witness_interval_s=witness_interval_s,
         )  # fmt: skip
         self.exchange.source_of = self.node.address_of
         self.stopped = asyncio.Event()
@@ -176,7 +181,12 @@ class NodeProcess:
     async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
         sessions = await self.node.query(lambda: len(self.manager))
         links = sorted(link.kind for link in self.node.connections.open)
-        return {"did": self.did, "sessions": sessions, "connections": links}
+        witnessing = self.node.worker.witnessing
+        counts = await self.node.query(lambda: dict(witnessing.counts) if witnessing else {})
+        return {
+            "did": self.did, "sessions": sessions, "connections": links,
+            "ledger_id": self.ledger.ledger_id, "witnessing": counts,
+        }  # fmt: skip
 
     async def _peer(self, request: dict[str, Any]) -> dict[str, Any]:
         did, bundle = _text(request, "did"), _hex(request, "bundle")
@@ -307,7 +317,9 @@ async def serve(settings: NodeSettings) -> None:
         durability=settings.durability,  # type: ignore[arg-type]
     )  # fmt: skip
     try:
-        process = NodeProcess(store, ledger, settings.peers, settings.quic_settings)
+        process = NodeProcess(
+            store, ledger, settings.peers, settings.quic_settings, settings.witness_interval_s
+        )
         await _run(process, settings.quic, settings.tcp, settings.control)
     finally:
         ledger.close()
@@ -361,7 +373,7 @@ async def _run(
 Addresses = tuple[tuple[str, int] | None, tuple[str, int] | None]  # (QUIC, μTCP)
 SETTINGS = (
     "keys", "ledger", "quic", "tcp", "control", "durability", "log_format", "peers",
-    "quic_keepalive_s", "quic_idle_timeout_s",
+    "quic_keepalive_s", "quic_idle_timeout_s", "witness_interval_s",
 )  # fmt: skip
 
 
@@ -378,6 +390,7 @@ class NodeSettings:
     log_format: str = "text"
     peers: dict[str, Addresses] = field(default_factory=dict)
     quic_settings: QuicSettings = field(default_factory=QuicSettings)
+    witness_interval_s: float = WITNESS_INTERVAL_US / 1e6
 
 
 def settings_from(args: Any) -> NodeSettings:
@@ -422,6 +435,15 @@ def settings_from(args: Any) -> NodeSettings:
         )
     except ValueError as error:
         raise UsageError(f"{where}{error}") from None
+    witness_interval_s = config.get("witness_interval_s", WITNESS_INTERVAL_US / 1e6)
+    if (
+        isinstance(witness_interval_s, bool)
+        or not isinstance(witness_interval_s, int | float)
+        or not witness_interval_s > 0
+    ):
+        raise UsageError(
+            f"{where}witness_interval_s must be seconds above 0, got {witness_interval_s!r}"
+        )
     peers = _peers_from_config(config.get("peers", {}), where)
     for flag in args.peer or []:
         did, book = _peer_from_flag(flag)
@@ -431,7 +453,7 @@ def settings_from(args: Any) -> NodeSettings:
         quic=None if quic is None else Address.parse(quic, "--quic"),
         tcp=None if tcp is None else Address.parse(tcp, "--tcp"),
         control=Path(value("control")), durability=durability, log_format=log_format,
-        peers=peers, quic_settings=quic_settings,
+        peers=peers, quic_settings=quic_settings, witness_interval_s=witness_interval_s,
     )  # fmt: skip
 
 

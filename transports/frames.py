@@ -15,8 +15,9 @@ malformed, truncated, oversized or of an unknown kind with ``FrameError`` naming
 wrong; it never returns a partial frame.
 
 Kinds from 0x80 up are not frames of this table: 0x80 is a sealed frame (sealed.py), which
-carries a Data, DataAck, Heartbeat, HeartbeatAck, Close or CloseAck frame encoded here, inside
-the session channel's records. Those six kinds never travel in clear on a real transport.
+carries a Data, DataAck, Heartbeat, HeartbeatAck, Close, CloseAck, CheckpointOffer or
+CheckpointReply frame encoded here, inside the session channel's records. Those eight kinds
+never travel in clear on a real transport.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from l2_session.domain.session.commands import (
     RotationResponse,
 )
 from l2_session.transports.bundles import BundleRequest, BundleResponse
+from l2_session.transports.witness_frames import CheckpointOffer, CheckpointReply
 
 # Append only: a kind's number is part of the wire format.
 KINDS: tuple[type[Any], ...] = (
@@ -59,6 +61,8 @@ KINDS: tuple[type[Any], ...] = (
     CloseAck,
     BundleRequest,  # 13, 14: a node's prekey bundle, asked and given (bundles.py)
     BundleResponse,
+    CheckpointOffer,  # 15, 16: witnessing, sealed in a session's channel (witness_frames.py)
+    CheckpointReply,
 )
 KIND_OF = {cls: n for n, cls in enumerate(KINDS, start=1)}
 LENGTH = struct.Struct(">I")
@@ -74,8 +78,9 @@ def _wire_fields(cls: type[Any]) -> list[Any]:
     return [f for f in fields(cls) if f.name != "authentic"]
 
 
-# What travels on a connection: the session manager's frames and the node's own (bundles.py).
-WireFrame = Frame | BundleRequest | BundleResponse
+# What travels on a connection: the session manager's frames and the node's own (bundles.py,
+# witness_frames.py).
+WireFrame = Frame | BundleRequest | BundleResponse | CheckpointOffer | CheckpointReply
 
 
 def encode(frame: WireFrame) -> bytes:

@@ -1,5 +1,6 @@
 """The session channel on the wire: the manager's Data, DataAck, Heartbeat, HeartbeatAck, Close
-and CloseAck frames sealed in ChaCha20-Poly1305 records once a session has keys (SPEC-018 §7.2),
+and CloseAck frames (and the node's witnessing frames, witness_frames.py) sealed in
+ChaCha20-Poly1305 records once a session has keys (SPEC-018 §7.2),
 each under a nonce that is never used twice with the same key.
 
 Sans-I/O, between the manager's ``Send`` outputs and a stream transport's bytes (tcp.py).
@@ -36,6 +37,7 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from l2_session.domain.handshake.errors import (
@@ -50,6 +52,11 @@ from l2_session.domain.session.errors import SessionError
 from l2_session.domain.session.session import Session
 from l2_session.transports.bundles import BundleRequest, BundleResponse
 from l2_session.transports.frames import MAX_FRAME, FrameError, decode, encode
+from l2_session.transports.witness_frames import (
+    WITNESS_FRAMES,
+    CheckpointOffer,
+    CheckpointReply,
+)
 
 SEALED_KIND = 0x80  # plaintext frame kinds stay below it (frames.KINDS)
 _HEAD = struct.Struct(">B16s8sB")
@@ -67,12 +74,13 @@ class SealRefused(Exception):
         self.reason = reason
 
 
-def is_channel_frame(frame: Frame) -> bool:
-    """Frames that travel only inside the session channel, never in clear."""
-    return isinstance(frame, CHANNEL_FRAMES)
+def is_channel_frame(frame: object) -> bool:
+    """Frames that travel only inside the session channel, never in clear: the manager's,
+    and the node's witnessing (witness_frames.py)."""
+    return isinstance(frame, (*CHANNEL_FRAMES, *WITNESS_FRAMES))
 
 
-def _record_kind(frame: Frame) -> MessageType:
+def _record_kind(frame: object) -> MessageType:
     heartbeat = isinstance(frame, Heartbeat | HeartbeatAck)
     return MessageType.HEARTBEAT if heartbeat else MessageType.DATA
 
@@ -101,7 +109,7 @@ class SealedFrames:
         self.opened = 0
 
     # ------------------------------------------------------------------ sending
-    def seal(self, frame: Frame, now_us: int) -> bytes:
+    def seal(self, frame: Frame | CheckpointOffer | CheckpointReply, now_us: int) -> bytes:
         """The sealed frame for ``frame``, length prefix included."""
         session = self._session_for(frame.conversation)
         key_id = None if session is None else session.key_id
@@ -128,7 +136,7 @@ class SealedFrames:
         return struct.pack(">I", len(body)) + body
 
     # ------------------------------------------------------------------ receiving
-    def open(self, peer_did: str, body: bytes) -> tuple[Frame, str]:
+    def open(self, peer_did: str, body: bytes) -> tuple[Any, str]:
         """The channel frame sealed in ``body`` from ``peer_did``, and the key id it was
         sealed under; ``SealRefused`` (counted) with nothing changed if it is not one."""
         conversation, key_id, records = self._parse(body)
@@ -177,9 +185,7 @@ class SealedFrames:
             raise self._refuse("malformed", f"{len(body) - at} bytes after the last record")
         return UUID(bytes=conversation), key_id.hex(), records
 
-    def _reassemble(
-        self, conversation: UUID, opened: list[tuple[MessageType, int, bytes]]
-    ) -> Frame:
+    def _reassemble(self, conversation: UUID, opened: list[tuple[MessageType, int, bytes]]) -> Any:
         """The inner frame, once the pieces are checked to be one frame's, in order.
         They were authenticated already: a failure here is the sending peer's bug."""
         first = opened[0][1]

@@ -105,6 +105,7 @@ from l2_session.domain.session.commands import Deliver, HandshakeRequest, Output
 from l2_session.domain.session.errors import WindowFull
 from l2_session.domain.session.session import QUIC, UTCP
 from l2_session.infrastructure.identity import public_bytes_from_did_key
+from l2_session.infrastructure.ledger.witness import Witnessing
 from l2_session.transports.fallback import FallbackPolicy
 from l2_session.transports.frames import MAX_FRAME, encode
 from l2_session.transports.quic import QuicEndpoint, QuicSettings
@@ -120,7 +121,7 @@ from l2_session.transports.tcp_links import (
     READ_LIMIT_BYTES,
     Connections,
 )
-from l2_session.transports.tcp_worker import NodeWorker
+from l2_session.transports.tcp_worker import WITNESS_INTERVAL_US, NodeWorker
 
 __all__ = ["Link", "NodeClosed", "TcpNode"]
 
@@ -160,6 +161,8 @@ class TcpNode:
         quic_tickets: str | Path | None = None,
         quic_settings: QuicSettings | None = None,
         max_unread: int = MAX_UNREAD,
+        witnessing: Witnessing | None = None,
+        witness_interval_s: float = WITNESS_INTERVAL_US / 1e6,
     ) -> None:
         for name, count, least in (
             ("max_connections", max_connections, 1),
@@ -171,6 +174,7 @@ class TcpNode:
             if count < least:
                 raise ValueError(f"{name} must be >= {least}, got {count}")
         for name, seconds in (
+            ("witness_interval_s", witness_interval_s),
             ("hello_timeout_s", hello_timeout_s),
             ("idle_timeout_s", idle_timeout_s),
             ("frame_timeout_s", frame_timeout_s),
@@ -186,6 +190,7 @@ class TcpNode:
         self.worker = NodeWorker(
             manager, now_us, self.sealed, self._post, self._post_report, answer=answer,
             serve_bundle=serve_bundle, publish_bundle=publish_bundle,
+            witnessing=witnessing, witness_interval_us=round(witness_interval_s * 1e6),
         )  # fmt: skip
         self.connections = Connections(
             manager.local_did, identity_key_of,
@@ -731,6 +736,8 @@ class TcpNode:
         if self._closed:
             return
         if end_sessions:
+            # Decision 25: each peer is offered this node's checkpoint as the sessions end.
+            await self.query(lambda: self.worker.witness_peers(self.now_us(), all_now=True))
             await self.command(lambda: self.manager.close_all(self.now_us()))
             with contextlib.suppress(TimeoutError):
                 await self.until(lambda: not self.manager.awaiting_close_acks(), close_wait_s)

@@ -52,19 +52,31 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 from uuid import UUID
 
 from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Frame, Output, Send
 from l2_session.domain.session.errors import SessionError
+from l2_session.domain.session.states import State
+from l2_session.infrastructure.ledger.witness import Offer, Reply, Witnessing
 from l2_session.transports.bundles import BundleRequest, BundleResponse
 from l2_session.transports.frames import FrameError, decode, encode
 from l2_session.transports.sealed import SEALED_KIND, SealedFrames, SealRefused, is_channel_frame
 from l2_session.transports.tcp_handoff import Batch, Command, Link, Message, Outcome, Report
+from l2_session.transports.witness_frames import (
+    WITNESS_FRAMES,
+    CheckpointOffer,
+    CheckpointReply,
+)
 
 log = logging.getLogger("l2_session.transport")
 
 PRUNE_FLOOR = 1024  # _agreed_here entries before the first prune
+# Decision 25: how often a node offers each peer its checkpoint (and once when a session with
+# it is established). Five minutes: a rewrite is caught within minutes, at two small frames
+# and at most two ledger appends per peer and interval.
+WITNESS_INTERVAL_US = 300_000_000
 
 
 @dataclass
@@ -91,8 +103,17 @@ class NodeWorker:
         answer: Answer | None = None,
         serve_bundle: Callable[[], bytes] | None = None,
         publish_bundle: Callable[[str, bytes, int], None] | None = None,
+        witnessing: Witnessing | None = None,
+        witness_interval_us: int = WITNESS_INTERVAL_US,
     ) -> None:
         self.manager, self.now_us, self.sealed = manager, now_us, sealed
+        # Peers witness each other's ledgers over their sessions (decision 25): an offer
+        # to each peer with an established session when it comes up, then every interval.
+        self.witnessing = witnessing
+        self.witness_interval_us = witness_interval_us
+        self._witness_due: dict[str, int] = {}  # peer did -> when the next offer is due
+        self._witness_scan_us = 0  # sessions are looked over at most once a second
+        self._witnessed_now: list[tuple[Link, Any]] = []  # this batch's witnessing frames
         self.answer = answer
         # Prekey bundles over connections (bundles.py): this node's to hand out (each call
         # takes at most one one-time prekey from its pool), and where a peer's goes.
@@ -259,6 +280,9 @@ class NodeWorker:
         finally:
             self._reading = None
             self._dropped_now.clear()
+        witnessed, self._witnessed_now = self._witnessed_now, []
+        for link, frame in witnessed:
+            self._witness_frame(link, frame)
         for proof, outputs in zip(proofs, groups, strict=True):
             if proof.agreed is not None:
                 self._agreed_here[proof.agreed[0]] = proof.agreed[1]
@@ -286,6 +310,9 @@ class NodeWorker:
             try:
                 if body[0] == SEALED_KIND:
                     frame, key_id = self.sealed.open(link.did, body)
+                    if isinstance(frame, WITNESS_FRAMES):
+                        self._witnessed_now.append((link, frame))  # once the batch is saved
+                        continue
                     here = agreed.get(frame.conversation, self._agreed_here.get(frame.conversation))
                     proof.proves = here == key_id
                 else:
@@ -402,6 +429,84 @@ class NodeWorker:
         except Exception:
             self.failed_ticks += 1
             log.exception("tick at %d failed; its timers fire again", now)
+        if self.witnessing is not None and now >= self._witness_scan_us:
+            self._witness_scan_us = now + 1_000_000
+            self.witness_peers(now)
+
+    # ------------------------------------------------------------------ witnessing
+    def witness_peers(self, now: int, *, all_now: bool = False) -> int:
+        """Offer this node's checkpoint to each peer with an established session whose offer
+        is due (every one, ``all_now``); how many offers went out."""
+        if self.witnessing is None:
+            return 0
+        sent = 0
+        for session in self.manager.sessions():
+            peer = session.peer_did
+            if session.state != State.ESTABLISHED or session.key_id is None:
+                continue
+            if not all_now and self._witness_due.get(peer, 0) > now:
+                continue
+            self._witness_due[peer] = now + self.witness_interval_us
+            sent += self._offer(session.conversation, peer)
+        return sent
+
+    def _offer(self, conversation: UUID, peer: str) -> int:
+        assert self.witnessing is not None
+        try:
+            offer = self.witnessing.offer(peer)
+        except Exception:  # the ledger failed: the next interval tries again
+            log.exception("no checkpoint could be offered to %s", peer)
+            return 0
+        if offer is None:
+            return 0
+        frame = CheckpointOffer(
+            conversation, offer.checkpoint.encode(), offer.old_size, b"".join(offer.proof)
+        )
+        return int(self._send_witnessing(peer, frame))
+
+    def _witness_frame(self, link: Link, frame: Any) -> None:
+        """A witnessing frame from ``link.did``, opened in the channel of a session with it."""
+        if self.witnessing is None:
+            self.sealed.refused["witnessing_off"] += 1
+            return
+        now = self.now_us()
+        try:
+            if isinstance(frame, CheckpointOffer):
+                proof = frame.proof
+                offer = Offer(
+                    frame.checkpoint.decode(errors="replace"),
+                    frame.old_size,
+                    tuple(proof[i : i + 32] for i in range(0, len(proof), 32)),
+                )
+                reply = self.witnessing.witness(link.did, offer, now)
+                self._send_witnessing(
+                    link.did,
+                    CheckpointReply(
+                        frame.conversation, reply.size, reply.root,
+                        reply.cosignature.encode(), reply.reason, reply.witnessed,
+                    ),
+                )  # fmt: skip
+            else:
+                self.witnessing.accept_reply(
+                    link.did,
+                    Reply(
+                        frame.size, frame.root, frame.cosignature.decode(errors="replace"),
+                        frame.reason, frame.witnessed,
+                    ),
+                    now,
+                )  # fmt: skip
+        except Exception:  # the ledger failed to save: the next offer tries again
+            log.exception("a witnessing frame from %s could not be handled", link.did)
+
+    def _send_witnessing(self, peer: str, frame: CheckpointOffer | CheckpointReply) -> bool:
+        link = self._proven.get(peer) or self._dialled(peer)
+        data = None if link is None else self._sealed(frame)
+        if link is None or data is None:
+            self.unrouted += 1
+            return False
+        self.outputs[type(frame).__name__] += 1
+        self._out.writes.append((link, data))
+        return True
 
     def _room(self, session_id: UUID) -> int | None:
         try:
@@ -446,7 +551,7 @@ class NodeWorker:
         link = self._claimed.get(did)
         return link if link is not None and link.outgoing else None
 
-    def _sealed(self, frame: Frame) -> bytes | None:
+    def _sealed(self, frame: Any) -> bytes | None:
         try:
             return self.sealed.seal(frame, self.now_us())
         except SealRefused:

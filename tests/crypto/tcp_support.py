@@ -33,6 +33,7 @@ from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.ledger.application import Durability
+from l2_session.infrastructure.ledger.witness import Witnessing
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.transports.frames import encode
 from l2_session.transports.sealed import SEALED_KIND
@@ -151,7 +152,7 @@ def make_side(
     config: SessionConfig = DEFAULT_CONFIG, reservation_block: int = RESERVATION_BLOCK,
     *, node_options: dict[str, Any] | None = None, engine_options: dict[str, Any] | None = None,
     manager_options: dict[str, Any] | None = None, kem: KemCounts | None = None,
-    durability: Durability = "full",
+    durability: Durability = "full", witness_interval_s: float | None = None,
 ) -> Side:  # fmt: skip
     """A node with real keys (made, or those a side of that name made before) on its own
     signed SQLite ledger. ``kem`` counts the decapsulations its responder makes (the KEM
@@ -174,9 +175,11 @@ def make_side(
     manager = SessionManager(
         store.identity.did, ledger, config, key_exchange=exchange, **(manager_options or {})
     )
-    node = TcpNode(
-        manager, clock.now_us, reservation_block=reservation_block, **(node_options or {})
-    )
+    options = dict(node_options or {})
+    if witness_interval_s is not None:  # peers witness each other's ledgers (decision 25)
+        options["witnessing"] = Witnessing(ledger, store.identity)
+        options["witness_interval_s"] = witness_interval_s
+    node = TcpNode(manager, clock.now_us, reservation_block=reservation_block, **options)
     exchange.source_of = node.address_of  # the engine keys its gate by address
     return Side(manager, node, store, ledger)
 
@@ -205,13 +208,14 @@ async def established_pair(
     config: SessionConfig = DEFAULT_CONFIG,
     reservation_block: int = RESERVATION_BLOCK,
     durability: Durability = "full",
+    witness_interval_s: float | None = None,
 ) -> Pair:
     """Alice connects to Bob through the relay and establishes a session with him."""
     clock, directory = VirtualTime(), DidKeyResolver()
     alice = make_side(tmp_path, "alice", directory, clock, config, reservation_block,
-                      durability=durability)  # fmt: skip
+                      durability=durability, witness_interval_s=witness_interval_s)  # fmt: skip
     bob = make_side(tmp_path, "bob", directory, clock, config, reservation_block,
-                    durability=durability)  # fmt: skip
+                    durability=durability, witness_interval_s=witness_interval_s)  # fmt: skip
     server = await bob.node.serve()
     relay = Relay(server.sockets[0].getsockname()[1])
     await alice.node.connect(bob.did, "127.0.0.1", await relay.start())

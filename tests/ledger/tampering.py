@@ -99,10 +99,16 @@ def append_forged(
 
 
 def rechain_from(
-    db: sqlite3.Connection, position: int, signer: NodeIdentity, new_payload: bytes
+    db: sqlite3.Connection,
+    position: int,
+    signer: NodeIdentity,
+    new_payload: bytes | None,
+    *,
+    later_by_us: int = 0,
 ) -> None:
-    """Rewrite history with the node's own key (a stolen key): change one payload, re-hash and
-    re-sign every later event so that the chains verify again."""
+    """Rewrite history with the node's own key (a stolen key): change one payload (None: keep
+    it) and make every event from ``position`` on ``later_by_us`` later, re-hash and re-sign
+    every later event so that the chains verify again."""
     rows = db.execute(
         f"SELECT {', '.join(COLUMNS)} FROM ledger_events WHERE position >= ? ORDER BY position",
         (position,),
@@ -111,8 +117,9 @@ def rechain_from(
     heads: dict[bytes, bytes] = {}
     for values in rows:
         r = dict(zip(COLUMNS, values, strict=True))
-        if r["position"] == position:
+        if r["position"] == position and new_payload is not None:
             r["payload"] = new_payload
+        r["timestamp"] += later_by_us
         if r["session_id"] in heads:
             r["prev_session_hash"] = heads[r["session_id"]]
         r["prev_global_hash"] = prev_g
@@ -121,9 +128,17 @@ def rechain_from(
             r["prev_session_hash"], prev_g, lp(r["signer"]),
         )  # fmt: skip
         db.execute(
-            "UPDATE ledger_events SET payload=?, prev_session_hash=?, prev_global_hash=?, "
-            "event_hash=?, signature=? WHERE position=?",
-            (r["payload"], r["prev_session_hash"], prev_g, h, signer.sign(h), r["position"]),
+            "UPDATE ledger_events SET payload=?, timestamp=?, prev_session_hash=?, "
+            "prev_global_hash=?, event_hash=?, signature=? WHERE position=?",
+            (
+                r["payload"],
+                r["timestamp"],
+                r["prev_session_hash"],
+                prev_g,
+                h,
+                signer.sign(h),
+                r["position"],
+            ),
         )
         heads[r["session_id"]] = h
         prev_g = h

@@ -106,6 +106,7 @@ def test_a_postgresql_schema_of_version_1_migrates_with_its_tree(pg_url, clock, 
     schema = PostgresLocation.parse(pg_url).schema
     raw = open_raw(pg_url)  # as the owner: make it the schema of version 1 it once was
     raw.execute(f"DROP TABLE {schema}.ledger_tree")
+    raw.execute(f"DROP TABLE {schema}.ledger_cosignatures")
     raw.execute(
         f"UPDATE {schema}.ledger_meta SET value='1' WHERE key IN ('schema_version', 'format_version')"
     )
