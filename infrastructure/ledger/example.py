@@ -11,7 +11,13 @@ from __future__ import annotations
 from blake3 import blake3
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from l2_session.infrastructure.identity import NodeIdentity
-from l2_session.infrastructure.ledger.checkpoint import Checkpoint, key_id
+from l2_session.infrastructure.ledger.chain import signer_statement
+from l2_session.infrastructure.ledger.checkpoint import (
+    Checkpoint,
+    key_id,
+    note_key_id_of,
+    verifier_key,
+)
 from l2_session.infrastructure.ledger.codec import (
     SEALED_MARK,
     CanonicalJSONTranscoder,
@@ -25,6 +31,7 @@ from l2_session.infrastructure.ledger.format import (
     lp,
     sealed_aad,
 )
+from l2_session.infrastructure.ledger.merkle import inclusion_proof, leaf_hash, root
 
 SEED = bytes(range(32))
 LEDGER_ID = "00112233445566778899aabbccddeeff"
@@ -82,8 +89,29 @@ def worked_example() -> dict[str, str]:
         "event2_signature": identity.sign(h2).hex(),
     }
 
-    checkpoint = Checkpoint.sign(identity, LEDGER_ID, 2, h2, T0 + 2_000_000)
-    out |= {"checkpoint_key_id": key_id(signer).hex(), "checkpoint": checkpoint.to_text()}
+    # The node's registration as a signer of the ledger (§7), at T0.
+    statement = signer_statement(LEDGER_ID, signer, T0)
+    out |= {
+        "registration_statement": statement.hex(),
+        "registration_signature": identity.sign(statement).hex(),
+    }
+
+    # The Merkle tree of the two events (§13), a proof, and the checkpoint over its root (§5).
+    leaf1, leaf2 = leaf_hash(h1), leaf_hash(h2)
+    tree_root = root([leaf1, leaf2])
+    checkpoint = Checkpoint.sign(identity, LEDGER_ID, 2, h2, T0 + 2_000_000, tree_root)
+    old = Checkpoint.sign(identity, LEDGER_ID, 2, h2, T0 + 2_000_000)
+    out |= {
+        "leaf1_hash": leaf1.hex(),
+        "leaf2_hash": leaf2.hex(),
+        "tree_root": tree_root.hex(),
+        "inclusion_proof_event1": " ".join(p.hex() for p in inclusion_proof(0, [leaf1, leaf2])),
+        "checkpoint_key_id": note_key_id_of(signer).hex(),
+        "checkpoint_verifier_key": verifier_key(signer),
+        "checkpoint": checkpoint.to_text(),
+        "checkpoint_format1_key_id": key_id(signer).hex(),
+        "checkpoint_format1": old.to_text(),
+    }
     return out
 
 

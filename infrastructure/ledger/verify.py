@@ -78,6 +78,8 @@ class _RangeResult:
     signers: dict[str, int] = field(default_factory=dict)
     first: tuple[int, bytes] | None = None  # (position, prev_global_hash) of the first row
     last: tuple[int, bytes] | None = None  # (position, event_hash) of the last row
+    first_ts: int | None = None  # timestamps of the first and last rows
+    last_ts: int | None = None
     firsts: dict[str, tuple[int, bytes, int]] = field(default_factory=dict)  # sid -> (v, prev, pos)
     lasts: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # sid -> (v, hash)
     created: dict[str, bytes] = field(default_factory=dict)  # sid -> topic of its version 1
@@ -244,6 +246,13 @@ def _check_row_contents(
             problems.append(Problem(ProblemKind.MALFORMED_ROW, position, None, str(e)))
             prev_pos, prev_hash = position, None
             continue
+        if out.first_ts is None:
+            out.first_ts = timestamp
+        elif out.last_ts is not None and timestamp < out.last_ts:
+            problems.append(
+                Problem(ProblemKind.TIME_REVERSED, position, sid, _earlier(out.last_ts, timestamp))
+            )
+        out.last_ts = timestamp
         if out.first is None:
             out.first = (position, prev_g)
         elif prev_pos is not None and position != prev_pos + 1:
@@ -580,8 +589,13 @@ def plan_ranges(
     return ranges
 
 
+def _earlier(before: int, now: int) -> str:
+    return f"timestamp {now} µs is earlier than the previous event's ({before} µs)"
+
+
 def _stitch(report: VerificationReport, results: list[_RangeResult], genesis: bytes) -> None:
     expected_pos, expected_prev = 1, genesis
+    last_ts: int | None = None
     sessions: dict[str, tuple[int, bytes]] = {}
     created: dict[str, bytes] = {}
     for r in results:
@@ -608,6 +622,17 @@ def _stitch(report: VerificationReport, results: list[_RangeResult], genesis: by
                         ProblemKind.GLOBAL_CHAIN_BREAK, pos, None, f"prev_global_hash is not {what}"
                     )
                 )
+        if (
+            r.first is not None
+            and r.first_ts is not None
+            and last_ts is not None
+            and r.first_ts < last_ts
+        ):
+            report.problems.append(
+                Problem(ProblemKind.TIME_REVERSED, r.first[0], None, _earlier(last_ts, r.first_ts))
+            )
+        if r.last_ts is not None:
+            last_ts = r.last_ts
         if r.last is not None:
             expected_pos, expected_prev = r.last[0] + 1, r.last[1]
         for sid, (version, prev, pos) in r.firsts.items():

@@ -57,6 +57,7 @@ class ProblemKind(StrEnum):
     MALFORMED_ROW = "malformed_row"
     CHECKPOINT_MISMATCH = "checkpoint_mismatch"
     TREE_MISMATCH = "tree_mismatch"
+    TIME_REVERSED = "time_reversed"
     WITNESS_CONFLICT = "witness_conflict"
     DATABASE_CORRUPT = "database_corrupt"
 

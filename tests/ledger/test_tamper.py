@@ -199,3 +199,20 @@ def test_the_store_refuses_update_and_delete(pristine, tmp_path):
         db.execute("DELETE FROM ledger_events WHERE position = 1")
     db.rollback()
     assert verify(path).ok
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("position", [2, 9, 10, 17])
+def test_an_event_moved_back_in_time_and_re_signed_is_reported(
+    pristine, tmp_path, workers, position
+):
+    """Timestamps never decrease along positions (the writer refuses to append out of time
+    order): a key holder who re-signs an event as earlier than the one before is reported at
+    that event — also at the seam between two workers' ranges (chunks of 8 events)."""
+    path = copy_of(pristine, tmp_path)
+    _, node, _ = pristine
+    db = open_as_attacker(path)
+    rechain_from(db, position, node, None, later_by_us=-10_000_000)
+    cover_tracks(db)
+    report = verify(path, workers=workers, chunk_events=8)
+    assert [(p.kind, p.position) for p in report.problems] == [(K.TIME_REVERSED, position)]
