@@ -225,6 +225,7 @@ def test_a_node_from_a_config_file_dials_its_address_book_and_logs_json(tmp_path
                 'quic = "127.0.0.1:0"\n'
                 'durability = "normal"\n'
                 'log_format = "json"\n'
+                "witness_interval_s = 0.3\n"
                 f'[peers]\n"{bob.ready["did"]}" = {{ quic = "{host}:{port}" }}\n'
             )
             await alice.start("--config", str(config))
@@ -234,6 +235,11 @@ def test_a_node_from_a_config_file_dials_its_address_book_and_logs_json(tmp_path
             assert [p for _, p in await received(bob, 1)] == [b"from the book"]
             (listed,) = (await alice.do("sessions"))["sessions"]
             assert listed["transport"] == "quic"
+            # The two nodes witness each other's ledgers over the session (decision 25).
+            async with asyncio.timeout(WAIT_S):
+                while (await alice.do("status"))["witnessing"].get("cosigned", 0) < 1:
+                    await asyncio.sleep(0.05)
+            assert (await bob.do("status"))["witnessing"].get("witnessed", 0) >= 1
             unknown = await alice.ask("dial", did="did:key:z6MkStranger")
             assert unknown["ok"] is False and "address book" in unknown["error"]
             assert await alice.stop() == 0
@@ -257,6 +263,10 @@ def test_a_node_from_a_config_file_dials_its_address_book_and_logs_json(tmp_path
         ),
         ('keys = "k"\nledger = "l"\ncontrol = "c"\nquic = "127.0.0.1:0"\n[peers]\nx = 1', "peer x"),
         ('keys = "k"\nquic = "127.0.0.1:0"', "give --ledger, --control"),
+        (
+            'keys = "k"\nledger = "l"\ncontrol = "c"\nquic = "127.0.0.1:0"\nwitness_interval_s = 0',
+            "witness_interval_s must be seconds above 0",
+        ),
     ],
 )
 def test_node_refuses_a_wrong_config_file_with_why(
