@@ -17,11 +17,14 @@ import itertools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Deliver, Frame, Output, Send
+from l2_session.domain.session.states import State
 from l2_session.infrastructure.clock import ManualClock
+from l2_session.infrastructure.ledger.witness import Offer, Reply, Witnessing
+from l2_session.transports.witness_frames import WITNESS_FRAMES, CheckpointOffer, CheckpointReply
 
 
 @dataclass
@@ -164,6 +167,12 @@ class Simulation:
         self.answers: dict[str, Answer] = {}
         self.failures_lost = failures_lost
         self.failures = 0
+        # Peers witnessing each other's ledgers (decision 25), as a node's worker does it:
+        # a node given here offers each peer with an established session its checkpoint when
+        # the session is up and every ``witness_interval_us``; the frames ride the transport.
+        self.witnessing: dict[str, Witnessing] = {}
+        self.witness_interval_us = 300_000_000
+        self._witness_due: dict[tuple[str, str], int] = {}
 
     def add(self, manager: SessionManager) -> SessionManager:
         self.nodes[manager.local_did] = manager
@@ -182,13 +191,18 @@ class Simulation:
         while True:
             now, failures = self.clock.wall_us(), self.failures
             for src, dst, frame in self.transport.due():
-                if dst in self.nodes:
+                if isinstance(frame, WITNESS_FRAMES):
+                    self._witness_frame(dst, src, frame, now)
+                elif dst in self.nodes:
                     self.perform(dst, self._call(self._receive, dst, src, frame, now))
             for did, manager in list(self.nodes.items()):
                 self.perform(did, self._call(manager.tick, now))
+            self._witness(now)
             candidates = [self.transport.next_delivery_us()]
             candidates += [m.next_wakeup_us() for m in self.nodes.values()]
             upcoming = [c for c in candidates if c is not None and c > now]
+            # Offers due later; one due now for a session not established waits for it.
+            upcoming += [d for d in self._witness_due.values() if d > now]
             if self.failures > failures:
                 upcoming.append(now + RETRY_AFTER_FAILURE_US)  # as a node's timer retries
             elif any(c is not None and c <= now for c in candidates):
@@ -197,6 +211,52 @@ class Simulation:
             if step_to <= now:
                 return
             self.clock.advance((step_to - now) / 1_000_000)
+
+    def _witness(self, now: int) -> None:
+        for did, witnessing in self.witnessing.items():
+            if did not in self.nodes:
+                continue
+            for session in self.nodes[did].sessions():
+                key = (did, session.peer_did)
+                if session.state != State.ESTABLISHED or self._witness_due.get(key, 0) > now:
+                    continue
+                self._witness_due[key] = now + self.witness_interval_us
+                offer = witnessing.offer(session.peer_did)
+                if offer is not None:
+                    frame = CheckpointOffer(
+                        session.conversation, offer.checkpoint.encode(), offer.old_size,
+                        b"".join(offer.proof),
+                    )  # fmt: skip
+                    self.transport.send(did, session.peer_did, cast(Frame, frame))
+
+    def _witness_frame(self, dst: str, src: str, frame: object, now: int) -> None:
+        witnessing = self.witnessing.get(dst)
+        if witnessing is None:
+            return
+        if isinstance(frame, CheckpointOffer):
+            proof = frame.proof
+            reply = witnessing.witness(
+                src,
+                Offer(
+                    frame.checkpoint.decode(errors="replace"), frame.old_size,
+                    tuple(proof[i : i + 32] for i in range(0, len(proof), 32)),
+                ),
+                now,
+            )  # fmt: skip
+            answer = CheckpointReply(
+                frame.conversation, reply.size, reply.root, reply.cosignature.encode(),
+                reply.reason, reply.witnessed,
+            )  # fmt: skip
+            self.transport.send(dst, src, cast(Frame, answer))
+        elif isinstance(frame, CheckpointReply):
+            witnessing.accept_reply(
+                src,
+                Reply(
+                    frame.size, frame.root, frame.cosignature.decode(errors="replace"),
+                    frame.reason, frame.witnessed,
+                ),
+                now,
+            )  # fmt: skip
 
     def _receive(self, dst: str, src: str, frame: Frame, now: int) -> list[Output]:
         answer = self.answers.get(dst)
