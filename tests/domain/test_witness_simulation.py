@@ -20,7 +20,7 @@ from l2_session.infrastructure.ledger.witness import Witnessing
 from l2_session.transports.mock import LinkProfile, MockTransport, Simulation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ledger"))
-from tampering import cover_tracks, open_as_attacker, rechain_from  # noqa: E402
+from tampering import cover_tracks, open_as_attacker, rechain_from
 
 INTERVAL_US = 60_000_000
 
@@ -71,7 +71,7 @@ class World:
 def test_peers_witness_each_other_through_loss_and_a_partition(tmp_path):
     world = World(tmp_path, LinkProfile(loss=0.2))
     try:
-        alice, bob = world.sim.nodes[world.did("alice")], world.sim.nodes[world.did("bob")]
+        alice = world.sim.nodes[world.did("alice")]
         sid, outputs = alice.establish(world.did("bob"), world.clock.wall_us())
         world.sim.perform(world.did("alice"), outputs)
         world.sim.run_for(30)
