@@ -38,6 +38,7 @@ SUITES: dict[str, str] = {
     "quic_link": "benchmarks.bench_quic_link",
     "transports": "benchmarks.bench_transports",
     "floors": "benchmarks.bench_floors",
+    "tree": "benchmarks.bench_tree",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")

@@ -463,45 +463,52 @@ class SessionLedger(Application[UUID]):
 
     def inclusion_proof(self, position: int, size: int | None = None) -> InclusionProof:
         """The proof that the event at ``position`` is in the tree of the first ``size``
-        events (default: all of them): O(log size) stored hashes."""
+        events (default: all of them): O(log size) stored hashes, read in one statement (and
+        the head, when ``size`` is not given or not known to be stored)."""
         recorder = self.ledger_recorder
-        with recorder.reading() as cur:
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise ProofRequestError(f"position {position!r} is not a whole number")
+        with recorder.lone_read() as cur:
             size = self._size(cur, size)
             if not 1 <= position <= size:
                 raise ProofRequestError(
                     f"position {position} is not in a tree of {size} events (positions 1..{size})"
                 )
-            hashes = recorder.tree_sql.inclusion_proof(cur, position - 1, size)
-            tree_root = recorder.tree_sql.root(cur, size)
-            event_hash = recorder.tree_sql.event_hash(cur, position)
+            event_hash, hashes, tree_root = recorder.tree_sql.inclusion_proof(
+                cur, position - 1, size
+            )
         return InclusionProof(self.ledger_id, position, size, event_hash, tree_root, tuple(hashes))
 
     def consistency_proof(self, old_size: int, size: int | None = None) -> ConsistencyProof:
         """The proof that the tree of ``old_size`` events is a prefix of the tree of ``size``
         (default: all events): nothing in the first was changed or removed since."""
         recorder = self.ledger_recorder
-        with recorder.reading() as cur:
+        if isinstance(old_size, bool) or not isinstance(old_size, int):
+            raise ProofRequestError(f"old size {old_size!r} is not a whole number")
+        with recorder.lone_read() as cur:
             size = self._size(cur, size)
             if not 1 <= old_size <= size:
                 raise ProofRequestError(
                     f"no consistency proof from {old_size} to {size} events (1 <= old <= new)"
                 )
-            hashes = (
-                recorder.tree_sql.consistency_proof(cur, old_size, size) if old_size < size else []
-            )
-            old_root = recorder.tree_sql.root(cur, old_size)
-            tree_root = recorder.tree_sql.root(cur, size)
+            hashes, old_root, tree_root = recorder.tree_sql.consistency_proof(cur, old_size, size)
         return ConsistencyProof(self.ledger_id, old_size, size, old_root, tree_root, tuple(hashes))
 
     def _size(self, cur: Any, size: int | None) -> int:
-        """``size``, checked against the head the open transaction sees (default: the head)."""
+        """``size``, checked against the ledger's head (default: the head). A ledger only
+        grows, so a size at or below a head seen before needs no read."""
         recorder = self.ledger_recorder
         if not recorder.has_tree:
             recorder.tree_head(cur)  # raises TreeMissing, saying what to do
-        head, _ = recorder._head_in(cur)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+            raise ProofRequestError(f"tree size {size!r} is not a whole number")
+        tree = recorder.tree_sql
+        if size is None or not 1 <= size <= tree.head_seen:
+            tree.head_seen = max(tree.head_seen, recorder._head_in(cur)[0])
+        head = tree.head_seen
         if size is None:
             return head
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= head:
+        if not 1 <= size <= head:
             raise ProofRequestError(f"tree size {size!r}: the ledger holds 1..{head} events")
         return size
 

@@ -100,7 +100,7 @@ def inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
     found: list[tuple[int, int]] = []
     lo, hi, m = 0, size, index
     while hi - lo > 1:
-        k = _split(hi - lo)
+        k = 1 << (hi - lo - 1).bit_length() - 1  # _split, inline: this loop serves proofs
         if m < k:
             found.append((lo + k, hi))
             hi = lo + k
@@ -229,6 +229,28 @@ def _root_from_inclusion(
     if sn != 0:
         raise ProofError(f"the proof of leaf {index} in {size} has too few hashes")
     return r
+
+
+def consistency_old_root(
+    size1: int, size2: int, proof: Sequence[bytes], h: HashFn = blake3_hash
+) -> bytes:
+    """The root of the tree of ``size1`` leaves that a consistency proof to ``size2`` leaves
+    leads to (RFC 9162 §2.1.4.2's first root), for ``size1`` not a power of two (then the
+    old root is a node of the new tree, and the proof leaves it out). A server uses it to
+    give the old root without reading it; ``verify_consistency`` still checks it."""
+    if not 0 < size1 < size2 or size1 & (size1 - 1) == 0 or not proof:
+        raise ValueError(f"no old root in a proof from {size1} to {size2}")
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    found = proof[0]
+    for c in proof[1:]:
+        if fn & 1 or fn == sn:
+            found = node_hash(c, found, h)
+            while not fn & 1 and fn:
+                fn, sn = fn >> 1, sn >> 1
+        fn, sn = fn >> 1, sn >> 1
+    return found
 
 
 def verify_consistency(

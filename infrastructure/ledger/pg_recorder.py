@@ -224,6 +224,10 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
         row = cur.execute(self._head).fetchone()
         return (row[0], bytes(row[1])) if row else (0, self.genesis)
 
+    def lone_read(self) -> Any:
+        """The cursor of a read transaction (PostgreSQL has no reads outside one)."""
+        return self.reading()
+
     @contextmanager
     def reading(self) -> Iterator[Any]:
         """A cursor in one REPEATABLE READ transaction: its reads see one state of the ledger."""

@@ -110,10 +110,8 @@ def _v2(schema: str) -> list[str]:
     """Ledger format 2: the Merkle tree (tree.py) and witnesses' cosignatures (witness.py)."""
     return [
         f"""CREATE TABLE {schema}.{TREE_TABLE} (
-            position bigint NOT NULL,
-            level smallint NOT NULL,
-            hash bytea NOT NULL,
-            PRIMARY KEY (position, level)
+            node bigint PRIMARY KEY,
+            hash bytea NOT NULL
         )""",
         *_append_only(schema, TREE_TABLE),
         f"""CREATE TABLE {schema}.{COSIGNATURES_TABLE} (

@@ -20,7 +20,7 @@ from l2_session.infrastructure.ledger.schema import (
     EVENTS_TABLE,
     SIGNERS_TABLE,
 )
-from l2_session.infrastructure.ledger.tree import TREE_TABLE
+from l2_session.infrastructure.ledger.tree import LEVELS, TREE_TABLE
 
 
 @contextmanager
@@ -41,18 +41,18 @@ def range_rows(url: str, lo: int, hi: int) -> Iterator[Any]:
 
 @contextmanager
 def range_nodes(url: str, lo: int, hi: int) -> Iterator[Any]:
-    """Stored tree rows (position, level, hash) with ``lo <= position <= hi``, in order."""
+    """Stored tree rows (node, hash) of positions ``lo`` to ``hi``, in node order."""
     location = PostgresLocation.parse(url)
     with location.connect(autocommit=False) as conn:
         conn.read_only = True
         with conn.cursor(name="l2s_verify_tree") as cur:
             cur.itersize = 5000
             cur.execute(
-                f"SELECT position, level, hash FROM {location.schema}.{TREE_TABLE} "
-                "WHERE position BETWEEN %s AND %s ORDER BY position, level",
-                (lo, hi),
+                f"SELECT node, hash FROM {location.schema}.{TREE_TABLE} "
+                "WHERE node BETWEEN %s AND %s ORDER BY node",
+                (LEVELS * lo, LEVELS * hi + LEVELS - 1),
             )
-            yield ((position, level, bytes(value)) for position, level, value in cur)
+            yield ((node, bytes(value)) for node, value in cur)
 
 
 def select_rows(url: str, statement: str, params: Any) -> list[tuple[int, str, bytes]]:

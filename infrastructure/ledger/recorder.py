@@ -278,6 +278,11 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         with self.datastore.transaction(commit=False) as c:
             yield c
 
+    def lone_read(self) -> Any:
+        """A cursor outside any transaction, on the datastore's connection for such reads:
+        each statement reads one state of the ledger (sqlite_store.LoneReader)."""
+        return self.datastore.lone.cursor()
+
     def has_session(self, originator_id: UUID | str) -> bool:
         """Whether the ledger holds any event of the session: one statement on the
         (session_id, version) index, outside a transaction (a lone read sees one state)."""

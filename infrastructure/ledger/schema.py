@@ -47,11 +47,9 @@ def _append_only(table: str) -> list[str]:
 # ledger's checkpoints (witness.py); docs/ledger-format.md §5, §8.
 TREE_STATEMENTS: list[str] = [
     f"""CREATE TABLE IF NOT EXISTS {TREE_TABLE} (
-        position INTEGER NOT NULL,
-        level INTEGER NOT NULL,
-        hash BLOB NOT NULL,
-        PRIMARY KEY (position, level)
-    ) WITHOUT ROWID""",
+        node INTEGER PRIMARY KEY,
+        hash BLOB NOT NULL
+    )""",
     *_append_only(TREE_TABLE),
     f"""CREATE TABLE IF NOT EXISTS {COSIGNATURES_TABLE} (
         id INTEGER PRIMARY KEY,

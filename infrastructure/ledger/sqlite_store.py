@@ -98,6 +98,28 @@ class SQLiteWriter:
                 self._connection = None
 
 
+class LoneReader(SQLiteWriter):
+    """One connection, made on first use, for reads of a single statement each (a Merkle
+    proof, tree.py): no transaction around it — a statement reads one state of the file — and
+    no pool round trip. One such read at a time; closed with the ledger."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], what: str) -> None:
+        super().__init__(connect, what)
+        self._cursor: sqlite3.Cursor | None = None
+
+    @contextmanager
+    def cursor(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cursor = self._cursor
+            if cursor is None or self._connection is None:
+                cursor = self._cursor = self._open().cursor()
+            yield cursor
+
+    def close(self) -> None:
+        super().close()
+        self._cursor = None
+
+
 class ReaderPool(SQLiteConnectionPool):
     """eventsourcing's SQLite pool, whose ``close()`` waits for the connections in use."""
 
@@ -170,10 +192,12 @@ class LedgerDatastore(SQLiteDatastore):
         pool._create_connection = create_connection  # type: ignore[method-assign]
         # Made by the pool's own factory: the same durability setting and lock timeout.
         self.writer = SQLiteWriter(lambda: pool._create_connection()._sqlite_conn, what)
+        self.lone = LoneReader(lambda: pool._create_connection()._sqlite_conn, what)
 
     def close(self) -> None:
         # Also run by eventsourcing's __del__, possibly on a half-made datastore.
         if hasattr(self, "writer"):
             self.writer.close()
+            self.lone.close()
             self.checkpointer.close()
         super().close()

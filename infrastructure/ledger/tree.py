@@ -1,17 +1,22 @@
-"""The ledger's Merkle tree as it is stored beside the events (docs/ledger-format.md §8).
+"""The ledger's Merkle tree as it is stored beside the events (docs/ledger-format.md §13).
 
 Leaf i of the tree is the event hash at position i + 1; the tree is RFC 9162's with BLAKE3
 (merkle.py). The table ``ledger_tree`` keeps the hash of every perfect subtree of two or more
-leaves, keyed by the position of its last leaf and its level::
+leaves, keyed by the position of its last leaf and its level in one integer::
 
-    ledger_tree(position, level, hash)   the 2**level events ending at ``position``
+    ledger_tree(node, hash)    node = 64 * position + level: the 2**level events ending at
+                               ``position`` (level < 64)
 
-so the node (level, index) of merkle.py is the row ((index + 1) * 2**level, level), and a
-position p completes the nodes of levels 1 to the number of trailing zero bits of p. Level 0
-is not stored: a leaf hash is H(0x00 || event hash), from the events table. Rows are inserted
-in the transaction that inserts the events completing them, in (position, level) order, and
-never changed (append-only, like the events). Any root or proof is the fold of O(log n)
-stored hashes, read in two statements.
+so merkle.py's node (level, index) is the row 64 * ((index + 1) * 2**level) + level, a position
+p completes the nodes of levels 1 to the number of trailing zero bits of p, and rows in node
+order are in (position, level) order. Level 0 is not stored: a leaf hash is H(0x00 || event
+hash), from the events table, under the same key (64 * position). Rows are inserted in the
+transaction that inserts the events completing them and never changed (append-only, like the
+events). Any root or proof is the fold of O(log n) stored hashes, read in one statement.
+
+Nodes never change once written, so each ``TreeSQL`` keeps the upper levels it read (a few
+thousand nodes for a million events: every proof passes through them) and the roots of the
+sizes it served; a proof then reads only its lower levels.
 
 Both backends use this code; they differ in the placeholder and the table names only.
 """
@@ -28,6 +33,7 @@ from l2_session.infrastructure.ledger.errors import LedgerCorrupted, LedgerError
 from l2_session.infrastructure.ledger.merkle import (
     Frontier,
     ProofError,
+    consistency_old_root,
     consistency_ranges,
     fold,
     inclusion_ranges,
@@ -38,17 +44,27 @@ from l2_session.infrastructure.ledger.merkle import (
 )
 
 TREE_TABLE = "ledger_tree"
+LEVELS = 64  # node = LEVELS * position + level
+LEVEL_BITS, LEVEL_MASK = 6, 63  # LEVELS = 2**LEVEL_BITS: node >> 6 is the position
 Part = tuple[int, int]  # (level, index) of a perfect subtree
-NodeRow = tuple[int, int, bytes]  # (position, level, hash): a row of ledger_tree
+NodeRow = tuple[int, bytes]  # (node, hash): a row of ledger_tree
+CACHED_LEVEL = 5  # nodes of this level and above are kept once read (1/32 of the nodes)
+MAX_CACHED = 1 << 16  # nodes kept at most (the cache starts over when full)
+MAX_ROOTS = 256  # roots of tree sizes kept at most
 
 
 class TreeMissing(LedgerError):
     """The ledger has no stored tree (format 1, not migrated), or a size it does not hold."""
 
 
-def node_row(level: int, index: int, value: bytes) -> NodeRow:
-    """The ledger_tree row of merkle.py's node (level, index)."""
-    return (index + 1) << level, level, value
+def node_key(level: int, index: int) -> int:
+    """The ledger_tree key of merkle.py's node (level, index); level 0 keys a leaf."""
+    return LEVELS * ((index + 1) << level) + level
+
+
+def position_level(node: int) -> tuple[int, int]:
+    """(position, level) of a ledger_tree key."""
+    return node // LEVELS, node % LEVELS
 
 
 def grow(tree: Frontier, event_hashes: Iterable[bytes]) -> list[NodeRow]:
@@ -56,88 +72,172 @@ def grow(tree: Frontier, event_hashes: Iterable[bytes]) -> list[NodeRow]:
     rows: list[NodeRow] = []
     for event_hash in event_hashes:
         for level, index, value in tree.append(leaf_hash(event_hash)):
-            rows.append(((index + 1) << level, level, value))
+            rows.append((LEVELS * ((index + 1) << level) + level, value))
     return rows
 
 
-@dataclass(frozen=True)
 class TreeSQL:
-    """The statements of one backend: ``mark`` is its placeholder, the names its tables'."""
+    """The statements of one backend (``mark`` is its placeholder, the names its tables') and
+    what it keeps of what it read."""
 
-    mark: str
-    events: str
-    tree: str
+    def __init__(self, mark: str, events: str, tree: str) -> None:
+        self.mark, self.events, self.tree = mark, events, tree
+        self.insert = f"INSERT INTO {tree} (node, hash) VALUES ({mark},{mark})"
+        self.head_seen = 0  # the largest tree size known to be stored (the ledger only grows)
+        self._nodes: dict[int, bytes] = {}
+        self._roots: dict[int, bytes] = {}
 
-    @property
-    def insert(self) -> str:
-        m = self.mark
-        return f"INSERT INTO {self.tree} (position, level, hash) VALUES ({m},{m},{m})"
-
-    def _leaves(self, n: int) -> str:
-        marks = ",".join([self.mark] * n)
-        return f"SELECT position, event_hash FROM {self.events} WHERE position IN ({marks})"
-
-    def _nodes(self, n: int) -> str:
-        pairs = ",".join([f"({self.mark},{self.mark})"] * n)
-        return (
-            f"SELECT position, level, hash FROM {self.tree} "
-            f"WHERE (position, level) IN (VALUES {pairs})"
-        )
-
-    def read_parts(self, cur: Any, parts: Iterable[Part]) -> dict[Part, bytes]:
-        """The hashes of the perfect subtrees ``parts`` in the open transaction; a part that is
-        not stored is a damaged ledger (``LedgerCorrupted``)."""
-        wanted = set(parts)
-        leaves = [index + 1 for level, index in wanted if level == 0]
-        nodes = [((index + 1) << level, level) for level, index in wanted if level]
-        found: dict[Part, bytes] = {}
-        if leaves:
-            cur.execute(self._leaves(len(leaves)), leaves)
-            for position, value in cur.fetchall():
-                found[(0, position - 1)] = leaf_hash(bytes(value))
-        if nodes:
-            flat = [x for pair in nodes for x in pair]
-            cur.execute(self._nodes(len(nodes)), flat)
-            for position, level, value in cur.fetchall():
-                found[(level, (position >> level) - 1)] = bytes(value)
-        missing = wanted - found.keys()
-        if missing:
-            level, index = min(missing)
-            raise LedgerCorrupted(
-                f"the ledger's tree has no node of level {level} ending at position "
-                f"{(index + 1) << level}: the tree is damaged; run verify"
+    def _select(self, n_nodes: int, n_leaves: int) -> str:
+        m, parts = self.mark, []
+        if n_nodes:
+            marks = ",".join([m] * n_nodes)
+            parts.append(f"SELECT node, hash FROM {self.tree} WHERE node IN ({marks})")
+        if n_leaves:
+            marks = ",".join([m] * n_leaves)
+            parts.append(
+                f"SELECT {LEVELS} * position, event_hash FROM {self.events} "
+                f"WHERE position IN ({marks})"
             )
+        return " UNION ALL ".join(parts)
+
+    def read(self, cur: Any, keys: Iterable[int]) -> dict[int, bytes]:
+        """The stored values of ``keys`` — a node's hash, or for a level-0 key the event hash
+        at that position — in one statement (kept upper nodes are not read again). A key not
+        stored is a damaged ledger (``LedgerCorrupted``)."""
+        cached = self._nodes
+        found: dict[int, bytes] = {}
+        nodes: list[int] = []
+        leaves: list[int] = []
+        for key in keys:
+            if key in found:
+                continue
+            if not key & LEVEL_MASK:
+                if key not in nodes:  # a leaf, read from the events table
+                    nodes.append(key)
+                    leaves.append(key >> LEVEL_BITS)
+                continue
+            value = cached.get(key)
+            if value is not None:
+                found[key] = value
+            elif key not in nodes:
+                nodes.append(key)
+        if nodes:
+            inner = [k for k in nodes if k & LEVEL_MASK]
+            cur.execute(self._select(len(inner), len(leaves)), [*inner, *leaves])
+            for key, value in cur.fetchall():
+                found[key] = value = bytes(value)
+                if key & LEVEL_MASK >= CACHED_LEVEL:
+                    if len(cached) >= MAX_CACHED:
+                        cached.clear()
+                    cached[key] = value
+            missing = [k for k in nodes if k not in found]
+            if missing:
+                position, level = position_level(min(missing))
+                what = (
+                    f"no event at position {position}"
+                    if level == 0
+                    else f"no node of level {level} ending at position {position}"
+                )
+                raise LedgerCorrupted(
+                    f"the ledger's tree has {what}: the tree is damaged; run verify"
+                )
         return found
 
+    def _hash(self, found: dict[int, bytes], part: Part) -> bytes:
+        level, index = part
+        value = found[node_key(level, index)]
+        return leaf_hash(value) if level == 0 else value
+
+    def _fold(self, found: dict[int, bytes], plan: Sequence[Part]) -> bytes:
+        return fold([self._hash(found, part) for part in plan])
+
     def event_hash(self, cur: Any, position: int) -> bytes:
-        cur.execute(f"SELECT event_hash FROM {self.events} WHERE position={self.mark}", (position,))
-        row = cur.fetchone()
-        if row is None:
-            raise LedgerCorrupted(f"the ledger has no event at position {position}; run verify")
-        return bytes(row[0])
+        return self.read(cur, (LEVELS * position,))[LEVELS * position]
 
     def frontier(self, cur: Any, size: int) -> Frontier:
         """The right edge of the tree of the first ``size`` events."""
         parts = perfect_parts(0, size)
-        found = self.read_parts(cur, parts)
-        return Frontier(size, [found[p] for p in parts])
-
-    def _hashes(self, cur: Any, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        plans = [perfect_parts(a, b) for a, b in ranges]
-        found = self.read_parts(cur, (p for plan in plans for p in plan))
-        return [fold([found[p] for p in plan]) for plan in plans]
+        found = self.read(cur, (node_key(*p) for p in parts))
+        return Frontier(size, [self._hash(found, p) for p in parts])
 
     def root(self, cur: Any, size: int) -> bytes:
-        return self.frontier(cur, size).root()
+        known = self._roots.get(size)
+        if known is None:
+            known = self.frontier(cur, size).root()
+            self._remember_root(size, known)
+        return known
 
-    def inclusion_proof(self, cur: Any, index: int, size: int) -> list[bytes]:
-        """The audit path of leaf ``index`` (the event at position index + 1) in the tree of
-        the first ``size`` events: O(log size) stored hashes, read in two statements."""
-        return self._hashes(cur, inclusion_ranges(index, size))
+    def _remember_root(self, size: int, value: bytes) -> None:
+        if len(self._roots) >= MAX_ROOTS:
+            self._roots.clear()
+        self._roots[size] = value
 
-    def consistency_proof(self, cur: Any, old_size: int, size: int) -> list[bytes]:
-        """That the tree of ``old_size`` events is a prefix of the tree of ``size``."""
-        return self._hashes(cur, consistency_ranges(old_size, size))
+    def _proof(
+        self, cur: Any, ranges: Sequence[tuple[int, int]], sizes: Sequence[int], extra: int | None
+    ) -> tuple[list[bytes], list[bytes], bytes | None]:
+        """(the hashes of ``ranges``, the roots of ``sizes``, the event hash at ``extra``),
+        from one statement: roots already known are not read again."""
+        plans = [_keys(a, b) for a, b in ranges]
+        wanted = [k for plan in plans for k in (plan if isinstance(plan, list) else (plan,))]
+        edges = {s: _keys(0, s) for s in sizes if s not in self._roots}
+        for plan in edges.values():
+            wanted += plan if isinstance(plan, list) else (plan,)
+        if extra is not None:
+            wanted.append(LEVELS * extra)
+        found = self.read(cur, wanted)
+        known = {s: self._roots[s] for s in sizes if s not in edges}
+        for s, plan in edges.items():
+            known[s] = self._value(found, plan)
+            self._remember_root(s, known[s])
+        roots = [known[s] for s in sizes]
+        hashes = [self._value(found, plan) for plan in plans]
+        return hashes, roots, None if extra is None else found[LEVELS * extra]
+
+    @staticmethod
+    def _value(found: dict[int, bytes], plan: int | list[int]) -> bytes:
+        """The tree hash of a range from its keys (``_keys``)."""
+        if isinstance(plan, int):
+            value = found[plan]
+            return value if plan & LEVEL_MASK else leaf_hash(value)
+        return fold([found[k] if k & LEVEL_MASK else leaf_hash(found[k]) for k in plan])
+
+    def inclusion_proof(self, cur: Any, index: int, size: int) -> tuple[bytes, list[bytes], bytes]:
+        """(event hash, audit path, root) of leaf ``index`` (the event at position index + 1)
+        in the tree of the first ``size`` events: O(log size) hashes, one statement."""
+        hashes, (root,), event = self._proof(cur, inclusion_ranges(index, size), (size,), index + 1)
+        assert event is not None
+        return event, hashes, root
+
+    def consistency_proof(
+        self, cur: Any, old_size: int, size: int
+    ) -> tuple[list[bytes], bytes, bytes]:
+        """(proof, old root, root): the tree of ``old_size`` events is a prefix of the tree
+        of ``size``. One statement."""
+        if old_size == size:
+            _, (root,), _ = self._proof(cur, [], (size,), None)
+            return [], root, root
+        ranges = consistency_ranges(old_size, size)
+        if old_size & (old_size - 1) == 0 or old_size in self._roots:
+            hashes, (old_root, root), _ = self._proof(cur, ranges, (old_size, size), None)
+            return hashes, old_root, root
+        # The old root is what the proof leads to: nothing more to read for it.
+        hashes, (root,), _ = self._proof(cur, ranges, (size,), None)
+        return hashes, consistency_old_root(old_size, size, hashes), root
+
+
+def _keys(lo: int, hi: int) -> int | list[int]:
+    """The keys of the perfect subtrees that make up leaves ``lo`` to ``hi`` (exclusive),
+    largest first (merkle.perfect_parts): one key when the range is itself a perfect
+    subtree, as most ranges of a proof are."""
+    n = hi - lo
+    if n & (n - 1) == 0:
+        return LEVELS * hi + n.bit_length() - 1
+    keys = []
+    while lo < hi:
+        level = (hi - lo).bit_length() - 1
+        lo += 1 << level
+        keys.append(LEVELS * lo + level)
+    return keys
 
 
 def build_rows(event_hashes: Iterable[bytes]) -> Iterable[list[NodeRow]]:

@@ -122,14 +122,22 @@ def _check_sealed(payload: bytes, sealed: bytes) -> str | None:
 
 
 def _verify_range(
-    path: str, lo: int, hi: int, trusted: frozenset[str], pins: frozenset[int], has_tree: bool
+    path: str,
+    lo: int,
+    hi: int,
+    trusted: frozenset[str],
+    pins: frozenset[int],
+    has_tree: bool,
+    recompute: bool = True,
 ) -> _RangeResult:
     out = _RangeResult()
     try:
         with range_rows(path, lo, hi) as rows, range_nodes(path, lo, hi, has_tree) as nodes:
-            out.tree = RangeTree(None if nodes is None else stored_rows(nodes), pins)
+            if recompute:
+                out.tree = RangeTree(None if nodes is None else stored_rows(nodes), pins)
             _check_rows(out, rows, trusted, pins)
-            out.tree.finish()
+            if out.tree is not None:
+                out.tree.finish()
     except read_errors(path) as e:
         out.problems.append(
             Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"rows {lo}..{hi}: {e}")
@@ -346,6 +354,7 @@ def verify(
     workers: int | None = None,
     chunk_events: int = CHUNK_EVENTS,
     witnesses: Iterable[Any] = (),
+    check_tree: bool = True,
 ) -> VerificationReport:
     """Verify a ledger (a SessionLedger, the path of its file or a PostgreSQL URL).
 
@@ -355,7 +364,9 @@ def verify(
     ``workers``: processes to use (default: one per core); ``chunk_events``: rows per task.
     ``witnesses``: other nodes' ledgers (paths or URLs): every checkpoint of this ledger they
     witnessed is checked as a checkpoint seen before, and every conflict they recorded about
-    it is reported (decision 25).
+    it is reported (decision 25). ``check_tree=False`` skips the Merkle tree: no root is
+    recomputed, no stored node compared, no checkpoint's root checked (their head hashes
+    still are) — faster, and checking less.
     """
     if chunk_events < 1:
         raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
@@ -387,6 +398,7 @@ def verify(
         report.problems.append(
             Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"stored checkpoints: {e}")
         )
+    has_tree = has_tree and check_tree
     checkpoints = _parse_stored(stored, report)
     _check_cosignatures(cosigned, dict(stored), report)
     if checkpoint is not None:
@@ -398,7 +410,9 @@ def verify(
     ranges = plan_ranges(bounds, last, chunk_events // step, n_workers)
     if n_workers == 1 or len(ranges) < 2:
         report.problems += integrity(source) if integrity else []
-        results = [_verify_range(source, a, b, trusted, pins, has_tree) for a, b in ranges]
+        results = [
+            _verify_range(source, a, b, trusted, pins, has_tree, check_tree) for a, b in ranges
+        ]
         report.workers = 1
     else:
         n_workers = min(n_workers, len(ranges))
@@ -417,7 +431,7 @@ def verify(
             report.problems += checked.result() if checked else []
         report.workers = n_workers
     _stitch(report, results, genesis_hash(ledger_id))
-    tree = _stitch_tree(report, results, has_tree)
+    tree = _stitch_tree(report, results, has_tree) if check_tree else None
     for name, cp in checkpoints:
         _check_checkpoint(report, name, cp, ledger_id, trusted, results, tree)
     if checkpoint is not None:

@@ -25,7 +25,7 @@ from l2_session.infrastructure.ledger.schema import (
     SIGNERS_TABLE,
     check_sqlite_ledger_file,
 )
-from l2_session.infrastructure.ledger.tree import TREE_TABLE
+from l2_session.infrastructure.ledger.tree import LEVELS, TREE_TABLE
 from l2_session.infrastructure.ledger.verify_report import Problem, ProblemKind
 
 # A stored row is at least this many bytes (three hashes and a signature alone are 160).
@@ -60,8 +60,8 @@ def range_rows(source: str, lo: int, hi: int) -> Iterator[Iterable[Any]]:
 
 @contextmanager
 def range_nodes(source: str, lo: int, hi: int, has_tree: bool) -> Iterator[Iterable[Any] | None]:
-    """The stored tree rows (position, level, hash) with ``lo <= position <= hi``, in
-    (position, level) order; None for a ledger without a stored tree."""
+    """The stored tree rows (node, hash) of positions ``lo`` to ``hi``, in node order, that
+    is (position, level) order; None for a ledger without a stored tree."""
     if not has_tree:
         yield None
         return
@@ -74,9 +74,8 @@ def range_nodes(source: str, lo: int, hi: int, has_tree: bool) -> Iterator[Itera
     conn = connect_ro(source)
     try:
         yield conn.execute(
-            f"SELECT position, level, hash FROM {TREE_TABLE} "
-            "WHERE position BETWEEN ? AND ? ORDER BY position, level",
-            (lo, hi),
+            f"SELECT node, hash FROM {TREE_TABLE} WHERE node BETWEEN ? AND ? ORDER BY node",
+            (LEVELS * lo, LEVELS * hi + LEVELS - 1),
         )
     finally:
         conn.close()

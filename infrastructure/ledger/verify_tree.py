@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from l2_session.infrastructure.ledger.merkle import blake3_hash, fold, leaf_hash, node_hash
+from l2_session.infrastructure.ledger.tree import LEVELS
 from l2_session.infrastructure.ledger.verify_report import Problem, ProblemKind
 
 Block = tuple[int, int, bytes]  # (level, index, hash) of a perfect subtree
@@ -159,9 +160,10 @@ def _push(blocks: list[Block], block: Block, created: object) -> None:
     blocks.append((level, index, value))
 
 
-def stored_rows(rows: Iterable[tuple[object, object, object]]) -> Iterator[NodeRow]:
-    """ledger_tree rows as read (any types a damaged file holds) as (int, int, bytes); a row
-    that is not is skipped here and reported as missing where the tree needs it."""
-    for position, level, value in rows:
-        if type(position) is int and type(level) is int and isinstance(value, bytes):
-            yield position, level, value
+def stored_rows(rows: Iterable[tuple[object, object]]) -> Iterator[NodeRow]:
+    """ledger_tree rows (node, hash) as read (any types a damaged file holds) as (position,
+    level, hash); a row that is not an integer and bytes is skipped here, and reported as
+    missing where the tree needs it."""
+    for node, value in rows:
+        if type(node) is int and isinstance(value, bytes):
+            yield node // LEVELS, node % LEVELS, value

@@ -130,3 +130,23 @@ def test_every_proof_made_for_trees_up_to_64_leaves_checks_and_a_changed_one_doe
             with pytest.raises(ProofError):
                 verify_consistency(old, size, roots[old - 1] if old > 1 else roots[size],
                                    roots[size], proof, h)  # fmt: skip
+
+
+@pytest.mark.parametrize("h", [sha256_hash, blake3_hash])
+def test_the_old_root_a_consistency_proof_leads_to_is_the_old_trees_root(h) -> None:
+    """What a server gives as the old root without reading it (consistency_old_root), for
+    every pair of sizes up to 64 where the old size is not a power of two."""
+    from l2_session.infrastructure.ledger.merkle import consistency_old_root
+
+    leaves = [leaf_hash(bytes([i]), h) for i in range(64)]
+    checked = 0
+    for new in range(2, 65):
+        for old in range(1, new):
+            if old & (old - 1) == 0:
+                with pytest.raises(ValueError):
+                    consistency_old_root(old, new, consistency_proof(old, leaves[:new], h), h)
+                continue
+            proof = consistency_proof(old, leaves[:new], h)
+            assert consistency_old_root(old, new, proof, h) == root(leaves[:old], h)
+            checked += 1
+    assert checked == 2016 - 321  # every pair, but those from a power of two

@@ -155,5 +155,5 @@ def cover_tracks(db: sqlite3.Connection) -> None:
         db.execute(f"DELETE FROM {table}")
     hashes = db.execute("SELECT event_hash FROM ledger_events ORDER BY position")
     for rows in build_rows([bytes(h) for (h,) in hashes]):
-        db.executemany("INSERT INTO ledger_tree (position, level, hash) VALUES (?,?,?)", rows)
+        db.executemany("INSERT INTO ledger_tree (node, hash) VALUES (?,?)", rows)
     db.commit()

@@ -30,9 +30,11 @@ def event_hashes(location) -> list[bytes]:
 
 
 def stored_nodes(location) -> list[tuple[int, int, bytes]]:
+    """(position, level, hash) of every stored node, in order; a node's key is 64 * position
+    + level (docs/ledger-format.md §13)."""
     raw = open_raw(location)
-    rows = raw.execute("SELECT position, level, hash FROM ledger_tree ORDER BY position, level")
-    return [(r[0], r[1], bytes(r[2])) for r in rows.fetchall()]
+    rows = raw.execute("SELECT node, hash FROM ledger_tree ORDER BY node")
+    return [(r[0] // 64, r[0] % 64, bytes(r[1])) for r in rows.fetchall()]
 
 
 def expected_nodes(hashes: list[bytes]) -> list[tuple[int, int, bytes]]:
@@ -135,7 +137,7 @@ def test_a_damaged_stored_node_is_named_not_served(ledger_factory, clock, ledger
     ledger.close()
     raw = sqlite3.connect(ledger_path)
     raw.execute("DROP TRIGGER ledger_tree_no_delete")
-    raw.execute("DELETE FROM ledger_tree WHERE position=8 AND level=3")
+    raw.execute("DELETE FROM ledger_tree WHERE node=8*64+3")
     raw.commit()
     raw.close()
     reopened = ledger_factory()
@@ -172,3 +174,24 @@ def test_any_sequence_of_saves_and_reopenings_keeps_the_tree_equal_to_a_rebuilt_
             ledger.close()
     hashes = event_hashes(location)
     assert stored_nodes(location) == expected_nodes(hashes)
+
+
+def test_proofs_stay_right_past_what_the_tree_keeps_in_memory(
+    ledger_factory, clock, monkeypatch, ledger_location
+):
+    """The roots and upper nodes a TreeSQL keeps are dropped when full: proofs over more sizes
+    than it keeps are still the recomputed ones."""
+    from l2_session.infrastructure.ledger import tree
+
+    monkeypatch.setattr(tree, "MAX_ROOTS", 3)
+    monkeypatch.setattr(tree, "MAX_CACHED", 4)
+    monkeypatch.setattr(tree, "CACHED_LEVEL", 1)
+    ledger = ledger_factory()
+    populate(ledger, clock, sessions=6, notes=3, with_keys=False)  # 24 events
+    leaves = [leaf_hash(h) for h in event_hashes(ledger_location)]
+    for size in range(2, 25):
+        proof = ledger.consistency_proof(size - 1, size)
+        assert proof.root == root(leaves[:size]) and proof.old_root == root(leaves[: size - 1])
+        proof.check()
+        inclusion = ledger.inclusion_proof(size // 2, size)
+        assert list(inclusion.hashes) == inclusion_proof(size // 2 - 1, leaves[:size])

@@ -71,9 +71,7 @@ def test_a_changed_stored_node_is_reported_where_it_ends(
     shutil.copy(ledger_path, copy)
     db = open_as_attacker(copy)
     db.execute("DROP TRIGGER ledger_tree_no_update")
-    db.execute(
-        "UPDATE ledger_tree SET hash=zeroblob(32) WHERE position=? AND level=?", (position, level)
-    )
+    db.execute("UPDATE ledger_tree SET hash=zeroblob(32) WHERE node=?", (64 * position + level,))
     db.commit()
     report = verify(copy, workers=workers, chunk_events=CHUNK)
     assert [(p.kind, p.position) for p in report.problems] == [(K.TREE_MISMATCH, position)]
@@ -86,8 +84,8 @@ def test_a_missing_and_an_extra_stored_node_are_reported(built, tmp_path, ledger
     shutil.copy(ledger_path, copy)
     db = open_as_attacker(copy)
     db.execute("DROP TRIGGER ledger_tree_no_delete")
-    db.execute("DELETE FROM ledger_tree WHERE position=64 AND level=6")
-    db.execute("INSERT INTO ledger_tree VALUES (51, 1, zeroblob(32))")
+    db.execute("DELETE FROM ledger_tree WHERE node=64*64+6")
+    db.execute("INSERT INTO ledger_tree VALUES (51*64+1, zeroblob(32))")
     db.commit()
     report = verify(copy, workers=workers, chunk_events=CHUNK)
     found = sorted((p.position, p.detail) for p in report.problems)
@@ -121,3 +119,17 @@ def test_without_an_anchor_the_report_says_its_signers_are_unanchored(built, ide
     assert "UNANCHORED" in plain.summary()
     trusted = verify(ledger, trusted_signers=[identity.did])
     assert trusted.anchored and "signers: anchored" in trusted.summary()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_check_tree_false_skips_the_tree_and_nothing_else(built, tmp_path, ledger_path, workers):
+    copy = tmp_path / "copy.sqlite3"
+    shutil.copy(ledger_path, copy)
+    db = open_as_attacker(copy)
+    db.execute("DROP TRIGGER ledger_tree_no_update")
+    db.execute("UPDATE ledger_tree SET hash=zeroblob(32) WHERE node=64*64+6")
+    db.commit()
+    skipped = verify(copy, workers=workers, chunk_events=CHUNK, check_tree=False)
+    assert skipped.ok and skipped.tree_root is None and not skipped.tree_checked
+    assert skipped.stored_checkpoints == 2  # their head hashes are still checked
+    assert not verify(copy, workers=workers, chunk_events=CHUNK).ok

@@ -1,0 +1,260 @@
+"""The ledger's Merkle tree (docs/ledger-format.md §13) and witnessing (decision 25): what they
+cost and what they serve.
+
+Targets:
+- appends with the tree >= 0.95 x the same ledger with the tree off (``has_tree = False``:
+  the same code, no ``ledger_tree`` rows), for saves of 200 sessions at once and for one
+  session per save on one thread. Each repetition runs both, in alternating order, on fresh
+  files; the figure is the median of the repetitions' ratios;
+- inclusion and consistency proofs served >= 20,000/s on a 1,000,000-event ledger, one
+  thread: inclusion of random positions in the tree of all events, consistency from random
+  earlier sizes to it (a sample is checked first; serving is what is timed), median of three
+  passes, beside the floor of one one-row read per request on the same connection;
+- verify() of 1,000,000 events with the root recomputed and the stored tree checked
+  <= 1.1 x verify(check_tree=False), alternating, median of the ratios.
+
+Reported: what witnessing costs a pair of peers with one session in an hour at the default
+interval (300 s), from an hour of a simulation (MockTransport, real keys and ledgers): frames,
+bytes and ledger appends it adds, beside what the session itself appends in that hour.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.ledger.verify import verify
+
+from benchmarks.common import figure, median, scratch_dir, timed, timed_call
+from benchmarks.datasets import BENCH_STORAGE_KEY, many_sessions_ledger
+from benchmarks.workload import chunks, sessions
+
+TARGET_APPEND = 0.95
+TARGET_PROOFS = 20_000
+TARGET_VERIFY = 1.1
+BATCH_SESSIONS = 200
+
+
+def _append(path: Path, count: int, seed: int, tree: bool, batched: bool) -> float:
+    """Seconds to save ``count`` sessions (5 events each) to a new ledger at ``path``."""
+    ledger = SessionLedger(path, identity=NodeIdentity.generate(), storage_key=os.urandom(32))
+    ledger.ledger_recorder.has_tree = tree
+    try:
+        items = sessions(count, seed)
+        if batched:
+            batches = list(chunks(items, BATCH_SESSIONS))
+            return timed(lambda: [ledger.save(*batch) for batch in batches])
+        return timed(lambda: [ledger.save(item) for item in items])
+    finally:
+        ledger.close()
+
+
+def append_ratios(quick: bool) -> dict[str, Any]:
+    repeat = 2 if quick else 5
+    modes = {
+        f"save(*{BATCH_SESSIONS} sessions)": (True, 400 if quick else 4000),
+        "save() per session, 1 thread": (False, 200 if quick else 1000),
+    }
+    out: dict[str, Any] = {}
+    with scratch_dir("tree-append-") as work:
+        for name, (batched, count) in modes.items():
+            ratios, with_rates, without_rates = [], [], []
+            for r in range(repeat):
+                seconds: dict[bool, float] = {}
+                for tree in (r % 2 == 0, r % 2 != 0):  # alternate which runs first
+                    path = work / f"{len(ratios)}-{tree}.sqlite3"
+                    seconds[tree] = _append(path, count, seed=r, tree=tree, batched=batched)
+                events = count * 5
+                with_rates.append(events / seconds[True])
+                without_rates.append(events / seconds[False])
+                ratios.append(seconds[False] / seconds[True])
+            out[name] = {
+                "ratio": median(ratios),
+                "ratios": ratios,
+                "with_tree": median(with_rates),
+                "without_tree": median(without_rates),
+            }
+    return out
+
+
+def proof_rates(path: Path, quick: bool) -> dict[str, Any]:
+    """Proofs served on one thread: inclusion of random positions in the tree of every event
+    (the size a checkpoint of the head signs), and consistency from random earlier sizes to
+    it (what a witness asks). The median of ``passes`` passes over the same requests."""
+    ledger = SessionLedger(path, create=False, storage_key=BENCH_STORAGE_KEY)
+    passes = 3
+    try:
+        size, _ = ledger.tree_head()
+        rng = random.Random(5)
+        for _ in range(20):  # what is served checks
+            ledger.inclusion_proof(rng.randint(1, size)).check()
+            old = rng.randint(1, size - 1)
+            ledger.consistency_proof(old, rng.randint(old + 1, size)).check()
+        n = 5_000 if quick else 40_000
+        positions = [rng.randint(1, size) for _ in range(n)]
+        olds = [rng.randint(1, size - 1) for _ in range(n)]
+        recorder = ledger.ledger_recorder
+
+        def one_read(position: int) -> None:
+            # The floor: one event hash by position, one statement on the same connection.
+            with recorder.lone_read() as cur:
+                recorder.tree_sql.event_hash(cur, position)
+
+        rates: dict[str, list[float]] = {"inclusion": [], "consistency": [], "floor": []}
+        for _ in range(passes):
+            rates["inclusion"].append(
+                n / timed(lambda: [ledger.inclusion_proof(p, size) for p in positions])
+            )
+            rates["consistency"].append(
+                n / timed(lambda: [ledger.consistency_proof(o, size) for o in olds])
+            )
+            rates["floor"].append(n / timed(lambda: [one_read(p) for p in positions]))
+    finally:
+        ledger.close()
+    return {"size": size, **{k: median(v) for k, v in rates.items()}, "passes": rates}
+
+
+def verify_ratios(path: Path, quick: bool, events: int) -> dict[str, Any]:
+    repeat = 2 if quick else 3
+    ratios, with_s, without_s = [], [], []
+    root = None
+    for r in range(repeat):
+        seconds: dict[bool, float] = {}
+        for check in (r % 2 == 0, r % 2 != 0):
+            took, report = timed_call(lambda c=check: verify(path, check_tree=c))
+            if not report.ok or report.events_checked != events:
+                raise AssertionError(f"benchmark ledger does not verify: {report.summary()}")
+            if check:
+                root = report.tree_root
+            seconds[check] = took
+        with_s.append(seconds[True])
+        without_s.append(seconds[False])
+        ratios.append(seconds[True] / seconds[False])
+    return {
+        "ratio": median(ratios),
+        "ratios": ratios,
+        "with_tree_s": median(with_s),
+        "without_tree_s": median(without_s),
+        "root": None if root is None else root.hex(),
+    }
+
+
+def witnessing_hour() -> dict[str, Any]:
+    """An hour of two peers with one established session, at the default interval."""
+    from l2_session.domain.manager.manager import SessionManager
+    from l2_session.infrastructure.clock import ManualClock
+    from l2_session.infrastructure.ledger.witness import Witnessing
+    from l2_session.transports.frames import encode
+    from l2_session.transports.mock import MockTransport, Simulation
+    from l2_session.transports.witness_frames import WITNESS_FRAMES
+
+    clock = ManualClock()
+    transport = MockTransport(clock, seed=1)
+    sim = Simulation(clock, transport)
+    frames: list[int] = []
+    original = transport.send
+
+    def counted(src: str, dst: str, frame: Any, transport_name: str = "quic") -> None:
+        if isinstance(frame, WITNESS_FRAMES):
+            # Sealed on a real transport: the frame, a sealed header and a record's overhead.
+            frames.append(len(encode(frame)) + 26 + 28)
+        original(src, dst, frame, transport_name)
+
+    transport.send = counted  # type: ignore[method-assign]
+    ledgers, ids = [], [NodeIdentity.generate() for _ in range(2)]
+    with scratch_dir("tree-witness-") as work:
+        prekeys = {i.did: f"prekeys-{n}" for n, i in enumerate(ids)}
+        for n, identity in enumerate(ids):
+            ledger = SessionLedger(
+                work / f"{n}.sqlite3", identity=identity, storage_key=os.urandom(32),
+                clock=clock, durability="off",
+            )  # fmt: skip
+            ledgers.append(ledger)
+            sim.add(
+                SessionManager(
+                    identity.did, ledger, prekeys_of=prekeys.__getitem__,
+                    own_prekeys=prekeys[identity.did],
+                )
+            )  # fmt: skip
+            sim.witnessing[identity.did] = Witnessing(ledger, identity)
+        alice = sim.nodes[ids[0].did]
+        _, outputs = alice.establish(ids[1].did, clock.wall_us())
+        sim.perform(ids[0].did, outputs)
+        sim.run_for(10)
+        before = [_counts(ledger) for ledger in ledgers]
+        frames.clear()
+        sim.run_for(3600)
+        after = [_counts(ledger) for ledger in ledgers]
+        for ledger in ledgers:
+            ledger.close()
+    grown = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)]
+    return {"frames": len(frames), "bytes": sum(frames), "per_node": grown}
+
+
+def _counts(ledger: SessionLedger) -> dict[str, int]:
+    from l2_session.infrastructure.ledger.schema import EVENTS_TABLE
+
+    with ledger.ledger_recorder.reading() as cur:
+        cur.execute(f"SELECT topic, COUNT(*) FROM {EVENTS_TABLE} GROUP BY topic")
+        topics = dict(cur.fetchall())
+    witnessed = sum(n for t, n in topics.items() if "WitnessedLog" in t)
+    return {
+        "events": sum(topics.values()),
+        "witness_events": witnessed,
+        "checkpoints": len(ledger.checkpoints()),
+        "cosignatures": len(ledger.cosignatures()),
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    events = 50_000 if quick else 1_000_000
+    path = many_sessions_ledger(events)
+    appends = append_ratios(quick)
+    proofs = proof_rates(path, quick)
+    checks = verify_ratios(path, quick, events)
+    hour = witnessing_hour()
+    figures = []
+    for name, found in appends.items():
+        figures.append(
+            figure(
+                f"append with tree / without, {name}", found["ratio"], "x",
+                target=f">= {TARGET_APPEND}", ok=found["ratio"] >= TARGET_APPEND,
+                note=f"{found['with_tree']:,.0f} vs {found['without_tree']:,.0f} events/s",
+            )
+        )  # fmt: skip
+    for kind in ("inclusion", "consistency"):
+        figures.append(
+            figure(
+                f"{kind} proofs served, {proofs['size']:,} events", proofs[kind], "proofs/s",
+                target=f">= {TARGET_PROOFS:,}", ok=proofs[kind] >= TARGET_PROOFS,
+                note=f"floor: {proofs['floor']:,.0f} one-row reads/s on the same connection",
+            )
+        )  # fmt: skip
+    figures.append(
+        figure(
+            f"verify() with tree / check_tree=False, {events:,} events", checks["ratio"], "x",
+            target=f"<= {TARGET_VERIFY}", ok=checks["ratio"] <= TARGET_VERIFY,
+            note=f"{checks['with_tree_s']:.1f} s vs {checks['without_tree_s']:.1f} s",
+        )
+    )  # fmt: skip
+    node = hour["per_node"][0]
+    figures.append(
+        figure(
+            "witnessing, one session, an hour at 300 s", hour["frames"], "frames",
+            note=f"{hour['bytes']:,} bytes both ways; per node {node['witness_events']} witness "
+            f"events, {node['checkpoints']} checkpoints, {node['cosignatures']} cosignatures "
+            f"beside {node['events'] - node['witness_events']} session events",
+        )
+    )  # fmt: skip
+    return {
+        "figures": figures,
+        "params": {"events": events, "quick": quick},
+        "appends": appends,
+        "proofs": proofs,
+        "verify": checks,
+        "witnessing_hour": hour,
+    }
