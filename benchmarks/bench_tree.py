@@ -37,6 +37,7 @@ TARGET_APPEND = 0.95
 TARGET_PROOFS = 20_000
 TARGET_VERIFY = 1.1
 BATCH_SESSIONS = 200
+BATCH_PROOFS = 100  # inclusion proofs asked at once (inclusion_proofs: an export's requests)
 
 
 def _append(path: Path, count: int, seed: int, tree: bool, batched: bool) -> float:
@@ -104,10 +105,16 @@ def proof_rates(path: Path, quick: bool) -> dict[str, Any]:
             with recorder.lone_read() as cur:
                 recorder.tree_sql.event_hash(cur, position)
 
-        rates: dict[str, list[float]] = {"inclusion": [], "consistency": [], "floor": []}
+        batches = [positions[i : i + BATCH_PROOFS] for i in range(0, n, BATCH_PROOFS)]
+        rates: dict[str, list[float]] = {
+            "inclusion": [], "consistency": [], "floor": [], "inclusion_batched": []
+        }  # fmt: skip
         for _ in range(passes):
             rates["inclusion"].append(
                 n / timed(lambda: [ledger.inclusion_proof(p, size) for p in positions])
+            )
+            rates["inclusion_batched"].append(
+                n / timed(lambda: [ledger.inclusion_proofs(b, size) for b in batches])
             )
             rates["consistency"].append(
                 n / timed(lambda: [ledger.consistency_proof(o, size) for o in olds])
@@ -234,6 +241,12 @@ def run(quick: bool) -> dict[str, Any]:
                 note=f"floor: {proofs['floor']:,.0f} one-row reads/s on the same connection",
             )
         )  # fmt: skip
+    figures.append(
+        figure(
+            f"  inclusion proofs served {BATCH_PROOFS} at a time", proofs["inclusion_batched"],
+            "proofs/s", note="inclusion_proofs(): one statement per batch",
+        )
+    )  # fmt: skip
     figures.append(
         figure(
             f"verify() with tree / check_tree=False, {events:,} events", checks["ratio"], "x",

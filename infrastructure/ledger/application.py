@@ -479,6 +479,32 @@ class SessionLedger(Application[UUID]):
             )
         return InclusionProof(self.ledger_id, position, size, event_hash, tree_root, tuple(hashes))
 
+    def inclusion_proofs(
+        self, positions: Sequence[int], size: int | None = None
+    ) -> list[InclusionProof]:
+        """``inclusion_proof`` of each of ``positions``, all from one statement: what an
+        export of many events asks (their shared upper nodes are read once)."""
+        recorder = self.ledger_recorder
+        for position in positions:
+            if isinstance(position, bool) or not isinstance(position, int):
+                raise ProofRequestError(f"position {position!r} is not a whole number")
+        with recorder.lone_read() as cur:
+            size = self._size(cur, size)
+            for position in positions:
+                if not 1 <= position <= size:
+                    raise ProofRequestError(
+                        f"position {position} is not in a tree of {size} events "
+                        f"(positions 1..{size})"
+                    )
+            found, tree_root = recorder.tree_sql.inclusion_proofs(
+                cur, [p - 1 for p in positions], size
+            )
+        ledger_id = self.ledger_id
+        return [
+            InclusionProof(ledger_id, p, size, event, tree_root, tuple(hashes))
+            for p, (event, hashes) in zip(positions, found, strict=True)
+        ]
+
     def consistency_proof(self, old_size: int, size: int | None = None) -> ConsistencyProof:
         """The proof that the tree of ``old_size`` events is a prefix of the tree of ``size``
         (default: all events): nothing in the first was changed or removed since."""
@@ -504,7 +530,7 @@ class SessionLedger(Application[UUID]):
             raise ProofRequestError(f"tree size {size!r} is not a whole number")
         tree = recorder.tree_sql
         if size is None or not 1 <= size <= tree.head_seen:
-            tree.head_seen = max(tree.head_seen, recorder._head_in(cur)[0])
+            tree.seen(recorder._head_in(cur)[0])
         head = tree.head_seen
         if size is None:
             return head

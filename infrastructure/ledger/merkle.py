@@ -246,7 +246,7 @@ def consistency_old_root(
     found = proof[0]
     for c in proof[1:]:
         if fn & 1 or fn == sn:
-            found = node_hash(c, found, h)
+            found = h(NODE_PREFIX + c + found)
             while not fn & 1 and fn:
                 fn, sn = fn >> 1, sn >> 1
         fn, sn = fn >> 1, sn >> 1

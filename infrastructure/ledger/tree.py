@@ -29,14 +29,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from blake3 import blake3
 from l2_session.infrastructure.ledger.errors import LedgerCorrupted, LedgerError
 from l2_session.infrastructure.ledger.merkle import (
     Frontier,
     ProofError,
+    blake3_hash,
     consistency_old_root,
-    consistency_ranges,
     fold,
-    inclusion_ranges,
     leaf_hash,
     perfect_parts,
     verify_consistency,
@@ -48,8 +48,9 @@ LEVELS = 64  # node = LEVELS * position + level
 LEVEL_BITS, LEVEL_MASK = 6, 63  # LEVELS = 2**LEVEL_BITS: node >> 6 is the position
 Part = tuple[int, int]  # (level, index) of a perfect subtree
 NodeRow = tuple[int, bytes]  # (node, hash): a row of ledger_tree
-CACHED_LEVEL = 5  # nodes of this level and above are kept once read (1/32 of the nodes)
-MAX_CACHED = 1 << 16  # nodes kept at most (the cache starts over when full)
+CACHED_LEVEL = 5  # nodes of this level and above are kept once read (1/16 of the nodes) ...
+CACHED_NODES_BITS = 16  # ... or of a higher one, so that at most about 2**16 are kept
+MAX_CACHED = 1 << (CACHED_NODES_BITS + 1)  # kept at most (the cache starts over when full)
 MAX_ROOTS = 256  # roots of tree sizes kept at most
 
 
@@ -68,11 +69,25 @@ def position_level(node: int) -> tuple[int, int]:
 
 
 def grow(tree: Frontier, event_hashes: Iterable[bytes]) -> list[NodeRow]:
-    """Append the events' hashes (in position order) to ``tree``; the rows they complete."""
-    rows: list[NodeRow] = []
+    """Append the events' hashes (in position order) to ``tree``; the rows they complete.
+    ``Frontier.append`` with BLAKE3 written out: this runs in every append's transaction."""
+    if tree.h is not blake3_hash:
+        rows: list[NodeRow] = []
+        for event_hash in event_hashes:
+            for level, index, value in tree.append(leaf_hash(event_hash)):
+                rows.append((LEVELS * ((index + 1) << level) + level, value))
+        return rows
+    rows, edge, size, b3 = [], tree.hashes, tree.size, blake3
     for event_hash in event_hashes:
-        for level, index, value in tree.append(leaf_hash(event_hash)):
-            rows.append((LEVELS * ((index + 1) << level) + level, value))
+        found = b3(b"\x00" + event_hash).digest()
+        level = 0
+        while size >> level & 1:
+            found = b3(b"\x01" + edge.pop() + found).digest()
+            level += 1
+            rows.append((LEVELS * (((size >> level) + 1) << level) + level, found))
+        edge.append(found)
+        size += 1
+    tree.size = size
     return rows
 
 
@@ -84,8 +99,16 @@ class TreeSQL:
         self.mark, self.events, self.tree = mark, events, tree
         self.insert = f"INSERT INTO {tree} (node, hash) VALUES ({mark},{mark})"
         self.head_seen = 0  # the largest tree size known to be stored (the ledger only grows)
+        self.cache_from = CACHED_LEVEL  # the lowest level kept
         self._nodes: dict[int, bytes] = {}
         self._roots: dict[int, bytes] = {}
+
+    def seen(self, head: int) -> None:
+        """The ledger holds ``head`` events: sizes up to it need no check, and the levels
+        kept rise with the tree (the nodes of level L and above are about head / 2**(L-1))."""
+        if head > self.head_seen:
+            self.head_seen = head
+            self.cache_from = max(CACHED_LEVEL, head.bit_length() + 1 - CACHED_NODES_BITS)
 
     def _select(self, n_nodes: int, n_leaves: int) -> str:
         m, parts = self.mark, []
@@ -126,7 +149,7 @@ class TreeSQL:
             cur.execute(self._select(len(inner), len(leaves)), [*inner, *leaves])
             for key, value in cur.fetchall():
                 found[key] = value = bytes(value)
-                if key & LEVEL_MASK >= CACHED_LEVEL:
+                if key & LEVEL_MASK >= self.cache_from:
                     if len(cached) >= MAX_CACHED:
                         cached.clear()
                     cached[key] = value
@@ -204,25 +227,106 @@ class TreeSQL:
     def inclusion_proof(self, cur: Any, index: int, size: int) -> tuple[bytes, list[bytes], bytes]:
         """(event hash, audit path, root) of leaf ``index`` (the event at position index + 1)
         in the tree of the first ``size`` events: O(log size) hashes, one statement."""
-        hashes, (root,), event = self._proof(cur, inclusion_ranges(index, size), (size,), index + 1)
-        assert event is not None
+        ((event, hashes),), root = self.inclusion_proofs(cur, (index,), size)
         return event, hashes, root
+
+    def inclusion_proofs(
+        self, cur: Any, indexes: Sequence[int], size: int
+    ) -> tuple[list[tuple[bytes, list[bytes]]], bytes]:
+        """((event hash, audit path) of each leaf of ``indexes``, root) in the tree of the
+        first ``size`` events, from one statement for all of them (the upper nodes they share
+        are read once).
+
+        ``merkle.inclusion_ranges`` and ``_keys`` in one loop: this is what a proof server
+        spends its time on. Each step down from the root takes the sibling subtree's key (a
+        composite one only on the tree's right edge)."""
+        all_plans: list[list[int | list[int]]] = []
+        wanted: list[int] = []
+        for index in indexes:
+            plans: list[int | list[int]] = []
+            lo, hi, m = 0, size, index
+            while hi - lo > 1:
+                k = 1 << (hi - lo - 1).bit_length() - 1
+                if m < k:
+                    a, b, hi = lo + k, hi, lo + k
+                else:
+                    a, b, lo, m = lo, lo + k, lo + k, m - k
+                n = b - a
+                plan = LEVELS * b + n.bit_length() - 1 if n & (n - 1) == 0 else _keys(a, b)
+                plans.append(plan)
+                if isinstance(plan, list):
+                    wanted += plan
+                else:
+                    wanted.append(plan)
+            plans.reverse()
+            all_plans.append(plans)
+            wanted.append(LEVELS * (index + 1))
+        root = self._roots.get(size)
+        edge = None
+        if root is None:
+            edge = _keys(0, size)
+            wanted += edge if isinstance(edge, list) else (edge,)
+        found = self.read(cur, wanted)
+        if edge is not None:
+            root = self._value(found, edge)
+            self._remember_root(size, root)
+        assert root is not None
+        value = self._value
+        return [
+            (found[LEVELS * (index + 1)], [value(found, plan) for plan in plans])
+            for index, plans in zip(indexes, all_plans, strict=True)
+        ], root
 
     def consistency_proof(
         self, cur: Any, old_size: int, size: int
     ) -> tuple[list[bytes], bytes, bytes]:
         """(proof, old root, root): the tree of ``old_size`` events is a prefix of the tree
-        of ``size``. One statement."""
+        of ``size``. One statement; ``merkle.consistency_ranges`` and ``_keys`` in one loop,
+        as for inclusion proofs."""
         if old_size == size:
-            _, (root,), _ = self._proof(cur, [], (size,), None)
-            return [], root, root
-        ranges = consistency_ranges(old_size, size)
-        if old_size & (old_size - 1) == 0 or old_size in self._roots:
-            hashes, (old_root, root), _ = self._proof(cur, ranges, (old_size, size), None)
-            return hashes, old_root, root
-        # The old root is what the proof leads to: nothing more to read for it.
-        hashes, (root,), _ = self._proof(cur, ranges, (size,), None)
-        return hashes, consistency_old_root(old_size, size, hashes), root
+            _, (same,), _ = self._proof(cur, [], (size,), None)
+            return [], same, same
+        plans: list[int | list[int]] = []
+        lo, hi, m, complete = 0, size, old_size, True
+        while hi - lo != m:
+            k = 1 << (hi - lo - 1).bit_length() - 1
+            if m <= k:
+                a, b, hi = lo + k, hi, lo + k
+            else:
+                a, b, lo, m, complete = lo, lo + k, lo + k, m - k, False
+            n = b - a
+            plans.append(LEVELS * b + n.bit_length() - 1 if n & (n - 1) == 0 else _keys(a, b))
+        if not complete:
+            n = hi - lo
+            plans.append(LEVELS * hi + n.bit_length() - 1 if n & (n - 1) == 0 else _keys(lo, hi))
+        plans.reverse()
+        wanted = [k for plan in plans for k in (plan if isinstance(plan, list) else (plan,))]
+        # The old root: known, a node of the new tree (a power of two), or what the proof
+        # leads to (merkle.consistency_old_root) — never read for itself.
+        old_root = self._roots.get(old_size)
+        old_key = None
+        if old_root is None and old_size & (old_size - 1) == 0:
+            old_key = LEVELS * old_size + old_size.bit_length() - 1
+            wanted.append(old_key)
+        root = self._roots.get(size)
+        edge = None
+        if root is None:
+            edge = _keys(0, size)
+            wanted += edge if isinstance(edge, list) else (edge,)
+        found = self.read(cur, wanted)
+        value = self._value
+        hashes = [value(found, plan) for plan in plans]
+        if edge is not None:
+            root = value(found, edge)
+            self._remember_root(size, root)
+        if old_root is None:
+            old_root = (
+                value(found, old_key)
+                if old_key is not None
+                else consistency_old_root(old_size, size, hashes)
+            )
+        assert root is not None
+        return hashes, old_root, root
 
 
 def _keys(lo: int, hi: int) -> int | list[int]:

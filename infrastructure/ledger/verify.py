@@ -63,6 +63,8 @@ from l2_session.infrastructure.ledger.verify_tree import RangeTree, TreeStitch, 
 
 __all__ = ["Problem", "ProblemKind", "VerificationReport", "verify"]
 
+_CONFLICT_TOPIC = CHECKPOINT_CONFLICT.encode()
+
 # Rows per worker task. A ledger of one chunk is verified in-process: below ~25k events,
 # starting worker processes costs more than it saves. The last tasks are smaller, down to one
 # step of CHUNK_EVENTS // STEPS_PER_CHUNK rows (plan_ranges).
@@ -84,6 +86,7 @@ class _RangeResult:
     lasts: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # sid -> (v, hash)
     created: dict[str, bytes] = field(default_factory=dict)  # sid -> topic of its version 1
     pinned: dict[int, bytes] = field(default_factory=dict)  # checkpoint size -> event hash there
+    conflicts: list[tuple[int, bytes]] = field(default_factory=list)  # CheckpointConflict rows
     tree: RangeTree | None = None
 
 
@@ -338,6 +341,8 @@ def _check_row_contents(
                     )
                 )
         lasts[sid] = (version, stored_h)
+        if topic == _CONFLICT_TOPIC:  # this node found another's ledger in conflict
+            out.conflicts.append((position, payload))
         if grow is not None:
             grow(position, stored_h)
         if position in pins:
@@ -431,6 +436,7 @@ def verify(
             report.problems += checked.result() if checked else []
         report.workers = n_workers
     _stitch(report, results, genesis_hash(ledger_id))
+    report.conflicts_recorded = _conflicts_recorded(results)
     tree = _stitch_tree(report, results, has_tree) if check_tree else None
     for name, cp in checkpoints:
         _check_checkpoint(report, name, cp, ledger_id, trusted, results, tree)
@@ -520,6 +526,21 @@ def _check_cosignatures(
             )
         else:
             report.cosignatures += 1
+
+
+def _conflicts_recorded(results: list[_RangeResult]) -> list[str]:
+    """What this ledger's node recorded of other ledgers that did not extend what it had
+    witnessed (decision 25): evidence about them, not a problem of this ledger."""
+    found = []
+    for r in results:
+        for position, payload in r.conflicts:
+            try:
+                fields = json.loads(payload)
+                origin = Checkpoint.parse(fields["offered"]).origin
+                found.append(f"{origin}: {fields['reason']} (position {position})")
+            except (ValueError, KeyError, TypeError, CheckpointError):
+                found.append(f"an unreadable record (position {position})")
+    return found
 
 
 def _parse_stored(

@@ -95,6 +95,8 @@ class VerificationReport:
     anchored: bool = False
     witnesses: int = 0  # other ledgers read for the checkpoints of this one they witnessed
     witnessed_checkpoints: int = 0
+    # Conflicts this ledger's node recorded about other ledgers it witnesses (decision 25).
+    conflicts_recorded: list[str] = field(default_factory=list)
     workers: int = 1
 
     @property
@@ -136,6 +138,11 @@ class VerificationReport:
             lines.append(
                 f"  stored checkpoints checked: {self.stored_checkpoints}, with "
                 f"{self.cosignatures} witness cosignature(s)"
+            )
+        if self.conflicts_recorded:
+            lines.append(
+                f"  conflicts this node recorded in others' ledgers: "
+                f"{len(self.conflicts_recorded)} — " + "; ".join(self.conflicts_recorded[:5])
             )
         if self.witnesses:
             lines.append(

@@ -160,7 +160,9 @@ def test_a_forger_who_registers_their_key_is_caught_by_explicit_trust(pristine, 
     db = open_as_attacker(path)
     position = append_forged(db, NodeIdentity.generate(), register=True)
     cover_tracks(db)
-    assert verify(path).ok  # the ledger's own signer list was rewritten too ...
+    unanchored = verify(path)
+    assert unanchored.ok  # the ledger's own signer list was rewritten too ...
+    assert not unanchored.anchored and "signers: UNANCHORED" in unanchored.summary()  # ... said
     report = verify(path, trusted_signers=[node.did])  # ... so auditors pin the node keys
     assert report.kinds_at(position) == {K.UNKNOWN_SIGNER}
 

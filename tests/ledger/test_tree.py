@@ -195,3 +195,59 @@ def test_proofs_stay_right_past_what_the_tree_keeps_in_memory(
         proof.check()
         inclusion = ledger.inclusion_proof(size // 2, size)
         assert list(inclusion.hashes) == inclusion_proof(size // 2 - 1, leaves[:size])
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    saves=st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=6),
+    picks=st.lists(
+        st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), min_size=1, max_size=30
+    ),
+)
+def test_any_proof_served_is_the_naive_one(
+    new_ledger_location, identity, storage_key, clock, saves, picks
+):
+    """Random saves, then proofs for random (position, size) and (old, new) pairs: each the
+    recomputation from all the leaves gives, and each checks."""
+    location = new_ledger_location()
+    ledger = SessionLedger(location, identity=identity, storage_key=storage_key, clock=clock)
+    try:
+        for i, notes in enumerate(saves):
+            conversation = Conversation(peer=f"did:key:p{i}")
+            for j in range(notes):
+                conversation.note(text=f"{i}.{j}")
+            ledger.save(conversation)
+        leaves = [leaf_hash(h) for h in event_hashes(location)]
+        n = len(leaves)
+        for a, b in picks:
+            size = 1 + b % n
+            position = 1 + a % size
+            proof = ledger.inclusion_proof(position, size)
+            assert list(proof.hashes) == inclusion_proof(position - 1, leaves[:size])
+            assert proof.root == root(leaves[:size])
+            proof.check()
+            old = 1 + a % size
+            consistency = ledger.consistency_proof(old, size)
+            assert consistency.old_root == root(leaves[:old])
+            expected = consistency_proof(old, leaves[:size]) if old < size else []
+            assert list(consistency.hashes) == expected
+            consistency.check()
+    finally:
+        ledger.close()
+
+
+def test_many_inclusion_proofs_from_one_statement_are_each_the_single_one(
+    ledger_factory, clock, ledger_location
+):
+    ledger = ledger_factory()
+    populate(ledger, clock, sessions=7, notes=2, with_keys=False)  # 21 events
+    positions = [1, 21, 7, 7, 13, 2]
+    many = ledger.inclusion_proofs(positions)
+    assert [p.position for p in many] == positions
+    assert many == [ledger.inclusion_proof(p) for p in positions]
+    for proof in many:
+        proof.check()
+    with pytest.raises(ProofRequestError, match="position 22"):
+        ledger.inclusion_proofs([3, 22])

@@ -171,7 +171,11 @@ def test_a_log_rewritten_with_its_own_key_is_caught_and_recorded(pair, clock):
     assert K.WITNESS_CONFLICT in {p.kind for p in report.problems}
     mismatches = [p for p in report.problems if p.kind is K.CHECKPOINT_MISMATCH]
     assert mismatches and "rewritten" in mismatches[0].detail
-    assert verify(b.path).ok  # the witness's own ledger is intact
+    own = verify(b.path)  # the witness's own ledger is intact, and says what it found
+    assert own.ok and own.conflicts_recorded == [
+        f"l2-session/ledger/{a.ledger.ledger_id}: rewritten (position {own.head_position})"
+    ]
+    assert "conflicts this node recorded in others' ledgers: 1" in own.summary()
 
 
 def test_a_truncated_log_is_caught(pair, clock):
