@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from blake3 import blake3
@@ -183,31 +184,9 @@ class Checkpoint:
         origin, size, head, time_line = lines  # the origin line was checked first
         if not size.isdigit() or (size != "0" and size.startswith("0")):
             raise CheckpointError(f"checkpoint position {size!r} is not a decimal number")
-        try:
-            head_hash = base64.b64decode(head, validate=True)
-        except binascii.Error:
-            raise CheckpointError(f"checkpoint head hash {head!r} is not base64") from None
-        if len(head_hash) != HASH_SIZE:
-            raise CheckpointError(
-                f"checkpoint head hash is {len(head_hash)} bytes, expected {HASH_SIZE}"
-            )
-        if not time_line.startswith("time ") or not time_line[5:].isdigit():
-            raise CheckpointError(f"checkpoint time line {time_line!r} is not 'time <µs>'")
-        sig_line = signatures.rstrip("\n").split("\n")[0]
-        parts = sig_line.split(" ")
-        if len(parts) != 3 or parts[0] != SIGNATURE_DASH:
-            raise CheckpointError(f"checkpoint signature line {sig_line!r} is malformed")
-        signer = parts[1]
-        try:
-            raw = base64.b64decode(parts[2], validate=True)
-            expected_id = key_id(signer)
-        except (binascii.Error, DIDError) as e:
-            raise CheckpointError(f"checkpoint signature line: {e}") from None
-        if len(raw) != 4 + SIGNATURE_SIZE or raw[:4] != expected_id:
-            raise CheckpointError("checkpoint signature does not carry the signer's key id")
-        return cls(
-            origin[len(ORIGIN_PREFIX) :], int(size), head_hash, int(time_line[5:]), signer, raw[4:]
-        )
+        head_hash, timestamp = _head_and_time(head, time_line)
+        signer, signature = _signature(signatures.rstrip("\n").split("\n")[0], key_id)
+        return cls(origin[len(ORIGIN_PREFIX) :], int(size), head_hash, timestamp, signer, signature)
 
     @classmethod
     def _parse_v2(cls, body: str, signatures: str) -> Checkpoint:
@@ -223,30 +202,11 @@ class Checkpoint:
         head_line, time_line = head.extensions
         if not head_line.startswith("head "):
             raise CheckpointError(f"checkpoint head line {_shown(head_line)} is not 'head <hash>'")
-        try:
-            head_hash = base64.b64decode(head_line[5:], validate=True)
-        except binascii.Error:
-            raise CheckpointError(f"checkpoint head hash {head_line[5:]!r} is not base64") from None
-        if len(head_hash) != HASH_SIZE:
-            raise CheckpointError(
-                f"checkpoint head hash is {len(head_hash)} bytes, expected {HASH_SIZE}"
-            )
-        if not time_line.startswith("time ") or not time_line[5:].isdigit():
-            raise CheckpointError(f"checkpoint time line {time_line!r} is not 'time <µs>'")
+        head_hash, timestamp = _head_and_time(head_line[5:], time_line)
         if not signatures.endswith("\n"):
             raise CheckpointError("the checkpoint's last signature line has no final newline")
         lines = signatures[:-1].split("\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or parts[0] != SIGNATURE_DASH:
-            raise CheckpointError(f"checkpoint signature line {_shown(lines[0])} is malformed")
-        signer = parts[1]
-        try:
-            raw = base64.b64decode(parts[2], validate=True)
-            expected_id = note_key_id_of(signer)
-        except (binascii.Error, DIDError) as e:
-            raise CheckpointError(f"checkpoint signature line: {e}") from None
-        if len(raw) != 4 + SIGNATURE_SIZE or raw[:4] != expected_id:
-            raise CheckpointError("checkpoint signature does not carry the signer's key id")
+        signer, signature = _signature(lines[0], note_key_id_of)
         for line in lines[1:]:
             if not line.startswith(SIGNATURE_DASH + " "):
                 raise CheckpointError(f"checkpoint signature line {_shown(line)} is malformed")
@@ -254,9 +214,41 @@ class Checkpoint:
             head.origin[len(ORIGIN_V2_PREFIX) :],
             head.size,
             head_hash,
-            int(time_line[5:]),
+            timestamp,
             signer,
-            raw[4:],
+            signature,
             head.root,
             tuple(lines[1:]),
         )
+
+
+def _head_and_time(head: str, time_line: str) -> tuple[bytes, int]:
+    """The head hash (base64 of 32 bytes) and the time line of a checkpoint body."""
+    try:
+        head_hash = base64.b64decode(head, validate=True)
+    except binascii.Error:
+        raise CheckpointError(f"checkpoint head hash {head!r} is not base64") from None
+    if len(head_hash) != HASH_SIZE:
+        raise CheckpointError(
+            f"checkpoint head hash is {len(head_hash)} bytes, expected {HASH_SIZE}"
+        )
+    if not time_line.startswith("time ") or not time_line[5:].isdigit():
+        raise CheckpointError(f"checkpoint time line {time_line!r} is not 'time <µs>'")
+    return head_hash, int(time_line[5:])
+
+
+def _signature(line: str, key_id_of: Callable[[str], bytes]) -> tuple[str, bytes]:
+    """(signer, signature) of a checkpoint's signature line, whose key id is ``key_id_of``
+    its signer's (the format's)."""
+    parts = line.split(" ")
+    if len(parts) != 3 or parts[0] != SIGNATURE_DASH:
+        raise CheckpointError(f"checkpoint signature line {_shown(line)} is malformed")
+    signer = parts[1]
+    try:
+        raw = base64.b64decode(parts[2], validate=True)
+        expected_id = key_id_of(signer)
+    except (binascii.Error, DIDError) as e:
+        raise CheckpointError(f"checkpoint signature line: {e}") from None
+    if len(raw) != 4 + SIGNATURE_SIZE or raw[:4] != expected_id:
+        raise CheckpointError("checkpoint signature does not carry the signer's key id")
+    return signer, raw[4:]

@@ -24,35 +24,38 @@ from l2_session.infrastructure.ledger.tree import LEVELS, TREE_TABLE
 
 
 @contextmanager
-def range_rows(url: str, lo: int, hi: int) -> Iterator[Any]:
-    """Rows of ``ROW_COLUMNS`` with ``lo <= position <= hi``, in position order."""
+def _streamed(url: str, name: str, statement: str, params: Any) -> Iterator[Any]:
+    """The rows of ``statement`` (``{schema}`` filled in) through a server-side cursor, on a
+    read-only connection of its own: memory stays flat however many rows."""
     location = PostgresLocation.parse(url)
     with location.connect(autocommit=False) as conn:
         conn.read_only = True
-        with conn.cursor(name="l2s_verify") as cur:
+        with conn.cursor(name=name) as cur:
             cur.itersize = 5000
-            cur.execute(
-                f"SELECT {ROW_COLUMNS} FROM {location.schema}.{EVENTS_TABLE} "
-                "WHERE position BETWEEN %s AND %s ORDER BY position",
-                (lo, hi),
-            )
+            cur.execute(statement.format(schema=location.schema), params)
             yield cur
+
+
+@contextmanager
+def range_rows(url: str, lo: int, hi: int) -> Iterator[Any]:
+    """Rows of ``ROW_COLUMNS`` with ``lo <= position <= hi``, in position order."""
+    statement = (
+        f"SELECT {ROW_COLUMNS} FROM {{schema}}.{EVENTS_TABLE} "
+        "WHERE position BETWEEN %s AND %s ORDER BY position"
+    )
+    with _streamed(url, "l2s_verify", statement, (lo, hi)) as rows:
+        yield rows
 
 
 @contextmanager
 def range_nodes(url: str, lo: int, hi: int) -> Iterator[Any]:
     """Stored tree rows (node, hash) of positions ``lo`` to ``hi``, in node order."""
-    location = PostgresLocation.parse(url)
-    with location.connect(autocommit=False) as conn:
-        conn.read_only = True
-        with conn.cursor(name="l2s_verify_tree") as cur:
-            cur.itersize = 5000
-            cur.execute(
-                f"SELECT node, hash FROM {location.schema}.{TREE_TABLE} "
-                "WHERE node BETWEEN %s AND %s ORDER BY node",
-                (LEVELS * lo, LEVELS * hi + LEVELS - 1),
-            )
-            yield ((node, bytes(value)) for node, value in cur)
+    statement = (
+        f"SELECT node, hash FROM {{schema}}.{TREE_TABLE} WHERE node BETWEEN %s AND %s ORDER BY node"
+    )
+    bounds = (LEVELS * lo, LEVELS * hi + LEVELS - 1)
+    with _streamed(url, "l2s_verify_tree", statement, bounds) as rows:
+        yield ((node, bytes(value)) for node, value in rows)
 
 
 def select_rows(url: str, statement: str, params: Any) -> list[tuple[int, str, bytes]]:

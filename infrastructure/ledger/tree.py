@@ -377,6 +377,24 @@ def _count(value: Any, what: str) -> int:
     return value
 
 
+def _json(kind: str, ledger_id: str, hashes: Sequence[bytes], **fields: Any) -> dict[str, Any]:
+    encoded = {k: _b64(v) if isinstance(v, bytes) else v for k, v in fields.items()}
+    head = {"proof": kind, "hash": "blake3", "ledger_id": ledger_id}
+    return {**head, **encoded, "hashes": [_b64(h) for h in hashes]}
+
+
+def _from_json(data: Any, kind: str) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+    """``data`` checked to be a ``kind`` proof with BLAKE3 hashes; it and its hashes."""
+    if not isinstance(data, dict) or data.get("proof") != kind:
+        raise ProofError(f"not {kind} proof (its 'proof' is not '{kind}')")
+    if data.get("hash") != "blake3":
+        raise ProofError(f"a proof over {data.get('hash')!r} hashes; a ledger's are 'blake3'")
+    hashes = data.get("hashes")
+    if not isinstance(hashes, list):
+        raise ProofError(f"{kind} proof's 'hashes' is a list")
+    return data, tuple(_unb64(h, f"hashes[{i}]") for i, h in enumerate(hashes))
+
+
 @dataclass(frozen=True)
 class InclusionProof:
     """That the event at ``position``, whose hash is ``event_hash``, is in the ledger's tree of
@@ -396,31 +414,21 @@ class InclusionProof:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "proof": "inclusion",
-            "hash": "blake3",
-            "ledger_id": self.ledger_id,
-            "position": self.position,
-            "tree_size": self.size,
-            "event_hash": _b64(self.event_hash),
-            "root": _b64(self.root),
-            "hashes": [_b64(h) for h in self.hashes],
-        }
+        return _json(
+            "inclusion", self.ledger_id, self.hashes, position=self.position,
+            tree_size=self.size, event_hash=self.event_hash, root=self.root,
+        )  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any) -> InclusionProof:
-        if not isinstance(data, dict) or data.get("proof") != "inclusion":
-            raise ProofError("not an inclusion proof (its 'proof' is not 'inclusion')")
-        hashes = data.get("hashes")
-        if not isinstance(hashes, list):
-            raise ProofError("an inclusion proof's 'hashes' is a list")
+        data, hashes = _from_json(data, "inclusion")
         return cls(
             str(data.get("ledger_id", "")),
             _count(data.get("position"), "position"),
             _count(data.get("tree_size"), "tree_size"),
             _unb64(data.get("event_hash"), "event_hash"),
             _unb64(data.get("root"), "root"),
-            tuple(_unb64(h, f"hashes[{i}]") for i, h in enumerate(hashes)),
+            hashes,
         )
 
 
@@ -440,29 +448,19 @@ class ConsistencyProof:
         verify_consistency(self.old_size, self.size, self.old_root, self.root, self.hashes)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "proof": "consistency",
-            "hash": "blake3",
-            "ledger_id": self.ledger_id,
-            "old_size": self.old_size,
-            "tree_size": self.size,
-            "old_root": _b64(self.old_root),
-            "root": _b64(self.root),
-            "hashes": [_b64(h) for h in self.hashes],
-        }
+        return _json(
+            "consistency", self.ledger_id, self.hashes, old_size=self.old_size,
+            tree_size=self.size, old_root=self.old_root, root=self.root,
+        )  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any) -> ConsistencyProof:
-        if not isinstance(data, dict) or data.get("proof") != "consistency":
-            raise ProofError("not a consistency proof (its 'proof' is not 'consistency')")
-        hashes = data.get("hashes")
-        if not isinstance(hashes, list):
-            raise ProofError("a consistency proof's 'hashes' is a list")
+        data, hashes = _from_json(data, "consistency")
         return cls(
             str(data.get("ledger_id", "")),
             _count(data.get("old_size"), "old_size"),
             _count(data.get("tree_size"), "tree_size"),
             _unb64(data.get("old_root"), "old_root"),
             _unb64(data.get("root"), "root"),
-            tuple(_unb64(h, f"hashes[{i}]") for i, h in enumerate(hashes)),
+            hashes,
         )

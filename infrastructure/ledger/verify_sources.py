@@ -39,6 +39,15 @@ def connect_ro(path: str) -> sqlite3.Connection:
 
 
 @contextmanager
+def _sqlite_rows(path: str, statement: str, params: Any) -> Iterator[Iterable[Any]]:
+    conn = connect_ro(path)
+    try:
+        yield conn.execute(statement, params)
+    finally:
+        conn.close()
+
+
+@contextmanager
 def range_rows(source: str, lo: int, hi: int) -> Iterator[Iterable[Any]]:
     """The rows (EVENT_COLUMNS) with ``lo <= position <= hi`` of either backend's ledger."""
     if is_postgres_url(source):
@@ -47,15 +56,12 @@ def range_rows(source: str, lo: int, hi: int) -> Iterator[Iterable[Any]]:
         with pg_range_rows(source, lo, hi) as rows:
             yield rows
         return
-    conn = connect_ro(source)
-    try:
-        yield conn.execute(
-            f"SELECT {', '.join(EVENT_COLUMNS)} FROM {EVENTS_TABLE} "
-            "WHERE position BETWEEN ? AND ? ORDER BY position",
-            (lo, hi),
-        )
-    finally:
-        conn.close()
+    statement = (
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM {EVENTS_TABLE} "
+        "WHERE position BETWEEN ? AND ? ORDER BY position"
+    )
+    with _sqlite_rows(source, statement, (lo, hi)) as rows:
+        yield rows
 
 
 @contextmanager
@@ -71,14 +77,9 @@ def range_nodes(source: str, lo: int, hi: int, has_tree: bool) -> Iterator[Itera
         with pg_range_nodes(source, lo, hi) as rows:
             yield rows
         return
-    conn = connect_ro(source)
-    try:
-        yield conn.execute(
-            f"SELECT node, hash FROM {TREE_TABLE} WHERE node BETWEEN ? AND ? ORDER BY node",
-            (LEVELS * lo, LEVELS * hi + LEVELS - 1),
-        )
-    finally:
-        conn.close()
+    statement = f"SELECT node, hash FROM {TREE_TABLE} WHERE node BETWEEN ? AND ? ORDER BY node"
+    with _sqlite_rows(source, statement, (LEVELS * lo, LEVELS * hi + LEVELS - 1)) as rows:
+        yield rows
 
 
 def stored_tree_and_checkpoints(

@@ -85,6 +85,8 @@ def test_proofs_round_trip_through_json_and_a_changed_one_fails(ledger_factory, 
     assert InclusionProof.from_json(inclusion.to_json()) == inclusion
     consistency = ledger.consistency_proof(3)
     assert ConsistencyProof.from_json(consistency.to_json()) == consistency
+    with pytest.raises(ProofError, match="'sha256' hashes"):
+        InclusionProof.from_json({**inclusion.to_json(), "hash": "sha256"})
     forged = InclusionProof(**{**inclusion.__dict__, "event_hash": bytes(32)})
     with pytest.raises(ProofError):
         forged.check()
