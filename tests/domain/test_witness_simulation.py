@@ -119,3 +119,35 @@ def test_a_node_that_rewrote_its_ledger_is_caught_by_its_peers_ledger(tmp_path):
     report = verify(path, witnesses=[tmp_path / "bob.sqlite3"])
     assert K.WITNESS_CONFLICT in {p.kind for p in report.problems}
     assert verify(tmp_path / "before.sqlite3", witnesses=[tmp_path / "bob.sqlite3"]).problems
+
+
+def test_a_node_restored_from_an_old_backup_is_caught_as_truncated(tmp_path):
+    """Alice's ledger is put back to a copy taken before what Bob witnessed (a restore from an
+    old backup: history her peers saw is gone). Her next offer covers fewer events than the
+    checkpoint Bob holds: recorded as truncated, with both signed checkpoints."""
+    world = World(tmp_path)
+    try:
+        alice = world.sim.nodes[world.did("alice")]
+        sid, outputs = alice.establish(world.did("bob"), world.clock.wall_us())
+        world.sim.perform(world.did("alice"), outputs)
+        world.sim.run_for(5)
+        world.stop("alice")
+        shutil.copy(tmp_path / "alice.sqlite3", tmp_path / "backup.sqlite3")
+        world.start("alice")
+        world.sim.run_for(900)  # three offers witnessed: Bob holds a bigger tree than the copy
+        witnessed = world.seen("bob", "alice").size
+        world.stop("alice")
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / f"alice.sqlite3{suffix}").unlink(missing_ok=True)
+        shutil.copy(tmp_path / "backup.sqlite3", tmp_path / "alice.sqlite3")
+        world.start("alice")
+        restarted = world.sim.nodes[world.did("alice")]
+        world.sim.perform(world.did("alice"), restarted.resume(sid, world.clock.wall_us()))
+        world.sim.run_for(90)  # the next offer falls due
+        seen = world.seen("bob", "alice")
+        assert seen.conflicts >= 1 and seen.last_conflict["reason"] == "truncated"
+        assert seen.size == witnessed
+    finally:
+        world.close()
+    report = verify(tmp_path / "alice.sqlite3", witnesses=[tmp_path / "bob.sqlite3"])
+    assert any("truncated" in p.detail for p in report.problems), report.summary()
