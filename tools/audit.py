@@ -1,7 +1,7 @@
 """``l2-session audit``: what an auditor asks of a ledger. ``audit verify`` is ``verify``;
 ``audit prove`` prints a Merkle inclusion or consistency proof as JSON, with the stored
 checkpoint that signs its root when there is one; ``audit check-proof`` checks such a JSON
-proof offline, against a checkpoint if given (docs/cli.md, docs/ledger-format.md §8)."""
+proof offline, against a checkpoint if given (docs/cli.md, docs/ledger-format.md §13)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Signed checkpoints of a ledger: format 2 is a C2SP tlog-checkpoint signed as a C2SP
 signed note; format 1 (read and verified, no longer written) was modelled on them.
 
-Format 2 (docs/ledger-format.md §9)::
+Format 2 (docs/ledger-format.md §5)::
 
     l2-session/ledger/<ledger id>          origin line
     <size>                                 number of events the checkpoint covers

@@ -44,7 +44,7 @@ def _append_only(table: str) -> list[str]:
 
 
 # Format 2: the Merkle tree of the events (tree.py) and the witnesses' cosignatures of this
-# ledger's checkpoints (witness.py); docs/ledger-format.md §5, §8.
+# ledger's checkpoints (witness.py); docs/ledger-format.md §13, §14.
 TREE_STATEMENTS: list[str] = [
     f"""CREATE TABLE IF NOT EXISTS {TREE_TABLE} (
         node INTEGER PRIMARY KEY,
