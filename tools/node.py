@@ -60,7 +60,7 @@ from l2_session.domain.session.errors import SessionError
 from l2_session.infrastructure.clock import SessionTimeline, SystemClock
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
-from l2_session.infrastructure.ledger.witness import Witnessing
+from l2_session.infrastructure.ledger.witness import MIN_GAP_US, Witnessing
 from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.tools.errors import UsageError
 from l2_session.transports.quic import QuicSettings
@@ -128,7 +128,12 @@ class NodeProcess:
             quic_tickets=store.path.with_name(store.path.name + ".quic-tickets"),
             quic_settings=quic_settings,
             # Its peers witness its ledger and it theirs, over their sessions (decision 25).
-            witnessing=Witnessing(ledger, identity), witness_interval_s=witness_interval_s,
+            witnessing=Witnessing(
+                ledger, identity,
+                # Peers offer about once an interval: more often is refused unread.
+                min_gap_us=min(MIN_GAP_US, round(witness_interval_s * 1e6 / 2)),
+            ),
+            witness_interval_s=witness_interval_s,
         )  # fmt: skip
         self.exchange.source_of = self.node.address_of
         self.stopped = asyncio.Event()

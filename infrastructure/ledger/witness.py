@@ -62,13 +62,27 @@ class Reply:
     witnessed: int
 
 
-class Witnessing:
-    """One node's witnessing, both ways, on its ledger."""
+TOO_SOON = "too soon"  # a refusal that says nothing of the ledger: the origin keeps its hints
+MIN_GAP_US = 10_000_000  # one offer per peer this often at most is witnessed
+MAX_PEERS_TIMED = 4096  # peers whose last offer time is kept before old ones are let go
 
-    def __init__(self, ledger: Any, identity: NodeIdentity) -> None:
+
+class Witnessing:
+    """One node's witnessing, both ways, on its ledger. A peer's offers are witnessed at most
+    one per ``min_gap_us``: each may append to this node's ledger (a ``WitnessedLog`` event),
+    so a peer that offers without pause — honest checkpoints or conflicting ones — costs at
+    most one append per gap; the others are refused unread, counted as ``too_soon``."""
+
+    def __init__(
+        self, ledger: Any, identity: NodeIdentity, *, min_gap_us: int = MIN_GAP_US
+    ) -> None:
+        if min_gap_us < 0:
+            raise ValueError(f"min_gap_us must be >= 0, got {min_gap_us}")
         self.ledger = ledger
         self.identity = identity
+        self.min_gap_us = min_gap_us
         self._from: dict[str, int] = {}  # peer did -> size the peer last witnessed (a hint)
+        self._offered_at: dict[str, int] = {}  # peer did -> when its last offer was witnessed
         self.counts: Counter[str] = Counter()  # offered, cosigned, refused, conflicts, ...
 
     # ------------------------------------------------------------------ the origin's side
@@ -97,6 +111,9 @@ class Witnessing:
         """Keep the cosignature in ``reply`` if it is ``peer_did``'s on one of this node's
         checkpoints; whether it was kept. A refusal is logged and counted, and its
         ``witnessed`` size starts the next proof."""
+        if reply.reason.startswith(TOO_SOON):
+            self.counts["too_soon"] += 1
+            return False
         self._from[peer_did] = reply.witnessed
         if not reply.cosignature:
             self.counts["refused"] += 1
@@ -158,6 +175,14 @@ class Witnessing:
     def witness(self, peer_did: str, offer: Offer, now_us: int) -> Reply:
         """Check ``peer_did``'s ``offer`` against what this node witnessed of its ledger,
         record the outcome in this node's ledger and answer."""
+        last = self._offered_at.get(peer_did)
+        if last is not None and 0 <= now_us - last < self.min_gap_us:
+            self.counts["too_soon"] += 1
+            return Reply(0, bytes(HASH), "", f"{TOO_SOON}: one offer per {self.min_gap_us} µs", 0)
+        if len(self._offered_at) >= MAX_PEERS_TIMED:
+            cutoff = now_us - self.min_gap_us
+            self._offered_at = {p: t for p, t in self._offered_at.items() if t > cutoff}
+        self._offered_at[peer_did] = now_us
         try:
             cp = Checkpoint.parse(offer.checkpoint)
         except CheckpointError as e:

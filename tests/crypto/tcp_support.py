@@ -177,7 +177,8 @@ def make_side(
     )
     options = dict(node_options or {})
     if witness_interval_s is not None:  # peers witness each other's ledgers (decision 25)
-        options["witnessing"] = Witnessing(ledger, store.identity)
+        gap = round(witness_interval_s * 1e6 / 2)  # a peer offers about once an interval
+        options["witnessing"] = Witnessing(ledger, store.identity, min_gap_us=gap)
         options["witness_interval_s"] = witness_interval_s
     node = TcpNode(manager, clock.now_us, reservation_block=reservation_block, **options)
     exchange.source_of = node.address_of  # the engine keys its gate by address

@@ -28,7 +28,8 @@ class Node:
         self.ledger = SessionLedger(
             path, identity=self.identity, storage_key=b"k" * 32, clock=clock
         )
-        self.witnessing = Witnessing(self.ledger, self.identity)
+        # The clock of these tests does not move between exchanges: no gap between offers.
+        self.witnessing = Witnessing(self.ledger, self.identity, min_gap_us=0)
 
     @property
     def did(self) -> str:
@@ -232,3 +233,26 @@ def test_verify_checks_the_cosignatures_kept_and_names_a_forged_one(pair, clock)
         f"cosignature #3 by {b.did} does not verify (the cosignature of {b.did} does not verify)"
     ]
     a.reopen(clock)
+
+
+def test_a_peer_that_offers_without_pause_costs_one_append_per_gap(tmp_path, clock):
+    """Offers come at most one per ``min_gap_us`` from a peer: the others are refused unread,
+    append nothing, and leave the origin's hint alone; after the gap, the next is witnessed."""
+    a, b = Node(tmp_path / "a.sqlite3", clock), Node(tmp_path / "b.sqlite3", clock)
+    try:
+        b.witnessing = Witnessing(b.ledger, b.identity, min_gap_us=10_000_000)
+        a.grow(2)
+        assert exchange(a, b, clock).cosignature
+        events = len(b.ledger.notification_log.select(1, 1000))
+        for n in range(20):  # a new checkpoint every time, as fast as it can
+            a.grow(1, f"spam{n}")
+            reply = exchange(a, b, clock)
+            assert reply.reason.startswith("too soon") and not reply.cosignature
+        assert len(b.ledger.notification_log.select(1, 1000)) == events
+        assert b.witnessing.counts["too_soon"] == 20 and a.witnessing.counts["too_soon"] == 20
+        clock.advance(10)
+        reply = exchange(a, b, clock)  # the proof starts where b stands: the hint was kept
+        assert reply.cosignature and seen(b, a).witnessed == 2
+    finally:
+        a.ledger.close()
+        b.ledger.close()
