@@ -180,7 +180,7 @@ class NodeProcess:
             "status": self._status, "peer": self._peer, "dial": self._dial,
             "establish": self._establish, "wait": self._wait, "send": self._send,
             "receive": self._receive, "sessions": self._sessions, "close": self._close,
-            "stop": self._stop,
+            "checkpoint": self._checkpoint, "witnessed": self._witnessed, "stop": self._stop,
         }  # fmt: skip
 
     async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -258,6 +258,15 @@ class NodeProcess:
             ]
 
         return {"sessions": await self.node.query(listed)}
+
+    async def _checkpoint(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Sign and record a checkpoint of this node's ledger as it is now (a C2SP note)."""
+        return {"checkpoint": await self.node.query(lambda: self.ledger.checkpoint().to_text())}
+
+    async def _witnessed(self, request: dict[str, Any]) -> dict[str, Any]:
+        witnessing = self.node.worker.witnessing
+        assert witnessing is not None
+        return {"witnessed": await self.node.query(witnessing.witnessed)}
 
     async def _close(self, request: dict[str, Any]) -> dict[str, Any]:
         sid = _session(request)

@@ -21,8 +21,10 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
+from l2_session.domain.session.topics import STORED_TOPICS
 from l2_session.domain.session.witnessed import WitnessedLog, witnessed_log_id
 from l2_session.infrastructure.identity import DIDError, NodeIdentity, public_key_from_did_key
 from l2_session.infrastructure.ledger.checkpoint import Checkpoint, CheckpointError
@@ -170,6 +172,31 @@ class Witnessing:
         cosigned = {cid for cid, witness, _ in self.ledger.cosignatures() if witness == peer_did}
         sizes = [cp.size for cid, cp in self.ledger.stored_checkpoints() if cid in cosigned]
         return max(sizes, default=0)
+
+    def witnessed(self) -> list[dict[str, Any]]:
+        """What this node witnessed of each other ledger, from its own ledger: the origin, the
+        last checkpoint witnessed (size, signer), how many, and the conflicts found."""
+        started = STORED_TOPICS["WitnessedLog.Started"]
+        recorder = self.ledger.ledger_recorder
+        with recorder.reading() as cur:
+            cur.execute(
+                f"SELECT session_id FROM {recorder.tree_sql.events} WHERE topic = "
+                f"{recorder.tree_sql.mark} ORDER BY position",
+                (started,),
+            )
+            ids = [row[0] for row in cur.fetchall()]
+        found = []
+        for sid in ids:
+            log: WitnessedLog = self.ledger.repository.get(UUID(hex=str(sid)))
+            conflict = log.last_conflict or {}
+            found.append(
+                {
+                    "origin": log.origin, "size": log.size, "signer": log.signer,
+                    "witnessed": log.witnessed, "conflicts": log.conflicts,
+                    "last_conflict": conflict.get("reason"),
+                }
+            )  # fmt: skip
+        return found
 
     # ------------------------------------------------------------------ the witness's side
     def witness(self, peer_did: str, offer: Offer, now_us: int) -> Reply:

@@ -167,6 +167,9 @@ def test_a_log_rewritten_with_its_own_key_is_caught_and_recorded(pair, clock):
     assert log.last_conflict["witnessed"] == witnessed
     offered = Checkpoint.parse(log.last_conflict["offered"])
     assert offered.signer == a.did and offered.signature_valid()
+    (listed,) = b.witnessing.witnessed()  # what `l2-session node`'s "witnessed" op shows
+    assert (listed["origin"], listed["size"], listed["signer"]) == (log.origin, 12, a.did)
+    assert (listed["conflicts"], listed["last_conflict"]) == (1, "rewritten")
     # The witness's ledger convicts the origin's: its witnessed checkpoint no longer matches.
     report = verify(a.path, witnesses=[b.path])
     assert K.WITNESS_CONFLICT in {p.kind for p in report.problems}

@@ -240,6 +240,14 @@ def test_a_node_from_a_config_file_dials_its_address_book_and_logs_json(tmp_path
                 while (await alice.do("status"))["witnessing"].get("cosigned", 0) < 1:
                     await asyncio.sleep(0.05)
             assert (await bob.do("status"))["witnessing"].get("witnessed", 0) >= 1
+            (seen,) = (await bob.do("witnessed"))["witnessed"]
+            assert seen["signer"] == alice.ready["did"] and seen["conflicts"] == 0
+            assert seen["origin"].startswith("l2-session/ledger/") and seen["size"] >= 1
+            signed = (await alice.do("checkpoint"))["checkpoint"]
+            assert (
+                signed.startswith(seen["origin"] + "\n")
+                and f"\u2014 {alice.ready['did']} " in signed
+            )
             unknown = await alice.ask("dial", did="did:key:z6MkStranger")
             assert unknown["ok"] is False and "address book" in unknown["error"]
             assert await alice.stop() == 0
