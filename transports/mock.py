@@ -23,8 +23,14 @@ from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Deliver, Frame, Output, Send
 from l2_session.domain.session.states import State
 from l2_session.infrastructure.clock import ManualClock
-from l2_session.infrastructure.ledger.witness import Offer, Reply, Witnessing
-from l2_session.transports.witness_frames import WITNESS_FRAMES, CheckpointOffer, CheckpointReply
+from l2_session.infrastructure.ledger.witness import Witnessing
+from l2_session.transports.witness_frames import (
+    WITNESS_FRAMES,
+    CheckpointOffer,
+    CheckpointReply,
+    offer_frame,
+    take,
+)
 
 
 @dataclass
@@ -221,42 +227,19 @@ class Simulation:
                 if session.state != State.ESTABLISHED or self._witness_due.get(key, 0) > now:
                     continue
                 self._witness_due[key] = now + self.witness_interval_us
-                offer = witnessing.offer(session.peer_did)
-                if offer is not None:
-                    frame = CheckpointOffer(
-                        session.conversation, offer.checkpoint.encode(), offer.old_size,
-                        b"".join(offer.proof),
-                    )  # fmt: skip
+                frame = offer_frame(witnessing, session.peer_did, session.conversation)
+                if frame is not None:
                     self.transport.send(did, session.peer_did, cast(Frame, frame))
 
-    def _witness_frame(self, dst: str, src: str, frame: object, now: int) -> None:
+    def _witness_frame(
+        self, dst: str, src: str, frame: CheckpointOffer | CheckpointReply, now: int
+    ) -> None:
         witnessing = self.witnessing.get(dst)
         if witnessing is None:
             return
-        if isinstance(frame, CheckpointOffer):
-            proof = frame.proof
-            reply = witnessing.witness(
-                src,
-                Offer(
-                    frame.checkpoint.decode(errors="replace"), frame.old_size,
-                    tuple(proof[i : i + 32] for i in range(0, len(proof), 32)),
-                ),
-                now,
-            )  # fmt: skip
-            answer = CheckpointReply(
-                frame.conversation, reply.size, reply.root, reply.cosignature.encode(),
-                reply.reason, reply.witnessed,
-            )  # fmt: skip
-            self.transport.send(dst, src, cast(Frame, answer))
-        elif isinstance(frame, CheckpointReply):
-            witnessing.accept_reply(
-                src,
-                Reply(
-                    frame.size, frame.root, frame.cosignature.decode(errors="replace"),
-                    frame.reason, frame.witnessed,
-                ),
-                now,
-            )  # fmt: skip
+        reply = take(witnessing, src, frame, now)
+        if reply is not None:
+            self.transport.send(dst, src, cast(Frame, reply))
 
     def _receive(self, dst: str, src: str, frame: Frame, now: int) -> list[Output]:
         answer = self.answers.get(dst)

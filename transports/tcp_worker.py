@@ -59,7 +59,7 @@ from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Frame, Output, Send
 from l2_session.domain.session.errors import SessionError
 from l2_session.domain.session.states import State
-from l2_session.infrastructure.ledger.witness import Offer, Reply, Witnessing
+from l2_session.infrastructure.ledger.witness import Witnessing
 from l2_session.transports.bundles import BundleRequest, BundleResponse
 from l2_session.transports.frames import FrameError, decode, encode
 from l2_session.transports.sealed import SEALED_KIND, SealedFrames, SealRefused, is_channel_frame
@@ -68,6 +68,8 @@ from l2_session.transports.witness_frames import (
     WITNESS_FRAMES,
     CheckpointOffer,
     CheckpointReply,
+    offer_frame,
+    take,
 )
 
 log = logging.getLogger("l2_session.transport")
@@ -453,48 +455,21 @@ class NodeWorker:
     def _offer(self, conversation: UUID, peer: str) -> int:
         assert self.witnessing is not None
         try:
-            offer = self.witnessing.offer(peer)
+            frame = offer_frame(self.witnessing, peer, conversation)
         except Exception:  # the ledger failed: the next interval tries again
             log.exception("no checkpoint could be offered to %s", peer)
             return 0
-        if offer is None:
-            return 0
-        frame = CheckpointOffer(
-            conversation, offer.checkpoint.encode(), offer.old_size, b"".join(offer.proof)
-        )
-        return int(self._send_witnessing(peer, frame))
+        return 0 if frame is None else int(self._send_witnessing(peer, frame))
 
     def _witness_frame(self, link: Link, frame: Any) -> None:
         """A witnessing frame from ``link.did``, opened in the channel of a session with it."""
         if self.witnessing is None:
             self.sealed.refused["witnessing_off"] += 1
             return
-        now = self.now_us()
         try:
-            if isinstance(frame, CheckpointOffer):
-                proof = frame.proof
-                offer = Offer(
-                    frame.checkpoint.decode(errors="replace"),
-                    frame.old_size,
-                    tuple(proof[i : i + 32] for i in range(0, len(proof), 32)),
-                )
-                reply = self.witnessing.witness(link.did, offer, now)
-                self._send_witnessing(
-                    link.did,
-                    CheckpointReply(
-                        frame.conversation, reply.size, reply.root,
-                        reply.cosignature.encode(), reply.reason, reply.witnessed,
-                    ),
-                )  # fmt: skip
-            else:
-                self.witnessing.accept_reply(
-                    link.did,
-                    Reply(
-                        frame.size, frame.root, frame.cosignature.decode(errors="replace"),
-                        frame.reason, frame.witnessed,
-                    ),
-                    now,
-                )  # fmt: skip
+            reply = take(self.witnessing, link.did, frame, self.now_us())
+            if reply is not None:
+                self._send_witnessing(link.did, reply)
         except Exception:  # the ledger failed to save: the next offer tries again
             log.exception("a witnessing frame from %s could not be handled", link.did)
 

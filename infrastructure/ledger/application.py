@@ -524,8 +524,7 @@ class SessionLedger(Application[UUID]):
         """``size``, checked against the ledger's head (default: the head). A ledger only
         grows, so a size at or below a head seen before needs no read."""
         recorder = self.ledger_recorder
-        if not recorder.has_tree:
-            recorder.tree_head(cur)  # raises TreeMissing, saying what to do
+        recorder.require_tree()
         if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
             raise ProofRequestError(f"tree size {size!r} is not a whole number")
         tree = recorder.tree_sql

@@ -149,6 +149,8 @@ class LedgerRecorder(Protocol):
 
     def tree_head(self, cur: Any) -> tuple[int, bytes, bytes]: ...
 
+    def require_tree(self) -> None: ...
+
     def _head_in(self, cur: Any) -> tuple[int, bytes]: ...
 
     tree_sql: TreeSQL
@@ -339,6 +341,14 @@ class LedgerChain:
     def _head_in(self, cur: Any) -> tuple[int, bytes]:
         """(position, event hash) of the newest event, read in the open transaction."""
         raise NotImplementedError
+
+    def require_tree(self) -> None:
+        """``TreeMissing`` unless the ledger keeps a tree (format 2), saying how to get one."""
+        if not self.has_tree:
+            raise TreeMissing(
+                "this ledger is in format 1 and has no Merkle tree yet: open it once with its "
+                "node's identity (a writer) to build it"
+            )
 
     def tree_head(self, cur: Any) -> tuple[int, bytes, bytes]:
         """(size, event hash at that position, Merkle root) of the ledger as the open

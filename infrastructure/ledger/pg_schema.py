@@ -131,27 +131,8 @@ def build_tree(cur: Any, schema: str) -> None:
     version 1), and after an import has copied the events."""
     sql = TreeSQL("%s", f"{schema}.{EVENTS_TABLE}", f"{schema}.{TREE_TABLE}")
 
-    def hashes() -> Any:
-        after, chunk = 0, 50_000
-        while True:
-            cur.execute(
-                f"SELECT position, event_hash FROM {schema}.{EVENTS_TABLE} "
-                "WHERE position > %s ORDER BY position LIMIT %s",
-                (after, chunk),
-            )
-            rows = cur.fetchall()
-            for position, value in rows:
-                if position != after + 1:
-                    raise NotALedger(
-                        f"cannot build the ledger's tree: position {position} follows {after}; "
-                        "the ledger is damaged — run verify"
-                    )
-                after = position
-                yield bytes(value)
-            if len(rows) < chunk:
-                return
-
-    for rows in build_rows(list(hashes())):
+    cur.execute(f"SELECT position, event_hash FROM {schema}.{EVENTS_TABLE} ORDER BY position")
+    for rows in build_rows(cur.fetchall(), damaged=NotALedger):
         cur.executemany(sql.insert, rows)
     cur.execute(
         f"UPDATE {schema}.{META_TABLE} SET value=%s WHERE key='format_version'",

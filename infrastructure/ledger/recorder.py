@@ -130,7 +130,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
             hashes = cur.connection.execute(
                 f"SELECT position, event_hash FROM {EVENTS_TABLE} ORDER BY position"
             )
-            for chunk in build_rows(_dense(hashes)):
+            for chunk in build_rows(hashes):
                 cur.executemany(self.tree_sql.insert, chunk)
             cur.execute(
                 f"UPDATE {META_TABLE} SET value=? WHERE key='format_version'",
@@ -360,17 +360,3 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
             c.execute(f"SELECT MAX(position) FROM {EVENTS_TABLE}")
             found: int | None = c.fetchone()[0]
         return found
-
-
-def _dense(rows: Iterator[tuple[int, bytes]]) -> Iterator[bytes]:
-    """The event hashes of ``rows`` (position, hash), which must be positions 1, 2, 3, ...: a
-    tree over a ledger with a gap would prove a sequence that is not the ledger's."""
-    expected = 1
-    for position, value in rows:
-        if position != expected:
-            raise LedgerCorrupted(
-                f"cannot build the ledger's tree: position {position} follows {expected - 1}; "
-                "the ledger is damaged — run verify"
-            )
-        expected += 1
-        yield bytes(value)

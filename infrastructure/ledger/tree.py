@@ -38,7 +38,6 @@ from l2_session.infrastructure.ledger.merkle import (
     consistency_old_root,
     fold,
     leaf_hash,
-    perfect_parts,
     verify_consistency,
     verify_inclusion,
 )
@@ -46,7 +45,6 @@ from l2_session.infrastructure.ledger.merkle import (
 TREE_TABLE = "ledger_tree"
 LEVELS = 64  # node = LEVELS * position + level
 LEVEL_BITS, LEVEL_MASK = 6, 63  # LEVELS = 2**LEVEL_BITS: node >> 6 is the position
-Part = tuple[int, int]  # (level, index) of a perfect subtree
 NodeRow = tuple[int, bytes]  # (node, hash): a row of ledger_tree
 CACHED_LEVEL = 5  # nodes of this level and above are kept once read (1/16 of the nodes) ...
 CACHED_NODES_BITS = 16  # ... or of a higher one, so that at most about 2**16 are kept
@@ -56,11 +54,6 @@ MAX_ROOTS = 256  # roots of tree sizes kept at most
 
 class TreeMissing(LedgerError):
     """The ledger has no stored tree (format 1, not migrated), or a size it does not hold."""
-
-
-def node_key(level: int, index: int) -> int:
-    """The ledger_tree key of merkle.py's node (level, index); level 0 keys a leaf."""
-    return LEVELS * ((index + 1) << level) + level
 
 
 def position_level(node: int) -> tuple[int, int]:
@@ -166,22 +159,14 @@ class TreeSQL:
                 )
         return found
 
-    def _hash(self, found: dict[int, bytes], part: Part) -> bytes:
-        level, index = part
-        value = found[node_key(level, index)]
-        return leaf_hash(value) if level == 0 else value
-
-    def _fold(self, found: dict[int, bytes], plan: Sequence[Part]) -> bytes:
-        return fold([self._hash(found, part) for part in plan])
-
     def event_hash(self, cur: Any, position: int) -> bytes:
         return self.read(cur, (LEVELS * position,))[LEVELS * position]
 
     def frontier(self, cur: Any, size: int) -> Frontier:
         """The right edge of the tree of the first ``size`` events."""
-        parts = perfect_parts(0, size)
-        found = self.read(cur, (node_key(*p) for p in parts))
-        return Frontier(size, [self._hash(found, p) for p in parts])
+        keys = _key_list(0, size)
+        found = self.read(cur, keys)
+        return Frontier(size, [self._value(found, key) for key in keys])
 
     def root(self, cur: Any, size: int) -> bytes:
         known = self._roots.get(size)
@@ -194,27 +179,6 @@ class TreeSQL:
         if len(self._roots) >= MAX_ROOTS:
             self._roots.clear()
         self._roots[size] = value
-
-    def _proof(
-        self, cur: Any, ranges: Sequence[tuple[int, int]], sizes: Sequence[int], extra: int | None
-    ) -> tuple[list[bytes], list[bytes], bytes | None]:
-        """(the hashes of ``ranges``, the roots of ``sizes``, the event hash at ``extra``),
-        from one statement: roots already known are not read again."""
-        plans = [_keys(a, b) for a, b in ranges]
-        wanted = [k for plan in plans for k in (plan if isinstance(plan, list) else (plan,))]
-        edges = {s: _keys(0, s) for s in sizes if s not in self._roots}
-        for plan in edges.values():
-            wanted += plan if isinstance(plan, list) else (plan,)
-        if extra is not None:
-            wanted.append(LEVELS * extra)
-        found = self.read(cur, wanted)
-        known = {s: self._roots[s] for s in sizes if s not in edges}
-        for s, plan in edges.items():
-            known[s] = self._value(found, plan)
-            self._remember_root(s, known[s])
-        roots = [known[s] for s in sizes]
-        hashes = [self._value(found, plan) for plan in plans]
-        return hashes, roots, None if extra is None else found[LEVELS * extra]
 
     @staticmethod
     def _value(found: dict[int, bytes], plan: int | list[int]) -> bytes:
@@ -284,7 +248,7 @@ class TreeSQL:
         of ``size``. One statement; ``merkle.consistency_ranges`` and ``_keys`` in one loop,
         as for inclusion proofs."""
         if old_size == size:
-            _, (same,), _ = self._proof(cur, [], (size,), None)
+            same = self.root(cur, size)
             return [], same, same
         plans: list[int | list[int]] = []
         lo, hi, m, complete = 0, size, old_size, True
@@ -344,13 +308,30 @@ def _keys(lo: int, hi: int) -> int | list[int]:
     return keys
 
 
-def build_rows(event_hashes: Iterable[bytes]) -> Iterable[list[NodeRow]]:
-    """The whole tree of a ledger's events (in position order), in chunks of rows: what a
-    migration inserts for a ledger that has none."""
+def _key_list(lo: int, hi: int) -> list[int]:
+    """``_keys`` as a list always (none for an empty range)."""
+    if lo == hi:
+        return []
+    keys = _keys(lo, hi)
+    return keys if isinstance(keys, list) else [keys]
+
+
+def build_rows(
+    rows: Iterable[tuple[int, bytes]], damaged: type[LedgerError] = LedgerCorrupted
+) -> Iterable[list[NodeRow]]:
+    """The whole tree of a ledger's events, from its (position, event hash) rows in position
+    order, in chunks of tree rows: what a migration inserts for a ledger that has none.
+    Positions must be 1, 2, 3, ...: a tree over a ledger with a gap would prove a sequence
+    that is not the ledger's (``damaged`` says so)."""
     tree = Frontier()
     chunk: list[NodeRow] = []
-    for event_hash in event_hashes:
-        chunk.extend(grow(tree, (event_hash,)))
+    for position, event_hash in rows:
+        if position != tree.size + 1:
+            raise damaged(
+                f"cannot build the ledger's tree: position {position} follows {tree.size}; "
+                "the ledger is damaged — run verify"
+            )
+        chunk.extend(grow(tree, (bytes(event_hash),)))
         if len(chunk) >= 10_000:
             yield chunk
             chunk = []

@@ -154,6 +154,6 @@ def cover_tracks(db: sqlite3.Connection) -> None:
         db.execute(f"DROP TRIGGER IF EXISTS {table}_no_delete")
         db.execute(f"DELETE FROM {table}")
     hashes = db.execute("SELECT event_hash FROM ledger_events ORDER BY position")
-    for rows in build_rows([bytes(h) for (h,) in hashes]):
+    for rows in build_rows(list(enumerate((bytes(h) for (h,) in hashes), start=1))):
         db.executemany("INSERT INTO ledger_tree (node, hash) VALUES (?,?)", rows)
     db.commit()
