@@ -12,11 +12,13 @@ p completes the nodes of levels 1 to the number of trailing zero bits of p, and 
 order are in (position, level) order. Level 0 is not stored: a leaf hash is H(0x00 || event
 hash), from the events table, under the same key (64 * position). Rows are inserted in the
 transaction that inserts the events completing them and never changed (append-only, like the
-events). Any root or proof is the fold of O(log n) stored hashes, read in one statement.
+events). Any root or proof is the fold of O(log n) stored hashes, read in one statement (and
+the tree's edge at that size, once: ``_Edge``).
 
 Nodes never change once written, so each ``TreeSQL`` keeps the upper levels it read (a few
-thousand nodes for a million events: every proof passes through them) and the roots of the
-sizes it served; a proof then reads only its lower levels.
+thousand nodes for a million events: every proof passes through them) and the edges of the
+sizes it served (``_Edge``: the root, and the path above each perfect part); a proof then
+reads only the levels below the kept ones, one B-tree lookup per level.
 
 Both backends use this code; they differ in the placeholder and the table names only.
 """
@@ -36,8 +38,8 @@ from l2_session.infrastructure.ledger.merkle import (
     ProofError,
     blake3_hash,
     consistency_old_root,
-    fold,
     leaf_hash,
+    node_hash,
     verify_consistency,
     verify_inclusion,
 )
@@ -49,7 +51,8 @@ NodeRow = tuple[int, bytes]  # (node, hash): a row of ledger_tree
 CACHED_LEVEL = 5  # nodes of this level and above are kept once read (1/16 of the nodes) ...
 CACHED_NODES_BITS = 16  # ... or of a higher one, so that at most about 2**16 are kept
 MAX_CACHED = 1 << (CACHED_NODES_BITS + 1)  # kept at most (the cache starts over when full)
-MAX_ROOTS = 256  # roots of tree sizes kept at most
+MAX_ROOTS = 256  # edges (roots) of tree sizes kept at most
+EMPTY_ROOT = blake3_hash(b"")
 
 
 class TreeMissing(LedgerError):
@@ -84,6 +87,40 @@ def grow(tree: Frontier, event_hashes: Iterable[bytes]) -> list[NodeRow]:
     return rows
 
 
+class _Edge:
+    """What a proof needs above the perfect part of the tree that holds its leaf, for one
+    tree size: the parts' hashes (largest first, ``_key_list(0, size)``) and the folds of
+    every run of parts to the right end (``right[0]`` is the root). The tree of n leaves is
+    part 0 beside the tree of the rest, so above part j a path takes the fold of the parts
+    after j (if any), then parts j-1 down to 0."""
+
+    __slots__ = ("index", "parts", "right", "tails")
+
+    def __init__(self, levels: list[int], parts: list[bytes]) -> None:
+        right = parts[:]
+        for j in range(len(parts) - 2, -1, -1):
+            right[j] = node_hash(parts[j], right[j + 1])
+        self.parts, self.right = parts, right
+        self.index = {level: j for j, level in enumerate(levels)}
+        self.tails: dict[int, list[bytes]] = {}
+
+    @property
+    def root(self) -> bytes:
+        return self.right[0]
+
+    def tail(self, level: int) -> list[bytes]:
+        """The path from the root of the part of ``level`` to the tree's root."""
+        found = self.tails.get(level)
+        if found is None:
+            j = self.index[level]
+            found = self.parts[:j]
+            found.reverse()
+            if j + 1 < len(self.parts):
+                found.insert(0, self.right[j + 1])
+            self.tails[level] = found
+        return found
+
+
 class TreeSQL:
     """The statements of one backend (``mark`` is its placeholder, the names its tables') and
     what it keeps of what it read."""
@@ -94,7 +131,8 @@ class TreeSQL:
         self.head_seen = 0  # the largest tree size known to be stored (the ledger only grows)
         self.cache_from = CACHED_LEVEL  # the lowest level kept
         self._nodes: dict[int, bytes] = {}
-        self._roots: dict[int, bytes] = {}
+        self._edges: dict[int, _Edge] = {}
+        self._selects: dict[tuple[int, int], str] = {}
 
     def seen(self, head: int) -> None:
         """The ledger holds ``head`` events: sizes up to it need no check, and the levels
@@ -104,17 +142,20 @@ class TreeSQL:
             self.cache_from = max(CACHED_LEVEL, head.bit_length() + 1 - CACHED_NODES_BITS)
 
     def _select(self, n_nodes: int, n_leaves: int) -> str:
-        m, parts = self.mark, []
-        if n_nodes:
-            marks = ",".join([m] * n_nodes)
-            parts.append(f"SELECT node, hash FROM {self.tree} WHERE node IN ({marks})")
-        if n_leaves:
-            marks = ",".join([m] * n_leaves)
-            parts.append(
-                f"SELECT {LEVELS} * position, event_hash FROM {self.events} "
-                f"WHERE position IN ({marks})"
-            )
-        return " UNION ALL ".join(parts)
+        found = self._selects.get((n_nodes, n_leaves))
+        if found is None:
+            m, parts = self.mark, []
+            if n_nodes:
+                marks = ",".join([m] * n_nodes)
+                parts.append(f"SELECT node, hash FROM {self.tree} WHERE node IN ({marks})")
+            if n_leaves:
+                marks = ",".join([m] * n_leaves)
+                parts.append(
+                    f"SELECT {LEVELS} * position, event_hash FROM {self.events} "
+                    f"WHERE position IN ({marks})"
+                )
+            found = self._selects[n_nodes, n_leaves] = " UNION ALL ".join(parts)
+        return found
 
     def read(self, cur: Any, keys: Iterable[int]) -> dict[int, bytes]:
         """The stored values of ``keys`` — a node's hash, or for a level-0 key the event hash
@@ -122,77 +163,92 @@ class TreeSQL:
         stored is a damaged ledger (``LedgerCorrupted``)."""
         cached = self._nodes
         found: dict[int, bytes] = {}
-        nodes: list[int] = []
-        leaves: list[int] = []
+        ask: list[int] = []
         for key in keys:
-            if key in found:
-                continue
-            if not key & LEVEL_MASK:
-                if key not in nodes:  # a leaf, read from the events table
-                    nodes.append(key)
-                    leaves.append(key >> LEVEL_BITS)
-                continue
-            value = cached.get(key)
-            if value is not None:
+            if key & LEVEL_MASK and (value := cached.get(key)) is not None:
                 found[key] = value
-            elif key not in nodes:
-                nodes.append(key)
-        if nodes:
-            inner = [k for k in nodes if k & LEVEL_MASK]
-            cur.execute(self._select(len(inner), len(leaves)), [*inner, *leaves])
-            for key, value in cur.fetchall():
-                found[key] = value = bytes(value)
-                if key & LEVEL_MASK >= self.cache_from:
-                    if len(cached) >= MAX_CACHED:
-                        cached.clear()
-                    cached[key] = value
-            missing = [k for k in nodes if k not in found]
-            if missing:
-                position, level = position_level(min(missing))
-                what = (
-                    f"no event at position {position}"
-                    if level == 0
-                    else f"no node of level {level} ending at position {position}"
-                )
-                raise LedgerCorrupted(
-                    f"the ledger's tree has {what}: the tree is damaged; run verify"
-                )
+            else:
+                ask.append(key)
+        if ask:
+            found.update(self._fetch(cur, ask))
         return found
+
+    def _fetch(self, cur: Any, keys: list[int]) -> dict[int, bytes]:
+        """``read`` of keys none of which is kept, each once at most; what it reads of the
+        kept levels is kept."""
+        nodes = [k for k in keys if k & LEVEL_MASK]
+        leaves = [k >> LEVEL_BITS for k in keys if not k & LEVEL_MASK]
+        cur.execute(self._select(len(nodes), len(leaves)), [*nodes, *leaves])
+        found: dict[int, bytes] = dict(cur.fetchall())
+        if len(found) < len(set(keys)):
+            missing = [k for k in keys if k not in found]
+            position, level = position_level(min(missing))
+            what = (
+                f"no event at position {position}"
+                if level == 0
+                else f"no node of level {level} ending at position {position}"
+            )
+            raise LedgerCorrupted(f"the ledger's tree has {what}: the tree is damaged; run verify")
+        cache_from, cached = self.cache_from, self._nodes
+        for key in nodes:
+            if key & LEVEL_MASK >= cache_from:
+                if len(cached) >= MAX_CACHED:
+                    cached.clear()
+                cached[key] = found[key]
+        return found
+
+    def _climb(
+        self, cur: Any, index: int, low: int, top: int, extra: int
+    ) -> tuple[list[bytes], bytes]:
+        """The path of leaf ``index`` from level ``low`` to the top of its part (level
+        ``top``): its ancestors' siblings (``_siblings``; one of level 0 as its leaf hash);
+        and the stored value of key ``extra``. One statement for the levels below the kept
+        ones (and any kept one not read yet). Proofs of one leaf come here."""
+        keys = _siblings(index, low, top)
+        below = max(min(self.cache_from, top) - low, 0)  # keys[:below] are never kept
+        cached = self._nodes
+        upper = [cached.get(k) for k in keys[below:]]
+        ask = keys[:below]
+        if None in upper:
+            ask += [k for k, v in zip(keys[below:], upper, strict=True) if v is None]
+        ask.append(extra)
+        found = self._fetch(cur, ask)
+        hashes = [found[k] for k in keys[:below]]
+        hashes += [found[k] if v is None else v for k, v in zip(keys[below:], upper, strict=True)]
+        if hashes and low == 0:
+            hashes[0] = leaf_hash(hashes[0])
+        return hashes, found[extra]
 
     def event_hash(self, cur: Any, position: int) -> bytes:
         return self.read(cur, (LEVELS * position,))[LEVELS * position]
 
     def frontier(self, cur: Any, size: int) -> Frontier:
         """The right edge of the tree of the first ``size`` events."""
-        keys = _key_list(0, size)
-        found = self.read(cur, keys)
-        return Frontier(size, [self._value(found, key) for key in keys])
+        return Frontier(size, self._edge(cur, size).parts if size else ())
 
     def root(self, cur: Any, size: int) -> bytes:
-        known = self._roots.get(size)
-        if known is None:
-            known = self.frontier(cur, size).root()
-            self._remember_root(size, known)
-        return known
+        return self._edge(cur, size).root if size else EMPTY_ROOT
 
-    def _remember_root(self, size: int, value: bytes) -> None:
-        if len(self._roots) >= MAX_ROOTS:
-            self._roots.clear()
-        self._roots[size] = value
-
-    @staticmethod
-    def _value(found: dict[int, bytes], plan: int | list[int]) -> bytes:
-        """The tree hash of a range from its keys (``_keys``)."""
-        if isinstance(plan, int):
-            value = found[plan]
-            return value if plan & LEVEL_MASK else leaf_hash(value)
-        return fold([found[k] if k & LEVEL_MASK else leaf_hash(found[k]) for k in plan])
+    def _edge(self, cur: Any, size: int) -> _Edge:
+        """The edge of the tree of ``size`` events, kept once read."""
+        edge = self._edges.get(size)
+        if edge is None:
+            parts = _key_list(0, size)
+            found = self.read(cur, parts)
+            edge = _Edge([k & LEVEL_MASK for k in parts], [_hash(found, k) for k in parts])
+            if len(self._edges) >= MAX_ROOTS:
+                self._edges.clear()
+            self._edges[size] = edge
+        return edge
 
     def inclusion_proof(self, cur: Any, index: int, size: int) -> tuple[bytes, list[bytes], bytes]:
         """(event hash, audit path, root) of leaf ``index`` (the event at position index + 1)
         in the tree of the first ``size`` events: O(log size) hashes, one statement."""
-        ((event, hashes),), root = self.inclusion_proofs(cur, (index,), size)
-        return event, hashes, root
+        edge = self._edge(cur, size)
+        top = (index ^ size).bit_length() - 1  # the level of the part holding the leaf
+        hashes, event = self._climb(cur, index, 0, top, LEVELS * (index + 1))
+        hashes += edge.tail(top)
+        return event, hashes, edge.root
 
     def inclusion_proofs(
         self, cur: Any, indexes: Sequence[int], size: int
@@ -201,119 +257,76 @@ class TreeSQL:
         first ``size`` events, from one statement for all of them (the upper nodes they share
         are read once).
 
-        ``merkle.inclusion_ranges`` and ``_keys`` in one loop: this is what a proof server
-        spends its time on. Each step down from the root takes the sibling subtree's key (a
-        composite one only on the tree's right edge)."""
-        all_plans: list[list[int | list[int]]] = []
+        A leaf lies in one perfect part of the tree (``_Edge``): its path climbs that part,
+        one sibling per level (``_siblings``), then takes the part's tail, kept per size."""
+        climbs = []
         wanted: list[int] = []
         for index in indexes:
-            plans: list[int | list[int]] = []
-            lo, hi, m = 0, size, index
-            while hi - lo > 1:
-                k = 1 << (hi - lo - 1).bit_length() - 1
-                if m < k:
-                    a, b, hi = lo + k, hi, lo + k
-                else:
-                    a, b, lo, m = lo, lo + k, lo + k, m - k
-                n = b - a
-                plan = LEVELS * b + n.bit_length() - 1 if n & (n - 1) == 0 else _keys(a, b)
-                plans.append(plan)
-                if isinstance(plan, list):
-                    wanted += plan
-                else:
-                    wanted.append(plan)
-            plans.reverse()
-            all_plans.append(plans)
+            top = (index ^ size).bit_length() - 1  # the level of the part holding the leaf
+            keys = _siblings(index, 0, top)
+            climbs.append((index, top, keys))
+            wanted += keys
             wanted.append(LEVELS * (index + 1))
-        root = self._roots.get(size)
-        edge = None
-        if root is None:
-            edge = _keys(0, size)
-            wanted += edge if isinstance(edge, list) else (edge,)
+        edge = self._edge(cur, size)
         found = self.read(cur, wanted)
-        if edge is not None:
-            root = self._value(found, edge)
-            self._remember_root(size, root)
-        assert root is not None
-        value = self._value
-        return [
-            (found[LEVELS * (index + 1)], [value(found, plan) for plan in plans])
-            for index, plans in zip(indexes, all_plans, strict=True)
-        ], root
+        proofs = []
+        for index, top, keys in climbs:
+            hashes = [found[k] for k in keys]
+            if hashes:
+                hashes[0] = leaf_hash(hashes[0])  # the level-0 sibling is an event hash
+            hashes += edge.tail(top)
+            proofs.append((found[LEVELS * (index + 1)], hashes))
+        return proofs, edge.root
 
     def consistency_proof(
         self, cur: Any, old_size: int, size: int
     ) -> tuple[list[bytes], bytes, bytes]:
         """(proof, old root, root): the tree of ``old_size`` events is a prefix of the tree
-        of ``size``. One statement; ``merkle.consistency_ranges`` and ``_keys`` in one loop,
-        as for inclusion proofs."""
+        of ``size``. One statement, as for an inclusion proof.
+
+        As transparency-dev/merkle builds it: the largest perfect subtree that ends at
+        ``old_size`` (the old tree's last part), unless it is the whole old tree, then that
+        subtree's path in the new tree — the climb of its last leaf from its level."""
         if old_size == size:
             same = self.root(cur, size)
             return [], same, same
-        plans: list[int | list[int]] = []
-        lo, hi, m, complete = 0, size, old_size, True
-        while hi - lo != m:
-            k = 1 << (hi - lo - 1).bit_length() - 1
-            if m <= k:
-                a, b, hi = lo + k, hi, lo + k
-            else:
-                a, b, lo, m, complete = lo, lo + k, lo + k, m - k, False
-            n = b - a
-            plans.append(LEVELS * b + n.bit_length() - 1 if n & (n - 1) == 0 else _keys(a, b))
-        if not complete:
-            n = hi - lo
-            plans.append(LEVELS * hi + n.bit_length() - 1 if n & (n - 1) == 0 else _keys(lo, hi))
-        plans.reverse()
-        wanted = [k for plan in plans for k in (plan if isinstance(plan, list) else (plan,))]
-        # The old root: known, a node of the new tree (a power of two), or what the proof
-        # leads to (merkle.consistency_old_root) — never read for itself.
-        old_root = self._roots.get(old_size)
-        old_key = None
-        if old_root is None and old_size & (old_size - 1) == 0:
-            old_key = LEVELS * old_size + old_size.bit_length() - 1
-            wanted.append(old_key)
-        root = self._roots.get(size)
-        edge = None
-        if root is None:
-            edge = _keys(0, size)
-            wanted += edge if isinstance(edge, list) else (edge,)
-        found = self.read(cur, wanted)
-        value = self._value
-        hashes = [value(found, plan) for plan in plans]
-        if edge is not None:
-            root = value(found, edge)
-            self._remember_root(size, root)
-        if old_root is None:
-            old_root = (
-                value(found, old_key)
-                if old_key is not None
-                else consistency_old_root(old_size, size, hashes)
-            )
-        assert root is not None
-        return hashes, old_root, root
+        last, level = old_size - 1, (old_size & -old_size).bit_length() - 1
+        top = (last ^ size).bit_length() - 1
+        edge = self._edge(cur, size)
+        hashes, first = self._climb(cur, last, level, top, LEVELS * old_size + level)
+        if level == 0:  # the old tree's last part is a leaf
+            first = leaf_hash(first)
+        hashes += edge.tail(top)
+        if old_size & last == 0:  # a power of two: the part is the old tree, its root
+            return hashes, first, edge.root
+        hashes.insert(0, first)
+        known = self._edges.get(old_size)
+        old_root = known.root if known else consistency_old_root(old_size, size, hashes)
+        return hashes, old_root, edge.root
 
 
-def _keys(lo: int, hi: int) -> int | list[int]:
+def _siblings(index: int, low: int, top: int) -> list[int]:
+    """The keys of the siblings of leaf ``index``'s ancestors at levels ``low`` to ``top`` - 1
+    (at level 0 the leaf's own sibling): the aligned block of 2**level beside the one holding
+    the leaf, keyed by its end."""
+    return [LEVELS * (((index >> lv ^ 1) + 1) << lv) + lv for lv in range(low, top)]
+
+
+def _hash(found: dict[int, bytes], key: int) -> bytes:
+    """The tree hash of the range a key stands for: a stored node, or a leaf's hash."""
+    value = found[key]
+    return value if key & LEVEL_MASK else leaf_hash(value)
+
+
+def _key_list(lo: int, hi: int) -> list[int]:
     """The keys of the perfect subtrees that make up leaves ``lo`` to ``hi`` (exclusive),
-    largest first (merkle.perfect_parts): one key when the range is itself a perfect
-    subtree, as most ranges of a proof are."""
-    n = hi - lo
-    if n & (n - 1) == 0:
-        return LEVELS * hi + n.bit_length() - 1
+    largest first (merkle.perfect_parts)."""
     keys = []
     while lo < hi:
         level = (hi - lo).bit_length() - 1
         lo += 1 << level
         keys.append(LEVELS * lo + level)
     return keys
-
-
-def _key_list(lo: int, hi: int) -> list[int]:
-    """``_keys`` as a list always (none for an empty range)."""
-    if lo == hi:
-        return []
-    keys = _keys(lo, hi)
-    return keys if isinstance(keys, list) else [keys]
 
 
 def build_rows(
