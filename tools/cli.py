@@ -1,64 +1,40 @@
-"""The ``l2-session`` command line (argparse, one subcommand per tool).
+"""The ``l2-session`` command line, on click: ``audit …`` groups what an auditor asks of a
+ledger; ``verify`` stays as the alias of ``audit verify``.
 
-Commands raise; they never print their own errors. main() runs each inside one handler that
-turns what was raised into one line on stderr and a documented exit code (errors.py), with
-the traceback only under ``--debug``.
+Commands raise; they never print their own errors. main() runs the command line inside one
+handler that turns what was raised — a usage error found by click included — into one line on
+stderr and a documented exit code (errors.py), with the traceback only under ``--debug``.
+A command's body takes its parameters as one namespace (``args``), so that it reads the same
+whichever command runs it.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import os
 import re
 import sys
 import traceback
+from typing import Any
 
-from l2_session.tools.arguments import (
-    ArgumentsRejected,
-    Parser,
-    did_key,
-    non_empty,
-    whole_number,
-)
-from l2_session.tools.checkpoint_file import read_checkpoint
+import click
+from l2_session.tools import audit, pg_commands
+from l2_session.tools.arguments import whole_number
+from l2_session.tools.commands import SETTINGS, called, debug_option, json_option, run_body
 from l2_session.tools.errors import EPILOG, ExitCode, explain
+from l2_session.tools.ledger_option import ledger_option
 
 
-def _diagram(args: argparse.Namespace) -> int:
-    from l2_session.domain.session.diagram import render_mermaid
+class Group(click.Group):
+    """Commands listed in the order they were added; no command is a usage error."""
 
-    sys.stdout.write(render_mermaid())
-    return ExitCode.OK
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
 
-
-def _demo(args: argparse.Namespace) -> int:
-    from l2_session.tools.demo import print_summary, run_demo
-
-    result = run_demo(args.ledger, sessions=args.sessions, checkpoint_file=args.save_checkpoint)
-    print_summary(result)
-    return ExitCode.OK if result.ok else ExitCode.NOT_INTACT
-
-
-def _node(args: argparse.Namespace) -> int:
-    from l2_session.tools.node import main as run_node
-
-    return run_node(args)
-
-
-def _verify(args: argparse.Namespace) -> int:
-    from l2_session.infrastructure.ledger.verify import verify
-
-    checkpoint = read_checkpoint(args.checkpoint) if args.checkpoint else None
-    report = verify(
-        args.ledger,
-        checkpoint,
-        trusted_signers=args.trust or None,
-        workers=args.workers,
-        witnesses=args.witness or (),
-    )
-    print(report.summary())
-    return ExitCode.OK if report.ok else ExitCode.NOT_INTACT
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or all(a == "--debug" for a in args):
+            raise click.UsageError("give a COMMAND", ctx)
+        return super().parse_args(ctx, args)
 
 
 def _version() -> str:
@@ -68,113 +44,112 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
-    parser.add_argument(
-        "--debug", action="store_true", default=default, help="on failure, show the traceback"
-    )
+@click.group(
+    cls=Group,
+    context_settings=SETTINGS,
+    subcommand_metavar="COMMAND [ARGS]...",
+    epilog=EPILOG,
+    help="SPEC-018 sessions on a signed, event-sourced ledger",
+)
+@click.version_option(_version(), "--version", message="l2-session %(version)s")
+@debug_option
+def cli() -> None:
+    pass
 
 
-def _verify_options(check: argparse.ArgumentParser) -> None:
-    from l2_session.tools.ledger_option import add_ledger_argument
+# -- the state machine, and the demo ---------------------------------------------------------
+def _diagram(args: Any) -> int:
+    from l2_session.domain.session.diagram import render_mermaid
 
-    add_ledger_argument(check)
-    check.add_argument(
-        "--checkpoint", metavar="FILE", help="a checkpoint seen earlier (truncation, rewrite)"
-    )
-    check.add_argument(
-        "--trust",
-        action="append",
-        type=did_key,
-        metavar="DID",
-        help="a node did:key allowed to sign (repeat); default: the signers the ledger "
-        "registers, reported as unanchored",
-    )
-    check.add_argument(
-        "--witness",
-        action="append",
-        type=non_empty("a SQLite file or a postgresql:// URL"),
-        metavar="PATH_OR_URL",
-        help="another node's ledger: check every checkpoint of this ledger it witnessed, and "
-        "report every conflict it recorded about this ledger (repeat)",
-    )
-    most = 4 * (os.cpu_count() or 1)  # more processes than that are never faster
-    check.add_argument(
-        "--workers",
-        type=whole_number(1, most),
-        help=f"processes to use, 1 to {most} (default: one per core)",
-    )
-    check.set_defaults(run=_verify)
+    sys.stdout.write(render_mermaid())
+    return ExitCode.OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from l2_session.tools import audit, pg_commands
-    from l2_session.tools.ledger_option import add_ledger_argument
-
-    parser = Parser(
-        prog="l2-session",
-        description="SPEC-018 sessions on a signed, event-sourced ledger",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"l2-session {_version()}")
-    _add_debug(parser, False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = commands.add_parser(name, help=help)
-        # SUPPRESS: given after the command, --debug must not be reset by the command's default.
-        _add_debug(sub, argparse.SUPPRESS)
-        return sub
-
-    diagram = command("diagram", "print the session state machine as a mermaid stateDiagram-v2")
-    diagram.set_defaults(run=_diagram)
-    demo = command(
-        "demo", "drive sessions through SPEC-018 on a new signed ledger, verify, summarise"
-    )
-    add_ledger_argument(demo, default="l2-session-demo.sqlite3")
-    demo.add_argument(
-        "--sessions",
-        type=whole_number(1, 10_000),
-        default=6,
-        help="how many sessions (1 to 10000, default 6)",
-    )
-    demo.add_argument(
-        "--save-checkpoint",
-        metavar="FILE",
-        help="where to save the ledger's checkpoint (default: the ledger file's name + "
-        "'.checkpoint'; for a PostgreSQL ledger, l2-session-demo-<schema>.checkpoint)",
-    )
-    demo.set_defaults(run=_demo)
-    _verify_options(
-        command("verify", "recheck every hash, signature, chain link and tree node of a ledger")
-    )
-    audit.register(command, _verify_options)  # audit verify, prove, check-proof (audit.py)
-    pg_commands.register(command)  # pg-migrate, pg-import, project (tools/pg_commands.py)
-    node = command("node", "run a node: QUIC and μTCP listeners, driven through a control socket")
-    node.add_argument(
-        "--config", metavar="FILE", help="a TOML file with any of these options, and [peers]"
-    )
-    node.add_argument("--keys", metavar="FILE", help="its key store (made if it does not exist)")
-    node.add_argument("--ledger", metavar="PATH_OR_URL", help="its ledger (default: $L2S_LEDGER)")
-    node.add_argument("--quic", metavar="HOST:PORT", help="listen for QUIC (UDP; STUN too)")
-    node.add_argument("--tcp", metavar="HOST:PORT", help="listen for μTCP")
-    node.add_argument("--control", metavar="PATH", help="the control socket (a Unix socket)")
-    node.add_argument(
-        "--durability", choices=("full", "normal"),
-        help="when a save returns: on disk (full, default) or in the OS (normal)",
-    )  # fmt: skip
-    node.add_argument(
-        "--peer", action="append", metavar="DID=quic:HOST:PORT,tcp:HOST:PORT",
-        help="a peer's addresses, for the address book (repeat)",
-    )  # fmt: skip
-    node.add_argument(
-        "--log-format", choices=("text", "json"), help="stderr logs: text (default), JSON lines"
-    )
-    node.set_defaults(run=_node)
-    return parser
+@cli.command("diagram", help="print the session state machine as a mermaid stateDiagram-v2")
+@debug_option
+def diagram_command(**params: Any) -> int:
+    return run_body(_diagram, params)
 
 
-def _sqlite_files(args: argparse.Namespace | None) -> list[str]:
+def _demo(args: Any) -> int:
+    from l2_session.tools.demo import print_summary, run_demo
+
+    result = run_demo(args.ledger, sessions=args.sessions, checkpoint_file=args.save_checkpoint)
+    print_summary(result, as_json=args.as_json)
+    return ExitCode.OK if result.ok else ExitCode.NOT_INTACT
+
+
+DEMO_LEDGER = "l2-session-demo.sqlite3"
+
+
+@cli.command(
+    "demo", help="drive sessions through SPEC-018 on a new signed ledger, verify, summarise"
+)
+@ledger_option(default=DEMO_LEDGER)
+@click.option(
+    "--sessions", type=whole_number(1, 10_000), default=6, show_default=True,
+    help="how many sessions (1 to 10000)",
+)  # fmt: skip
+@click.option(
+    "--save-checkpoint", metavar="FILE",
+    help="where to save the ledger's checkpoint (default: the ledger file's name + "
+    "'.checkpoint'; for a PostgreSQL ledger, l2-session-demo-<schema>.checkpoint)",
+)  # fmt: skip
+@json_option
+@debug_option
+def demo_command(**params: Any) -> int:
+    return run_body(_demo, params, ledger=DEMO_LEDGER)
+
+
+# -- verify, audit, the node, PostgreSQL ------------------------------------------------------
+@cli.command("verify", help=audit.VERIFY_HELP)
+@audit.verify_options
+def verify_command(**params: Any) -> int:
+    return run_body(audit._verify, params, ledger=None)
+
+
+cli.add_command(audit.audit)
+
+
+def _node(args: Any) -> int:
+    from l2_session.tools.node import main as run_node
+
+    return run_node(args)
+
+
+@cli.command("node", help="run a node: QUIC and μTCP listeners, driven through a control socket")
+@click.option("--config", metavar="FILE", help="a TOML file with any of these options, and [peers]")
+@click.option("--keys", metavar="FILE", help="its key store (made if it does not exist)")
+@click.option("--ledger", metavar="PATH_OR_URL", help="its ledger (default: $L2S_LEDGER)")
+@click.option("--quic", metavar="HOST:PORT", help="listen for QUIC (UDP; STUN too)")
+@click.option("--tcp", metavar="HOST:PORT", help="listen for μTCP")
+@click.option("--control", metavar="PATH", help="the control socket (a Unix socket)")
+@click.option(
+    "--durability",
+    type=click.Choice(["full", "normal"]),
+    help="when a save returns: on disk (full, default) or in the OS (normal)",
+)
+@click.option(
+    "--peer",
+    multiple=True,
+    metavar="DID=quic:HOST:PORT,tcp:HOST:PORT",
+    help="a peer's addresses, for the address book (repeat)",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="stderr logs: text (default), JSON lines",
+)
+@debug_option
+def node_command(**params: Any) -> int:
+    return run_body(_node, params)
+
+
+for _command in pg_commands.COMMANDS:  # pg-migrate, pg-import, project
+    cli.add_command(_command)
+
+
+def _sqlite_files(args: Any) -> list[str]:
     """The SQLite files named on the command line, for errors that do not name theirs."""
     from l2_session.infrastructure.ledger.pg_url import is_postgres_url
 
@@ -182,31 +157,53 @@ def _sqlite_files(args: argparse.Namespace | None) -> list[str]:
     return [v for v in named if isinstance(v, str) and v and not is_postgres_url(v)]
 
 
+def _wants_debug(argv: list[str]) -> bool:
+    return "--debug" in (argv[: argv.index("--")] if "--" in argv else argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     from l2_session.infrastructure.ledger.verify_report import printable
 
-    args: argparse.Namespace | None = None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = _command_path(argv)
     try:
-        args = build_parser().parse_args(argv)
-        return int(args.run(args))
-    except SystemExit:  # --help, --version
-        raise
+        with cli.make_context("l2-session", list(argv)) as ctx:
+            return int(cli.invoke(ctx) or 0)
+    except click.exceptions.Exit as e:  # --help, --version
+        return int(e.exit_code)
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): stop quietly, as other Unix tools do, and
         # keep Python from failing again when it flushes stdout on exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.OUTPUT_CLOSED
     except BaseException as e:
-        if isinstance(e, ArgumentsRejected):
-            prog = e.prog
+        if isinstance(e, click.UsageError):
+            where = e.ctx.command_path if e.ctx is not None else prog
+            code, message = ExitCode.BAD_INPUT, f"{e.format_message()} (see `{where} --help`)"
+            prog = where
+        elif isinstance(e, click.Abort | KeyboardInterrupt):
+            code, message = ExitCode.INTERRUPTED, "interrupted"
         else:
-            prog = "l2-session" + (f" {args.command}" if args is not None else "")
-        code, message = explain(e, _sqlite_files(args))
-        if getattr(args, "debug", False):
+            code, message = explain(e, _sqlite_files(called.args))
+        if _wants_debug(argv):
             traceback.print_exc()
         one_line = re.sub(r"\s*\n\s*", " ", message.strip())  # a driver's message may wrap
         print(f"{prog}: {printable(one_line)}", file=sys.stderr)
         return code
+
+
+def _command_path(argv: list[str]) -> str:
+    """``l2-session COMMAND [SUBCOMMAND]`` as given, for the error line."""
+    path: list[str] = ["l2-session"]
+    command: click.Command = cli
+    for word in argv:
+        if word.startswith("-"):
+            continue
+        if not isinstance(command, click.Group) or word not in command.commands:
+            break
+        path.append(word)
+        command = command.commands[word]
+    return " ".join(path)
 
 
 if __name__ == "__main__":

@@ -201,9 +201,26 @@ def _run(location: str | Path, sessions: int, heartbeats: int, saved: Path) -> D
     )
 
 
-def print_summary(result: DemoResult) -> None:
+def print_summary(result: DemoResult, *, as_json: bool = False) -> None:
     """The summary, then the checkpoint exactly as ``verify --checkpoint`` reads it, and the
-    command that checks the ledger against it."""
+    command that checks the ledger against it (or all of it as one JSON object)."""
+    if as_json:
+        from l2_session.tools.show import print_json
+
+        print_json(
+            {
+                "ledger": result.location,
+                "events": result.events,
+                "sessions": result.sessions,
+                "states": list(result.states),
+                "replayed_identical": result.replayed_ok,
+                "checkpoint_file": str(result.checkpoint_file),
+                "checkpoint": result.checkpoint,
+                "signer": result.signer,
+                "verification": result.report.to_json(),
+            }
+        )
+        return
     print(printable(f"l2-session demo: ledger {result.location}"))
     print(
         f"  appended {result.events} signed events for {result.sessions} sessions "

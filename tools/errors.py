@@ -25,17 +25,20 @@ class ExitCode(IntEnum):
 
 
 EPILOG = """\
+\b
 exit codes:
-  0    ok
-  1    the ledger is not intact: verify found problems, a checkpoint does not match,
-       or its database is damaged (a SQLite file) or incomplete (a PostgreSQL schema)
-  2    usage or unreadable input: a wrong argument, a missing or unreadable file, a file
-       that is not a ledger, a bad postgresql:// URL, a server that cannot be reached
-  3    internal error (a bug): rerun with --debug and report the traceback
-  130  interrupted (Ctrl-C)
-  141  standard output was closed early (as by `| head`)
+0    ok
+1    the ledger is not intact: verify found problems, a checkpoint does not match,
+     or its database is damaged (a SQLite file) or incomplete (a PostgreSQL schema)
+2    usage or unreadable input: a wrong argument, a missing or unreadable file, a file
+     that is not a ledger, a bad postgresql:// URL, a server that cannot be reached
+3    internal error (a bug): rerun with --debug and report the traceback
+130  interrupted (Ctrl-C)
+141  standard output was closed early (as by `| head`)
 
+\b
 On failure, one line on stderr says what was wrong; --debug adds the traceback."""
+"""The exit codes, as ``l2-session --help`` ends (``\\b``: click keeps those lines as they are)."""
 
 
 class UsageError(Exception):

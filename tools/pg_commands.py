@@ -10,21 +10,19 @@ Like every command, these raise and let main() (cli.py) say what went wrong.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 from l2_session.infrastructure.ledger.verify_report import printable
 from l2_session.tools.arguments import positive_seconds, whole_number
+from l2_session.tools.commands import SETTINGS, debug_option, run_body
 from l2_session.tools.errors import ExitCode, UsageError
-from l2_session.tools.ledger_option import add_ledger_argument
-
-AddCommand = Callable[[str, str], argparse.ArgumentParser]
+from l2_session.tools.ledger_option import ledger_option
 
 
-def _pg_migrate(args: argparse.Namespace) -> int:
+def _pg_migrate(args: Any) -> int:
     from l2_session.infrastructure.clock import SystemClock
     from l2_session.infrastructure.ledger.pg_schema import SCHEMA_VERSION, migrate
     from l2_session.infrastructure.ledger.pg_url import PostgresLocation
@@ -56,7 +54,7 @@ def _check_import_source(source: str) -> None:
         )
 
 
-def _pg_import(args: argparse.Namespace) -> int:
+def _pg_import(args: Any) -> int:
     from l2_session.infrastructure.ledger.pg_import import import_sqlite_ledger
     from l2_session.infrastructure.ledger.pg_url import PostgresLocation, redact
 
@@ -100,7 +98,7 @@ def _load_projection(topic: str) -> Any:
     return projection
 
 
-def _project(args: argparse.Namespace) -> int:
+def _project(args: Any) -> int:
     from l2_session.infrastructure.ledger import SessionLedger
     from l2_session.infrastructure.ledger.pg_url import PostgresLocation, is_postgres_url
     from l2_session.projections.runner import Lag, ProjectionRunner
@@ -144,49 +142,65 @@ def _project(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def register(add_command: AddCommand) -> None:
-    """Add the PostgreSQL commands to the CLI (``add_command(name, help)`` makes each one)."""
-    migrate = add_command(
-        "pg-migrate",
-        "create or upgrade a PostgreSQL ledger's schema (as its owner); grant the node role",
-    )
-    add_ledger_argument(migrate)
-    migrate.add_argument(
-        "--node-role", default="l2s_node", help="role the nodes' logins are members of"
-    )
-    migrate.set_defaults(run=_pg_migrate)
+@click.command(
+    "pg-migrate",
+    context_settings=SETTINGS,
+    help="create or upgrade a PostgreSQL ledger's schema (as its owner); grant the node role",
+)
+@ledger_option()
+@click.option(
+    "--node-role",
+    default="l2s_node",
+    show_default=True,
+    help="role the nodes' logins are members of",
+)
+@debug_option
+def pg_migrate(**params: Any) -> int:
+    return run_body(_pg_migrate, params, ledger=None)
 
-    move = add_command(
-        "pg-import", "copy a SQLite ledger into a new PostgreSQL ledger, row for row"
-    )
-    move.add_argument("--from", dest="source", required=True, metavar="FILE")
-    add_ledger_argument(move)
-    move.set_defaults(run=_pg_import)
 
-    project = add_command(
-        "project", "run a projection process: follow the ledger, keep a read model in PG"
-    )
-    add_ledger_argument(project)
-    project.add_argument(
-        "--view",
-        required=True,
-        metavar="URL",
-        help="postgresql:// URL of the read model (its schema= is used)",
-    )
-    project.add_argument(
-        "--projection",
-        required=True,
-        metavar="MODULE:CLASS",
-        help="e.g. l2_session.projections.session_counts:SessionEventCounts",
-    )
-    project.add_argument("--batch-size", type=whole_number(1), default=500)
-    project.add_argument(
-        "--poll-interval",
-        type=positive_seconds,
-        default=1.0,
-        help="seconds between polls when no NOTIFY arrives",
-    )
-    project.add_argument(
-        "--catch-up", action="store_true", help="apply what the ledger holds now, then exit"
-    )
-    project.set_defaults(run=_project)  # fmt: skip
+@click.command(
+    "pg-import",
+    context_settings=SETTINGS,
+    help="copy a SQLite ledger into a new PostgreSQL ledger, row for row",
+)
+@click.option("--from", "source", required=True, metavar="FILE", help="the SQLite ledger")
+@ledger_option()
+@debug_option
+def pg_import(**params: Any) -> int:
+    return run_body(_pg_import, params, ledger=None)
+
+
+@click.command(
+    "project",
+    context_settings=SETTINGS,
+    help="run a projection process: follow the ledger, keep a read model in PostgreSQL",
+)
+@ledger_option()
+@click.option(
+    "--view",
+    required=True,
+    metavar="URL",
+    help="postgresql:// URL of the read model (its schema= is used)",
+)
+@click.option(
+    "--projection",
+    required=True,
+    metavar="MODULE:CLASS",
+    help="e.g. l2_session.projections.session_counts:SessionEventCounts",
+)
+@click.option("--batch-size", type=whole_number(1), default=500, show_default=True)
+@click.option(
+    "--poll-interval",
+    type=positive_seconds,
+    default=1.0,
+    show_default=True,
+    help="seconds between polls when no NOTIFY arrives",
+)
+@click.option("--catch-up", is_flag=True, help="apply what the ledger holds now, then exit")
+@debug_option
+def project(**params: Any) -> int:
+    return run_body(_project, params, ledger=None)
+
+
+COMMANDS = (pg_migrate, pg_import, project)

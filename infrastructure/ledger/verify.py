@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,6 +360,7 @@ def verify(
     chunk_events: int = CHUNK_EVENTS,
     witnesses: Iterable[Any] = (),
     check_tree: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerificationReport:
     """Verify a ledger (a SessionLedger, the path of its file or a PostgreSQL URL).
 
@@ -371,7 +372,8 @@ def verify(
     witnessed is checked as a checkpoint seen before, and every conflict they recorded about
     it is reported (decision 25). ``check_tree=False`` skips the Merkle tree: no root is
     recomputed, no stored node compared, no checkpoint's root checked (their head hashes
-    still are) — faster, and checking less.
+    still are) — faster, and checking less. ``progress(done, total)`` is called as ranges of
+    positions are checked (positions checked so far, positions in all), from this thread.
     """
     if chunk_events < 1:
         raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
@@ -413,11 +415,15 @@ def verify(
     pins = frozenset(cp.position for _, cp in checkpoints if cp.position > 0)
 
     ranges = plan_ranges(bounds, last, chunk_events // step, n_workers)
+    total, done = sum(b - a + 1 for a, b in ranges), 0  # ranges are inclusive
     if n_workers == 1 or len(ranges) < 2:
         report.problems += integrity(source) if integrity else []
-        results = [
-            _verify_range(source, a, b, trusted, pins, has_tree, check_tree) for a, b in ranges
-        ]
+        results = []
+        for a, b in ranges:
+            results.append(_verify_range(source, a, b, trusted, pins, has_tree, check_tree))
+            if progress is not None:
+                done += b - a + 1
+                progress(done, total)
         report.workers = 1
     else:
         n_workers = min(n_workers, len(ranges))
@@ -429,9 +435,14 @@ def verify(
             ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool,
         ):
             checked = beside.submit(_in_the_gaps, integrity, source) if integrity else None
-            futures = [
-                pool.submit(_verify_range, source, a, b, trusted, pins, has_tree) for a, b in ranges
-            ]
+            futures = {
+                pool.submit(_verify_range, source, a, b, trusted, pins, has_tree): b - a + 1
+                for a, b in ranges
+            }
+            if progress is not None:
+                for future in as_completed(futures):
+                    done += futures[future]
+                    progress(done, total)
             results = [f.result() for f in futures]
             report.problems += checked.result() if checked else []
         report.workers = n_workers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from l2_session.domain.session.topics import (
     PEER_REGISTERED,
@@ -113,6 +114,38 @@ class VerificationReport:
 
     def kinds_at(self, position: int) -> set[ProblemKind]:
         return {p.kind for p in self.problems if p.position == position}
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON values (``verify --json``; hashes in standard base64)."""
+        b64 = base64.b64encode
+        return {
+            "ok": self.ok,
+            "events_checked": self.events_checked,
+            "head_position": self.head_position,
+            "head_hash": b64(self.head_hash).decode(),
+            "aggregates": dict(self.aggregates),
+            "signers_seen": dict(self.signers_seen),
+            "anchored": self.anchored,
+            "tree_root": None if self.tree_root is None else b64(self.tree_root).decode(),
+            "tree_checked": self.tree_checked,
+            "stored_checkpoints": self.stored_checkpoints,
+            "cosignatures": self.cosignatures,
+            "checkpoint_checked": self.checkpoint_checked,
+            "checkpoint_position": self.checkpoint_position,
+            "witnesses": self.witnesses,
+            "witnessed_checkpoints": self.witnessed_checkpoints,
+            "conflicts_recorded": list(self.conflicts_recorded),
+            "workers": self.workers,
+            "problems": [
+                {
+                    "kind": p.kind.value,
+                    "position": p.position,
+                    "session_id": p.session_id,
+                    "detail": p.detail,
+                }
+                for p in self.problems
+            ],
+        }
 
     def summary(self) -> str:
         """The report as lines for a terminal (every ledger-derived string escaped)."""

@@ -96,3 +96,29 @@ def test_audit_verify_is_verify(ledger):
     assert result.returncode == 0, result.stderr
     assert "ledger verification: OK" in result.stdout
     assert "signers: anchored" in result.stdout and "stored tree checked" in result.stdout
+
+
+def test_json_output_says_the_same_as_the_text(ledger, tmp_path):
+    """--json: the verdicts of verify and check-proof as data, with the same exit codes."""
+    size = head_of(ledger)
+    report = run("verify", str(ledger.path), "--checkpoint", str(ledger.checkpoint), "--json")
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    assert (data["ok"], data["events_checked"], data["anchored"]) == (True, size, True)
+    assert data["problems"] == [] and data["tree_checked"] is True
+    _, path = prove(ledger, tmp_path, "--inclusion", "3")
+    good = run("audit", "check-proof", str(path), "--json")
+    verdict = json.loads(good.stdout)
+    assert good.returncode == 0 and verdict["checks"] and verdict["signed"]["matches"]
+    stranger = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+    bad = run("audit", "check-proof", str(path), "--trust", stranger, "--json")
+    verdict = json.loads(bad.stdout)
+    assert bad.returncode == 1 and not verdict["signed"]["matches"]
+    assert "not a --trust key" in verdict["signed"]["problems"][0]
+
+
+def test_the_ledger_is_an_argument_or_an_option_but_not_two_different_ones(ledger, tmp_path):
+    both = run("verify", str(ledger.path), "--ledger", str(ledger.path))
+    assert both.returncode == 0, both.stderr
+    other = tmp_path / "other.sqlite3"
+    refused(run("verify", str(ledger.path), "--ledger", str(other)), 2, "two ledgers given")

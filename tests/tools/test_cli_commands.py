@@ -145,9 +145,9 @@ def test_verify_names_a_postgresql_ledger_schema_missing_its_tables(pg_location:
 
 # -- the one place errors become lines: a bug, and --debug ---------------------------------
 BUGGY = (
-    "import sys; from l2_session.tools import cli\n"
-    "def broken(args): raise RuntimeError('bug \\x1b[2J here')\n"
-    "cli._diagram = broken\n"
+    "import sys; from l2_session.domain.session import diagram; from l2_session.tools import cli\n"
+    "def broken(): raise RuntimeError('bug \\x1b[2J here')\n"
+    "diagram.render_mermaid = broken\n"
     "sys.exit(cli.main(sys.argv[1:]))\n"
 )
 

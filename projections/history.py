@@ -1,0 +1,309 @@
+"""Time travel over a ledger: what each session (or peer) was at any position or time, and
+every transition that took it there — ``l2-session audit replay`` and ``audit timeline``.
+
+Nothing here keeps a copy: a session's state at position P is the session replayed up to its
+last event at or before P (``repository.get(id, version=…)``, from a snapshot when the ledger
+has one it can read), so it is by construction what the live node had in memory just after
+appending P. A time is turned into a position by the ledger's ``timestamp`` column, which
+never decreases along positions (``verify`` reports ``time_reversed`` where it does).
+
+    history = LedgerHistory(ledger)
+    at = history.position_at(datetime(2026, 12, 7, 14, 2, tzinfo=UTC))
+    session = history.state_at(session_id, at)        # a Replayed
+    for step in history.timeline(session_id): ...     # Transitions, in ledger order
+
+Sealed fields (keys) are read as placeholders without the ledger's storage key; nothing here
+needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from l2_session.domain.session.states import FINAL
+from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.ledger.chain import session_key
+from l2_session.infrastructure.ledger.verify_report import aggregate_kind
+
+PAGE = 1000  # events decoded per read, for a timeline of every session
+
+
+class HistoryError(ValueError):
+    """A point or a session the ledger does not hold; the message says what it holds."""
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """An aggregate as it was at a point of the ledger."""
+
+    aggregate_id: UUID
+    kind: str  # 'session', 'peer', 'witnessed' or 'other' (verify_report.aggregate_kind)
+    version: int  # of its last event at or before the point
+    position: int  # that event's position
+    timestamp_us: int  # that event's ledger timestamp
+    aggregate: Any  # the replayed object itself (a Session, a Peer, …)
+
+    def summary(self) -> dict[str, Any]:
+        """What an auditor asks first, as JSON values."""
+        a = self.aggregate
+        out: dict[str, Any] = {
+            "id": str(self.aggregate_id),
+            "kind": self.kind,
+            "version": self.version,
+            "position": self.position,
+            "time": iso(self.timestamp_us),
+        }
+        if self.kind == "session":
+            out |= {
+                "state": "closed" if a.closed else str(a.state.value),
+                "since": iso(a.state_since_us),
+                "peer": a.peer_did,
+                "role": a.role,
+                "transport": a.transport,
+                "keys_since": None if a.keys_derived_us is None else iso(a.keys_derived_us),
+                "failure_reason": a.failure_reason,
+                "close_reason": getattr(a, "close_reason", None),
+                "retry_at": None if a.retry_at_us is None else iso(a.retry_at_us),
+                "queue": {
+                    "unacknowledged": len(a.outbox),
+                    "next_seq": a.next_seq,
+                    "next_expected_seq": a.next_expected_seq,
+                },
+            }
+        elif self.kind == "peer":
+            until = getattr(a, "quarantined_until_us", None)
+            out |= {
+                "peer": a.peer_did,
+                "failed_attempts": getattr(a, "failed_attempts", 0),
+                "quarantined_until": None if not until else iso(until),
+                "retry_at": None if not getattr(a, "retry_at_us", None) else iso(a.retry_at_us),
+            }
+        return out
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One event of the ledger, as a step of its aggregate's life."""
+
+    position: int
+    at_us: int  # when it happened, by the event's own time (``at_us``; else as recorded)
+    timestamp_us: int  # when the ledger recorded it (its ``timestamp`` column)
+    aggregate_id: UUID
+    kind: str
+    version: int
+    event: str  # the event's class name: 'Established', 'LinkWentDown', …
+    trigger: str | None  # the spec's trigger that caused it (session events)
+    state_before: str | None
+    state: str | None  # the state it left the session in ('closed' when final)
+    reason: str | None  # a failure's or a close's reason
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "time": iso(self.at_us),
+            "recorded": iso(self.timestamp_us),
+            "id": str(self.aggregate_id),
+            "kind": self.kind,
+            "version": self.version,
+            "event": self.event,
+            "trigger": self.trigger,
+            "from": self.state_before,
+            "to": self.state,
+            "reason": self.reason,
+        }
+
+
+def iso(us: int) -> str:
+    """A ledger time (µs since the epoch) as ISO 8601 in UTC, to the microsecond."""
+    return datetime.fromtimestamp(us / 1e6, UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> int:
+    """An ISO 8601 date and time (UTC when it names no offset) as µs since the epoch."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise HistoryError(
+            f"{text!r} is neither a position (a whole number) nor an ISO 8601 time such as "
+            "2026-12-07T14:02:00Z"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class LedgerHistory:
+    """Reads of one open ledger (SQLite or PostgreSQL), each in one read transaction."""
+
+    def __init__(self, ledger: SessionLedger) -> None:
+        self.ledger = ledger
+        recorder = ledger.ledger_recorder
+        self._read = recorder.lone_read
+        sql = recorder.tree_sql
+        m, events = sql.mark, sql.events
+        self._head = f"SELECT MAX(position) FROM {events}"
+        self._time_of = f"SELECT timestamp FROM {events} WHERE position = {m}"
+        self._version_at = (
+            f"SELECT version, position, timestamp FROM {events} WHERE session_id = {m} "
+            f"AND position <= {m} ORDER BY version DESC LIMIT 1"
+        )
+        self._first_topic = f"SELECT topic FROM {events} WHERE session_id = {m} AND version = 1"
+        self._all_at = (
+            f"SELECT e.session_id, e.version, e.position, e.timestamp, f.topic FROM {events} e "
+            f"JOIN (SELECT session_id, MAX(position) AS last FROM {events} "
+            f"WHERE position <= {m} GROUP BY session_id) m ON e.position = m.last "
+            f"LEFT JOIN {events} f ON f.session_id = e.session_id AND f.version = 1 "
+            "ORDER BY e.position"
+        )
+        self._positions = (
+            f"SELECT position, timestamp FROM {events} WHERE session_id = {m} ORDER BY version"
+        )
+
+    # -- points -----------------------------------------------------------------------------
+    def head(self) -> int:
+        """The newest position (0 for an empty ledger)."""
+        with self._read() as cur:
+            cur.execute(self._head)
+            found = cur.fetchone()[0]
+        return int(found or 0)
+
+    def position_at(self, when: int | datetime) -> int:
+        """The last position whose event was appended at or before ``when`` (µs since the
+        epoch, or an aware datetime): O(log n) reads, the timestamps being in order."""
+        if isinstance(when, datetime):
+            when = parse_time(when.isoformat())
+        head = self.head()
+        with self._read() as cur:
+
+            def time_of(position: int) -> int:
+                cur.execute(self._time_of, (position,))
+                row = cur.fetchone()
+                if row is None:
+                    raise HistoryError(f"the ledger has no event at position {position}")
+                return int(row[0])
+
+            if head == 0 or time_of(1) > when:
+                first = "it is empty" if head == 0 else f"its first event is at {iso(time_of(1))}"
+                raise HistoryError(f"{iso(when)} is before the ledger: {first}")
+            lo, hi = 1, head  # time_of(lo) <= when; find the last such position
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if time_of(mid) <= when:
+                    lo = mid
+                else:
+                    hi = mid - 1
+        return lo
+
+    def _point(self, position: int | None) -> int:
+        head = self.head()
+        if position is None:
+            return head
+        if not 1 <= position <= head:
+            raise HistoryError(f"position {position} is not in the ledger (positions 1..{head})")
+        return position
+
+    # -- states -----------------------------------------------------------------------------
+    def state_at(self, aggregate_id: UUID | str, position: int | None = None) -> Replayed:
+        """The aggregate as it was just after ``position`` (default: now)."""
+        point = self._point(position)
+        key = session_key(_uuid(aggregate_id))
+        with self._read() as cur:
+            cur.execute(self._version_at, (key, point))
+            row = cur.fetchone()
+            cur.execute(self._first_topic, (key,))
+            first = cur.fetchone()
+        if row is None:
+            raise HistoryError(
+                f"session {aggregate_id} has no event at or before position {point}"
+                if first is not None
+                else f"the ledger holds no session {aggregate_id}"
+            )
+        version, at, timestamp = row
+        return self._replay(
+            _uuid(aggregate_id), first[0] if first else None, version, at, timestamp
+        )
+
+    def states_at(self, position: int | None = None) -> list[Replayed]:
+        """Every aggregate that had begun by ``position`` (default: now), as it was then, in
+        the order of their last event."""
+        point = self._point(position)
+        with self._read() as cur:
+            cur.execute(self._all_at, (point,))
+            rows = cur.fetchall()
+        return [self._replay(_uuid(s), topic, v, p, t) for s, v, p, t, topic in rows]
+
+    def _replay(
+        self, aggregate_id: UUID, first_topic: str | None, version: int, position: int, ts: int
+    ) -> Replayed:
+        aggregate: Any = self.ledger.repository.get(aggregate_id, version=version)
+        return Replayed(aggregate_id, aggregate_kind(first_topic), version, position, ts, aggregate)
+
+    # -- transitions ------------------------------------------------------------------------
+    def timeline(self, aggregate_id: UUID | str | None = None) -> Iterator[Transition]:
+        """Every event of one aggregate (or of all), in ledger order, as transitions."""
+        states: dict[UUID, str | None] = {}
+        kinds: dict[UUID, str] = {}
+        for position, timestamp, topic, event in self._events(aggregate_id):
+            oid = event.originator_id
+            if event.originator_version == 1:
+                kinds[oid] = aggregate_kind(topic)
+            kind = kinds.get(oid, "other")
+            before = states.get(oid)
+            state = getattr(event, "state", None)
+            if state is None and event.originator_version == 1 and kind == "session":
+                state = "idle"
+            if state is not None:
+                states[oid] = state = "closed" if state == FINAL else str(state)
+            at_us = getattr(event, "at_us", None)
+            yield Transition(
+                position, at_us if isinstance(at_us, int) else timestamp, timestamp, oid, kind,
+                event.originator_version,
+                type(event).__name__, getattr(event, "trigger", None), before, state,
+                getattr(event, "reason", None),
+            )  # fmt: skip
+
+    def _events(self, aggregate_id: UUID | str | None) -> Iterator[tuple[int, int, str, Any]]:
+        """(position, ledger timestamp, stored topic, decoded event) in ledger order."""
+        mapper = self.ledger.mapper
+        recorder = self.ledger.recorder
+        if aggregate_id is not None:
+            oid = _uuid(aggregate_id)
+            with self._read() as cur:
+                cur.execute(self._positions, (session_key(oid),))
+                where = cur.fetchall()
+            if not where:
+                raise HistoryError(f"the ledger holds no session {aggregate_id}")
+            stored = recorder.select_events(oid)
+            for (position, timestamp), item in zip(where, stored, strict=True):
+                yield position, timestamp, item.topic, mapper.to_domain_event(item)
+            return
+        start = 1
+        while page := recorder.select_notifications(start, PAGE):
+            stamps = self._timestamps(page[0].id, page[-1].id)
+            for n in page:
+                yield n.id, stamps[n.id], n.topic, mapper.to_domain_event(n)
+            start = page[-1].id + 1
+
+    def _timestamps(self, first: int, last: int) -> dict[int, int]:
+        sql = self.ledger.ledger_recorder.tree_sql
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT position, timestamp FROM {sql.events} WHERE position BETWEEN "
+                f"{sql.mark} AND {sql.mark}",
+                (first, last),
+            )
+            return {int(p): int(t) for p, t in cur.fetchall()}
+
+
+def _uuid(value: UUID | str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise HistoryError(f"{value!r} is not a session id (a UUID)") from None
