@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -367,3 +368,35 @@ def _write_whole(path: str, write: Callable[[Any], None]) -> None:
 @debug_option
 def timeline_command(**params: Any) -> int:
     return run_body(_timeline, params, ledger=None)
+
+
+def _verify_bundle(args: Any) -> int:
+    from l2_session.tools.show import print_json
+    from l2_session.tools.verify_bundle import Unreadable, summary, verify_bundle
+
+    try:
+        report = verify_bundle(Path(args.bundle), list(args.trust) or None)
+    except Unreadable as e:
+        raise UsageError(str(e)) from e
+    if args.as_json:
+        print_json(report.to_json())
+    else:
+        print(summary(report))
+    return ExitCode.OK if report.ok else ExitCode.NOT_INTACT
+
+
+@audit.command(
+    "verify-bundle", help="verify a bundle that `l2-session export` wrote, without its ledger"
+)
+@click.argument("bundle", metavar="BUNDLE")
+@click.option(
+    "--trust",
+    multiple=True,
+    type=did_key,
+    metavar="DID",
+    help="the did:key that must sign the bundle's checkpoint (repeat)",
+)
+@json_option
+@debug_option
+def verify_bundle_command(**params: Any) -> int:
+    return run_body(_verify_bundle, params)

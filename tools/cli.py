@@ -111,6 +111,62 @@ def verify_command(**params: Any) -> int:
 cli.add_command(audit.audit)
 
 
+def _export(args: Any) -> int:
+    from l2_session.infrastructure.ledger.export import ExportError, export_bundle
+    from l2_session.projections.history import HistoryError, parse_time
+    from l2_session.tools.errors import UsageError
+    from l2_session.tools.show import print_json, progress_bar
+
+    try:
+        since = None if args.since is None else parse_time(args.since)
+        until = None if args.until is None else parse_time(args.until)
+    except HistoryError as e:
+        raise UsageError(str(e)) from e
+    try:
+        with progress_bar("exporting") as progress:
+            done = export_bundle(
+                args.ledger,
+                args.out,
+                sessions=args.session,
+                since_us=since,
+                until_us=until,
+                progress=progress,
+            )
+    except (ExportError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    facts = {
+        "bundle": str(done.out),
+        "tree_size": done.tree_size,
+        "events": done.events,
+        "sessions": done.sessions,
+        "after_the_checkpoint": done.left_out,
+    }
+    if args.as_json:
+        print_json(facts)
+    else:
+        print(
+            f"exported {done.events} events of {done.sessions} session(s) to {done.out}, "
+            f"proven against the checkpoint of {done.tree_size} events"
+        )
+        if done.left_out:
+            print(f"  {done.left_out} later events are not in it: no checkpoint covers them yet")
+    return ExitCode.OK
+
+
+@cli.command(
+    "export", help="write a verifiable bundle of a ledger's events (docs/forensic-export.md)"
+)
+@ledger_option(positional=True)
+@click.option("--out", required=True, metavar="BUNDLE", help="the bundle's directory (new)")
+@click.option("--session", multiple=True, metavar="ID", help="a session to export (repeat)")
+@click.option("--from", "since", metavar="TIME", help="ISO 8601: events appended from then")
+@click.option("--until", metavar="TIME", help="ISO 8601: events appended until then")
+@json_option
+@debug_option
+def export_command(**params: Any) -> int:
+    return run_body(_export, params, ledger=None)
+
+
 def _node(args: Any) -> int:
     from l2_session.tools.node import main as run_node
 

@@ -248,6 +248,7 @@ class SessionLedger(Application[UUID]):
 
     _checkpoints_table = CHECKPOINTS_TABLE
     _cosignatures_table = COSIGNATURES_TABLE
+    _signers_table = SIGNERS_TABLE
     _mark = "?"
 
     # -- eventsourcing construction hooks ---------------------------------------------------
@@ -541,6 +542,14 @@ class SessionLedger(Application[UUID]):
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT did FROM {SIGNERS_TABLE}")
             return {row[0] for row in c.fetchall()}
+
+    def signer_registrations(self) -> list[tuple[str, int, bytes]]:
+        """(did, registered_at µs, signature) of every registered signer (§7), as stored."""
+        with self.ledger_recorder.reading() as cur:
+            cur.execute(
+                f"SELECT did, registered_at, signature FROM {self._signers_table} ORDER BY did"
+            )
+            return [(str(d), int(t), bytes(s)) for d, t, s in cur.fetchall()]
 
     # -- what a restarted node asks first (live.py) ---------------------------------------
     def live_session_ids(self, opened_topic: str, final_topics: Sequence[str]) -> list[UUID]:

@@ -202,6 +202,10 @@ class PostgresSessionLedger(SessionLedger):
     def _cosignatures_table(self) -> str:  # type: ignore[override]
         return f"{self.pg.schema}.{COSIGNATURES_TABLE}"
 
+    @property
+    def _signers_table(self) -> str:  # type: ignore[override]
+        return f"{self.pg.schema}.{SIGNERS_TABLE}"
+
     def signers(self) -> set[str]:
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             rows = cur.execute(f"SELECT did FROM {self.pg.schema}.{SIGNERS_TABLE}").fetchall()

@@ -1,0 +1,493 @@
+#!/usr/bin/env python3
+"""Verify an l2-session forensic bundle without l2-session: this file imports only the
+standard library, ``cryptography`` and ``blake3``, and follows docs/forensic-export.md and
+docs/ledger-format.md (§3 events, §5 checkpoints, §7 signers, §13 the Merkle tree).
+
+    python3 verify_bundle.py BUNDLE [--trust DID ...] [--json]
+
+Exit status: 0 the bundle is intact; 1 it is not (each problem is listed); 2 it cannot be read
+(a missing file, a file that is not what it should be) or the command line is wrong.
+
+What is checked: every file against the manifest's BLAKE3 and size; the checkpoint's note
+signature, by a signer of the bundle (and one of ``--trust``, if given); every signer's
+registration signature and DID document; every event's hash, recomputed from its columns, and
+its signature; every event's Merkle inclusion proof against the checkpoint's root; for each
+session, that its events are consecutive versions linked by ``prev_session_hash``, begin at
+version 1 or at a boundary event before the range, and end at the range's boundary event, at
+the session's final event, or — said plainly — at an end the bundle cannot prove; for a whole
+export, that it holds every position of the tree, linked by ``prev_global_hash`` from genesis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import itertools
+import json
+import os
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blake3 import blake3
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+FILES = ("checkpoint.txt", "events.jsonl", "proofs.jsonl", "signers.json", "sessions.json")
+MAX_SMALL_FILE = 64 * 1024 * 1024  # manifest, checkpoint, signers, sessions: read whole
+MAX_LINE = 1024 * 1024  # one event of events.jsonl (a payload is at most 64 KiB, §9)
+EVENT_DOMAIN = b"l2-session/ledger/event/v1\n"
+GENESIS_DOMAIN = b"l2-session/ledger/genesis/v1\n"
+SIGNER_V1 = b"l2-session/ledger/signer/v1\n"
+SIGNER_V2 = b"l2-session/ledger/signer/v2\n"
+ORIGIN = "l2-session/ledger/"
+FINAL_STATE = "[*]"  # a session's last possible state: nothing can follow it
+ZERO = bytes(32)
+B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+class Unreadable(Exception):
+    """The bundle cannot be read as one (exit 2)."""
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    events: int = 0
+    sessions: dict[str, str] = field(default_factory=dict)  # id -> how its end is known
+    anchored: bool = False
+    ledger_id: str = ""
+    tree_size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "ledger_id": self.ledger_id, "tree_size": self.tree_size,
+            "events": self.events, "sessions": self.sessions, "anchored": self.anchored,
+            "problems": self.problems, "notes": self.notes,
+        }  # fmt: skip
+
+
+# -- formats ---------------------------------------------------------------------------------
+def lp(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def b64(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise Unreadable(f"{what} is not base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise Unreadable(f"{what} is not standard base64") from None
+
+
+def did_key_public(did: str) -> bytes:
+    """The Ed25519 public key of a did:key (multicodec 0xed 0x01, base58btc)."""
+    if not did.startswith("did:key:z"):
+        raise ValueError(f"{did!r} is not a base58btc did:key")
+    number = 0
+    for char in did[len("did:key:z") :]:
+        digit = B58.find(char)
+        if digit < 0:
+            raise ValueError(f"{did!r} is not base58btc")
+        number = number * 58 + digit
+    raw = number.to_bytes((number.bit_length() + 7) // 8, "big")  # 0xed first: no zero bytes
+    if len(raw) != 34 or raw[:2] != b"\xed\x01":
+        raise ValueError(f"{did!r} is not an Ed25519 did:key")
+    return raw[2:]
+
+
+def signature_ok(public: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def event_hash(e: dict[str, Any]) -> bytes:
+    """docs/ledger-format.md §3."""
+    return blake3(
+        EVENT_DOMAIN
+        + struct.pack(">Q", e["position"]) + lp(e["session_id"].encode())
+        + struct.pack(">Q", e["version"]) + lp(e["topic"].encode())
+        + struct.pack(">q", e["timestamp"]) + lp(e["payload"])
+        + e["prev_session_hash"] + e["prev_global_hash"] + lp(e["signer"].encode())
+    ).digest()  # fmt: skip
+
+
+def root_from_inclusion(index: int, size: int, leaf: bytes, proof: list[bytes]) -> bytes:
+    """RFC 9162 §2.1.3.2 with BLAKE3; ``ValueError`` for a proof of the wrong length."""
+    fn, sn, r = index, size - 1, blake3(b"\x00" + leaf).digest()
+    for p in proof:
+        if sn == 0:
+            raise ValueError("too many hashes")
+        if fn & 1 or fn == sn:
+            r = blake3(b"\x01" + p + r).digest()
+            while not fn & 1 and fn:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = blake3(b"\x01" + r + p).digest()
+        fn, sn = fn >> 1, sn >> 1
+    if sn != 0:
+        raise ValueError("too few hashes")
+    return r
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    ledger_id: str
+    size: int
+    root: bytes
+    head: bytes
+    body: bytes
+    signatures: list[tuple[str, bytes]]  # (key name, key id || signature)
+
+
+def parse_checkpoint(text: str) -> Checkpoint:
+    """docs/ledger-format.md §5 (format 2): five body lines, a blank line, signature lines."""
+    body, sep, rest = text.partition("\n\n")
+    lines = body.split("\n")
+    if not sep or len(lines) != 5 or not lines[0].startswith(ORIGIN):
+        raise Unreadable("checkpoint.txt is not a format-2 checkpoint (five lines, blank, sigs)")
+    if not (lines[1].isdigit() and lines[3].startswith("head ") and lines[4].startswith("time ")):
+        raise Unreadable("checkpoint.txt's size, head or time line is malformed")
+    signatures = []
+    for line in rest.split("\n"):
+        if not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 3 or parts[0] != "\u2014":
+            raise Unreadable(f"checkpoint.txt has a malformed signature line {line[:60]!r}")
+        signatures.append((parts[1], b64(parts[2], "a checkpoint signature")))
+    return Checkpoint(
+        lines[0][len(ORIGIN) :], int(lines[1]), b64(lines[2], "the checkpoint's root"),
+        b64(lines[3][5:], "the checkpoint's head"), (body + "\n").encode(), signatures,
+    )  # fmt: skip
+
+
+# -- reading ---------------------------------------------------------------------------------
+def read_small(folder: Path, name: str) -> bytes:
+    path = folder / name
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_SMALL_FILE + 1)
+    except OSError as e:
+        raise Unreadable(f"{path}: {e.strerror}") from e
+    if len(data) > MAX_SMALL_FILE:
+        raise Unreadable(f"{path} is over {MAX_SMALL_FILE} bytes")
+    return data
+
+
+def read_json(folder: Path, name: str) -> Any:
+    try:
+        return json.loads(read_small(folder, name))
+    except ValueError as e:
+        raise Unreadable(f"{folder / name} is not JSON ({e})") from e
+
+
+def jsonl(path: Path) -> Any:
+    """Each line of a JSON Lines file, as it is read (memory stays bounded)."""
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise Unreadable(f"{path}: {e.strerror}") from e
+    with f:
+        for number, line in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), start=1):
+            if len(line) > MAX_LINE:
+                raise Unreadable(f"{path} line {number} is over {MAX_LINE} bytes")
+            try:
+                yield json.loads(line)
+            except ValueError as e:
+                raise Unreadable(f"{path} line {number} is not JSON ({e})") from e
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    hasher, size = blake3(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+            size += len(chunk)
+    return hasher.hexdigest(), size
+
+
+# -- checks ----------------------------------------------------------------------------------
+def verify_bundle(folder: Path, trusted: list[str] | None = None) -> Report:
+    report = Report()
+    if not folder.is_dir():
+        raise Unreadable(f"{folder} is not a bundle (a directory)")
+    manifest = read_json(folder, "manifest.json")
+    if not isinstance(manifest, dict) or manifest.get("format") != "l2-session-bundle":
+        raise Unreadable(f"{folder / 'manifest.json'} is not an l2-session bundle manifest")
+    if manifest.get("version") != 1:
+        raise Unreadable(f"bundle version {manifest.get('version')!r}: this verifier reads 1")
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise Unreadable("the manifest lists no files")
+    for name in FILES:
+        entry, path = listed.get(name), folder / name
+        if not isinstance(entry, dict):
+            report.problems.append(f"missing_file: the manifest does not list {name}")
+        elif not path.is_file():
+            report.problems.append(f"missing_file: {name} is listed but not in the bundle")
+        elif file_digest(path) != (entry.get("blake3"), entry.get("bytes")):
+            report.problems.append(f"file_changed: {name} is not the file the manifest hashes")
+    if any(p.startswith("missing_file") for p in report.problems):
+        return report
+    report.ledger_id = str(manifest.get("ledger_id", ""))
+    size = manifest.get("tree_size")
+    if not isinstance(size, int) or size < 1:
+        raise Unreadable("the manifest's tree_size is not a positive whole number")
+    report.tree_size = size
+
+    signers = _signers(folder, report)
+    checkpoint = parse_checkpoint(read_small(folder, "checkpoint.txt").decode("utf-8", "replace"))
+    _check_checkpoint(checkpoint, report, signers, trusted)
+    sessions = _events(folder, report, signers, checkpoint, manifest)
+    _completeness(folder, report, sessions, manifest)
+    return report
+
+
+def _signers(folder: Path, report: Report) -> dict[str, bytes]:
+    """The signers whose registration and DID document check: did -> public key."""
+    found: dict[str, bytes] = {}
+    entries = read_json(folder, "signers.json")
+    if not isinstance(entries, list):
+        raise Unreadable("signers.json is not a list")
+    for entry in entries:
+        did = str(entry.get("did", ""))
+        try:
+            public = did_key_public(did)
+        except ValueError as e:
+            report.problems.append(f"bad_signer: {e}")
+            continue
+        document = entry.get("did_document") or {}
+        methods = document.get("verificationMethod") or [{}]
+        if document.get("id") != did or methods[0].get("publicKeyMultibase") != did[8:]:
+            report.problems.append(f"bad_signer: {did}'s DID document is not its own")
+            continue
+        at = entry.get("registered_at")
+        signature = b64(entry.get("registration_signature"), f"{did}'s registration")
+        ledger = lp(report.ledger_id.encode()) + lp(did.encode())
+        v2 = isinstance(at, int) and signature_ok(
+            public, signature, SIGNER_V2 + ledger + struct.pack(">q", at)
+        )
+        if not (v2 or signature_ok(public, signature, SIGNER_V1 + ledger)):
+            report.problems.append(f"bad_signer: {did}'s registration signature does not verify")
+            continue
+        found[did] = public
+    return found
+
+
+def _check_checkpoint(
+    cp: Checkpoint, report: Report, signers: dict[str, bytes], trusted: list[str] | None
+) -> None:
+    if cp.ledger_id != report.ledger_id or cp.size != report.tree_size:
+        report.problems.append(
+            "checkpoint_mismatch: the checkpoint is of another ledger or tree size than the "
+            "manifest's"
+        )
+    name, signed = cp.signatures[0] if cp.signatures else ("", b"")
+    public = signers.get(name)
+    key_id = hashlib.sha256(name.encode() + b"\n\x01" + (public or b"")).digest()[:4]
+    if public is None:
+        report.problems.append(f"checkpoint_unsigned: its signer {name or '(none)'} is not a "
+                               "registered signer of the bundle")  # fmt: skip
+    elif signed[:4] != key_id or not signature_ok(public, signed[4:], cp.body):
+        report.problems.append("checkpoint_signature: the checkpoint's signature does not verify")
+    if trusted is not None:
+        report.anchored = name in trusted
+        if not report.anchored:
+            report.problems.append(f"untrusted: the checkpoint is signed by {name}, not --trust")
+    else:
+        report.notes.append(
+            "signers UNANCHORED: the checkpoint's signer is taken from the bundle itself; pass "
+            "--trust DID (the node's key, learned elsewhere) to anchor it"
+        )
+
+
+def _events(
+    folder: Path,
+    report: Report,
+    signers: dict[str, bytes],
+    cp: Checkpoint,
+    manifest: dict[str, Any],
+) -> dict[str, list[dict[str, Any]]]:
+    sessions: dict[str, list[dict[str, Any]]] = {}
+    proofs = jsonl(folder / "proofs.jsonl")
+    last_position, previous_hash = 0, None
+    whole = not manifest.get("selection", {}).get("partial", True)
+    for raw in jsonl(folder / "events.jsonl"):
+        try:
+            e = {
+                "position": int(raw["position"]), "session_id": str(raw["session_id"]),
+                "version": int(raw["version"]), "topic": str(raw["topic"]),
+                "timestamp": int(raw["timestamp"]), "payload": b64(raw["payload"], "payload"),
+                "prev_session_hash": b64(raw["prev_session_hash"], "prev_session_hash"),
+                "prev_global_hash": b64(raw["prev_global_hash"], "prev_global_hash"),
+                "event_hash": b64(raw["event_hash"], "event_hash"), "signer": str(raw["signer"]),
+                "signature": b64(raw["signature"], "signature"), "role": raw.get("role"),
+            }  # fmt: skip
+        except (KeyError, TypeError, ValueError) as err:
+            raise Unreadable(f"an event of events.jsonl lacks or mistypes a field ({err})") from err
+        where = f"position {e['position']}"
+        proof = next(proofs, None)
+        report.events += 1
+        if e["position"] <= last_position:
+            report.problems.append(f"order: {where} does not follow position {last_position}")
+        if whole and e["position"] != last_position + 1:
+            report.problems.append(
+                f"missing_event: a whole export lacks position {last_position + 1}"
+            )
+        if whole:
+            expected = (
+                previous_hash or blake3(GENESIS_DOMAIN + lp(report.ledger_id.encode())).digest()
+            )
+            if e["prev_global_hash"] != expected:
+                report.problems.append(f"global_chain_break: at {where}")
+        last_position, previous_hash = e["position"], e["event_hash"]
+        if event_hash(e) != e["event_hash"]:
+            report.problems.append(f"hash_mismatch: {where}: its columns do not hash to its hash")
+        public = signers.get(e["signer"])
+        if public is None:
+            report.problems.append(f"unknown_signer: {where} is signed by {e['signer']}")
+        elif not signature_ok(public, e["signature"], e["event_hash"]):
+            report.problems.append(f"bad_signature: {where}")
+        if not isinstance(proof, dict) or proof.get("position") != e["position"]:
+            report.problems.append(f"bad_proof: no inclusion proof of {where} in its place")
+        elif not 1 <= e["position"] <= cp.size:
+            report.problems.append(f"bad_proof: {where} is not in the tree of {cp.size}")
+        else:
+            hashes = [b64(h, "a proof hash") for h in proof.get("hashes", [])]
+            try:
+                root = root_from_inclusion(e["position"] - 1, cp.size, e["event_hash"], hashes)
+            except ValueError as err:
+                root = None
+                report.problems.append(f"bad_proof: {where}: {err}")
+            if root is not None and root != cp.root:
+                report.problems.append(f"bad_proof: {where} does not lead to the checkpoint's root")
+        if e["position"] == cp.size and e["event_hash"] != cp.head:
+            report.problems.append("checkpoint_mismatch: the event at its size is not its head")
+        sessions.setdefault(e["session_id"], []).append(e)
+    if next(proofs, None) is not None:
+        report.problems.append("bad_proof: proofs.jsonl holds more proofs than events")
+    if whole and last_position != cp.size:
+        report.problems.append(f"missing_event: a whole export ends at {last_position}, "
+                               f"not at the tree size {cp.size}")  # fmt: skip
+    return sessions
+
+
+def _final(e: dict[str, Any]) -> bool:
+    try:
+        return bool(json.loads(e["payload"]).get("state") == FINAL_STATE)
+    except (ValueError, AttributeError):
+        return False
+
+
+def _completeness(
+    folder: Path,
+    report: Report,
+    sessions: dict[str, list[dict[str, Any]]],
+    manifest: dict[str, Any],
+) -> None:
+    """Each session's events consecutive and linked; where its range begins and ends."""
+    declared = read_json(folder, "sessions.json")
+    selection = manifest.get("selection", {})
+    since, until = selection.get("from_us"), selection.get("until_us")
+    asked = selection.get("sessions")
+    if asked is not None:
+        missing = {s.replace("-", "") for s in asked} - set(sessions)
+        for sid in sorted(missing):
+            report.problems.append(f"missing_session: session {sid} was asked for and is absent")
+    bounds = {str(b.get("session_id")): b for b in declared} if isinstance(declared, list) else {}
+    whole = not selection.get("partial", True) and not any(
+        p.startswith(("missing_event", "order", "global_chain_break")) for p in report.problems
+    )
+    for sid, events in sessions.items():
+        events.sort(key=lambda e: e["version"])
+        for a, b in itertools.pairwise(events):
+            if b["version"] != a["version"] + 1:
+                report.problems.append(f"missing_event: session {sid} lacks version "
+                                       f"{a['version'] + 1}")  # fmt: skip
+            elif b["prev_session_hash"] != a["event_hash"]:
+                report.problems.append(f"session_chain_break: session {sid} version {b['version']}")
+        first, last = events[0], events[-1]
+        if first["version"] == 1 and first["prev_session_hash"] != ZERO:
+            report.problems.append(f"session_chain_break: session {sid} version 1")
+        if first["version"] > 1 and not (first["role"] == "before" and since is not None
+                                         and first["timestamp"] < since):  # fmt: skip
+            report.problems.append(f"missing_event: session {sid} starts at version "
+                                   f"{first['version']} with nothing before the range")  # fmt: skip
+        for e in events:
+            inside = (since is None or e["timestamp"] >= since) and (
+                until is None or e["timestamp"] <= until
+            )
+            if (e["role"] == "selected") != inside:
+                where = "in" if inside else "out of"
+                report.problems.append(
+                    f"range: session {sid} version {e['version']} is marked {e['role']} but is "
+                    f"{where} the range"
+                )
+        if whole:
+            end = "proven: the bundle holds every event of the tree"
+        elif last["role"] == "after":
+            end = "proven: the next event is after the range"
+        elif _final(last):
+            end = "proven: the session's last event is final (closed)"
+        else:
+            end = "NOT PROVEN: nothing in the bundle shows the session had no later event"
+        if sid in bounds and bounds[sid].get("after") is not None and last["role"] != "after":
+            report.problems.append(f"missing_event: session {sid}'s boundary event after the "
+                                   "range is gone")  # fmt: skip
+        report.sessions[sid] = end
+
+
+def summary(report: Report) -> str:
+    lines = [
+        f"bundle verification: {'OK' if report.ok else f'{len(report.problems)} PROBLEM(S)'}",
+        f"  ledger {report.ledger_id}, tree of {report.tree_size} events; "
+        f"{report.events} events checked in {len(report.sessions)} session(s)",
+    ]
+    lines += [f"  session {sid}: end {end}" for sid, end in sorted(report.sessions.items())]
+    lines += [f"  {note}" for note in report.notes]
+    lines += [f"  - {p}" for p in report.problems[:100]]
+    if len(report.problems) > 100:
+        lines.append(f"  ... and {len(report.problems) - 100} more")
+    return "\n".join(_printable(line) for line in lines)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="verify_bundle.py", description=__doc__.split("\n")[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--trust", action="append", metavar="DID",
+                        help="the did:key that must sign the checkpoint (repeat)")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    try:
+        report = verify_bundle(args.bundle, args.trust)
+    except Unreadable as e:
+        print(f"verify_bundle.py: {_printable(str(e))}", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps(report.to_json(), indent=2) if args.json else summary(report))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: stop quietly, and let nothing flush to the pipe again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
