@@ -167,6 +167,78 @@ def export_command(**params: Any) -> int:
     return run_body(_export, params, ledger=None)
 
 
+def _status(args: Any) -> int:
+    from l2_session.infrastructure.ledger import SessionLedger
+    from l2_session.infrastructure.ledger.pg_url import is_postgres_url
+    from l2_session.projections.history import iso
+    from l2_session.projections.session_view import SessionView
+    from l2_session.tools.errors import UsageError
+    from l2_session.tools.show import print_json, print_table, progress_bar
+
+    if args.view is None and is_postgres_url(args.ledger):
+        raise UsageError("a PostgreSQL ledger's read model needs --view FILE (a SQLite file)")
+    ledger = SessionLedger(args.ledger, create=False)  # read-only: no identity, no key
+    try:
+        view = SessionView(args.view or f"{args.ledger}.view")
+        behind = view.lag(ledger)
+        if not args.no_catch_up:
+            with progress_bar("catching up") as progress:
+                view.catch_up(ledger, progress=progress)
+        lag = view.lag(ledger)
+        sessions, peers, moves = view.sessions(), view.peers(), view.transitions()
+        counts = view.state_counts()
+    finally:
+        ledger.close()
+    if args.as_json:
+        print_json({
+            "view": str(view.path), "position": lag.position, "head": lag.head,
+            "behind": lag.events, "behind_before_catch_up": behind.events,
+            "states": counts, "sessions": sessions, "peers": peers, "transitions": moves,
+        })  # fmt: skip
+        return ExitCode.OK
+    print(f"read model {view.path}: position {lag.position} of {lag.head} "
+          f"({lag.events} events behind; {behind.events} before this catch-up)")  # fmt: skip
+    print("sessions by state: " + (", ".join(f"{s} {n}" for s, n in counts.items()) or "none"))
+    shown = sessions[-args.limit :] if args.limit else sessions
+    print_table(
+        f"sessions (the {len(shown)} most recently active of {len(sessions)})",
+        ("id", "peer", "state", "since", "transport", "reason", "events"),
+        [(r["id"], r["peer"], r["state"], iso(r["since_us"]) if r["since_us"] else "",
+          r["transport"], r["failure_reason"] or r["close_reason"] or "", r["events"])
+         for r in shown],
+    )  # fmt: skip
+    if peers:
+        print_table(
+            "peers", ("peer", "failed attempts", "quarantined until", "retry at", "transport"),
+            [(p["did"], p["failed_attempts"],
+              iso(p["quarantined_until_us"]) if p["quarantined_until_us"] else "",
+              iso(p["retry_at_us"]) if p["retry_at_us"] else "", p["transport"] or "")
+             for p in peers],
+        )  # fmt: skip
+    print_table(
+        "transitions", ("from", "to", "count", "mean time in 'from'"),
+        [(m["from_state"], m["to_state"], m["count"],
+          f"{m['total_us'] / m['count'] / 1e6:.3f} s") for m in moves],
+    )  # fmt: skip
+    return ExitCode.OK
+
+
+@cli.command("status", help="sessions, peers and transitions from the ledger's read model")
+@ledger_option(positional=True)
+@click.option(
+    "--view", metavar="FILE",
+    help="the read model, a SQLite file made on first use (default: LEDGER.view beside a "
+    "SQLite ledger)",
+)  # fmt: skip
+@click.option("--no-catch-up", is_flag=True, help="show the view as it is, without reading on")
+@click.option("--limit", type=whole_number(0), default=50, show_default=True,
+              help="sessions listed, the most recently active (0: all)")  # fmt: skip
+@json_option
+@debug_option
+def status_command(**params: Any) -> int:
+    return run_body(_status, params, ledger=None)
+
+
 def _node(args: Any) -> int:
     from l2_session.tools.node import main as run_node
 

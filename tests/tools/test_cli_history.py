@@ -191,3 +191,25 @@ def test_the_html_page_shows_the_sessions_a_transition_and_the_failure(three_ses
     colours = _pixels(shot.read_bytes())
     assert FAILURE_RED in colours  # the failure's marker is drawn
     assert (0x3E, 0xBD, 0x93) in colours  # an established span
+
+
+def test_status_shows_the_read_model_and_its_lag(three_sessions, tmp_path):
+    path, ids = three_sessions
+    view = tmp_path / "view.sqlite3"
+    before = json.loads(run("status", str(path), "--view", str(view), "--no-catch-up",
+                            "--json").stdout)  # fmt: skip
+    assert before["position"] == 0 and before["behind"] == before["head"] > 0
+    after = json.loads(run("status", str(path), "--view", str(view), "--json").stdout)
+    assert after["behind"] == 0 and after["behind_before_catch_up"] == before["head"]
+    assert {s["id"]: s["state"] for s in after["sessions"]} == {
+        ids["up"]: "established", ids["down"]: "failed", ids["done"]: "closed"}  # fmt: skip
+    assert after["states"] == {"established": 1, "failed": 1, "closed": 1}
+    moves = {(m["from_state"], m["to_state"]): m["count"] for m in after["transitions"]}
+    assert (
+        moves[("handshake_initiated", "failed")] == 1
+        and moves[("idle", "handshake_initiated")] == 3
+    )
+    text = run("status", str(path), "--view", str(view))
+    assert text.returncode == 0 and "0 events behind" in text.stdout and "failed" in text.stdout
+    url = "postgresql://postgres@127.0.0.1:1/postgres"
+    refused(run("status", url), 2, "--view")
