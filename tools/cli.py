@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
@@ -117,6 +118,8 @@ def _export(args: Any) -> int:
     from l2_session.tools.errors import UsageError
     from l2_session.tools.show import print_json, progress_bar
 
+    if args.sqlite and os.path.lexists(args.sqlite):
+        raise UsageError(f"{args.sqlite} already exists; --sqlite writes a new file")
     try:
         since = None if args.since is None else parse_time(args.since)
         until = None if args.until is None else parse_time(args.until)
@@ -134,13 +137,23 @@ def _export(args: Any) -> int:
             )
     except (ExportError, ValueError) as e:
         raise UsageError(str(e)) from e
-    facts = {
+    facts: dict[str, Any] = {
         "bundle": str(done.out),
         "tree_size": done.tree_size,
         "events": done.events,
         "sessions": done.sessions,
         "after_the_checkpoint": done.left_out,
     }
+    if args.sqlite:
+        from l2_session.infrastructure.ledger import SessionLedger
+        from l2_session.tools.sqlite_export import write_tables
+
+        ledger = SessionLedger(args.ledger, create=False)
+        try:
+            rows = write_tables(ledger, Path(done.out), Path(args.sqlite))
+        finally:
+            ledger.close()
+        facts["sqlite"] = {"file": args.sqlite, "rows": rows}
     if args.as_json:
         print_json(facts)
     else:
@@ -150,6 +163,9 @@ def _export(args: Any) -> int:
         )
         if done.left_out:
             print(f"  {done.left_out} later events are not in it: no checkpoint covers them yet")
+        if args.sqlite:
+            counted = ", ".join(f"{n} {t}" for t, n in facts["sqlite"]["rows"].items())
+            print(f"  and as tables in {args.sqlite} ({counted}): `datasette {args.sqlite}`")
     return ExitCode.OK
 
 
@@ -161,6 +177,12 @@ def _export(args: Any) -> int:
 @click.option("--session", multiple=True, metavar="ID", help="a session to export (repeat)")
 @click.option("--from", "since", metavar="TIME", help="ISO 8601: events appended from then")
 @click.option("--until", metavar="TIME", help="ISO 8601: events appended until then")
+@click.option(
+    "--sqlite",
+    metavar="OUT.db",
+    help="also write the bundle's events, sessions, transitions and peers as SQLite tables "
+    "(new file; for Datasette)",
+)
 @json_option
 @debug_option
 def export_command(**params: Any) -> int:

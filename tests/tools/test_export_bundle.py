@@ -9,6 +9,7 @@ import ast
 import base64
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -255,3 +256,47 @@ def test_the_standalone_verifier_runs_where_only_its_two_packages_are(ledger, tm
                            capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
     assert alone.returncode == 0, alone.stdout + alone.stderr
     assert "bundle verification: OK" in alone.stdout
+
+
+def test_the_sqlite_tables_serve_a_session_s_transitions_through_datasette(ledger, tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    path, facts = ledger
+    closed = facts["ids"][2]
+    db = tmp_path / "case.db"
+    result = run("export", str(path), "--out", str(tmp_path / "bundle"), "--session", closed,
+                 "--sqlite", str(db))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    datasette = Path(sys.executable).with_name("datasette")
+    server = subprocess.Popen([str(datasette), "serve", str(db), "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        url = (f"http://127.0.0.1:{port}/case/transitions.json?_shape=array"
+               f"&session_id={closed.replace('-', '')}&_sort=position")  # fmt: skip
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    rows = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail(f"datasette did not answer: {server.stderr.read1().decode()}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [(r["from_state"], r["to_state"]) for r in rows] == [
+        (None, "idle"),  # opened
+        ("idle", "handshake_initiated"), ("handshake_initiated", "established"),
+        ("established", "closed")]  # fmt: skip
+    with sqlite3.connect(db) as conn:
+        keys = conn.execute("PRAGMA foreign_key_list(transitions)").fetchall()
+        assert {k[2] for k in keys} == {"events", "sessions"}
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    conn.close()
