@@ -39,6 +39,7 @@ SUITES: dict[str, str] = {
     "transports": "benchmarks.bench_transports",
     "floors": "benchmarks.bench_floors",
     "tree": "benchmarks.bench_tree",
+    "forensics": "benchmarks.bench_forensics",
 }
 
 _PACKAGES = ("eventsourcing", "cryptography", "blake3", "sqlite-utils")

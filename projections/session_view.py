@@ -118,9 +118,9 @@ class SessionView(SQLiteTrackingRecorder):
                 progress(page[-1].id - start, max(head - start, page[-1].id - start))
 
     def _apply(self, ledger: SessionLedger, page: Any, position: int) -> None:
-        sessions: dict[UUID, dict[str, Any]] = {}
-        peers: dict[UUID, dict[str, Any]] = {}
+        touched: dict[UUID, list[Any]] = {}  # session or peer -> [aggregate, events, position]
         moves: dict[tuple[str, str], list[int]] = {}
+        kinds, to_event = self._kinds, ledger.mapper.to_domain_event
         for n in page:
             if n.id != position + 1:
                 raise LedgerCorrupted(
@@ -129,30 +129,37 @@ class SessionView(SQLiteTrackingRecorder):
             position = n.id
             oid = n.originator_id
             if n.originator_version == 1:
-                self._kinds[oid] = aggregate_kind(n.topic)
-            kind = self._kinds.get(oid) or self._kind_of(ledger, oid)
-            if kind not in ("session", "peer"):
+                kinds[oid] = aggregate_kind(n.topic)
+            kind = kinds.get(oid) or self._kind_of(ledger, oid)
+            if kind != "session" and kind != "peer":
                 continue
-            event: Any = ledger.mapper.to_domain_event(n)
-            aggregate = self._aggregate(ledger, oid, n.originator_version)
-            before = _state(aggregate) if aggregate is not None else None
-            since = getattr(aggregate, "state_since_us", None)
-            aggregate = event.mutate(aggregate)
+            event: Any = to_event(n)
+            entry = touched.get(oid)
+            aggregate = entry[0] if entry else self._aggregate(ledger, oid, n.originator_version)
+            if kind == "session" and aggregate is not None:
+                before, since = _state(aggregate), aggregate.state_since_us
+                aggregate = event.mutate(aggregate)
+                after = _state(aggregate)
+                if after != before:
+                    move = moves.setdefault((before, after), [0, 0])
+                    move[0] += 1
+                    move[1] += max(0, int(getattr(event, "at_us", since)) - int(since))
+            else:
+                aggregate = event.mutate(aggregate)
+            if entry is None:
+                touched[oid] = [aggregate, 1, n.id]
+            else:
+                entry[0], entry[1], entry[2] = aggregate, entry[1] + 1, n.id
+        sessions, peers = [], []
+        for oid, (aggregate, events, last) in touched.items():
             self._keep(oid, aggregate)
-            if kind == "peer":
-                peers[oid] = _peer_row(aggregate, n.id)
-                continue
-            row = sessions.setdefault(oid, {"events": 0})
-            row.update(_session_row(aggregate, n.id))
-            row["events"] += 1
-            after = _state(aggregate)
-            if before is not None and after != before:
-                move = moves.setdefault((before, after), [0, 0])
-                move[0] += 1
-                move[1] += max(0, int(getattr(event, "at_us", since or 0)) - int(since or 0))
+            if kinds[oid] == "peer":
+                peers.append(_peer_row(aggregate, last))
+            else:
+                sessions.append(_session_row(aggregate, last) | {"events": events})
         with self.datastore.transaction(commit=True) as c:
-            c.executemany(UPSERT_SESSION, list(sessions.values()))
-            c.executemany(UPSERT_PEER, list(peers.values()))
+            c.executemany(UPSERT_SESSION, sessions)
+            c.executemany(UPSERT_PEER, peers)
             c.executemany(ADD_TRANSITION, [(a, b, n, us) for (a, b), (n, us) in moves.items()])
             self._insert_tracking(c, Tracking(NAME, position))
 
