@@ -148,9 +148,9 @@ class LedgerHistory:
         m, events = sql.mark, sql.events
         self._head = f"SELECT MAX(position) FROM {events}"
         self._time_of = f"SELECT timestamp FROM {events} WHERE position = {m}"
-        self._version_at = (
-            f"SELECT version, position, timestamp FROM {events} WHERE session_id = {m} "
-            f"AND position <= {m} ORDER BY version DESC LIMIT 1"
+        self._last_version = f"SELECT MAX(version) FROM {events} WHERE session_id = {m}"
+        self._event_at = (
+            f"SELECT position, timestamp FROM {events} WHERE session_id = {m} AND version = {m}"
         )
         self._first_topic = f"SELECT topic FROM {events} WHERE session_id = {m} AND version = 1"
         self._all_at = (
@@ -213,8 +213,7 @@ class LedgerHistory:
         point = self._point(position)
         key = session_key(_uuid(aggregate_id))
         with self._read() as cur:
-            cur.execute(self._version_at, (key, point))
-            row = cur.fetchone()
+            row = self._version_at(cur, key, point)
             cur.execute(self._first_topic, (key,))
             first = cur.fetchone()
         if row is None:
@@ -227,6 +226,32 @@ class LedgerHistory:
         return self._replay(
             _uuid(aggregate_id), first[0] if first else None, version, at, timestamp
         )
+
+    def _version_at(self, cur: Any, key: str, point: int) -> tuple[int, int, int] | None:
+        """(version, position, timestamp) of the session's last event at or before position
+        ``point``: a binary search over its versions (positions grow with them), O(log n)
+        reads on the (session_id, version) index, however long the session."""
+
+        def at(version: int) -> tuple[int, int]:
+            cur.execute(self._event_at, (key, version))
+            row = cur.fetchone()
+            if row is None:
+                raise HistoryError(f"session {key} has no version {version}: run verify")
+            return int(row[0]), int(row[1])
+
+        cur.execute(self._last_version, (key,))
+        top = cur.fetchone()[0]
+        if top is None or at(1)[0] > point:
+            return None
+        lo, hi = 1, int(top)  # at(lo) is at or before the point; find the last such version
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if at(mid)[0] <= point:
+                lo = mid
+            else:
+                hi = mid - 1
+        position, timestamp = at(lo)
+        return lo, position, timestamp
 
     def states_at(self, position: int | None = None) -> list[Replayed]:
         """Every aggregate that had begun by ``position`` (default: now), as it was then, in
