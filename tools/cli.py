@@ -125,6 +125,14 @@ def _export(args: Any) -> int:
         until = None if args.until is None else parse_time(args.until)
     except HistoryError as e:
         raise UsageError(str(e)) from e
+    identity = None
+    if args.keys:
+        from l2_session.infrastructure.keystore import KeyStore, KeyStoreError
+
+        try:
+            identity = KeyStore.load(args.keys).identity
+        except KeyStoreError as e:
+            raise UsageError(f"--keys {args.keys}: {e}") from e
     try:
         with progress_bar("exporting") as progress:
             done = export_bundle(
@@ -133,6 +141,7 @@ def _export(args: Any) -> int:
                 sessions=args.session,
                 since_us=since,
                 until_us=until,
+                identity=identity,
                 progress=progress,
             )
     except (ExportError, ValueError) as e:
@@ -177,6 +186,12 @@ def _export(args: Any) -> int:
 @click.option("--session", multiple=True, metavar="ID", help="a session to export (repeat)")
 @click.option("--from", "since", metavar="TIME", help="ISO 8601: events appended from then")
 @click.option("--until", metavar="TIME", help="ISO 8601: events appended until then")
+@click.option(
+    "--keys",
+    metavar="FILE",
+    help="the node's key store: a partial bundle then carries the session heads it signs, "
+    "which prove where each live session ends",
+)
 @click.option(
     "--sqlite",
     metavar="OUT.db",

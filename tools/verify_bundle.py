@@ -282,7 +282,8 @@ def verify_bundle(
     signers = _signers(folder, report)
     checkpoint = parse_checkpoint(read_small(folder, "checkpoint.txt").decode("utf-8", "replace"))
     _check_checkpoint(checkpoint, report, signers, trusted)
-    _events(folder, report, signers, checkpoint, manifest, workers or os.cpu_count() or 1)
+    heads = _heads(folder, report, signers, checkpoint, trusted) if "heads.txt" in listed else None
+    _events(folder, report, signers, checkpoint, manifest, workers or os.cpu_count() or 1, heads)
     return report
 
 
@@ -463,6 +464,7 @@ def _events(
     cp: Checkpoint,
     manifest: dict[str, Any],
     workers: int,
+    heads: tuple[int, bytes] | None,
 ) -> None:
     """Each event checked on its own by ``workers`` processes; then, in position order, what
     spans events: order, the global chain of a whole export, each session's chain and range."""
@@ -522,7 +524,7 @@ def _events(
     if whole and last_position != cp.size:
         report.problems.append(f"missing_event: a whole export ends at {last_position}, "
                                f"not at the tree size {cp.size}")  # fmt: skip
-    _completeness(folder, report, sessions, manifest, whole)
+    _completeness(folder, report, sessions, manifest, whole, heads)
 
 
 def _final(e: dict[str, Any]) -> bool:
@@ -538,6 +540,7 @@ def _completeness(
     sessions: dict[str, list[Any]],
     manifest: dict[str, Any],
     whole: bool,
+    heads: tuple[int, bytes] | None,
 ) -> None:
     """Where each session's events begin and end, and whether that is proven."""
     declared = read_json(folder, "sessions.json")
@@ -564,12 +567,78 @@ def _completeness(
             end = "proven: the next event is after the range"
         elif last[8]:
             end = "proven: the session's last event is final (closed)"
+        elif heads is not None and _head_is(report, sid, last, bounds.get(sid), heads):
+            end = "proven: the signed session heads name its last event as its newest"
         else:
             end = "NOT PROVEN: nothing in the bundle shows the session had no later event"
         if sid in bounds and bounds[sid].get("after") is not None and last[4] != "after":
             report.problems.append(f"missing_event: session {sid}'s boundary event after the "
                                    "range is gone")  # fmt: skip
         report.sessions[sid] = end
+
+
+def _heads(
+    folder: Path,
+    report: Report,
+    signers: dict[str, bytes],
+    cp: Checkpoint,
+    trusted: list[str] | None,
+) -> tuple[int, bytes] | None:
+    """(session count, heads root) of ``heads.txt``, a note signed by a signer of the bundle
+    over the checkpoint's tree (docs/forensic-export.md); None, with a problem, if it fails."""
+    text = read_small(folder, "heads.txt").decode("utf-8", "replace")
+    body, _, rest = text.partition("\n\n")
+    lines = body.split("\n")
+    origin = f"{ORIGIN}{report.ledger_id}/heads"
+    if len(lines) != 5 or lines[0] != origin or not (lines[1].isdigit() and lines[3].isdigit()):
+        report.problems.append("heads_mismatch: heads.txt is not the session heads of this ledger")
+        return None
+    if int(lines[1]) != cp.size or b64(lines[2], "the heads' tree root") != cp.root:
+        report.problems.append("heads_mismatch: the session heads are of another tree than the "
+                               "checkpoint's")  # fmt: skip
+        return None
+    parts = rest.split("\n")[0].split(" ")
+    name = parts[1] if len(parts) == 3 else ""
+    public = signers.get(name)
+    signed = b64(parts[2], "the heads' signature") if len(parts) == 3 else b""
+    key_id = hashlib.sha256(name.encode() + b"\n\x01" + (public or b"")).digest()[:4]
+    if (
+        public is None
+        or signed[:4] != key_id
+        or not signature_ok(public, signed[4:], (body + "\n").encode())
+    ):
+        report.problems.append("heads_signature: the session heads' signature does not verify")
+        return None
+    if trusted is not None and name not in trusted:
+        report.problems.append(f"untrusted: the session heads are signed by {name}, not --trust")
+        return None
+    return int(lines[3]), b64(lines[4], "the heads root")
+
+
+def _head_is(report: Report, sid: str, last: Any, bound: Any, heads: tuple[int, bytes]) -> bool:
+    """Whether the signed heads prove ``last`` (a record) the session's newest event; a head
+    that proves a later one is a problem (events the bundle should hold are missing)."""
+    head = bound.get("head") if isinstance(bound, dict) else None
+    if not isinstance(head, dict):
+        return False
+    try:
+        version, position = int(head["version"]), int(head["position"])
+        event = b64(head["event_hash"], "a head's event hash")
+        leaf = lp(sid.encode()) + struct.pack(">QQ", version, position) + event
+        root = root_from_inclusion(int(head["index"]), heads[0], leaf, list(head["hashes"]))
+    except (KeyError, TypeError, ValueError) as e:
+        report.problems.append(f"bad_head: session {sid}'s head and its proof are unreadable ({e})")
+        return False
+    if root != heads[1]:
+        report.problems.append(f"bad_head: session {sid}'s head is not in the signed heads")
+        return False
+    if (version, event) != (last[2], last[7]):
+        report.problems.append(
+            f"missing_event: session {sid}'s newest event is version {version}, the bundle "
+            f"ends at version {last[2]}"
+        )
+        return False
+    return True
 
 
 def summary(report: Report) -> str:

@@ -25,6 +25,7 @@ import base64
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,16 +34,20 @@ from typing import Any
 from uuid import UUID
 
 from blake3 import blake3
-from l2_session.infrastructure.identity import public_bytes_from_did_key
+from l2_session.infrastructure.identity import NodeIdentity, public_bytes_from_did_key
 from l2_session.infrastructure.ledger.application import SessionLedger
 from l2_session.infrastructure.ledger.chain import session_key
 from l2_session.infrastructure.ledger.errors import LedgerError
+from l2_session.infrastructure.ledger.format import lp
+from l2_session.infrastructure.ledger.merkle import leaf_hash, node_hash
+from l2_session.infrastructure.ledger.note import Signer
 
 BUNDLE_FORMAT = "l2-session-bundle"
 BUNDLE_VERSION = 1
 FILES = (
     "checkpoint.txt", "events.jsonl", "proofs.jsonl", "signers.json", "sessions.json",
 )  # fmt: skip
+HEADS_FILE = "heads.txt"  # optional: the session heads a node signs (partial exports)
 PROOF_BATCH = 500  # inclusion proofs read per statement
 COLUMNS = (
     "position, session_id, version, topic, timestamp, payload, prev_session_hash, "
@@ -148,6 +153,19 @@ class _Rows:
             )
             return list(cur.fetchall())
 
+    def heads(self, upto: int) -> list[tuple[str, int, int, bytes]]:
+        """(session id, version, position, event hash) of every session's newest event at or
+        before position ``upto``, in session id order."""
+        with self.read() as cur:
+            cur.execute(
+                f"SELECT e.session_id, e.version, e.position, e.event_hash FROM {self.events} e "
+                f"JOIN (SELECT session_id, MAX(version) AS v FROM {self.events} "
+                f"WHERE position <= {self.m} GROUP BY session_id) h "
+                "ON e.session_id = h.session_id AND e.version = h.v ORDER BY e.session_id",
+                (upto,),
+            )
+            return [(str(s), int(v), int(p), bytes(h)) for s, v, p, h in cur.fetchall()]
+
     def count_after(self, upto: int) -> int:
         with self.read() as cur:
             cur.execute(f"SELECT COUNT(*) FROM {self.events} WHERE position > {self.m}", (upto,))
@@ -161,11 +179,14 @@ def export_bundle(
     sessions: Iterable[UUID | str] = (),
     since_us: int | None = None,
     until_us: int | None = None,
+    identity: NodeIdentity | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportSummary:
     """Write a bundle of the ledger at ``location`` to the new directory ``out``: every event
     up to the newest stored checkpoint, or those of ``sessions`` and/or appended between
-    ``since_us`` and ``until_us`` (µs, inclusive) with their boundary events."""
+    ``since_us`` and ``until_us`` (µs, inclusive) with their boundary events. With the node's
+    ``identity``, a partial bundle also carries the session heads it signs (``heads.txt``),
+    which prove where a live session ends."""
     target = Path(out)
     if target.exists() or target.is_symlink():
         raise ExportError(f"{target} already exists; the export writes a new bundle there")
@@ -175,7 +196,7 @@ def export_bundle(
         location if isinstance(location, SessionLedger) else SessionLedger(location, create=False)
     )
     try:
-        return _export(ledger, target, list(sessions), since_us, until_us, progress)
+        return _export(ledger, target, list(sessions), since_us, until_us, identity, progress)
     finally:
         if ledger is not location:
             ledger.close()
@@ -187,6 +208,7 @@ def _export(
     chosen: list[UUID | str],
     since_us: int | None,
     until_us: int | None,
+    identity: NodeIdentity | None,
     progress: Callable[[int, int], None] | None,
 ) -> ExportSummary:
     signed = [cp for _, cp in ledger.stored_checkpoints(newest=16) if cp.root is not None]
@@ -198,6 +220,11 @@ def _export(
         )
     checkpoint = signed[-1]
     size = checkpoint.size
+    if identity is not None and identity.did not in {d for d, _, _ in ledger.signer_registrations()}:
+        raise ExportError(
+            f"{identity.did} is not a registered signer of this ledger: the session heads must "
+            "be signed by a node that writes it (its key store)"
+        )
     reads = _Rows(ledger)
     partial = bool(chosen) or since_us is not None or until_us is not None
     bounds: list[dict[str, Any]] = []
@@ -211,13 +238,20 @@ def _export(
         total = len(rows)
     else:  # every event, read and written a page at a time: memory stays bounded
         batches, total = reads.pages(size, PROOF_BATCH), size
+    heads = (
+        _signed_heads(reads, ledger.ledger_id, checkpoint, identity, bounds)
+        if (partial and identity is not None)
+        else None
+    )
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        if heads is not None:
+            (staging / HEADS_FILE).write_text(heads, encoding="utf-8")
         events, sessions = _write(
             ledger, staging, batches, total, checkpoint, bounds,
             {"partial": partial, "sessions": [str(UUID(str(s))) for s in chosen] or None,
              "from_us": since_us, "until_us": until_us},
-            progress,
+            {identity.did} if heads is not None and identity is not None else set(), progress,
         )  # fmt: skip
         os.replace(staging, target)
     except BaseException:
@@ -257,6 +291,50 @@ def _partial(
         bounds.append(bound)
     rows.sort(key=lambda item: int(item[0][0]))
     return rows
+
+
+def heads_leaf(session_id: str, version: int, position: int, event_hash: bytes) -> bytes:
+    """One leaf of the session-heads tree (docs/forensic-export.md)."""
+    return lp(session_id.encode()) + struct.pack(">QQ", version, position) + event_hash
+
+
+def _signed_heads(
+    reads: _Rows,
+    ledger_id: str,
+    checkpoint: Any,
+    identity: NodeIdentity,
+    bounds: list[dict[str, Any]],
+) -> str:
+    """Sign the heads of every session at the checkpoint's size, as a C2SP signed note over
+    the root of their Merkle tree; give each exported session in ``bounds`` its head and the
+    head's inclusion proof in that tree."""
+    heads = reads.heads(checkpoint.size)
+    level = [leaf_hash(heads_leaf(*h)) for h in heads]
+    levels = [level]
+    while len(level) > 1:  # bottom up; a lone last node rises unpaired (RFC 9162's tree)
+        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        levels.append(level := paired)
+    index = {h[0]: i for i, h in enumerate(heads)}
+    for bound in bounds:
+        i = index[bound["session_id"]]
+        _, version, position, event_hash = heads[i]
+        path, j = [], i
+        for nodes in levels[:-1]:
+            if j ^ 1 < len(nodes):
+                path.append(_b64(nodes[j ^ 1]))
+            j >>= 1
+        bound["head"] = {
+            "version": version, "position": position, "event_hash": _b64(event_hash),
+            "index": i, "hashes": path,
+        }  # fmt: skip
+    root = levels[-1][0] if heads else blake3(b"").digest()
+    body = (
+        f"l2-session/ledger/{ledger_id}/heads\n{checkpoint.size}\n{_b64(checkpoint.root)}\n"
+        f"{len(heads)}\n{_b64(root)}\n"
+    )
+    return Signer(identity.did, identity.private_key).sign(body)
 
 
 def _in_range(
@@ -306,12 +384,13 @@ def _write(
     checkpoint: Any,
     bounds: list[dict[str, Any]],
     selection: dict[str, Any],
+    also_signers: set[str],
     progress: Callable[[int, int], None] | None,
 ) -> tuple[int, int]:
     """Write the bundle's files into ``folder``; (events written, sessions among them)."""
     size = checkpoint.size
     (folder / "checkpoint.txt").write_text(checkpoint.to_text(), encoding="utf-8")
-    signers_seen, sessions_seen, written = {checkpoint.signer}, set(), 0
+    signers_seen, sessions_seen, written = {checkpoint.signer, *also_signers}, set(), 0
     with (
         (folder / "events.jsonl").open("w", encoding="utf-8") as events,
         (folder / "proofs.jsonl").open("w", encoding="utf-8") as proofs,
@@ -346,7 +425,11 @@ def _write(
         "tree_size": size,
         "selection": selection,
         "events": written,
-        "files": {name: _file_entry(folder / name) for name in FILES},
+        "files": {
+            name: _file_entry(folder / name)
+            for name in (*FILES, HEADS_FILE)
+            if (folder / name).exists()
+        },
     }
     _dump(folder / "manifest.json", manifest)
     return written, len(sessions_seen)

@@ -44,3 +44,65 @@ def test_whole_and_partial_exports_verify(ledger_factory, clock, identity, tmp_p
     assert list(part.sessions.values()) == ["proven: the next event is after the range"]
     roles = [json.loads(line)["role"] for line in (out / "events.jsonl").read_text().splitlines()]
     assert roles[0] == "before" and roles[-1] == "after" and "selected" in roles
+
+
+def rewrite(bundle, name: str, text: str) -> None:
+    """Change a file of a bundle and the manifest's hash of it, as a tamperer would."""
+    from blake3 import blake3
+
+    (bundle / name).write_text(text)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    data = text.encode()
+    manifest["files"][name] = {"blake3": blake3(data).hexdigest(), "bytes": len(data)}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_signed_session_heads_prove_where_a_live_session_ends(
+    ledger_factory, clock, identity, tmp_path
+):
+    from l2_session.infrastructure.identity import NodeIdentity
+
+    ledger = ledger_factory()
+    now = clock.wall_us()
+    sessions = [Session.open(f"did:key:z6MkPeer{i}", "initiator", SessionConfig(), now)
+                for i in range(4)]  # fmt: skip
+    for s in sessions:
+        s.initiate_handshake(now)
+    ledger.save(*sessions)
+    for step in range(3):
+        now += 5 * SECOND
+        clock.set_wall_us(now)
+        for s in sessions:
+            s.submit_message(now, b"m%d" % step) if step else s.receive_valid_response(
+                now, key_material=bytes(32), prekeys="p"
+            )
+        ledger.save(*sessions)
+    ledger.checkpoint()
+    live = sessions[2].id
+    unsigned = verify_bundle(export_bundle(ledger, tmp_path / "a", sessions=[live]).out)
+    assert next(iter(unsigned.sessions.values())).startswith("NOT PROVEN")
+    out = export_bundle(ledger, tmp_path / "b", sessions=[live], identity=identity).out
+    signed = verify_bundle(out, [identity.did])
+    assert signed.ok, signed.problems
+    assert list(signed.sessions.values()) == [
+        "proven: the signed session heads name its last event as its newest"
+    ]
+    # The session's newest event dropped (with its proof): the signed heads name it.
+    events = (out / "events.jsonl").read_text().splitlines(keepends=True)[:-1]
+    proofs = (out / "proofs.jsonl").read_text().splitlines(keepends=True)[:-1]
+    rewrite(out, "events.jsonl", "".join(events))
+    rewrite(out, "proofs.jsonl", "".join(proofs))
+    dropped = verify_bundle(out, [identity.did])
+    assert any(p.startswith("missing_event") and "newest event is version" in p
+               for p in dropped.problems), dropped.problems  # fmt: skip
+    # Heads signed by a key the ledger does not register are refused at export.
+    with pytest.raises(ExportError, match="not a registered signer"):
+        export_bundle(ledger, tmp_path / "c", sessions=[live], identity=NodeIdentity.generate())
+    # A changed heads note no longer verifies.
+    out = export_bundle(ledger, tmp_path / "d", sessions=[live], identity=identity).out
+    text = (out / "heads.txt").read_text()
+    lines = text.split("\n")
+    lines[3] = str(int(lines[3]) + 1)
+    rewrite(out, "heads.txt", "\n".join(lines))
+    changed = verify_bundle(out, [identity.did])
+    assert any(p.startswith("heads_signature") for p in changed.problems), changed.problems

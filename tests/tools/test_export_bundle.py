@@ -21,6 +21,7 @@ from l2_session.domain.session.config import SessionConfig
 from l2_session.domain.session.session import Session
 from l2_session.infrastructure.clock import ManualClock
 from l2_session.infrastructure.identity import NodeIdentity
+from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.projections.history import iso
 
@@ -34,7 +35,8 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, ob
     path = tmp_path_factory.mktemp("export") / "ledger.sqlite3"
     clock = ManualClock()
     identity = NodeIdentity.generate()
-    ledger = SessionLedger(path, identity=identity, storage_key=os.urandom(32), clock=clock)
+    keys = KeyStore.create(path.with_name("node.keys"), identity=identity)
+    ledger = SessionLedger(path, identity=identity, storage_key=keys.storage_key, clock=clock)
     try:
         now = clock.wall_us()
         sessions = [Session.open(f"did:key:z6MkPeer{i}", "initiator", SessionConfig(), now)
@@ -60,6 +62,7 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, ob
         "ids": [str(s.id) for s in sessions],
         "signer": identity.did,
         "t0": clock.wall_us() - 60 * SECOND,
+        "keys": str(keys.path),
     }
 
 
@@ -300,3 +303,20 @@ def test_the_sqlite_tables_serve_a_session_s_transitions_through_datasette(ledge
         assert {k[2] for k in keys} == {"events", "sessions"}
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
+
+
+def test_with_the_node_s_keys_a_live_session_s_end_is_proven(ledger, tmp_path):
+    path, facts = ledger
+    live = facts["ids"][0]
+    plain = export(path, tmp_path / "plain", "--session", live)
+    assert next(iter(json.loads(verify(plain, "--json").stdout)["sessions"].values())).startswith(
+        "NOT PROVEN"
+    )
+    signed = export(path, tmp_path / "signed", "--session", live, "--keys", facts["keys"])
+    report = json.loads(verify(signed, "--trust", facts["signer"], "--json").stdout)
+    assert report["ok"], report
+    assert list(report["sessions"].values()) == [
+        "proven: the signed session heads name its last event as its newest"
+    ]
+    refused(run("export", str(path), "--out", str(tmp_path / "x"), "--session", live,
+                "--keys", str(tmp_path / "absent.keys")), 2, "--keys", "no key store")  # fmt: skip
