@@ -10,6 +10,7 @@ Like every command, these raise and let main() (cli.py) say what went wrong.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ from typing import Any
 import click
 from l2_session.infrastructure.ledger.verify_report import printable
 from l2_session.tools.arguments import positive_seconds, whole_number
-from l2_session.tools.commands import SETTINGS, debug_option, run_body
+from l2_session.tools.commands import SETTINGS, debug_option, json_option, run_body
 from l2_session.tools.errors import ExitCode, UsageError
 from l2_session.tools.ledger_option import ledger_option
+from l2_session.tools.show import print_json
 
 
 def _pg_migrate(args: Any) -> int:
@@ -29,6 +31,10 @@ def _pg_migrate(args: Any) -> int:
 
     location = PostgresLocation.parse(args.ledger)
     meta = migrate(location, created_at_us=SystemClock().wall_us(), node_role=args.node_role)
+    if args.as_json:
+        print_json({"ledger_id": meta["ledger_id"], "ledger": location.redacted(),
+                    "schema_version": SCHEMA_VERSION, "node_role": args.node_role})  # fmt: skip
+        return ExitCode.OK
     print(
         printable(
             f"ledger {meta['ledger_id']} at {location.redacted()}: schema version "
@@ -61,6 +67,9 @@ def _pg_import(args: Any) -> int:
     PostgresLocation.parse(args.ledger)  # a bad URL is named before the source is read
     _check_import_source(args.source)
     copied = import_sqlite_ledger(args.source, args.ledger)
+    if args.as_json:
+        print_json({"events_copied": copied, "from": args.source, "to": redact(args.ledger)})
+        return ExitCode.OK
     print(
         printable(f"{copied} events copied from {args.source} to {redact(args.ledger)}; run verify")
     )
@@ -118,7 +127,14 @@ def _project(args: Any) -> int:
             )
 
     def report(lag: Lag) -> None:
-        print(f"position {lag.position} head {lag.head} behind {lag.events} lag {lag.seconds:.3f}s")
+        if args.as_json:  # one JSON object a line, as batches commit
+            print(json.dumps({"position": lag.position, "head": lag.head,
+                              "behind": lag.events, "lag_s": round(lag.seconds, 6)}))  # fmt: skip
+        else:
+            print(
+                f"position {lag.position} head {lag.head} behind {lag.events} "
+                f"lag {lag.seconds:.3f}s"
+            )
         sys.stdout.flush()
 
     ledger = SessionLedger(args.ledger, create=False)  # read-only: no identity, no key
@@ -154,6 +170,7 @@ def _project(args: Any) -> int:
     show_default=True,
     help="role the nodes' logins are members of",
 )
+@json_option
 @debug_option
 def pg_migrate(**params: Any) -> int:
     return run_body(_pg_migrate, params, ledger=None)
@@ -166,6 +183,7 @@ def pg_migrate(**params: Any) -> int:
 )
 @click.option("--from", "source", required=True, metavar="FILE", help="the SQLite ledger")
 @ledger_option()
+@json_option
 @debug_option
 def pg_import(**params: Any) -> int:
     return run_body(_pg_import, params, ledger=None)
@@ -198,6 +216,7 @@ def pg_import(**params: Any) -> int:
     help="seconds between polls when no NOTIFY arrives",
 )
 @click.option("--catch-up", is_flag=True, help="apply what the ledger holds now, then exit")
+@click.option("--json", "as_json", is_flag=True, help="print each batch's lag as a JSON line")
 @debug_option
 def project(**params: Any) -> int:
     return run_body(_project, params, ledger=None)

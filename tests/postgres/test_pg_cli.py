@@ -82,3 +82,27 @@ def test_project_names_a_projection_it_cannot_load(
             "--projection", "no.such.module:Thing"]  # fmt: skip
     assert main(args) == 2
     assert "cannot load projection 'no.such.module:Thing'" in capsys.readouterr().err
+
+
+def test_the_postgresql_commands_print_json_when_asked(
+    pg_location: PostgresLocation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    sqlite_ledger = tmp_path / "node.sqlite3"
+    assert main(["demo", "--ledger", str(sqlite_ledger), "--sessions", "1"]) == 0
+    capsys.readouterr()
+    assert main(["pg-import", "--from", str(sqlite_ledger), "--ledger", pg_location.url(),
+                 "--json"]) == 0  # fmt: skip
+    imported = json.loads(capsys.readouterr().out)
+    assert imported["events_copied"] > 0 and imported["from"] == str(sqlite_ledger)
+    other = pg_location.with_schema(pg_location.schema + "_fresh")
+    assert main(["pg-migrate", "--ledger", other.url(), "--json"]) == 0
+    migrated = json.loads(capsys.readouterr().out)
+    assert migrated["schema_version"] >= 2 and len(migrated["ledger_id"]) == 32
+    view = pg_location.with_schema(pg_location.schema + "_view")
+    assert main(["project", "--ledger", pg_location.url(), "--view", view.url(), "--projection",
+                 "l2_session.projections.session_counts:SessionEventCounts", "--catch-up",
+                 "--json"]) == 0  # fmt: skip
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-1] == {**lines[-1], "position": imported["events_copied"], "behind": 0}
