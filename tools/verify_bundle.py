@@ -380,12 +380,81 @@ Record = tuple[int, str, int, int, Any, bytes, bytes, bytes, bool]
 event_hash, final): what the checks across events need of one."""
 
 
+class Spans:
+    """The checks between events, in position order: order, a whole export's global chain,
+    each session's chain, the range. A worker keeps one over its part (from its first event
+    on); the parent joins the parts with ``join``."""
+
+    def __init__(self, whole: bool, since: int | None, until: int | None, genesis: bytes):
+        self.whole, self.since, self.until, self.genesis = whole, since, until, genesis
+        self.first: Record | None = None
+        self.last: Record | None = None
+        self.sessions: dict[str, list[Record]] = {}  # id -> [first record, last record]
+        self.problems: list[str] = []
+        self.count = 0
+
+    def add(self, r: Record) -> None:
+        """The next event of a part."""
+        if self.last is not None:
+            self._follows(r, self.last)
+        self.first = self.first or r
+        self.last = r
+        self.count += 1
+        inside = (self.since is None or r[3] >= self.since) and (
+            self.until is None or r[3] <= self.until
+        )
+        if (r[4] == "selected") != inside:
+            where = "in" if inside else "out of"
+            self.problems.append(
+                f"range: session {r[1]} version {r[2]} is marked {r[4]} but is {where} the range"
+            )
+        self._session(r[1], r, r)
+
+    def join(self, part: Spans) -> None:
+        """The next part, checked where it meets what came before."""
+        if part.first is None or part.last is None:
+            return
+        self._follows(part.first, self.last)
+        for sid, (first, last) in part.sessions.items():
+            self._session(sid, first, last)
+        self.first = self.first or part.first
+        self.last, self.count = part.last, self.count + part.count
+
+    def _follows(self, r: Record, before: Record | None) -> None:
+        last_position = before[0] if before is not None else 0
+        if r[0] <= last_position:
+            self.problems.append(f"order: position {r[0]} does not follow position {last_position}")
+        if self.whole:
+            if r[0] != last_position + 1:
+                self.problems.append(
+                    f"missing_event: a whole export lacks position {last_position + 1}"
+                )
+            if r[6] != (before[7] if before is not None else self.genesis):
+                self.problems.append(f"global_chain_break: at position {r[0]}")
+
+    def _session(self, sid: str, first: Record, last: Record) -> None:
+        seen = self.sessions.get(sid)
+        if seen is None:
+            self.sessions[sid] = [first, last]
+            return
+        if first[2] != seen[1][2] + 1:
+            self.problems.append(f"missing_event: session {sid} lacks version {seen[1][2] + 1}")
+        elif first[5] != seen[1][7]:
+            self.problems.append(f"session_chain_break: session {sid} version {first[2]}")
+        seen[1] = last
+
+
 def _check_chunk(
-    folder: Path, part: tuple[int, int, int], signers: dict[str, bytes], cp: Checkpoint
-) -> tuple[list[str], list[Record]]:
-    """The checks of each event on its own (hash, signature, proof), for ``part``."""
+    folder: Path,
+    signers: dict[str, bytes],
+    cp: Checkpoint,
+    part: tuple[int, int, int],
+    spans: Spans,
+) -> tuple[list[str], Spans]:
+    """The checks of each event on its own (hash, signature, proof) for ``part``, and those
+    between its events (``spans``, a fresh one: what joins it to the other parts is the
+    parent's)."""
     problems: list[str] = []
-    records: list[Record] = []
     memo: dict[tuple[int, int], tuple[bytes, tuple[str, ...]]] = {}
     events_at, proofs_at, count = part
     with (
@@ -440,11 +509,11 @@ def _check_chunk(
                     problems.append(f"bad_proof: {where}: {err}")
             if e["position"] == cp.size and e["event_hash"] != cp.head:
                 problems.append("checkpoint_mismatch: the event at its size is not its head")
-            records.append((
+            spans.add((
                 e["position"], e["session_id"], e["version"], e["timestamp"], raw.get("role"),
                 e["prev_session_hash"], e["prev_global_hash"], e["event_hash"], _final(e),
             ))  # fmt: skip
-    return problems, records
+    return problems, spans
 
 
 def _line(f: Any, name: str) -> Any:
@@ -472,58 +541,29 @@ def _events(
     selection = manifest.get("selection") or {}
     whole = not selection.get("partial", True)
     since, until = selection.get("from_us"), selection.get("until_us")
-    sessions: dict[str, list[Any]] = {}  # id -> [first record, last record]
-    last_position, previous_hash = 0, None
     genesis = blake3(GENESIS_DOMAIN + lp(report.ledger_id.encode())).digest()
+    joined = Spans(whole, since, until, genesis)
+    fresh = functools.partial(Spans, whole, since, until, genesis)
     if workers > 1 and len(parts) > 1:
         pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(parts)))
-        check = functools.partial(_check_chunk, folder, signers=signers, cp=cp)
-        results: Any = pool.map(check, parts)
+        check = functools.partial(_check_chunk, folder, signers, cp)
+        results: Any = pool.map(check, parts, [fresh() for _ in parts])
     else:
-        pool, results = None, (_check_chunk(folder, p, signers, cp) for p in parts)
+        pool, results = None, (_check_chunk(folder, signers, cp, p, fresh()) for p in parts)
     try:
-        for problems, records in results:
-            report.problems += problems
-            for r in records:
-                position, sid, version, timestamp, role, prev_session, prev_global, own, _ = r
-                report.events += 1
-                if position <= last_position:
-                    report.problems.append(f"order: position {position} does not follow "
-                                           f"position {last_position}")  # fmt: skip
-                if whole:
-                    if position != last_position + 1:
-                        report.problems.append(
-                            f"missing_event: a whole export lacks position {last_position + 1}"
-                        )
-                    if prev_global != (previous_hash or genesis):
-                        report.problems.append(f"global_chain_break: at position {position}")
-                last_position, previous_hash = position, own
-                inside = (since is None or timestamp >= since) and (
-                    until is None or timestamp <= until
-                )
-                if (role == "selected") != inside:
-                    where = "in" if inside else "out of"
-                    report.problems.append(
-                        f"range: session {sid} version {version} is marked {role} but is "
-                        f"{where} the range"
-                    )
-                seen = sessions.get(sid)
-                if seen is None:
-                    sessions[sid] = [r, r]
-                    continue
-                last = seen[1]
-                if version != last[2] + 1:
-                    report.problems.append(f"missing_event: session {sid} lacks version "
-                                           f"{last[2] + 1}")  # fmt: skip
-                elif prev_session != last[7]:
-                    report.problems.append(f"session_chain_break: session {sid} version {version}")
-                seen[1] = r
+        for problems, part in results:
+            report.problems += problems + part.problems
+            joined.join(part)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    report.problems += joined.problems
+    report.events = joined.count
+    last_position = joined.last[0] if joined.last is not None else 0
     if whole and last_position != cp.size:
         report.problems.append(f"missing_event: a whole export ends at {last_position}, "
                                f"not at the tree size {cp.size}")  # fmt: skip
+    sessions = joined.sessions
     _completeness(folder, report, sessions, manifest, whole, heads)
 
 

@@ -106,3 +106,47 @@ def test_signed_session_heads_prove_where_a_live_session_ends(
     rewrite(out, "heads.txt", "\n".join(lines))
     changed = verify_bundle(out, [identity.did])
     assert any(p.startswith("heads_signature") for p in changed.problems), changed.problems
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_parts_checked_apart_are_joined_where_they_meet(
+    ledger_factory, clock, identity, tmp_path, monkeypatch, workers
+):
+    """The verifier checks the bundle in parts of CHUNK lines (in parallel with workers > 1)
+    and joins them: a gap or a swap exactly where two parts meet is caught as inside one."""
+    from l2_session.tools import verify_bundle as module
+
+    monkeypatch.setattr(module, "CHUNK", 4)
+    ledger = ledger_factory()
+    now = clock.wall_us()
+    sessions = [Session.open(f"did:key:z6MkPeer{i}", "initiator", SessionConfig(), now)
+                for i in range(3)]  # fmt: skip
+    for step in range(4):
+        now += SECOND
+        clock.set_wall_us(now)
+        for s in sessions:
+            if step == 0:
+                s.initiate_handshake(now)
+            elif step == 1:
+                s.receive_valid_response(now, key_material=bytes(32), prekeys="p")
+            else:
+                s.submit_message(now, b"m")
+        ledger.save(*sessions)
+    ledger.checkpoint()
+    out = export_bundle(ledger, tmp_path / "whole").out
+    assert verify_bundle(out, [identity.did], workers).ok
+    events = (out / "events.jsonl").read_text().splitlines(keepends=True)
+    proofs = (out / "proofs.jsonl").read_text().splitlines(keepends=True)
+    for name, (kept_events, kept_proofs), expected in [
+        ("gap", (events[:4] + events[5:], proofs[:4] + proofs[5:]), "missing_event"),
+        ("swap", ([*events[:3], events[4], events[3], *events[5:]],
+                  [*proofs[:3], proofs[4], proofs[3], *proofs[5:]]), "order"),
+    ]:  # fmt: skip
+        copy = tmp_path / name
+        copy.mkdir()
+        for f in out.iterdir():
+            (copy / f.name).write_bytes(f.read_bytes())
+        rewrite(copy, "events.jsonl", "".join(kept_events))
+        rewrite(copy, "proofs.jsonl", "".join(kept_proofs))
+        report = verify_bundle(copy, [identity.did], workers)
+        assert any(p.startswith(expected) for p in report.problems), (name, report.problems)
