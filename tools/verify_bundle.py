@@ -516,13 +516,16 @@ def _check_chunk(
     return problems, spans
 
 
+_DECODER = json.JSONDecoder()
+
+
 def _line(f: Any, name: str) -> Any:
     line = f.readline(MAX_LINE + 1)
     if not line:
         return None
     try:
-        return json.loads(line)
-    except ValueError as e:
+        return _DECODER.decode(line.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError is one
         raise Unreadable(f"{name} holds a line that is not JSON ({e})") from e
 
 
@@ -568,6 +571,9 @@ def _events(
 
 
 def _final(e: dict[str, Any]) -> bool:
+    """Whether the event left its session in the final state (its payload's ``state``)."""
+    if b'"[*]"' not in e["payload"]:  # most events: no need to parse the payload
+        return False
     try:
         return bool(json.loads(e["payload"]).get("state") == FINAL_STATE)
     except (ValueError, AttributeError):

@@ -220,7 +220,8 @@ def _export(
         )
     checkpoint = signed[-1]
     size = checkpoint.size
-    if identity is not None and identity.did not in {d for d, _, _ in ledger.signer_registrations()}:
+    registered = {did for did, _, _ in ledger.signer_registrations()}
+    if identity is not None and identity.did not in registered:
         raise ExportError(
             f"{identity.did} is not a registered signer of this ledger: the session heads must "
             "be signed by a node that writes it (its key store)"
