@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 Progress = Callable[[int, int], None]
 
@@ -47,7 +47,12 @@ def progress_bar(what: str) -> Iterator[Progress | None]:
         yield update
 
 
-def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    file: TextIO | None = None,
+) -> None:
     """A table on stdout: boxed on a terminal, in ASCII and never wrapped in a pipe. Cells are
     text, never markup: what a ledger holds is shown as it is (control characters escaped)."""
     from l2_session.infrastructure.ledger.verify_report import printable
@@ -56,8 +61,9 @@ def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequen
     from rich.table import Table
     from rich.text import Text
 
-    terminal = sys.stdout.isatty()
-    console = Console(width=None if terminal else 100_000, highlight=False)
+    out = file if file is not None else sys.stdout
+    terminal = out.isatty()
+    console = Console(file=out, width=None if terminal else 100_000, highlight=False)
     if title:
         console.print(Text(title))
     table = Table(*columns, box=box.SIMPLE_HEAD if terminal else box.ASCII2)

@@ -80,7 +80,7 @@ def write_table(out: TextIO, steps: Iterable[Transition]) -> None:
         for s in steps
     ]  # fmt: skip
     columns = ("position", "time", "kind", "id", "event", "trigger", "state", "reason")
-    print_table(None, columns, rows)
+    print_table(None, columns, rows, out)
 
 
 def _arrow(step: Transition) -> str:

@@ -94,6 +94,9 @@ def test_timeline_in_every_format(three_sessions, tmp_path):
     assert mermaid.startswith("gantt\n") and "failed : crit," in mermaid
     table = run("audit", "timeline", str(path)).stdout
     assert "handshake_initiated → failed" in table
+    into = tmp_path / "timeline.txt"
+    written = run("audit", "timeline", str(path), "--out", str(into))
+    assert written.stdout == "" and into.read_text(encoding="utf-8") == table
     out = tmp_path / "page.html"
     assert (
         run("audit", "timeline", str(path), "--format", "html", "--out", str(out)).returncode == 0
