@@ -128,8 +128,7 @@ def parse_time(text: str) -> int:
         when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise HistoryError(
-            f"{text!r} is neither a position (a whole number) nor an ISO 8601 time such as "
-            "2026-12-07T14:02:00Z"
+            f"{text!r} is not an ISO 8601 time such as 2026-12-07T14:02:00Z"
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

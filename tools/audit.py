@@ -262,13 +262,20 @@ def _history(args: Any) -> tuple[Any, Any]:
 
 def _position(history: Any, at: str | None) -> int | None:
     """``--at``: a position (a whole number) or an ISO 8601 time."""
-    from l2_session.projections.history import parse_time
+    from l2_session.projections.history import HistoryError, parse_time
 
     if at is None:
         return None
     if at.strip().isdigit():
         return int(at)
-    return int(history.position_at(parse_time(at.strip())))
+    try:
+        when = parse_time(at.strip())
+    except HistoryError:
+        raise HistoryError(
+            f"--at {at!r} is neither a position (a whole number) nor an ISO 8601 time such as "
+            "2026-12-07T14:02:00Z"
+        ) from None
+    return int(history.position_at(when))
 
 
 def _replay(args: Any) -> int:

@@ -120,11 +120,16 @@ def _export(args: Any) -> int:
 
     if args.sqlite and os.path.lexists(args.sqlite):
         raise UsageError(f"{args.sqlite} already exists; --sqlite writes a new file")
-    try:
-        since = None if args.since is None else parse_time(args.since)
-        until = None if args.until is None else parse_time(args.until)
-    except HistoryError as e:
-        raise UsageError(str(e)) from e
+    times = {}
+    for option, text in (("--from", args.since), ("--until", args.until)):
+        try:
+            times[option] = None if text is None else parse_time(text)
+        except HistoryError as e:
+            raise UsageError(f"{option}: {e}") from e
+    since, until = times["--from"], times["--until"]
+    folder = Path(args.out).parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot create {args.out}: {folder} is not a folder")
     identity = None
     if args.keys:
         from l2_session.infrastructure.keystore import KeyStore, KeyStoreError
@@ -205,6 +210,9 @@ def export_command(**params: Any) -> int:
 
 
 def _status(args: Any) -> int:
+    import sqlite3
+
+    from eventsourcing.persistence import PersistenceError
     from l2_session.infrastructure.ledger import SessionLedger
     from l2_session.infrastructure.ledger.pg_url import is_postgres_url
     from l2_session.projections.history import iso
@@ -216,7 +224,14 @@ def _status(args: Any) -> int:
         raise UsageError("a PostgreSQL ledger's read model needs --view FILE (a SQLite file)")
     ledger = SessionLedger(args.ledger, create=False)  # read-only: no identity, no key
     try:
-        view = SessionView(args.view or f"{args.ledger}.view")
+        where = args.view or f"{args.ledger}.view"
+        try:
+            view = SessionView(where)
+        except (sqlite3.Error, PersistenceError) as e:
+            raise UsageError(
+                f"the read model {where} cannot be used ({e}): give --view a new file, or one "
+                "that status made"
+            ) from e
         behind = view.lag(ledger)
         if not args.no_catch_up:
             with progress_bar("catching up") as progress:

@@ -111,7 +111,10 @@ def test_bad_input_is_one_line(three_sessions, tmp_path):
     refused(run("audit", "replay", str(path), "--at", "99"), 2, "position 99", "1..")
     refused(run("audit", "replay", str(path), "--at", "1999-01-01T00:00:00Z"), 2,
             "before the ledger")  # fmt: skip
-    refused(run("audit", "replay", str(path), "--at", "yesterday"), 2, "ISO 8601")
+    refused(run("audit", "replay", str(path), "--at", "yesterday"), 2, "--at", "ISO 8601")
+    not_a_view = tmp_path / "notes.txt"
+    not_a_view.write_text("hello\n")
+    refused(run("status", str(path), "--view", str(not_a_view)), 2, "read model", str(not_a_view))
     refused(run("audit", "replay", str(path), "--session", "0" * 32), 2, "holds no session")
     refused(run("audit", "timeline", str(path), "--format", "html"), 2, "--out")
     refused(run("audit", "timeline", str(tmp_path / "absent.sqlite3")), 2, "absent.sqlite3")

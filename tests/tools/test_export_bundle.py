@@ -224,6 +224,10 @@ def test_bad_requests_are_one_line_and_leave_nothing(ledger, tmp_path):
             "holds no session")  # fmt: skip
     refused(run("export", str(path), "--out", str(out), "--from", "2030-01-01T00:00:00Z"), 2,
             "nothing to export")  # fmt: skip
+    refused(run("export", str(path), "--out", str(out), "--from", "yesterday"), 2, "--from",
+            "ISO 8601")  # fmt: skip
+    refused(run("export", str(path), "--out", str(tmp_path / "no" / "such" / "b")), 2,
+            "is not a folder")  # fmt: skip
     assert not out.exists() and not list(tmp_path.glob(".bundle.*"))
     out.mkdir()
     refused(run("export", str(path), "--out", str(out)), 2, "already exists")
