@@ -57,16 +57,34 @@ def print_table(
     text, never markup: what a ledger holds is shown as it is (control characters escaped)."""
     from l2_session.infrastructure.ledger.verify_report import printable
     from rich import box
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     out = file if file is not None else sys.stdout
     terminal = out.isatty()
-    console = Console(file=out, width=None if terminal else 100_000, highlight=False)
+    console = _console(file=out, width=None if terminal else 100_000, highlight=False)
     if title:
         console.print(Text(title))
     table = Table(*columns, box=box.SIMPLE_HEAD if terminal else box.ASCII2)
     for row in rows:
         table.add_row(*(Text(printable("" if v is None else str(v))) for v in row))
     console.print(table)
+
+
+def _console_class() -> Any:
+    from rich.console import Console
+
+    class QuietConsole(Console):
+        """rich's Console, but a reader that went away (`| head`) is a ``BrokenPipeError``
+        for main() to handle as for any output (exit 141, quietly), not rich's own exit."""
+
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return QuietConsole
+
+
+def _console(**kwargs: Any) -> Any:
+    """A rich Console (``QuietConsole``); rich is imported only when a table is printed."""
+    return _console_class()(**kwargs)

@@ -219,3 +219,22 @@ def test_status_shows_the_read_model_and_its_lag(three_sessions, tmp_path):
     assert text.returncode == 0 and "0 events behind" in text.stdout and "failed" in text.stdout
     url = "postgresql://postgres@127.0.0.1:1/postgres"
     refused(run("status", url), 2, "--view")
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(three_sessions):
+    """`| head`: the shell's exit status for a closed pipe (141), nothing on stderr — for the
+    rich tables as for plain output."""
+    import subprocess
+    import sys
+
+    path, _ = three_sessions
+    for args in (["audit", "timeline", str(path)], ["status", str(path), "--view",
+                                                      str(path) + ".closed-view"]):  # fmt: skip
+        many = ["--format", "table"] if args[1] == "timeline" else []
+        proc = subprocess.Popen([sys.executable, "-m", "l2_session.tools.cli", *args, *many],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # gone before the first line
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 141, err
+        assert err == b"", err
