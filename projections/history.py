@@ -18,12 +18,13 @@ needs them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.persistence import Notification
 from l2_session.domain.session.states import FINAL
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.ledger.chain import session_key
@@ -59,7 +60,7 @@ class Replayed:
         }
         if self.kind == "session":
             out |= {
-                "state": "closed" if a.closed else str(a.state.value),
+                "state": state_name(a),
                 "since": iso(a.state_since_us),
                 "peer": a.peer_did,
                 "role": a.role,
@@ -117,6 +118,11 @@ class Transition:
         }
 
 
+def state_name(session: Any) -> str:
+    """A session's state as the read models name it: its state's value, or 'closed'."""
+    return "closed" if session.closed else str(session.state.value)
+
+
 def iso(us: int) -> str:
     """A ledger time (µs since the epoch) as ISO 8601 in UTC, to the microsecond."""
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat().replace("+00:00", "Z")
@@ -159,9 +165,9 @@ class LedgerHistory:
             f"LEFT JOIN {events} f ON f.session_id = e.session_id AND f.version = 1 "
             "ORDER BY e.position"
         )
-        self._positions = (
-            f"SELECT position, timestamp FROM {events} WHERE session_id = {m} ORDER BY version"
-        )
+        rows = f"SELECT position, timestamp, session_id, version, topic, payload FROM {events}"
+        self._session_rows = f"{rows} WHERE session_id = {m} ORDER BY version"
+        self._page_rows = f"{rows} WHERE position >= {m} ORDER BY position LIMIT {m}"
 
     # -- points -----------------------------------------------------------------------------
     def head(self) -> int:
@@ -189,14 +195,7 @@ class LedgerHistory:
             if head == 0 or time_of(1) > when:
                 first = "it is empty" if head == 0 else f"its first event is at {iso(time_of(1))}"
                 raise HistoryError(f"{iso(when)} is before the ledger: {first}")
-            lo, hi = 1, head  # time_of(lo) <= when; find the last such position
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if time_of(mid) <= when:
-                    lo = mid
-                else:
-                    hi = mid - 1
-        return lo
+            return _last_at_most(1, head, time_of, when)
 
     def _point(self, position: int | None) -> int:
         head = self.head()
@@ -242,15 +241,9 @@ class LedgerHistory:
         top = cur.fetchone()[0]
         if top is None or at(1)[0] > point:
             return None
-        lo, hi = 1, int(top)  # at(lo) is at or before the point; find the last such version
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if at(mid)[0] <= point:
-                lo = mid
-            else:
-                hi = mid - 1
-        position, timestamp = at(lo)
-        return lo, position, timestamp
+        version = _last_at_most(1, int(top), lambda v: at(v)[0], point)
+        position, timestamp = at(version)
+        return version, position, timestamp
 
     def states_at(self, position: int | None = None) -> list[Replayed]:
         """Every aggregate that had begun by ``position`` (default: now), as it was then, in
@@ -292,36 +285,44 @@ class LedgerHistory:
             )  # fmt: skip
 
     def _events(self, aggregate_id: UUID | str | None) -> Iterator[tuple[int, int, str, Any]]:
-        """(position, ledger timestamp, stored topic, decoded event) in ledger order."""
-        mapper = self.ledger.mapper
-        recorder = self.ledger.recorder
+        """(position, ledger timestamp, stored topic, decoded event) in ledger order: one
+        session's events in one read, or every event a page a read."""
         if aggregate_id is not None:
-            oid = _uuid(aggregate_id)
-            with self._read() as cur:
-                cur.execute(self._positions, (session_key(oid),))
-                where = cur.fetchall()
-            if not where:
+            rows = self._rows(self._session_rows, (session_key(_uuid(aggregate_id)),))
+            if not rows:
                 raise HistoryError(f"the ledger holds no session {aggregate_id}")
-            stored = recorder.select_events(oid)
-            for (position, timestamp), item in zip(where, stored, strict=True):
-                yield position, timestamp, item.topic, mapper.to_domain_event(item)
+            yield from self._decoded(rows)
             return
         start = 1
-        while page := recorder.select_notifications(start, PAGE):
-            stamps = self._timestamps(page[0].id, page[-1].id)
-            for n in page:
-                yield n.id, stamps[n.id], n.topic, mapper.to_domain_event(n)
-            start = page[-1].id + 1
+        while rows := self._rows(self._page_rows, (start, PAGE)):
+            yield from self._decoded(rows)
+            start = int(rows[-1][0]) + 1
 
-    def _timestamps(self, first: int, last: int) -> dict[int, int]:
-        sql = self.ledger.ledger_recorder.tree_sql
-        with self._read() as cur:
-            cur.execute(
-                f"SELECT position, timestamp FROM {sql.events} WHERE position BETWEEN "
-                f"{sql.mark} AND {sql.mark}",
-                (first, last),
-            )
-            return {int(p): int(t) for p, t in cur.fetchall()}
+    def _rows(self, statement: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._read() as cur:  # read whole: nothing is yielded while the reader is held
+            cur.execute(statement, params)
+            return list(cur.fetchall())
+
+    def _decoded(self, rows: list[Any]) -> Iterator[tuple[int, int, str, Any]]:
+        to_event = self.ledger.mapper.to_domain_event
+        for position, timestamp, sid, version, topic, payload in rows:
+            stored = Notification(
+                id=int(position), originator_id=_uuid(sid), originator_version=int(version),
+                topic=str(topic), state=bytes(payload),
+            )  # fmt: skip
+            yield int(position), int(timestamp), str(topic), to_event(stored)
+
+
+def _last_at_most(lo: int, hi: int, value_of: Callable[[int], int], limit: int) -> int:
+    """The last k in lo..hi with ``value_of(k) <= limit``, for ``value_of`` never decreasing
+    and ``value_of(lo) <= limit``: a binary search, O(log(hi - lo)) calls."""
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if value_of(mid) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _uuid(value: UUID | str) -> UUID:

@@ -30,6 +30,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from l2_session.infrastructure.ledger import LedgerCorrupted, SessionLedger
 from l2_session.infrastructure.ledger.verify_report import aggregate_kind
+from l2_session.projections.history import state_name
 
 NAME = "session_view"  # the tracking record's application name
 BATCH = 2000  # ledger events a transaction applies
@@ -137,9 +138,9 @@ class SessionView(SQLiteTrackingRecorder):
             entry = touched.get(oid)
             aggregate = entry[0] if entry else self._aggregate(ledger, oid, n.originator_version)
             if kind == "session" and aggregate is not None:
-                before, since = _state(aggregate), aggregate.state_since_us
+                before, since = state_name(aggregate), aggregate.state_since_us
                 aggregate = event.mutate(aggregate)
-                after = _state(aggregate)
+                after = state_name(aggregate)
                 if after != before:
                     move = moves.setdefault((before, after), [0, 0])
                     move[0] += 1
@@ -209,13 +210,9 @@ class SessionView(SQLiteTrackingRecorder):
         )}  # fmt: skip
 
 
-def _state(aggregate: Any) -> str:
-    return "closed" if aggregate.closed else str(aggregate.state.value)
-
-
 def _session_row(a: Any, position: int) -> dict[str, Any]:
     return {
-        "id": str(a.id), "peer": a.peer_did, "role": a.role, "state": _state(a),
+        "id": str(a.id), "peer": a.peer_did, "role": a.role, "state": state_name(a),
         "since_us": a.state_since_us, "transport": a.transport,
         "failure_reason": a.failure_reason, "close_reason": getattr(a, "close_reason", None),
         "last_position": position,

@@ -27,6 +27,7 @@ PROOF_MAX_BYTES = 1024 * 1024  # a proof of a tree of 2**63 events is under 4 Ki
 
 def _prove(args: Any) -> int:
     from l2_session.infrastructure.ledger import SessionLedger
+    from l2_session.tools.show import print_json
 
     if (args.inclusion is None) == (args.consistency is None):
         raise UsageError("audit prove: give one of --inclusion POSITION or --consistency OLD NEW")
@@ -44,8 +45,7 @@ def _prove(args: Any) -> int:
         ledger.close()
     out = proof.to_json()
     out["checkpoint"] = signed[-1].to_text() if signed else None
-    json.dump(out, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    print_json(out)
     return ExitCode.OK
 
 
@@ -281,7 +281,6 @@ def _position(history: Any, at: str | None) -> int | None:
 def _replay(args: Any) -> int:
     from l2_session.projections.history import HistoryError
     from l2_session.tools.show import print_json, print_table
-    from l2_session.tools.timeline import summary_rows
 
     ledger, history = _history(args)
     try:
@@ -300,7 +299,7 @@ def _replay(args: Any) -> int:
         return ExitCode.OK
     columns = ("kind", "id", "state", "since", "peer", "transport", "unacked", "reason/until",
                "position")  # fmt: skip
-    print_table(f"as of position {point}", columns, summary_rows(states))
+    print_table(f"as of position {point}", columns, [_replay_row(s.summary()) for s in states])
     return ExitCode.OK
 
 
@@ -318,6 +317,16 @@ def _replay(args: Any) -> int:
 @debug_option
 def replay_command(**params: Any) -> int:
     return run_body(_replay, params, ledger=None)
+
+
+def _replay_row(s: dict[str, Any]) -> tuple[Any, ...]:
+    """One aggregate's line of ``audit replay``'s table, from its summary."""
+    queue = s.get("queue")
+    return (
+        s["kind"], s["id"], s.get("state", ""), s.get("since", ""), s.get("peer", ""),
+        s.get("transport", ""), "" if queue is None else queue["unacknowledged"],
+        s.get("failure_reason") or s.get("quarantined_until") or "", s["position"],
+    )  # fmt: skip
 
 
 def _timeline(args: Any) -> int:

@@ -113,6 +113,7 @@ cli.add_command(audit.audit)
 
 
 def _export(args: Any) -> int:
+    from l2_session.infrastructure.ledger import SessionLedger
     from l2_session.infrastructure.ledger.export import ExportError, export_bundle
     from l2_session.projections.history import HistoryError, parse_time
     from l2_session.tools.errors import UsageError
@@ -138,36 +139,30 @@ def _export(args: Any) -> int:
             identity = KeyStore.load(args.keys).identity
         except KeyStoreError as e:
             raise UsageError(f"--keys {args.keys}: {e}") from e
+    ledger = SessionLedger(args.ledger, create=False)  # read-only; the bundle, then the tables
     try:
-        with progress_bar("exporting") as progress:
-            done = export_bundle(
-                args.ledger,
-                args.out,
-                sessions=args.session,
-                since_us=since,
-                until_us=until,
-                identity=identity,
-                progress=progress,
-            )
-    except (ExportError, ValueError) as e:
-        raise UsageError(str(e)) from e
-    facts: dict[str, Any] = {
-        "bundle": str(done.out),
-        "tree_size": done.tree_size,
-        "events": done.events,
-        "sessions": done.sessions,
-        "after_the_checkpoint": done.left_out,
-    }
-    if args.sqlite:
-        from l2_session.infrastructure.ledger import SessionLedger
-        from l2_session.tools.sqlite_export import write_tables
-
-        ledger = SessionLedger(args.ledger, create=False)
         try:
+            with progress_bar("exporting") as progress:
+                done = export_bundle(
+                    ledger, args.out, sessions=args.session, since_us=since, until_us=until,
+                    identity=identity, progress=progress,
+                )  # fmt: skip
+        except (ExportError, ValueError) as e:
+            raise UsageError(str(e)) from e
+        facts: dict[str, Any] = {
+            "bundle": str(done.out),
+            "tree_size": done.tree_size,
+            "events": done.events,
+            "sessions": done.sessions,
+            "after_the_checkpoint": done.left_out,
+        }
+        if args.sqlite:
+            from l2_session.tools.sqlite_export import write_tables
+
             rows = write_tables(ledger, Path(done.out), Path(args.sqlite))
-        finally:
-            ledger.close()
-        facts["sqlite"] = {"file": args.sqlite, "rows": rows}
+            facts["sqlite"] = {"file": args.sqlite, "rows": rows}
+    finally:
+        ledger.close()
     if args.as_json:
         print_json(facts)
     else:

@@ -7,6 +7,7 @@ honours NO_COLOR).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -71,6 +72,7 @@ def print_table(
     console.print(table)
 
 
+@functools.cache
 def _console_class() -> Any:
     from rich.console import Console
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
 from l2_session.infrastructure.ledger.verify_report import printable
 from l2_session.projections.history import Transition, iso
@@ -251,17 +251,3 @@ def render(fmt: str, out: TextIO, steps: Iterable[Transition], *, title: str) ->
         write_mermaid(out, steps)
     else:
         write_html(out, steps, title=title)
-
-
-def summary_rows(states: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """``audit replay``'s table: one row per aggregate."""
-    rows = []
-    for r in states:
-        s = r.summary()
-        queue = s.get("queue")
-        rows.append(
-            (s["kind"], s["id"], s.get("state", ""), s.get("since", ""), s.get("peer", ""),
-             s.get("transport", ""), "" if queue is None else queue["unacknowledged"],
-             s.get("failure_reason") or s.get("quarantined_until") or "", s["position"])
-        )  # fmt: skip
-    return rows

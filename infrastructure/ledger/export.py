@@ -39,7 +39,7 @@ from l2_session.infrastructure.ledger.application import SessionLedger
 from l2_session.infrastructure.ledger.chain import session_key
 from l2_session.infrastructure.ledger.errors import LedgerError
 from l2_session.infrastructure.ledger.format import lp
-from l2_session.infrastructure.ledger.merkle import leaf_hash, node_hash
+from l2_session.infrastructure.ledger.merkle import audit_path, leaf_hash, levels
 from l2_session.infrastructure.ledger.note import Signer
 
 BUNDLE_FORMAT = "l2-session-bundle"
@@ -117,7 +117,9 @@ class _Rows:
         self.read = recorder.reading
         self.m, self.events = recorder.tree_sql.mark, recorder.tree_sql.events
 
-    def all(self, upto: int, since: int | None, until: int | None) -> list[Sequence[Any]]:
+    def sessions_in(self, upto: int, since: int | None, until: int | None) -> list[str]:
+        """The sessions with an event at or before ``upto`` appended in the time range (their
+        events are read with ``session``, once)."""
         where, params = [f"position <= {self.m}"], [upto]
         if since is not None:
             where.append(f"timestamp >= {self.m}")
@@ -127,11 +129,10 @@ class _Rows:
             params.append(until)
         with self.read() as cur:
             cur.execute(
-                f"SELECT {COLUMNS} FROM {self.events} WHERE {' AND '.join(where)} "
-                "ORDER BY position",
+                f"SELECT DISTINCT session_id FROM {self.events} WHERE {' AND '.join(where)}",
                 params,
             )
-            return list(cur.fetchall())
+            return sorted(str(row[0]) for row in cur.fetchall())
 
     def pages(self, upto: int, page: int) -> Iterator[list[tuple[Sequence[Any], str]]]:
         """Every event up to position ``upto``, ``page`` positions a read."""
@@ -279,7 +280,7 @@ def _partial(
             except ValueError:
                 raise ExportError(f"{raw!r} is not a session id (a UUID)") from None
     else:  # a time range over every session: those with an event in it
-        ids = list(dict.fromkeys(str(row[1]) for row in reads.all(size, since_us, until_us)))
+        ids = reads.sessions_in(size, since_us, until_us)
     rows: list[tuple[Sequence[Any], str]] = []
     for sid in ids:
         history = reads.session(sid, size)
@@ -310,27 +311,16 @@ def _signed_heads(
     the root of their Merkle tree; give each exported session in ``bounds`` its head and the
     head's inclusion proof in that tree."""
     heads = reads.heads(checkpoint.size)
-    level = [leaf_hash(heads_leaf(*h)) for h in heads]
-    levels = [level]
-    while len(level) > 1:  # bottom up; a lone last node rises unpaired (RFC 9162's tree)
-        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            paired.append(level[-1])
-        levels.append(level := paired)
+    tree = levels([leaf_hash(heads_leaf(*h)) for h in heads])
     index = {h[0]: i for i, h in enumerate(heads)}
     for bound in bounds:
         i = index[bound["session_id"]]
         _, version, position, event_hash = heads[i]
-        path, j = [], i
-        for nodes in levels[:-1]:
-            if j ^ 1 < len(nodes):
-                path.append(_b64(nodes[j ^ 1]))
-            j >>= 1
         bound["head"] = {
             "version": version, "position": position, "event_hash": _b64(event_hash),
-            "index": i, "hashes": path,
+            "index": i, "hashes": [_b64(node) for node in audit_path(tree, i)],
         }  # fmt: skip
-    root = levels[-1][0] if heads else blake3(b"").digest()
+    root = tree[-1][0] if heads else blake3(b"").digest()
     body = (
         f"l2-session/ledger/{ledger_id}/heads\n{checkpoint.size}\n{_b64(checkpoint.root)}\n"
         f"{len(heads)}\n{_b64(root)}\n"

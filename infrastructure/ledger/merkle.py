@@ -51,18 +51,43 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+def _paired(level: Sequence[bytes], h: HashFn) -> list[bytes]:
+    """The level above ``level``, pairing as the recursive definition does: a lone last node
+    rises unpaired."""
+    paired = [node_hash(level[i], level[i + 1], h) for i in range(0, len(level) - 1, 2)]
+    if len(level) % 2:
+        paired.append(level[-1])
+    return paired
+
+
 def root(leaf_hashes: Sequence[bytes], h: HashFn = blake3_hash) -> bytes:
     """The tree hash of the leaves whose hashes are given (RFC 9162 §2.1.1)."""
     if not leaf_hashes:
         return h(b"")
-    # Bottom up, pairing as the recursive definition does: a lone last node rises unpaired.
     level = list(leaf_hashes)
     while len(level) > 1:
-        paired = [node_hash(level[i], level[i + 1], h) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
+        level = _paired(level, h)
     return level[0]
+
+
+def levels(leaf_hashes: Sequence[bytes], h: HashFn = blake3_hash) -> list[list[bytes]]:
+    """Every level of the tree of ``leaf_hashes``, leaves first, the root's last: what
+    ``audit_path`` reads the proofs of many leaves from, building the tree once."""
+    found = [list(leaf_hashes)]
+    while len(found[-1]) > 1:
+        found.append(_paired(found[-1], h))
+    return found
+
+
+def audit_path(tree_levels: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
+    """The inclusion proof of leaf ``index`` (RFC 9162 §2.1.3.1) from the tree's ``levels``:
+    the sibling at each level, where there is one (a lone node rises without one)."""
+    path = []
+    for nodes in tree_levels[:-1]:
+        if index ^ 1 < len(nodes):
+            path.append(nodes[index ^ 1])
+        index >>= 1
+    return path
 
 
 def inclusion_proof(
