@@ -25,6 +25,7 @@ import binascii
 import concurrent.futures
 import functools
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -119,15 +120,28 @@ def signature_ok(public: bytes, signature: bytes, message: bytes) -> bool:
         return False
 
 
-def event_hash(e: dict[str, Any]) -> bytes:
+def event_hash(
+    position: int,
+    session_id: str,
+    version: int,
+    topic: str,
+    timestamp: int,
+    payload: bytes,
+    prev_session_hash: bytes,
+    prev_global_hash: bytes,
+    signer: str,
+) -> bytes:
     """docs/ledger-format.md §3."""
-    return blake3(
-        EVENT_DOMAIN
-        + struct.pack(">Q", e["position"]) + lp(e["session_id"].encode())
-        + struct.pack(">Q", e["version"]) + lp(e["topic"].encode())
-        + struct.pack(">q", e["timestamp"]) + lp(e["payload"])
-        + e["prev_session_hash"] + e["prev_global_hash"] + lp(e["signer"].encode())
-    ).digest()  # fmt: skip
+    sid, name, who = session_id.encode(), topic.encode(), signer.encode()
+    return blake3(b"".join((
+        EVENT_DOMAIN, _QI(position, len(sid)), sid, _QI(version, len(name)), name,
+        _qI(timestamp, len(payload)), payload, prev_session_hash, prev_global_hash,
+        _I(len(who)), who,
+    ))).digest()  # fmt: skip
+
+
+_QI, _qI, _I = struct.Struct(">QI").pack, struct.Struct(">qI").pack, struct.Struct(">I").pack
+a2b = binascii.a2b_base64
 
 
 def root_from_inclusion(
@@ -135,15 +149,16 @@ def root_from_inclusion(
     size: int,
     leaf: bytes,
     proof: list[str],
-    memo: dict[tuple[int, int], tuple[bytes, tuple[str, ...]]] | None = None,
+    path: dict[int, Climbed] | None = None,
 ) -> bytes:
     """RFC 9162 §2.1.3.2 with BLAKE3, the proof's hashes in base64; ``ValueError`` for a proof
-    of the wrong length or not base64. ``memo`` keeps the nodes of level MEMO_LEVEL and above
-    that earlier proofs reached (with the rest of their proof): a proof that reaches one of
-    them with the same value and the same remaining hashes leads where that one did, without
-    hashing the rest again — proofs of neighbouring events share all their upper nodes."""
+    of the wrong length or not base64. ``path`` keeps, per level, the node the last proof
+    climbed through (proofs checked in position order, against one tree size): a proof that
+    reaches that node with the same value and the same remaining hashes leads where that one
+    did, without hashing the rest again. Neighbouring events share all but their lowest
+    nodes, so a run of proofs in order hashes each node of the tree about once."""
     fn, sn, level, r = index, size - 1, 0, blake3(b"\x00" + leaf).digest()
-    walked: list[tuple[tuple[int, int], bytes, int]] = []
+    walked: list[tuple[int, int, bytes, int]] = []
     for i, text in enumerate(proof):
         if sn == 0:
             raise ValueError("too many hashes")
@@ -155,35 +170,27 @@ def root_from_inclusion(
         else:
             r = blake3(b"\x01" + r + p).digest()
         fn, sn, level = fn >> 1, sn >> 1, level + 1
-        if memo is not None and level >= MEMO_LEVEL:
-            known = memo.get((level, fn))
-            rest = tuple(proof[i + 1 :])
-            if known is not None and known == (r, rest):
-                _remember(memo, walked, proof)
-                return memo[ROOT_KEY][0]
-            walked.append(((level, fn), r, i + 1))
-    if sn != 0:
-        raise ValueError("too few hashes")
-    if memo is not None:
-        memo[ROOT_KEY] = (r, ())
-        _remember(memo, walked, proof)
+        if path is not None:
+            known = path.get(level)
+            if (
+                known is not None and known[0] == fn and known[1] == r
+                and known[2][known[3] :] == proof[i + 1 :]
+            ):  # fmt: skip
+                r = known[4]
+                break
+            walked.append((level, fn, r, i + 1))
+    else:
+        if sn != 0:
+            raise ValueError("too few hashes")
+    if path is not None:
+        for at, node, value, rest in walked:
+            path[at] = (node, value, proof, rest, r)
     return r
 
 
-def _remember(
-    memo: dict[tuple[int, int], tuple[bytes, tuple[str, ...]]],
-    walked: list[tuple[tuple[int, int], bytes, int]],
-    proof: list[str],
-) -> None:
-    if len(memo) > MEMO_MAX:
-        root = memo[ROOT_KEY]
-        memo.clear()
-        memo[ROOT_KEY] = root
-    for key, value, i in walked:
-        memo[key] = (value, tuple(proof[i:]))
-
-
-MEMO_LEVEL, MEMO_MAX, ROOT_KEY = 4, 200_000, (-1, -1)
+Climbed = tuple[int, bytes, list[str], int, bytes]
+"""A node a proof climbed through: its index in its level, its value, the proof, where the
+proof's remaining hashes start, and the root the proof led to."""
 
 
 @dataclass(frozen=True)
@@ -345,34 +352,51 @@ def _check_checkpoint(
         )
 
 
-CHUNK = 20_000  # events a worker checks at a time
+CHUNK = 20_000  # at most the events a worker checks at a time
+STEP = 1_000  # parts begin at a multiple of STEP lines
 
 
-def _chunks(folder: Path, report: Report) -> list[tuple[int, int, int]]:
-    """(offset in events.jsonl, offset in proofs.jsonl, lines) of every CHUNK lines: each
-    worker reads its own part of both files."""
-    starts: list[list[int]] = []
-    for name in ("events.jsonl", "proofs.jsonl"):
-        found, offset = [], 0
-        with (folder / name).open("rb") as f:
-            for number, line in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b"")):
-                if len(line) > MAX_LINE:
-                    raise Unreadable(f"{folder / name} line {number + 1} is over {MAX_LINE} bytes")
-                if number % CHUNK == 0:
-                    found.append(offset)
-                offset += len(line)
-            found.append(number + 1 if found else 0)  # the line count, last
-        starts.append(found)
-    events, proofs = starts
+def _chunks(folder: Path, report: Report, workers: int) -> list[tuple[int, int, int]]:
+    """(offset in events.jsonl, offset in proofs.jsonl or -1 past its end, lines) of each
+    part of the files: parts of at most about CHUNK lines, as many as a multiple of
+    ``workers``, equal to a STEP, so that the workers finish together."""
+    events, proofs = (
+        _line_starts(folder / name, STEP) for name in ("events.jsonl", "proofs.jsonl")
+    )
     if events[-1] != proofs[-1]:
         report.problems.append(
             f"bad_proof: proofs.jsonl holds {proofs[-1]} proofs for {events[-1]} events"
         )
-    total = events[-1]
+    total, steps = events[-1], len(events) - 1
+    n = min(steps, workers * -(-total // (workers * CHUNK)))
+    ends = [steps * k // n for k in range(n + 1)]
     return [
-        (events[i], proofs[i] if i < len(proofs) - 1 else -1, min(CHUNK, total - i * CHUNK))
-        for i in range(len(events) - 1)
+        (events[a], proofs[a] if a < len(proofs) - 1 else -1, min(b * STEP, total) - a * STEP)
+        for a, b in itertools.pairwise(ends)
     ]
+
+
+def _line_starts(path: Path, every: int, block_size: int = 1 << 20) -> list[int]:
+    """The offsets of lines 0, every, 2 * every, ... of the file, then its line count (a
+    last line without a newline counts). Read in blocks; a line's length is checked where it
+    is read (``_line``)."""
+    found: list[int] = []
+    newlines, offset, target, last = 0, 0, every, b"\n"
+    with path.open("rb") as f:
+        while block := f.read(block_size):
+            if offset == 0:
+                found.append(0)
+            n, at, seen = block.count(b"\n"), -1, newlines
+            while target <= newlines + n:  # line `target` starts after the target-th newline
+                while seen < target:
+                    at, seen = block.find(b"\n", at + 1), seen + 1
+                found.append(offset + at + 1)
+                target += every
+            newlines, offset, last = newlines + n, offset + len(block), block[-1:]
+    if found and found[-1] == offset:  # the start of a line the file does not have
+        found.pop()
+    found.append(newlines + (last != b"\n"))
+    return found
 
 
 Record = tuple[int, str, int, int, Any, bytes, bytes, bytes, bool]
@@ -455,7 +479,7 @@ def _check_chunk(
     between its events (``spans``, a fresh one: what joins it to the other parts is the
     parent's)."""
     problems: list[str] = []
-    memo: dict[tuple[int, int], tuple[bytes, tuple[str, ...]]] = {}
+    path: dict[int, Climbed] = {}
     events_at, proofs_at, count = part
     with (
         (folder / "events.jsonl").open("rb") as events,
@@ -468,64 +492,84 @@ def _check_chunk(
             raw = _line(events, "events.jsonl")
             proof = _line(proofs, "proofs.jsonl") if proofs_at >= 0 else None
             try:
-                e: dict[str, Any] = {
-                    "position": int(raw["position"]), "session_id": str(raw["session_id"]),
-                    "version": int(raw["version"]), "topic": str(raw["topic"]),
-                    "timestamp": int(raw["timestamp"]), "payload": b64(raw["payload"], "payload"),
-                    "prev_session_hash": b64(raw["prev_session_hash"], "prev_session_hash"),
-                    "prev_global_hash": b64(raw["prev_global_hash"], "prev_global_hash"),
-                    "event_hash": b64(raw["event_hash"], "event_hash"),
-                    "signer": str(raw["signer"]), "signature": b64(raw["signature"], "signature"),
-                }  # fmt: skip
+                position, version = int(raw["position"]), int(raw["version"])
+                sid, topic, signer = str(raw["session_id"]), str(raw["topic"]), str(raw["signer"])
+                timestamp, payload = int(raw["timestamp"]), a2b(raw["payload"], strict_mode=True)
+                after_session = a2b(raw["prev_session_hash"], strict_mode=True)
+                after_global = a2b(raw["prev_global_hash"], strict_mode=True)
+                leaf = a2b(raw["event_hash"], strict_mode=True)
+                signature = a2b(raw["signature"], strict_mode=True)
             except (KeyError, TypeError, ValueError) as err:
-                raise Unreadable(
-                    f"an event of events.jsonl lacks or mistypes a field ({err})"
-                ) from err
-            where = f"position {e['position']}"
-            if event_hash(e) != e["event_hash"]:
-                problems.append(f"hash_mismatch: {where}: its columns do not hash to its hash")
-            public = signers.get(e["signer"])
+                raise _unreadable_event(raw, err) from err
+            hashed = event_hash(position, sid, version, topic, timestamp, payload,
+                                after_session, after_global, signer)  # fmt: skip
+            if hashed != leaf:
+                problems.append(f"hash_mismatch: position {position}: its columns do not hash "
+                                "to its hash")  # fmt: skip
+            public = signers.get(signer)
             if public is None:
-                problems.append(f"unknown_signer: {where} is signed by {e['signer']}")
-            elif not signature_ok(public, e["signature"], e["event_hash"]):
-                problems.append(f"bad_signature: {where}")
-            if not isinstance(proof, dict) or proof.get("position") != e["position"]:
-                problems.append(f"bad_proof: no inclusion proof of {where} in its place")
-            elif not 1 <= e["position"] <= cp.size:
-                problems.append(f"bad_proof: {where} is not in the tree of {cp.size}")
+                problems.append(f"unknown_signer: position {position} is signed by {signer}")
+            elif not signature_ok(public, signature, leaf):
+                problems.append(f"bad_signature: position {position}")
+            if not isinstance(proof, dict) or proof.get("position") != position:
+                problems.append(
+                    f"bad_proof: no inclusion proof of position {position} in its place"
+                )
+            elif not 1 <= position <= cp.size:
+                problems.append(f"bad_proof: position {position} is not in the tree of {cp.size}")
             else:
                 hashes = proof.get("hashes")
                 try:
                     if not isinstance(hashes, list):
                         raise ValueError("its hashes are not a list")
-                    root = root_from_inclusion(
-                        e["position"] - 1, cp.size, e["event_hash"], hashes, memo
-                    )
-                    if root != cp.root:
-                        problems.append(
-                            f"bad_proof: {where} does not lead to the checkpoint's root"
-                        )
+                    if root_from_inclusion(position - 1, cp.size, leaf, hashes, path) != cp.root:
+                        problems.append(f"bad_proof: position {position} does not lead to the "
+                                        "checkpoint's root")  # fmt: skip
                 except ValueError as err:
-                    problems.append(f"bad_proof: {where}: {err}")
-            if e["position"] == cp.size and e["event_hash"] != cp.head:
+                    problems.append(f"bad_proof: position {position}: {err}")
+            if position == cp.size and leaf != cp.head:
                 problems.append("checkpoint_mismatch: the event at its size is not its head")
             spans.add((
-                e["position"], e["session_id"], e["version"], e["timestamp"], raw.get("role"),
-                e["prev_session_hash"], e["prev_global_hash"], e["event_hash"], _final(e),
+                position, sid, version, timestamp, raw.get("role"), after_session, after_global,
+                leaf, b'"[*]"' in payload and _final(payload),
             ))  # fmt: skip
     return problems, spans
+
+
+def _unreadable_event(raw: Any, err: Exception) -> Unreadable:
+    """What is wrong with an event line that did not read: the field, where it can say."""
+    if isinstance(raw, dict):
+        for name in ("payload", "prev_session_hash", "prev_global_hash", "event_hash", "signature"):
+            try:
+                b64(raw[name], name)
+            except Unreadable as named:
+                return named
+            except KeyError:
+                break
+    return Unreadable(f"an event of events.jsonl lacks or mistypes a field ({err})")
 
 
 _DECODER = json.JSONDecoder()
 
 
 def _line(f: Any, name: str) -> Any:
+    """The next line's JSON value (None at the end of the file)."""
     line = f.readline(MAX_LINE + 1)
     if not line:
         return None
+    if len(line) > MAX_LINE:
+        raise Unreadable(f"{name} holds a line over {MAX_LINE} bytes")
     try:
-        return _DECODER.decode(line.decode("utf-8"))
+        text = line.decode("utf-8")
+        value, end = _DECODER.raw_decode(text)  # decode() without its two whitespace scans
+        if end != len(text) and text[end:].strip():
+            raise ValueError(f"extra data after the value at column {end + 1}")
+        return value
     except ValueError as e:  # UnicodeDecodeError is one
+        try:
+            return _DECODER.decode(line.decode("utf-8"))  # leading whitespace, or the error
+        except ValueError:
+            pass
         raise Unreadable(f"{name} holds a line that is not JSON ({e})") from e
 
 
@@ -540,7 +584,7 @@ def _events(
 ) -> None:
     """Each event checked on its own by ``workers`` processes; then, in position order, what
     spans events: order, the global chain of a whole export, each session's chain and range."""
-    parts = _chunks(folder, report)
+    parts = _chunks(folder, report, workers)
     selection = manifest.get("selection") or {}
     whole = not selection.get("partial", True)
     since, until = selection.get("from_us"), selection.get("until_us")
@@ -570,12 +614,11 @@ def _events(
     _completeness(folder, report, sessions, manifest, whole, heads)
 
 
-def _final(e: dict[str, Any]) -> bool:
-    """Whether the event left its session in the final state (its payload's ``state``)."""
-    if b'"[*]"' not in e["payload"]:  # most events: no need to parse the payload
-        return False
+def _final(payload: bytes) -> bool:
+    """Whether the event left its session in the final state (its payload's ``state``); only
+    payloads holding ``"[*]"`` need parsing."""
     try:
-        return bool(json.loads(e["payload"]).get("state") == FINAL_STATE)
+        return bool(json.loads(payload).get("state") == FINAL_STATE)
     except (ValueError, AttributeError):
         return False
 

@@ -117,6 +117,7 @@ def test_parts_checked_apart_are_joined_where_they_meet(
     from l2_session.tools import verify_bundle as module
 
     monkeypatch.setattr(module, "CHUNK", 4)
+    monkeypatch.setattr(module, "STEP", 4)
     ledger = ledger_factory()
     now = clock.wall_us()
     sessions = [Session.open(f"did:key:z6MkPeer{i}", "initiator", SessionConfig(), now)

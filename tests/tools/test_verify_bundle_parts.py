@@ -1,0 +1,79 @@
+"""The standalone verifier's own pieces, against plain recomputations: where each part of a
+file begins, and inclusion proofs checked in position order with the nodes of the proof
+before reused — every hash of every proof altered in turn is still caught."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from l2_session.infrastructure.ledger.merkle import audit_path, leaf_hash, levels
+from l2_session.tools import verify_bundle as vb
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=9).map(lambda b: b.replace(b"\n", b"x")), max_size=40),
+    last_newline=st.booleans(),
+    every=st.integers(1, 7),
+    block_size=st.integers(1, 30),
+)
+def test_line_starts_are_those_of_a_plain_split(tmp_path_factory, lines, last_newline, every,
+                                                 block_size):  # fmt: skip
+    data = b"\n".join(lines) + (b"\n" if last_newline and lines else b"")
+    path = tmp_path_factory.mktemp("lines") / "f"
+    path.write_bytes(data)
+    kept = io.BytesIO(data).readlines()  # split at b"\n" only
+    offsets = [sum(len(x) for x in kept[:i]) for i in range(len(kept))]
+    assert vb._line_starts(path, every, block_size) == [*offsets[::every], len(kept)]
+
+
+def test_a_line_over_the_limit_is_refused_by_name(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(vb, "MAX_LINE", 10)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"a":1}\n{"a":"0123456789"}\n')
+    with path.open("rb") as f:
+        assert vb._line(f, "events.jsonl") == {"a": 1}
+        with pytest.raises(vb.Unreadable, match="events.jsonl holds a line over 10 bytes"):
+            vb._line(f, "events.jsonl")
+
+
+@pytest.mark.parametrize("line", [b' {"a": 1} \n', b'{"a":1}'])
+def test_a_json_line_reads_with_or_without_surrounding_space(tmp_path, line) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(line)
+    with path.open("rb") as f:
+        assert vb._line(f, "f") == {"a": 1}
+
+
+@pytest.mark.parametrize("line", [b'{"a":1} x\n', b"{\n", b'{"a":"\xff"}\n'])
+def test_a_line_that_is_not_one_json_value_is_refused(tmp_path, line) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(line)
+    with path.open("rb") as f, pytest.raises(vb.Unreadable, match="f holds a line that is not"):
+        vb._line(f, "f")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 16, 21, 33])
+def test_proofs_in_order_with_a_path_each_give_the_root_and_any_altered_hash_is_caught(size):
+    events = [os.urandom(32) for _ in range(size)]
+    tree = levels([leaf_hash(e) for e in events])
+    root = tree[-1][0]
+    proofs = [[base64.b64encode(h).decode() for h in audit_path(tree, i)] for i in range(size)]
+    path: dict = {}
+    assert [vb.root_from_inclusion(i, size, e, p, path) for i, (e, p) in
+            enumerate(zip(events, proofs, strict=True))] == [root] * size  # fmt: skip
+    other = base64.b64encode(os.urandom(32)).decode()
+    for k in range(size):
+        for j in range(len(proofs[k])):
+            altered = [list(p) for p in proofs]
+            altered[k][j] = other
+            path = {}
+            roots = [vb.root_from_inclusion(i, size, e, p, path)
+                     for i, (e, p) in enumerate(zip(events, altered, strict=True))]  # fmt: skip
+            assert [i for i, r in enumerate(roots) if r != root] == [k], (k, j)
