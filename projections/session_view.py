@@ -19,22 +19,27 @@ of a session is what the session itself would say: the domain's own rules, not a
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from queue import Empty
+from typing import Any, NamedTuple, cast
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
-from l2_session.infrastructure.ledger import LedgerCorrupted, SessionLedger
+from l2_session.infrastructure.ledger import LedgerCorrupted, LedgerError, SessionLedger
+from l2_session.infrastructure.ledger.chain import NotificationRow
 from l2_session.infrastructure.ledger.verify_report import aggregate_kind
 from l2_session.projections.history import state_name
 
 NAME = "session_view"  # the tracking record's application name
 BATCH = 2000  # ledger events a transaction applies
 CACHE = 20_000  # aggregates kept in memory while catching up
+PARALLEL_FROM = 50_000  # events behind from which a catch-up runs in several processes
 
 CREATE = [
     "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, peer TEXT, role TEXT, "
@@ -84,8 +89,6 @@ class SessionView(SQLiteTrackingRecorder):
         super().__init__(SQLiteDatastore(db_name=str(path)))
         self.path = Path(path)
         self.create_table()
-        self._kinds: dict[UUID, str] = {}
-        self._aggregates: OrderedDict[UUID, Any] = OrderedDict()
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *CREATE]
@@ -103,87 +106,74 @@ class SessionView(SQLiteTrackingRecorder):
         *,
         batch: int = BATCH,
         progress: Callable[[int, int], None] | None = None,
+        workers: int | None = None,
     ) -> int:
-        """Apply every ledger event after the view's position; how many were applied."""
+        """Apply every ledger event after the view's position; how many were applied.
+
+        ``workers``: processes for a long catch-up of a SQLite ledger (default: one per
+        core; from PARALLEL_FROM events behind): each folds the sessions of its share of
+        every batch (``row_part``) and the view commits the batch's rows once all have."""
         start = self.position()
         head = ledger.recorder.max_notification_id() or 0
-        applied = 0
-        while True:
+        report = (lambda at: progress(at - start, max(head, at) - start)) if progress else None
+        n = workers or os.cpu_count() or 1
+        path = getattr(ledger, "path", None)  # a SQLite ledger: a worker opens it again
+        if n > 1 and head - start >= PARALLEL_FROM and isinstance(path, Path):
+            self._in_parallel(path, start, head, batch, n, report)
+        fold = Fold(ledger)
+        while True:  # the rest, and what was appended meanwhile
             position = self.position()
-            page = ledger.recorder.select_notifications(position, batch, inclusive_of_start=False)
-            if not page:
-                return applied
-            self._apply(ledger, page, position)
-            applied += len(page)
-            if progress is not None:
-                progress(page[-1].id - start, max(head - start, page[-1].id - start))
+            rows = ledger.ledger_recorder.notification_rows(position, position + batch)
+            if not rows:
+                return self.position() - start
+            self._commit(fold.apply(rows, position), rows[-1][0])
+            if report is not None:
+                report(rows[-1][0])
 
-    def _apply(self, ledger: SessionLedger, page: Any, position: int) -> None:
-        touched: dict[UUID, list[Any]] = {}  # session or peer -> [aggregate, events, position]
-        moves: dict[tuple[str, str], list[int]] = {}
-        kinds, to_event = self._kinds, ledger.mapper.to_domain_event
-        for n in page:
-            if n.id != position + 1:
-                raise LedgerCorrupted(
-                    f"the view's ledger position {n.id} follows {position}: a gap — run verify"
-                )
-            position = n.id
-            oid = n.originator_id
-            if n.originator_version == 1:
-                kinds[oid] = aggregate_kind(n.topic)
-            kind = kinds.get(oid) or self._kind_of(ledger, oid)
-            if kind != "session" and kind != "peer":
-                continue
-            event: Any = to_event(n)
-            entry = touched.get(oid)
-            aggregate = entry[0] if entry else self._aggregate(ledger, oid, n.originator_version)
-            if kind == "session" and aggregate is not None:
-                before, since = state_name(aggregate), aggregate.state_since_us
-                aggregate = event.mutate(aggregate)
-                after = state_name(aggregate)
-                if after != before:
-                    move = moves.setdefault((before, after), [0, 0])
-                    move[0] += 1
-                    move[1] += max(0, int(getattr(event, "at_us", since)) - int(since))
-            else:
-                aggregate = event.mutate(aggregate)
-            if entry is None:
-                touched[oid] = [aggregate, 1, n.id]
-            else:
-                entry[0], entry[1], entry[2] = aggregate, entry[1] + 1, n.id
-        sessions, peers = [], []
-        for oid, (aggregate, events, last) in touched.items():
-            self._keep(oid, aggregate)
-            if kinds[oid] == "peer":
-                peers.append(_peer_row(aggregate, last))
-            else:
-                sessions.append(_session_row(aggregate, last) | {"events": events})
+    def _in_parallel(
+        self,
+        path: Path,
+        start: int,
+        head: int,
+        batch: int,
+        workers: int,
+        report: Callable[[int], None] | None,
+    ) -> None:
+        context = multiprocessing.get_context("forkserver")
+        queues = [context.Queue(maxsize=4) for _ in range(workers)]
+        processes = [
+            context.Process(target=_fold_part, args=(str(path), part, workers, start, head,
+                                                     batch, queue), daemon=True)
+            for part, queue in enumerate(queues)
+        ]  # fmt: skip
+        for process in processes:
+            process.start()
+        try:
+            for after in range(start, head, batch):
+                stop = min(after + batch, head)
+                shares = [_receive(q, p) for q, p in zip(queues, processes, strict=True)]
+                if sum(share.count for share in shares) != stop - after:
+                    raise LedgerCorrupted(
+                        f"the ledger's positions {after + 1} to {stop} hold "
+                        f"{sum(s.count for s in shares)} events: a gap — run verify"
+                    )
+                self._commit(Folded.joined(shares), stop)
+                if report is not None:
+                    report(stop)
+        finally:
+            for process in processes:
+                process.kill()
+                process.join()
+
+    def _commit(self, folded: Folded, position: int) -> None:
+        """The rows of a batch and the tracking record of its last position, in one
+        transaction."""
         with self.datastore.transaction(commit=True) as c:
-            c.executemany(UPSERT_SESSION, sessions)
-            c.executemany(UPSERT_PEER, peers)
-            c.executemany(ADD_TRANSITION, [(a, b, n, us) for (a, b), (n, us) in moves.items()])
+            c.executemany(UPSERT_SESSION, folded.sessions)
+            c.executemany(UPSERT_PEER, folded.peers)
+            c.executemany(ADD_TRANSITION,
+                          [(a, b, n, us) for (a, b), (n, us) in folded.moves.items()])  # fmt: skip
             self._insert_tracking(c, Tracking(NAME, position))
-
-    def _kind_of(self, ledger: SessionLedger, oid: UUID) -> str:
-        first = ledger.recorder.select_events(oid, lte=1)
-        kind = aggregate_kind(first[0].topic if first else None)
-        self._kinds[oid] = kind
-        return kind
-
-    def _aggregate(self, ledger: SessionLedger, oid: UUID, version: int) -> Any:
-        """The aggregate just before ``version`` (None before its first event)."""
-        if version == 1:
-            return None
-        kept = self._aggregates.get(oid)
-        if kept is not None and kept.version == version - 1:
-            return kept
-        return ledger.repository.get(oid, version=version - 1)
-
-    def _keep(self, oid: UUID, aggregate: Any) -> None:
-        self._aggregates[oid] = aggregate
-        self._aggregates.move_to_end(oid)
-        if len(self._aggregates) > CACHE:
-            self._aggregates.popitem(last=False)
 
     # -- reading ---------------------------------------------------------------------------
     def _rows(self, sql: str) -> list[dict[str, Any]]:
@@ -208,6 +198,163 @@ class SessionView(SQLiteTrackingRecorder):
         return {r["state"]: r["n"] for r in self._rows(
             "SELECT state, COUNT(*) AS n FROM sessions GROUP BY state ORDER BY n DESC"
         )}  # fmt: skip
+
+
+@dataclass
+class Folded:
+    """What a batch changes in the view: session and peer rows, transition counts and times,
+    and how many ledger rows it read."""
+
+    sessions: list[dict[str, Any]]
+    peers: list[dict[str, Any]]
+    moves: dict[tuple[str, str], list[int]]
+    count: int
+
+    @staticmethod
+    def joined(shares: list[Folded]) -> Folded:
+        moves: dict[tuple[str, str], list[int]] = {}
+        for share in shares:
+            for key, (n, us) in share.moves.items():
+                move = moves.setdefault(key, [0, 0])
+                move[0], move[1] = move[0] + n, move[1] + us
+        return Folded(
+            [row for share in shares for row in share.sessions],
+            [row for share in shares for row in share.peers],
+            moves,
+            sum(share.count for share in shares),
+        )
+
+
+class _Stored(NamedTuple):
+    """A ledger row as the ledger's mapper reads it (a StoredEvent's fields)."""
+
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state: bytes
+    position: int
+
+
+class Fold:
+    """Applies ledger rows to the aggregates they belong to — kept in memory (the last
+    CACHE), else replayed from the ledger (from a snapshot when it can) — with the domain's
+    own ``mutate``."""
+
+    def __init__(self, ledger: SessionLedger) -> None:
+        self.ledger = ledger
+        self.kinds: dict[UUID, str] = {}
+        self.aggregates: OrderedDict[UUID, Any] = OrderedDict()
+        self.ids: dict[str, UUID] = {}
+
+    def apply(self, rows: list[NotificationRow], after: int | None = None) -> Folded:
+        """The batch's changes; with ``after``, the rows must be the positions that follow
+        it, one by one (else LedgerCorrupted: a gap)."""
+        touched: dict[UUID, list[Any]] = {}  # id -> [aggregate, events, position, state]
+        moves: dict[tuple[str, str], list[int]] = {}
+        kinds, ids = self.kinds, self.ids
+        to_event: Callable[[Any], Any] = self.ledger.mapper.to_domain_event
+        for position, sid, version, topic, payload in rows:
+            if after is not None:
+                if position != after + 1:
+                    raise LedgerCorrupted(
+                        f"the view's ledger position {position} follows {after}: a gap — run verify"
+                    )
+                after = position
+            oid = ids.get(sid)
+            if oid is None:
+                if len(ids) > CACHE:
+                    ids.clear()
+                oid = ids[sid] = UUID(sid)
+            if version == 1:
+                kinds[oid] = aggregate_kind(topic)
+            kind = kinds.get(oid) or self._kind_of(oid)
+            if kind != "session" and kind != "peer":
+                continue
+            event = to_event(_Stored(oid, version, topic, payload, position))
+            entry = touched.get(oid)
+            if entry is None:
+                aggregate = self._aggregate(oid, version)
+                known = kind == "session" and aggregate is not None
+                entry = touched[oid] = [
+                    aggregate,
+                    0,
+                    position,
+                    state_name(aggregate) if known else None,
+                ]
+            before = entry[3]  # the session's state before this event (None: not one yet)
+            since = entry[0].state_since_us if before else 0
+            aggregate = event.mutate(entry[0])  # (eventsourcing mutates it in place)
+            if kind == "session":
+                now = state_name(aggregate)
+                if before and now != before:
+                    move = moves.setdefault((before, now), [0, 0])
+                    move[0] += 1
+                    move[1] += max(0, int(getattr(event, "at_us", since)) - int(since))
+                entry[3] = now
+            entry[0], entry[1], entry[2] = aggregate, entry[1] + 1, position
+        sessions, peers = [], []
+        for oid, (aggregate, events, last, _) in touched.items():
+            self._keep(oid, aggregate)
+            if kinds[oid] == "peer":
+                peers.append(_peer_row(aggregate, last))
+            else:
+                sessions.append(_session_row(aggregate, last) | {"events": events})
+        return Folded(sessions, peers, moves, len(rows))
+
+    def _kind_of(self, oid: UUID) -> str:
+        first = self.ledger.recorder.select_events(oid, lte=1)
+        kind = aggregate_kind(first[0].topic if first else None)
+        self.kinds[oid] = kind
+        return kind
+
+    def _aggregate(self, oid: UUID, version: int) -> Any:
+        """The aggregate just before ``version`` (None before its first event)."""
+        if version == 1:
+            return None
+        kept = self.aggregates.get(oid)
+        if kept is not None and kept.version == version - 1:
+            return kept
+        return self.ledger.repository.get(oid, version=version - 1)
+
+    def _keep(self, oid: UUID, aggregate: Any) -> None:
+        self.aggregates[oid] = aggregate
+        self.aggregates.move_to_end(oid)
+        if len(self.aggregates) > CACHE:
+            self.aggregates.popitem(last=False)
+
+
+def _fold_part(
+    path: str, part: int, parts: int, start: int, head: int, batch: int, queue: Any
+) -> None:
+    """A worker of a parallel catch-up: the Folded share of each batch, in order, on
+    ``queue`` (an exception instead if it fails)."""
+    try:
+        ledger = SessionLedger(path, create=False)
+        try:
+            fold = Fold(ledger)
+            for after in range(start, head, batch):
+                rows = ledger.ledger_recorder.notification_rows(after, min(after + batch, head),
+                                                         part, parts)  # fmt: skip
+                queue.put(fold.apply(rows))
+        finally:
+            ledger.close()
+    except Exception as e:  # the parent raises it
+        queue.put(e)
+
+
+def _receive(queue: Any, process: Any) -> Folded:
+    while True:
+        try:
+            got = queue.get(timeout=1.0)
+        except Empty:
+            if not process.is_alive():
+                raise LedgerError(
+                    f"a catch-up worker ended (exit code {process.exitcode})"
+                ) from None
+            continue
+        if isinstance(got, BaseException):
+            raise got
+        return cast(Folded, got)
 
 
 def _session_row(a: Any, position: int) -> dict[str, Any]:

@@ -107,6 +107,18 @@ def notification_filter(
     return ("WHERE " + " AND ".join(clauses) + " ") if clauses else "", params
 
 
+NotificationRow = tuple[int, str, int, str, bytes]
+"""(position, session id as stored, version, topic, payload): a ledger row as a read model
+reads it (``notification_rows``)."""
+
+
+def row_part(session_id: str, parts: int) -> int:
+    """Which of ``parts`` a session's rows fall in when a read is split (``notification_rows``):
+    the code of the stored id's last character modulo ``parts`` — the SQL of each recorder
+    computes the same."""
+    return ord(session_id[-1]) % parts
+
+
 def signer_statement(ledger_id: str, did: str, registered_at: int | None = None) -> bytes:
     """What a node signs to register as a signer of a ledger: every field of its
     ledger_signers row (format 2). Without ``registered_at``, format 1's statement, which
@@ -150,6 +162,10 @@ class LedgerRecorder(Protocol):
     def tree_head(self, cur: Any) -> tuple[int, bytes, bytes]: ...
 
     def require_tree(self) -> None: ...
+
+    def notification_rows(
+        self, after: int, stop: int, part: int = 0, parts: int = 1
+    ) -> list[NotificationRow]: ...
 
     def _head_in(self, cur: Any) -> tuple[int, bytes]: ...
 

@@ -96,6 +96,14 @@ class CanonicalJSONTranscoder(JSONTranscoder):
         )
         for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), BytesAsBase64()):
             self.register(transcoding)
+        self._plain = json.JSONDecoder()
+
+    def decode(self, data: bytes) -> Any:
+        """As JSONTranscoder's; a payload that cannot hold a ``"_type_"`` key (no such text,
+        no escape that could spell one) is read without the per-object hook."""
+        if b'"_type_"' in data or b"\\u" in data:
+            return super().decode(data)
+        return self._plain.decode(data.decode("utf8"))
 
 
 class FieldSealer:
@@ -156,6 +164,10 @@ def sealed_reference(value: object) -> str | None:
     return None
 
 
+_EventClass = tuple[type, tuple[str, ...], Any, int]
+"""An event class, its secret fields, its id convertor and its class version."""
+
+
 class LedgerMapper(Mapper[UUID]):
     """eventsourcing's Mapper for the ledger: canonical payloads and sealed secret fields."""
 
@@ -164,6 +176,7 @@ class LedgerMapper(Mapper[UUID]):
     def __init__(self, sealer: FieldSealer) -> None:
         super().__init__(transcoder=CanonicalJSONTranscoder())
         self.sealer = sealer
+        self._classes: dict[tuple[str, type], _EventClass] = {}
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         cls = type(domain_event)
@@ -226,37 +239,49 @@ class LedgerMapper(Mapper[UUID]):
         return column
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
-        position = getattr(stored_event, "position", None)
-        where = (
-            f"session {stored_event.originator_id} version {stored_event.originator_version}"
-            + (f" (position {position})" if position is not None else "")
-        )
-        try:
-            cls = resolve_topic(stored_event.topic)
-        except TopicError:
-            raise UnknownEventType(
-                f"event type {stored_event.topic!r} at {where} cannot be loaded by this "
-                "program (unknown module or class)"
-            ) from None
+        topic = stored_event.topic
+        known = self._classes.get((topic, type(stored_event.originator_id)))
+        if known is None:
+            known = self._class_of(stored_event)
+        cls, secret_fields, id_convertor, class_version = known
         try:
             event_state: dict[str, Any] = self.transcoder.decode(stored_event.state)
         except (ValueError, UnicodeDecodeError) as e:
-            raise LedgerCorrupted(f"payload at {where} is not valid canonical JSON: {e}") from e
-        sealed = getattr(stored_event, "sealed", None)
-        secret_fields: tuple[str, ...] = getattr(cls, self.secret_fields_attr, ())
+            raise LedgerCorrupted(
+                f"payload at {_where(stored_event)} is not valid canonical JSON: {e}"
+            ) from e
         if secret_fields:
-            self._open_fields(event_state, secret_fields, stored_event, sealed, where)
-        id_convertor = find_id_convertor(cls, cast(Hashable, type(stored_event.originator_id)))
+            sealed = getattr(stored_event, "sealed", None)
+            self._open_fields(event_state, secret_fields, stored_event, sealed)
         event_state["originator_id"] = id_convertor(stored_event.originator_id)
         event_state["originator_version"] = stored_event.originator_version
-        class_version = getattr(cls, "class_version", 1)
         from_version = event_state.pop("class_version", 1)
         while from_version < class_version:
             getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(event_state)
             from_version += 1
-        domain_event = object.__new__(cls)
+        domain_event: Any = object.__new__(cls)
         object.__setattr__(domain_event, "__dict__", event_state)
         return cast(DomainEventProtocol[UUID], domain_event)
+
+    def _class_of(self, stored_event: StoredEvent) -> _EventClass:
+        """The event class of a stored event's topic, with what decoding needs of it (kept
+        per topic and type of id: resolving a topic is a lookup in ``sys.modules``)."""
+        try:
+            cls = resolve_topic(stored_event.topic)
+        except TopicError:
+            raise UnknownEventType(
+                f"event type {stored_event.topic!r} at {_where(stored_event)} cannot be loaded "
+                "by this program (unknown module or class)"
+            ) from None
+        id_type = type(stored_event.originator_id)
+        known = (
+            cls,
+            tuple(getattr(cls, self.secret_fields_attr, ())),
+            find_id_convertor(cls, cast(Hashable, id_type)),
+            getattr(cls, "class_version", 1),
+        )
+        self._classes[(stored_event.topic, id_type)] = known
+        return known
 
     def _open_fields(
         self,
@@ -264,12 +289,13 @@ class LedgerMapper(Mapper[UUID]):
         fields: tuple[str, ...],
         stored_event: StoredEvent,
         sealed: bytes | None,
-        where: str,
     ) -> None:
         try:
             blobs = decode_sealed_column(sealed) if sealed else {}
         except ValueError as e:
-            raise LedgerCorrupted(f"sealed column at {where} is malformed: {e}") from e
+            raise LedgerCorrupted(
+                f"sealed column at {_where(stored_event)} is malformed: {e}"
+            ) from e
         session = _id_bytes(stored_event.originator_id)
         for name in fields:
             digest = sealed_reference(event_state.get(name))
@@ -281,12 +307,20 @@ class LedgerMapper(Mapper[UUID]):
                 continue
             if blake3(blob).hexdigest() != digest:
                 raise LedgerCorrupted(
-                    f"sealed field {name!r} at {where} does not match the digest the event "
-                    "hash commits to"
+                    f"sealed field {name!r} at {_where(stored_event)} does not match the digest "
+                    "the event hash commits to"
                 )
             event_state[name] = self.sealer.open(
                 blob, sealed_aad(session, stored_event.originator_version, name)
             )
+
+
+def _where(stored_event: StoredEvent) -> str:
+    """Where a stored event is, for an error message."""
+    position = getattr(stored_event, "position", None)
+    return f"session {stored_event.originator_id} version {stored_event.originator_version}" + (
+        f" (position {position})" if position is not None else ""
+    )
 
 
 def _id_bytes(originator_id: UUID | str) -> bytes:

@@ -30,6 +30,7 @@ from l2_session.infrastructure.ledger.chain import (
     READ_COLUMNS,
     ROW_COLUMNS,
     LedgerChain,
+    NotificationRow,
     Row,
     notification_filter,
     session_key,
@@ -297,6 +298,20 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
             )
             for row in rows
         ]
+
+    def notification_rows(
+        self, after: int, stop: int, part: int = 0, parts: int = 1
+    ) -> list[NotificationRow]:
+        """As the SQLite recorder's (``row_part`` splits the sessions the same way)."""
+        split = " AND ascii(right(session_id, 1)) %% %s = %s" if parts > 1 else ""
+        statement = (
+            "SELECT position, session_id, version, topic, payload FROM "
+            f"{self.table} WHERE position > %s AND position <= %s{split} ORDER BY position"
+        )
+        params = (after, stop, parts, part) if parts > 1 else (after, stop)
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            rows = cur.execute(statement, params).fetchall()
+        return [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
 
     def max_notification_id(self) -> int | None:
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:

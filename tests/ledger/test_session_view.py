@@ -16,9 +16,12 @@ import pytest
 from l2_session.domain.session.config import SessionConfig
 from l2_session.domain.session.errors import SessionError
 from l2_session.domain.session.session import Session
-from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.ledger import LedgerCorrupted, SessionLedger
+from l2_session.infrastructure.ledger.chain import row_part
+from l2_session.projections import session_view
 from l2_session.projections.history import LedgerHistory
-from l2_session.projections.session_view import SessionView
+from l2_session.projections.session_view import Fold, SessionView
+from tampering import open_as_attacker
 
 SECOND = 1_000_000
 COMMANDS = ["initiate_handshake", "heartbeat_due", "connectivity_lost", "partition_detected",
@@ -82,27 +85,29 @@ KILLER = textwrap.dedent("""
     from l2_session.projections import session_view
     ledger = SessionLedger(sys.argv[1], create=False)
     view = session_view.SessionView(sys.argv[2])
+    session_view.PARALLEL_FROM = 1  # with workers > 1: in parallel however short
     batches = [0]
-    apply = view._apply
-    def apply_then_die(*args):
-        apply(*args)
+    commit = view._commit
+    def commit_then_die(*args):
+        commit(*args)
         batches[0] += 1
         if batches[0] == int(sys.argv[3]):
             os.kill(os.getpid(), signal.SIGKILL)
-    view._apply = apply_then_die
-    view.catch_up(ledger, batch=5)
+    view._commit = commit_then_die
+    view.catch_up(ledger, batch=5, workers=int(sys.argv[4]))
 """)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_catch_up_killed_mid_way_resumes_to_the_view_rebuilt_from_zero(
-    identity, storage_key, clock, ledger_path, tmp_path
+    identity, storage_key, clock, ledger_path, tmp_path, workers
 ):
     ledger = SessionLedger(ledger_path, identity=identity, storage_key=storage_key, clock=clock)
     populate(ledger, clock, seed=9, saves=40, sessions=12)
     assert ledger.recorder.max_notification_id() > 20  # more than the four batches
     killed = tmp_path / "killed.sqlite3"
-    result = subprocess.run([sys.executable, "-c", KILLER, str(ledger_path), str(killed), "4"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", KILLER, str(ledger_path), str(killed), "4",
+                             str(workers)], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == -signal.SIGKILL, result.stderr
     resumed = SessionView(killed)
     assert resumed.position() == 20  # four batches of five committed, no more
@@ -126,8 +131,66 @@ def test_a_ledger_with_a_gap_is_refused_not_projected_past(ledger_factory, clock
     ledger = ledger_factory()
     populate(ledger, clock, seed=4, saves=5)
     view = SessionView(tmp_path / "view.sqlite3")
-    page = list(ledger.recorder.select_notifications(1, 10))
-    del page[3]
-    with pytest.raises(Exception, match="a gap"):
-        view._apply(ledger, page, 0)
+    rows = ledger.recorder.notification_rows(0, 10)
+    del rows[3]
+    with pytest.raises(LedgerCorrupted, match="position 5 follows 3: a gap"):
+        Fold(ledger).apply(rows, 0)
     assert view.position() == 0 and not view.sessions()
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_a_parallel_catch_up_ends_where_one_process_does(
+    identity, storage_key, clock, ledger_path, tmp_path, monkeypatch, seed
+):
+    """Two processes, each folding the sessions of its share of every batch, write the same
+    view as one process (the split by session id keeps each session's events together)."""
+    ledger = SessionLedger(ledger_path, identity=identity, storage_key=storage_key, clock=clock)
+    populate(ledger, clock, seed=seed, saves=40, sessions=16)
+    monkeypatch.setattr(session_view, "PARALLEL_FROM", 1)
+    parallel, alone = SessionView(tmp_path / "two.sqlite3"), SessionView(tmp_path / "one.sqlite3")
+    seen: list[tuple[int, int]] = []
+    assert parallel.catch_up(ledger, batch=9, workers=2, progress=lambda d, t: seen.append((d, t)))
+    assert alone.catch_up(ledger, batch=9, workers=1) == ledger.recorder.max_notification_id()
+    for table in ("sessions", "peers", "transitions"):
+        assert dump(tmp_path / "two.sqlite3", table) == dump(tmp_path / "one.sqlite3", table)
+    head = ledger.recorder.max_notification_id()
+    assert parallel.position() == head and seen[-1] == (head, head)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    ledger.close()
+
+
+def test_a_parallel_catch_up_refuses_a_gap_and_commits_nothing_past_it(
+    identity, storage_key, clock, ledger_path, tmp_path, monkeypatch
+):
+    ledger = SessionLedger(ledger_path, identity=identity, storage_key=storage_key, clock=clock)
+    populate(ledger, clock, seed=7, saves=30, sessions=8)
+    ledger.close()
+    db = open_as_attacker(ledger_path)
+    db.execute("DELETE FROM ledger_events WHERE position = 14")
+    db.commit()
+    db.close()
+    monkeypatch.setattr(session_view, "PARALLEL_FROM", 1)
+    ledger = SessionLedger(ledger_path, create=False)
+    view = SessionView(tmp_path / "view.sqlite3")
+    with pytest.raises(LedgerCorrupted, match="positions 11 to 15 hold 4 events: a gap"):
+        view.catch_up(ledger, batch=5, workers=2)
+    assert view.position() == 10
+    ledger.close()
+
+
+def test_rows_split_in_parts_are_the_rows_by_the_last_character_of_the_session_id(
+    ledger_factory, clock
+):
+    """Both backends' SQL split a read as ``row_part`` says: each part holds exactly the rows
+    of its sessions, and the parts together hold every row once."""
+    ledger = ledger_factory()
+    populate(ledger, clock, seed=8, saves=20, sessions=12)
+    head = ledger.recorder.max_notification_id()
+    every = ledger.recorder.notification_rows(0, head)
+    assert [r[0] for r in every] == list(range(1, head + 1))
+    for parts in (2, 3):
+        shares = [ledger.recorder.notification_rows(0, head, part, parts) for part in range(parts)]
+        for part, share in enumerate(shares):
+            assert share == [r for r in every if row_part(r[1], parts) == part]
+        assert sorted(r for share in shares for r in share) == every
+    assert ledger.recorder.notification_rows(3, 5) == every[3:5]
