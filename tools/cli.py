@@ -19,11 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-from l2_session.tools import audit, pg_commands
+from l2_session.tools import audit, node_control, pg_commands
 from l2_session.tools.arguments import whole_number
 from l2_session.tools.commands import SETTINGS, called, debug_option, json_option, run_body
 from l2_session.tools.errors import EPILOG, ExitCode, explain
 from l2_session.tools.ledger_option import ledger_option
+
+
+class NodeGroup(click.Group):
+    """``node``: its options run a node; its commands ask one. Commands listed in order."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
 
 
 class Group(click.Group):
@@ -292,7 +299,14 @@ def _node(args: Any) -> int:
     return run_node(args)
 
 
-@cli.command("node", help="run a node: QUIC and μTCP listeners, driven through a control socket")
+@cli.group(
+    "node",
+    cls=NodeGroup,
+    invoke_without_command=True,
+    subcommand_metavar="[COMMAND [ARGS]...]",
+    help="run a node: QUIC and μTCP listeners, driven through a control socket; or, with a "
+    "COMMAND, ask a running node over that socket",
+)
 @click.option("--config", metavar="FILE", help="a TOML file with any of these options, and [peers]")
 @click.option("--keys", metavar="FILE", help="its key store (made if it does not exist)")
 @click.option("--ledger", metavar="PATH_OR_URL", help="its ledger (default: $L2S_LEDGER)")
@@ -316,9 +330,22 @@ def _node(args: Any) -> int:
     help="stderr logs: text (default), JSON lines",
 )
 @debug_option
-def node_command(**params: Any) -> int:
-    return run_body(_node, params)
+@click.pass_context
+def node_command(ctx: click.Context, /, **params: Any) -> int | None:
+    if ctx.invoked_subcommand is None:
+        return run_body(_node, params)
+    given = [name for name, value in params.items() if value]
+    if given:
+        raise click.UsageError(
+            f"--{given[0].replace('_', '-')} runs a node; give the options of "
+            f"`node {ctx.invoked_subcommand}` after it",
+            ctx,
+        )
+    return None
 
+
+for _command in node_control.COMMANDS:  # status, sessions, witnessed, checkpoint, stop
+    node_command.add_command(_command)
 
 for _command in pg_commands.COMMANDS:  # pg-migrate, pg-import, project
     cli.add_command(_command)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ def _project(args: Any) -> int:
     from l2_session.infrastructure.ledger import SessionLedger
     from l2_session.infrastructure.ledger.pg_url import PostgresLocation, is_postgres_url
     from l2_session.projections.runner import Lag, ProjectionRunner
+    from l2_session.tools.show import progress_bar
 
     projection = _load_projection(args.projection)
     view = PostgresLocation.parse(args.view)
@@ -126,7 +128,7 @@ def _project(args: Any) -> int:
                 "schema of its own (?schema=NAME)"
             )
 
-    def report(lag: Lag) -> None:
+    def line(lag: Lag) -> None:
         if args.as_json:  # one JSON object a line, as batches commit
             print(json.dumps({"position": lag.position, "head": lag.head,
                               "behind": lag.events, "lag_s": round(lag.seconds, 6)}))  # fmt: skip
@@ -137,22 +139,36 @@ def _project(args: Any) -> int:
             )
         sys.stdout.flush()
 
+    # --catch-up on a terminal: a progress bar on stderr while behind, then the last line.
+    shown = progress_bar("projecting") if args.catch_up and not args.as_json else nullcontext()
     ledger = SessionLedger(args.ledger, create=False)  # read-only: no identity, no key
     try:
-        runner = ProjectionRunner(
-            ledger, view, projection, batch_size=args.batch_size,
-            poll_interval=args.poll_interval, on_batch=report,
-        )  # fmt: skip
-        try:
-            if args.catch_up:
-                while runner.run_once():
-                    pass
-            else:
-                runner.run_forever()
-        except KeyboardInterrupt:  # Ctrl-C or SIGINT: the last committed batch is the position
-            pass
-        finally:
-            runner.close()
+        with shown as progress:
+            last: list[Lag] = []
+
+            def report(lag: Lag) -> None:
+                if progress is None:
+                    line(lag)
+                else:
+                    progress(lag.position, max(lag.head, lag.position))
+                    last[:] = [lag]
+
+            runner = ProjectionRunner(
+                ledger, view, projection, batch_size=args.batch_size,
+                poll_interval=args.poll_interval, on_batch=report,
+            )  # fmt: skip
+            try:
+                if args.catch_up:
+                    while runner.run_once():
+                        pass
+                else:
+                    runner.run_forever()
+            except KeyboardInterrupt:  # Ctrl-C or SIGINT: the last committed batch is the position
+                pass
+            finally:
+                runner.close()
+        if last:
+            line(last[0])
     finally:
         ledger.close()
     return ExitCode.OK

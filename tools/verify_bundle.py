@@ -162,7 +162,10 @@ def root_from_inclusion(
     for i, text in enumerate(proof):
         if sn == 0:
             raise ValueError("too many hashes")
-        p = b64(text, "a proof hash")
+        try:
+            p = a2b(text, strict_mode=True)
+        except (TypeError, ValueError):
+            raise Unreadable("a proof hash is not standard base64") from None
         if fn & 1 or fn == sn:
             r = blake3(b"\x01" + p + r).digest()
             while not fn & 1 and fn:

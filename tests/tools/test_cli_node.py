@@ -193,6 +193,47 @@ def test_the_control_socket_answers_a_wrong_request_with_why(tmp_path: Path) -> 
     asyncio.run(scenario())
 
 
+def test_the_node_commands_ask_a_running_node_and_say_why_when_they_cannot(
+    tmp_path: Path,
+) -> None:
+    """``node status | sessions | witnessed | checkpoint | stop`` over the control socket, as
+    tables and as JSON; a node that is not running, or options that run one, refused."""
+
+    async def scenario() -> None:
+        node = Node(tmp_path, "solo")
+        control = str(node.control)
+        try:
+            ready = await node.start()
+            status = await asyncio.to_thread(run, "node", "status", "--control", control, "--json")
+            assert status.returncode == 0, status.stderr
+            answer = json.loads(status.stdout)
+            assert answer["did"] == ready["did"] and answer["sessions"] == 0
+            shown = await asyncio.to_thread(run, "node", "status", "--control", control)
+            assert f"node {ready['did']}, ledger {answer['ledger_id']}" in shown.stdout
+            listed = await asyncio.to_thread(run, "node", "sessions", "--control", control)
+            assert listed.returncode == 0 and "sessions (0)" in listed.stdout
+            witnessed = await asyncio.to_thread(run, "node", "witnessed", "--control", control,
+                                                "--json")  # fmt: skip
+            assert json.loads(witnessed.stdout) == {"witnessed": []}
+            signed = await asyncio.to_thread(run, "node", "checkpoint", "--control", control)
+            assert signed.returncode == 0 and signed.stdout.startswith("l2-session/ledger/")
+            (tmp_path / "checkpoint.txt").write_text(signed.stdout)
+            stopped = await asyncio.to_thread(run, "node", "stop", "--control", control)
+            assert stopped.returncode == 0 and "stopping" in stopped.stdout
+            assert node.process is not None
+            assert await asyncio.to_thread(node.process.wait, WAIT_S) == 0
+        finally:
+            kill_left(node)
+        checked = run("verify", str(tmp_path / "solo.sqlite3"), "--checkpoint",
+                      str(tmp_path / "checkpoint.txt"))  # fmt: skip
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        refused(run("node", "status", "--control", control), 2, "no control socket at", control)
+        refused(run("node", "status"), 2, "--control PATH, or --config FILE")
+        refused(run("node", "--keys", "k", "status"), 2, "--keys runs a node")
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [

@@ -1,0 +1,140 @@
+"""``l2-session node status | sessions | witnessed | checkpoint | stop``: ask a running node
+over its control socket (docs/cli.md, "node") and print the answer — tables, or ``--json``.
+
+The socket is ``--control PATH``, or the ``control`` setting of the node's ``--config`` file.
+A node that cannot be reached, or that refuses the request, is a usage error (exit 2) that
+says why.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import click
+from l2_session.tools.commands import debug_option, json_option, options, run_body
+from l2_session.tools.errors import ExitCode, UsageError
+
+MAX_ANSWER = 16 * 1024 * 1024  # an answer is one line; a node's witnessed list is the longest
+
+
+def ask(control: Path, op: str, timeout: float) -> dict[str, Any]:
+    """The node's answer to ``{"op": op}`` (without its ``ok``)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(control))
+            s.sendall(json.dumps({"op": op}).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > MAX_ANSWER:
+                    raise UsageError(f"the node's answer on {control} is over {MAX_ANSWER} bytes")
+    except FileNotFoundError:
+        raise UsageError(
+            f"no control socket at {control}: is the node running (l2-session node --control "
+            f"{control})?"
+        ) from None
+    except ConnectionRefusedError:
+        raise UsageError(f"nothing listens on {control}: the node that made it stopped") from None
+    except TimeoutError:
+        raise UsageError(f"the node on {control} did not answer within {timeout:g} s") from None
+    except OSError as e:
+        raise UsageError(f"cannot ask the node on {control}: {e.strerror or e}") from None
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise UsageError(f"{control} answered with something that is not a node's answer")
+    if not answer.pop("ok", False):
+        raise UsageError(f"the node refused {op!r}: {answer.get('error', 'no reason given')}")
+    return answer
+
+
+def _control(args: Any) -> Path:
+    if args.control:
+        return Path(args.control)
+    if args.config:
+        from l2_session.tools.node import _read_config
+
+        control = _read_config(args.config).get("control")
+        if isinstance(control, str) and control:
+            return Path(control)
+        raise UsageError(f"{args.config} has no control setting: give --control PATH")
+    raise UsageError("give the node's control socket: --control PATH, or --config FILE")
+
+
+def _asked(op: str) -> Any:
+    def body(args: Any) -> int:
+        from l2_session.tools.show import print_json, print_table
+
+        answer = ask(_control(args), op, args.timeout)
+        if args.as_json:
+            print_json(answer)
+        elif op == "status":
+            witnessing = answer.get("witnessing") or {}
+            print(f"node {answer['did']}, ledger {answer['ledger_id']}")
+            print(f"sessions in memory: {answer['sessions']}; connections: "
+                  f"{', '.join(answer['connections']) or 'none'}")  # fmt: skip
+            print("witnessing: " + (", ".join(f"{k} {v}" for k, v in witnessing.items()) or "none"))
+        elif op == "sessions":
+            sessions = answer["sessions"]
+            rows = [(s["id"], s["peer"], s["state"], s["transport"]) for s in sessions]
+            print_table(f"sessions ({len(rows)})", ("id", "peer", "state", "transport"), rows)
+        elif op == "witnessed":
+            print_table(
+                f"ledgers witnessed ({len(answer['witnessed'])})",
+                ("origin", "size", "signer", "witnessed", "conflicts", "last conflict"),
+                [(w.get("origin"), w.get("size"), w.get("signer"), w.get("witnessed"),
+                  w.get("conflicts"), w.get("last_conflict") or "") for w in answer["witnessed"]],
+            )  # fmt: skip
+        elif op == "checkpoint":
+            print(answer["checkpoint"], end="" if answer["checkpoint"].endswith("\n") else "\n")
+        else:
+            print("the node is stopping")
+        return ExitCode.OK
+
+    return body
+
+
+client_options = options(
+    click.option("--control", metavar="PATH", help="the node's control socket"),
+    click.option("--config", metavar="FILE", help="the node's TOML file (its control setting)"),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=10.0,
+        show_default=True,
+        help="seconds to wait for the answer",
+    ),
+    json_option,
+    debug_option,
+)
+
+HELP = {
+    "status": "ask a running node: its DID, ledger, sessions, connections, witnessing counts",
+    "sessions": "ask a running node: its sessions in memory, their states and transports",
+    "witnessed": "ask a running node: the ledgers it witnesses, and conflicts found in them",
+    "checkpoint": "ask a running node to sign and record a checkpoint of its ledger; print it",
+    "stop": "ask a running node to stop (as SIGTERM does: its sessions stay resumable)",
+}
+
+
+def _command(op: str) -> click.Command:
+    body = _asked(op)
+
+    @click.command(op, help=HELP[op])
+    @client_options
+    def command(**params: Any) -> int:
+        return run_body(body, params)
+
+    return command
+
+
+COMMANDS = [_command(op) for op in HELP]
