@@ -4,8 +4,10 @@ and a control socket through which a program (or a person with ``socat``) drives
     l2-session node --keys alice.keys --ledger alice.sqlite3 \\
         --quic 0.0.0.0:4433 --tcp 0.0.0.0:4433 --control alice.sock
 
-On start it creates the key store if the file does not exist (or loads it), makes fresh
-prekeys (kept in the key store before they are published), opens the ledger — recovering the
+On start it creates the key store if the file does not exist (or loads it), publishes the
+prekeys the key store keeps (fresh ones, kept before they are published, when there are none
+or half their month has passed; a spent one-time prekey leaves the store before the handshake
+that spent it is answered), opens the ledger — recovering the
 sessions a previous process left live (decision 16) — listens, and prints one JSON line on
 stdout: ``{"ready": true, "did": ..., "bundle": HEX, "quic": [host, port], "tcp": [host,
 port], "control": PATH}``. The bundle is what a peer needs to open a session with this node
@@ -52,7 +54,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from l2_session.domain.handshake.bundle import create_prekeys
+from l2_session.domain.handshake.bundle import PrekeyBundle, PrekeySecrets, create_prekeys
 from l2_session.domain.handshake.protocol import Responder
 from l2_session.domain.manager.manager import SessionManager
 from l2_session.domain.manager.pqxdh import PqxdhKeyExchange, new_prekey_id
@@ -67,7 +69,7 @@ from l2_session.transports.quic import QuicSettings
 from l2_session.transports.tcp import NodeClosed, TcpNode
 from l2_session.transports.tcp_worker import WITNESS_INTERVAL_US
 
-PREKEYS_VALID_US = 30 * 86_400_000_000  # a month; a node makes fresh ones at every start
+PREKEYS_VALID_US = 30 * 86_400_000_000  # a month; fresh ones once half of it has passed
 ONE_TIME_PREKEYS = 32
 MAX_REQUEST_BYTES = 1 << 20  # one control request (a 64 KiB message is ~88 KiB of base64)
 MAX_WAIT_S = 3600.0
@@ -90,6 +92,29 @@ class Request(Exception):
     """A control request that cannot be done; its message is the answer's ``error``."""
 
 
+def node_prekeys(store: KeyStore, now_us: int) -> tuple[PrekeySecrets, PrekeyBundle]:
+    """The prekeys a node publishes: those of its key store while they have more than half
+    their life left — the same bundle as before a restart, less the one-time prekeys spent
+    since — else fresh ones, kept in the key store before they are published."""
+    kept = store.prekeys
+    if kept is not None and kept.expires_at_us - now_us > PREKEYS_VALID_US // 2:
+        return create_prekeys(  # the stored keys: Ed25519 signs them as it did before
+            store.identity.private_key, expires_at_us=kept.expires_at_us,
+            signed_prekey_id=kept.signed_prekey_id, kem_prekey_id=kept.kem_prekey_id,
+            signed_prekey=kept.signed_prekey, kem_prekey=kept.kem_prekey,
+            one_time_prekeys=kept.one_time_prekeys,
+        )  # fmt: skip
+    secrets, bundle = create_prekeys(
+        store.identity.private_key,
+        expires_at_us=now_us + PREKEYS_VALID_US,
+        signed_prekey_id=new_prekey_id(),
+        kem_prekey_id=new_prekey_id(),
+        one_time_prekey_ids=tuple(range(1, ONE_TIME_PREKEYS + 1)),
+    )
+    store.set_prekeys(secrets)
+    return secrets, bundle
+
+
 class NodeProcess:
     """The node a process runs: built from its files by ``open``, driven by ``control``."""
 
@@ -107,14 +132,7 @@ class NodeProcess:
         self.directory = DidKeyResolver()
         now = self.timeline.now_us()
         identity = store.identity
-        secrets, bundle = create_prekeys(
-            identity.private_key,
-            expires_at_us=now + PREKEYS_VALID_US,
-            signed_prekey_id=new_prekey_id(),
-            kem_prekey_id=new_prekey_id(),
-            one_time_prekey_ids=tuple(range(1, ONE_TIME_PREKEYS + 1)),
-        )
-        store.set_prekeys(secrets)  # kept before they are published
+        secrets, bundle = node_prekeys(store, now)
         self.bundle = bundle.encode()
         self.directory.publish_bundle(identity.did, self.bundle, now)
         self.exchange = PqxdhKeyExchange.with_prekeys(
@@ -136,6 +154,7 @@ class NodeProcess:
             witness_interval_s=witness_interval_s,
         )  # fmt: skip
         self.exchange.source_of = self.node.address_of
+        self.exchange.on_prekeys_changed = store.set_prekeys  # a spent one-time prekey
         self.stopped = asyncio.Event()
 
     @property

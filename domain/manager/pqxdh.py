@@ -26,7 +26,7 @@ from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from l2_session.domain.handshake.admission import HandshakeRefused
-from l2_session.domain.handshake.bundle import PrekeyBundle, create_prekeys
+from l2_session.domain.handshake.bundle import PrekeyBundle, PrekeySecrets, create_prekeys
 from l2_session.domain.handshake.engine import HandshakeEngine, Outcome
 from l2_session.domain.handshake.keys import SessionKeys, ed25519_public_bytes
 from l2_session.domain.handshake.protocol import Responder
@@ -120,6 +120,10 @@ class PqxdhKeyExchange:
         self._answering: dict[bytes, ResumptionTicket] = {}
         if engine.resume_responder is None:
             engine.resume_responder = ResumeResponder(self._answering.get, (0, 0))
+        # Told the responder's secrets when a handshake spent one of its one-time prekeys,
+        # before the answer leaves (a node keeps them: KeyStore.set_prekeys), so that a
+        # restart does not bring a spent prekey back.
+        self.on_prekeys_changed: Callable[[PrekeySecrets], None] | None = None
 
     @classmethod
     def for_node(
@@ -183,6 +187,9 @@ class PqxdhKeyExchange:
         outcome = self.engine.receive(
             request, source=self.source_of(peer_did), now_us=now_us, expected_initiator=expected
         )
+        responder = self.engine.responder
+        if outcome.prekeys_changed and self.on_prekeys_changed and responder is not None:
+            self.on_prekeys_changed(responder.secrets)
         if outcome.send is None or outcome.peer_identity != expected:
             # Dropped, not an authentication failure of ``peer_did``: the identity in a refused
             # INIT is unproven, and quarantining the DID it claims would let anyone lock that

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+from uuid import uuid4
 
 from l2_session.domain.manager.manager import SessionManager
 from l2_session.domain.manager.pqxdh import KEY_MATERIAL_LEN, PqxdhKeyExchange
@@ -88,3 +89,29 @@ def test_a_tampered_response_is_an_authentication_failure(
     session = sim.nodes[alice].session(sid)
     assert session.state == "failed" and session.failure_reason == "authentication_failed"
     assert sim.nodes[alice].peer(bob).is_quarantined(manual_clock.wall_us())
+
+
+def test_a_spent_one_time_prekey_is_handed_over_before_the_answer(
+    manual_clock: ManualClock,
+) -> None:
+    """The responder's secrets without the one-time prekey a handshake spent reach
+    ``on_prekeys_changed`` (a node's key store) before ``respond`` returns the answer."""
+    resolver, now = DidKeyResolver(), manual_clock.wall_us()
+    alice, bob = NodeIdentity.generate(), NodeIdentity.generate()
+    exchanges = [
+        PqxdhKeyExchange.for_node(node.did, node.private_key, resolver, now_us=now,
+                                  valid_for_us=DAY_US, one_time_prekeys=2)
+        for node in (alice, bob)
+    ]  # fmt: skip
+    kept: list[Any] = []
+    exchanges[1].on_prekeys_changed = kept.append
+    responder = exchanges[1].engine.responder
+    assert responder is not None
+    before = set(responder.secrets.one_time_prekeys)
+    conversation = uuid4()
+    init = exchanges[0].initiate(conversation, bob.did, now)
+    assert not kept
+    exchanges[1].respond(conversation, alice.did, init, now)
+    assert len(kept) == 1 and kept[0] is responder.secrets
+    assert len(set(kept[0].one_time_prekeys)) == len(before) - 1
+    assert set(kept[0].one_time_prekeys) < before

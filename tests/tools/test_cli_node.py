@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 from clirun import CLI, refused, run
+from l2_session.infrastructure.keystore import KeyStore
+from l2_session.tools.node import ONE_TIME_PREKEYS, PREKEYS_VALID_US, node_prekeys
 from udp_chaos import ChaosRelay
 
 WAIT_S = 20.0
@@ -159,6 +161,32 @@ def test_two_node_processes_keep_a_session_over_quic_through_a_sigkill(tmp_path:
     for name in ("alice", "bob"):
         verified = run("verify", "--ledger", str(tmp_path / f"{name}.sqlite3"))
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_bundle_handed_out_before_a_restart_is_answered_after_it(tmp_path: Path) -> None:
+    """The key store keeps a node's prekeys: restarted, it publishes the same bundle, a peer
+    given the old one establishes with it, and the one-time prekey that handshake spent is
+    gone from the key store."""
+
+    async def scenario() -> None:
+        alice, bob = Node(tmp_path, "alice"), Node(tmp_path, "bob")
+        try:
+            before = (await bob.start())["bundle"]
+            assert await bob.stop() == 0
+            after = await bob.start()
+            assert after["bundle"] == before  # the same prekeys, signed as before
+            await alice.start()
+            await alice.do("peer", did=after["did"], bundle=before)
+            await alice.do("dial", did=after["did"], quic=after["quic"], tcp=after["tcp"])
+            sid = (await alice.do("establish", did=after["did"]))["session"]
+            await alice.do("wait", session=sid, state="established", timeout=WAIT_S)
+            assert await bob.stop() == 0 and await alice.stop() == 0
+        finally:
+            kill_left(alice, bob)
+
+    asyncio.run(scenario())
+    kept = KeyStore.load(tmp_path / "bob.keys").prekeys
+    assert kept is not None and len(kept.one_time_prekeys) == ONE_TIME_PREKEYS - 1
 
 
 def test_the_control_socket_answers_a_wrong_request_with_why(tmp_path: Path) -> None:
@@ -438,3 +466,19 @@ def test_two_node_processes_move_a_session_from_a_dead_quic_path_to_utcp(
             topics = [t for (t,) in db.execute("SELECT topic FROM ledger_events ORDER BY position")]
         kinds = [t.rsplit(".", 1)[-1] for t in topics]
         assert kinds.index("FallbackAttempted") < kinds.index("TransportSwitched"), name
+
+
+def test_a_node_makes_fresh_prekeys_when_none_are_kept_or_half_their_month_has_passed(
+    tmp_path: Path,
+) -> None:
+    store = KeyStore.create(tmp_path / "node.keys")
+    now = 1_767_225_600_000_000
+    first, bundle = node_prekeys(store, now)
+    stored = KeyStore.load(store.path).prekeys  # kept before it is published
+    assert stored is not None and stored.signed_prekey_id == first.signed_prekey_id
+    _, same = node_prekeys(KeyStore.load(store.path), now + PREKEYS_VALID_US // 2 - 1)
+    assert same.encode() == bundle.encode()
+    fresh, other = node_prekeys(KeyStore.load(store.path), now + PREKEYS_VALID_US // 2 + 1)
+    assert fresh.signed_prekey_id != first.signed_prekey_id and other.encode() != bundle.encode()
+    stored = KeyStore.load(store.path).prekeys
+    assert stored is not None and stored.signed_prekey_id == fresh.signed_prekey_id
