@@ -1,5 +1,6 @@
-"""``l2-session node status | sessions | witnessed | checkpoint | stop``: ask a running node
-over its control socket (docs/cli.md, "node") and print the answer — tables, or ``--json``.
+"""``l2-session node status | sessions | witnessed | checkpoint | stop | dial | establish |
+send | receive | close``: ask a running node over its control socket (docs/cli.md, "node")
+and print the answer — tables, lines, or ``--json``.
 
 The socket is ``--control PATH``, or the ``control`` setting of the node's ``--config`` file.
 A node that cannot be reached, or that refuses the request, is a usage error (exit 2) that
@@ -8,8 +9,11 @@ says why.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +24,14 @@ from l2_session.tools.errors import ExitCode, UsageError
 MAX_ANSWER = 16 * 1024 * 1024  # an answer is one line; a node's witnessed list is the longest
 
 
-def ask(control: Path, op: str, timeout: float) -> dict[str, Any]:
-    """The node's answer to ``{"op": op}`` (without its ``ok``)."""
+def ask(control: Path, op: str, wait_s: float, **arguments: Any) -> dict[str, Any]:
+    """The node's answer to ``{"op": op, **arguments}`` (without its ``ok``), waited for at
+    most ``wait_s`` seconds."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
+            s.settimeout(wait_s)
             s.connect(str(control))
-            s.sendall(json.dumps({"op": op}).encode() + b"\n")
+            s.sendall(json.dumps({"op": op, **arguments}).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(65536)
@@ -43,7 +48,7 @@ def ask(control: Path, op: str, timeout: float) -> dict[str, Any]:
     except ConnectionRefusedError:
         raise UsageError(f"nothing listens on {control}: the node that made it stopped") from None
     except TimeoutError:
-        raise UsageError(f"the node on {control} did not answer within {timeout:g} s") from None
+        raise UsageError(f"the node on {control} did not answer within {wait_s:g} s") from None
     except OSError as e:
         raise UsageError(f"cannot ask the node on {control}: {e.strerror or e}") from None
     try:
@@ -74,7 +79,11 @@ def _asked(op: str) -> Any:
     def body(args: Any) -> int:
         from l2_session.tools.show import print_json, print_table
 
-        answer = ask(_control(args), op, args.timeout)
+        control = _control(args)
+        answer = ask(control, op, args.timeout + 1, **_arguments(op, args))
+        if op == "establish" and args.wait:
+            ask(control, "wait", args.timeout + 1, session=answer["session"],
+                state="established", timeout=args.timeout)  # fmt: skip
         if args.as_json:
             print_json(answer)
         elif op == "status":
@@ -96,11 +105,53 @@ def _asked(op: str) -> Any:
             )  # fmt: skip
         elif op == "checkpoint":
             print(answer["checkpoint"], end="" if answer["checkpoint"].endswith("\n") else "\n")
-        else:
+        elif op == "dial":
+            print(f"connected over {answer['transport']}")
+        elif op == "establish":
+            print(answer["session"])
+        elif op == "receive":
+            from l2_session.infrastructure.ledger.verify_report import printable
+
+            data = base64.b64decode(answer["data"])
+            text = data.decode("utf-8", "replace")
+            print(f"{answer['session']} {answer['seq']} {printable(text)}")
+        elif op == "stop":
             print("the node is stopping")
+        else:  # send, close: done once the node says so (saved first)
+            print("saved" if op == "send" else "closed")
         return ExitCode.OK
 
     return body
+
+
+def _arguments(op: str, args: Any) -> dict[str, Any]:
+    """The request's arguments, from the command's (docs/cli.md's table of ops)."""
+    if op == "dial":
+        from l2_session.tools.node import Address
+
+        found: dict[str, Any] = {"did": args.did}
+        for kind in ("quic", "tcp"):
+            if getattr(args, kind):
+                address = Address.parse(getattr(args, kind), f"--{kind}")
+                found[kind] = [address.host, address.port]
+        return found
+    if op == "establish":
+        return {"did": args.did}
+    if op == "send":
+        data = args.data.encode() if args.file is None else _read(args.file)
+        return {"session": args.session, "data": base64.b64encode(data).decode()}
+    if op == "receive":
+        return {"timeout": args.timeout}
+    if op == "close":
+        return {"session": args.session}
+    return {}
+
+
+def _read(path: str) -> bytes:
+    try:
+        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
 
 
 client_options = options(
@@ -126,10 +177,37 @@ HELP = {
 }
 
 
+HELP |= {
+    "dial": "ask a running node to connect to a peer: QUIC first, μTCP raced beside it",
+    "establish": "ask a running node to open a session with a peer; print the session's id",
+    "send": "ask a running node to send a message on a session; returns once it is saved",
+    "receive": "wait for the next message a running node delivers; print it",
+    "close": "ask a running node to close a session (saved, then sent to the peer)",
+}
+ARGUMENTS: dict[str, list[Callable[[Any], Any]]] = {
+    "dial": [
+        click.argument("did"),
+        click.option("--quic", metavar="HOST:PORT", help="the peer's QUIC address"),
+        click.option("--tcp", metavar="HOST:PORT", help="the peer's μTCP address"),
+    ],
+    "establish": [
+        click.argument("did"),
+        click.option("--wait", is_flag=True, help="return once the session is established"),
+    ],
+    "send": [
+        click.argument("session"),
+        click.argument("data", required=False, default=""),
+        click.option("--file", metavar="FILE", help="send this file's bytes instead (- : stdin)"),
+    ],
+    "close": [click.argument("session")],
+}
+
+
 def _command(op: str) -> click.Command:
     body = _asked(op)
 
     @click.command(op, help=HELP[op])
+    @options(*ARGUMENTS.get(op, []))
     @client_options
     def command(**params: Any) -> int:
         return run_body(body, params)

@@ -224,40 +224,70 @@ def test_the_control_socket_answers_a_wrong_request_with_why(tmp_path: Path) -> 
 def test_the_node_commands_ask_a_running_node_and_say_why_when_they_cannot(
     tmp_path: Path,
 ) -> None:
-    """``node status | sessions | witnessed | checkpoint | stop`` over the control socket, as
-    tables and as JSON; a node that is not running, or options that run one, refused."""
+    """``l2-session node COMMAND`` over the control socket, as a person at a shell would:
+    Alice's node dials Bob's, opens a session, sends, Bob's receives; status, sessions,
+    witnessed and a checkpoint, as text and JSON; close and stop. A node that is not running,
+    or options that run one, refused."""
+
+    def cli(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+        result = run("node", *args, "--control", str(node.control))
+        assert result.returncode == 0, result.stderr
+        return result
 
     async def scenario() -> None:
-        node = Node(tmp_path, "solo")
-        control = str(node.control)
+        alice, bob = Node(tmp_path, "alice"), Node(tmp_path, "bob")
         try:
-            ready = await node.start()
-            status = await asyncio.to_thread(run, "node", "status", "--control", control, "--json")
-            assert status.returncode == 0, status.stderr
-            answer = json.loads(status.stdout)
+            await bob.start()
+            ready = await alice.start()
+            answer = json.loads((await asyncio.to_thread(cli, alice, "status", "--json")).stdout)
             assert answer["did"] == ready["did"] and answer["sessions"] == 0
-            shown = await asyncio.to_thread(run, "node", "status", "--control", control)
-            assert f"node {ready['did']}, ledger {answer['ledger_id']}" in shown.stdout
-            listed = await asyncio.to_thread(run, "node", "sessions", "--control", control)
-            assert listed.returncode == 0 and "sessions (0)" in listed.stdout
-            witnessed = await asyncio.to_thread(run, "node", "witnessed", "--control", control,
-                                                "--json")  # fmt: skip
-            assert json.loads(witnessed.stdout) == {"witnessed": []}
-            signed = await asyncio.to_thread(run, "node", "checkpoint", "--control", control)
-            assert signed.returncode == 0 and signed.stdout.startswith("l2-session/ledger/")
-            (tmp_path / "checkpoint.txt").write_text(signed.stdout)
-            stopped = await asyncio.to_thread(run, "node", "stop", "--control", control)
-            assert stopped.returncode == 0 and "stopping" in stopped.stdout
-            assert node.process is not None
-            assert await asyncio.to_thread(node.process.wait, WAIT_S) == 0
+            shown = (await asyncio.to_thread(cli, alice, "status")).stdout
+            assert f"node {ready['did']}, ledger {answer['ledger_id']}" in shown
+            host, port = bob.ready["quic"]
+            dialled = await asyncio.to_thread(cli, alice, "dial", bob.ready["did"],
+                                              "--quic", f"{host}:{port}")  # fmt: skip
+            assert dialled.stdout == "connected over quic\n"
+            opened = await asyncio.to_thread(cli, alice, "establish", bob.ready["did"], "--wait")
+            sid = opened.stdout.strip()
+            (listed,) = json.loads((await asyncio.to_thread(cli, alice, "sessions", "--json"))
+                                   .stdout)["sessions"]  # fmt: skip
+            assert listed["id"] == sid and listed["state"] == "established"
+            table = (await asyncio.to_thread(cli, alice, "sessions")).stdout
+            assert "sessions (1)" in table and sid in table
+            assert (await asyncio.to_thread(cli, alice, "send", sid, "héllo")).stdout == "saved\n"
+            (tmp_path / "m.bin").write_bytes(b"\x00\x01binary")
+            await asyncio.to_thread(cli, alice, "send", sid, "--file", str(tmp_path / "m.bin"))
+            first = (await asyncio.to_thread(cli, bob, "receive")).stdout.split(" ", 2)
+            assert first[1] == "1" and first[2] == "héllo\n"
+            second = json.loads((await asyncio.to_thread(cli, bob, "receive", "--json")).stdout)
+            assert base64.b64decode(second["data"]) == b"\x00\x01binary"
+            assert second["session"] == first[0] and second["seq"] == 2
+            witnessed = json.loads((await asyncio.to_thread(cli, bob, "witnessed", "--json"))
+                                   .stdout)  # fmt: skip
+            assert isinstance(witnessed["witnessed"], list)
+            signed = (await asyncio.to_thread(cli, alice, "checkpoint")).stdout
+            assert signed.startswith("l2-session/ledger/")
+            (tmp_path / "checkpoint.txt").write_text(signed)
+            assert (await asyncio.to_thread(cli, alice, "close", sid)).stdout == "closed\n"
+            nothing = await asyncio.to_thread(
+                run, "node", "receive", "--control", str(bob.control), "--timeout", "0.3"
+            )
+            refused(nothing, 2, "timed out")
+            assert (await asyncio.to_thread(cli, alice, "stop")).stdout == "the node is stopping\n"
+            assert alice.process is not None
+            assert await asyncio.to_thread(alice.process.wait, WAIT_S) == 0
+            assert await bob.stop() == 0
         finally:
-            kill_left(node)
-        checked = run("verify", str(tmp_path / "solo.sqlite3"), "--checkpoint",
+            kill_left(alice, bob)
+        checked = run("verify", str(tmp_path / "alice.sqlite3"), "--checkpoint",
                       str(tmp_path / "checkpoint.txt"))  # fmt: skip
         assert checked.returncode == 0, checked.stdout + checked.stderr
+        control = str(alice.control)
         refused(run("node", "status", "--control", control), 2, "no control socket at", control)
         refused(run("node", "status"), 2, "--control PATH, or --config FILE")
         refused(run("node", "--keys", "k", "status"), 2, "--keys runs a node")
+        refused(run("node", "dial", "did:key:z6Mkx", "--quic", "nowhere", "--control", control),
+                2, "--quic 'nowhere': give HOST:PORT")  # fmt: skip
 
     asyncio.run(scenario())
 
