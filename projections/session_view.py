@@ -3,8 +3,9 @@ often and after how long each transition happened — kept in a SQLite file besi
 and brought up to date from the ledger's notification log (``l2-session status``).
 
 Exactly once, by eventsourcing's tracking records: the view is a ``SQLiteTrackingRecorder``,
-and each batch's read-model rows and its tracking record (the last ledger position applied)
-commit in one transaction. A catch-up killed at any moment resumes after the last committed
+and each batch's read-model rows (written with sqlite-utils, whose writes nest in a savepoint
+of the open transaction) and its tracking record (the last ledger position applied) commit
+in one transaction. A catch-up killed at any moment resumes after the last committed
 batch; deleting the file rebuilds the view from zero. The ledger is only read (a SQLite file
 or a PostgreSQL URL: polling, as SQLite has no push).
 
@@ -22,13 +23,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
 from typing import Any, NamedTuple, cast
 from uuid import UUID
 
+import sqlite_utils
 from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from l2_session.infrastructure.ledger import LedgerCorrupted, LedgerError, SessionLedger
@@ -41,35 +44,25 @@ BATCH = 2000  # ledger events a transaction applies
 CACHE = 20_000  # aggregates kept in memory while catching up
 PARALLEL_FROM = 50_000  # events behind from which a catch-up runs in several processes
 
-CREATE = [
-    "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, peer TEXT, role TEXT, "
-    "state TEXT NOT NULL, since_us INTEGER, transport TEXT, failure_reason TEXT, "
-    "close_reason TEXT, events INTEGER NOT NULL, last_position INTEGER)",
-    "CREATE INDEX IF NOT EXISTS sessions_by_peer ON sessions (peer)",
-    "CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state)",
-    "CREATE TABLE IF NOT EXISTS peers (did TEXT PRIMARY KEY, failed_attempts INTEGER, "
-    "quarantined_until_us INTEGER, retry_at_us INTEGER, last_position INTEGER)",
-    "CREATE TABLE IF NOT EXISTS transitions (from_state TEXT NOT NULL, to_state TEXT NOT NULL, "
-    "count INTEGER NOT NULL, total_us INTEGER NOT NULL, PRIMARY KEY (from_state, to_state))",
-]
-UPSERT_SESSION = (
-    "INSERT INTO sessions VALUES (:id, :peer, :role, :state, :since_us, :transport, "
-    ":failure_reason, :close_reason, :events, :last_position) "
-    "ON CONFLICT (id) DO UPDATE SET state=excluded.state, since_us=excluded.since_us, "
-    "transport=excluded.transport, failure_reason=excluded.failure_reason, "
-    "close_reason=excluded.close_reason, events=sessions.events + excluded.events, "
-    "last_position=excluded.last_position"
-)
-UPSERT_PEER = (
-    "INSERT INTO peers VALUES (:did, :failed_attempts, :quarantined_until_us, :retry_at_us, "
-    ":last_position) ON CONFLICT (did) DO UPDATE SET failed_attempts=excluded.failed_attempts, "
-    "quarantined_until_us=excluded.quarantined_until_us, retry_at_us=excluded.retry_at_us, "
-    "last_position=excluded.last_position"
-)
-ADD_TRANSITION = (
-    "INSERT INTO transitions VALUES (?, ?, ?, ?) ON CONFLICT (from_state, to_state) DO UPDATE "
-    "SET count = count + excluded.count, total_us = total_us + excluded.total_us"
-)
+SESSIONS = {
+    "id": str, "peer": str, "role": str, "state": str, "since_us": int, "transport": str,
+    "failure_reason": str, "close_reason": str, "events": int, "last_position": int,
+}  # fmt: skip
+PEERS = {
+    "did": str, "failed_attempts": int, "quarantined_until_us": int, "retry_at_us": int,
+    "last_position": int,
+}  # fmt: skip
+TRANSITIONS = {"from_state": str, "to_state": str, "count": int, "total_us": int}
+
+
+def _tables(db: sqlite_utils.Database) -> None:
+    """The read model's tables (sqlite-utils), made if missing."""
+    db.table("sessions").create(SESSIONS, pk="id", not_null={"state", "events"}, if_not_exists=True)
+    db.table("sessions").create_index(["peer"], if_not_exists=True)
+    db.table("sessions").create_index(["state"], if_not_exists=True)
+    db.table("peers").create(PEERS, pk="did", if_not_exists=True)
+    db.table("transitions").create(TRANSITIONS, pk=("from_state", "to_state"),
+                             not_null={"count", "total_us"}, if_not_exists=True)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,10 +81,9 @@ class SessionView(SQLiteTrackingRecorder):
     def __init__(self, path: str | Path) -> None:
         super().__init__(SQLiteDatastore(db_name=str(path)))
         self.path = Path(path)
-        self.create_table()
-
-    def construct_create_table_statements(self) -> list[str]:
-        return [*super().construct_create_table_statements(), *CREATE]
+        self.create_table()  # the tracking table
+        with self._transaction() as (db, _):
+            _tables(db)
 
     def position(self) -> int:
         return self.max_tracking_id(NAME) or 0
@@ -166,14 +158,30 @@ class SessionView(SQLiteTrackingRecorder):
                 process.join()
 
     def _commit(self, folded: Folded, position: int) -> None:
-        """The rows of a batch and the tracking record of its last position, in one
-        transaction."""
-        with self.datastore.transaction(commit=True) as c:
-            c.executemany(UPSERT_SESSION, folded.sessions)
-            c.executemany(UPSERT_PEER, folded.peers)
-            c.executemany(ADD_TRANSITION,
-                          [(a, b, n, us) for (a, b), (n, us) in folded.moves.items()])  # fmt: skip
+        """The rows of a batch (written with sqlite-utils, in a savepoint) and the tracking
+        record of its last position, in one transaction."""
+        with self._transaction() as (db, c):
+            db.table("sessions").upsert_all(folded.sessions, pk="id")
+            db.table("peers").upsert_all(folded.peers, pk="did")
+            if folded.moves:  # counts and times add up: what the table had, plus the batch's
+                table = db.table("transitions")
+                had = {(r["from_state"], r["to_state"]): (r["count"], r["total_us"])
+                       for r in table.rows}  # fmt: skip
+                rows = []
+                for (a, b), (n, us) in folded.moves.items():
+                    was_n, was_us = had.get((a, b), (0, 0))
+                    rows.append({"from_state": a, "to_state": b, "count": was_n + n,
+                                 "total_us": was_us + us})  # fmt: skip
+                table.upsert_all(rows, pk=("from_state", "to_state"))
             self._insert_tracking(c, Tracking(NAME, position))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[tuple[sqlite_utils.Database, Any]]:
+        """The view's file as a sqlite-utils Database (whose writes nest in savepoints), and
+        the cursor of the tracking recorder's transaction they are in: committed when the
+        block ends, rolled back if it raises."""
+        with self.datastore.transaction(commit=True) as c:
+            yield sqlite_utils.Database(c.sqlite_cursor.connection, recursive_triggers=False), c
 
     # -- reading ---------------------------------------------------------------------------
     def _rows(self, sql: str) -> list[dict[str, Any]]:
@@ -249,7 +257,7 @@ class Fold:
     def apply(self, rows: list[NotificationRow], after: int | None = None) -> Folded:
         """The batch's changes; with ``after``, the rows must be the positions that follow
         it, one by one (else LedgerCorrupted: a gap)."""
-        touched: dict[UUID, list[Any]] = {}  # id -> [aggregate, events, position, state]
+        touched: dict[UUID, list[Any]] = {}  # id -> [aggregate, position, state]
         moves: dict[tuple[str, str], list[int]] = {}
         kinds, ids = self.kinds, self.ids
         to_event: Callable[[Any], Any] = self.ledger.mapper.to_domain_event
@@ -275,13 +283,9 @@ class Fold:
             if entry is None:
                 aggregate = self._aggregate(oid, version)
                 known = kind == "session" and aggregate is not None
-                entry = touched[oid] = [
-                    aggregate,
-                    0,
-                    position,
-                    state_name(aggregate) if known else None,
-                ]
-            before = entry[3]  # the session's state before this event (None: not one yet)
+                before = state_name(aggregate) if known else None
+                entry = touched[oid] = [aggregate, position, before]
+            before = entry[2]  # the session's state before this event (None: not one yet)
             since = entry[0].state_since_us if before else 0
             aggregate = event.mutate(entry[0])  # (eventsourcing mutates it in place)
             if kind == "session":
@@ -290,15 +294,15 @@ class Fold:
                     move = moves.setdefault((before, now), [0, 0])
                     move[0] += 1
                     move[1] += max(0, int(getattr(event, "at_us", since)) - int(since))
-                entry[3] = now
-            entry[0], entry[1], entry[2] = aggregate, entry[1] + 1, position
+                entry[2] = now
+            entry[0], entry[1] = aggregate, position
         sessions, peers = [], []
-        for oid, (aggregate, events, last, _) in touched.items():
+        for oid, (aggregate, last, _) in touched.items():
             self._keep(oid, aggregate)
             if kinds[oid] == "peer":
                 peers.append(_peer_row(aggregate, last))
             else:
-                sessions.append(_session_row(aggregate, last) | {"events": events})
+                sessions.append(_session_row(aggregate, last))
         return Folded(sessions, peers, moves, len(rows))
 
     def _kind_of(self, oid: UUID) -> str:
@@ -362,7 +366,7 @@ def _session_row(a: Any, position: int) -> dict[str, Any]:
         "id": str(a.id), "peer": a.peer_did, "role": a.role, "state": state_name(a),
         "since_us": a.state_since_us, "transport": a.transport,
         "failure_reason": a.failure_reason, "close_reason": getattr(a, "close_reason", None),
-        "last_position": position,
+        "events": a.version, "last_position": position,
     }  # fmt: skip
 
 

@@ -194,3 +194,28 @@ def test_rows_split_in_parts_are_the_rows_by_the_last_character_of_the_session_i
             assert share == [r for r in every if row_part(r[1], parts) == part]
         assert sorted(r for share in shares for r in share) == every
     assert ledger.recorder.notification_rows(3, 5) == every[3:5]
+
+
+def test_a_batch_whose_tracking_record_fails_leaves_no_row_behind(
+    ledger_factory, clock, tmp_path, monkeypatch
+):
+    """sqlite-utils writes the rows inside the tracking record's transaction (a savepoint),
+    never committing on its own: when the tracking record cannot be written, the batch's
+    rows go with it."""
+    ledger = ledger_factory()
+    populate(ledger, clock, seed=10, saves=10)
+    view = SessionView(tmp_path / "view.sqlite3")
+    view.catch_up(ledger, batch=5, workers=1)
+    before = {t: dump(tmp_path / "view.sqlite3", t) for t in ("sessions", "peers", "transitions")}
+    session = Session.open("did:key:z6MkPeerLate", "initiator", SessionConfig(), clock.wall_us())
+    session.initiate_handshake(clock.wall_us())
+    ledger.save(session)
+
+    def refuse(*args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(view, "_insert_tracking", refuse)
+    with pytest.raises(Exception, match="disk I/O error"):
+        view.catch_up(ledger, workers=1)
+    after = {t: dump(tmp_path / "view.sqlite3", t) for t in ("sessions", "peers", "transitions")}
+    assert after == before and view.lag(ledger).events == 2
