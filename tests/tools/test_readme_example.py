@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -15,3 +19,37 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code.group(1), "README.md", "exec"), {})
     assert "ledger verification: OK" in capsys.readouterr().out
     assert (tmp_path / "node.sqlite3").exists()
+
+
+def test_readme_audit_walkthrough_runs_as_printed(tmp_path):
+    """The README's shell block of audit commands, run line by line after ``make demo``'s
+    own command, from a copy of the project root's layout (.venv/bin, tools/)."""
+    block = re.search(r"```sh\n(\.venv/bin/l2-session audit verify.*?)```", README.read_text(
+        encoding="utf-8"), re.DOTALL)  # fmt: skip
+    assert block is not None
+    root = README.parent
+    (tmp_path / ".venv").symlink_to(root / ".venv")
+    (tmp_path / "tools").symlink_to(root / "tools")
+    (tmp_path / ".demo").mkdir()  # as make demo does
+    demo = run_line(tmp_path, ".venv/bin/l2-session demo --ledger .demo/ledger.sqlite3")
+    assert demo.returncode == 0, demo.stderr
+    lines = [line.split("  #")[0].strip() for line in block.group(1).splitlines()]
+    for line in lines:
+        result = run_line(tmp_path, line)
+        assert result.returncode == 0, (line, result.stdout, result.stderr)
+    assert "bundle verification: OK" in result.stdout
+    assert (tmp_path / ".demo" / "timeline.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def run_line(cwd, line):
+    words = shlex.split(line)
+    if words[0] == "python3":
+        words[0] = sys.executable  # the venv's python: it has cryptography and blake3
+    return subprocess.run(
+        words,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "L2S_LEDGER"},
+    )
