@@ -102,16 +102,17 @@ class SessionView(SQLiteTrackingRecorder):
     ) -> int:
         """Apply every ledger event after the view's position; how many were applied.
 
-        ``workers``: processes for a long catch-up of a SQLite ledger (default: one per
-        core; from PARALLEL_FROM events behind): each folds the sessions of its share of
-        every batch (``row_part``) and the view commits the batch's rows once all have."""
+        ``workers``: processes for a long catch-up (default: one per core; from
+        PARALLEL_FROM events behind): each opens the ledger again, folds the sessions of its
+        share of every batch (``row_part``), and the view commits the batch's rows once all
+        have."""
         start = self.position()
         head = ledger.recorder.max_notification_id() or 0
         report = (lambda at: progress(at - start, max(head, at) - start)) if progress else None
         n = workers or os.cpu_count() or 1
-        path = getattr(ledger, "path", None)  # a SQLite ledger: a worker opens it again
-        if n > 1 and head - start >= PARALLEL_FROM and isinstance(path, Path):
-            self._in_parallel(path, start, head, batch, n, report)
+        location = _reopenable(ledger)
+        if n > 1 and head - start >= PARALLEL_FROM and location is not None:
+            self._in_parallel(location, start, head, batch, n, report)
         fold = Fold(ledger)
         while True:  # the rest, and what was appended meanwhile
             position = self.position()
@@ -124,7 +125,7 @@ class SessionView(SQLiteTrackingRecorder):
 
     def _in_parallel(
         self,
-        path: Path,
+        location: str,
         start: int,
         head: int,
         batch: int,
@@ -134,7 +135,7 @@ class SessionView(SQLiteTrackingRecorder):
         context = multiprocessing.get_context("forkserver")
         queues = [context.Queue(maxsize=4) for _ in range(workers)]
         processes = [
-            context.Process(target=_fold_part, args=(str(path), part, workers, start, head,
+            context.Process(target=_fold_part, args=(location, part, workers, start, head,
                                                      batch, queue), daemon=True)
             for part, queue in enumerate(queues)
         ]  # fmt: skip
@@ -327,13 +328,23 @@ class Fold:
             self.aggregates.popitem(last=False)
 
 
+def _reopenable(ledger: SessionLedger) -> str | None:
+    """Where another process opens ``ledger`` again: a SQLite file's path, or a PostgreSQL
+    URL with its password (handed to the worker through a pipe, never printed)."""
+    pg = getattr(ledger, "pg", None)
+    if pg is not None:
+        return str(pg.url())
+    path = getattr(ledger, "path", None)
+    return str(path) if isinstance(path, Path) else None
+
+
 def _fold_part(
-    path: str, part: int, parts: int, start: int, head: int, batch: int, queue: Any
+    location: str, part: int, parts: int, start: int, head: int, batch: int, queue: Any
 ) -> None:
     """A worker of a parallel catch-up: the Folded share of each batch, in order, on
     ``queue`` (an exception instead if it fails)."""
     try:
-        ledger = SessionLedger(path, create=False)
+        ledger = SessionLedger(location, create=False)
         try:
             fold = Fold(ledger)
             for after in range(start, head, batch):

@@ -140,13 +140,18 @@ def test_a_ledger_with_a_gap_is_refused_not_projected_past(ledger_factory, clock
 
 @pytest.mark.parametrize("seed", [5, 6])
 def test_a_parallel_catch_up_ends_where_one_process_does(
-    identity, storage_key, clock, ledger_path, tmp_path, monkeypatch, seed
+    ledger_factory, clock, tmp_path, monkeypatch, seed
 ):
-    """Two processes, each folding the sessions of its share of every batch, write the same
-    view as one process (the split by session id keeps each session's events together)."""
-    ledger = SessionLedger(ledger_path, identity=identity, storage_key=storage_key, clock=clock)
+    """Two processes, each opening the ledger again (a SQLite file, a PostgreSQL URL) and
+    folding the sessions of its share of every batch, write the same view as one process
+    (the split by session id keeps each session's events together)."""
+    ledger = ledger_factory()
     populate(ledger, clock, seed=seed, saves=40, sessions=16)
     monkeypatch.setattr(session_view, "PARALLEL_FROM", 1)
+    workers: list[int] = []
+    in_parallel = SessionView._in_parallel
+    monkeypatch.setattr(SessionView, "_in_parallel",
+                        lambda view, *a: workers.append(a[4]) or in_parallel(view, *a))  # fmt: skip
     parallel, alone = SessionView(tmp_path / "two.sqlite3"), SessionView(tmp_path / "one.sqlite3")
     seen: list[tuple[int, int]] = []
     assert parallel.catch_up(ledger, batch=9, workers=2, progress=lambda d, t: seen.append((d, t)))
@@ -156,7 +161,7 @@ def test_a_parallel_catch_up_ends_where_one_process_does(
     head = ledger.recorder.max_notification_id()
     assert parallel.position() == head and seen[-1] == (head, head)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    ledger.close()
+    assert len(seen) == -(-head // 9) and workers == [2]  # the two processes' batches
 
 
 def test_a_parallel_catch_up_refuses_a_gap_and_commits_nothing_past_it(
