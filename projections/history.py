@@ -119,8 +119,10 @@ class Transition:
 
 
 def state_name(session: Any) -> str:
-    """A session's state as the read models name it: its state's value, or 'closed'."""
-    return "closed" if session.closed else str(session.state.value)
+    """A session's state as the read models name it: its state's value, or 'closed'. (A
+    session read back from a snapshot holds its state as the plain string until its next
+    event: ``str`` gives the value of either.)"""
+    return "closed" if session.closed else str(session.state)
 
 
 def iso(us: int) -> str:

@@ -197,7 +197,7 @@ def _run(location: str | Path, sessions: int, heartbeats: int, saved: Path) -> D
         replayed_ok=replayed_ok,
         report=report,
         checkpoint=checkpoint.to_text(),
-        states=sorted({s.state.value for s in live}),
+        states=sorted({str(s.state) for s in live}),
     )
 
 
