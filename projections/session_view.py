@@ -2,16 +2,19 @@
 often and after how long each transition happened — kept in a SQLite file beside the ledger
 and brought up to date from the ledger's notification log (``l2-session status``).
 
-Exactly once, by eventsourcing's tracking records: the view is a ``SQLiteTrackingRecorder``,
-and each batch's read-model rows (written with sqlite-utils, whose writes nest in a savepoint
-of the open transaction) and its tracking record (the last ledger position applied) commit
-in one transaction. A catch-up killed at any moment resumes after the last committed
-batch; deleting the file rebuilds the view from zero. The ledger is only read (a SQLite file
-or a PostgreSQL URL: polling, as SQLite has no push).
+Exactly once, by eventsourcing's tracking records: the view is a ``SQLiteTrackingRecorder``
+(its tables made with sqlite-utils), and each batch's read-model rows and its tracking record
+(the last ledger position applied) commit in one transaction. A catch-up killed at any
+moment resumes after the last committed batch; deleting the file rebuilds the view from zero.
+The ledger is only read (a SQLite file or a PostgreSQL URL: polling, as SQLite has no push).
 
-Each event is applied to the aggregate it belongs to (kept in memory while the view catches
-up; replayed from the ledger, from a snapshot when it can, when not), so what the view says
-of a session is what the session itself would say: the domain's own rules, not a copy.
+Each event is read for what it records, as the timeline reads it: every session event after
+``Opened`` records the state it left the session in and when (``SessionCore.Event``, which
+is how the domain itself moves the session), and the few events that set another shown field
+are read for it (``_session_event``, ``_peer_event``: the bodies of the domain's events). A
+session not among the last CACHE folded is read back by replaying it with the domain (from a
+snapshot when it can). That the view says what replaying each session says is a test over
+random sessions and peers (tests/ledger/test_session_view.py).
 
     view = SessionView("ledger.sqlite3.view")
     view.catch_up(ledger)                 # -> events applied
@@ -20,11 +23,12 @@ of a session is what the session itself would say: the domain's own rules, not a
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
@@ -34,6 +38,8 @@ from uuid import UUID
 import sqlite_utils
 from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from l2_session.domain.session.core import TRANSPORTS
+from l2_session.domain.session.states import FINAL, State
 from l2_session.infrastructure.ledger import LedgerCorrupted, LedgerError, SessionLedger
 from l2_session.infrastructure.ledger.chain import NotificationRow
 from l2_session.infrastructure.ledger.verify_report import aggregate_kind
@@ -65,6 +71,24 @@ def _tables(db: sqlite_utils.Database) -> None:
                              not_null={"count", "total_us"}, if_not_exists=True)  # fmt: skip
 
 
+def _upsert(table: str, columns: dict[str, type], key: str) -> str:
+    names = list(columns)
+    return (
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET "
+        + ", ".join(f"{n} = excluded.{n}" for n in names if n != key)
+    )
+
+
+_UPSERT_SESSION = _upsert("sessions", SESSIONS, "id")
+_UPSERT_PEER = _upsert("peers", PEERS, "did")
+_ADD_TRANSITION = (
+    "INSERT INTO transitions (from_state, to_state, count, total_us) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (from_state, to_state) DO UPDATE "
+    "SET count = count + excluded.count, total_us = total_us + excluded.total_us"
+)
+
+
 @dataclass(frozen=True)
 class Lag:
     position: int  # the last ledger position the view applied
@@ -82,8 +106,8 @@ class SessionView(SQLiteTrackingRecorder):
         super().__init__(SQLiteDatastore(db_name=str(path)))
         self.path = Path(path)
         self.create_table()  # the tracking table
-        with self._transaction() as (db, _):
-            _tables(db)
+        with self.datastore.transaction(commit=True) as c:  # sqlite-utils nests in it (4.0)
+            _tables(sqlite_utils.Database(c.sqlite_cursor.connection, recursive_triggers=False))
 
     def position(self) -> int:
         return self.max_tracking_id(NAME) or 0
@@ -159,30 +183,15 @@ class SessionView(SQLiteTrackingRecorder):
                 process.join()
 
     def _commit(self, folded: Folded, position: int) -> None:
-        """The rows of a batch (written with sqlite-utils, in a savepoint) and the tracking
-        record of its last position, in one transaction."""
-        with self._transaction() as (db, c):
-            db.table("sessions").upsert_all(folded.sessions, pk="id")
-            db.table("peers").upsert_all(folded.peers, pk="did")
-            if folded.moves:  # counts and times add up: what the table had, plus the batch's
-                table = db.table("transitions")
-                had = {(r["from_state"], r["to_state"]): (r["count"], r["total_us"])
-                       for r in table.rows}  # fmt: skip
-                rows = []
-                for (a, b), (n, us) in folded.moves.items():
-                    was_n, was_us = had.get((a, b), (0, 0))
-                    rows.append({"from_state": a, "to_state": b, "count": was_n + n,
-                                 "total_us": was_us + us})  # fmt: skip
-                table.upsert_all(rows, pk=("from_state", "to_state"))
-            self._insert_tracking(c, Tracking(NAME, position))
-
-    @contextmanager
-    def _transaction(self) -> Iterator[tuple[sqlite_utils.Database, Any]]:
-        """The view's file as a sqlite-utils Database (whose writes nest in savepoints), and
-        the cursor of the tracking recorder's transaction they are in: committed when the
-        block ends, rolled back if it raises."""
+        """The rows of a batch and the tracking record of its last position, in one
+        transaction. (One ``executemany`` a table: sqlite-utils' ``upsert_all`` converts and
+        builds statements row by row in Python, which cost a fifth of a catch-up.)"""
         with self.datastore.transaction(commit=True) as c:
-            yield sqlite_utils.Database(c.sqlite_cursor.connection, recursive_triggers=False), c
+            c.executemany(_UPSERT_SESSION, folded.sessions)
+            c.executemany(_UPSERT_PEER, folded.peers)
+            c.executemany(_ADD_TRANSITION,
+                          [(a, b, n, us) for (a, b), (n, us) in folded.moves.items()])  # fmt: skip
+            self._insert_tracking(c, Tracking(NAME, position))
 
     # -- reading ---------------------------------------------------------------------------
     def _rows(self, sql: str) -> list[dict[str, Any]]:
@@ -245,23 +254,26 @@ class _Stored(NamedTuple):
 
 
 class Fold:
-    """Applies ledger rows to the aggregates they belong to — kept in memory (the last
-    CACHE), else replayed from the ledger (from a snapshot when it can) — with the domain's
-    own ``mutate``."""
+    """Folds ledger rows into the view's rows. Each event is read for what it records: every
+    session event after ``Opened`` the state it left the session in and when
+    (``SessionCore.Event``), and a few what they set besides (``_session_event``,
+    ``_peer_event``: the bodies of the domain's events that set a shown field). A session
+    or peer not among the last CACHE folded is read back by replaying it with the domain
+    (from a snapshot when it can), so nothing depends on what this process saw before."""
 
     def __init__(self, ledger: SessionLedger) -> None:
         self.ledger = ledger
-        self.kinds: dict[UUID, str] = {}
-        self.aggregates: OrderedDict[UUID, Any] = OrderedDict()
-        self.ids: dict[str, UUID] = {}
+        self.kinds: dict[str, str] = {}  # stored session id -> aggregate kind
+        self.rows: OrderedDict[str, dict[str, Any]] = OrderedDict()  # the last CACHE folded
 
     def apply(self, rows: list[NotificationRow], after: int | None = None) -> Folded:
         """The batch's changes; with ``after``, the rows must be the positions that follow
         it, one by one (else LedgerCorrupted: a gap)."""
-        touched: dict[UUID, list[Any]] = {}  # id -> [aggregate, position, state]
+        touched: dict[str, dict[str, Any]] = {}
         moves: dict[tuple[str, str], list[int]] = {}
-        kinds, ids = self.kinds, self.ids
-        to_event: Callable[[Any], Any] = self.ledger.mapper.to_domain_event
+        kinds, kept, decode = self.kinds, self.rows, _DECODER.decode
+        if len(kinds) > 4 * CACHE:
+            kinds.clear()  # (read again from the ledger when needed)
         for position, sid, version, topic, payload in rows:
             if after is not None:
                 if position != after + 1:
@@ -269,63 +281,108 @@ class Fold:
                         f"the view's ledger position {position} follows {after}: a gap — run verify"
                     )
                 after = position
-            oid = ids.get(sid)
-            if oid is None:
-                if len(ids) > CACHE:
-                    ids.clear()
-                oid = ids[sid] = UUID(sid)
             if version == 1:
-                kinds[oid] = aggregate_kind(topic)
-            kind = kinds.get(oid) or self._kind_of(oid)
+                kinds[sid] = kind = aggregate_kind(topic)
+            else:
+                kind = kinds.get(sid) or self._kind_of(sid)
             if kind != "session" and kind != "peer":
                 continue
-            event = to_event(_Stored(oid, version, topic, payload, position))
-            entry = touched.get(oid)
-            if entry is None:
-                aggregate = self._aggregate(oid, version)
-                known = kind == "session" and aggregate is not None
-                before = state_name(aggregate) if known else None
-                entry = touched[oid] = [aggregate, position, before]
-            before = entry[2]  # the session's state before this event (None: not one yet)
-            since = entry[0].state_since_us if before else 0
-            aggregate = event.mutate(entry[0])  # (eventsourcing mutates it in place)
-            if kind == "session":
-                now = state_name(aggregate)
-                if before and now != before:
-                    move = moves.setdefault((before, now), [0, 0])
-                    move[0] += 1
-                    move[1] += max(0, int(getattr(event, "at_us", since)) - int(since))
-                entry[2] = now
-            entry[0], entry[1] = aggregate, position
-        sessions, peers = [], []
-        for oid, (aggregate, last, _) in touched.items():
-            self._keep(oid, aggregate)
-            if kinds[oid] == "peer":
-                peers.append(_peer_row(aggregate, last))
+            try:
+                recorded = decode(payload.decode("utf-8"))
+            except ValueError as e:
+                raise LedgerCorrupted(
+                    f"payload at position {position} is not valid canonical JSON: {e}"
+                ) from e
+            name = topic[topic.rfind(".") + 1 :]
+            row = touched.get(sid) or kept.get(sid)
+            if row is None or row["events"] != version - 1:
+                row = self._row(sid, kind, version)
+            if kind == "peer":
+                _peer_event(row, name, recorded, version == 1)
+            elif version == 1:
+                _opened(row, recorded)
             else:
-                sessions.append(_session_row(aggregate, last))
+                state, at_us = recorded["state"], recorded["at_us"]
+                now = "closed" if state == FINAL else state
+                if now != row["state"]:
+                    move = moves.setdefault((row["state"], now), [0, 0])
+                    move[0] += 1
+                    move[1] += max(0, at_us - row["since_us"])
+                    row["state"], row["since_us"] = now, at_us
+                if name in _SETS:
+                    _session_event(row, name, recorded)
+            row["events"], row["last_position"] = version, position
+            touched[sid] = row
+        sessions: list[dict[str, Any]] = []
+        peers: list[dict[str, Any]] = []
+        for sid, row in touched.items():
+            kept[sid] = row
+            kept.move_to_end(sid)
+            if "did" in row:  # a peer's row (a session's has none)
+                peers.append({k: v for k, v in row.items() if k != "events"})
+            else:
+                sessions.append(dict(row))
+        while len(kept) > CACHE:
+            kept.popitem(last=False)
         return Folded(sessions, peers, moves, len(rows))
 
-    def _kind_of(self, oid: UUID) -> str:
-        first = self.ledger.recorder.select_events(oid, lte=1)
+    def _kind_of(self, sid: str) -> str:
+        first = self.ledger.recorder.select_events(UUID(sid), lte=1)
         kind = aggregate_kind(first[0].topic if first else None)
-        self.kinds[oid] = kind
+        self.kinds[sid] = kind
         return kind
 
-    def _aggregate(self, oid: UUID, version: int) -> Any:
-        """The aggregate just before ``version`` (None before its first event)."""
+    def _row(self, sid: str, kind: str, version: int) -> dict[str, Any]:
+        """The row of a session or peer just before ``version``: empty before its first
+        event, else its aggregate replayed by the domain."""
         if version == 1:
-            return None
-        kept = self.aggregates.get(oid)
-        if kept is not None and kept.version == version - 1:
-            return kept
-        return self.ledger.repository.get(oid, version=version - 1)
+            return {"id": str(UUID(sid)), "events": 0} if kind == "session" else {"events": 0}
+        aggregate: Any = self.ledger.repository.get(UUID(sid), version=version - 1)
+        if kind == "peer":
+            return _peer_row(aggregate, 0) | {"events": aggregate.version}
+        return _session_row(aggregate, 0)
 
-    def _keep(self, oid: UUID, aggregate: Any) -> None:
-        self.aggregates[oid] = aggregate
-        self.aggregates.move_to_end(oid)
-        if len(self.aggregates) > CACHE:
-            self.aggregates.popitem(last=False)
+
+_DECODER = json.JSONDecoder()
+_SETS = frozenset({"HandshakeInitiated", "HandshakeReceived", "Failed", "NodeRestarted",
+                   "FallbackAttempted", "Closed"})  # fmt: skip
+"""The session events that set a shown field besides the state (``_session_event``)."""
+
+
+def _opened(row: dict[str, Any], recorded: dict[str, Any]) -> None:
+    """``Opened``: a new session in ``idle`` (SessionCore.__init__)."""
+    row.update(
+        peer=recorded["peer_did"],
+        role="initiator" if recorded["role"] == "initiator" else "responder",
+        state=State.IDLE.value, since_us=recorded["at_us"],
+        transport=recorded.get("transport", TRANSPORTS[0]),
+        failure_reason=None, close_reason=None,
+    )  # fmt: skip
+
+
+def _session_event(row: dict[str, Any], name: str, recorded: dict[str, Any]) -> None:
+    """What a session event sets besides its state (the domain's event bodies)."""
+    if name in ("HandshakeInitiated", "HandshakeReceived"):
+        row["failure_reason"] = None
+    elif name == "Failed" or (name == "NodeRestarted" and recorded.get("reason") is not None):
+        row["failure_reason"] = recorded["reason"]
+    elif name == "FallbackAttempted":
+        row["transport"] = recorded["transport"]
+    elif name == "Closed":
+        row["close_reason"] = recorded["reason"]
+
+
+def _peer_event(row: dict[str, Any], name: str, recorded: dict[str, Any], first: bool) -> None:
+    """What a peer's event sets (Peer's __init__ and event bodies)."""
+    if first:
+        row.update(did=recorded["peer_did"], failed_attempts=0, quarantined_until_us=None,
+                   retry_at_us=None)  # fmt: skip
+    elif name == "Quarantined":
+        row["quarantined_until_us"] = recorded["until_us"] or None
+    elif name == "RetryScheduled":
+        row["failed_attempts"], row["retry_at_us"] = recorded["attempt"], recorded["retry_at_us"]
+    elif name == "BackoffReset":
+        row["failed_attempts"], row["retry_at_us"] = 0, None
 
 
 def _reopenable(ledger: SessionLedger) -> str | None:
@@ -342,19 +399,31 @@ def _fold_part(
     location: str, part: int, parts: int, start: int, head: int, batch: int, queue: Any
 ) -> None:
     """A worker of a parallel catch-up: the Folded share of each batch, in order, on
-    ``queue`` (an exception instead if it fails)."""
+    ``queue`` (an exception instead if it fails). It ends when the parent does."""
+    threading.Thread(target=_end_with_parent, daemon=True).start()
     try:
         ledger = SessionLedger(location, create=False)
         try:
             fold = Fold(ledger)
             for after in range(start, head, batch):
                 rows = ledger.ledger_recorder.notification_rows(after, min(after + batch, head),
-                                                         part, parts)  # fmt: skip
+                                                                part, parts)  # fmt: skip
                 queue.put(fold.apply(rows))
         finally:
             ledger.close()
     except Exception as e:  # the parent raises it
         queue.put(e)
+
+
+def _end_with_parent() -> None:
+    """A worker's watch on its parent: a parent killed mid-way leaves nobody to read the
+    worker's queue, whose pipe would hold the worker (and the terminal it writes to) for
+    ever. The parent's sentinel is a pipe that its end closes, zombie or not. The worker
+    only reads the ledger: ending it at once loses nothing."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(0)
 
 
 def _receive(queue: Any, process: Any) -> Folded:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from l2_session.domain.session.config import SessionConfig
 from l2_session.domain.session.errors import SessionError
+from l2_session.domain.session.peer import Peer, peer_id
 from l2_session.domain.session.session import Session
 from l2_session.infrastructure.ledger import LedgerCorrupted, SessionLedger
 from l2_session.infrastructure.ledger.chain import row_part
@@ -26,7 +27,9 @@ from tampering import open_as_attacker
 SECOND = 1_000_000
 COMMANDS = ["initiate_handshake", "heartbeat_due", "connectivity_lost", "partition_detected",
             "connectivity_restored", "degraded_timed_out", "retry", "transport_failed",
-            "transport_switched", "cleanup", "respond", "message", "close", "timeout"]  # fmt: skip
+            "transport_switched", "cleanup", "respond", "message", "close", "timeout",
+            "node_restarted"]  # fmt: skip
+PEER_COMMANDS = ["authentication_failed", "schedule_retry", "succeeded"]
 
 
 def populate(ledger: SessionLedger, clock, seed: int, saves: int = 30, sessions: int = 5) -> None:
@@ -34,9 +37,16 @@ def populate(ledger: SessionLedger, clock, seed: int, saves: int = 30, sessions:
     now = clock.wall_us()
     sessions = [Session.open(f"did:key:z6MkPeer{i}", "initiator", SessionConfig(), now)
                 for i in range(sessions)]  # fmt: skip
+    peers = [Peer.register(f"did:key:z6MkPeer{i}", SessionConfig(), now) for i in range(2)]
     for _ in range(saves):
         for _ in range(rng.randint(1, 5)):
             now += rng.choice([1_000, 2 * SECOND, 31 * SECOND])
+            peer, verb = rng.choice(peers), rng.choice(PEER_COMMANDS)
+            if rng.random() < 0.3:
+                if verb == "succeeded":
+                    peer.succeeded(now)
+                else:
+                    getattr(peer, verb)(now, rng.random() * 0.9)
             s, command = rng.choice(sessions), rng.choice(COMMANDS)
             try:
                 if command == "respond":
@@ -50,10 +60,10 @@ def populate(ledger: SessionLedger, clock, seed: int, saves: int = 30, sessions:
             except SessionError:
                 pass
         clock.set_wall_us(max(clock.wall_us(), now))
-        ledger.save(*sessions)
+        ledger.save(*sessions, *peers)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 11, 12, 13])
 def test_the_view_says_what_replaying_each_session_says(ledger_factory, clock, tmp_path, seed):
     ledger = ledger_factory()
     populate(ledger, clock, seed)
@@ -61,14 +71,26 @@ def test_the_view_says_what_replaying_each_session_says(ledger_factory, clock, t
     applied = view.catch_up(ledger, batch=7)
     head = ledger.recorder.max_notification_id()
     assert applied == head and view.lag(ledger).events == 0
-    replayed = {str(r.aggregate_id): r.summary() for r in LedgerHistory(ledger).states_at()}
+    replayed = {str(r.aggregate_id): r for r in LedgerHistory(ledger).states_at()
+                if r.kind == "session"}  # fmt: skip
     rows = view.sessions()
     assert {r["id"] for r in rows} == set(replayed)
-    for row in rows:
-        truth = replayed[row["id"]]
-        assert (row["state"], row["transport"], row["failure_reason"], row["peer"]) == (
-            truth["state"], truth["transport"], truth["failure_reason"], truth["peer"])  # fmt: skip
-        assert row["events"] == truth["version"] and row["last_position"] == truth["position"]
+    for row in rows:  # every column, against the session the domain replays
+        a, position = replayed[row["id"]].aggregate, replayed[row["id"]].position
+        assert row == {
+            "id": str(a.id), "peer": a.peer_did, "role": a.role,
+            "state": "closed" if a.closed else str(a.state),
+            "since_us": a.state_since_us,
+            "transport": a.transport, "failure_reason": a.failure_reason,
+            "close_reason": getattr(a, "close_reason", None), "events": a.version,
+            "last_position": position,
+        }  # fmt: skip
+        assert replayed[row["id"]].summary()["state"] == row["state"]  # (snapshots included)
+    for row in view.peers():
+        peer = ledger.repository.get(peer_id(row["did"]))
+        assert (row["failed_attempts"], row["quarantined_until_us"], row["retry_at_us"]) == (
+            peer.failed_attempts, peer.quarantined_until_us or None, peer.retry_at_us)  # fmt: skip
+    assert len(view.peers()) == 2
     moves = {(m["from_state"], m["to_state"]): m["count"] for m in view.transitions()}
     steps = [t for t in LedgerHistory(ledger).timeline() if t.kind == "session"]
     expected: dict[tuple[str, str], int] = {}
@@ -204,9 +226,8 @@ def test_rows_split_in_parts_are_the_rows_by_the_last_character_of_the_session_i
 def test_a_batch_whose_tracking_record_fails_leaves_no_row_behind(
     ledger_factory, clock, tmp_path, monkeypatch
 ):
-    """sqlite-utils writes the rows inside the tracking record's transaction (a savepoint),
-    never committing on its own: when the tracking record cannot be written, the batch's
-    rows go with it."""
+    """The rows are written inside the tracking record's transaction: when the tracking record
+    cannot be written, the batch's rows go with it."""
     ledger = ledger_factory()
     populate(ledger, clock, seed=10, saves=10)
     view = SessionView(tmp_path / "view.sqlite3")
