@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 from uuid import UUID
 
 import sqlite_utils
@@ -47,7 +47,7 @@ from l2_session.projections.history import state_name
 
 NAME = "session_view"  # the tracking record's application name
 BATCH = 2000  # ledger events a transaction applies
-CACHE = 20_000  # aggregates kept in memory while catching up
+CACHE = 20_000  # sessions' and peers' rows kept in memory while catching up
 PARALLEL_FROM = 50_000  # events behind from which a catch-up runs in several processes
 
 SESSIONS = {
@@ -241,16 +241,6 @@ class Folded:
             moves,
             sum(share.count for share in shares),
         )
-
-
-class _Stored(NamedTuple):
-    """A ledger row as the ledger's mapper reads it (a StoredEvent's fields)."""
-
-    originator_id: UUID
-    originator_version: int
-    topic: str
-    state: bytes
-    position: int
 
 
 class Fold:
