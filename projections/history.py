@@ -125,6 +125,12 @@ def state_name(session: Any) -> str:
     return "closed" if session.closed else str(session.state)
 
 
+def recorded_state(state: str) -> str:
+    """The read models' name for the state a session event records: 'closed' for the final
+    one."""
+    return "closed" if state == FINAL else str(state)
+
+
 def iso(us: int) -> str:
     """A ledger time (µs since the epoch) as ISO 8601 in UTC, to the microsecond."""
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat().replace("+00:00", "Z")
@@ -277,7 +283,7 @@ class LedgerHistory:
             if state is None and event.originator_version == 1 and kind == "session":
                 state = "idle"
             if state is not None:
-                states[oid] = state = "closed" if state == FINAL else str(state)
+                states[oid] = state = recorded_state(state)
             at_us = getattr(event, "at_us", None)
             yield Transition(
                 position, at_us if isinstance(at_us, int) else timestamp, timestamp, oid, kind,

@@ -39,11 +39,11 @@ import sqlite_utils
 from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from l2_session.domain.session.core import TRANSPORTS
-from l2_session.domain.session.states import FINAL, State
+from l2_session.domain.session.states import State
 from l2_session.infrastructure.ledger import LedgerCorrupted, LedgerError, SessionLedger
 from l2_session.infrastructure.ledger.chain import NotificationRow
 from l2_session.infrastructure.ledger.verify_report import aggregate_kind
-from l2_session.projections.history import state_name
+from l2_session.projections.history import recorded_state, state_name
 
 NAME = "session_view"  # the tracking record's application name
 BATCH = 2000  # ledger events a transaction applies
@@ -293,7 +293,7 @@ class Fold:
                 _opened(row, recorded)
             else:
                 state, at_us = recorded["state"], recorded["at_us"]
-                now = "closed" if state == FINAL else state
+                now = recorded_state(state)
                 if now != row["state"]:
                     move = moves.setdefault((row["state"], now), [0, 0])
                     move[0] += 1
