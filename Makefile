@@ -16,11 +16,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 # The type checker sees the installed layout (l2_session.domain -> domain/, ...) through a
 # tree of directory links, because setuptools' editable finder is invisible to mypy.
-.typecheck/l2_session/__init__.py:
+.typecheck/l2_session/__init__.py: $(wildcard l2_session/*.py)
 	mkdir -p .typecheck/l2_session
 	for d in domain infrastructure projections transports tools; do ln -sfn ../../$$d .typecheck/l2_session/$$d; done
-	ln -sfn ../../l2_session/__init__.py .typecheck/l2_session/__init__.py
-	ln -sfn ../../l2_session/py.typed .typecheck/l2_session/py.typed
+	for f in l2_session/*.py l2_session/py.typed; do ln -sfn ../../$$f .typecheck/$$f; done
 
 demo: $(STAMP)
 	rm -rf .demo && mkdir -p .demo

@@ -134,7 +134,7 @@ def run(quick: bool) -> dict[str, Any]:
         for attempt in range(3):
             ledger = reopen()
             try:
-                manager = SessionManager(identity.did, ledger)
+                manager = SessionManager(identity.did, ledger, key_exchange="mock")
                 now = T0 + (attempt + 1) * 3_600_000_000
                 seconds, found = timed_call(lambda m=manager, n=now: m.recover(n))
                 if len(found) != live:

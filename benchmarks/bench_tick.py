@@ -76,7 +76,9 @@ def _add_established(manager: SessionManager, now_us: int) -> Session:
 def registered(total: int, due: int) -> SessionManager:
     """A manager whose first ``due`` sessions have their heartbeat due at T0 + 30 s; the
     others were established 1000 s later and are idle for the whole measurement."""
-    manager = SessionManager("did:key:z6MkBenchNode", CollectingLedger(), SessionConfig())
+    manager = SessionManager(
+        "did:key:z6MkBenchNode", CollectingLedger(), SessionConfig(), key_exchange="mock"
+    )
     for n in range(total):
         _add_established(manager, T0 if n < due else T0 + 1000 * SECOND)
     return manager
@@ -108,7 +110,9 @@ def tick_cost(total: int, due: int) -> float:
 
 def memory_per_idle_session(count: int) -> float:
     """Bytes that ``count`` more idle established sessions add to a manager, per session."""
-    manager = SessionManager("did:key:z6MkBenchNode", CollectingLedger(), SessionConfig())
+    manager = SessionManager(
+        "did:key:z6MkBenchNode", CollectingLedger(), SessionConfig(), key_exchange="mock"
+    )
     for _ in range(100):  # warm up: shared config, peer, first heap growth
         _add_established(manager, T0)
     gc.collect()
@@ -129,7 +133,9 @@ def manager_cost_per_command(sessions: int, rounds: int, repetitions: int = 5) -
     CPU time, and the least of ``repetitions``, because the machine is shared."""
     tick_us, receive_us = [], []
     for _ in range(repetitions):
-        manager = SessionManager("did:key:z6MkBenchNode", CollectingLedger(), SessionConfig())
+        manager = SessionManager(
+            "did:key:z6MkBenchNode", CollectingLedger(), SessionConfig(), key_exchange="mock"
+        )
         live = [_add_established(manager, T0) for _ in range(sessions)]
         ticking = receiving = 0.0
         now = T0
@@ -187,7 +193,9 @@ class _ViaManager:
     peer's HeartbeatAck per session through ``receive`` (one save each)."""
 
     def __init__(self, ledger: SessionLedger, sessions: int) -> None:
-        self.manager = SessionManager("did:key:z6MkBenchNode", ledger, SessionConfig())
+        self.manager = SessionManager(
+            "did:key:z6MkBenchNode", ledger, SessionConfig(), key_exchange="mock"
+        )
         self.live = [_add_established(self.manager, T0) for _ in range(sessions)]
         self.now = T0
 

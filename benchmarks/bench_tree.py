@@ -184,7 +184,7 @@ def witnessing_hour() -> dict[str, Any]:
             sim.add(
                 SessionManager(
                     identity.did, ledger, prekeys_of=prekeys.__getitem__,
-                    own_prekeys=prekeys[identity.did],
+                    own_prekeys=prekeys[identity.did], key_exchange="mock",
                 )
             )  # fmt: skip
             sim.witnessing[identity.did] = Witnessing(ledger, identity)

@@ -54,23 +54,16 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from l2_session.domain.handshake.bundle import PrekeyBundle, PrekeySecrets, create_prekeys
-from l2_session.domain.handshake.protocol import Responder
-from l2_session.domain.manager.manager import SessionManager
-from l2_session.domain.manager.pqxdh import PqxdhKeyExchange, new_prekey_id
 from l2_session.domain.session.errors import SessionError
-from l2_session.infrastructure.clock import SessionTimeline, SystemClock
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
-from l2_session.infrastructure.ledger.witness import MIN_GAP_US, Witnessing
-from l2_session.infrastructure.resolver import DidKeyResolver
 from l2_session.tools.errors import UsageError
 from l2_session.transports.quic import QuicSettings
-from l2_session.transports.tcp import NodeClosed, TcpNode
+from l2_session.transports.tcp import NodeClosed
 from l2_session.transports.tcp_worker import WITNESS_INTERVAL_US
 
-PREKEYS_VALID_US = 30 * 86_400_000_000  # a month; fresh ones once half of it has passed
-ONE_TIME_PREKEYS = 32
+from l2_session.node import Node
+
 MAX_REQUEST_BYTES = 1 << 20  # one control request (a 64 KiB message is ~88 KiB of base64)
 MAX_WAIT_S = 3600.0
 
@@ -92,29 +85,6 @@ class Request(Exception):
     """A control request that cannot be done; its message is the answer's ``error``."""
 
 
-def node_prekeys(store: KeyStore, now_us: int) -> tuple[PrekeySecrets, PrekeyBundle]:
-    """The prekeys a node publishes: those of its key store while they have more than half
-    their life left — the same bundle as before a restart, less the one-time prekeys spent
-    since — else fresh ones, kept in the key store before they are published."""
-    kept = store.prekeys
-    if kept is not None and kept.expires_at_us - now_us > PREKEYS_VALID_US // 2:
-        return create_prekeys(  # the stored keys: Ed25519 signs them as it did before
-            store.identity.private_key, expires_at_us=kept.expires_at_us,
-            signed_prekey_id=kept.signed_prekey_id, kem_prekey_id=kept.kem_prekey_id,
-            signed_prekey=kept.signed_prekey, kem_prekey=kept.kem_prekey,
-            one_time_prekeys=kept.one_time_prekeys,
-        )  # fmt: skip
-    secrets, bundle = create_prekeys(
-        store.identity.private_key,
-        expires_at_us=now_us + PREKEYS_VALID_US,
-        signed_prekey_id=new_prekey_id(),
-        kem_prekey_id=new_prekey_id(),
-        one_time_prekey_ids=tuple(range(1, ONE_TIME_PREKEYS + 1)),
-    )
-    store.set_prekeys(secrets)
-    return secrets, bundle
-
-
 class NodeProcess:
     """The node a process runs: built from its files by ``open``, driven by ``control``."""
 
@@ -128,43 +98,19 @@ class NodeProcess:
     ) -> None:
         self.store, self.ledger = store, ledger
         self.peers = dict(peers or {})  # the address book: DID -> (QUIC, μTCP)
-        self.timeline = SessionTimeline(SystemClock())
-        self.directory = DidKeyResolver()
-        now = self.timeline.now_us()
-        identity = store.identity
-        secrets, bundle = node_prekeys(store, now)
-        self.bundle = bundle.encode()
-        self.directory.publish_bundle(identity.did, self.bundle, now)
-        self.exchange = PqxdhKeyExchange.with_prekeys(
-            identity.private_key, Responder(identity.private_key, secrets, bundle), self.directory
+        # The library's node, wired as every node is (l2_session/node.py): this process
+        # adds the control socket around it.
+        self.front = Node(
+            store, ledger, quic_settings=quic_settings, witness_interval_s=witness_interval_s
         )
-        self.manager = SessionManager(identity.did, ledger, key_exchange=self.exchange)
-        self.node = TcpNode(
-            self.manager, self.timeline.now_us, serve_bundle=self._serve_bundle,
-            publish_bundle=self.directory.publish_bundle,
-            # Beside the key store, as private: a restart resumes QUIC in 0-RTT with them.
-            quic_tickets=store.path.with_name(store.path.name + ".quic-tickets"),
-            quic_settings=quic_settings,
-            # Its peers witness its ledger and it theirs, over their sessions (decision 25).
-            witnessing=Witnessing(
-                ledger, identity,
-                # Peers offer about once an interval: more often is refused unread.
-                min_gap_us=min(MIN_GAP_US, round(witness_interval_s * 1e6 / 2)),
-            ),
-            witness_interval_s=witness_interval_s,
-        )  # fmt: skip
-        self.exchange.source_of = self.node.address_of
-        self.exchange.on_prekeys_changed = store.set_prekeys  # a spent one-time prekey
+        self.node, self.manager = self.front.transport, self.front.manager
+        self.timeline, self.directory = self.front.timeline, self.front.directory
+        self.bundle = self.front.bundle
         self.stopped = asyncio.Event()
 
     @property
     def did(self) -> str:
         return self.store.identity.did
-
-    def _serve_bundle(self) -> bytes:
-        """This node's bundle for one asker: with one of its one-time prekeys, never handed
-        to another (none once the pool is spent: the handshake then goes without)."""
-        return bytes(self.directory.directory.take(self.did).encode())
 
     # ------------------------------------------------------------------ control
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -27,7 +27,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 from uuid import UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
@@ -162,6 +162,16 @@ def _check_key_exchange_outlasts_replies(kx: KeyExchange, config: SessionConfig)
 
 
 class SessionManager(HandshakeAnswering, Recovery, Closing):
+    """The sans-I/O session manager of SPEC-018 §5.2 (``establish``, ``resume``, ``accept``
+    as ``receive``, ``tick``): every call takes the time and returns outputs — frames to send,
+    messages to deliver — after its events are saved in ``ledger``. No I/O, no clock, no
+    thread: a caller that runs its own loop drives it (``transports.tcp.TcpNode`` does, under
+    ``l2_session.Node``); docs/session-manager.md says how.
+
+    ``key_exchange`` is required: a ``PqxdhKeyExchange`` (real X25519 + ML-KEM-768 keys), or
+    ``"mock"`` — the deterministic stand-in of simulations and tests, only when named.
+    """
+
     def __init__(
         self,
         local_did: str,
@@ -171,7 +181,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         seed: int = 0,
         prekeys_of: Callable[[str], str] = lambda did: "",
         own_prekeys: str = "",
-        key_exchange: KeyExchange | None = None,
+        key_exchange: KeyExchange | Literal["mock"] | None = None,
         transport: str = TRANSPORTS[0],
         max_peers: int = MAX_PEERS,
         peer_idle_us: int = PEER_IDLE_US,
@@ -192,7 +202,15 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         self.config = config
         self._ledger = ledger
         self._rng = random.Random(seed)  # backoff jitter; seeded for simulations
-        self._kx: KeyExchange = key_exchange or MockKeyExchange(seed)
+        if key_exchange is None:
+            raise TypeError(
+                "SessionManager needs key_exchange: a PqxdhKeyExchange for real keys "
+                "(l2_session.Node makes one from a key store), or key_exchange='mock' for "
+                "the deterministic stand-in of simulations and tests"
+            )
+        if isinstance(key_exchange, str) and key_exchange != "mock":
+            raise ValueError(f"key_exchange {key_exchange!r}: a KeyExchange, or 'mock'")
+        self._kx: KeyExchange = MockKeyExchange(seed) if key_exchange == "mock" else key_exchange
         _check_key_exchange_outlasts_replies(self._kx, config)
         self._prekeys_of = prekeys_of
         self._own_prekeys = own_prekeys

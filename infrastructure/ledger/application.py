@@ -226,6 +226,9 @@ class SessionLedger(Application[UUID]):
         env["CREATE_TABLE"] = "n"
         env["IS_SNAPSHOTTING_ENABLED"] = "y" if self.snapshot_interval else "n"
         self.snapshot_failures = 0  # automatic snapshots that could not be written (logged)
+        # Called after each save with the events it appended and their aggregates (on the
+        # saving thread); what one raises is logged, never the save's failure (it committed).
+        self.on_saved: list[Callable[[ProcessingEvent[UUID]], None]] = []
         super().__init__(env=env)
         self._open_recorder(must_create)
 
@@ -329,6 +332,11 @@ class SessionLedger(Application[UUID]):
         recordings = self._record(processing_event)
         self._take_snapshots(processing_event)
         self._notify(recordings)
+        for listener in self.on_saved:
+            try:
+                listener(processing_event)
+            except Exception:
+                log.exception("a listener of the ledger's saves raised; the save stands")
         return recordings
 
     def close(self) -> None:

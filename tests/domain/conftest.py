@@ -36,6 +36,7 @@ def make_sim(
                     seed=seed + n,
                     prekeys_of=PREKEYS.__getitem__,
                     own_prekeys=PREKEYS[did],
+                    key_exchange="mock",
                 )
             )
         return sim

@@ -84,7 +84,7 @@ def test_restart_rederives_deadlines_from_the_ledger(
     assert expected
 
     restarted = SessionManager(
-        ALICE, session_ledger_factory("alice"), prekeys_of=PREKEYS.__getitem__
+        ALICE, session_ledger_factory("alice"), prekeys_of=PREKEYS.__getitem__, key_exchange="mock"
     )
     after = restarted.restore(sid)
     assert after == before  # replay rebuilds the identical session

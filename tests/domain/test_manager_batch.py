@@ -346,7 +346,13 @@ def _frame(kind: tuple[Any, ...], conversations: list[Any]) -> tuple[str, Any]:
 def test_receive_many_ends_where_receive_one_by_one_does(session_ledger_factory, scenario):
     example = next(_EXAMPLES)  # each example its own pair of ledger files
     one, many = (
-        SessionManager(ALICE, session_ledger_factory(f"{name}-{example}"), SessionConfig(), seed=1)
+        SessionManager(
+            ALICE,
+            session_ledger_factory(f"{name}-{example}"),
+            SessionConfig(),
+            seed=1,
+            key_exchange="mock",
+        )
         for name in ("one", "many")
     )
     ids_one, _ = one.establish_many([BOB] * 3, T0)

@@ -32,7 +32,7 @@ class RefusingKeyExchange(RecordingKeyExchange):
 
 def test_a_message_whose_save_failed_is_delivered_when_it_comes_again(session_ledger_factory):
     ledger = RecordingLedger(session_ledger_factory("bob"), [])
-    bob = SessionManager(BOB, ledger, SessionConfig())
+    bob = SessionManager(BOB, ledger, SessionConfig(), key_exchange="mock")
     sid, _ = bob.establish(ALICE, T0)
     session = bob.session(sid)
     bob.receive(ALICE, HandshakeResponse(session.conversation, b"\x01" * 32), T0)
@@ -50,7 +50,7 @@ def test_a_message_whose_save_failed_is_delivered_when_it_comes_again(session_le
 
 def test_a_new_session_whose_first_save_failed_is_forgotten(session_ledger_factory):
     ledger = RecordingLedger(session_ledger_factory("bob"), [])
-    bob = SessionManager(BOB, ledger, SessionConfig())
+    bob = SessionManager(BOB, ledger, SessionConfig(), key_exchange="mock")
     ledger.fail_next = True
     with pytest.raises(Exception, match="disk is full"):
         bob.establish(ALICE, T0)
@@ -100,7 +100,7 @@ def test_last_handshake_frames_are_forgotten_once_nothing_can_ask_for_them(sessi
     """The responder keeps its RESPONSE to answer a lost confirmation again; a handshake
     that failed (or completed) no longer needs it, so handshakes that never finish do not
     grow the manager's memory."""
-    bob = SessionManager(BOB, session_ledger_factory("bob"), SessionConfig())
+    bob = SessionManager(BOB, session_ledger_factory("bob"), SessionConfig(), key_exchange="mock")
     _answered(bob, 5)
     assert len(bob._last_handshake_frame) == 5
     bob.tick(T0 + 5 * SECOND)  # no confirmation came: every handshake fails on its timeout
@@ -113,7 +113,7 @@ def test_a_response_whose_save_failed_is_dropped_when_it_comes_again(session_led
     it after the save of the first failed) is stale — dropped, the session waits for its
     timeout and retries — not an authentication failure that quarantines an honest peer."""
     ledger = RecordingLedger(session_ledger_factory("bob"), [])
-    bob = SessionManager(BOB, ledger, SessionConfig())
+    bob = SessionManager(BOB, ledger, SessionConfig(), key_exchange="mock")
     sid, _ = bob.establish(ALICE, T0)
     response = HandshakeResponse(bob.session(sid).conversation, b"\x01" * 32)
 

@@ -20,7 +20,9 @@ HOUR = 3600 * SECOND
 
 
 def _manager(open_ledger: Callable[..., Any], did: str, ledger: Any = None) -> SessionManager:
-    return SessionManager(did, ledger or open_ledger(did.rsplit("z6Mk", 1)[1].lower()))
+    return SessionManager(
+        did, ledger or open_ledger(did.rsplit("z6Mk", 1)[1].lower()), key_exchange="mock"
+    )
 
 
 def _failed_initiator(alice: SessionManager) -> Any:
@@ -146,7 +148,13 @@ def test_a_conversation_answered_again_after_an_unwritten_failure_reuses_its_id(
 def test_the_peer_table_is_bounded_and_lets_idle_peers_go_on_the_clock(session_ledger_factory):
     # Every request names a DID; the table keeps the most recently used few, never one with
     # events not yet saved, and lets the others go when the manager's clock passes.
-    bob = SessionManager(BOB, session_ledger_factory("bob"), max_peers=3, peer_idle_us=60 * SECOND)
+    bob = SessionManager(
+        BOB,
+        session_ledger_factory("bob"),
+        max_peers=3,
+        peer_idle_us=60 * SECOND,
+        key_exchange="mock",
+    )
     for i in range(10):
         bob.receive(f"{ALICE}{i}", HandshakeRequest(uuid4(), b"\x01" * 32), T0 + i)
     assert len(bob._peers) == 3
@@ -175,4 +183,4 @@ def test_the_peer_table_is_bounded_and_lets_idle_peers_go_on_the_clock(session_l
 )
 def test_manager_limits_are_checked_on_construction(session_ledger_factory, option, value, message):
     with pytest.raises(ValueError, match=message):
-        SessionManager(BOB, session_ledger_factory("bob"), **{option: value})
+        SessionManager(BOB, session_ledger_factory("bob"), **{option: value}, key_exchange="mock")

@@ -18,14 +18,14 @@ def test_quarantine_refuses_new_sessions_and_survives_restart(
     session_ledger_factory: Callable[..., Any],
 ) -> None:
     ledger = session_ledger_factory("alice")
-    manager = SessionManager(ALICE, ledger)
+    manager = SessionManager(ALICE, ledger, key_exchange="mock")
     peer = manager.peer(BOB)
     retry_at = peer.authentication_failed(T0, jitter=0.0)
     ledger.save(peer)
     assert peer.quarantined_until_us == T0 + 60 * SECOND
     assert retry_at >= peer.quarantined_until_us  # the retry waits out the quarantine
 
-    restarted = SessionManager(ALICE, session_ledger_factory("alice"))
+    restarted = SessionManager(ALICE, session_ledger_factory("alice"), key_exchange="mock")
     with pytest.raises(PeerQuarantined, match="quarantined after an authentication failure"):
         restarted.establish(BOB, T0 + 60 * SECOND - 1)
     assert len(restarted) == 0  # nothing was opened, nothing recorded

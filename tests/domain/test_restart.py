@@ -44,7 +44,7 @@ def restart(sim: Simulation, did: str, open_ledger: Callable[..., Any], **option
     name = did.rsplit("z6Mk", 1)[1].lower()
     manager = SessionManager(
         did, open_ledger(name), options.pop("config", None) or SessionConfig(), seed=99,
-        prekeys_of=PREKEYS.__getitem__, own_prekeys=PREKEYS[did], **options,
+        prekeys_of=PREKEYS.__getitem__, own_prekeys=PREKEYS[did], **options, key_exchange="mock",
     )  # fmt: skip
     return sim.add(manager)
 

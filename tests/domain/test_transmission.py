@@ -245,7 +245,7 @@ def test_a_crash_that_loses_an_unsaved_acknowledgement_only_sends_again(
     assert sim.nodes[ALICE].session(sid).pending_events  # acknowledged in memory only
     restarted = SessionManager(
         ALICE, session_ledger_factory("alice"), prekeys_of=PREKEYS.__getitem__,
-        own_prekeys=PREKEYS[ALICE],
+        own_prekeys=PREKEYS[ALICE], key_exchange="mock",
     )  # fmt: skip
     sim.nodes[ALICE] = restarted
     sim.perform(ALICE, restarted.reconnected(BOB, sim.clock.wall_us()))

@@ -66,7 +66,7 @@ class Run:
         self.ledgers.append(self.open_ledger(NAMES[did] + self.suffix))
         return SessionManager(
             did, self.ledgers[-1], CONFIG, seed=next(self.counter),
-            prekeys_of=PREKEYS.__getitem__, own_prekeys=PREKEYS[did],
+            prekeys_of=PREKEYS.__getitem__, own_prekeys=PREKEYS[did], key_exchange="mock",
         )  # fmt: skip
 
     def now(self) -> int:

@@ -47,7 +47,11 @@ class World:
         self.ledgers[name] = ledger
         prekeys = {self.did(n): f"prekeys-{n}" for n in self.ids}
         manager = SessionManager(
-            identity.did, ledger, prekeys_of=prekeys.__getitem__, own_prekeys=prekeys[identity.did]
+            identity.did,
+            ledger,
+            prekeys_of=prekeys.__getitem__,
+            own_prekeys=prekeys[identity.did],
+            key_exchange="mock",
         )
         self.sim.add(manager)
         self.sim.witnessing[identity.did] = Witnessing(ledger, identity)

@@ -155,7 +155,7 @@ def test_a_ledger_written_before_the_classes_moved_replays_verifies_and_recovers
             state = sorted((k, v) for k, v in vars(replayed).items() if k != "_pending_events")
             assert plain(repr(state)) == plain(seen["state"])
         # A restarted node finds the sessions left live by their frozen topics (decision 16).
-        manager = SessionManager(identity.did, ledger, SessionConfig())
+        manager = SessionManager(identity.did, ledger, SessionConfig(), key_exchange="mock")
         recovered = manager.recover(now_us=1_767_225_600_000_000 + 3_600_000_000)
         assert sorted(str(sid) for sid in recovered) == expected["live_sessions"]
     finally:

@@ -45,7 +45,7 @@ def test_a_restarted_node_recovers_its_own_live_sessions_from_a_shared_ledger(pg
         restarted = SessionLedger(pg_url, identity=nodes["a"], storage_key=key)
         opened.append(restarted)
         assert restarted.live_session_ids(OPENED_TOPIC, FINAL_TOPICS) == [live["a"]]
-        manager = SessionManager(nodes["a"].did, restarted)
+        manager = SessionManager(nodes["a"].did, restarted, key_exchange="mock")
         assert manager.recover(T0 + 60_000_000) == [live["a"]]
         assert manager.session(live["a"]).state == "suspended"
         names = [type(e).__name__ for e in restarted.events.get(live["a"])]

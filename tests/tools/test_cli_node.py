@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from clirun import CLI, refused, run
 from l2_session.infrastructure.keystore import KeyStore
-from l2_session.tools.node import ONE_TIME_PREKEYS, PREKEYS_VALID_US, node_prekeys
 from udp_chaos import ChaosRelay
+
+from l2_session.node import ONE_TIME_PREKEYS, PREKEYS_VALID_US, node_prekeys
 
 WAIT_S = 20.0
 

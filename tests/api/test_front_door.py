@@ -1,0 +1,292 @@
+"""The front door (l2_session.Node): two real nodes on loopback — real keys, QUIC and μTCP
+sockets, signed SQLite ledgers on disk — driven through the public API only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
+from l2_session.projections.history import LedgerHistory
+
+from l2_session import (
+    CLOSED,
+    Addresses,
+    KeyStore,
+    Node,
+    NodeClosed,
+    NothingToResume,
+    SessionClosed,
+    SessionConfig,
+    SessionLedger,
+    State,
+    verify,
+)
+
+WAIT = 10.0  # a bound for waits that should end at once; never a measurement
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+def files(tmp_path, name):
+    return {"identity": tmp_path / f"{name}.keys", "ledger": str(tmp_path / f"{name}.sqlite3")}
+
+
+def recorded(path):
+    """Each session of a ledger as replay rebuilds it: id -> its summary."""
+    ledger = SessionLedger(path, create=False)
+    try:
+        assert verify(ledger).ok
+        states = [s.summary() for s in LedgerHistory(ledger).states_at()]
+    finally:
+        ledger.close()
+    return {s["id"]: s for s in states if s["kind"] == "session"}
+
+
+def test_two_nodes_exchange_messages_both_ways_in_order(tmp_path):
+    async def main():
+        async with (
+            Node.open(**files(tmp_path, "bob"), listen="127.0.0.1:0") as bob,
+            Node.open(**files(tmp_path, "alice")) as alice,
+        ):
+            session = await alice.establish(bob.did, addresses=bob.addresses)
+            assert session.state == State.ESTABLISHED and session.role == "initiator"
+            assert session.transport == "quic" and session.peer_did == bob.did
+            for i in range(20):
+                await session.send(b"ping %d" % i)
+            incoming = await bob.accept(timeout=WAIT)
+            assert (incoming.id, incoming.peer_did, incoming.role) == (
+                session.id,
+                alice.did,
+                "responder",
+            ) or incoming.peer_did == alice.did
+            got = [await incoming.receive(timeout=WAIT) for _ in range(20)]
+            assert [m.data for m in got] == [b"ping %d" % i for i in range(20)]
+            assert [m.seq for m in got] == list(range(1, 21))
+            await incoming.send(b"pong")
+            assert (await session.receive(timeout=WAIT)).data == b"pong"
+            return session.id, incoming.id
+
+    alice_id, bob_id = run(main())
+    alice, bob = recorded(tmp_path / "alice.sqlite3"), recorded(tmp_path / "bob.sqlite3")
+    assert alice[str(alice_id)]["queue"]["next_seq"] == 21
+    assert alice[str(alice_id)]["queue"]["next_expected_seq"] == 2
+    assert bob[str(bob_id)]["queue"]["next_expected_seq"] == 21
+
+
+def test_keys_are_real_and_the_wiring_is_done(tmp_path):
+    async def main():
+        async with Node.open(**files(tmp_path, "a")) as node:
+            assert isinstance(node.manager._kx, PqxdhKeyExchange)
+            # What a user must not have to remember: limits keyed by source address, and
+            # the prekeys kept in the key store as one-time prekeys are spent.
+            assert node.manager._kx.source_of == node.transport.address_of
+            assert node.manager._kx.on_prekeys_changed == node.keys.set_prekeys
+            return node.bundle
+
+    bundle = run(main())
+    assert bundle == run(_bundle_after_restart(tmp_path))  # the same prekeys across restarts
+
+
+async def _bundle_after_restart(tmp_path):
+    async with Node.open(**files(tmp_path, "a")) as node:
+        return node.bundle
+
+
+def test_state_changes_are_observed_as_saved(tmp_path):
+    async def main():
+        async with (
+            Node.open(**files(tmp_path, "bob"), listen="127.0.0.1:0") as bob,
+            Node.open(**files(tmp_path, "alice")) as alice,
+        ):
+            seen_a, seen_b = [], []
+
+            async def watch(node, seen):
+                async for change in node.state_changes():
+                    seen.append(change)
+                    if change.state == CLOSED:
+                        return
+
+            watchers = [
+                asyncio.ensure_future(watch(alice, seen_a)),
+                asyncio.ensure_future(watch(bob, seen_b)),
+            ]
+            await asyncio.sleep(0)  # both iterators are listening
+            session = await alice.establish(bob.did, addresses=bob.addresses)
+            incoming = await bob.accept(timeout=WAIT)
+            await session.close()
+            assert session.closed and session.state == CLOSED
+            await incoming.wait(CLOSED, timeout=WAIT)
+            with pytest.raises(SessionClosed):
+                await incoming.receive()
+            await asyncio.wait_for(asyncio.gather(*watchers), WAIT)
+            assert alice.sessions() == [] and bob.sessions() == []
+            return session.id, seen_a, seen_b
+
+    sid, seen_a, seen_b = run(main())
+    assert [(c.previous, c.state) for c in seen_a] == [
+        (None, "idle"), ("idle", "handshake_initiated"),
+        ("handshake_initiated", "established"), ("established", CLOSED),
+    ]  # fmt: skip
+    assert {c.session_id for c in seen_a} == {sid}
+    assert seen_a[-1].reason == "closed"
+    assert [c.state for c in seen_b][-2:] == ["established", CLOSED]
+    assert seen_b[-1].reason == "closed by peer"
+    # Each change is what the ledger recorded, at the times it recorded.
+    ledger = SessionLedger(tmp_path / "alice.sqlite3", create=False)
+    try:
+        steps = list(LedgerHistory(ledger).timeline(sid))
+    finally:
+        ledger.close()
+    moves = [(t.state_before, t.state, t.at_us) for t in steps if t.state != t.state_before]
+    assert moves == [(c.previous, c.state, c.at_us) for c in seen_a]
+
+
+def test_a_restarted_node_resumes_its_session_and_nothing_is_lost_or_repeated(tmp_path):
+    async def main():
+        async with Node.open(**files(tmp_path, "bob"), listen="127.0.0.1:0") as bob:
+            async with Node.open(**files(tmp_path, "alice")) as alice:
+                first = await alice.establish(bob.did, addresses=bob.addresses)
+                await first.send(b"before the restart")
+            # alice's process is gone, its session left live in its ledger.
+            incoming = await bob.accept(timeout=WAIT)
+            assert (await incoming.receive(timeout=WAIT)).data == b"before the restart"
+            async with Node.open(**files(tmp_path, "alice")) as alice:
+                (recovered,) = alice.sessions()
+                assert recovered.id == first.id and recovered.state == State.SUSPENDED
+                with pytest.raises(NothingToResume):
+                    await alice.resume("did:key:z6MkNobodyAtAll")
+                again = await alice.resume(bob.did, addresses=bob.addresses)
+                assert again.id == first.id and again.state == State.ESTABLISHED
+                await again.send(b"after the restart")
+                message = await incoming.receive(timeout=WAIT)
+                assert (message.data, message.seq) == (b"after the restart", 2)
+                with pytest.raises(TimeoutError):  # nothing was delivered twice
+                    await incoming.receive(timeout=0.3)
+                return first.id
+
+    sid = run(main())
+    assert recorded(tmp_path / "alice.sqlite3")[str(sid)]["queue"]["next_seq"] == 3
+
+
+def test_cancelled_calls_leave_nothing_half_saved(tmp_path):
+    """A send cancelled while the window is full is not queued; an establish cancelled on
+    its way leaves a ledger that verifies; the node goes on."""
+
+    async def main():
+        config = SessionConfig(send_window=2)
+        async with (
+            Node.open(**files(tmp_path, "bob"), listen="127.0.0.1:0") as bob,
+            Node.open(**files(tmp_path, "alice"), config=config) as alice,
+        ):
+            session = await alice.establish(bob.did, addresses=bob.addresses)
+            bob.transport.connections.hold(True)  # bob reads nothing: no acknowledgement
+            await session.send(b"1")
+            await session.send(b"2")
+            blocked = asyncio.ensure_future(session.send(b"never queued"))
+            await asyncio.sleep(0.2)
+            assert not blocked.done()  # the window is full: it waits (backpressure)
+            blocked.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await blocked
+            bob.transport.connections.hold(False)
+            await session.send(b"3")
+            incoming = await bob.accept(timeout=WAIT)
+            got = [(await incoming.receive(timeout=WAIT)).data for _ in range(3)]
+            assert got == [b"1", b"2", b"3"]
+            establishing = asyncio.ensure_future(alice.establish(bob.did))
+            await asyncio.sleep(0.001)
+            establishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await establishing
+            return session.id
+
+    sid = run(main())
+    alice = recorded(tmp_path / "alice.sqlite3")  # verifies
+    assert alice[str(sid)]["queue"]["next_seq"] == 4
+
+
+def test_wrong_calls_get_clear_errors(tmp_path):
+    async def main():
+        with pytest.raises(ValueError, match="'nowhere': give HOST:PORT"):
+            await Node.open(**files(tmp_path, "a"), listen="nowhere")
+        with pytest.raises(TypeError, match="identity must be a key store path"):
+            await Node.open(identity=42, ledger=str(tmp_path / "a.sqlite3"))
+        with pytest.raises(ValueError, match="durability 'sometimes'"):
+            await Node.open(**files(tmp_path, "a"), durability="sometimes")
+        async with Node.open(**files(tmp_path, "a")) as node:
+            with pytest.raises(ValueError, match="is not a DID"):
+                await node.establish("bob")
+            with pytest.raises(ConnectionError, match="no address for it"):
+                await node.establish("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK")
+            free = Addresses(tcp=("127.0.0.1", 9))  # discard: nothing listens
+            with pytest.raises(ConnectionError):
+                await node.establish(
+                    "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", addresses=free
+                )
+            with pytest.raises(TypeError, match="send takes bytes"):
+                session = await _any_session(tmp_path, node)
+                await session.send("text")
+        with pytest.raises(NodeClosed):
+            await node.accept()
+
+    run(main())
+
+
+async def _any_session(tmp_path, node):
+    async with Node.open(**files(tmp_path, "peer"), listen="127.0.0.1:0") as peer:
+        return await node.establish(peer.did, addresses=peer.addresses)
+
+
+def test_a_key_store_object_and_a_ledger_that_does_not_match_it(tmp_path):
+    store = KeyStore.create(tmp_path / "k.keys")
+    other = KeyStore.create(tmp_path / "o.keys")
+    ledger = SessionLedger(tmp_path / "l.sqlite3", identity=other.identity)
+    try:
+        with pytest.raises(ValueError, match="key store's identity"):
+            Node(store, ledger)
+    finally:
+        ledger.close()
+
+    async def main():
+        async with Node.open(identity=store, ledger=str(tmp_path / "k.sqlite3")) as node:
+            assert node.did == store.identity.did
+
+    run(main())
+
+
+@pytest.mark.postgres
+def test_a_node_on_postgresql(tmp_path, pg_url):
+    async def main():
+        async with (
+            Node.open(identity=tmp_path / "b.keys", ledger=pg_url, listen="127.0.0.1:0") as bob,
+            Node.open(**files(tmp_path, "alice")) as alice,
+        ):
+            session = await alice.establish(bob.did, addresses=bob.addresses)
+            await session.send(b"into postgres")
+            incoming = await bob.accept(timeout=WAIT)
+            assert (await incoming.receive(timeout=WAIT)).data == b"into postgres"
+
+    run(main())
+
+
+def test_the_manager_beneath_runs_on_fake_keys_only_when_told(tmp_path):
+    """SessionManager has no default key exchange: code copied without one fails at once,
+    naming the choice, instead of quietly running on the deterministic mock."""
+    from l2_session.domain.manager.manager import SessionManager
+
+    ledger = SessionLedger(
+        tmp_path / "m.sqlite3", identity=KeyStore.create(tmp_path / "m.keys").identity
+    )
+    try:
+        with pytest.raises(TypeError, match="needs key_exchange: a PqxdhKeyExchange"):
+            SessionManager(ledger.identity.did, ledger)
+        with pytest.raises(ValueError, match="key_exchange 'real'"):
+            SessionManager(ledger.identity.did, ledger, key_exchange="real")
+        manager = SessionManager(ledger.identity.did, ledger, key_exchange="mock")
+        assert type(manager._kx).__name__ == "MockKeyExchange"
+    finally:
+        ledger.close()
