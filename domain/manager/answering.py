@@ -41,6 +41,7 @@ class HandshakeAnswering:
     _rng: random.Random
     _own_prekeys: str
     _last_handshake_frame: dict[UUID, Frame]
+    _answered_resumption: dict[UUID, bytes]
     transport: str
 
     def peer(self, peer_did: str, now_us: int = 0) -> Peer:
@@ -147,11 +148,20 @@ class HandshakeAnswering:
                 s.conversation, s.peer_did, frame.key_share, s.key_material, now_us
             )
         except (NothingToResume, StaleFrame):
-            if answering:
+            if answering and self._answered_resumption.get(s.conversation) == frame.key_share:
                 return self._resend(s)  # a duplicate (replayed) request: answer it again
+            if answering:
+                # Not the request answered, nor one from the keys held: the peer saved the
+                # keys of that answer and restarted before its confirmation came (decision
+                # 16). Answering it with the last answer would look forged to the peer; its
+                # resumption times out and a full handshake carries the session on.
+                raise StaleFrame(
+                    f"a resumption of session {s.id} from keys it never confirmed; refused"
+                ) from None
             raise
         reply = HandshakeResponse(s.conversation, share, self._own_prekeys)
         self._last_handshake_frame[s.conversation] = reply
+        self._answered_resumption[s.conversation] = frame.key_share
         if answering:
             return [self._send(s, reply)]
         if trigger is Trigger.TIME_TO_ROTATE:

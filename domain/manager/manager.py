@@ -228,6 +228,9 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         # The last handshake frame sent per conversation, to answer again if the peer shows
         # it was lost (a lost key confirmation strands the responder). Memory only.
         self._last_handshake_frame: dict[UUID, Frame] = {}
+        # The resumption request each of those answers, if one: a new request is told from a
+        # duplicate by it (answering.py). Memory only, kept and let go with the frame.
+        self._answered_resumption: dict[UUID, bytes] = {}
         self.dropped_frames = 0
         self.failed_frames = 0  # frames of a batch whose deciding raised, each dropped alone
         self.held_for_answers = 0  # data frames left undecided: no room for their answers
@@ -650,7 +653,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         if isinstance(frame, Heartbeat | Data) and s.state == State.HANDSHAKE_RECEIVED:
             return self._resend(s)  # the initiator is established: our response got through
         if isinstance(frame, HeartbeatAck | Heartbeat | Data | DataAck):
-            self._last_handshake_frame.pop(s.conversation, None)  # the peer is established
+            self._forget_handshake_frame(s.conversation)  # the peer is established
         if isinstance(frame, Data):
             return self._on_data(s, frame, now_us)
         if isinstance(frame, DataAck):
@@ -904,7 +907,11 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         if dropped is None or self._conversations.get(dropped.conversation) != sid:
             return  # the conversation has moved on to a newer session: leave it be
         del self._conversations[dropped.conversation]
-        self._last_handshake_frame.pop(dropped.conversation, None)
+        self._forget_handshake_frame(dropped.conversation)
+
+    def _forget_handshake_frame(self, conversation: UUID) -> None:
+        self._last_handshake_frame.pop(conversation, None)
+        self._answered_resumption.pop(conversation, None)
 
     def _fire(self, s: Session, timer: timers.Timer, now_us: int, peers: dict[UUID, Peer]) -> None:
         T = timers.Timer
@@ -988,7 +995,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             or (s.role == "responder" and s.state == State.ESTABLISHED)
         ):
             # Nothing will ask for the last handshake frame again: it stops taking memory.
-            self._last_handshake_frame.pop(s.conversation, None)
+            self._forget_handshake_frame(s.conversation)
         # Data first: if a frame below cannot be made, these are as good as lost on the
         # network, and their retransmission timer is running.
         data: list[Output] = [

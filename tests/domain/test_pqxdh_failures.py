@@ -279,3 +279,43 @@ def test_a_reply_within_a_longer_configured_timeout_completes_the_handshake(
     response = _only(bob.receive(nodes.alice, request, manual_clock.wall_us()), HandshakeResponse)
     alice.receive(nodes.bob, response, manual_clock.wall_us())
     assert alice.session(sid).state == "established"
+
+
+def test_an_initiator_killed_before_its_resumption_was_confirmed_resumes_again(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    """Alice resumes, saves the new keys Bob's answer gave, and dies before her confirmation
+    reaches Bob (he still holds the old keys, waiting). Her next process resumes from the new
+    keys, which Bob cannot answer from: he must refuse that request — not answer it with his
+    answer to the last one, which Alice would take for a forgery and quarantine him for — so
+    that her resumption times out and a full handshake carries the same session on."""
+    nodes, sid = _connected(session_ledger_factory, manual_clock)
+    alice = nodes.manager(nodes.alice)
+    # Alice's process restarts while Bob's session is still established.
+    alice = nodes.start(nodes.alice)
+    now = manual_clock.wall_us()
+    request = alice.reconnected(nodes.bob, now)
+    answer = nodes.manager(nodes.bob).receive(nodes.alice, _only(request, HandshakeRequest), now)
+    confirmation = alice.receive(nodes.bob, _only(answer, HandshakeResponse), now)
+    assert alice.session(sid).state == "established"  # saved with the new keys
+    assert _only(confirmation, HandshakeAck)  # ... and its confirmation is lost: she dies
+    alice = nodes.start(nodes.alice)
+    bob = nodes.manager(nodes.bob)
+    again = alice.reconnected(nodes.bob, manual_clock.wall_us())
+    dropped = bob.dropped_frames
+    assert bob.receive(nodes.alice, _only(again, HandshakeRequest), manual_clock.wall_us()) == []
+    assert bob.dropped_frames == dropped + 1  # refused, not answered with the last answer
+    session = alice.session(sid)
+
+    def theirs() -> Any:
+        return bob.session_for(session.conversation)
+
+    nodes.run_until(
+        lambda: session.state == theirs().state == "established", limit_s=60, step_s=0.05
+    )
+    assert bob.peer(nodes.alice).quarantined_until_us is None
+    assert alice.peer(nodes.bob).quarantined_until_us is None
+    assert theirs().key_id == session.key_id
+    nodes.sim.perform(nodes.alice, alice.submit(sid, b"carried on", manual_clock.wall_us()))
+    nodes.sim.run_for(1)
+    assert [d.payload for d in nodes.sim.delivered[nodes.bob]] == [b"carried on"]
