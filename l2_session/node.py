@@ -7,19 +7,7 @@ ledger (``infrastructure.ledger``), the real post-quantum key exchange
 (``transports.tcp.TcpNode``) — and hands the application ``Session`` objects to send on and
 read from.
 
-SPEC-018 §5.2 maps onto it one to one:
-
-=====================  ==================================================================
-SPEC-018 §5.2          here
-=====================  ==================================================================
-``establish(peer)``    ``await node.establish(peer_did, addresses=...)``: dial, handshake,
-                       return once the session is ``established``
-``accept()``           ``await node.accept()``: the next session a peer established with
-                       this node
-``resume(session)``    ``await node.resume(peer_did)``: the session a restart left
-                       suspended, established again with fresh keys
-``tick(now)``          done by the node: its timer task ticks the manager at every deadline
-=====================  ==================================================================
+SPEC-018 §5.2 maps onto ``Node`` one to one (its docstring says how).
 
 Every step a session takes is saved, signed and chained, before anything it decided leaves
 the node; a node opened again over the same key store and ledger recovers its sessions, and
@@ -260,6 +248,26 @@ class Node:
             session = await node.establish(bob_did, addresses="127.0.0.1:4434")
             await session.send(b"hello")
 
+    SPEC-018 §5.2 maps onto it one to one:
+
+    - ``establish(peer_did, config, ctx)``: ``await node.establish(peer_did,
+      addresses=...)`` dials the peer (QUIC, μTCP beside it: §2.3), does the handshake and
+      returns once the session is ``established``. ``config`` is the node's
+      (``Node.open(config=...)``); ``ctx`` is the node itself.
+    - ``accept(request, config, ctx)``: ``await node.accept()`` returns the next session a
+      peer's request established with this node (requests are answered as they arrive;
+      ``accept`` hands the application the result).
+    - ``resume(peer_did, stored, ctx)``: ``await node.resume(peer_did)``; ``stored`` is the
+      ledger: the session a restart (or a lost link) left suspended is established again
+      with fresh keys.
+    - ``tick(sessions, ctx)``: done by the node, whose timer task ticks the manager at every
+      deadline.
+    - ``State``, ``SessionError``: ``session.state``, ``node.state_changes()``; the
+      ``SessionError`` family, exported here.
+
+    A session then carries messages: ``await session.send(data)``, ``async for message in
+    session``, ``await session.close()``.
+
     Its keys are real: X25519 + ML-KEM-768 handshakes authenticated by the node's Ed25519
     identity. (Simulations without sockets run the sans-I/O ``SessionManager`` with
     ``key_exchange="mock"`` and ``transports.mock.MockTransport``.)
@@ -422,11 +430,9 @@ class Node:
         ``timeout`` seconds (the session goes on trying: it is in ``sessions()``)."""
         _check_did(peer_did)
         async with asyncio.timeout(timeout):
-            await self._connect(peer_did, addresses)
             if bundle is not None:
                 self.directory.publish_bundle(peer_did, bytes(bundle), self._now_us())
-            elif self.bundle and peer_did not in self.directory.directory:
-                await self._transport.fetch_bundle(peer_did)
+            await self._connect(peer_did, addresses)
             session_id = await self._transport.establish(peer_did)
             session = self._handle(session_id, peer_did, "initiator")
             await self._until(session, lambda s: s in (State.ESTABLISHED, State.FAILED, CLOSED))
@@ -545,16 +551,17 @@ class Node:
             self.peers[peer_did] = Addresses.of(given)
         transport = self._transport
         connected = await transport.query(lambda: transport.worker.transport_to(peer_did))
-        if connected is not None and given is None:
-            return
-        book = self.peers.get(peer_did)
-        if book is None:
-            if connected is not None:
-                return
-            raise ConnectionError(
-                f"no connection to {peer_did} and no address for it: give addresses=..."
-            )
-        await transport.dial(peer_did, quic=book.quic, tcp=book.tcp)
+        if connected is None:
+            book = self.peers.get(peer_did)
+            if book is None:
+                raise ConnectionError(
+                    f"no connection to {peer_did} and no address for it: give addresses=..."
+                )
+            await transport.dial(peer_did, quic=book.quic, tcp=book.tcp)
+        if peer_did not in self.directory.directory:
+            # Its prekey bundle, asked of it over the connection: what a full handshake needs
+            # — a new session's, or the one a refused resumption falls back to.
+            await transport.fetch_bundle(peer_did)
 
     def _handle(self, session_id: UUID, peer_did: str, role: str) -> Session:
         session = self._sessions.get(session_id)
