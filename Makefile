@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck unit bench wheel-check clean
+.PHONY: demo test lint typecheck unit bench docs wheel-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# The API reference, from the docstrings: the public API (l2_session) and, for those who run
+# their own loop, the layer beneath. A warning fails the build (CI runs it).
+API_MODULES := l2_session l2_session.domain.manager.manager l2_session.domain.session.config \
+	l2_session.transports.tcp l2_session.transports.mock l2_session.infrastructure.clock
+docs: $(STAMP)
+	rm -rf docs/api
+	$(BIN)/python -W error -m pdoc --docformat restructuredtext -o docs/api $(API_MODULES)
+	@echo "API reference: docs/api/index.html"
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
@@ -50,4 +59,4 @@ wheel-check: $(STAMP)
 	cd .wheelcheck && venv/bin/l2-session --help >/dev/null && echo 'wheel console script ok'
 
 clean:
-	rm -rf .venv .typecheck .wheelcheck .demo build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf .venv .typecheck .wheelcheck .demo docs/api build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -30,12 +30,10 @@ and ``SessionManager``), ``l2_session.infrastructure`` (the signed ledger, keys,
 (the ``l2-session`` CLI).
 """
 
-from __future__ import annotations
+import importlib as _importlib
+import typing as _typing
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from l2_session.domain.session.config import SessionConfig
     from l2_session.domain.session.errors import (
         AuthenticationFailed,
@@ -123,13 +121,13 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     """The public names are imported when first used: ``import l2_session.domain...``
     stays as light as that layer (the node's transports load aioquic and TLS)."""
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'l2_session' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -164,6 +164,7 @@ class Session:
 
     @property
     def closed(self) -> bool:
+        """Whether it is closed (by either end): it takes nothing more."""
         return self._state == CLOSED
 
     async def send(self, data: bytes) -> None:
@@ -192,6 +193,7 @@ class Session:
         return message
 
     def __aiter__(self) -> AsyncIterator[Message]:
+        """``async for message in session``: every message, in order, until it is closed."""
         return self._messages()
 
     async def _messages(self) -> AsyncIterator[Message]:
@@ -283,6 +285,9 @@ class Node:
         witness_interval_s: float = WITNESS_INTERVAL_US / 1e6,
         owns_ledger: bool = False,
     ) -> None:
+        """A node over a key store and a ledger opened with its identity and storage key
+        (``Node.open`` does both from paths, and listens). ``owns_ledger``: ``close`` closes
+        the ledger too. The node starts working at its first ``await``."""
         if not isinstance(keys, KeyStore):
             raise TypeError(f"keys must be a KeyStore, got {type(keys).__name__}")
         if not isinstance(ledger, SessionLedger):
