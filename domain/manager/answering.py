@@ -41,7 +41,7 @@ class HandshakeAnswering:
     _rng: random.Random
     _own_prekeys: str
     _last_handshake_frame: dict[UUID, Frame]
-    _answered_resumption: dict[UUID, bytes]
+    _answered_request: dict[UUID, bytes]
     transport: str
 
     def peer(self, peer_did: str, now_us: int = 0) -> Peer:
@@ -85,13 +85,18 @@ class HandshakeAnswering:
                 # back to a full handshake (decision 4). Not an authentication failure.
                 raise StaleFrame("a resumption for a conversation this node does not have")
             return self._on_resumption(existing, peer, frame, now_us)
-        if existing is not None and existing.state == State.HANDSHAKE_RECEIVED:
+        answered = existing is not None and existing.state == State.HANDSHAKE_RECEIVED
+        if answered and self._answered_request.get(frame.conversation) in (None, frame.key_share):
+            assert existing is not None
             return self._resend(existing)  # a duplicate request: answer it again
-        # The initiator retried: the same session answers (decision 10). A session that is
-        # still established refuses until its own heartbeats fail.
+        # The initiator retried: the same session answers (decision 10) — one answering an
+        # earlier request answers the new one instead (the initiator restarted, or lost our
+        # answer and its own half with it: answered with the old answer, it would drop it).
+        # A session that is still established refuses until its own heartbeats fail.
         if (
             existing is not None
             and not existing.closed
+            and not answered
             and not is_allowed(existing.state, Trigger.RECEIVE_HANDSHAKE)
         ):
             raise InvalidState(existing.state, Trigger.RECEIVE_HANDSHAKE)
@@ -117,9 +122,11 @@ class HandshakeAnswering:
             self._add(session)
         else:
             session = existing
-        session.receive_handshake(now_us)
+        if not answered:
+            session.receive_handshake(now_us)
         reply = HandshakeResponse(frame.conversation, response, self._own_prekeys)
         self._last_handshake_frame[session.conversation] = reply
+        self._answered_request[session.conversation] = frame.key_share
         # Decision 14: saved with its outcome (the key confirmation, a failure or a timeout),
         # in one append. The responder's half of the handshake lives only in memory, so a
         # record of it now could not outlive a crash usefully; nothing to send derives from it.
@@ -148,7 +155,7 @@ class HandshakeAnswering:
                 s.conversation, s.peer_did, frame.key_share, s.key_material, now_us
             )
         except (NothingToResume, StaleFrame):
-            if answering and self._answered_resumption.get(s.conversation) == frame.key_share:
+            if answering and self._answered_request.get(s.conversation) == frame.key_share:
                 return self._resend(s)  # a duplicate (replayed) request: answer it again
             if answering:
                 # Not the request answered, nor one from the keys held: the peer saved the
@@ -161,7 +168,7 @@ class HandshakeAnswering:
             raise
         reply = HandshakeResponse(s.conversation, share, self._own_prekeys)
         self._last_handshake_frame[s.conversation] = reply
-        self._answered_resumption[s.conversation] = frame.key_share
+        self._answered_request[s.conversation] = frame.key_share
         if answering:
             return [self._send(s, reply)]
         if trigger is Trigger.TIME_TO_ROTATE:

@@ -228,9 +228,9 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
         # The last handshake frame sent per conversation, to answer again if the peer shows
         # it was lost (a lost key confirmation strands the responder). Memory only.
         self._last_handshake_frame: dict[UUID, Frame] = {}
-        # The resumption request each of those answers, if one: a new request is told from a
-        # duplicate by it (answering.py). Memory only, kept and let go with the frame.
-        self._answered_resumption: dict[UUID, bytes] = {}
+        # The request each of those answers, if one: a new request is told from a duplicate
+        # by it (answering.py). Memory only, kept and let go with the frame.
+        self._answered_request: dict[UUID, bytes] = {}
         self.dropped_frames = 0
         self.failed_frames = 0  # frames of a batch whose deciding raised, each dropped alone
         self.held_for_answers = 0  # data frames left undecided: no room for their answers
@@ -911,7 +911,7 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
 
     def _forget_handshake_frame(self, conversation: UUID) -> None:
         self._last_handshake_frame.pop(conversation, None)
-        self._answered_resumption.pop(conversation, None)
+        self._answered_request.pop(conversation, None)
 
     def _fire(self, s: Session, timer: timers.Timer, now_us: int, peers: dict[UUID, Peer]) -> None:
         T = timers.Timer

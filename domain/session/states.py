@@ -123,6 +123,9 @@ _TRAFFIC = {T.RECEIVE_MESSAGE, T.RECEIVE_MESSAGE_ACK}
 # Sending under the current keys — data, heartbeats, probes — needs counters reserved.
 _SEAL = {T.RESERVE_COUNTERS}
 _LINK = {T.CONNECTIVITY_LOST, T.CONNECTIVITY_RESTORED, T.TRANSPORT_FAILED, T.TRANSPORT_SWITCHED}
+# Decision 24: a session whose link dies while it rotates, or while it is suspended or failed,
+# records the fallback too, so that the transport it records is the one it comes back over.
+_FALLBACK = {T.TRANSPORT_FAILED, T.TRANSPORT_SWITCHED}
 # Decision 17: the application may close a session in any state; the peer's close can arrive
 # in any state but idle (it travels sealed under keys an idle session never had).
 _CLOSE: dict[Trigger, Target] = {T.CLOSE: FINAL, T.RECEIVE_CLOSE: FINAL}
@@ -196,7 +199,7 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         T.NODE_RESTARTED: S.SUSPENDED,
         **_CLOSE,
         # The old keys stay valid until the rotation completes (§2.2 "no messages are lost").
-        **_stay(S.ROTATING, _QUEUE, _TRAFFIC, _SEAL),
+        **_stay(S.ROTATING, _QUEUE, _TRAFFIC, _SEAL, _FALLBACK),
     },
     S.SUSPENDED: {
         T.CLEANUP: FINAL,
@@ -206,7 +209,7 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         # Decision 4: resumption takes the handshake_initiated edge, never idle -> established.
         T.INITIATE_RESUMPTION: S.HANDSHAKE_INITIATED,
         **_CLOSE,
-        **_stay(S.SUSPENDED, _QUEUE, {T.NODE_RESTARTED}),
+        **_stay(S.SUSPENDED, _QUEUE, {T.NODE_RESTARTED}, _FALLBACK),
     },
     S.FAILED: {
         T.CLEANUP: FINAL,
@@ -214,7 +217,7 @@ TRANSITIONS: Final[dict[State, dict[Trigger, Target]]] = {
         T.INITIATE_RESUMPTION: S.HANDSHAKE_INITIATED,
         T.RECEIVE_HANDSHAKE: S.HANDSHAKE_RECEIVED,
         **_CLOSE,
-        **_stay(S.FAILED, _QUEUE, {T.NODE_RESTARTED}),
+        **_stay(S.FAILED, _QUEUE, {T.NODE_RESTARTED}, _FALLBACK),
     },
 }
 

@@ -319,3 +319,36 @@ def test_an_initiator_killed_before_its_resumption_was_confirmed_resumes_again(
     nodes.sim.perform(nodes.alice, alice.submit(sid, b"carried on", manual_clock.wall_us()))
     nodes.sim.run_for(1)
     assert [d.payload for d in nodes.sim.delivered[nodes.bob]] == [b"carried on"]
+
+
+def test_an_initiator_killed_before_its_confirmation_arrived_gets_its_retry_answered(
+    session_ledger_factory: Callable[..., Any], manual_clock: ManualClock
+) -> None:
+    """Alice saves the keys of Bob's answer and dies before her confirmation reaches him:
+    Bob's session still waits in handshake_received, without keys. Her next process cannot
+    resume (Bob has nothing to resume from); its full handshake — a new request on the same
+    conversation — must be answered anew, not with Bob's answer to the first request, which
+    her new process has no handshake for and drops (found with `l2_session.Node`, closing a
+    node right after `establish`)."""
+    nodes = Nodes(session_ledger_factory, manual_clock)
+    alice = nodes.manager(nodes.alice)
+    bob = nodes.manager(nodes.bob)
+    now = manual_clock.wall_us()
+    sid, request = alice.establish(nodes.bob, now)
+    answer = bob.receive(nodes.alice, _only(request, HandshakeRequest), now)
+    confirmation = alice.receive(nodes.bob, _only(answer, HandshakeResponse), now)
+    assert alice.session(sid).state == "established" and _only(confirmation, HandshakeAck)
+    theirs = bob.session_for(alice.session(sid).conversation)
+    assert theirs is not None and theirs.state == "handshake_received"  # never confirmed
+    alice = nodes.start(nodes.alice)  # she died; her confirmation with her
+    nodes.sim.perform(nodes.alice, alice.reconnected(nodes.bob, manual_clock.wall_us()))
+    session = alice.session(sid)
+    nodes.run_until(
+        lambda: session.state == "established" and theirs.state == "established",
+        limit_s=60, step_s=0.05,
+    )  # fmt: skip
+    assert theirs.key_id == session.key_id
+    assert bob.peer(nodes.alice).quarantined_until_us is None
+    nodes.sim.perform(nodes.alice, alice.submit(sid, b"at last", manual_clock.wall_us()))
+    nodes.sim.run_for(1)
+    assert [d.payload for d in nodes.sim.delivered[nodes.bob]] == [b"at last"]

@@ -8,9 +8,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from l2_session.domain.session.commands import Data, Send
+from l2_session.domain.session.config import SessionConfig
 from l2_session.transports.mock import Simulation
 from session_helpers import ALICE, BOB
 from test_manager import connect, payloads
+
+
+def run_until(sim: Simulation, condition: Callable[[], bool], limit_s: float) -> None:
+    waited = 0.0
+    while not condition():
+        assert waited < limit_s, f"not reached within {limit_s} s of manual time"
+        sim.run_for(0.1)
+        waited += 0.1
 
 
 def kinds(sim: Simulation, node: str, sid) -> list[str]:
@@ -84,3 +93,37 @@ def test_a_peer_arriving_over_utcp_moves_its_quic_sessions_at_once(
     assert bob_session.transport == "utcp" and not bob_session.fallback_pending
     assert kinds(sim, BOB, bob_session.id)[-2:] == ["FallbackAttempted", "TransportSwitched"]
     assert alice_side.transport == "quic"  # the other end's sessions are its own
+
+
+def test_a_session_whose_link_dies_while_it_rotates_records_the_fallback_and_comes_back_over_it(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    """Found by `l2-session demo`: a QUIC link that died during a key rotation left the
+    session recording QUIC while it came back (the rotation timed out, a retry established it)
+    over μTCP. A rotating, suspended or failed session records the fallback and the switch
+    too; the transport it records is the one it runs on."""
+    # As `l2-session demo` runs: keys rotated 4 s after they were made, heartbeats every 1 s.
+    config = SessionConfig(
+        ttl=20.0, rotation_window=16.0, heartbeat_interval=1.0, heartbeat_tolerance=2,
+        heartbeat_response_timeout=0.5,
+    )  # fmt: skip
+    sim = make_sim(config=config)
+    sid = connect(sim)
+    alice, bob = sim.nodes[ALICE], sim.nodes[BOB]
+    s = alice.session(sid)
+    sim.run_for(2.5)
+    sim.transport.partition(ALICE, BOB)  # the rotation's request is lost with the link
+    run_until(sim, lambda: s.state == "rotating", limit_s=10)
+    alice.transport_lost(BOB, "quic", sim.clock.wall_us())  # the QUIC link died
+    assert (s.state, s.transport, s.fallback_pending) == ("rotating", "utcp", True)
+    sim.run_for(3)  # a μTCP connection comes up after a while; each end finds it
+    sim.transport.heal(ALICE, BOB)
+    sim.perform(BOB, bob.transport_found(ALICE, "utcp", sim.clock.wall_us()))
+    sim.perform(ALICE, alice.transport_found(BOB, "utcp", sim.clock.wall_us()))
+    assert not s.fallback_pending and kinds(sim, ALICE, sid).count("TransportSwitched") == 1
+    run_until(sim, lambda: s.state == "established", limit_s=60)
+    sim.perform(ALICE, alice.submit(sid, b"after the fallback", sim.clock.wall_us()))
+    sim.run_for(5)
+    assert payloads(sim, BOB) == [b"after the fallback"]
+    assert alice.ledger.repository.get(sid).transport == "utcp"
+    assert bob.session_for(s.conversation).transport == "utcp"
