@@ -31,6 +31,7 @@ class Pipe(Protocol):
     def peername(self) -> Any: ...
     def closing(self) -> bool: ...
     def write(self, frames: list[bytes]) -> None: ...
+    def unsent(self) -> int: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
 
@@ -49,6 +50,10 @@ class TcpPipe:
 
     def write(self, frames: list[bytes]) -> None:
         self.writer.write(b"".join(frames))
+
+    def unsent(self) -> int:
+        """Bytes written and not yet handed to the kernel."""
+        return self.writer.transport.get_write_buffer_size()
 
     def close(self) -> None:
         self.writer.close()
@@ -83,6 +88,10 @@ class QuicPipe:
                 self._waiting.append(frame)  # after those already waiting: order kept
         if self._waiting and self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
+
+    def unsent(self) -> int:
+        """Frames held, and bytes sent that the peer has not acknowledged yet."""
+        return len(self._waiting) + self.link.send_buffered
 
     async def _flush(self) -> None:
         try:

@@ -102,8 +102,9 @@ from uuid import UUID
 from l2_session.domain.manager.channel import RESERVATION_BLOCK
 from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Deliver, HandshakeRequest, Output, Send
-from l2_session.domain.session.errors import WindowFull
+from l2_session.domain.session.errors import FailureReason, SessionError, WindowFull
 from l2_session.domain.session.session import QUIC, UTCP
+from l2_session.domain.session.states import State, Trigger, is_allowed
 from l2_session.infrastructure.identity import public_bytes_from_did_key
 from l2_session.infrastructure.ledger.witness import Witnessing
 from l2_session.transports.fallback import FallbackPolicy
@@ -132,6 +133,7 @@ MAX_BATCH = 256  # frames (and sends) decided in one save; readers wait beyond i
 MAX_UNREAD = 4096  # messages delivered and not yet received before the node stops reading
 DELIVERED_KEPT = 1024  # ``TcpNode.delivered`` holds the latest this many messages
 CLOSE_WAIT_S = 5.0  # close(end_sessions=True) waits this long at most for the peers' answers
+CLOSE_DRAIN_S = 0.5  # close() waits this long at most for what it wrote to leave
 
 T = TypeVar("T")
 
@@ -269,22 +271,50 @@ class TcpNode:
         endpoint = self._quic(None)
         early = await self._early_resumes(peer_did)
         quic = await endpoint.connect(
-            host, port, hello=self.manager.local_did.encode(), early=early
+            host, port, hello=self.manager.local_did.encode(), early=[d for _, d in early]
         )
         self.connections.dialled_quic(quic, peer_did)
 
-    async def _early_resumes(self, peer_did: str) -> list[bytes]:
+    async def _early_resumes(self, peer_did: str) -> list[tuple[UUID, bytes]]:
         """The RESUMEs of the sessions a restart left waiting for ``peer_did``, saved, as
         frames for a QUIC link's first flight; those sessions are under way from here."""
 
-        def resumes() -> list[bytes]:
-            outputs = self.manager.reconnected(peer_did, self.now_us())
-            early = [encode(o.frame) for o in outputs if isinstance(o, Send) and _is_request(o)]
-            rest = [o for o in outputs if not _is_request(o)]
+        def resumes() -> list[tuple[UUID, bytes]]:
+            requests, rest = _split_requests(self.manager.reconnected(peer_did, self.now_us()))
             self.perform(rest)  # anything else, as on any connection
-            return early
+            return [(r.conversation, encode(r)) for r in requests]
 
         return await self.query(resumes)
+
+    async def _resumptions_again(self, early: list[tuple[UUID, bytes]]) -> list[bytes]:
+        """For a μTCP connection that won over a QUIC attempt whose first flight carried
+        ``early`` RESUMEs: each session's RESUME again if it still waits for its answer (a
+        duplicate changes nothing), or a new resumption if it timed out meanwhile — QUIC's
+        head start (250 ms) is longer than a resumption's 100 ms (decision 4), so with UDP
+        blocked it always did."""
+
+        def again() -> list[bytes]:
+            frames, now = [], self.now_us()
+            for conversation, data in early:
+                s = self.manager.session_for(conversation)
+                if s is None or s.closed:
+                    continue
+                if s.state == State.HANDSHAKE_INITIATED:
+                    frames.append(data)
+                elif s.failure_reason == FailureReason.TIMEOUT and is_allowed(
+                    s.state, Trigger.INITIATE_RESUMPTION
+                ):
+                    try:
+                        outputs = self.manager.resume(s.id, now)
+                    except SessionError as error:
+                        log.info("session %s not resumed over μTCP: %s", s.id, error)
+                        continue
+                    requests, rest = _split_requests(outputs)
+                    frames += [encode(r) for r in requests]
+                    self.perform(rest)
+            return frames
+
+        return await self.query(again)
 
     async def dial(
         self,
@@ -309,13 +339,14 @@ class TcpNode:
         loop = asyncio.get_running_loop()
         policy, started = self.fallback, loop.time()
         attempts: dict[str, asyncio.Task[Any]] = {}
-        early: list[bytes] = []
+        early: list[tuple[UUID, bytes]] = []
         if quic is not None and (tcp is None or policy.try_quic(peer_did, started)):
             endpoint = self._quic(None)
             hello = self.manager.local_did.encode()
             early = await self._early_resumes(peer_did)  # in QUIC's first flight
+            first_flight = [d for _, d in early]
             attempts[QUIC] = asyncio.ensure_future(
-                endpoint.connect(*quic, hello=hello, early=early)
+                endpoint.connect(*quic, hello=hello, early=first_flight)
             )
             if tcp is not None:
                 await asyncio.wait([attempts[QUIC]], timeout=policy.head_start(peer_did))
@@ -340,8 +371,8 @@ class TcpNode:
         else:
             reader, writer = attempts[UTCP].result()
             self.connections.dialled_tcp(peer_did, reader, writer)
-            if early:  # the RESUMEs that rode the lost QUIC attempt go on μTCP
-                writer.write(b"".join(early))  # (a duplicate RESUME changes nothing)
+            if early:  # the resumptions that rode the lost QUIC attempt go on μTCP
+                writer.write(b"".join(await self._resumptions_again(early)))
         return winner
 
     async def _redial(self, peer_did: str) -> None:
@@ -723,16 +754,23 @@ class TcpNode:
 
     # ------------------------------------------------------------------ stopping
     async def close(
-        self, *, end_sessions: bool = False, close_wait_s: float = CLOSE_WAIT_S
+        self,
+        *,
+        end_sessions: bool = False,
+        close_wait_s: float = CLOSE_WAIT_S,
+        close_drain_s: float = CLOSE_DRAIN_S,
     ) -> None:
         """Stop the node. By default its sessions stay as they are, resumable: nothing queued
         is lost, and a node started over the same ledger resumes them (decision 16) — the
         peers, meanwhile, see a silent peer. ``end_sessions=True`` closes every session first
         (decision 17): each peer is told, and the node waits up to ``close_wait_s`` for their
         answers (closes lost meanwhile are resent while the timers run). Sends and commands
-        the worker has not taken fail with ``NodeClosed``; the batch in hand is finished."""
-        if close_wait_s < 0:
-            raise ValueError(f"close_wait_s must be >= 0, got {close_wait_s}")
+        the worker has not taken fail with ``NodeClosed``; the batch in hand is finished, and
+        what the node wrote is given up to ``close_drain_s`` to leave (on QUIC, to be
+        acknowledged) before the connections close."""
+        for name, seconds in (("close_wait_s", close_wait_s), ("close_drain_s", close_drain_s)):
+            if seconds < 0:
+                raise ValueError(f"{name} must be >= 0, got {seconds}")
         if self._closed:
             return
         if end_sessions:
@@ -747,10 +785,13 @@ class TcpNode:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._idle.wait()  # the batch in hand: its saves are not cut short
+        # What the node decided before it closed reaches its peers (a key confirmation sent
+        # just before: without it the peer never establishes), if they still answer.
+        await self.connections.drain(close_drain_s)
         await self.connections.close()
         if self.quic is not None:
             await self.quic.close()
-        await self._idle.wait()  # the batch in hand: its saves are not cut short
         self.worker.stop()
         self.worker.forget_routes()
         gone = NodeClosed("the node closed before it took this")
@@ -801,5 +842,13 @@ async def _discard(task: asyncio.Task[Any]) -> None:
             result.close("lost the race to another transport")
 
 
-def _is_request(output: Output) -> bool:
-    return isinstance(output, Send) and isinstance(output.frame, HandshakeRequest)
+def _split_requests(outputs: list[Output]) -> tuple[list[HandshakeRequest], list[Output]]:
+    """The handshake requests among ``outputs`` (frames for a first flight), and the rest."""
+    requests: list[HandshakeRequest] = []
+    rest: list[Output] = []
+    for output in outputs:
+        if isinstance(output, Send) and isinstance(output.frame, HandshakeRequest):
+            requests.append(output.frame)
+        else:
+            rest.append(output)
+    return requests, rest

@@ -320,6 +320,15 @@ class Connections:
             if link.did:  # the worker heard of it: it stops routing to it
                 self._down(link)
 
+    async def drain(self, timeout_s: float) -> None:
+        """Until what was written on every open connection is out (on QUIC: acknowledged),
+        or ``timeout_s`` passed (a peer that went silent acknowledges nothing)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(not link.pipe.closing() and link.pipe.unsent() for link in self.open):
+            if asyncio.get_running_loop().time() >= deadline:
+                return
+            await asyncio.sleep(0.005)
+
     async def close(self) -> None:
         """Stop reading, close every connection."""
         for task in self._readers:

@@ -290,3 +290,56 @@ def test_the_manager_beneath_runs_on_fake_keys_only_when_told(tmp_path):
         assert type(manager._kx).__name__ == "MockKeyExchange"
     finally:
         ledger.close()
+
+
+def test_a_restarted_node_resumes_over_utcp_when_udp_is_blocked(tmp_path):
+    """Found by `l2-session demo`: a restarted node's RESUME rides QUIC's first flight; with
+    UDP blocked, QUIC is given its 250 ms head start, and the resumption's 100 ms (decision 4)
+    ran out before μTCP connected — the session fell to a full handshake, or to nothing when
+    the peer's bundle was unknown. Now the connection that wins carries a resumption."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        hole, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        blocked = hole.get_extra_info("sockname")[:2]  # UDP answered by nobody
+        try:
+            async with Node.open(**files(tmp_path, "bob"), listen="127.0.0.1:0") as bob:
+                where = {"quic": blocked, "tcp": bob.addresses.tcp}
+                async with Node.open(**files(tmp_path, "alice")) as alice:
+                    first = await alice.establish(bob.did, addresses=where)
+                    assert first.transport == "utcp"
+                async with Node.open(**files(tmp_path, "alice")) as alice:
+                    again = await alice.resume(bob.did, addresses=where)
+                    assert again.id == first.id
+                    await again.send(b"after a restart, over TCP")
+                    incoming = await bob.accept(timeout=WAIT)
+                    assert (
+                        await incoming.receive(timeout=WAIT)
+                    ).data == b"after a restart, over TCP"
+                    return first.id
+        finally:
+            hole.close()
+
+    sid = run(main())
+    ledger = SessionLedger(tmp_path / "alice.sqlite3", create=False)
+    try:
+        steps = list(LedgerHistory(ledger).timeline(sid))
+    finally:
+        ledger.close()
+    after = [
+        t
+        for t in steps
+        if t.position > next(t.position for t in steps if t.event == "NodeRestarted")
+    ]
+    # The RESUME that rode QUIC's first flight is lost with it (its 100 ms run out while
+    # QUIC has its head start); the μTCP connection carries a new one: no full handshake.
+    moves = [(t.trigger, t.state) for t in after if t.state != t.state_before]
+    assert moves[-2:] == [
+        ("initiate_resumption()", "handshake_initiated"),
+        ("receive_valid_response()", "established"),
+    ]
+    assert {t for t, _ in moves} <= {
+        "initiate_resumption()", "timeout", "receive_valid_response()"
+    }  # fmt: skip
