@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	for d in domain infrastructure projections transports tools; do ln -sfn ../../$$d .typecheck/l2_session/$$d; done
 	for f in l2_session/*.py l2_session/py.typed; do ln -sfn ../../$$f .typecheck/$$f; done
 
+# Two node processes over QUIC, the whole story (under 30 s); it leaves their ledgers in .demo.
 demo: $(STAMP)
-	rm -rf .demo && mkdir -p .demo
-	$(BIN)/l2-session demo --ledger .demo/ledger.sqlite3
+	rm -rf .demo
+	$(BIN)/l2-session demo --dir .demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -28,6 +28,16 @@ FORBIDDEN = [
     ("l2_session.domain.session", "l2_session.domain.handshake"),
     ("l2_session.domain.session", "l2_session.domain.manager"),
     ("l2_session.domain.handshake", "l2_session.domain.manager"),
+    # The front door (l2_session/node.py) sits on the layers; no layer leans on it.
+    *(
+        (layer, "l2_session.node")
+        for layer in (
+            "l2_session.domain",
+            "l2_session.infrastructure",
+            "l2_session.projections",
+            "l2_session.transports",
+        )
+    ),
 ]
 
 

@@ -79,21 +79,25 @@ def diagram_command(**params: Any) -> int:
     return run_body(_diagram, params)
 
 
-def _demo(args: Any) -> int:
-    from l2_session.tools.demo import print_summary, run_demo
+def _simulate(args: Any) -> int:
+    from l2_session.tools.simulate import print_summary, run_simulation
 
-    result = run_demo(args.ledger, sessions=args.sessions, checkpoint_file=args.save_checkpoint)
+    result = run_simulation(
+        args.ledger, sessions=args.sessions, checkpoint_file=args.save_checkpoint
+    )
     print_summary(result, as_json=args.as_json)
     return ExitCode.OK if result.ok else ExitCode.NOT_INTACT
 
 
-DEMO_LEDGER = "l2-session-demo.sqlite3"
+SIMULATION_LEDGER = "l2-session-simulation.sqlite3"
 
 
 @cli.command(
-    "demo", help="drive sessions through SPEC-018 on a new signed ledger, verify, summarise"
+    "simulate",
+    help="sessions driven through SPEC-018 on a manual clock into a new signed ledger "
+    "(a ledger to try the audit commands on, in a second), verified and summarised",
 )
-@ledger_option(default=DEMO_LEDGER)
+@ledger_option(default=SIMULATION_LEDGER)
 @click.option(
     "--sessions", type=whole_number(1, 10_000), default=6, show_default=True,
     help="how many sessions (1 to 10000)",
@@ -101,12 +105,32 @@ DEMO_LEDGER = "l2-session-demo.sqlite3"
 @click.option(
     "--save-checkpoint", metavar="FILE",
     help="where to save the ledger's checkpoint (default: the ledger file's name + "
-    "'.checkpoint'; for a PostgreSQL ledger, l2-session-demo-<schema>.checkpoint)",
+    "'.checkpoint'; for a PostgreSQL ledger, l2-session-simulation-<schema>.checkpoint)",
 )  # fmt: skip
 @json_option
 @debug_option
+def simulate_command(**params: Any) -> int:
+    return run_body(_simulate, params, ledger=SIMULATION_LEDGER)
+
+
+def _demo(args: Any) -> int:
+    from l2_session.tools.demo import run_demo
+
+    return ExitCode.OK if run_demo(Path(args.dir)) else ExitCode.NOT_INTACT
+
+
+@cli.command(
+    "demo",
+    help="two node processes over QUIC: a post-quantum session, messages, a partition, a key "
+    "rotation, a fallback to TCP and a SIGKILL, then both ledgers verified and witnessed",
+)
+@click.option(
+    "--dir", default=".demo", show_default=True, metavar="DIR",
+    help="where the two nodes keep their keys and ledgers (created; never reused)",
+)  # fmt: skip
+@debug_option
 def demo_command(**params: Any) -> int:
-    return run_body(_demo, params, ledger=DEMO_LEDGER)
+    return run_body(_demo, params)
 
 
 # -- verify, audit, the node, PostgreSQL ------------------------------------------------------

@@ -49,11 +49,12 @@ import stat
 import sys
 import tomllib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from l2_session.domain.session.config import SessionConfig
 from l2_session.domain.session.errors import SessionError
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
@@ -95,14 +96,16 @@ class NodeProcess:
         peers: dict[str, Addresses] | None = None,
         quic_settings: QuicSettings | None = None,
         witness_interval_s: float = WITNESS_INTERVAL_US / 1e6,
+        config: SessionConfig | None = None,
     ) -> None:
         self.store, self.ledger = store, ledger
         self.peers = dict(peers or {})  # the address book: DID -> (QUIC, μTCP)
         # The library's node, wired as every node is (l2_session/node.py): this process
         # adds the control socket around it.
         self.front = Node(
-            store, ledger, quic_settings=quic_settings, witness_interval_s=witness_interval_s
-        )
+            store, ledger, config=config, quic_settings=quic_settings,
+            witness_interval_s=witness_interval_s,
+        )  # fmt: skip
         self.node, self.manager = self.front.transport, self.front.manager
         self.timeline, self.directory = self.front.timeline, self.front.directory
         self.bundle = self.front.bundle
@@ -297,7 +300,12 @@ async def serve(settings: NodeSettings) -> None:
     )  # fmt: skip
     try:
         process = NodeProcess(
-            store, ledger, settings.peers, settings.quic_settings, settings.witness_interval_s
+            store,
+            ledger,
+            settings.peers,
+            settings.quic_settings,
+            settings.witness_interval_s,
+            settings.session,
         )
         await _run(process, settings.quic, settings.tcp, settings.control)
     finally:
@@ -352,7 +360,7 @@ async def _run(
 Addresses = tuple[tuple[str, int] | None, tuple[str, int] | None]  # (QUIC, μTCP)
 SETTINGS = (
     "keys", "ledger", "quic", "tcp", "control", "durability", "log_format", "peers",
-    "quic_keepalive_s", "quic_idle_timeout_s", "witness_interval_s",
+    "quic_keepalive_s", "quic_idle_timeout_s", "witness_interval_s", "session",
 )  # fmt: skip
 
 
@@ -370,6 +378,7 @@ class NodeSettings:
     peers: dict[str, Addresses] = field(default_factory=dict)
     quic_settings: QuicSettings = field(default_factory=QuicSettings)
     witness_interval_s: float = WITNESS_INTERVAL_US / 1e6
+    session: SessionConfig = field(default_factory=SessionConfig)
 
 
 def settings_from(args: Any) -> NodeSettings:
@@ -423,6 +432,7 @@ def settings_from(args: Any) -> NodeSettings:
         raise UsageError(
             f"{where}witness_interval_s must be seconds above 0, got {witness_interval_s!r}"
         )
+    session = _session_config(config.get("session", {}), where)
     peers = _peers_from_config(config.get("peers", {}), where)
     for flag in args.peer or []:
         did, book = _peer_from_flag(flag)
@@ -433,6 +443,7 @@ def settings_from(args: Any) -> NodeSettings:
         tcp=None if tcp is None else Address.parse(tcp, "--tcp"),
         control=Path(value("control")), durability=durability, log_format=log_format,
         peers=peers, quic_settings=quic_settings, witness_interval_s=witness_interval_s,
+        session=session,
     )  # fmt: skip
 
 
@@ -450,6 +461,23 @@ def _read_config(path: str) -> dict[str, Any]:
             f"--config {path}: unknown setting {', '.join(unknown)}; known: {', '.join(SETTINGS)}"
         )
     return config
+
+
+def _session_config(table: Any, where: str) -> SessionConfig:
+    """``[session]``: SessionConfig's fields (seconds for durations), e.g. for short timers."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}[session] must be a table of SessionConfig fields")
+    known = {f.name for f in fields(SessionConfig)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        known_list = ", ".join(sorted(known))
+        raise UsageError(
+            f"{where}[session]: unknown field {', '.join(unknown)}; known: {known_list}"
+        )
+    try:
+        return SessionConfig(**table)
+    except ValueError as error:  # ConfigError names the field and what it must be
+        raise UsageError(f"{where}[session]: {error}") from None
 
 
 def _peers_from_config(table: Any, where: str) -> dict[str, Addresses]:

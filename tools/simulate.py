@@ -1,14 +1,14 @@
-"""``l2-session demo``: sessions driven through SPEC-018's life on a new signed ledger.
+"""``l2-session simulate``: sessions driven through SPEC-018's life on a new signed ledger.
 
 Several sessions are established with the manual clock, exchange heartbeats and messages,
 rotate their keys once, and are saved together (group commit); then the ledger is checkpointed,
 verified, reopened and replayed, the checkpoint is saved beside the ledger, and a summary is
 printed.
 
-The demo only ever creates: a ledger or checkpoint file that already exists, or a PostgreSQL
+The simulation only ever creates: a ledger or checkpoint file that already exists, or a PostgreSQL
 schema that already holds a ledger, is refused before anything is written, so that it never
 adds to someone's ledger. Its manual clock ends its simulated minutes at the moment it runs, so
-the ledger's timestamps say when the demo ran and a node can go on appending to it.
+the ledger's timestamps say when it ran and a node can go on appending to it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ ANSWER_US = 40_000  # a heartbeat's answer (SPEC-018 §2.2: within 2 s)
 
 
 @dataclass(frozen=True)
-class DemoResult:
+class SimulationResult:
     location: str  # as it may be printed (a URL without its password)
     checkpoint_file: str
     signer: str
@@ -59,7 +59,9 @@ def default_checkpoint_file(location: str | Path) -> Path:
     """Beside a ledger file (``<file>.checkpoint``); for a PostgreSQL ledger, in the current
     folder, named after its schema."""
     if is_postgres_url(location):
-        return Path(f"l2-session-demo-{PostgresLocation.parse(str(location)).schema}.checkpoint")
+        return Path(
+            f"l2-session-simulation-{PostgresLocation.parse(str(location)).schema}.checkpoint"
+        )
     return Path(f"{location}.checkpoint")
 
 
@@ -71,15 +73,15 @@ def _refuse_an_existing_ledger(location: str | Path) -> None:
         with pg.connect() as conn, conn.cursor() as cur:
             if read_meta(cur, pg.schema) is not None:
                 raise UsageError(
-                    f"{pg.redacted()} already holds a ledger; the demo only creates a new one, "
-                    "so that it never adds to a ledger — give it another ?schema="
+                    f"{pg.redacted()} already holds a ledger; the simulation only creates a new "
+                    "one, so that it never adds to a ledger — give it another ?schema="
                 )
         return
     path = Path(location)
     if path.exists() or path.is_symlink():
         raise UsageError(
-            f"{path} already exists; the demo only creates a new ledger, so that it never adds "
-            "to or overwrites a file — remove it, or give --ledger a new file name"
+            f"{path} already exists; the simulation only creates a new ledger, so that it never "
+            "adds to or overwrites a file — remove it, or give --ledger a new file name"
         )
     if not path.parent.is_dir():
         why = "is not a folder" if path.parent.exists() else "does not exist"
@@ -88,14 +90,14 @@ def _refuse_an_existing_ledger(location: str | Path) -> None:
 
 @contextlib.contextmanager
 def _created(location: str | Path, checkpoint_file: Path) -> Iterator[None]:
-    """Claim ``checkpoint_file`` (it must not exist); if the demo then fails, remove what it
-    created, so that a failed demo leaves no half-made ledger behind."""
+    """Claim ``checkpoint_file`` (it must not exist); if the simulation then fails, remove what it
+    created, so that a failed simulation leaves no half-made ledger behind."""
     try:
         checkpoint_file.open("x").close()
     except FileExistsError:
         raise UsageError(
-            f"{checkpoint_file} already exists; the demo does not overwrite it — remove it, or "
-            "give --save-checkpoint another file"
+            f"{checkpoint_file} already exists; the simulation does not overwrite it — remove "
+            "it, or give --save-checkpoint another file"
         ) from None
     except OSError as e:
         raise UsageError(f"cannot create {checkpoint_file}: {e.strerror}") from e
@@ -112,14 +114,14 @@ def _created(location: str | Path, checkpoint_file: Path) -> Iterator[None]:
         raise
 
 
-def run_demo(
+def run_simulation(
     location: str | Path,
     *,
     sessions: int = 6,
     heartbeats: int = 24,
     checkpoint_file: str | Path | None = None,
-) -> DemoResult:
-    """Run the demo on a new ledger at ``location``; its checkpoint is saved to
+) -> SimulationResult:
+    """Run the simulation on a new ledger at ``location``; its checkpoint is saved to
     ``checkpoint_file`` (default: default_checkpoint_file). UsageError if either exists."""
     if sessions < 1:
         raise ValueError(f"sessions must be >= 1, got {sessions}")
@@ -129,7 +131,7 @@ def run_demo(
         return _run(location, sessions, heartbeats, saved)
 
 
-def _run(location: str | Path, sessions: int, heartbeats: int, saved: Path) -> DemoResult:
+def _run(location: str | Path, sessions: int, heartbeats: int, saved: Path) -> SimulationResult:
     config = SessionConfig()
     interval = round(config.heartbeat_interval * SECOND)
     # The simulated minutes end now: a ledger's timestamps never decrease, and one dated in
@@ -142,7 +144,7 @@ def _run(location: str | Path, sessions: int, heartbeats: int, saved: Path) -> D
     try:
         now = clock.wall_us()
         live = [
-            Session.open(f"did:key:z6MkDemoPeer{i}", "initiator", config, now)
+            Session.open(f"did:key:z6MkSimulatedPeer{i}", "initiator", config, now)
             for i in range(sessions)
         ]
         for s in live:
@@ -150,7 +152,9 @@ def _run(location: str | Path, sessions: int, heartbeats: int, saved: Path) -> D
         ledger.save(*live)
         now += HANDSHAKE_US
         for s in live:
-            s.receive_valid_response(now, key_material=os.urandom(32), prekeys="demo-prekeys-v1")
+            s.receive_valid_response(
+                now, key_material=os.urandom(32), prekeys="simulated-prekeys-v1"
+            )
             s.submit_message(now, b"hello over an established session")
         ledger.save(*live)
         for beat in range(heartbeats):
@@ -186,7 +190,7 @@ def _run(location: str | Path, sessions: int, heartbeats: int, saved: Path) -> D
         if is_postgres_url(location)
         else str(location)
     )
-    return DemoResult(
+    return SimulationResult(
         location=shown,
         checkpoint_file=str(saved),
         signer=identity.did,
@@ -201,7 +205,7 @@ def _run(location: str | Path, sessions: int, heartbeats: int, saved: Path) -> D
     )
 
 
-def print_summary(result: DemoResult, *, as_json: bool = False) -> None:
+def print_summary(result: SimulationResult, *, as_json: bool = False) -> None:
     """The summary, then the checkpoint exactly as ``verify --checkpoint`` reads it, and the
     command that checks the ledger against it (or all of it as one JSON object)."""
     if as_json:
@@ -221,7 +225,7 @@ def print_summary(result: DemoResult, *, as_json: bool = False) -> None:
             }
         )
         return
-    print(printable(f"l2-session demo: ledger {result.location}"))
+    print(printable(f"l2-session simulate: ledger {result.location}"))
     print(
         f"  appended {result.events} signed events for {result.sessions} sessions "
         f"in {result.append_seconds:.2f} s (states now: {', '.join(result.states)})"

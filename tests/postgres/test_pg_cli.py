@@ -42,8 +42,8 @@ def test_demo_and_verify_run_on_a_postgresql_ledger(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)  # where the demo saves the checkpoint of a PostgreSQL ledger
-    assert main(["demo", "--ledger", pg_location.url(), "--sessions", "2"]) == 0
-    assert (tmp_path / f"l2-session-demo-{pg_location.schema}.checkpoint").exists()
+    assert main(["simulate", "--ledger", pg_location.url(), "--sessions", "2"]) == 0
+    assert (tmp_path / f"l2-session-simulation-{pg_location.schema}.checkpoint").exists()
     capsys.readouterr()
     monkeypatch.setenv("L2S_LEDGER", pg_location.url())
     assert main(["verify"]) == 0
@@ -54,7 +54,7 @@ def test_pg_import_moves_a_demo_ledger_and_project_catches_up_on_it(
     pg_location: PostgresLocation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sqlite_ledger = tmp_path / "node.sqlite3"
-    assert main(["demo", "--ledger", str(sqlite_ledger), "--sessions", "2"]) == 0
+    assert main(["simulate", "--ledger", str(sqlite_ledger), "--sessions", "2"]) == 0
     capsys.readouterr()
     assert main(["pg-import", "--from", str(sqlite_ledger), "--ledger", pg_location.url()]) == 0
     copied = int(capsys.readouterr().out.split()[0])
@@ -90,7 +90,7 @@ def test_the_postgresql_commands_print_json_when_asked(
     import json
 
     sqlite_ledger = tmp_path / "node.sqlite3"
-    assert main(["demo", "--ledger", str(sqlite_ledger), "--sessions", "1"]) == 0
+    assert main(["simulate", "--ledger", str(sqlite_ledger), "--sessions", "1"]) == 0
     capsys.readouterr()
     assert main(["pg-import", "--from", str(sqlite_ledger), "--ledger", pg_location.url(),
                  "--json"]) == 0  # fmt: skip

@@ -31,7 +31,7 @@ def demo_ledger_files(tmp_path_factory: pytest.TempPathFactory) -> list[DemoLedg
     for name in ("a", "b"):
         folder = tmp_path_factory.mktemp(f"demo_{name}")
         path = folder / "ledger.sqlite3"
-        result = run("demo", "--ledger", str(path), "--sessions", "1")
+        result = run("simulate", "--ledger", str(path), "--sessions", "1")
         assert result.returncode == 0, result.stderr
         with sqlite3.connect(path) as db:
             (text,) = db.execute(

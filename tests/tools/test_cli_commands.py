@@ -122,12 +122,12 @@ def test_demo_refuses_a_postgresql_schema_that_holds_a_ledger(
     pg_location: PostgresLocation, tmp_path: Path
 ):
     url = pg_location.url()
-    first = run("demo", "--ledger", url, "--sessions", "1", cwd=tmp_path)
+    first = run("simulate", "--ledger", url, "--sessions", "1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     with psycopg.connect(**pg_location.connect_kwargs()) as conn:
         count = f"SELECT count(*) FROM {pg_location.schema}.ledger_events"
         before = conn.execute(count).fetchone()
-        again = run("demo", "--ledger", url, "--sessions", "1", "--save-checkpoint",
+        again = run("simulate", "--ledger", url, "--sessions", "1", "--save-checkpoint",
                     str(tmp_path / "again.checkpoint"))  # fmt: skip
         refused(again, 2, pg_location.redacted(), "already")
         assert conn.execute(count).fetchone() == before

@@ -15,9 +15,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_demo_appends_verifies_and_replays(tmp_path):
+def test_simulate_appends_verifies_and_replays(tmp_path):
     ledger = tmp_path / "demo.sqlite3"
-    result = run("demo", "--ledger", str(ledger))
+    result = run("simulate", "--ledger", str(ledger))
     assert result.returncode == 0, result.stderr
     assert "replayed every session: identical" in result.stdout
     assert "ledger verification: OK" in result.stdout
@@ -28,7 +28,7 @@ def test_demo_appends_verifies_and_replays(tmp_path):
 
 def test_verify_exit_codes_say_ok_tampered_or_unusable(tmp_path):
     ledger = tmp_path / "demo.sqlite3"
-    assert run("demo", "--ledger", str(ledger), "--sessions", "2").returncode == 0
+    assert run("simulate", "--ledger", str(ledger), "--sessions", "2").returncode == 0
     checkpoint = sqlite3.connect(ledger).execute(
         "SELECT text FROM ledger_checkpoints ORDER BY id DESC LIMIT 1").fetchone()[0]  # fmt: skip
     (tmp_path / "cp.txt").write_text(checkpoint, encoding="utf-8")

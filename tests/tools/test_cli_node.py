@@ -375,6 +375,14 @@ def test_a_node_from_a_config_file_dials_its_address_book_and_logs_json(tmp_path
             'keys = "k"\nledger = "l"\ncontrol = "c"\nquic = "127.0.0.1:0"\nwitness_interval_s = 0',
             "witness_interval_s must be seconds above 0",
         ),
+        (
+            'keys = "k"\nledger = "l"\ncontrol = "c"\nquic = "127.0.0.1:0"\n[session]\nheartbeat = 1',
+            "[session]: unknown field heartbeat",
+        ),
+        (
+            'keys = "k"\nledger = "l"\ncontrol = "c"\nquic = "127.0.0.1:0"\n[session]\nttl = -1',
+            "[session]: SessionConfig.ttl = -1",
+        ),
     ],
 )
 def test_node_refuses_a_wrong_config_file_with_why(

@@ -55,8 +55,7 @@ def test_readme_audit_walkthrough_runs_as_printed(tmp_path):
     root = README.parent
     (tmp_path / ".venv").symlink_to(root / ".venv")
     (tmp_path / "tools").symlink_to(root / "tools")
-    (tmp_path / ".demo").mkdir()  # as make demo does
-    demo = run_line(tmp_path, ".venv/bin/l2-session demo --ledger .demo/ledger.sqlite3")
+    demo = run_line(tmp_path, ".venv/bin/l2-session demo --dir .demo")  # as make demo does
     assert demo.returncode == 0, demo.stderr
     lines = [line.split("  #")[0].strip() for line in block.group(1).splitlines()]
     for line in lines:
