@@ -89,7 +89,7 @@ class Addresses:
     def parse(cls, text: str) -> Addresses:
         """``"HOST:PORT"``: QUIC and μTCP on the same host and port (``[::1]:4433`` for
         IPv6). ``ValueError`` naming what is wrong otherwise."""
-        host, port = _host_port(text)
+        host, port = parse_host_port(text)
         return cls((host, port), (host, port))
 
     @classmethod
@@ -492,9 +492,9 @@ class Node:
         return found
 
     async def state_changes(self) -> AsyncIterator[StateChange]:
-        """Every state change of every session from now on, as saved. A reader that falls
-        1,024 changes behind loses the oldest (``missed`` on the iterator's
-        ``StateChanges``); the ledger keeps them all (``audit timeline``)."""
+        """Every state change of every session from now on, in the order saved. Memory is
+        bounded: a reader that falls 1,024 changes behind loses the oldest (the ledger keeps
+        them all: ``l2-session audit timeline``)."""
         watcher = _Watcher()
         self._watchers.append(watcher)
         try:
@@ -671,12 +671,10 @@ class _Watcher:
     def __init__(self) -> None:
         self.changes: deque[StateChange] = deque()
         self.ready = asyncio.Event()
-        self.missed = 0
 
     def add(self, change: StateChange) -> None:
         if len(self.changes) >= MAX_PENDING:
             self.changes.popleft()
-            self.missed += 1
         self.changes.append(change)
         self.ready.set()
 
@@ -779,7 +777,9 @@ def _check_did(did: object) -> None:
         raise ValueError(f"peer {did!r} is not a DID (did:key:z6Mk…)")
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) as ``(host, port)``; ``ValueError`` naming
+    what is wrong."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"address {text!r}: give HOST:PORT, with a port of 0 to 65535")
@@ -790,7 +790,7 @@ def _address(value: Any, kind: str) -> tuple[str, int] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return _host_port(value)
+        return parse_host_port(value)
     if (
         isinstance(value, tuple | list) and len(value) == 2 and isinstance(value[0], str)
         and isinstance(value[1], int) and not isinstance(value[1], bool)

@@ -63,7 +63,7 @@ from l2_session.transports.quic import QuicSettings
 from l2_session.transports.tcp import NodeClosed
 from l2_session.transports.tcp_worker import WITNESS_INTERVAL_US
 
-from l2_session.node import Node
+from l2_session.node import Node, parse_host_port
 
 MAX_REQUEST_BYTES = 1 << 20  # one control request (a 64 KiB message is ~88 KiB of base64)
 MAX_WAIT_S = 3600.0
@@ -76,10 +76,12 @@ class Address:
 
     @classmethod
     def parse(cls, text: str, option: str) -> Address:
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise UsageError(f"{option} {text!r}: give HOST:PORT, with a port of 0 to 65535")
-        return cls(host.strip("[]"), int(port))
+        try:
+            return cls(*parse_host_port(text))
+        except ValueError:
+            raise UsageError(
+                f"{option} {text!r}: give HOST:PORT, with a port of 0 to 65535"
+            ) from None
 
 
 class Request(Exception):
