@@ -30,6 +30,7 @@ import base64
 import contextlib
 import json
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -351,14 +352,14 @@ class Story:
         self.console.print(table)
 
     def next_commands(self) -> None:
-        d = shlex.quote(str(self.folder))
+        d, cli = shlex.quote(str(self.folder)), _cli_name()
         self.console.print("\n[bold]Next, on the ledgers the demo left[/]")
         for line in (
-            f"l2-session audit verify {d}/alice.sqlite3 --witness {d}/bob.sqlite3",
-            f"l2-session audit replay {d}/alice.sqlite3 --at 10",
-            f"l2-session audit timeline {d}/alice.sqlite3 --format html --out {d}/timeline.html",
-            f"l2-session export {d}/alice.sqlite3 --out {d}/bundle",
-            f"l2-session audit verify-bundle {d}/bundle",
+            f"{cli} audit verify {d}/alice.sqlite3 --witness {d}/bob.sqlite3",
+            f"{cli} audit replay {d}/alice.sqlite3 --at 10",
+            f"{cli} audit timeline {d}/alice.sqlite3 --format html --out {d}/timeline.html",
+            f"{cli} export {d}/alice.sqlite3 --out {d}/bundle",
+            f"{cli} audit verify-bundle {d}/bundle",
         ):
             self.console.print(f"  {line}", soft_wrap=True)
 
@@ -407,6 +408,18 @@ def _history(path: Path) -> Iterator[LedgerHistory]:
         yield LedgerHistory(ledger)
     finally:
         ledger.close()
+
+
+def _cli_name() -> str:
+    """How the user runs this CLI: ``l2-session`` if that is on the PATH, else its path (as
+    ``make demo`` runs it: ``.venv/bin/l2-session``)."""
+    script = Path(sys.executable).with_name("l2-session")
+    found = shutil.which("l2-session")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "l2-session"
+    with contextlib.suppress(ValueError):
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    return shlex.quote(str(script))
 
 
 def _b64(data: bytes) -> str:

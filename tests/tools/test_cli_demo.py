@@ -75,7 +75,7 @@ def test_the_demo_tells_what_its_ledgers_record(tmp_path: Path):
         assert report.ok and report.witnessed_checkpoints >= 1
         assert f"{name}: {report.events_checked} events" in out
     # The next commands it prints work on what it left.
-    assert f"l2-session audit verify {folder}/alice.sqlite3 --witness {folder}/bob.sqlite3" in out
+    assert f"audit verify {folder}/alice.sqlite3 --witness {folder}/bob.sqlite3" in out
     check = run(
         "audit", "verify", str(folder / "alice.sqlite3"), "--witness", str(folder / "bob.sqlite3")
     )
