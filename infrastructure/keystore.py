@@ -87,6 +87,10 @@ class KeyStore:
         path = Path(path)
         if path.exists():
             raise KeyStoreError(f"{path} already exists; load it, or move it away to start over")
+        if not path.parent.is_dir():
+            raise KeyStoreError(
+                f"cannot create a key store at {path}: {path.parent} does not exist"
+            )
         key = storage_key if storage_key is not None else secrets.token_bytes(STORAGE_KEY_SIZE)
         if len(key) != STORAGE_KEY_SIZE:
             raise KeyStoreError(f"storage key must be {STORAGE_KEY_SIZE} bytes, got {len(key)}")

@@ -389,14 +389,17 @@ class Node:
         try:
             quic = tcp = None
             if listen is not None and listen.quic is not None:
-                quic = await transport.serve_quic(*listen.quic)
+                with _naming("QUIC (UDP)", listen.quic):
+                    quic = await transport.serve_quic(*listen.quic)
             if listen is not None and listen.tcp is not None:
                 host, port = listen.tcp
                 server = None
                 if port == 0 and quic is not None and host == listen.quic[0]:  # type: ignore[index]
                     with contextlib.suppress(OSError):  # the same number, if free over TCP
                         server = await transport.serve(host, quic[1])
-                server = server or await transport.serve(host, port)
+                if server is None:
+                    with _naming("μTCP (TCP)", listen.tcp):
+                        server = await transport.serve(host, port)
                 self._servers.append(server)
                 tcp = server.sockets[0].getsockname()[:2]
             self.addresses = Addresses(quic, tcp)
@@ -434,7 +437,9 @@ class Node:
         ...), ``ConnectionError`` if the peer could not be reached, ``TimeoutError`` after
         ``timeout`` seconds (the session goes on trying: it is in ``sessions()``)."""
         _check_did(peer_did)
-        async with asyncio.timeout(timeout):
+        if peer_did == self.did:
+            raise ValueError(f"{peer_did} is this node: a session needs another node")
+        async with _within(timeout, f"no session established with {peer_did}"):
             if bundle is not None:
                 self.directory.publish_bundle(peer_did, bytes(bundle), self._now_us())
             await self._connect(peer_did, addresses)
@@ -448,7 +453,7 @@ class Node:
         """The next session a peer established with this node (SPEC-018 §5.2 ``accept``),
         once it is ``established``. Up to 1,024 wait to be accepted (the oldest are dropped
         from this queue beyond that; they run on, in ``sessions()``)."""
-        async with asyncio.timeout(timeout):
+        async with _within(timeout, "no peer established a session with this node"):
             while not self._accepted:
                 self._check_open()
                 self._accept_ready.clear()
@@ -471,7 +476,7 @@ class Node:
         if not live:
             raise NothingToResume(f"no live session with {peer_did} to resume")
         session = live[-1]
-        async with asyncio.timeout(timeout):
+        async with _within(timeout, f"session {session.id} with {peer_did} not resumed"):
             if session.state != State.ESTABLISHED:
                 await self._connect(peer_did, addresses)
             await self._until(session, lambda s: s in (State.ESTABLISHED, CLOSED))
@@ -770,6 +775,31 @@ def _raise_unless_established(session: Session, node: Node) -> None:
         f"session {session.id} with {session.peer_did} is {session.state}"
         + (f": {reason}" if reason else "")
     )
+
+
+@contextlib.contextmanager
+def _naming(what: str, address: tuple[str, int]) -> Generator[None, None, None]:
+    """An error to listen says where it could not."""
+    try:
+        yield
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"cannot listen for {what} on {address[0]}:{address[1]}: {error.strerror or error}",
+        ) from error
+
+
+@contextlib.asynccontextmanager
+async def _within(timeout: float | None, what: str) -> AsyncIterator[None]:
+    """``asyncio.timeout``, its ``TimeoutError`` saying what did not happen in time."""
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            yield
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # a TimeoutError of something inside, which says what
+        raise TimeoutError(f"{what} within {timeout:g} s") from None
 
 
 def _check_did(did: object) -> None:

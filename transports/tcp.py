@@ -340,20 +340,25 @@ class TcpNode:
         policy, started = self.fallback, loop.time()
         attempts: dict[str, asyncio.Task[Any]] = {}
         early: list[tuple[UUID, bytes]] = []
-        if quic is not None and (tcp is None or policy.try_quic(peer_did, started)):
-            endpoint = self._quic(None)
-            hello = self.manager.local_did.encode()
-            early = await self._early_resumes(peer_did)  # in QUIC's first flight
-            first_flight = [d for _, d in early]
-            attempts[QUIC] = asyncio.ensure_future(
-                endpoint.connect(*quic, hello=hello, early=first_flight)
-            )
-            if tcp is not None:
-                await asyncio.wait([attempts[QUIC]], timeout=policy.head_start(peer_did))
-        quic_won = QUIC in attempts and attempts[QUIC].done() and not _failed(attempts[QUIC])
-        if tcp is not None and not quic_won:
-            attempts[UTCP] = asyncio.ensure_future(self.connections.open_tcp(*tcp))
-        winner, errors = await _first_connected(attempts)
+        try:
+            if quic is not None and (tcp is None or policy.try_quic(peer_did, started)):
+                endpoint = self._quic(None)
+                hello = self.manager.local_did.encode()
+                early = await self._early_resumes(peer_did)  # in QUIC's first flight
+                first_flight = [d for _, d in early]
+                attempts[QUIC] = asyncio.ensure_future(
+                    endpoint.connect(*quic, hello=hello, early=first_flight)
+                )
+                if tcp is not None:
+                    await asyncio.wait([attempts[QUIC]], timeout=policy.head_start(peer_did))
+            quic_won = QUIC in attempts and attempts[QUIC].done() and not _failed(attempts[QUIC])
+            if tcp is not None and not quic_won:
+                attempts[UTCP] = asyncio.ensure_future(self.connections.open_tcp(*tcp))
+            winner, errors = await _first_connected(attempts)
+        except BaseException:  # cancelled (a caller's timeout): the attempts end with it
+            for task in attempts.values():
+                await _discard(task)
+            raise
         for kind, task in attempts.items():
             if kind != winner:
                 await _discard(task)

@@ -14,6 +14,7 @@ from l2_session import (
     CLOSED,
     Addresses,
     KeyStore,
+    KeyStoreError,
     Node,
     NodeClosed,
     NothingToResume,
@@ -217,9 +218,21 @@ def test_wrong_calls_get_clear_errors(tmp_path):
             await Node.open(identity=42, ledger=str(tmp_path / "a.sqlite3"))
         with pytest.raises(ValueError, match="durability 'sometimes'"):
             await Node.open(**files(tmp_path, "a"), durability="sometimes")
+        with pytest.raises(KeyStoreError, match="nowhere does not exist"):
+            await Node.open(identity=tmp_path / "nowhere" / "a.keys", ledger=str(tmp_path / "x"))
+        with pytest.raises(OSError, match=r"cannot listen for QUIC \(UDP\) on 256.0.0.1:0"):
+            await Node.open(**files(tmp_path, "a"), listen="256.0.0.1:0")
         async with Node.open(**files(tmp_path, "a")) as node:
+            unhandled = []
+            asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unhandled.append(ctx))
             with pytest.raises(ValueError, match="is not a DID"):
                 await node.establish("bob")
+            with pytest.raises(ValueError, match="is this node"):
+                await node.establish(node.did, addresses="127.0.0.1:1")
+            with pytest.raises(
+                TimeoutError, match="no peer established a session with this node within 0.1 s"
+            ):
+                await node.accept(timeout=0.1)
             with pytest.raises(ConnectionError, match="no address for it"):
                 await node.establish("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK")
             free = Addresses(tcp=("127.0.0.1", 9))  # discard: nothing listens
@@ -227,6 +240,15 @@ def test_wrong_calls_get_clear_errors(tmp_path):
                 await node.establish(
                     "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", addresses=free
                 )
+            nobody = "did:key:z6MkpTHR8VNsBxYAAWHut2Geadd9jSwuBV8xRoAnwWsdvktH"
+            with pytest.raises(
+                TimeoutError, match=f"no session established with {nobody} within 1 s"
+            ):
+                await node.establish(nobody, addresses="127.0.0.1:9", timeout=1)  # QUIC waits
+            # The abandoned dial's attempts ended with it: no QUIC handshake left waiting
+            # its 5 s, to fail later with an error nobody reads.
+            dialling = [t for t in asyncio.all_tasks() if "QuicEndpoint.connect" in repr(t)]
+            assert dialling == [] and unhandled == []
             with pytest.raises(TypeError, match="send takes bytes"):
                 session = await _any_session(tmp_path, node)
                 await session.send("text")
