@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +189,8 @@ class Session:
                 self._arrived.clear()
                 await self._arrived.wait()
         message = self._inbox.popleft()
-        self._node._taken()
+        if not self.closed:  # a closed session's messages no longer count (Node._changed)
+            self._node._taken()
         return message
 
     def __aiter__(self) -> AsyncIterator[Message]:
@@ -335,6 +336,7 @@ class Node:
         self.peers: dict[str, Addresses] = {}
         """The address book: where each peer was dialled, for ``resume`` and redials."""
         self._sessions: dict[UUID, Session] = {}
+        self._closed_lately: OrderedDict[UUID, Session] = OrderedDict()  # the latest 1,024
         self._last: dict[UUID, str] = {}  # on the worker: each session's last saved state
         self._accepted: deque[Session] = deque(maxlen=MAX_PENDING)
         self._accept_ready = asyncio.Event()
@@ -645,7 +647,16 @@ class Node:
             for watcher in self._watchers:
                 watcher.add(change)
             if change.state == CLOSED:
-                del self._sessions[sid]
+                # Its handle keeps what was not read yet; the node stops counting it (a
+                # closed session's messages hold no connection back).
+                closed = self._sessions.pop(sid)
+                self._unread -= len(closed._inbox)
+                if self._unread < MAX_UNREAD // 2:
+                    self._room.set()
+                # A message decided with the close reaches its handle after this.
+                self._closed_lately[sid] = closed
+                while len(self._closed_lately) > MAX_PENDING:
+                    self._closed_lately.popitem(last=False)
 
     async def _pump(self) -> None:
         """Messages from the transports to their sessions, while fewer than ``MAX_UNREAD``
@@ -657,6 +668,10 @@ class Node:
                 await self._room.wait()
             delivered = await transport.receive()
             session = self._sessions.get(delivered.session_id)
+            late = self._closed_lately.get(delivered.session_id)
+            if session is None and late is not None:  # decided with its close
+                late._delivered(Message(delivered.session_id, delivered.seq, delivered.payload))
+                continue
             if session is None:  # learnt of before its state: ask the manager
                 sid = delivered.session_id
                 peer, role = await transport.query(

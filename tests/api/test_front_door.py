@@ -365,3 +365,24 @@ def test_a_restarted_node_resumes_over_utcp_when_udp_is_blocked(tmp_path):
     assert {t for t, _ in moves} <= {
         "initiate_resumption()", "timeout", "receive_valid_response()"
     }  # fmt: skip
+
+
+def test_a_closed_sessions_unread_messages_stay_readable_and_hold_nothing_back(tmp_path):
+    async def main():
+        async with (
+            Node.open(**files(tmp_path, "bob"), listen="127.0.0.1:0") as bob,
+            Node.open(**files(tmp_path, "alice")) as alice,
+        ):
+            session = await alice.establish(bob.did, addresses=bob.addresses)
+            for i in range(3):
+                await session.send(b"unread %d" % i)
+            incoming = await bob.accept(timeout=WAIT)
+            await session.close()
+            await incoming.wait(CLOSED, timeout=WAIT)
+            # Closed, nothing read: the node no longer counts them toward its bound on
+            # unread messages (they hold no connection back) ...
+            assert bob._unread == 0
+            # ... and the handle still gives them, in order, then says it is closed.
+            assert [m.data async for m in incoming] == [b"unread 0", b"unread 1", b"unread 2"]
+
+    run(main())
