@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from l2_session.domain.handshake.bundle import PrekeyBundle, PrekeySecrets, crea
 from l2_session.domain.handshake.protocol import Responder
 from l2_session.domain.manager.manager import SessionManager
 from l2_session.domain.manager.pqxdh import PqxdhKeyExchange, new_prekey_id
+from l2_session.domain.session.commands import Deliver
 from l2_session.domain.session.config import SessionConfig
 from l2_session.domain.session.errors import (
     AuthenticationFailed,
@@ -336,11 +338,13 @@ class Node:
         self.peers: dict[str, Addresses] = {}
         """The address book: where each peer was dialled, for ``resume`` and redials."""
         self._sessions: dict[UUID, Session] = {}
+        # State changes saved on the worker, told on the loop after their stage's outcome.
+        self._saved_changes: deque[tuple[StateChange, str, str | None]] = deque()
         self._closed_lately: OrderedDict[UUID, Session] = OrderedDict()  # the latest 1,024
         self._last: dict[UUID, str] = {}  # on the worker: each session's last saved state
         self._accepted: deque[Session] = deque(maxlen=MAX_PENDING)
         self._accept_ready = asyncio.Event()
-        self._watchers: list[_Watcher] = []
+        self._watchers: weakref.WeakSet[_Watcher] = weakref.WeakSet()  # dropped: gone
         self._waiters: dict[UUID, list[asyncio.Future[None]]] = {}
         self._unread = 0
         self._room = asyncio.Event()
@@ -387,6 +391,7 @@ class Node:
     async def _start(self, listen: Addresses | None) -> None:
         self._loop = asyncio.get_running_loop()
         self.ledger.on_saved.append(self._saved)
+        self._transport.on_outcome = self._after_outcome
         transport = self._transport
         try:
             quic = tcp = None
@@ -498,21 +503,13 @@ class Node:
             raise UnknownSession(session_id)
         return found
 
-    async def state_changes(self) -> AsyncIterator[StateChange]:
-        """Every state change of every session from now on, in the order saved. Memory is
+    def state_changes(self) -> AsyncIterator[StateChange]:
+        """Every state change of every session, in the order saved, from this call on (the
+        iterator listens as soon as it is made: ``changes = node.state_changes()`` before
+        ``establish`` misses none of its changes). It ends when the node closes. Memory is
         bounded: a reader that falls 1,024 changes behind loses the oldest (the ledger keeps
-        them all: ``l2-session audit timeline``)."""
-        watcher = _Watcher()
-        self._watchers.append(watcher)
-        try:
-            while True:
-                while not watcher.changes:
-                    self._check_open()
-                    watcher.ready.clear()
-                    await watcher.ready.wait()
-                yield watcher.changes.popleft()
-        finally:
-            self._watchers.remove(watcher)
+        them all: ``l2-session audit timeline``); an iterator dropped stops listening."""
+        return _Watcher(self)
 
     async def close(self, *, end_sessions: bool = False) -> None:
         """Stop the node. Its sessions stay resumable (a node opened over the same files
@@ -627,9 +624,23 @@ class Node:
             at_us = event.at_us
             change = StateChange(sid, aggregate.peer_did, previous, name, at_us, reason)
             changes.append((change, aggregate.role, aggregate.transport))
-        if changes and self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone, and its readers
-                self._loop.call_soon_threadsafe(self._changed, changes)
+        if changes:
+            # Told on the loop after the outcome of the stage that saved them: the messages
+            # it delivered reach their sessions first (a session's last messages before its
+            # close are read before it says it is closed).
+            self._saved_changes.extend(changes)
+
+    def _after_outcome(self) -> None:
+        """On the loop, once a stage's outcome is applied: the state changes saved by then."""
+        if not self._saved_changes:
+            return
+        changes = []
+        while self._saved_changes:
+            changes.append(self._saved_changes.popleft())
+        if any(change.state == CLOSED for change, _, _ in changes):
+            for delivered in self._transport.take_delivered():
+                self._deliver(delivered)
+        self._changed(changes)
 
     def _changed(self, changes: list[tuple[StateChange, str, str | None]]) -> None:
         """On the loop: sessions moved."""
@@ -667,19 +678,25 @@ class Node:
                 self._room.clear()
                 await self._room.wait()
             delivered = await transport.receive()
-            session = self._sessions.get(delivered.session_id)
-            late = self._closed_lately.get(delivered.session_id)
-            if session is None and late is not None:  # decided with its close
-                late._delivered(Message(delivered.session_id, delivered.seq, delivered.payload))
-                continue
-            if session is None:  # learnt of before its state: ask the manager
-                sid = delivered.session_id
+            sid = delivered.session_id
+            if sid not in self._sessions and sid not in self._closed_lately:
+                # A session learnt of before its first state change: ask the manager.
                 peer, role = await transport.query(
                     lambda: (self.manager.session(sid).peer_did, self.manager.session(sid).role)  # noqa: B023
                 )
-                session = self._handle(sid, peer, role)
+                self._handle(sid, peer, role)
+            self._deliver(delivered)
+
+    def _deliver(self, delivered: Deliver) -> None:
+        """A message to its session's handle (a session closed lately: to the handle the
+        application may still read)."""
+        message = Message(delivered.session_id, delivered.seq, delivered.payload)
+        session = self._sessions.get(delivered.session_id)
+        if session is not None:
             self._unread += 1
-            session._delivered(Message(delivered.session_id, delivered.seq, delivered.payload))
+            session._delivered(message)
+        elif (late := self._closed_lately.get(delivered.session_id)) is not None:
+            late._delivered(message)
 
     def _taken(self) -> None:
         self._unread -= 1
@@ -688,15 +705,30 @@ class Node:
 
 
 class _Watcher:
-    def __init__(self) -> None:
+    """What ``Node.state_changes`` returns: the changes saved since it was made."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
         self.changes: deque[StateChange] = deque()
         self.ready = asyncio.Event()
+        node._watchers.add(self)
 
     def add(self, change: StateChange) -> None:
         if len(self.changes) >= MAX_PENDING:
             self.changes.popleft()
         self.changes.append(change)
         self.ready.set()
+
+    def __aiter__(self) -> _Watcher:
+        return self
+
+    async def __anext__(self) -> StateChange:
+        while not self.changes:
+            if self._node._closed:
+                raise StopAsyncIteration
+            self.ready.clear()
+            await self.ready.wait()
+        return self.changes.popleft()
 
 
 class _Opening:

@@ -212,6 +212,9 @@ class TcpNode:
         self.fallback = FallbackPolicy()  # QUIC or μTCP, per peer (dial)
         self._addresses: dict[str, tuple[tuple[str, int] | None, tuple[str, int] | None]] = {}
         self._received: asyncio.Queue[Deliver] = asyncio.Queue()
+        # Called on the loop once what a stage of a batch decided is applied (its messages
+        # among ``receive``'s): for a layer above that orders its own news after them.
+        self.on_outcome: Callable[[], None] | None = None
         self.max_unread = max_unread  # delivered, not yet taken by receive: reading stops
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress = asyncio.Event()
@@ -562,6 +565,8 @@ class TcpNode:
             waiting.extendleft(reversed(messages))  # before those sent after them
             self._room[session_id] = 0
         self._progress.set()
+        if self.on_outcome is not None:
+            self.on_outcome()
 
     def _finished(self, report: Report) -> None:
         """On the loop: the worker is done with the batch in hand."""
@@ -640,6 +645,14 @@ class TcpNode:
     async def receive(self) -> Deliver:
         """The next message delivered to this node (any session), in delivery order."""
         return self._taken(await self._received.get())
+
+    def take_delivered(self) -> list[Deliver]:
+        """The messages delivered and not yet received, at once (``receive`` without the
+        wait), in delivery order."""
+        taken = []
+        while not self._received.empty():
+            taken.append(self._taken(self._received.get_nowait()))
+        return taken
 
     def _taken(self, message: Deliver) -> Deliver:
         if self.connections.held and self._received.qsize() <= self.max_unread // 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 
 import pytest
 from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
@@ -374,7 +375,7 @@ def test_a_closed_sessions_unread_messages_stay_readable_and_hold_nothing_back(t
             Node.open(**files(tmp_path, "alice")) as alice,
         ):
             session = await alice.establish(bob.did, addresses=bob.addresses)
-            for i in range(3):
+            for i in range(20):
                 await session.send(b"unread %d" % i)
             incoming = await bob.accept(timeout=WAIT)
             await session.close()
@@ -382,7 +383,26 @@ def test_a_closed_sessions_unread_messages_stay_readable_and_hold_nothing_back(t
             # Closed, nothing read: the node no longer counts them toward its bound on
             # unread messages (they hold no connection back) ...
             assert bob._unread == 0
-            # ... and the handle still gives them, in order, then says it is closed.
-            assert [m.data async for m in incoming] == [b"unread 0", b"unread 1", b"unread 2"]
+            # ... and the handle gives every one, in order, then says it is closed: those
+            # delivered with the close too (the close is told after them).
+            assert [m.data async for m in incoming] == [b"unread %d" % i for i in range(20)]
 
     run(main())
+
+
+def test_state_changes_listen_from_the_call_and_end_with_the_node(tmp_path):
+    async def main():
+        async with Node.open(**files(tmp_path, "bob"), listen="127.0.0.1:0") as bob:
+            alice = await Node.open(**files(tmp_path, "alice"))
+            changes = alice.state_changes()  # made before anything happens, read after
+            dropped = alice.state_changes()
+            session = await alice.establish(bob.did, addresses=bob.addresses)
+            del dropped
+            gc.collect()
+            assert len(alice._watchers) == 1  # a dropped iterator stops listening
+            await alice.close()
+            seen = [(c.session_id, c.state) async for c in changes]  # ends: the node closed
+            return session.id, seen
+
+    sid, seen = run(main())
+    assert seen == [(sid, "idle"), (sid, "handshake_initiated"), (sid, "established")]
