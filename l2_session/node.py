@@ -334,7 +334,8 @@ class Node:
         )  # fmt: skip
         exchange.source_of = self._transport.address_of  # rate limits by source address
         self.addresses = Addresses()
-        """Where this node listens (``listen``), as a peer dials it."""
+        """Where this node listens (``listen``), the ports as bound. A wildcard host
+        (``0.0.0.0``, ``::``) is given as it is: peers elsewhere dial a host they can reach."""
         self.peers: dict[str, Addresses] = {}
         """The address book: where each peer was dialled, for ``resume`` and redials."""
         self._sessions: dict[UUID, Session] = {}
