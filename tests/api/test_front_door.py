@@ -21,8 +21,10 @@ from l2_session import (
     NothingToResume,
     SessionClosed,
     SessionConfig,
+    SessionError,
     SessionLedger,
     State,
+    Timeout,
     verify,
 )
 
@@ -406,3 +408,24 @@ def test_state_changes_listen_from_the_call_and_end_with_the_node(tmp_path):
 
     sid, seen = run(main())
     assert seen == [(sid, "idle"), (sid, "handshake_initiated"), (sid, "established")]
+
+
+def test_a_session_that_fails_raises_the_session_error_of_its_reason(tmp_path):
+    """A peer that takes the connection and never answers the handshake: the session fails
+    with reason ``timeout``, and ``establish`` raises ``Timeout`` (a ``SessionError``) naming
+    the session, not a bare TimeoutError of its own wait."""
+
+    async def main():
+        quick = SessionConfig(handshake_timeout=0.5)
+        async with (
+            Node.open(**files(tmp_path, "bob"), listen="127.0.0.1:0") as bob,
+            Node.open(**files(tmp_path, "alice"), config=quick) as alice,
+        ):
+            bob.transport.connections.hold(True)  # bob reads nothing: no answer comes
+            with pytest.raises(Timeout, match="is failed: timeout") as raised:
+                await alice.establish(bob.did, addresses=bob.addresses, bundle=bob.bundle)
+            assert isinstance(raised.value, SessionError)
+            (failed,) = alice.sessions()
+            assert (failed.state, failed.failure_reason) == ("failed", "timeout")
+
+    run(main())
