@@ -44,6 +44,7 @@ from l2_session.domain.session.errors import (
     SessionError,
     Timeout,
     TransportFailed,
+    UnknownSession,
 )
 from l2_session.domain.session.session import Session as SessionAggregate
 from l2_session.domain.session.states import FINAL, State
@@ -355,10 +356,10 @@ class Node:
         self._servers: list[asyncio.Server] = []
         self._closed = False
         for s in self.manager.sessions():  # recovered: suspended, waiting for their peers
-            self._sessions[s.id] = Session(self, s.id, s.peer_did, s.role, _state_name(s))
-            self._sessions[s.id]._transport = s.transport
-            self._sessions[s.id]._offered = True  # an old session: not new for accept()
-            self._last[s.id] = _state_name(s)
+            self._last[s.id] = state = _state_name(s)
+            recovered = self._sessions[s.id] = Session(self, s.id, s.peer_did, s.role, state)
+            recovered._transport = s.transport
+            recovered._offered = True  # an old session: not new for accept()
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -499,8 +500,6 @@ class Node:
         """The live session ``session_id``; ``UnknownSession`` if there is none."""
         found = self._sessions.get(session_id)
         if found is None or found.closed:
-            from l2_session.domain.session.errors import UnknownSession
-
             raise UnknownSession(session_id)
         return found
 

@@ -63,7 +63,7 @@ from l2_session.transports.quic import QuicSettings
 from l2_session.transports.tcp import NodeClosed
 from l2_session.transports.tcp_worker import WITNESS_INTERVAL_US
 
-from l2_session.node import Node, parse_host_port
+from l2_session.node import Addresses, Node, parse_host_port
 
 MAX_REQUEST_BYTES = 1 << 20  # one control request (a 64 KiB message is ~88 KiB of base64)
 MAX_WAIT_S = 3600.0
@@ -101,13 +101,13 @@ class NodeProcess:
         config: SessionConfig | None = None,
     ) -> None:
         self.store, self.ledger = store, ledger
-        self.peers = dict(peers or {})  # the address book: DID -> (QUIC, μTCP)
         # The library's node, wired as every node is (l2_session/node.py): this process
-        # adds the control socket around it.
+        # adds the control socket around it. Its address book is the node's.
         self.front = Node(
             store, ledger, config=config, quic_settings=quic_settings,
             witness_interval_s=witness_interval_s,
         )  # fmt: skip
+        self.front.peers.update(peers or {})
         self.node, self.manager = self.front.transport, self.front.manager
         self.timeline, self.directory = self.front.timeline, self.front.directory
         self.bundle = self.front.bundle
@@ -174,22 +174,23 @@ class NodeProcess:
     async def _dial(self, request: dict[str, Any]) -> dict[str, Any]:
         did = _text(request, "did")
         quic, tcp = _address(request, "quic"), _address(request, "tcp")
+        book = self.front.peers
         if quic is None and tcp is None:
-            if did not in self.peers:
+            if did not in book:
                 raise Request(
                     f'dial needs "quic" or "tcp": [host, port]; {did} is not in the address '
                     "book (--peer, or [peers] in the config)"
                 )
-            quic, tcp = self.peers[did]
+            quic, tcp = book[did].quic, book[did].tcp
         else:
-            self.peers[did] = (quic, tcp)
+            book[did] = Addresses(quic, tcp)
         transport = await self.node.dial(did, quic=quic, tcp=tcp)
         return {"transport": transport}
 
     async def _establish(self, request: dict[str, Any]) -> dict[str, Any]:
         did = _text(request, "did")
         connected = await self.node.query(lambda: self.node.worker.transport_to(did) is not None)
-        if not connected and did in self.peers:  # the address book says where
+        if not connected and did in self.front.peers:  # the address book says where
             await self._dial({"did": did})
         if did not in self.directory.directory:  # nobody handed it over: ask the peer
             await self.node.fetch_bundle(did)
@@ -359,7 +360,6 @@ async def _run(
             control.unlink()
 
 
-Addresses = tuple[tuple[str, int] | None, tuple[str, int] | None]  # (QUIC, μTCP)
 SETTINGS = (
     "keys", "ledger", "quic", "tcp", "control", "durability", "log_format", "peers",
     "quic_keepalive_s", "quic_idle_timeout_s", "witness_interval_s", "session",
@@ -515,7 +515,7 @@ def _book(did: str, quic: Any, tcp: Any) -> Addresses:
         address = Address.parse(text, f"peer {did} {kind}")
         return address.host, address.port
 
-    return parse(quic, "quic"), parse(tcp, "tcp")
+    return Addresses(parse(quic, "quic"), parse(tcp, "tcp"))
 
 
 class JsonLines(logging.Formatter):
