@@ -11,7 +11,8 @@ Exit status: 0 the bundle is intact; 1 it is not (each problem is listed); 2 it 
 What is checked: every file against the manifest's BLAKE3 and size; the checkpoint's note
 signature, by a signer of the bundle (and one of ``--trust``, if given); every signer's
 registration signature and DID document; every event's hash, recomputed from its columns, and
-its signature; every event's Merkle inclusion proof against the checkpoint's root; for each
+its signature; that the events lead to the checkpoint's Merkle root (a whole export: the tree
+recomputed from every leaf; a partial one: each event's inclusion proof); for each
 session, that its events are consecutive versions linked by ``prev_session_hash``, begin at
 version 1 or at a boundary event before the range, and end at the range's boundary event, at
 the session's final event, or — said plainly — at an end the bundle cannot prove; for a whole
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import binascii
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -38,7 +40,9 @@ from blake3 import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-FILES = ("checkpoint.txt", "events.jsonl", "proofs.jsonl", "signers.json", "sessions.json")
+FILES = ("checkpoint.txt", "events.jsonl", "signers.json", "sessions.json")
+PROOFS = "proofs.jsonl"  # a partial export's (and any version 1 bundle's) inclusion proofs
+VERSIONS = (1, 2)  # version 2: a whole export carries no proofs (its leaves make the tree)
 MAX_SMALL_FILE = 64 * 1024 * 1024  # manifest, checkpoint, signers, sessions: read whole
 MAX_LINE = 1024 * 1024  # one event of events.jsonl (a payload is at most 64 KiB, §9)
 EVENT_DOMAIN = b"l2-session/ledger/event/v1\n"
@@ -118,26 +122,6 @@ def signature_ok(public: bytes, signature: bytes, message: bytes) -> bool:
         return True
     except (InvalidSignature, ValueError):
         return False
-
-
-def event_hash(
-    position: int,
-    session_id: str,
-    version: int,
-    topic: str,
-    timestamp: int,
-    payload: bytes,
-    prev_session_hash: bytes,
-    prev_global_hash: bytes,
-    signer: str,
-) -> bytes:
-    """docs/ledger-format.md §3."""
-    sid, name, who = session_id.encode(), topic.encode(), signer.encode()
-    return blake3(b"".join((
-        EVENT_DOMAIN, _QI(position, len(sid)), sid, _QI(version, len(name)), name,
-        _qI(timestamp, len(payload)), payload, prev_session_hash, prev_global_hash,
-        _I(len(who)), who,
-    ))).digest()  # fmt: skip
 
 
 _QI, _qI, _I = struct.Struct(">QI").pack, struct.Struct(">qI").pack, struct.Struct(">I").pack
@@ -268,12 +252,18 @@ def verify_bundle(
     manifest = read_json(folder, "manifest.json")
     if not isinstance(manifest, dict) or manifest.get("format") != "l2-session-bundle":
         raise Unreadable(f"{folder / 'manifest.json'} is not an l2-session bundle manifest")
-    if manifest.get("version") != 1:
-        raise Unreadable(f"bundle version {manifest.get('version')!r}: this verifier reads 1")
+    version = manifest.get("version")
+    if version not in VERSIONS:
+        raise Unreadable(f"bundle version {version!r}: this verifier reads 1 and 2")
     listed = manifest.get("files")
     if not isinstance(listed, dict):
         raise Unreadable("the manifest lists no files")
-    for name in FILES:
+    selection = manifest.get("selection")
+    if not isinstance(selection, dict):
+        raise Unreadable("the manifest's selection is not an object")
+    whole = not selection.get("partial", True)
+    proofs = version == 1 or not whole or PROOFS in listed
+    for name in (*FILES, PROOFS) if proofs else FILES:
         entry, path = listed.get(name), folder / name
         if not isinstance(entry, dict):
             report.problems.append(f"missing_file: the manifest does not list {name}")
@@ -293,7 +283,10 @@ def verify_bundle(
     checkpoint = parse_checkpoint(read_small(folder, "checkpoint.txt").decode("utf-8", "replace"))
     _check_checkpoint(checkpoint, report, signers, trusted)
     heads = _heads(folder, report, signers, checkpoint, trusted) if "heads.txt" in listed else None
-    _events(folder, report, signers, checkpoint, manifest, workers or os.cpu_count() or 1, heads)
+    _events(
+        folder, report, signers, checkpoint, manifest, proofs,
+        workers or os.cpu_count() or 1, heads,
+    )  # fmt: skip
     return report
 
 
@@ -359,14 +352,15 @@ CHUNK = 20_000  # at most the events a worker checks at a time
 STEP = 1_000  # parts begin at a multiple of STEP lines
 
 
-def _chunks(folder: Path, report: Report, workers: int) -> list[tuple[int, int, int]]:
-    """(offset in events.jsonl, offset in proofs.jsonl or -1 past its end, lines) of each
-    part of the files: parts of at most about CHUNK lines, as many as a multiple of
-    ``workers``, equal to a STEP, so that the workers finish together."""
-    events, proofs = (
-        _line_starts(folder / name, STEP) for name in ("events.jsonl", "proofs.jsonl")
-    )
-    if events[-1] != proofs[-1]:
+def _chunks(
+    folder: Path, report: Report, workers: int, with_proofs: bool
+) -> list[tuple[int, int, int]]:
+    """(offset in events.jsonl, offset in proofs.jsonl or -1 past its end or without it,
+    lines) of each part of the files: parts of at most about CHUNK lines, as many as a
+    multiple of ``workers``, equal to a STEP, so that the workers finish together."""
+    events = _line_starts(folder / "events.jsonl", STEP)
+    proofs = _line_starts(folder / PROOFS, STEP) if with_proofs else []
+    if with_proofs and events[-1] != proofs[-1]:
         report.problems.append(
             f"bad_proof: proofs.jsonl holds {proofs[-1]} proofs for {events[-1]} events"
         )
@@ -407,10 +401,39 @@ Record = tuple[int, str, int, int, Any, bytes, bytes, bytes, bool]
 event_hash, final): what the checks across events need of one."""
 
 
+Subtree = tuple[int, int, bytes]
+"""A perfect subtree of the Merkle tree: (level, index in its level, hash)."""
+
+
+def push_subtree(stack: list[Subtree], level: int, index: int, value: bytes) -> None:
+    """Put the subtree right of those on ``stack`` (subtrees of consecutive leaves, left to
+    right), joining it with its left sibling while that is the one before it: the stack of
+    leaves 0..n-1 becomes the perfect parts of the tree of n, largest first (RFC 9162 §2.1.1).
+    """
+    while index & 1 and stack and stack[-1][0] == level and stack[-1][1] == index - 1:
+        value = blake3(b"\x01" + stack.pop()[2] + value).digest()
+        index, level = index >> 1, level + 1
+    stack.append((level, index, value))
+
+
+def root_of_parts(parts: list[Subtree]) -> bytes:
+    """RFC 9162's root of the tree whose perfect parts (largest first) are ``parts``: the
+    largest part beside the tree of the rest."""
+    root = parts[-1][2]
+    for _, _, value in reversed(parts[:-1]):
+        root = blake3(b"\x01" + value + root).digest()
+    return root
+
+
 class Spans:
-    """The checks between events, in position order: order, a whole export's global chain,
-    each session's chain, the range. A worker keeps one over its part (from its first event
-    on); the parent joins the parts with ``join``."""
+    """The checks between events, in position order: order, a whole export's global chain
+    and Merkle tree, each session's chain, the range. A worker keeps one over its part (from
+    its first event on); the parent joins the parts with ``join``.
+
+    In a whole export, ``tree`` holds the perfect subtrees of the leaves seen (consecutive
+    ones, from ``tree_start`` to ``tree_end`` - 1: ``push_subtree``), None once a leaf was
+    not the next one (what is missing is reported as such); the parent's, joined from every
+    part's, is the tree of the whole export."""
 
     def __init__(self, whole: bool, since: int | None, until: int | None, genesis: bytes):
         self.whole, self.since, self.until, self.genesis = whole, since, until, genesis
@@ -419,9 +442,25 @@ class Spans:
         self.sessions: dict[str, list[Record]] = {}  # id -> [first record, last record]
         self.problems: list[str] = []
         self.count = 0
+        self.tree: list[Subtree] | None = [] if whole else None
+        self.tree_start: int | None = None
+        self.tree_end = 0
 
     def add(self, r: Record) -> None:
         """The next event of a part."""
+        tree = self.tree
+        if tree is not None:
+            index = r[0] - 1
+            if self.tree_start is None:
+                self.tree_start = self.tree_end = index
+            if index != self.tree_end:
+                self.tree = None
+            elif index & 1:
+                push_subtree(tree, 0, index, blake3(b"\x00" + r[7]).digest())
+                self.tree_end = index + 1
+            else:  # a left child: nothing to join yet
+                tree.append((0, index, blake3(b"\x00" + r[7]).digest()))
+                self.tree_end = index + 1
         if self.last is not None:
             self._follows(r, self.last)
         self.first = self.first or r
@@ -441,6 +480,17 @@ class Spans:
         """The next part, checked where it meets what came before."""
         if part.first is None or part.last is None:
             return
+        if self.tree is not None:
+            if part.tree is None or part.tree_start != (
+                self.tree_end if self.tree_start is not None else part.tree_start
+            ):
+                self.tree = None
+            else:
+                if self.tree_start is None:
+                    self.tree_start = part.tree_start
+                for level, index, value in part.tree:
+                    push_subtree(self.tree, level, index, value)
+                self.tree_end = part.tree_end
         self._follows(part.first, self.last)
         for sid, (first, last) in part.sessions.items():
             self._session(sid, first, last)
@@ -470,30 +520,37 @@ class Spans:
             self.problems.append(f"session_chain_break: session {sid} version {first[2]}")
         seen[1] = last
 
+    def root(self, size: int) -> bytes | None:
+        """The root of the tree of a whole export's events, if they are leaves 0..size-1."""
+        if not self.tree or self.tree_start != 0 or self.tree_end != size:
+            return None
+        return root_of_parts(self.tree)
+
 
 def _check_chunk(
     folder: Path,
     signers: dict[str, bytes],
     cp: Checkpoint,
+    with_proofs: bool,
     part: tuple[int, int, int],
     spans: Spans,
 ) -> tuple[list[str], Spans]:
-    """The checks of each event on its own (hash, signature, proof) for ``part``, and those
-    between its events (``spans``, a fresh one: what joins it to the other parts is the
-    parent's)."""
+    """The checks of each event on its own (hash, signature, and its proof if the bundle has
+    proofs) for ``part``, and those between its events (``spans``, a fresh one: what joins it
+    to the other parts is the parent's)."""
     problems: list[str] = []
     path: dict[int, Climbed] = {}
+    keys = {did: _key(public) for did, public in signers.items()}
     events_at, proofs_at, count = part
-    with (
-        (folder / "events.jsonl").open("rb") as events,
-        (folder / "proofs.jsonl").open("rb") as proofs,
-    ):
+    with contextlib.ExitStack() as files:
+        events = files.enter_context((folder / "events.jsonl").open("rb"))
         events.seek(events_at)
-        if proofs_at >= 0:
+        proofs = files.enter_context((folder / PROOFS).open("rb")) if with_proofs else None
+        if proofs is not None and proofs_at >= 0:
             proofs.seek(proofs_at)
         for _ in range(count):
             raw = _line(events, "events.jsonl")
-            proof = _line(proofs, "proofs.jsonl") if proofs_at >= 0 else None
+            proof = _line(proofs, PROOFS) if proofs is not None and proofs_at >= 0 else None
             try:
                 position, version = int(raw["position"]), int(raw["version"])
                 sid, topic, signer = str(raw["session_id"]), str(raw["topic"]), str(raw["signer"])
@@ -504,17 +561,25 @@ def _check_chunk(
                 signature = a2b(raw["signature"], strict_mode=True)
             except (KeyError, TypeError, ValueError) as err:
                 raise _unreadable_event(raw, err) from err
-            hashed = event_hash(position, sid, version, topic, timestamp, payload,
-                                after_session, after_global, signer)  # fmt: skip
-            if hashed != leaf:
+            sid_b, name, who = sid.encode(), topic.encode(), signer.encode()
+            if leaf != blake3(b"".join((  # the event hash, docs/ledger-format.md §3
+                EVENT_DOMAIN, _QI(position, len(sid_b)), sid_b, _QI(version, len(name)), name,
+                _qI(timestamp, len(payload)), payload, after_session, after_global,
+                _I(len(who)), who,
+            ))).digest():  # fmt: skip
                 problems.append(f"hash_mismatch: position {position}: its columns do not hash "
                                 "to its hash")  # fmt: skip
-            public = signers.get(signer)
-            if public is None:
+            key = keys.get(signer)
+            if key is None:
                 problems.append(f"unknown_signer: position {position} is signed by {signer}")
-            elif not signature_ok(public, signature, leaf):
-                problems.append(f"bad_signature: position {position}")
-            if not isinstance(proof, dict) or proof.get("position") != position:
+            else:
+                try:
+                    key.verify(signature, leaf)
+                except (InvalidSignature, ValueError):
+                    problems.append(f"bad_signature: position {position}")
+            if not with_proofs:
+                pass  # a whole export: its tree is recomputed from every leaf (Spans)
+            elif not isinstance(proof, dict) or proof.get("position") != position:
                 problems.append(
                     f"bad_proof: no inclusion proof of position {position} in its place"
                 )
@@ -582,13 +647,15 @@ def _events(
     signers: dict[str, bytes],
     cp: Checkpoint,
     manifest: dict[str, Any],
+    with_proofs: bool,
     workers: int,
     heads: tuple[int, bytes] | None,
 ) -> None:
     """Each event checked on its own by ``workers`` processes; then, in position order, what
-    spans events: order, the global chain of a whole export, each session's chain and range."""
-    parts = _chunks(folder, report, workers)
-    selection = manifest.get("selection") or {}
+    spans events: order, the global chain and the tree of a whole export, each session's
+    chain and range."""
+    parts = _chunks(folder, report, workers, with_proofs)
+    selection = manifest["selection"]
     whole = not selection.get("partial", True)
     since, until = selection.get("from_us"), selection.get("until_us")
     genesis = blake3(GENESIS_DOMAIN + lp(report.ledger_id.encode())).digest()
@@ -596,10 +663,11 @@ def _events(
     fresh = functools.partial(Spans, whole, since, until, genesis)
     if workers > 1 and len(parts) > 1:
         pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(parts)))
-        check = functools.partial(_check_chunk, folder, signers, cp)
+        check = functools.partial(_check_chunk, folder, signers, cp, with_proofs)
         results: Any = pool.map(check, parts, [fresh() for _ in parts])
     else:
-        pool, results = None, (_check_chunk(folder, signers, cp, p, fresh()) for p in parts)
+        pool = None
+        results = (_check_chunk(folder, signers, cp, with_proofs, p, fresh()) for p in parts)
     try:
         for problems, part in results:
             report.problems += problems + part.problems
@@ -613,6 +681,14 @@ def _events(
     if whole and last_position != cp.size:
         report.problems.append(f"missing_event: a whole export ends at {last_position}, "
                                f"not at the tree size {cp.size}")  # fmt: skip
+    if whole:
+        root = joined.root(cp.size)
+        if root is None and report.ok:  # what is missing or out of order was reported above
+            report.problems.append("bad_proof: the events are not the leaves of the tree")
+        elif root is not None and root != cp.root:
+            report.problems.append(
+                "bad_proof: the tree of the events does not lead to the checkpoint's root"
+            )
     sessions = joined.sessions
     _completeness(folder, report, sessions, manifest, whole, heads)
 

@@ -7,7 +7,9 @@ A bundle is a directory of six files, written whole or not at all:
     checkpoint.txt    the newest checkpoint the ledger stores (a C2SP signed note, §5)
     events.jsonl      the events, each with every column the event hash covers, its hash and
                       signature (never a sealed secret: the ``sealed`` column is not exported)
-    proofs.jsonl      each event's Merkle inclusion proof in the checkpoint's tree
+    proofs.jsonl      a partial export's: each event's Merkle inclusion proof in the
+                      checkpoint's tree (a whole export holds every leaf: the verifier
+                      recomputes the tree, and proofs would only repeat it)
     signers.json      each signer's registration (§7) and its did:key DID document
     sessions.json     per session asked for: the versions exported, and the events that bound
                       them (below)
@@ -22,6 +24,7 @@ other sessions is exported; their events appear only as hashes inside the proofs
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -43,7 +46,7 @@ from l2_session.infrastructure.ledger.merkle import audit_path, leaf_hash, level
 from l2_session.infrastructure.ledger.note import Signer
 
 BUNDLE_FORMAT = "l2-session-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: a whole export carries no proofs.jsonl
 FILES = (
     "checkpoint.txt", "events.jsonl", "proofs.jsonl", "signers.json", "sessions.json",
 )  # fmt: skip
@@ -382,18 +385,23 @@ def _write(
     size = checkpoint.size
     (folder / "checkpoint.txt").write_text(checkpoint.to_text(), encoding="utf-8")
     signers_seen, sessions_seen, written = {checkpoint.signer, *also_signers}, set(), 0
-    with (
-        (folder / "events.jsonl").open("w", encoding="utf-8") as events,
-        (folder / "proofs.jsonl").open("w", encoding="utf-8") as proofs,
-    ):
+    with contextlib.ExitStack() as files:
+        events = files.enter_context((folder / "events.jsonl").open("w", encoding="utf-8"))
+        proofs = (  # a whole export's leaves are its whole tree: no proofs (format §Layout)
+            files.enter_context((folder / "proofs.jsonl").open("w", encoding="utf-8"))
+            if selection["partial"]
+            else None
+        )
         for batch in batches:
             for row, role in batch:
                 events.write(json.dumps(event_json(row, role), sort_keys=True) + "\n")
                 signers_seen.add(str(row[9]))
                 sessions_seen.add(str(row[1]))
-            for proof in ledger.inclusion_proofs([int(row[0]) for row, _ in batch], size):
-                entry = {"position": proof.position, "hashes": [_b64(h) for h in proof.hashes]}
-                proofs.write(json.dumps(entry, sort_keys=True) + "\n")
+            if proofs is not None:
+                for proof in ledger.inclusion_proofs([int(row[0]) for row, _ in batch], size):
+                    hashes = [_b64(h) for h in proof.hashes]
+                    proofs.write(json.dumps({"position": proof.position, "hashes": hashes},
+                                            sort_keys=True) + "\n")  # fmt: skip
             written += len(batch)
             if progress is not None:
                 progress(written, total)

@@ -107,6 +107,51 @@ def test_a_whole_export_verifies_with_both_verifiers(ledger, tmp_path):
     assert not any("sealed" in e for e in lines(bundle, "events.jsonl"))
 
 
+def test_a_whole_export_s_leaves_are_its_tree_and_a_version_1_bundle_still_verifies(
+    ledger, tmp_path
+):
+    """Version 2: a whole export holds no proofs (the verifier recomputes the tree from every
+    leaf). Version 1 carried every event's proof in a whole export as well: such a bundle still
+    verifies, its proofs checked one by one."""
+    path, facts = ledger
+    bundle = export(path, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["version"] == 2 and manifest["selection"]["partial"] is False
+    assert "proofs.jsonl" not in manifest["files"] and not (bundle / "proofs.jsonl").exists()
+    # Claimed partial, a whole export lacks the proofs a partial one needs.
+    manifest["selection"]["partial"] = True
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    claimed = verify(bundle)
+    assert (
+        claimed.returncode == 1
+        and "- missing_file: the manifest does not list proofs.jsonl" in (claimed.stdout)
+    )
+    # The same events as version 1 wrote them: with each one's proof.
+    old = export(path, tmp_path / "old")
+    keys = KeyStore.load(facts["keys"])
+    copy = tmp_path / "ledger.sqlite3"
+    copy.write_bytes(path.read_bytes())
+    source = SessionLedger(copy, identity=keys.identity, storage_key=keys.storage_key)
+    try:
+        positions = [e["position"] for e in lines(old, "events.jsonl")]
+        proofs = [{"position": p.position, "hashes": [base64.b64encode(h).decode() for h in p.hashes]}
+                  for p in source.inclusion_proofs(positions, len(positions))]  # fmt: skip
+    finally:
+        source.close()
+    rewrite(old, "proofs.jsonl", proofs)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    for result in (verify(old),
+                   subprocess.run([sys.executable, str(STANDALONE), str(old)],
+                                  capture_output=True, text=True, timeout=120)):  # fmt: skip
+        assert result.returncode == 0 and "bundle verification: OK" in result.stdout, result.stdout
+    proofs[4]["hashes"][1] = base64.b64encode(bytes(32)).decode()
+    rewrite(old, "proofs.jsonl", proofs)
+    changed = verify(old)
+    assert changed.returncode == 1 and "- bad_proof: position 5 does not lead" in changed.stdout
+
+
 @pytest.mark.parametrize(
     "tamper, expected",
     [
@@ -116,13 +161,14 @@ def test_a_whole_export_verifies_with_both_verifiers(ledger, tmp_path):
         ("reordered", "order"),
         ("added", "order"),
         ("proof", "bad_proof"),
+        ("tree", "bad_proof"),
         ("checkpoint", "checkpoint_signature"),
         ("signer_document", "bad_signer"),
         ("file_only", "file_changed"),
     ],
 )
 def test_every_kind_of_tampering_is_caught(ledger, tmp_path, tamper, expected):
-    path, _ = ledger
+    path, facts = ledger
     bundle = export(path, tmp_path / "bundle")
     events = lines(bundle, "events.jsonl")
     if tamper == "payload":
@@ -140,19 +186,26 @@ def test_every_kind_of_tampering_is_caught(ledger, tmp_path, tamper, expected):
         )).decode()  # fmt: skip
         rewrite(bundle, "events.jsonl", events)
     elif tamper == "removed":
-        proofs = lines(bundle, "proofs.jsonl")
-        del events[5], proofs[5]
+        del events[5]
         rewrite(bundle, "events.jsonl", events)
-        rewrite(bundle, "proofs.jsonl", proofs)
     elif tamper == "reordered":
         events[4], events[5] = events[5], events[4]
         rewrite(bundle, "events.jsonl", events)
     elif tamper == "added":
         rewrite(bundle, "events.jsonl", [*events, events[0]])
-    elif tamper == "proof":
+    elif tamper == "proof":  # a partial export's proofs (a whole one's leaves are its tree)
+        bundle = export(path, tmp_path / "partial", "--session", facts["ids"][0])
         proofs = lines(bundle, "proofs.jsonl")
         proofs[2]["hashes"][0] = proofs[3]["hashes"][0]
         rewrite(bundle, "proofs.jsonl", proofs)
+    elif tamper == "tree":  # the node's own key signs a checkpoint of another tree
+        from l2_session.infrastructure.ledger.checkpoint import Checkpoint
+
+        identity = KeyStore.load(facts["keys"]).identity
+        cp = Checkpoint.parse((bundle / "checkpoint.txt").read_text())
+        forged = Checkpoint.sign(identity, cp.ledger_id, cp.position, cp.head_hash,
+                                 cp.timestamp_us, root=bytes(32))  # fmt: skip
+        rewrite(bundle, "checkpoint.txt", forged.to_text())
     elif tamper == "checkpoint":
         text = (bundle / "checkpoint.txt").read_text().replace("time ", "time 1", 1)
         rewrite(bundle, "checkpoint.txt", text)
