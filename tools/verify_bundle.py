@@ -32,6 +32,7 @@ import json
 import os
 import struct
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,16 +264,41 @@ def verify_bundle(
         raise Unreadable("the manifest's selection is not an object")
     whole = not selection.get("partial", True)
     proofs = version == 1 or not whole or PROOFS in listed
+    hashed: dict[str, dict[str, Any]] = {}
     for name in (*FILES, PROOFS) if proofs else FILES:
         entry, path = listed.get(name), folder / name
         if not isinstance(entry, dict):
             report.problems.append(f"missing_file: the manifest does not list {name}")
         elif not path.is_file():
             report.problems.append(f"missing_file: {name} is listed but not in the bundle")
-        elif file_digest(path) != (entry.get("blake3"), entry.get("bytes")):
-            report.problems.append(f"file_changed: {name} is not the file the manifest hashes")
-    if any(p.startswith("missing_file") for p in report.problems):
+        else:
+            hashed[name] = entry
+    if report.problems:
         return report
+    # The files' hashes are computed beside the checks below (which do not rely on them):
+    # BLAKE3 and reading release the GIL, and the workers need not wait for them.
+    with concurrent.futures.ThreadPoolExecutor(1) as hasher:
+        digests = {name: hasher.submit(file_digest, folder / name) for name in hashed}
+        _contents(folder, report, manifest, listed, proofs, trusted, workers)
+        changed = [
+            f"file_changed: {name} is not the file the manifest hashes"
+            for name, entry in hashed.items()
+            if digests[name].result() != (entry.get("blake3"), entry.get("bytes"))
+        ]
+    report.problems[:0] = changed
+    return report
+
+
+def _contents(
+    folder: Path,
+    report: Report,
+    manifest: dict[str, Any],
+    listed: dict[str, Any],
+    proofs: bool,
+    trusted: list[str] | None,
+    workers: int | None,
+) -> None:
+    """Steps 2 to 5 of docs/forensic-export.md: signers, checkpoint, heads, events, sessions."""
     report.ledger_id = str(manifest.get("ledger_id", ""))
     size = manifest.get("tree_size")
     if not isinstance(size, int) or size < 1:
@@ -287,7 +313,6 @@ def verify_bundle(
         folder, report, signers, checkpoint, manifest, proofs,
         workers or os.cpu_count() or 1, heads,
     )  # fmt: skip
-    return report
 
 
 def _signers(folder: Path, report: Report) -> dict[str, bytes]:
@@ -350,17 +375,28 @@ def _check_checkpoint(
 
 CHUNK = 20_000  # at most the events a worker checks at a time
 STEP = 1_000  # parts begin at a multiple of STEP lines
+LINE_BYTES = 800  # about an event line's length: CHUNK lines of a file cut by bytes
 
 
-def _chunks(
-    folder: Path, report: Report, workers: int, with_proofs: bool
-) -> list[tuple[int, int, int]]:
-    """(offset in events.jsonl, offset in proofs.jsonl or -1 past its end or without it,
-    lines) of each part of the files: parts of at most about CHUNK lines, as many as a
-    multiple of ``workers``, equal to a STEP, so that the workers finish together."""
+Part = tuple[int, int, int, int]
+"""Where a worker reads: (offset in events.jsonl, the offset its lines start before or -1,
+offset in proofs.jsonl or -1 past its end or without proofs, lines or -1)."""
+
+
+def _chunks(folder: Path, report: Report, workers: int, with_proofs: bool) -> list[Part]:
+    """The parts of the files the workers check: of at most about CHUNK lines, as many as a
+    multiple of ``workers``, so that they finish together. Without proofs a part is a range
+    of bytes of events.jsonl (its lines are those that start in it: nothing is read to cut
+    them); with proofs, the same lines of both files, found by a pass over them (parts begin
+    at a multiple of STEP lines)."""
+    if not with_proofs:
+        total = (folder / "events.jsonl").stat().st_size
+        n = max(1, workers * -(-total // (workers * CHUNK * LINE_BYTES)))
+        ends = [total * k // n for k in range(n + 1)]
+        return [(a, b, -1, -1) for a, b in itertools.pairwise(ends)]
     events = _line_starts(folder / "events.jsonl", STEP)
-    proofs = _line_starts(folder / PROOFS, STEP) if with_proofs else []
-    if with_proofs and events[-1] != proofs[-1]:
+    proofs = _line_starts(folder / PROOFS, STEP)
+    if events[-1] != proofs[-1]:
         report.problems.append(
             f"bad_proof: proofs.jsonl holds {proofs[-1]} proofs for {events[-1]} events"
         )
@@ -368,7 +404,7 @@ def _chunks(
     n = min(steps, workers * -(-total // (workers * CHUNK)))
     ends = [steps * k // n for k in range(n + 1)]
     return [
-        (events[a], proofs[a] if a < len(proofs) - 1 else -1, min(b * STEP, total) - a * STEP)
+        (events[a], -1, proofs[a] if a < len(proofs) - 1 else -1, min(b * STEP, total) - a * STEP)
         for a, b in itertools.pairwise(ends)
     ]
 
@@ -532,7 +568,7 @@ def _check_chunk(
     signers: dict[str, bytes],
     cp: Checkpoint,
     with_proofs: bool,
-    part: tuple[int, int, int],
+    part: Part,
     spans: Spans,
 ) -> tuple[list[str], Spans]:
     """The checks of each event on its own (hash, signature, and its proof if the bundle has
@@ -541,15 +577,13 @@ def _check_chunk(
     problems: list[str] = []
     path: dict[int, Climbed] = {}
     keys = {did: _key(public) for did, public in signers.items()}
-    events_at, proofs_at, count = part
+    events_at, events_end, proofs_at, count = part
     with contextlib.ExitStack() as files:
         events = files.enter_context((folder / "events.jsonl").open("rb"))
-        events.seek(events_at)
         proofs = files.enter_context((folder / PROOFS).open("rb")) if with_proofs else None
         if proofs is not None and proofs_at >= 0:
             proofs.seek(proofs_at)
-        for _ in range(count):
-            raw = _line(events, "events.jsonl")
+        for raw in _part_lines(events, events_at, events_end, count):
             proof = _line(proofs, PROOFS) if proofs is not None and proofs_at >= 0 else None
             try:
                 position, version = int(raw["position"]), int(raw["version"])
@@ -602,6 +636,27 @@ def _check_chunk(
                 leaf, b'"[*]"' in payload and _final(payload),
             ))  # fmt: skip
     return problems, spans
+
+
+def _part_lines(f: Any, start: int, end: int, count: int) -> Iterator[Any]:
+    """The JSON values of a part's lines of events.jsonl: the ``count`` lines from offset
+    ``start``; or, with ``end`` >= 0, the lines that start in [start, end) — a line that
+    begins before ``start`` is the part's before."""
+    if end < 0:
+        f.seek(start)
+        for _ in range(count):
+            value = _line(f, "events.jsonl")
+            if value is None:
+                return
+            yield value
+        return
+    if start:
+        f.seek(start - 1)  # the end of the line before, or the newline just before start
+        while (rest := f.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+            pass  # a line over MAX_LINE is refused by the part where it starts
+    tell = f.tell
+    while tell() < end and (value := _line(f, "events.jsonl")) is not None:
+        yield value
 
 
 def _unreadable_event(raw: Any, err: Exception) -> Unreadable:

@@ -112,12 +112,14 @@ def test_signed_session_heads_prove_where_a_live_session_ends(
 def test_parts_checked_apart_are_joined_where_they_meet(
     ledger_factory, clock, identity, tmp_path, monkeypatch, workers
 ):
-    """The verifier checks the bundle in parts of CHUNK lines (in parallel with workers > 1)
-    and joins them: a gap or a swap exactly where two parts meet is caught as inside one."""
+    """The verifier checks the bundle in parts (of CHUNK lines; a whole export's cut by bytes,
+    most parts here holding one line or none) in parallel with workers > 1, and joins them: a
+    gap or a swap where two parts meet is caught as inside one."""
     from l2_session.tools import verify_bundle as module
 
     monkeypatch.setattr(module, "CHUNK", 4)
     monkeypatch.setattr(module, "STEP", 4)
+    monkeypatch.setattr(module, "LINE_BYTES", 50)  # a whole export: parts of 200 bytes
     ledger = ledger_factory()
     now = clock.wall_us()
     sessions = [Session.open(f"did:key:z6MkPeer{i}", "initiator", SessionConfig(), now)
@@ -135,7 +137,8 @@ def test_parts_checked_apart_are_joined_where_they_meet(
         ledger.save(*sessions)
     ledger.checkpoint()
     out = export_bundle(ledger, tmp_path / "whole").out
-    assert verify_bundle(out, [identity.did], workers).ok  # the tree joined from 3 parts
+    whole = verify_bundle(out, [identity.did], workers)  # the tree joined from ~50 parts
+    assert whole.ok and whole.events == 15, whole.problems
     two = export_bundle(ledger, tmp_path / "two", sessions=[sessions[0].id, sessions[2].id]).out
     report = verify_bundle(two, [identity.did], workers)  # 10 events and their proofs, 3 parts
     assert report.ok and report.events == 10, report.problems

@@ -113,3 +113,25 @@ def test_a_whole_export_s_tree_joined_from_parts_is_the_tree_of_its_events(size,
     else:
         assert joined.root(size) is None
         assert problems or drop == size - 1  # the last one: the export ends early
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 10**12), max_size=30),
+    last_newline=st.booleans(),
+    cuts=st.lists(st.integers(0, 500), max_size=8),
+)
+def test_parts_cut_by_bytes_read_each_line_once(tmp_path_factory, values, last_newline, cuts):
+    """A bundle without proofs is cut at byte offsets anywhere, even inside a line: each part
+    reads the lines that start in it, so the parts read every line once, in order."""
+    data = b"\n".join(b'{"i": %d}' % v for v in values) + (
+        b"\n" if last_newline and values else b""
+    )
+    path = tmp_path_factory.mktemp("parts") / "events.jsonl"
+    path.write_bytes(data)
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    read = []
+    with path.open("rb") as f:
+        for a, b in itertools.pairwise(bounds):
+            read += [value["i"] for value in vb._part_lines(f, a, b, -1)]
+    assert read == values
