@@ -517,9 +517,9 @@ class Spans:
         if part.first is None or part.last is None:
             return
         if self.tree is not None:
-            if part.tree is None or part.tree_start != (
-                self.tree_end if self.tree_start is not None else part.tree_start
-            ):
+            if part.tree is None or (
+                self.tree_start is not None and part.tree_start != self.tree_end
+            ):  # a gap, or leaves out of order: reported as such
                 self.tree = None
             else:
                 if self.tree_start is None:
