@@ -16,9 +16,12 @@ events). Any root or proof is the fold of O(log n) stored hashes, read in one st
 the tree's edge at that size, once: ``_Edge``).
 
 Nodes never change once written, so each ``TreeSQL`` keeps the upper levels it read (a few
-thousand nodes for a million events: every proof passes through them) and the edges of the
-sizes it served (``_Edge``: the root, and the path above each perfect part); a proof then
-reads only the levels below the kept ones, one B-tree lookup per level.
+ten thousand nodes for a million events: every proof passes through them), the edges of the
+sizes it served (``_Edge``: the root, and the path above each perfect part), and per block of
+leaves that share it the path through the kept levels (``_paths``: at most 2**15 lists, about
+9 MB at a million events, more once the kept nodes they share have been dropped); a proof
+then reads only the levels below the kept ones, one B-tree lookup per level, and looks up the
+rest as one list.
 
 Both backends use this code; they differ in the placeholder and the table names only.
 """
@@ -52,6 +55,7 @@ CACHED_LEVEL = 5  # nodes of this level and above are kept once read (1/16 of th
 CACHED_NODES_BITS = 16  # ... or of a higher one, so that at most about 2**16 are kept
 MAX_CACHED = 1 << (CACHED_NODES_BITS + 1)  # kept at most (the cache starts over when full)
 MAX_ROOTS = 256  # edges (roots) of tree sizes kept at most
+MAX_PATHS = 1 << 15  # upper paths kept at most (a block's climb through the kept levels)
 EMPTY_ROOT = blake3_hash(b"")
 
 
@@ -131,6 +135,7 @@ class TreeSQL:
         self.head_seen = 0  # the largest tree size known to be stored (the ledger only grows)
         self.cache_from = CACHED_LEVEL  # the lowest level kept
         self._nodes: dict[int, bytes] = {}
+        self._paths: dict[tuple[int, int, int], list[bytes]] = {}
         self._edges: dict[int, _Edge] = {}
         self._selects: dict[tuple[int, int], str] = {}
 
@@ -203,21 +208,35 @@ class TreeSQL:
         """The path of leaf ``index`` from level ``low`` to the top of its part (level
         ``top``): its ancestors' siblings (``_siblings``; one of level 0 as its leaf hash);
         and the stored value of key ``extra``. One statement for the levels below the kept
-        ones (and any kept one not read yet). Proofs of one leaf come here."""
-        keys = _siblings(index, low, top)
-        below = max(min(self.cache_from, top) - low, 0)  # keys[:below] are never kept
-        cached = self._nodes
-        upper = [cached.get(k) for k in keys[below:]]
-        ask = keys[:below]
-        if None in upper:
-            ask += [k for k, v in zip(keys[below:], upper, strict=True) if v is None]
-        ask.append(extra)
-        found = self._fetch(cur, ask)
-        hashes = [found[k] for k in keys[:below]]
-        hashes += [found[k] if v is None else v for k, v in zip(keys[below:], upper, strict=True)]
+        ones (and any kept one not read yet). Proofs of one leaf come here.
+
+        Above the last level never kept (``split``), the siblings are the same for every leaf
+        of the aligned block of 2**split leaves that holds this one: that part of the path is
+        kept per block (``_paths``), so a proof through a block climbed before reads its
+        lower levels and looks up one list."""
+        split = max(min(self.cache_from, top), low)  # levels [low, split) are never kept
+        lower = _siblings(index, low, split)
+        block = (index >> split, split, top)
+        upper = self._paths.get(block) if split < top else []
+        if upper is None:
+            keys = _siblings(index, split, top)
+            cached = self._nodes
+            kept = [cached.get(k) for k in keys]
+            ask = lower + [k for k, v in zip(keys, kept, strict=True) if v is None]
+            ask.append(extra)
+            found = self._fetch(cur, ask)
+            upper = [found[k] if v is None else v for k, v in zip(keys, kept, strict=True)]
+            if len(self._paths) >= MAX_PATHS:
+                self._paths.clear()
+            self._paths[block] = upper
+        else:
+            lower.append(extra)
+            found = self._fetch(cur, lower)
+            lower.pop()
+        hashes = [found[k] for k in lower]
         if hashes and low == 0:
             hashes[0] = leaf_hash(hashes[0])
-        return hashes, found[extra]
+        return hashes + upper, found[extra]
 
     def event_hash(self, cur: Any, position: int) -> bytes:
         return self.read(cur, (LEVELS * position,))[LEVELS * position]

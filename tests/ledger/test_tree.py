@@ -199,18 +199,21 @@ def test_proofs_stay_right_past_what_the_tree_keeps_in_memory(
         assert list(inclusion.hashes) == inclusion_proof(size // 2 - 1, leaves[:size])
 
 
-@pytest.mark.parametrize("cached_level, max_cached", [(1, 1000), (2, 1000), (1, 5)])
+@pytest.mark.parametrize(
+    "cached_level, max_cached, max_paths", [(1, 1000, 1000), (2, 1000, 3), (1, 5, 2)]
+)
 def test_every_proof_is_right_with_its_upper_levels_kept_partly_kept_or_dropped(
-    ledger_factory, clock, monkeypatch, ledger_location, cached_level, max_cached
+    ledger_factory, clock, monkeypatch, ledger_location, cached_level, max_cached, max_paths
 ):
     """A proof climbs its leaf's part: levels below the kept ones are read, kept ones come
-    from memory, and a kept level not read yet is read with the rest. Two passes over every
-    (position, size) and (old, size) pair — the second with what the first kept — each equal
-    to the recomputation."""
+    from memory (a block's whole upper path, once climbed), and a kept level not read yet is
+    read with the rest. Two passes over every (position, size) and (old, size) pair — the
+    second with what the first kept — each equal to the recomputation."""
     from l2_session.infrastructure.ledger import tree
 
     monkeypatch.setattr(tree, "CACHED_LEVEL", cached_level)
     monkeypatch.setattr(tree, "MAX_CACHED", max_cached)
+    monkeypatch.setattr(tree, "MAX_PATHS", max_paths)
     ledger = ledger_factory()
     populate(ledger, clock, sessions=9, notes=2, with_keys=False)  # 27 events
     leaves = [leaf_hash(h) for h in event_hashes(ledger_location)]
@@ -226,6 +229,8 @@ def test_every_proof_is_right_with_its_upper_levels_kept_partly_kept_or_dropped(
                 assert list(consistency.hashes) == expected
         assert kept and len(kept) <= max_cached
         assert min(node & tree.LEVEL_MASK for node in kept) >= cached_level
+        paths = ledger.ledger_recorder.tree_sql._paths
+        assert paths and len(paths) <= max_paths
 
 
 @settings(
