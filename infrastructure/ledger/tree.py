@@ -16,7 +16,7 @@ events). Any root or proof is the fold of O(log n) stored hashes, read in one st
 the tree's edge at that size, once: ``_Edge``).
 
 Nodes never change once written, so each ``TreeSQL`` keeps the upper levels it read (a few
-ten thousand nodes for a million events: every proof passes through them), the edges of the
+tens of thousands of nodes for a million events: every proof passes through them), the edges of the
 sizes it served (``_Edge``: the root, and the path above each perfect part), and per block of
 leaves that share it the path through the kept levels (``_paths``: at most 2**15 lists, about
 9 MB at a million events, more once the kept nodes they share have been dropped); a proof
