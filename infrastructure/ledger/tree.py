@@ -15,8 +15,8 @@ transaction that inserts the events completing them and never changed (append-on
 events). Any root or proof is the fold of O(log n) stored hashes, read in one statement (and
 the tree's edge at that size, once: ``_Edge``).
 
-Nodes never change once written, so each ``TreeSQL`` keeps the upper levels it read (a few
-tens of thousands of nodes for a million events: every proof passes through them), the edges of the
+Nodes never change once written, so each ``TreeSQL`` keeps the upper levels it read (tens of
+thousands of nodes for a million events: every proof passes through them), the edges of the
 sizes it served (``_Edge``: the root, and the path above each perfect part), and per block of
 leaves that share it the path through the kept levels (``_paths``: at most 2**15 lists, about
 9 MB at a million events, more once the kept nodes they share have been dropped); a proof
@@ -214,7 +214,8 @@ class TreeSQL:
         of the aligned block of 2**split leaves that holds this one: that part of the path is
         kept per block (``_paths``), so a proof through a block climbed before reads its
         lower levels and looks up one list."""
-        split = max(min(self.cache_from, top), low)  # levels [low, split) are never kept
+        # levels [low, split) are never kept (level 0, event hashes, never is)
+        split = max(min(max(self.cache_from, 1), top), low)
         lower = _siblings(index, low, split)
         block = (index >> split, split, top)
         upper = self._paths.get(block) if split < top else []
