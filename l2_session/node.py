@@ -114,7 +114,10 @@ class Addresses:
 @dataclass(frozen=True)
 class Message:
     """A message delivered on a session: in order, exactly once, across restarts of either
-    node (``seq`` counts them from 1 per session)."""
+    node (``seq`` counts them from 1 per session). Delivered means saved in this node's
+    ledger, which happens before the application is handed it; a message saved and not yet
+    taken by the application when its process died is not handed again after a restart —
+    it stays in the ledger (decision 21 in docs/spec-decisions.md)."""
 
     session_id: UUID
     seq: int
@@ -172,8 +175,10 @@ class Session:
 
     async def send(self, data: bytes) -> None:
         """Queue ``data`` to the peer; return once the message is saved in the ledger. From
-        then on it is delivered exactly once, in order, across restarts of either node —
-        while the session is not established it waits, queued, and leaves when it is.
+        then on it is delivered exactly once, in order, into the peer's ledger, across
+        restarts of either node, and handed to the peer's application after that (see
+        ``Message``) — while the session is not established it waits, queued, and leaves
+        when it is.
         Waits while the session's send window is full (backpressure). Raises
         ``MessageTooLarge``, ``SessionClosed``, or ``NodeClosed``; cancelled while it
         waits for room, the message is not queued."""
