@@ -176,7 +176,7 @@ def _export(args: Any) -> int:
             with progress_bar("exporting") as progress:
                 done = export_bundle(
                     ledger, args.out, sessions=args.session, since_us=since, until_us=until,
-                    identity=identity, progress=progress,
+                    identity=identity, proofs=args.proofs, progress=progress,
                 )  # fmt: skip
         except (ExportError, ValueError) as e:
             raise UsageError(str(e)) from e
@@ -222,6 +222,12 @@ def _export(args: Any) -> int:
     metavar="FILE",
     help="the node's key store: a partial bundle then carries the session heads it signs, "
     "which prove where each live session ends",
+)
+@click.option(
+    "--proofs",
+    is_flag=True,
+    help="a whole export carries each event's inclusion proof too (a partial one always does; "
+    "a whole one's leaves are its tree): to hand single events on",
 )
 @click.option(
     "--sqlite",

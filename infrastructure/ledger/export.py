@@ -9,7 +9,7 @@ A bundle is a directory of six files, written whole or not at all:
                       signature (never a sealed secret: the ``sealed`` column is not exported)
     proofs.jsonl      a partial export's: each event's Merkle inclusion proof in the
                       checkpoint's tree (a whole export holds every leaf: the verifier
-                      recomputes the tree, and proofs would only repeat it)
+                      recomputes the tree; it carries proofs only when asked)
     signers.json      each signer's registration (§7) and its did:key DID document
     sessions.json     per session asked for: the versions exported, and the events that bound
                       them (below)
@@ -184,13 +184,16 @@ def export_bundle(
     since_us: int | None = None,
     until_us: int | None = None,
     identity: NodeIdentity | None = None,
+    proofs: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportSummary:
     """Write a bundle of the ledger at ``location`` to the new directory ``out``: every event
     up to the newest stored checkpoint, or those of ``sessions`` and/or appended between
     ``since_us`` and ``until_us`` (µs, inclusive) with their boundary events. With the node's
     ``identity``, a partial bundle also carries the session heads it signs (``heads.txt``),
-    which prove where a live session ends."""
+    which prove where a live session ends. A partial bundle carries each event's inclusion
+    proof; a whole one only with ``proofs`` (its leaves are the whole tree, which the verifier
+    recomputes: proofs are for handing single events on, and double the bundle)."""
     target = Path(out)
     if target.exists() or target.is_symlink():
         raise ExportError(f"{target} already exists; the export writes a new bundle there")
@@ -200,7 +203,9 @@ def export_bundle(
         location if isinstance(location, SessionLedger) else SessionLedger(location, create=False)
     )
     try:
-        return _export(ledger, target, list(sessions), since_us, until_us, identity, progress)
+        return _export(
+            ledger, target, list(sessions), since_us, until_us, identity, proofs, progress
+        )
     finally:
         if ledger is not location:
             ledger.close()
@@ -213,6 +218,7 @@ def _export(
     since_us: int | None,
     until_us: int | None,
     identity: NodeIdentity | None,
+    proofs: bool,
     progress: Callable[[int, int], None] | None,
 ) -> ExportSummary:
     signed = [cp for _, cp in ledger.stored_checkpoints(newest=16) if cp.root is not None]
@@ -256,7 +262,8 @@ def _export(
             ledger, staging, batches, total, checkpoint, bounds,
             {"partial": partial, "sessions": [str(UUID(str(s))) for s in chosen] or None,
              "from_us": since_us, "until_us": until_us},
-            {identity.did} if heads is not None and identity is not None else set(), progress,
+            {identity.did} if heads is not None and identity is not None else set(),
+            partial or proofs, progress,
         )  # fmt: skip
         os.replace(staging, target)
     except BaseException:
@@ -379,6 +386,7 @@ def _write(
     bounds: list[dict[str, Any]],
     selection: dict[str, Any],
     also_signers: set[str],
+    with_proofs: bool,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[int, int]:
     """Write the bundle's files into ``folder``; (events written, sessions among them)."""
@@ -387,9 +395,9 @@ def _write(
     signers_seen, sessions_seen, written = {checkpoint.signer, *also_signers}, set(), 0
     with contextlib.ExitStack() as files:
         events = files.enter_context((folder / "events.jsonl").open("w", encoding="utf-8"))
-        proofs = (  # a whole export's leaves are its whole tree: no proofs (format §Layout)
+        proofs = (  # a whole export's leaves are its whole tree: proofs only if asked
             files.enter_context((folder / "proofs.jsonl").open("w", encoding="utf-8"))
-            if selection["partial"]
+            if with_proofs
             else None
         )
         for batch in batches:

@@ -110,10 +110,10 @@ def test_a_whole_export_verifies_with_both_verifiers(ledger, tmp_path):
 def test_a_whole_export_s_leaves_are_its_tree_and_a_version_1_bundle_still_verifies(
     ledger, tmp_path
 ):
-    """Version 2: a whole export holds no proofs (the verifier recomputes the tree from every
-    leaf). Version 1 carried every event's proof in a whole export as well: such a bundle still
-    verifies, its proofs checked one by one."""
-    path, facts = ledger
+    """Version 2: a whole export holds no proofs unless asked (``--proofs``): the verifier
+    recomputes the tree from every leaf. Asked, or in a version 1 bundle (which carried them
+    in a whole export too), each proof is checked as well."""
+    path, _facts = ledger
     bundle = export(path, tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["version"] == 2 and manifest["selection"]["partial"] is False
@@ -122,33 +122,26 @@ def test_a_whole_export_s_leaves_are_its_tree_and_a_version_1_bundle_still_verif
     manifest["selection"]["partial"] = True
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     claimed = verify(bundle)
-    assert (
-        claimed.returncode == 1
-        and "- missing_file: the manifest does not list proofs.jsonl" in (claimed.stdout)
-    )
-    # The same events as version 1 wrote them: with each one's proof.
-    old = export(path, tmp_path / "old")
-    keys = KeyStore.load(facts["keys"])
-    copy = tmp_path / "ledger.sqlite3"
-    copy.write_bytes(path.read_bytes())
-    source = SessionLedger(copy, identity=keys.identity, storage_key=keys.storage_key)
-    try:
-        positions = [e["position"] for e in lines(old, "events.jsonl")]
-        proofs = [{"position": p.position, "hashes": [base64.b64encode(h).decode() for h in p.hashes]}
-                  for p in source.inclusion_proofs(positions, len(positions))]  # fmt: skip
-    finally:
-        source.close()
-    rewrite(old, "proofs.jsonl", proofs)
-    manifest = json.loads((old / "manifest.json").read_text())
-    manifest["version"] = 1
-    (old / "manifest.json").write_text(json.dumps(manifest))
-    for result in (verify(old),
-                   subprocess.run([sys.executable, str(STANDALONE), str(old)],
-                                  capture_output=True, text=True, timeout=120)):  # fmt: skip
-        assert result.returncode == 0 and "bundle verification: OK" in result.stdout, result.stdout
+    assert claimed.returncode == 1
+    assert "- missing_file: the manifest does not list proofs.jsonl" in claimed.stdout
+    # With --proofs: every event's proof, each one checked.
+    proven = export(path, tmp_path / "proven", "--proofs")
+    proofs = lines(proven, "proofs.jsonl")
+    events = lines(proven, "events.jsonl")
+    assert [p["position"] for p in proofs] == [e["position"] for e in events]
+    manifest = json.loads((proven / "manifest.json").read_text())
+    assert manifest["version"] == 2 and "proofs.jsonl" in manifest["files"]
+    for version in (2, 1):  # version 1 wrote the same files for a whole export
+        manifest["version"] = version
+        (proven / "manifest.json").write_text(json.dumps(manifest))
+        for result in (verify(proven),
+                       subprocess.run([sys.executable, str(STANDALONE), str(proven)],
+                                      capture_output=True, text=True, timeout=120)):  # fmt: skip
+            assert result.returncode == 0, result.stdout
+            assert "bundle verification: OK" in result.stdout
     proofs[4]["hashes"][1] = base64.b64encode(bytes(32)).decode()
-    rewrite(old, "proofs.jsonl", proofs)
-    changed = verify(old)
+    rewrite(proven, "proofs.jsonl", proofs)
+    changed = verify(proven)
     assert changed.returncode == 1 and "- bad_proof: position 5 does not lead" in changed.stdout
 
 
