@@ -279,7 +279,7 @@ def verify_bundle(
     # BLAKE3 and reading release the GIL, and the workers need not wait for them.
     with concurrent.futures.ThreadPoolExecutor(1) as hasher:
         digests = {name: hasher.submit(file_digest, folder / name) for name in hashed}
-        _contents(folder, report, manifest, listed, proofs, trusted, workers)
+        _contents(folder, report, manifest, listed, whole, proofs, trusted, workers)
         changed = [
             f"file_changed: {name} is not the file the manifest hashes"
             for name, entry in hashed.items()
@@ -294,6 +294,7 @@ def _contents(
     report: Report,
     manifest: dict[str, Any],
     listed: dict[str, Any],
+    whole: bool,
     proofs: bool,
     trusted: list[str] | None,
     workers: int | None,
@@ -310,7 +311,7 @@ def _contents(
     _check_checkpoint(checkpoint, report, signers, trusted)
     heads = _heads(folder, report, signers, checkpoint, trusted) if "heads.txt" in listed else None
     _events(
-        folder, report, signers, checkpoint, manifest, proofs,
+        folder, report, signers, checkpoint, manifest, whole, proofs,
         workers or os.cpu_count() or 1, heads,
     )  # fmt: skip
 
@@ -491,11 +492,8 @@ class Spans:
                 self.tree_start = self.tree_end = index
             if index != self.tree_end:
                 self.tree = None
-            elif index & 1:
+            else:
                 push_subtree(tree, 0, index, blake3(b"\x00" + r[7]).digest())
-                self.tree_end = index + 1
-            else:  # a left child: nothing to join yet
-                tree.append((0, index, blake3(b"\x00" + r[7]).digest()))
                 self.tree_end = index + 1
         if self.last is not None:
             self._follows(r, self.last)
@@ -702,6 +700,7 @@ def _events(
     signers: dict[str, bytes],
     cp: Checkpoint,
     manifest: dict[str, Any],
+    whole: bool,
     with_proofs: bool,
     workers: int,
     heads: tuple[int, bytes] | None,
@@ -711,7 +710,6 @@ def _events(
     chain and range."""
     parts = _chunks(folder, report, workers, with_proofs)
     selection = manifest["selection"]
-    whole = not selection.get("partial", True)
     since, until = selection.get("from_us"), selection.get("until_us")
     genesis = blake3(GENESIS_DOMAIN + lp(report.ledger_id.encode())).digest()
     joined = Spans(whole, since, until, genesis)

@@ -231,9 +231,7 @@ class TreeSQL:
                 self._paths.clear()
             self._paths[block] = upper
         else:
-            lower.append(extra)
-            found = self._fetch(cur, lower)
-            lower.pop()
+            found = self._fetch(cur, [*lower, extra])
         hashes = [found[k] for k in lower]
         if hashes and low == 0:
             hashes[0] = leaf_hash(hashes[0])
