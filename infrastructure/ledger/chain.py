@@ -199,6 +199,7 @@ class LedgerChain:
         # The right edge of the stored Merkle tree as the last commit of this process left it
         # (tree.py); None until read, and after a failed transaction.
         self._tree: Frontier | None = None
+        self._tile: list[bytes] | None = None  # format 3: the last block's nodes so far
         self._session_cache_size = session_cache_size
         self._heads_lock = threading.Lock()
         # One extra signing thread where there is a second core (see _sign_all).
@@ -340,7 +341,7 @@ class LedgerChain:
         """Make ``_tree`` the stored tree's edge at ``size`` events (the head just read under
         the write lock): read again when another writer, or a failure, moved it."""
         if self.has_tree and (self._tree is None or self._tree.size != size):
-            self._tree = self.tree_sql.frontier(cur, size)
+            self._tree, self._tile = self.tree_sql.frontier(cur, size)
 
     def _grow_tree(self, cur: Any, rows: Sequence[Row]) -> None:
         """Insert the tree nodes that ``rows``, just inserted, complete. ``_tree`` moves on only
@@ -348,18 +349,18 @@ class LedgerChain:
         if not self.has_tree or not rows:
             return
         assert self._tree is not None and self._tree.size == rows[0][0] - 1
-        tree = self._tree.copy()
-        nodes = grow(tree, (row[9] for row in rows))
+        tree, tile = self._tree.copy(), None if self._tile is None else list(self._tile)
+        nodes = grow(tree, (row[9] for row in rows), tile)
         if nodes:
             cur.executemany(self.tree_sql.insert, nodes)
-        self._tree = tree
+        self._tree, self._tile = tree, tile
 
     def _head_in(self, cur: Any) -> tuple[int, bytes]:
         """(position, event hash) of the newest event, read in the open transaction."""
         raise NotImplementedError
 
     def require_tree(self) -> None:
-        """``TreeMissing`` unless the ledger keeps a tree (format 2), saying how to get one."""
+        """``TreeMissing`` unless the ledger keeps a tree (format 2 or 3), saying how to get one."""
         if not self.has_tree:
             raise TreeMissing(
                 "this ledger is in format 1 and has no Merkle tree yet: open it once with its "

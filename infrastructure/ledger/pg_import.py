@@ -72,7 +72,7 @@ def import_sqlite_ledger(path: str | Path, url: str) -> int:
             tables = {
                 r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
-            if COSIGNATURES_TABLE in tables:  # format 2
+            if COSIGNATURES_TABLE in tables:  # format 2 or 3
                 cur.executemany(
                     f"INSERT INTO {schema}.{COSIGNATURES_TABLE} "
                     "(checkpoint_id, witness, cosignature, received_at) VALUES (%s, %s, %s, %s)",

@@ -41,7 +41,7 @@ from l2_session.infrastructure.ledger.format import ZERO_HASH, genesis_hash
 from l2_session.infrastructure.ledger.groupcommit import GroupCommitConfig, GroupCommitter
 from l2_session.infrastructure.ledger.pg_schema import lock_key
 from l2_session.infrastructure.ledger.schema import EVENTS_TABLE, SIGNERS_TABLE
-from l2_session.infrastructure.ledger.tree import TREE_TABLE, TreeSQL
+from l2_session.infrastructure.ledger.tree import TREE_TABLE, TreeSQL, tree_layout
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
@@ -116,6 +116,8 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
     def set_meta(self, meta: dict[str, str]) -> None:
         self.ledger_id = meta["ledger_id"]
         self.genesis = genesis_hash(self.ledger_id)
+        # migrate() left the ledger in format 2 or 3: how its tree is stored
+        self.tree_sql.tiled = tree_layout(meta["format_version"]) == "tiles"
 
     # -- writes ------------------------------------------------------------------------
     @contextmanager

@@ -20,7 +20,7 @@ from l2_session.infrastructure.ledger.schema import (
     EVENTS_TABLE,
     SIGNERS_TABLE,
 )
-from l2_session.infrastructure.ledger.tree import LEVELS, TREE_TABLE
+from l2_session.infrastructure.ledger.tree import TREE_TABLE, tree_layout
 
 
 @contextmanager
@@ -48,13 +48,12 @@ def range_rows(url: str, lo: int, hi: int) -> Iterator[Any]:
 
 
 @contextmanager
-def range_nodes(url: str, lo: int, hi: int) -> Iterator[Any]:
-    """Stored tree rows (node, hash) of positions ``lo`` to ``hi``, in node order."""
+def range_nodes(url: str, first: int, last: int) -> Iterator[Any]:
+    """Stored tree rows (node, hash) with keys ``first`` to ``last``, in node order."""
     statement = (
         f"SELECT node, hash FROM {{schema}}.{TREE_TABLE} WHERE node BETWEEN %s AND %s ORDER BY node"
     )
-    bounds = (LEVELS * lo, LEVELS * hi + LEVELS - 1)
-    with _streamed(url, "l2s_verify_tree", statement, bounds) as rows:
+    with _streamed(url, "l2s_verify_tree", statement, (first, last)) as rows:
         yield ((node, bytes(value)) for node, value in rows)
 
 
@@ -69,24 +68,25 @@ def select_rows(url: str, statement: str, params: Any) -> list[tuple[int, str, b
 
 def tree_and_checkpoints(
     url: str,
-) -> tuple[bool, list[tuple[int, str]], list[tuple[int, int, str, str]]]:
-    """(whether the ledger keeps a tree, its stored checkpoints as (id, text), the cosignatures
-    of them as (id, checkpoint id, witness, line)), oldest first."""
+) -> tuple[str | None, list[tuple[int, str]], list[tuple[int, int, str, str]]]:
+    """(how the ledger stores its tree — ``tree.tree_layout``, None without one —, its stored
+    checkpoints as (id, text), the cosignatures of them as (id, checkpoint id, witness,
+    line)), oldest first."""
     location = PostgresLocation.parse(url)
     schema = location.schema
     with location.connect() as conn, conn.cursor() as cur:
         meta = read_meta(cur, schema) or {}
         cur.execute(f"SELECT id, text FROM {schema}.{CHECKPOINTS_TABLE} ORDER BY id")
         rows = [(int(i), str(t)) for i, t in cur.fetchall()]
-        has_tree = meta.get("format_version", "1") != "1"
+        layout = tree_layout(meta.get("format_version", "1"))
         cosignatures: list[tuple[int, int, str, str]] = []
-        if has_tree:
+        if layout is not None:
             cur.execute(
                 f"SELECT id, checkpoint_id, witness, cosignature FROM {schema}."
                 f"{COSIGNATURES_TABLE} ORDER BY id"
             )
             cosignatures = [(int(i), int(c), str(w), str(x)) for i, c, w, x in cur.fetchall()]
-    return has_tree, rows, cosignatures
+    return layout, rows, cosignatures
 
 
 def ledger_meta(url: str, step: int) -> tuple[str, frozenset[str], list[int], int | None]:

@@ -43,7 +43,7 @@ from l2_session.infrastructure.ledger.schema import (
     TREE_STATEMENTS,
 )
 from l2_session.infrastructure.ledger.sqlite_store import LedgerDatastore
-from l2_session.infrastructure.ledger.tree import TREE_TABLE, TreeSQL, build_rows
+from l2_session.infrastructure.ledger.tree import TREE_TABLE, TreeSQL, build_rows, tree_layout
 
 __all__ = ["SIGNER_DOMAIN", "SignedSQLiteRecorder", "session_key"]
 
@@ -117,9 +117,11 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
                 self.has_tree = False  # read as it is: a reader changes nothing
             else:
                 self._migrate_to_tree()
+        elif version is not None:
+            self.tree_sql.tiled = tree_layout(version[0]) == "tiles"
 
     def _migrate_to_tree(self) -> None:
-        """Format 1 -> 2: build the Merkle tree of every event already in the ledger, in one
+        """Format 1 -> 3: build the Merkle tree of every event already in the ledger, in one
         transaction with the format's new version (a crash leaves the ledger at format 1).
         The events themselves are only read."""
         with self.datastore.writer.transaction() as cur:
@@ -131,7 +133,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
             hashes = cur.connection.execute(
                 f"SELECT position, event_hash FROM {EVENTS_TABLE} ORDER BY position"
             )
-            for chunk in build_rows(hashes):
+            for chunk in build_rows(hashes, tiled=self.tree_sql.tiled):
                 cur.executemany(self.tree_sql.insert, chunk)
             cur.execute(
                 f"UPDATE {META_TABLE} SET value=? WHERE key='format_version'",

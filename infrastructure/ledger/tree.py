@@ -9,11 +9,17 @@ leaves, keyed by the position of its last leaf and its level in one integer::
 
 so merkle.py's node (level, index) is the row 64 * ((index + 1) * 2**level) + level, a position
 p completes the nodes of levels 1 to the number of trailing zero bits of p, and rows in node
-order are in (position, level) order. Level 0 is not stored: a leaf hash is H(0x00 || event
-hash), from the events table, under the same key (64 * position). Rows are inserted in the
-transaction that inserts the events completing them and never changed (append-only, like the
-events). Any root or proof is the fold of O(log n) stored hashes, read in one statement (and
-the tree's edge at that size, once: ``_Edge``).
+order are in (position, level) order. In format 3 the nodes of levels 1 to 3 are kept in
+*tiles*: the row of a node of level 3 (8 events) holds the 7 nodes inside it, in the order
+they were completed — (2, 1), (4, 1), (4, 2), (6, 1), (8, 1), (8, 2), (8, 3) counted from the
+block's start — and levels 1 and 2 have no rows of their own; nodes of level 4 and above are a
+row each. A quarter of a row per event, where a format-2 ledger (which keeps its layout: a row
+for every node) inserts one. Until its 8th event, a block's nodes are folded from its events
+when asked for. Level 0 is not stored: a leaf hash is H(0x00 || event hash), from the events
+table, under the same key (64 * position). Rows are inserted in the transaction that inserts
+the events completing them and never changed (append-only, like the events). Any root or
+proof is the fold of O(log n) stored hashes, read in one statement (and the tree's edge at
+that size, once: ``_Edge``).
 
 Nodes never change once written, so each ``TreeSQL`` keeps the upper levels it read (tens of
 thousands of nodes for a million events: every proof passes through them), the edges of the
@@ -36,6 +42,7 @@ from typing import Any
 
 from blake3 import blake3
 from l2_session.infrastructure.ledger.errors import LedgerCorrupted, LedgerError
+from l2_session.infrastructure.ledger.format import FORMAT_VERSION
 from l2_session.infrastructure.ledger.merkle import (
     Frontier,
     ProofError,
@@ -57,6 +64,34 @@ MAX_CACHED = 1 << (CACHED_NODES_BITS + 1)  # kept at most (the cache starts over
 MAX_ROOTS = 256  # edges (roots) of tree sizes kept at most
 MAX_PATHS = 1 << 15  # upper paths kept at most (a block's climb through the kept levels)
 EMPTY_ROOT = blake3_hash(b"")
+TILE_LEVEL = 3  # format 3: a row of this level holds the nodes of levels 1 to 3 of its block
+TILE = 1 << TILE_LEVEL  # events per tile
+TILE_NODES = TILE - 1  # hashes per tile row
+# (position in the block, level) -> the node's place in its tile row
+TILE_INDEX = {(2, 1): 0, (4, 1): 1, (4, 2): 2, (6, 1): 3, (8, 1): 4, (8, 2): 5, (8, 3): 6}
+TILE_OFFSET = {at: 32 * i for at, i in TILE_INDEX.items()}  # the same in bytes
+# How a ledger's format lays out its stored tree: format 1 has none; format 2 a row per node.
+LAYOUTS = {"2": "nodes", "3": "tiles"}
+assert str(FORMAT_VERSION) in LAYOUTS
+
+
+def tree_layout(format_version: str) -> str | None:
+    """``"tiles"`` (format 3), ``"nodes"`` (format 2) or None (format 1: no stored tree)."""
+    if format_version == "1":
+        return None
+    try:
+        return LAYOUTS[format_version]
+    except KeyError:
+        raise LedgerError(f"ledger format version {format_version!r} is not supported") from None
+
+
+def tile_nodes(position: int, tile: bytes) -> list[tuple[int, int, bytes]]:
+    """(position, level, hash) of the 7 nodes of the tile row that ends at ``position``, in
+    (position, level) order; [] if the value is not 7 hashes (a damaged row)."""
+    if len(tile) != 32 * TILE_NODES:
+        return []
+    base = position - TILE
+    return [(base + p, lv, tile[32 * i : 32 * i + 32]) for (p, lv), i in TILE_INDEX.items()]
 
 
 class TreeMissing(LedgerError):
@@ -68,23 +103,44 @@ def position_level(node: int) -> tuple[int, int]:
     return node // LEVELS, node % LEVELS
 
 
-def grow(tree: Frontier, event_hashes: Iterable[bytes]) -> list[NodeRow]:
+def grow(
+    tree: Frontier, event_hashes: Iterable[bytes], tile: list[bytes] | None = None
+) -> list[NodeRow]:
     """Append the events' hashes (in position order) to ``tree``; the rows they complete.
-    ``Frontier.append`` with BLAKE3 written out: this runs in every append's transaction."""
+    ``tile`` is None for a row per node (format 2); in format 3, the nodes of levels 1 and 2
+    completed so far in the tree's last, unfinished block of 8, which a node of level 3 takes
+    into its row (and ``tile`` starts over). ``Frontier.append`` with BLAKE3 written out: this
+    runs in every append's transaction."""
+    pending = tile if tile is not None else []
+    top = TILE_LEVEL if tile is not None else 0  # levels up to it go into tiles
+    rows: list[NodeRow] = []
     if tree.h is not blake3_hash:
-        rows: list[NodeRow] = []
         for event_hash in event_hashes:
             for level, index, value in tree.append(leaf_hash(event_hash)):
-                rows.append((LEVELS * ((index + 1) << level) + level, value))
+                key = LEVELS * ((index + 1) << level) + level
+                if level > top:
+                    rows.append((key, value))
+                else:
+                    pending.append(value)
+                    if level == top:
+                        rows.append((key, b"".join(pending)))
+                        pending.clear()
         return rows
-    rows, edge, size, b3 = [], tree.hashes, tree.size, blake3
+    edge, size, b3 = tree.hashes, tree.size, blake3
     for event_hash in event_hashes:
         found = b3(b"\x00" + event_hash).digest()
         level = 0
         while size >> level & 1:
             found = b3(b"\x01" + edge.pop() + found).digest()
             level += 1
-            rows.append((LEVELS * (((size >> level) + 1) << level) + level, found))
+            if level > top:
+                rows.append((LEVELS * (((size >> level) + 1) << level) + level, found))
+            else:
+                pending.append(found)
+                if level == top:
+                    key = LEVELS * (((size >> level) + 1) << level) + level
+                    rows.append((key, b"".join(pending)))
+                    pending.clear()
         edge.append(found)
         size += 1
     tree.size = size
@@ -129,15 +185,16 @@ class TreeSQL:
     """The statements of one backend (``mark`` is its placeholder, the names its tables') and
     what it keeps of what it read."""
 
-    def __init__(self, mark: str, events: str, tree: str) -> None:
+    def __init__(self, mark: str, events: str, tree: str, tiled: bool = True) -> None:
         self.mark, self.events, self.tree = mark, events, tree
+        self.tiled = tiled  # levels 1 to 3 in tiles (format 3), or a row per node (format 2)
         self.insert = f"INSERT INTO {tree} (node, hash) VALUES ({mark},{mark})"
         self.head_seen = 0  # the largest tree size known to be stored (the ledger only grows)
         self.cache_from = CACHED_LEVEL  # the lowest level kept
         self._nodes: dict[int, bytes] = {}
         self._paths: dict[tuple[int, int, int], list[bytes]] = {}
         self._edges: dict[int, _Edge] = {}
-        self._selects: dict[tuple[int, int], str] = {}
+        self._selects: dict[tuple[int, int, int], str] = {}
 
     def seen(self, head: int) -> None:
         """The ledger holds ``head`` events: sizes up to it need no check, and the levels
@@ -146,20 +203,21 @@ class TreeSQL:
             self.head_seen = head
             self.cache_from = max(CACHED_LEVEL, head.bit_length() + 1 - CACHED_NODES_BITS)
 
-    def _select(self, n_nodes: int, n_leaves: int) -> str:
-        found = self._selects.get((n_nodes, n_leaves))
+    def _select(self, n_nodes: int, n_leaves: int, n_runs: int = 0) -> str:
+        """Rows (key, hash) of ``n_nodes`` stored nodes, of the event hashes at ``n_leaves``
+        positions and of ``n_runs`` runs of positions (first, last) — a run is one range
+        scan, where as many single positions are a B-tree search each."""
+        found = self._selects.get((n_nodes, n_leaves, n_runs))
         if found is None:
             m, parts = self.mark, []
             if n_nodes:
                 marks = ",".join([m] * n_nodes)
                 parts.append(f"SELECT node, hash FROM {self.tree} WHERE node IN ({marks})")
+            leaves = f"SELECT {LEVELS} * position, event_hash FROM {self.events} WHERE position"
             if n_leaves:
-                marks = ",".join([m] * n_leaves)
-                parts.append(
-                    f"SELECT {LEVELS} * position, event_hash FROM {self.events} "
-                    f"WHERE position IN ({marks})"
-                )
-            found = self._selects[n_nodes, n_leaves] = " UNION ALL ".join(parts)
+                parts.append(f"{leaves} IN ({','.join([m] * n_leaves)})")
+            parts += [f"{leaves} BETWEEN {m} AND {m}"] * n_runs
+            found = self._selects[n_nodes, n_leaves, n_runs] = " UNION ALL ".join(parts)
         return found
 
     def read(self, cur: Any, keys: Iterable[int]) -> dict[int, bytes]:
@@ -179,14 +237,40 @@ class TreeSQL:
         return found
 
     def _fetch(self, cur: Any, keys: list[int]) -> dict[int, bytes]:
-        """``read`` of keys none of which is kept, each once at most; what it reads of the
-        kept levels is kept."""
-        nodes = [k for k in keys if k & LEVEL_MASK]
-        leaves = [k >> LEVEL_BITS for k in keys if not k & LEVEL_MASK]
-        cur.execute(self._select(len(nodes), len(leaves)), [*nodes, *leaves])
+        """``read`` of keys none of which is kept; what it reads of the kept levels is kept.
+        In format 3 a node of level 1 to 3 is cut from its tile, or, in the last block, which
+        has no tile yet, folded from the block's events: both read in the same statement."""
+        nodes: list[int] = []
+        positions: list[int] = []
+        tiled: list[tuple[int, int, int]] = []  # (key, its tile's key, its offset there)
+        folded: list[int] = []
+        top, head = (TILE_LEVEL if self.tiled else 0), self.head_seen
+        for key in keys:
+            level = key & LEVEL_MASK
+            if level > top:
+                nodes.append(key)
+            elif not level:
+                positions.append(key >> LEVEL_BITS)
+            else:
+                end = key >> LEVEL_BITS
+                block_end = (end + TILE - 1) & -TILE
+                if block_end <= head:
+                    tile = LEVELS * block_end + TILE_LEVEL
+                    tiled.append((key, tile, TILE_OFFSET[end - block_end + TILE, level]))
+                    nodes.append(tile)
+                else:
+                    folded.append(key)
+                    positions.extend(range(end - (1 << level) + 1, end + 1))
+        nodes = list(dict.fromkeys(nodes))
+        if len(positions) > 1:
+            positions = sorted(set(positions))
+        singles, runs = _runs(positions)
+        cur.execute(
+            self._select(len(nodes), len(singles), len(runs) // 2), [*nodes, *singles, *runs]
+        )
         found: dict[int, bytes] = dict(cur.fetchall())
-        if len(found) < len(set(keys)):
-            missing = [k for k in keys if k not in found]
+        if len(found) < len(nodes) + len(positions):
+            missing = [k for k in nodes + [LEVELS * p for p in positions] if k not in found]
             position, level = position_level(min(missing))
             what = (
                 f"no event at position {position}"
@@ -194,6 +278,17 @@ class TreeSQL:
                 else f"no node of level {level} ending at position {position}"
             )
             raise LedgerCorrupted(f"the ledger's tree has {what}: the tree is damaged; run verify")
+        if tiled:  # a tile's key is its level-3 node's: cut every node asked for from it
+            rows: dict[int, bytes] = {}
+            for key, tile, at in tiled:
+                row = rows.get(tile)
+                if row is None:
+                    row = rows[tile] = _tile_row(tile, found[tile])
+                found[key] = row[at : at + 32]
+            for tile, row in rows.items():
+                found[tile] = row[-32:]
+        for key in folded:
+            found[key] = _fold_leaves(found, key)
         cache_from, cached = self.cache_from, self._nodes
         for key in nodes:
             if key & LEVEL_MASK >= cache_from:
@@ -240,9 +335,21 @@ class TreeSQL:
     def event_hash(self, cur: Any, position: int) -> bytes:
         return self.read(cur, (LEVELS * position,))[LEVELS * position]
 
-    def frontier(self, cur: Any, size: int) -> Frontier:
-        """The right edge of the tree of the first ``size`` events."""
-        return Frontier(size, self._edge(cur, size).parts if size else ())
+    def frontier(self, cur: Any, size: int) -> tuple[Frontier, list[bytes] | None]:
+        """The right edge of the tree of the first ``size`` events, and what ``grow`` needs
+        beside it: in format 3, the nodes of levels 1 and 2 of the last block so far (None in
+        format 2)."""
+        edge = Frontier(size, self._edge(cur, size).parts if size else ())
+        if not self.tiled:
+            return edge, None
+        start = size - size % TILE
+        keys = [
+            LEVELS * p + level
+            for p in range(start + 1, size + 1)
+            for level in range(1, (p & -p).bit_length())
+        ]
+        found = self.read(cur, keys) if keys else {}
+        return edge, [found[k] for k in keys]
 
     def root(self, cur: Any, size: int) -> bytes:
         return self._edge(cur, size).root if size else EMPTY_ROOT
@@ -330,6 +437,47 @@ def _siblings(index: int, low: int, top: int) -> list[int]:
     return [LEVELS * (((index >> lv ^ 1) + 1) << lv) + lv for lv in range(low, top)]
 
 
+def _runs(positions: list[int]) -> tuple[list[int], list[int]]:
+    """Sorted ``positions`` as (the single ones, first and last of each run of two or more)."""
+    singles: list[int] = []
+    runs: list[int] = []
+    i, n = 0, len(positions)
+    while i < n:
+        j = i
+        while j + 1 < n and positions[j + 1] == positions[j] + 1:
+            j += 1
+        if j == i:
+            singles.append(positions[i])
+        else:
+            runs += (positions[i], positions[j])
+        i = j + 1
+    return singles, runs
+
+
+def _tile_row(key: int, row: bytes) -> bytes:
+    """The tile row of ``key``, checked to hold its 7 hashes."""
+    if len(row) != 32 * TILE_NODES:
+        raise LedgerCorrupted(
+            f"the ledger's tree has a tile ending at position {key >> LEVEL_BITS} of {len(row)} "
+            f"bytes, not {32 * TILE_NODES}: the tree is damaged; run verify"
+        )
+    return row
+
+
+def _fold_leaves(found: dict[int, bytes], key: int) -> bytes:
+    """The hash of the node ``key`` from the event hashes of its leaves in ``found`` (BLAKE3
+    written out: only a block without its tile yet, the last, is folded)."""
+    level, end, b3 = key & LEVEL_MASK, key >> LEVEL_BITS, blake3
+    layer = [
+        b3(b"\x00" + found[LEVELS * p]).digest() for p in range(end - (1 << level) + 1, end + 1)
+    ]
+    while level:
+        it = iter(layer)
+        layer = [b3(b"\x01" + left + right).digest() for left, right in zip(it, it, strict=True)]
+        level -= 1
+    return layer[0]
+
+
 def _hash(found: dict[int, bytes], key: int) -> bytes:
     """The tree hash of the range a key stands for: a stored node, or a leaf's hash."""
     value = found[key]
@@ -348,13 +496,17 @@ def _key_list(lo: int, hi: int) -> list[int]:
 
 
 def build_rows(
-    rows: Iterable[tuple[int, bytes]], damaged: type[LedgerError] = LedgerCorrupted
+    rows: Iterable[tuple[int, bytes]],
+    damaged: type[LedgerError] = LedgerCorrupted,
+    tiled: bool = True,
 ) -> Iterable[list[NodeRow]]:
     """The whole tree of a ledger's events, from its (position, event hash) rows in position
-    order, in chunks of tree rows: what a migration inserts for a ledger that has none.
+    order, in chunks of tree rows (format 3's tiles, or a row per node: ``tiled``): what a
+    migration inserts for a ledger that has none.
     Positions must be 1, 2, 3, ...: a tree over a ledger with a gap would prove a sequence
     that is not the ledger's (``damaged`` says so)."""
     tree = Frontier()
+    tile: list[bytes] | None = [] if tiled else None
     chunk: list[NodeRow] = []
     for position, event_hash in rows:
         if position != tree.size + 1:
@@ -362,7 +514,7 @@ def build_rows(
                 f"cannot build the ledger's tree: position {position} follows {tree.size}; "
                 "the ledger is damaged — run verify"
             )
-        chunk.extend(grow(tree, (bytes(event_hash),)))
+        chunk.extend(grow(tree, (bytes(event_hash),), tile))
         if len(chunk) >= 10_000:
             yield chunk
             chunk = []

@@ -41,6 +41,7 @@ from l2_session.infrastructure.ledger.format import (
 )
 from l2_session.infrastructure.ledger.pg_url import is_postgres_url
 from l2_session.infrastructure.ledger.schema import check_sqlite_ledger_file
+from l2_session.infrastructure.ledger.tree import TILE
 from l2_session.infrastructure.ledger.tree_head import TreeHeadError, verify_cosignature
 from l2_session.infrastructure.ledger.verify_report import (
     Problem,
@@ -130,14 +131,17 @@ def _verify_range(
     hi: int,
     trusted: frozenset[str],
     pins: frozenset[int],
-    has_tree: bool,
+    layout: str | None,
+    tiles_end: int | None,
     recompute: bool = True,
 ) -> _RangeResult:
     out = _RangeResult()
     try:
-        with range_rows(path, lo, hi) as rows, range_nodes(path, lo, hi, has_tree) as nodes:
+        with range_rows(path, lo, hi) as rows, range_nodes(path, lo, hi, layout) as nodes:
             if recompute:
-                out.tree = RangeTree(None if nodes is None else stored_rows(nodes), pins)
+                tiled = layout == "tiles"
+                stored = None if nodes is None else stored_rows(nodes, tiled, lo, hi)
+                out.tree = RangeTree(stored, pins, tiles_end)
             _check_rows(out, rows, trusted, pins)
             if out.tree is not None:
                 out.tree.finish()
@@ -399,13 +403,14 @@ def verify(
     report = VerificationReport()
     report.anchored = trusted_signers is not None
     try:
-        has_tree, stored, cosigned = stored_tree_and_checkpoints(source)
+        layout, stored, cosigned = stored_tree_and_checkpoints(source)
     except read_errors(source) as e:
-        has_tree, stored, cosigned = False, [], []
+        layout, stored, cosigned = None, [], []
         report.problems.append(
             Problem(ProblemKind.DATABASE_CORRUPT, None, None, f"stored checkpoints: {e}")
         )
-    has_tree = has_tree and check_tree
+    layout = layout if check_tree else None  # how the tree checked is stored
+    tiles_end = last // TILE * TILE if layout == "tiles" and last is not None else None
     checkpoints = _parse_stored(stored, report)
     _check_cosignatures(cosigned, dict(stored), report)
     if checkpoint is not None:
@@ -420,7 +425,9 @@ def verify(
         report.problems += integrity(source) if integrity else []
         results = []
         for a, b in ranges:
-            results.append(_verify_range(source, a, b, trusted, pins, has_tree, check_tree))
+            results.append(
+                _verify_range(source, a, b, trusted, pins, layout, tiles_end, check_tree)
+            )
             if progress is not None:
                 done += b - a + 1
                 progress(done, total)
@@ -436,7 +443,9 @@ def verify(
         ):
             checked = beside.submit(_in_the_gaps, integrity, source) if integrity else None
             futures = {
-                pool.submit(_verify_range, source, a, b, trusted, pins, has_tree): b - a + 1
+                pool.submit(_verify_range, source, a, b, trusted, pins, layout, tiles_end): b
+                - a
+                + 1
                 for a, b in ranges
             }
             if progress is not None:
@@ -448,7 +457,7 @@ def verify(
         report.workers = n_workers
     _stitch(report, results, genesis_hash(ledger_id))
     report.conflicts_recorded = _conflicts_recorded(results)
-    tree = _stitch_tree(report, results, has_tree) if check_tree else None
+    tree = _stitch_tree(report, results, layout is not None, tiles_end) if check_tree else None
     for name, cp in checkpoints:
         _check_checkpoint(report, name, cp, ledger_id, trusted, results, tree)
     if checkpoint is not None:
@@ -573,11 +582,14 @@ def _parse_stored(
 
 
 def _stitch_tree(
-    report: VerificationReport, results: list[_RangeResult], has_tree: bool
+    report: VerificationReport,
+    results: list[_RangeResult],
+    has_tree: bool,
+    tiles_end: int | None,
 ) -> TreeStitch | None:
     """The whole tree from the ranges' blocks: its root, the roots at checkpoint sizes, and
     the stored nodes that span ranges checked. None if the rows could not all be read."""
-    stitch = TreeStitch(checked=has_tree)
+    stitch = TreeStitch(checked=has_tree, tiles_end=tiles_end)
     for r in results:
         if r.tree is None:
             return None

@@ -25,8 +25,9 @@ from l2_session.infrastructure.ledger.schema import (
     SIGNERS_TABLE,
     check_sqlite_ledger_file,
 )
-from l2_session.infrastructure.ledger.tree import LEVELS, TREE_TABLE
+from l2_session.infrastructure.ledger.tree import LEVELS, TREE_TABLE, tree_layout
 from l2_session.infrastructure.ledger.verify_report import Problem, ProblemKind
+from l2_session.infrastructure.ledger.verify_tree import tile_bound
 
 # A stored row is at least this many bytes (three hashes and a signature alone are 160).
 MIN_ROW_BYTES = 100
@@ -65,28 +66,33 @@ def range_rows(source: str, lo: int, hi: int) -> Iterator[Iterable[Any]]:
 
 
 @contextmanager
-def range_nodes(source: str, lo: int, hi: int, has_tree: bool) -> Iterator[Iterable[Any] | None]:
-    """The stored tree rows (node, hash) of positions ``lo`` to ``hi``, in node order, that
-    is (position, level) order; None for a ledger without a stored tree."""
-    if not has_tree:
+def range_nodes(
+    source: str, lo: int, hi: int, layout: str | None
+) -> Iterator[Iterable[Any] | None]:
+    """The stored tree rows (node, hash) of positions ``lo`` to ``hi`` — in format 3 up to the
+    tile holding ``hi`` (``tile_bound``) —, in node order, that is (position, level) order;
+    None for a ledger without a stored tree."""
+    if layout is None:
         yield None
         return
+    bounds = (LEVELS * lo, tile_bound(hi) if layout == "tiles" else LEVELS * hi + LEVELS - 1)
     if is_postgres_url(source):
         from l2_session.infrastructure.ledger.pg_verify import range_nodes as pg_range_nodes
 
-        with pg_range_nodes(source, lo, hi) as rows:
+        with pg_range_nodes(source, *bounds) as rows:
             yield rows
         return
     statement = f"SELECT node, hash FROM {TREE_TABLE} WHERE node BETWEEN ? AND ? ORDER BY node"
-    with _sqlite_rows(source, statement, (LEVELS * lo, LEVELS * hi + LEVELS - 1)) as rows:
+    with _sqlite_rows(source, statement, bounds) as rows:
         yield rows
 
 
 def stored_tree_and_checkpoints(
     source: str,
-) -> tuple[bool, list[tuple[int, str]], list[tuple[int, int, str, str]]]:
-    """(whether the ledger keeps a tree: format 2, the checkpoints stored in it as (id, text),
-    the witnesses' cosignatures of them as (id, checkpoint id, witness, line))."""
+) -> tuple[str | None, list[tuple[int, str]], list[tuple[int, int, str, str]]]:
+    """(how the ledger stores its tree — ``tree.tree_layout``, None without one: format 1 —, the
+    checkpoints stored in it as (id, text), the witnesses' cosignatures of them as (id,
+    checkpoint id, witness, line))."""
     if is_postgres_url(source):
         from l2_session.infrastructure.ledger.pg_verify import tree_and_checkpoints
 
@@ -109,7 +115,7 @@ def stored_tree_and_checkpoints(
         conn.close()
     text = [(i, t.decode(errors="replace")) for i, t in rows]
     return (
-        version != b"1",
+        tree_layout(bytes(version).decode(errors="replace")),
         text,
         [
             (i, c, w.decode(errors="replace"), x.decode(errors="replace"))

@@ -12,11 +12,12 @@ kept at that position.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from l2_session.infrastructure.ledger.merkle import blake3_hash, fold, leaf_hash, node_hash
-from l2_session.infrastructure.ledger.tree import LEVELS
+from l2_session.infrastructure.ledger.tree import LEVELS, TILE, TILE_LEVEL, tile_nodes
 from l2_session.infrastructure.ledger.verify_report import Problem, ProblemKind
 
 Block = tuple[int, int, bytes]  # (level, index, hash) of a perfect subtree
@@ -36,6 +37,7 @@ class RangeTree:
 
     stored: Iterator[NodeRow] | None
     pins: frozenset[int] = frozenset()
+    tiles_end: int | None = None  # format 3: nodes of levels 1, 2 after it have no tile yet
     blocks: list[Block] = field(default_factory=list)
     at_pins: dict[int, list[Block]] = field(default_factory=dict)
     spanning: list[NodeRow] = field(default_factory=list)  # stored nodes reaching before the range
@@ -70,7 +72,7 @@ class RangeTree:
         return self._ahead
 
     def _compare(self, position: int, level: int, value: bytes) -> None:
-        if self.stored is None:
+        if self.stored is None or untiled(self.tiles_end, position, level):
             return
         while (ahead := self._next_stored()) is not None and ahead[:2] < (position, level):
             self._set_aside(ahead)
@@ -108,7 +110,8 @@ class RangeTree:
 class TreeStitch:
     """The parent's side: ranges' blocks pushed in order onto the frontier of the whole tree."""
 
-    checked: bool  # the ledger has a stored tree (format 2)
+    checked: bool  # the ledger has a stored tree (format 2 or 3)
+    tiles_end: int | None = None  # as RangeTree's
     blocks: list[Block] = field(default_factory=list)
     spanning: dict[tuple[int, int], bytes] = field(default_factory=dict)
     roots: dict[int, bytes] = field(default_factory=dict)  # size -> root, at checkpoint sizes
@@ -130,7 +133,7 @@ class TreeStitch:
             _push(self.blocks, block, self._compare)
 
     def _compare(self, position: int, level: int, value: bytes) -> None:
-        if not self.checked:
+        if not self.checked or untiled(self.tiles_end, position, level):
             return
         stored = self.spanning.pop((position, level), None)
         if stored is None:
@@ -160,10 +163,42 @@ def _push(blocks: list[Block], block: Block, created: object) -> None:
     blocks.append((level, index, value))
 
 
-def stored_rows(rows: Iterable[tuple[object, object]]) -> Iterator[NodeRow]:
+def stored_rows(
+    rows: Iterable[tuple[object, object]], tiled: bool = False, lo: int = 1, hi: int | None = None
+) -> Iterator[NodeRow]:
     """ledger_tree rows (node, hash) as read (any types a damaged file holds) as (position,
-    level, hash); a row that is not an integer and bytes is skipped here, and reported as
-    missing where the tree needs it."""
+    level, hash) of the range ``lo`` to ``hi``, in (position, level) order; a row that is not
+    an integer and bytes is skipped here, and reported as missing where the tree needs it. A
+    tile row of format 3 (``tiled``) is its 7 nodes, of which those at positions in the
+    range: the range that holds the tile's first nodes and not its row reads the row too
+    (``tile_bound``), and a tile of the wrong length is one node of level 3 that will not
+    match. A tile's nodes reach 6 positions back, before rows read ahead of it: they are put
+    in order in a heap, and each node leaves it once no later row can come before it."""
+    waiting: list[NodeRow] = []
     for node, value in rows:
-        if type(node) is int and isinstance(value, bytes):
-            yield node // LEVELS, node % LEVELS, value
+        if type(node) is not int or not isinstance(value, bytes):
+            continue
+        position, level = divmod(node, LEVELS)
+        if tiled and level == TILE_LEVEL and (nodes := tile_nodes(position, value)):
+            for p, lv, h in nodes:
+                if lo <= p and (hi is None or p <= hi):
+                    heapq.heappush(waiting, (p, lv, h))
+        elif hi is None or position <= hi:
+            heapq.heappush(waiting, (position, level, value))
+        while waiting and waiting[0][0] <= position - TILE:
+            yield heapq.heappop(waiting)
+    while waiting:
+        yield heapq.heappop(waiting)
+
+
+def untiled(tiles_end: int | None, position: int, level: int) -> bool:
+    """Whether a node is one format 3 does not store yet: of level 1 or 2, in the ledger's
+    last block of 8, which has no tile until its 8th event (``tiles_end``: the ledger's last
+    position rounded down to a multiple of 8; None in format 2)."""
+    return tiles_end is not None and position > tiles_end and level < TILE_LEVEL
+
+
+def tile_bound(hi: int) -> int:
+    """The largest ledger_tree key a verify range ending at ``hi`` reads in format 3: up to
+    the tile row of the block of 8 that holds ``hi``."""
+    return max(LEVELS * hi + LEVELS - 1, LEVELS * (-(-hi // TILE) * TILE) + TILE_LEVEL)

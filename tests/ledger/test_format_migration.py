@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import Checkpoint, SessionLedger
+from l2_session.infrastructure.ledger.format import FORMAT_VERSION
 from l2_session.infrastructure.ledger.merkle import leaf_hash, root
 from l2_session.infrastructure.ledger.pg_import import import_sqlite_ledger
 from l2_session.infrastructure.ledger.tree import TreeMissing
 from l2_session.infrastructure.ledger.verify import verify
 from ledger_aggregates import Conversation
 from pgserver import open_raw
-from test_tree import event_hashes, expected_nodes, stored_nodes
+from test_tree import event_hashes, expected_nodes, stored_nodes, stored_rows_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IDENTITY_SEED = bytes(range(32))  # fixtures/make_stable_topics_ledger.py
@@ -62,7 +63,7 @@ def test_a_node_opening_a_format_1_ledger_builds_its_tree_and_old_checkpoints_st
     identity = NodeIdentity.from_seed(IDENTITY_SEED)
     ledger = SessionLedger(path, identity=identity, storage_key=STORAGE_KEY, create=False)
     try:
-        assert format_version(path) == "2"
+        assert format_version(path) == str(FORMAT_VERSION)
         hashes = event_hashes(path)
         assert stored_nodes(path) == expected_nodes(hashes)
         conversation = Conversation(peer="after the migration")
@@ -86,7 +87,7 @@ def test_importing_a_format_1_ledger_into_postgresql_builds_its_tree(format_1, p
     assert stored_nodes(pg_url) == expected_nodes(event_hashes(path))
     raw = open_raw(pg_url)
     (version,) = raw.execute("SELECT value FROM ledger_meta WHERE key='format_version'").fetchone()
-    assert version == "2"
+    assert version == str(FORMAT_VERSION)
     assert verify(pg_url, old_checkpoint).ok
 
 
@@ -96,13 +97,13 @@ def test_a_postgresql_schema_of_version_1_migrates_with_its_tree(pg_url, clock, 
 
     identity = NodeIdentity.generate()
     ledger = SessionLedger(pg_url, identity=identity, storage_key=storage_key, clock=clock)
-    for i in range(5):
+    for i in range(20):
         conversation = Conversation(peer=f"p{i}")
         conversation.note(text="before the tree")
         ledger.save(conversation)
     ledger.close()
     expected = stored_nodes(pg_url)
-    assert len(expected) == 8  # 10 events: 5 + 2 + 1 nodes
+    assert len(stored_rows_of(pg_url)) == 8  # 40 events: tiles of 8 (5), nodes of 16 (2) and 32
     schema = PostgresLocation.parse(pg_url).schema
     raw = open_raw(pg_url)  # as the owner: make it the schema of version 1 it once was
     raw.execute(f"DROP TABLE {schema}.ledger_tree")
@@ -115,6 +116,75 @@ def test_a_postgresql_schema_of_version_1_migrates_with_its_tree(pg_url, clock, 
     reopened = SessionLedger(pg_url, identity=identity, storage_key=storage_key, clock=clock)
     try:
         assert stored_nodes(pg_url) == expected
-        assert reopened.tree_head()[0] == 10
+        assert reopened.tree_head()[0] == 40
     finally:
         reopened.close()
+
+
+def format_2_ledger(location: Path | str, identity: NodeIdentity, clock) -> SessionLedger:
+    """A new ledger at ``location`` in format 2, as this program wrote them before format 3:
+    created empty and marked format 2 before its first event, so that every node of its tree
+    is a row of its own from the first append on."""
+    SessionLedger(location, identity=identity, storage_key=STORAGE_KEY, clock=clock).close()
+    raw = open_raw(location)
+    raw.execute("UPDATE ledger_meta SET value='2' WHERE key='format_version'")
+    raw.commit()
+    raw.close()
+    return SessionLedger(location, identity=identity, storage_key=STORAGE_KEY, clock=clock)
+
+
+def test_a_format_2_ledger_keeps_a_row_per_node_as_it_grows(ledger_location, clock):
+    identity = NodeIdentity.generate()
+    ledger = format_2_ledger(ledger_location, identity, clock)
+    for i in range(5):
+        conversation = Conversation(peer=f"p{i}")
+        conversation.note(text="in format 2")
+        ledger.save(conversation)
+    ledger.close()
+    ledger = SessionLedger(ledger_location, identity=identity, storage_key=STORAGE_KEY, clock=clock)
+    try:
+        for i in range(4):  # 10 events more: positions 11 to 20
+            conversation = Conversation(peer=f"q{i}")
+            conversation.note(text="appended in format 2")
+            ledger.save(conversation)
+        ledger.save(Conversation(peer="last"))
+        hashes = event_hashes(ledger_location)
+        raw = open_raw(ledger_location)
+        version = raw.execute("SELECT value FROM ledger_meta WHERE key='format_version'")
+        assert version.fetchone()[0] == "2"
+        raw.close()
+        assert stored_nodes(ledger_location) == expected_nodes(hashes, tiled=False)
+        assert (2, 1) in stored_rows_of(ledger_location)  # a row per node, not tiles
+        leaves = [leaf_hash(h) for h in hashes]
+        for position in range(1, len(hashes) + 1):
+            proof = ledger.inclusion_proof(position)
+            proof.check()
+            assert proof.root == root(leaves)
+        for old_size in range(1, len(hashes)):
+            proof = ledger.consistency_proof(old_size)
+            proof.check()
+            assert proof.old_root == root(leaves[:old_size])
+    finally:
+        ledger.close()
+    report = verify(ledger_location, trusted_signers=[identity.did])
+    assert report.ok and report.tree_checked, report.summary()
+
+
+def test_a_changed_level_1_node_of_a_format_2_ledger_is_caught(ledger_path, clock):
+    identity = NodeIdentity.generate()
+    ledger = format_2_ledger(ledger_path, identity, clock)
+    for i in range(5):
+        conversation = Conversation(peer=f"p{i}")
+        conversation.note(text="in format 2")
+        ledger.save(conversation)
+    ledger.close()
+    assert verify(ledger_path, trusted_signers=[identity.did]).ok
+    raw = sqlite3.connect(ledger_path)
+    raw.execute("DROP TRIGGER ledger_tree_no_update")
+    raw.execute("UPDATE ledger_tree SET hash=zeroblob(32) WHERE node=64*6+1")
+    raw.commit()
+    raw.close()
+    report = verify(ledger_path, trusted_signers=[identity.did])
+    assert [(p.position, p.detail) for p in report.problems] == [
+        (6, "tree node of level 1: the stored hash differs from the recomputed one")
+    ]

@@ -43,17 +43,17 @@ def test_a_lone_caller_commits_on_its_own_thread_without_waiting():
 
 def test_a_lone_append_is_one_transaction_without_a_savepoint(ledger_factory, ledger_path):
     ledger = ledger_factory()
-    populate(ledger, ledger.clock, sessions=1, notes=0)  # the pool's connection exists
+    populate(ledger, ledger.clock, sessions=2, notes=1)  # the pool's connection exists
     statements = traced(ledger)
     conversation = Conversation(peer="p")
     conversation.note(text="hello")
     ledger.save(conversation)
     kinds = [s.split()[0] for s in statements]
-    # Positions 3 and 4 are inserted; position 4 completes the tree's nodes of 2 and 4 events,
-    # inserted in the same transaction (tree.py).
-    assert kinds == ["BEGIN", "SELECT", *["INSERT"] * 4, "COMMIT"], statements
+    # Positions 7 and 8 are inserted; position 8 completes the tree's nodes of 2, 4 and 8
+    # events, and with them the tile of the first 8 (one row), in the same transaction.
+    assert kinds == ["BEGIN", "SELECT", *["INSERT"] * 3, "COMMIT"], statements
     assert statements[0] == "BEGIN IMMEDIATE"
-    assert [s.split()[2] for s in statements[2:6]] == ["ledger_events"] * 2 + ["ledger_tree"] * 2
+    assert [s.split()[2] for s in statements[2:5]] == ["ledger_events"] * 2 + ["ledger_tree"]
     reopened = ledger_factory()
     assert state_of(reopened.repository.get(conversation.id)) == state_of(conversation)
 

@@ -19,6 +19,7 @@ from l2_session.infrastructure.ledger.merkle import (
     root,
 )
 from l2_session.infrastructure.ledger.tree import ConsistencyProof, InclusionProof
+from l2_session.infrastructure.ledger.verify_tree import stored_rows
 from ledger_aggregates import Conversation, populate
 from pgserver import open_raw
 
@@ -31,17 +32,29 @@ def event_hashes(location) -> list[bytes]:
 
 def stored_nodes(location) -> list[tuple[int, int, bytes]]:
     """(position, level, hash) of every stored node, in order; a node's key is 64 * position
-    + level (docs/ledger-format.md §13)."""
+    + level, and in format 3 the row of a level-3 node holds the 7 nodes of its 8 events
+    (docs/ledger-format.md §13)."""
     raw = open_raw(location)
+    version = raw.execute("SELECT value FROM ledger_meta WHERE key='format_version'")
+    tiled = version.fetchone()[0] == "3"
     rows = raw.execute("SELECT node, hash FROM ledger_tree ORDER BY node")
-    return [(r[0] // 64, r[0] % 64, bytes(r[1])) for r in rows.fetchall()]
+    return list(stored_rows(((r[0], bytes(r[1])) for r in rows.fetchall()), tiled))
 
 
-def expected_nodes(hashes: list[bytes]) -> list[tuple[int, int, bytes]]:
-    """Every perfect subtree of two or more leaves, computed from scratch."""
+def stored_rows_of(location) -> list[tuple[int, int]]:
+    """(position, level) of each ledger_tree row, as stored."""
+    rows = open_raw(location).execute("SELECT node FROM ledger_tree ORDER BY node").fetchall()
+    return [(r[0] // 64, r[0] % 64) for r in rows]
+
+
+def expected_nodes(hashes: list[bytes], tiled: bool = True) -> list[tuple[int, int, bytes]]:
+    """Every perfect subtree of two or more leaves, computed from scratch: a format-2 ledger
+    stores them all; a format-3 one (``tiled``) all but those of its last, unfinished block
+    of 8, whose tile is not written yet."""
     leaves = [leaf_hash(h) for h in hashes]
+    complete = len(leaves) // 8 * 8 if tiled else len(leaves)
     found = []
-    for position in range(1, len(leaves) + 1):
+    for position in range(1, complete + 1):
         level = 1
         while position % (1 << level) == 0:
             found.append((position, level, root(leaves[position - (1 << level) : position])))
@@ -149,8 +162,9 @@ def test_a_damaged_stored_node_is_named_not_served(ledger_factory, clock, ledger
 
 def test_the_tree_table_is_append_only(ledger_factory, clock, ledger_path):
     ledger = ledger_factory()
-    populate(ledger, clock, sessions=2, notes=1)
+    populate(ledger, clock, sessions=3, notes=1)  # 9 events: the node of the first 8 is stored
     raw = sqlite3.connect(ledger_path)
+    assert raw.execute("SELECT count(*) FROM ledger_tree").fetchone() == (1,)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         raw.execute("UPDATE ledger_tree SET hash=zeroblob(32)")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
