@@ -4,14 +4,19 @@ cost and what they serve.
 Targets:
 - appends with the tree >= 0.95 x the same ledger with the tree off (``has_tree = False``:
   the same code, no ``ledger_tree`` rows), for saves of 200 sessions at once and for one
-  session per save on one thread. Each repetition runs both, in alternating order, on fresh
-  files; the figure is the median of the repetitions' ratios;
+  session per save on one thread. Each repetition saves the same sessions to two fresh
+  ledgers, one with the tree and one without, save by save in alternating order (``_paired``);
+  the figure is the median of the repetitions' ratios;
 - inclusion and consistency proofs served >= 20,000/s on a 1,000,000-event ledger, one
   thread: inclusion of random positions in the tree of all events, consistency from random
   earlier sizes to it (a sample is checked first; serving is what is timed), median of three
   passes, beside the floor of one one-row read per request on the same connection;
 - verify() of 1,000,000 events with the root recomputed and the stored tree checked
   <= 1.1 x verify(check_tree=False), alternating, median of the ratios.
+
+Reported beside them: the tree's own cost per event (``tree.grow`` and the INSERT of its
+rows, alone in a transaction per save on a scratch SQLite file), in format 3's tiles against
+format 2's row per node, so that the appends' noisy ratio has a steady contrast.
 
 Reported: what witnessing costs a pair of peers with one session in an hour at the default
 interval (300 s), from an hour of a simulation (MockTransport, real keys and ledgers): frames,
@@ -20,13 +25,18 @@ bytes and ledger appends it adds, beside what the session itself appends in that
 
 from __future__ import annotations
 
+import gc
 import os
 import random
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.ledger.merkle import Frontier
+from l2_session.infrastructure.ledger.tree import grow
 from l2_session.infrastructure.ledger.verify import verify
 
 from benchmarks.common import figure, median, scratch_dir, timed, timed_call
@@ -40,18 +50,37 @@ BATCH_SESSIONS = 200
 BATCH_PROOFS = 100  # inclusion proofs asked at once (inclusion_proofs: an export's requests)
 
 
-def _append(path: Path, count: int, seed: int, tree: bool, batched: bool) -> float:
-    """Seconds to save ``count`` sessions (5 events each) to a new ledger at ``path``."""
-    ledger = SessionLedger(path, identity=NodeIdentity.generate(), storage_key=os.urandom(32))
-    ledger.ledger_recorder.has_tree = tree
+def _paired(work: Path, count: int, seed: int, batched: bool) -> dict[bool, float]:
+    """Seconds spent saving ``count`` sessions (5 events each) to a new ledger with the tree
+    (True) and to another without it (False): the same saves, interleaved — each save to one
+    ledger next to the same save to the other, in alternating order — so that the shared
+    host's drift, which moves a second-long run by ±20 %, weighs on both alike."""
+    ledgers = {
+        tree: SessionLedger(
+            work / f"{seed}-{batched}-{tree}.sqlite3",
+            identity=NodeIdentity.generate(),
+            storage_key=os.urandom(32),
+        )
+        for tree in (True, False)
+    }
+    groups: dict[bool, list[list[Any]]] = {}
+    for tree, ledger in ledgers.items():
+        ledger.ledger_recorder.has_tree = tree
+        items = sessions(count, seed)  # the same sessions for both, each its own objects
+        groups[tree] = list(chunks(items, BATCH_SESSIONS)) if batched else [[i] for i in items]
+    spent = {True: 0.0, False: 0.0}
+    gc.collect()
     try:
-        items = sessions(count, seed)
-        if batched:
-            batches = list(chunks(items, BATCH_SESSIONS))
-            return timed(lambda: [ledger.save(*batch) for batch in batches])
-        return timed(lambda: [ledger.save(item) for item in items])
+        for i in range(len(groups[True])):
+            for tree in (True, False) if i % 2 else (False, True):
+                group = groups[tree][i]
+                start = time.perf_counter()
+                ledgers[tree].save(*group)
+                spent[tree] += time.perf_counter() - start
     finally:
-        ledger.close()
+        for ledger in ledgers.values():
+            ledger.close()
+    return spent
 
 
 def append_ratios(quick: bool) -> dict[str, Any]:
@@ -65,10 +94,7 @@ def append_ratios(quick: bool) -> dict[str, Any]:
         for name, (batched, count) in modes.items():
             ratios, with_rates, without_rates = [], [], []
             for r in range(repeat):
-                seconds: dict[bool, float] = {}
-                for tree in (r % 2 == 0, r % 2 != 0):  # alternate which runs first
-                    path = work / f"{len(ratios)}-{tree}.sqlite3"
-                    seconds[tree] = _append(path, count, seed=r, tree=tree, batched=batched)
+                seconds = _paired(work, count, seed=r, batched=batched)
                 events = count * 5
                 with_rates.append(events / seconds[True])
                 without_rates.append(events / seconds[False])
@@ -80,6 +106,47 @@ def append_ratios(quick: bool) -> dict[str, Any]:
                 "without_tree": median(without_rates),
             }
     return out
+
+
+def _tree_alone(path: Path, hashes: list[bytes], batch: int, tiled: bool) -> float:
+    """µs per event of growing the tree and inserting its rows, ``batch`` events a
+    transaction, on a new SQLite file at ``path`` (WAL, synchronous=NORMAL)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE t (node INTEGER PRIMARY KEY, hash BLOB NOT NULL)")
+        tree, tile = Frontier(), ([] if tiled else None)
+        spent = 0.0
+        for i in range(0, len(hashes), batch):
+            db.execute("BEGIN")
+            start = time.perf_counter()
+            rows = grow(tree, hashes[i : i + batch], tile)
+            if rows:
+                db.executemany("INSERT INTO t (node, hash) VALUES (?,?)", rows)
+            spent += time.perf_counter() - start
+            db.execute("COMMIT")
+        return spent / len(hashes) * 1e6
+    finally:
+        db.close()
+
+
+def tree_alone(quick: bool) -> dict[str, Any]:
+    """The tree's own cost per event, tiles (format 3) against a row per node (format 2), in
+    saves of 1,000 events (the batched appends') and of 5 (one session's), alternating; the
+    median of 4 repetitions."""
+    rng = random.Random(7)
+    hashes = [rng.randbytes(32) for _ in range(20_000 if quick else 200_000)]
+    found: dict[str, Any] = {}
+    with scratch_dir("tree-alone") as work:
+        for batch in (1000, 5):
+            times: dict[str, list[float]] = {"tiles": [], "nodes": []}
+            for rep in range(4):
+                for layout in ("nodes", "tiles") if rep % 2 else ("tiles", "nodes"):
+                    path = work / f"{layout}-{batch}-{rep}.sqlite3"
+                    times[layout].append(_tree_alone(path, hashes, batch, layout == "tiles"))
+            found[str(batch)] = {k: median(v) for k, v in times.items()} | {"runs": times}
+    return found
 
 
 def proof_rates(path: Path, quick: bool) -> dict[str, Any]:
@@ -221,6 +288,7 @@ def run(quick: bool) -> dict[str, Any]:
     events = 50_000 if quick else 1_000_000
     path = many_sessions_ledger(events)
     appends = append_ratios(quick)
+    alone = tree_alone(quick)
     proofs = proof_rates(path, quick)
     checks = verify_ratios(path, quick, events)
     hour = witnessing_hour()
@@ -231,6 +299,15 @@ def run(quick: bool) -> dict[str, Any]:
                 f"append with tree / without, {name}", found["ratio"], "x",
                 target=f">= {TARGET_APPEND}", ok=found["ratio"] >= TARGET_APPEND,
                 note=f"{found['with_tree']:,.0f} vs {found['without_tree']:,.0f} events/s",
+            )
+        )  # fmt: skip
+    for batch, what in (("1000", "1,000 events a save"), ("5", "5 events a save")):
+        costs = alone[batch]
+        figures.append(
+            figure(
+                f"  the tree alone, tiles / a row per node, {what}",
+                costs["tiles"] / costs["nodes"], "x",
+                note=f"{costs['tiles']:.2f} vs {costs['nodes']:.2f} µs an event",
             )
         )  # fmt: skip
     for kind in ("inclusion", "consistency"):
@@ -267,6 +344,7 @@ def run(quick: bool) -> dict[str, Any]:
         "figures": figures,
         "params": {"events": events, "quick": quick},
         "appends": appends,
+        "tree_alone": alone,
         "proofs": proofs,
         "verify": checks,
         "witnessing_hour": hour,
