@@ -19,9 +19,10 @@ from blake3 import blake3
 
 FORMAT_NAME = "l2-session-ledger"
 # 2: the Merkle tree (ledger_tree) and checkpoints as C2SP signed notes over its root.
-# 3: ledger_tree keeps the tree's nodes of level 3 and above only (tree.py); the rest is as in 2.
-# A version-1 ledger is read as it is and migrated to 3 when a node opens it to write; a
-# version-2 ledger is read and written as it is (its tree keeps the nodes of level 1 and above).
+# 3: ledger_tree keeps the tree's nodes of levels 1 to 3 in tiles, a row per 8 events holding
+# the 7 nodes inside them (tree.py); the rest is as in 2. A version-1 ledger is read as it is and
+# migrated to 3 when a node opens it to write; a version-2 ledger is read and written as it is
+# (a row per node).
 FORMAT_VERSION = 3
 READABLE_VERSIONS = ("1", "2", "3")
 

@@ -442,11 +442,9 @@ def verify(
             ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool,
         ):
             checked = beside.submit(_in_the_gaps, integrity, source) if integrity else None
+            args = (trusted, pins, layout, tiles_end)
             futures = {
-                pool.submit(_verify_range, source, a, b, trusted, pins, layout, tiles_end): b
-                - a
-                + 1
-                for a, b in ranges
+                pool.submit(_verify_range, source, a, b, *args): b - a + 1 for a, b in ranges
             }
             if progress is not None:
                 for future in as_completed(futures):
