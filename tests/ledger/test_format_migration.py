@@ -121,26 +121,26 @@ def test_a_postgresql_schema_of_version_1_migrates_with_its_tree(pg_url, clock, 
         reopened.close()
 
 
-def format_2_ledger(location: Path | str, identity: NodeIdentity, clock) -> SessionLedger:
-    """A new ledger at ``location`` in format 2, as this program wrote them before format 3:
-    created empty and marked format 2 before its first event, so that every node of its tree
-    is a row of its own from the first append on."""
+def format_2_ledger(location: Path | str, identity: NodeIdentity, clock) -> None:
+    """A ledger at ``location`` in format 2, as this program wrote them before format 3, of
+    10 events: created empty and marked format 2 before its first event, so that every node
+    of its tree is a row of its own from the first append on."""
     SessionLedger(location, identity=identity, storage_key=STORAGE_KEY, clock=clock).close()
     raw = open_raw(location)
     raw.execute("UPDATE ledger_meta SET value='2' WHERE key='format_version'")
     raw.commit()
     raw.close()
-    return SessionLedger(location, identity=identity, storage_key=STORAGE_KEY, clock=clock)
-
-
-def test_a_format_2_ledger_keeps_a_row_per_node_as_it_grows(ledger_location, clock):
-    identity = NodeIdentity.generate()
-    ledger = format_2_ledger(ledger_location, identity, clock)
+    ledger = SessionLedger(location, identity=identity, storage_key=STORAGE_KEY, clock=clock)
     for i in range(5):
         conversation = Conversation(peer=f"p{i}")
         conversation.note(text="in format 2")
         ledger.save(conversation)
     ledger.close()
+
+
+def test_a_format_2_ledger_keeps_a_row_per_node_as_it_grows(ledger_location, clock):
+    identity = NodeIdentity.generate()
+    format_2_ledger(ledger_location, identity, clock)
     ledger = SessionLedger(ledger_location, identity=identity, storage_key=STORAGE_KEY, clock=clock)
     try:
         for i in range(4):  # 10 events more: positions 11 to 20
@@ -172,12 +172,7 @@ def test_a_format_2_ledger_keeps_a_row_per_node_as_it_grows(ledger_location, clo
 
 def test_a_changed_level_1_node_of_a_format_2_ledger_is_caught(ledger_path, clock):
     identity = NodeIdentity.generate()
-    ledger = format_2_ledger(ledger_path, identity, clock)
-    for i in range(5):
-        conversation = Conversation(peer=f"p{i}")
-        conversation.note(text="in format 2")
-        ledger.save(conversation)
-    ledger.close()
+    format_2_ledger(ledger_path, identity, clock)
     assert verify(ledger_path, trusted_signers=[identity.did]).ok
     raw = sqlite3.connect(ledger_path)
     raw.execute("DROP TRIGGER ledger_tree_no_update")
