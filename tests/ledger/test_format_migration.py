@@ -33,6 +33,14 @@ def format_1(tmp_path) -> tuple[Path, str]:
     return path, checkpoint
 
 
+def save_noted(ledger: SessionLedger, count: int, text: str) -> None:
+    """``count`` conversations of two events (opened, one note), one save each."""
+    for i in range(count):
+        conversation = Conversation(peer=f"peer {i}: {text}")
+        conversation.note(text=text)
+        ledger.save(conversation)
+
+
 def format_version(path: Path) -> str:
     raw = sqlite3.connect(path)
     try:
@@ -97,10 +105,7 @@ def test_a_postgresql_schema_of_version_1_migrates_with_its_tree(pg_url, clock, 
 
     identity = NodeIdentity.generate()
     ledger = SessionLedger(pg_url, identity=identity, storage_key=storage_key, clock=clock)
-    for i in range(20):
-        conversation = Conversation(peer=f"p{i}")
-        conversation.note(text="before the tree")
-        ledger.save(conversation)
+    save_noted(ledger, 20, "before the tree")
     ledger.close()
     expected = stored_nodes(pg_url)
     assert len(stored_rows_of(pg_url)) == 8  # 40 events: tiles of 8 (5), nodes of 16 (2) and 32
@@ -131,10 +136,7 @@ def format_2_ledger(location: Path | str, identity: NodeIdentity, clock) -> None
     raw.commit()
     raw.close()
     ledger = SessionLedger(location, identity=identity, storage_key=STORAGE_KEY, clock=clock)
-    for i in range(5):
-        conversation = Conversation(peer=f"p{i}")
-        conversation.note(text="in format 2")
-        ledger.save(conversation)
+    save_noted(ledger, 5, "in format 2")
     ledger.close()
 
 
@@ -143,10 +145,7 @@ def test_a_format_2_ledger_keeps_a_row_per_node_as_it_grows(ledger_location, clo
     format_2_ledger(ledger_location, identity, clock)
     ledger = SessionLedger(ledger_location, identity=identity, storage_key=STORAGE_KEY, clock=clock)
     try:
-        for i in range(4):  # 10 events more: positions 11 to 20
-            conversation = Conversation(peer=f"q{i}")
-            conversation.note(text="appended in format 2")
-            ledger.save(conversation)
+        save_noted(ledger, 4, "appended in format 2")  # positions 11 to 18
         ledger.save(Conversation(peer="last"))
         hashes = event_hashes(ledger_location)
         raw = open_raw(ledger_location)
