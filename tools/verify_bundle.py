@@ -32,6 +32,7 @@ import json
 import os
 import struct
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,10 +234,14 @@ def read_json(folder: Path, name: str) -> Any:
         raise Unreadable(f"{folder / name} is not JSON ({e})") from e
 
 
-def file_digest(path: Path) -> tuple[str, int]:
+def file_digest(path: Path, stop: threading.Event | None = None) -> tuple[str, int]:
+    """(BLAKE3 hex digest, size) of the file; read in 1 MiB chunks, and given up once
+    ``stop`` is set (the checks beside it failed: nobody will ask for the digest)."""
     hasher, size = blake3(), 0
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
+            if stop is not None and stop.is_set():
+                break
             hasher.update(chunk)
             size += len(chunk)
     return hasher.hexdigest(), size
@@ -276,15 +281,23 @@ def verify_bundle(
     if report.problems:
         return report
     # The files' hashes are computed beside the checks below (which do not rely on them):
-    # BLAKE3 and reading release the GIL, and the workers need not wait for them.
-    with concurrent.futures.ThreadPoolExecutor(1) as hasher:
-        digests = {name: hasher.submit(file_digest, folder / name) for name in hashed}
+    # BLAKE3 and reading release the GIL, and the workers need not wait for them. Checks that
+    # fail (an unreadable bundle) stop the hashing, so that their error is not held up by it.
+    stop = threading.Event()
+    hasher = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        digests = {name: hasher.submit(file_digest, folder / name, stop) for name in hashed}
         _contents(folder, report, manifest, listed, whole, proofs, trusted, workers)
         changed = [
             f"file_changed: {name} is not the file the manifest hashes"
             for name, entry in hashed.items()
             if digests[name].result() != (entry.get("blake3"), entry.get("bytes"))
         ]
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        hasher.shutdown(wait=True, cancel_futures=True)
     report.problems[:0] = changed
     return report
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,38 @@ def test_parts_cut_by_bytes_read_each_line_once(tmp_path_factory, values, last_n
         for a, b in itertools.pairwise(bounds):
             read += [value["i"] for value in vb._part_lines(f, a, b, -1)]
     assert read == values
+
+
+def test_an_unreadable_bundle_stops_the_file_hashing_beside_its_checks(tmp_path, monkeypatch):
+    """The manifest's file hashes are computed on a thread beside the checks; when a check
+    finds the bundle unreadable, that thread is told to stop rather than waited for."""
+    told: list[bool] = []
+
+    def digest(path: Path, stop) -> tuple[str, int]:
+        told.append(stop.wait(30))  # a hash that would take long: returns once told to stop
+        return "", 0
+
+    def unreadable(*_args) -> None:
+        raise vb.Unreadable("events.jsonl holds a line that is not one JSON value")
+
+    monkeypatch.setattr(vb, "file_digest", digest)
+    monkeypatch.setattr(vb, "_contents", unreadable)
+    for name in vb.FILES:
+        (tmp_path / name).write_bytes(b"x")
+    manifest = {
+        "format": "l2-session-bundle", "version": 2, "selection": {"partial": False},
+        "files": {name: {"blake3": "", "bytes": 1} for name in vb.FILES},
+    }  # fmt: skip
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(vb.Unreadable, match="not one JSON value"):
+        vb.verify_bundle(tmp_path)
+    assert told == [True]  # the one hash under way was told; the others never started
+
+
+def test_a_file_digest_told_to_stop_reads_no_further(tmp_path):
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(3 << 20))
+    assert vb.file_digest(path) == (blake3(path.read_bytes()).hexdigest(), 3 << 20)
+    stop = threading.Event()
+    stop.set()
+    assert vb.file_digest(path, stop)[1] == 0
