@@ -33,7 +33,13 @@ from l2_session.infrastructure.ledger.format import ZERO_HASH, event_hash, lp
 from l2_session.infrastructure.ledger.groupcommit import GroupCommitter
 from l2_session.infrastructure.ledger.insert_checks import check_event
 from l2_session.infrastructure.ledger.merkle import Frontier
-from l2_session.infrastructure.ledger.tree import TreeMissing, TreeSQL, grow
+from l2_session.infrastructure.ledger.tree import (
+    NodeRow,
+    TreeMissing,
+    TreeSQL,
+    grow,
+    grow_inline,
+)
 
 SIGNER_DOMAIN = b"l2-session/ledger/signer/v1\n"  # format 1: registered_at not covered
 SIGNER_DOMAIN_V2 = b"l2-session/ledger/signer/v2\n"
@@ -52,6 +58,9 @@ READ_COLUMNS = (
 )
 
 Row = tuple[Any, ...]
+# What appending rows does to the tree: its edge after them, format 3's last block so far,
+# and the ledger_tree rows to insert (_with_tree).
+Grown = tuple[Frontier, list[bytes] | None, list[NodeRow]]
 Heads = dict[str, tuple[int, bytes]]
 
 
@@ -343,14 +352,27 @@ class LedgerChain:
         if self.has_tree and (self._tree is None or self._tree.size != size):
             self._tree, self._tile = self.tree_sql.frontier(cur, size)
 
-    def _grow_tree(self, cur: Any, rows: Sequence[Row]) -> None:
-        """Insert the tree nodes that ``rows``, just inserted, complete. ``_tree`` moves on only
-        once they are in: a statement that fails leaves it as it was."""
+    def _with_tree(self, rows: list[Row]) -> tuple[list[Row], Grown | None]:
+        """``rows`` as they are inserted — in format 4 each with its tree column, the hashes of
+        the nodes its event completes — and the tree as they leave it, which ``_tree_in``
+        stores once they are in: a statement that fails leaves ``_tree`` as it was."""
+        inline = self.tree_sql.inline
         if not self.has_tree or not rows:
-            return
+            return ([(*row, None) for row in rows] if inline else rows), None
         assert self._tree is not None and self._tree.size == rows[0][0] - 1
-        tree, tile = self._tree.copy(), None if self._tile is None else list(self._tile)
-        nodes = grow(tree, (row[9] for row in rows), tile)
+        tree = self._tree.copy()
+        if inline:
+            column = grow_inline(tree, [row[9] for row in rows])
+            return [(*row, c) for row, c in zip(rows, column, strict=True)], (tree, None, [])
+        tile = None if self._tile is None else list(self._tile)
+        return rows, (tree, tile, grow(tree, (row[9] for row in rows), tile))
+
+    def _tree_in(self, cur: Any, grown: Grown | None) -> None:
+        """The events of ``_with_tree`` are in: insert the ledger_tree rows they complete
+        (formats 2 and 3), and move ``_tree`` on."""
+        if grown is None:
+            return
+        tree, tile, nodes = grown
         if nodes:
             cur.executemany(self.tree_sql.insert, nodes)
         self._tree, self._tile = tree, tile

@@ -23,8 +23,11 @@ FORMAT_NAME = "l2-session-ledger"
 # the 7 nodes inside them (tree.py); the rest is as in 2. A version-1 ledger is read as it is and
 # migrated to 3 when a node opens it to write; a version-2 ledger is read and written as it is
 # (a row per node).
-FORMAT_VERSION = 3
-READABLE_VERSIONS = ("1", "2", "3")
+# 4: the tree's nodes in the events' rows — the event that completes a node holds its hash in
+# the ``tree`` column (ledger_tree stays empty); the rest is as in 3. Versions 2 and 3 are read
+# and written as they are; a version-1 ledger is migrated to 3 (its events' rows never change).
+FORMAT_VERSION = 4
+READABLE_VERSIONS = ("1", "2", "3", "4")
 
 EVENT_DOMAIN = b"l2-session/ledger/event/v1\n"
 GENESIS_DOMAIN = b"l2-session/ledger/genesis/v1\n"

@@ -1,6 +1,6 @@
 """Move a SQLite ledger to PostgreSQL row for row: same ledger id, signers, events, checkpoints
-(the Merkle tree is rebuilt from the events: the same tree, checked as it is built), and the
-witnesses' cosignatures of those checkpoints.
+(the Merkle tree is rebuilt from the events, in the format of a new ledger: the same tree,
+checked as it is built), and the witnesses' cosignatures of those checkpoints.
 
 The rows are copied byte for byte — nothing is re-hashed or re-signed — so the PostgreSQL ledger
 verifies exactly as the file did, and checkpoints taken on the file still pin its history
@@ -14,8 +14,8 @@ import sqlite3
 from pathlib import Path
 
 from l2_session.infrastructure.ledger.chain import ROW_COLUMNS
-from l2_session.infrastructure.ledger.errors import LedgerError
-from l2_session.infrastructure.ledger.pg_schema import build_tree, migrate, read_meta
+from l2_session.infrastructure.ledger.errors import LedgerError, NotALedger
+from l2_session.infrastructure.ledger.pg_schema import migrate, read_meta
 from l2_session.infrastructure.ledger.pg_url import PostgresLocation
 from l2_session.infrastructure.ledger.schema import (
     CHECKPOINTS_TABLE,
@@ -25,8 +25,7 @@ from l2_session.infrastructure.ledger.schema import (
     SIGNERS_TABLE,
     check_sqlite_ledger_file,
 )
-
-BATCH_ROWS = 5000
+from l2_session.infrastructure.ledger.tree import with_tree_column
 
 
 def import_sqlite_ledger(path: str | Path, url: str) -> int:
@@ -52,12 +51,13 @@ def import_sqlite_ledger(path: str | Path, url: str) -> int:
                 src.execute(f"SELECT did, registered_at, signature FROM {SIGNERS_TABLE}"),
             )
             rows = src.execute(f"SELECT {ROW_COLUMNS} FROM {EVENTS_TABLE} ORDER BY position")
-            with cur.copy(f"COPY {schema}.{EVENTS_TABLE} ({ROW_COLUMNS}) FROM STDIN") as copy:
-                while batch := rows.fetchmany(BATCH_ROWS):
-                    for row in batch:
-                        copy.write_row(row)
-                    copied += len(batch)
-            build_tree(cur, schema)  # the file's tree, if it has one, is rebuilt, not copied
+            # In the format of a new ledger (4): each row with its tree column, rebuilt from
+            # the events — the file's tree, if it has one, is not copied.
+            columns = f"{ROW_COLUMNS}, tree"
+            with cur.copy(f"COPY {schema}.{EVENTS_TABLE} ({columns}) FROM STDIN") as copy:
+                for row in with_tree_column(rows, damaged=NotALedger):
+                    copy.write_row(row)
+                    copied += 1
             # Checkpoint ids are the server's own: cosignatures follow theirs by the map.
             ids: dict[int, int] = {}
             for old_id, position, text in src.execute(

@@ -91,6 +91,7 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
             None if durability == "full" else SQL("SET LOCAL synchronous_commit = off")
         )
         self._copy = f"COPY {self.table} ({ROW_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+        self._column_types: tuple[str, ...] = _COLUMN_TYPES
         self._head = (
             f"SELECT position, event_hash, timestamp FROM {self.table} "
             "ORDER BY position DESC LIMIT 1"
@@ -116,8 +117,13 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
     def set_meta(self, meta: dict[str, str]) -> None:
         self.ledger_id = meta["ledger_id"]
         self.genesis = genesis_hash(self.ledger_id)
-        # migrate() left the ledger in format 2 or 3: how its tree is stored
-        self.tree_sql.tiled = tree_layout(meta["format_version"]) == "tiles"
+        # migrate() left the ledger in format 2, 3 or 4: how its tree is stored
+        layout = tree_layout(meta["format_version"])
+        assert layout is not None
+        self.tree_sql.layout = layout
+        if layout == "inline":
+            self._copy = f"COPY {self.table} ({ROW_COLUMNS}, tree) FROM STDIN (FORMAT BINARY)"
+            self._column_types = (*_COLUMN_TYPES, "bytea")
 
     # -- writes ------------------------------------------------------------------------
     @contextmanager
@@ -188,8 +194,9 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
                     else:
                         with conn.transaction():  # a savepoint: a conflict fails this request
                             rows, heads = self._rows(cur, events, position, prev_global, timestamp)
+                            rows, grown = self._with_tree(rows)
                             self._insert_rows(cur, rows)
-                            self._grow_tree(cur, rows)
+                            self._tree_in(cur, grown)
                 except psycopg.errors.UniqueViolation:
                     outcomes.append(self._conflict(cur, events))
                     continue
@@ -203,8 +210,9 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
                 # whole cache is dropped (_commit_batch).
                 self._remember(heads)
             if as_one_copy and pending:
+                pending, grown = self._with_tree(pending)
                 self._insert_rows(cur, pending)  # a (session_id, version) clash raises here
-                self._grow_tree(cur, pending)
+                self._tree_in(cur, grown)
             if any(not isinstance(outcome, BaseException) for outcome in outcomes):
                 registering = self._register_signer(cur)
         if registering:
@@ -215,7 +223,7 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
         # Binary COPY: the cheapest way in for a batch (no text escaping of the hashes,
         # signatures and payloads); constraints and triggers apply as to INSERT.
         with cur.copy(self._copy) as copy:
-            copy.set_types(_COLUMN_TYPES)
+            copy.set_types(self._column_types)
             for row in rows:
                 copy.write_row(row)
 

@@ -29,9 +29,9 @@ from l2_session.infrastructure.ledger.schema import (
     SIGNERS_TABLE,
     SNAPSHOTS_TABLE,
 )
-from l2_session.infrastructure.ledger.tree import TREE_TABLE, TreeSQL, build_rows
+from l2_session.infrastructure.ledger.tree import MIGRATED_VERSION, TREE_TABLE, TreeSQL, build_rows
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 NODE_ROLE = "l2s_node"
 HISTORY_TABLES = (EVENTS_TABLE, SIGNERS_TABLE, CHECKPOINTS_TABLE, TREE_TABLE, COSIGNATURES_TABLE)
 
@@ -125,24 +125,30 @@ def _v2(schema: str) -> list[str]:
     ]
 
 
+def _v3(schema: str) -> list[str]:
+    """Ledger format 4: the tree's nodes in the row of the event that completes them. A ledger
+    of an older format keeps its layout: the column stays empty in its rows."""
+    return [f"ALTER TABLE {schema}.{EVENTS_TABLE} ADD COLUMN tree bytea"]
+
+
 def build_tree(cur: Any, schema: str) -> None:
-    """The tree of every event in the ledger (an empty ledger_tree is filled), and format
-    version 2: after _v2, in the migration's transaction (a failure leaves the schema at
-    version 1), and after an import has copied the events."""
-    sql = TreeSQL("%s", f"{schema}.{EVENTS_TABLE}", f"{schema}.{TREE_TABLE}")
+    """The tree of every event in a format-1 ledger, in format 3 (an empty ledger_tree is
+    filled; the events' rows are not changed), and that format version: after _v2, in the
+    migration's transaction (a failure leaves the schema at version 1)."""
+    sql = TreeSQL("%s", f"{schema}.{EVENTS_TABLE}", f"{schema}.{TREE_TABLE}", "tiles")
 
     cur.execute(f"SELECT position, event_hash FROM {schema}.{EVENTS_TABLE} ORDER BY position")
     for rows in build_rows(cur.fetchall(), damaged=NotALedger):
         cur.executemany(sql.insert, rows)
     cur.execute(
         f"UPDATE {schema}.{META_TABLE} SET value=%s WHERE key='format_version'",
-        (str(FORMAT_VERSION),),
+        (MIGRATED_VERSION,),
     )
 
 
 # Schema version -> statements taking the schema from the previous version to this one, and
 # what runs after them (with the cursor) where statements alone cannot do it.
-MIGRATIONS: dict[int, Any] = {1: _v1, 2: _v2}
+MIGRATIONS: dict[int, Any] = {1: _v1, 2: _v2, 3: _v3}
 AFTER_MIGRATION: dict[int, Any] = {2: build_tree}
 
 

@@ -57,6 +57,18 @@ def range_nodes(url: str, first: int, last: int) -> Iterator[Any]:
         yield ((node, bytes(value)) for node, value in rows)
 
 
+@contextmanager
+def range_columns(url: str, lo: int, hi: int) -> Iterator[Any]:
+    """Format 4: the events' (position, tree column) with ``lo <= position <= hi`` where the
+    column is not empty, in position order."""
+    statement = (
+        f"SELECT position, tree FROM {{schema}}.{EVENTS_TABLE} "
+        "WHERE position BETWEEN %s AND %s AND tree IS NOT NULL ORDER BY position"
+    )
+    with _streamed(url, "l2s_verify_tree", statement, (lo, hi)) as rows:
+        yield ((position, bytes(value)) for position, value in rows)
+
+
 def select_rows(url: str, statement: str, params: Any) -> list[tuple[int, str, bytes]]:
     """Rows of ``statement`` (``{schema}`` filled in) on the ledger at ``url``."""
     location = PostgresLocation.parse(url)

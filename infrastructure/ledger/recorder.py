@@ -20,6 +20,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from l2_session.infrastructure.clock import TimeSource
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger.chain import (
+    ROW_COLUMNS,
     SIGNER_DOMAIN,
     LedgerChain,
     NotificationRow,
@@ -43,14 +44,20 @@ from l2_session.infrastructure.ledger.schema import (
     TREE_STATEMENTS,
 )
 from l2_session.infrastructure.ledger.sqlite_store import LedgerDatastore
-from l2_session.infrastructure.ledger.tree import TREE_TABLE, TreeSQL, build_rows, tree_layout
+from l2_session.infrastructure.ledger.tree import (
+    MIGRATED_VERSION,
+    TREE_TABLE,
+    TreeSQL,
+    build_rows,
+    tree_layout,
+)
 
 __all__ = ["SIGNER_DOMAIN", "SignedSQLiteRecorder", "session_key"]
 
-_INSERT = (
-    f"INSERT INTO {EVENTS_TABLE} (position, session_id, version, topic, timestamp, payload, "
-    "sealed, prev_session_hash, prev_global_hash, event_hash, signer, signature) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT = f"INSERT INTO {EVENTS_TABLE} ({ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+# Format 4: each row with its tree column (chain.py, _with_tree).
+_INSERT_INLINE = (
+    f"INSERT INTO {EVENTS_TABLE} ({ROW_COLUMNS}, tree) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _HEAD = f"SELECT position, event_hash, timestamp FROM {EVENTS_TABLE} ORDER BY position DESC LIMIT 1"
 _SESSION_EVENT_HASH = f"SELECT event_hash FROM {EVENTS_TABLE} WHERE session_id=? AND version=?"
@@ -83,6 +90,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         self.ledger_id = ""
         self.genesis = ZERO_HASH
         self.tree_sql = TreeSQL("?", EVENTS_TABLE, TREE_TABLE)
+        self._event_insert = _INSERT_INLINE  # by the ledger's format (load_meta)
 
     # -- schema -------------------------------------------------------------------------
     def construct_create_table_statements(self) -> list[str]:
@@ -118,7 +126,12 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
             else:
                 self._migrate_to_tree()
         elif version is not None:
-            self.tree_sql.tiled = tree_layout(version[0]) == "tiles"
+            self._layout(tree_layout(version[0]))
+
+    def _layout(self, layout: str | None) -> None:
+        if layout is not None:
+            self.tree_sql.layout = layout
+            self._event_insert = _INSERT_INLINE if layout == "inline" else _INSERT
 
     def _migrate_to_tree(self) -> None:
         """Format 1 -> 3: build the Merkle tree of every event already in the ledger, in one
@@ -126,18 +139,20 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         The events themselves are only read."""
         with self.datastore.writer.transaction() as cur:
             cur.execute(f"SELECT value FROM {META_TABLE} WHERE key='format_version'")
-            if cur.fetchone()[0] != "1":
+            found = cur.fetchone()[0]
+            if found != "1":
+                self._layout(tree_layout(found))
                 return  # another process migrated it first
+            self._layout("tiles")
             for statement in TREE_STATEMENTS:
                 cur.execute(statement)
             hashes = cur.connection.execute(
                 f"SELECT position, event_hash FROM {EVENTS_TABLE} ORDER BY position"
             )
-            for chunk in build_rows(hashes, tiled=self.tree_sql.tiled):
+            for chunk in build_rows(hashes, tiled=True):
                 cur.executemany(self.tree_sql.insert, chunk)
             cur.execute(
-                f"UPDATE {META_TABLE} SET value=? WHERE key='format_version'",
-                (str(FORMAT_VERSION),),
+                f"UPDATE {META_TABLE} SET value=? WHERE key='format_version'", (MIGRATED_VERSION,)
             )
 
     # -- writes: every one through the datastore's writer (sqlite_store.py) ---------------
@@ -185,8 +200,9 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
                     cur.execute("SAVEPOINT request")
                     try:
                         rows, heads = self._rows(cur, events, position, prev_global, timestamp)
-                        cur.executemany(_INSERT, rows)
-                        self._grow_tree(cur, rows)
+                        rows, grown = self._with_tree(rows)
+                        cur.executemany(self._event_insert, rows)
+                        self._tree_in(cur, grown)
                     except sqlite3.IntegrityError:
                         cur.execute("ROLLBACK TO request")
                         cur.execute("RELEASE request")
@@ -222,8 +238,9 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         rolls the transaction back here; a conflict is named as in a group commit."""
         try:
             rows, heads = self._rows(cur, events, position, prev_global, timestamp)
-            cur.executemany(_INSERT, rows)
-            self._grow_tree(cur, rows)
+            rows, grown = self._with_tree(rows)
+            cur.executemany(self._event_insert, rows)
+            self._tree_in(cur, grown)
         except sqlite3.IntegrityError:
             cur.execute("ROLLBACK")
             return self._conflict(cur, events)
@@ -250,8 +267,9 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         try:
             everything = [event for events in requests for event in events]
             rows, heads = self._rows(cur, everything, position, prev_global, timestamp)
-            cur.executemany(_INSERT, rows)
-            self._grow_tree(cur, rows)
+            rows, grown = self._with_tree(rows)
+            cur.executemany(self._event_insert, rows)
+            self._tree_in(cur, grown)
         except (sqlite3.IntegrityError, LedgerError, ValueError):
             cur.execute("ROLLBACK TO batch")
             cur.execute("RELEASE batch")

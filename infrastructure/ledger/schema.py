@@ -76,6 +76,7 @@ CREATE_STATEMENTS: list[str] = [
         event_hash BLOB NOT NULL,
         signer TEXT NOT NULL,
         signature BLOB NOT NULL,
+        tree BLOB,
         UNIQUE (session_id, version)
     )""",
     *_append_only(EVENTS_TABLE),

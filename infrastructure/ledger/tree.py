@@ -1,25 +1,32 @@
 """The ledger's Merkle tree as it is stored beside the events (docs/ledger-format.md §13).
 
 Leaf i of the tree is the event hash at position i + 1; the tree is RFC 9162's with BLAKE3
-(merkle.py). The table ``ledger_tree`` keeps the hash of every perfect subtree of two or more
-leaves, keyed by the position of its last leaf and its level in one integer::
+(merkle.py). The tree keeps the hash of every perfect subtree of two or more leaves, named by
+the position of its last leaf and its level in one integer, its *key*::
 
-    ledger_tree(node, hash)    node = 64 * position + level: the 2**level events ending at
-                               ``position`` (level < 64)
+    node = 64 * position + level: the 2**level events ending at ``position`` (level < 64)
 
-so merkle.py's node (level, index) is the row 64 * ((index + 1) * 2**level) + level, a position
-p completes the nodes of levels 1 to the number of trailing zero bits of p, and rows in node
-order are in (position, level) order. In format 3 the nodes of levels 1 to 3 are kept in
-*tiles*: the row of a node of level 3 (8 events) holds the 7 nodes inside it, in the order
-they were completed — (2, 1), (4, 1), (4, 2), (6, 1), (8, 1), (8, 2), (8, 3) counted from the
-block's start — and levels 1 and 2 have no rows of their own; nodes of level 4 and above are a
-row each. A quarter of a row per event, where a format-2 ledger (which keeps its layout: a row
-for every node) inserts one. Until its 8th event, a block's nodes are folded from its events
-when asked for. Level 0 is not stored: a leaf hash is H(0x00 || event hash), from the events
-table, under the same key (64 * position). Rows are inserted in the transaction that inserts
-the events completing them and never changed (append-only, like the events). Any root or
-proof is the fold of O(log n) stored hashes, read in one statement (and the tree's edge at
-that size, once: ``_Edge``).
+so merkle.py's node (level, index) is the key 64 * ((index + 1) * 2**level) + level, a
+position p completes the nodes of levels 1 to the number of trailing zero bits of p, and keys
+in order are in (position, level) order. Where the hashes are depends on the ledger's format
+(``tree_layout``):
+
+* format 4 (``inline``): in the events' rows. The ``tree`` column of the event at p holds the
+  nodes p completes, levels 1, 2, ... concatenated (NULL at an odd p): an append writes its
+  tree in the rows it inserts anyway, and no table of the tree's own gets a page dirty at
+  its commit. ``ledger_tree`` stays empty.
+* format 3 (``tiles``): ``ledger_tree(node, hash)``, the nodes of levels 1 to 3 in *tiles*:
+  the row of a node of level 3 (8 events) holds the 7 nodes inside it, in the order they were
+  completed — (2, 1), (4, 1), (4, 2), (6, 1), (8, 1), (8, 2), (8, 3) counted from the block's
+  start — and levels 1 and 2 have no rows of their own; nodes of level 4 and above are a row
+  each. Until its 8th event, a block's nodes are folded from its events when asked for.
+* format 2 (``nodes``): a row of ``ledger_tree`` per node.
+
+Level 0 is not stored: a leaf hash is H(0x00 || event hash), from the events table, under the
+same key (64 * position). The nodes are written in the transaction that inserts the events
+completing them and never changed (append-only, like the events). Any root or proof is the
+fold of O(log n) stored hashes, read in one statement (and the tree's edge at that size,
+once: ``_Edge``).
 
 Nodes never change once written, so each ``TreeSQL`` keeps the upper levels it read (tens of
 thousands of nodes for a million events: every proof passes through them), the edges of the
@@ -36,7 +43,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,13 +77,18 @@ TILE_NODES = TILE - 1  # hashes per tile row
 # (position in the block, level) -> the node's place in its tile row
 TILE_INDEX = {(2, 1): 0, (4, 1): 1, (4, 2): 2, (6, 1): 3, (8, 1): 4, (8, 2): 5, (8, 3): 6}
 TILE_OFFSET = {at: 32 * i for at, i in TILE_INDEX.items()}  # the same in bytes
-# How a ledger's format lays out its stored tree: format 1 has none; format 2 a row per node.
-LAYOUTS = {"2": "nodes", "3": "tiles"}
+# How a ledger's format lays out its stored tree: format 1 has none; format 2 a row per node;
+# format 3 tiles; format 4 the nodes in the row of the event that completes them.
+LAYOUTS = {"2": "nodes", "3": "tiles", "4": "inline"}
 assert str(FORMAT_VERSION) in LAYOUTS
+# A format-1 ledger gets its tree in format 3: format 4's lives in the events' rows, which are
+# never changed once written; a table of its own can be added beside them.
+MIGRATED_VERSION = "3"
 
 
 def tree_layout(format_version: str) -> str | None:
-    """``"tiles"`` (format 3), ``"nodes"`` (format 2) or None (format 1: no stored tree)."""
+    """``"inline"`` (format 4), ``"tiles"`` (format 3), ``"nodes"`` (format 2) or None (format
+    1: no stored tree)."""
     if format_version == "1":
         return None
     try:
@@ -92,6 +104,12 @@ def tile_nodes(position: int, tile: bytes) -> list[tuple[int, int, bytes]]:
         return []
     base = position - TILE
     return [(base + p, lv, tile[32 * i : 32 * i + 32]) for (p, lv), i in TILE_INDEX.items()]
+
+
+def inline_nodes(position: int, column: bytes) -> list[tuple[int, int, bytes]]:
+    """(position, level, hash) of the nodes in the ``tree`` column of the event at ``position``
+    (format 4): levels 1, 2, ... in order, as many as its whole 32-byte hashes."""
+    return [(position, i + 1, column[32 * i : 32 * i + 32]) for i in range(len(column) // 32)]
 
 
 class TreeMissing(LedgerError):
@@ -147,6 +165,32 @@ def grow(
     return rows
 
 
+def grow_inline(tree: Frontier, event_hashes: Iterable[bytes]) -> list[bytes | None]:
+    """Append the events' hashes (in position order) to ``tree``; per event, its ``tree``
+    column in format 4: the hashes of the nodes it completes, levels 1, 2, ... concatenated,
+    or None (an event at an odd position completes none). BLAKE3 written out, as ``grow``."""
+    if tree.h is not blake3_hash:
+        raise ValueError("format 4 keeps a BLAKE3 tree")
+    edge, size, b3 = tree.hashes, tree.size, blake3
+    column: list[bytes | None] = []
+    for event_hash in event_hashes:
+        found = b3(b"\x00" + event_hash).digest()
+        if size & 1:
+            nodes = []
+            level = 0
+            while size >> level & 1:
+                found = b3(b"\x01" + edge.pop() + found).digest()
+                nodes.append(found)
+                level += 1
+            column.append(b"".join(nodes))
+        else:
+            column.append(None)
+        edge.append(found)
+        size += 1
+    tree.size = size
+    return column
+
+
 class _Edge:
     """What a proof needs above the perfect part of the tree that holds its leaf, for one
     tree size: the parts' hashes (largest first, ``_key_list(0, size)``) and the folds of
@@ -185,9 +229,9 @@ class TreeSQL:
     """The statements of one backend (``mark`` is its placeholder, the names its tables') and
     what it keeps of what it read."""
 
-    def __init__(self, mark: str, events: str, tree: str, tiled: bool = True) -> None:
+    def __init__(self, mark: str, events: str, tree: str, layout: str = "inline") -> None:
         self.mark, self.events, self.tree = mark, events, tree
-        self.tiled = tiled  # levels 1 to 3 in tiles (format 3), or a row per node (format 2)
+        self.layout = layout  # tree_layout(): where the nodes are, by the ledger's format
         self.insert = f"INSERT INTO {tree} (node, hash) VALUES ({mark},{mark})"
         self.head_seen = 0  # the largest tree size known to be stored (the ledger only grows)
         self.cache_from = CACHED_LEVEL  # the lowest level kept
@@ -195,6 +239,18 @@ class TreeSQL:
         self._paths: dict[tuple[int, int, int], list[bytes]] = {}
         self._edges: dict[int, _Edge] = {}
         self._selects: dict[tuple[int, int, int], str] = {}
+
+    @property
+    def layout(self) -> str:
+        return self._layout
+
+    @layout.setter
+    def layout(self, layout: str) -> None:
+        if layout not in LAYOUTS.values():
+            raise ValueError(f"no tree layout {layout!r}")
+        self._layout = layout
+        self.tiled = layout == "tiles"  # levels 1 to 3 in tiles (format 3)
+        self.inline = layout == "inline"  # in the events' rows (format 4)
 
     def seen(self, head: int) -> None:
         """The ledger holds ``head`` events: sizes up to it need no check, and the levels
@@ -236,10 +292,59 @@ class TreeSQL:
             found.update(self._fetch(cur, ask))
         return found
 
+    def _select_inline(self, n_positions: int, n_runs: int) -> str:
+        """Format 4: (position, event hash, tree column) of the events at ``n_positions``
+        positions and in ``n_runs`` runs of them, as ``_select``."""
+        found = self._selects.get((-1, n_positions, n_runs))
+        if found is None:
+            m = self.mark
+            rows = f"SELECT position, event_hash, tree FROM {self.events} WHERE position"
+            parts = [f"{rows} IN ({','.join([m] * n_positions)})"] if n_positions else []
+            parts += [f"{rows} BETWEEN {m} AND {m}"] * n_runs
+            found = self._selects[-1, n_positions, n_runs] = " UNION ALL ".join(parts)
+        return found
+
+    def _fetch_inline(self, cur: Any, keys: list[int]) -> dict[int, bytes]:
+        """``_fetch`` in format 4: every key is read from the row of the event at its position
+        — a node of level L is the L-th hash of that row's tree column."""
+        positions = sorted({key >> LEVEL_BITS for key in keys})
+        singles, runs = _runs(positions)
+        cur.execute(self._select_inline(len(singles), len(runs) // 2), [*singles, *runs])
+        rows = {position: (event_hash, column) for position, event_hash, column in cur.fetchall()}
+        found: dict[int, bytes] = {}
+        cache_from, cached = self.cache_from, self._nodes
+        for key in keys:
+            position, level = key >> LEVEL_BITS, key & LEVEL_MASK
+            row = rows.get(position)
+            if row is None:
+                raise LedgerCorrupted(
+                    f"the ledger's tree has no event at position {position}: the tree is "
+                    "damaged; run verify"
+                )
+            if not level:
+                found[key] = row[0]
+                continue
+            column = row[1]
+            if column is None or len(column) < 32 * level:
+                raise LedgerCorrupted(
+                    f"the ledger's tree has no node of level {level} ending at position "
+                    f"{position} (the event's tree column holds "
+                    f"{0 if column is None else len(column)} bytes): the tree is damaged; "
+                    "run verify"
+                )
+            found[key] = value = column[32 * level - 32 : 32 * level]
+            if level >= cache_from:
+                if len(cached) >= MAX_CACHED:
+                    cached.clear()
+                cached[key] = value
+        return found
+
     def _fetch(self, cur: Any, keys: list[int]) -> dict[int, bytes]:
         """``read`` of keys none of which is kept; what it reads of the kept levels is kept.
         In format 3 a node of level 1 to 3 is cut from its tile, or, in the last block, which
         has no tile yet, folded from the block's events: both read in the same statement."""
+        if self.inline:
+            return self._fetch_inline(cur, keys)
         nodes: list[int] = []
         positions: list[int] = []
         tiled: list[tuple[int, int, int]] = []  # (key, its tile's key, its offset there)
@@ -338,9 +443,9 @@ class TreeSQL:
     def frontier(self, cur: Any, size: int) -> tuple[Frontier, list[bytes] | None]:
         """The right edge of the tree of the first ``size`` events, and what ``grow`` needs
         beside it: in format 3, the nodes of levels 1 and 2 of the last block so far (None in
-        format 2)."""
+        formats 2 and 4)."""
         edge = Frontier(size, self._edge(cur, size).parts if size else ())
-        if not self.tiled:
+        if not self.tiled:  # format 2 and 4: every node completed so far is stored
             return edge, None
         start = size - size % TILE
         keys = [
@@ -520,6 +625,23 @@ def build_rows(
             chunk = []
     if chunk:
         yield chunk
+
+
+def with_tree_column(
+    rows: Iterable[Sequence[Any]], damaged: type[LedgerError] = LedgerCorrupted
+) -> Iterator[tuple[Any, ...]]:
+    """Event rows (position first, event hash tenth: ``ROW_COLUMNS``) in position order, each
+    with its format-4 tree column after them: what an import writes. Positions must be 1, 2,
+    3, ... (``damaged`` says where they are not), as for ``build_rows``."""
+    tree = Frontier()
+    for row in rows:
+        if row[0] != tree.size + 1:
+            raise damaged(
+                f"cannot build the ledger's tree: position {row[0]} follows {tree.size}; "
+                "the ledger is damaged — run verify"
+            )
+        (column,) = grow_inline(tree, (bytes(row[9]),))
+        yield (*row, column)
 
 
 def _b64(value: bytes) -> str:

@@ -139,8 +139,7 @@ def _verify_range(
     try:
         with range_rows(path, lo, hi) as rows, range_nodes(path, lo, hi, layout) as nodes:
             if recompute:
-                tiled = layout == "tiles"
-                stored = None if nodes is None else stored_rows(nodes, tiled, lo, hi)
+                stored = None if nodes is None else stored_rows(nodes, layout or "nodes", lo, hi)
                 out.tree = RangeTree(stored, pins, tiles_end)
             _check_rows(out, rows, trusted, pins)
             if out.tree is not None:

@@ -70,10 +70,25 @@ def range_nodes(
     source: str, lo: int, hi: int, layout: str | None
 ) -> Iterator[Iterable[Any] | None]:
     """The stored tree rows (node, hash) of positions ``lo`` to ``hi`` — in format 3 up to the
-    tile holding ``hi`` (``tile_bound``) —, in node order, that is (position, level) order;
+    tile holding ``hi`` (``tile_bound``) —, in node order, that is (position, level) order; in
+    format 4 the events' (position, tree column) where it is not empty, in position order;
     None for a ledger without a stored tree."""
     if layout is None:
         yield None
+        return
+    if layout == "inline":
+        if is_postgres_url(source):
+            from l2_session.infrastructure.ledger.pg_verify import range_columns
+
+            with range_columns(source, lo, hi) as rows:
+                yield rows
+            return
+        statement = (
+            f"SELECT position, tree FROM {EVENTS_TABLE} "
+            "WHERE position BETWEEN ? AND ? AND tree IS NOT NULL ORDER BY position"
+        )
+        with _sqlite_rows(source, statement, (lo, hi)) as rows:
+            yield rows
         return
     bounds = (LEVELS * lo, tile_bound(hi) if layout == "tiles" else LEVELS * hi + LEVELS - 1)
     if is_postgres_url(source):

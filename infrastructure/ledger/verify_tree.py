@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from l2_session.infrastructure.ledger.merkle import blake3_hash, fold, leaf_hash, node_hash
-from l2_session.infrastructure.ledger.tree import LEVELS, TILE, TILE_LEVEL, tile_nodes
+from l2_session.infrastructure.ledger.tree import LEVELS, TILE, TILE_LEVEL, inline_nodes, tile_nodes
 from l2_session.infrastructure.ledger.verify_report import Problem, ProblemKind
 
 Block = tuple[int, int, bytes]  # (level, index, hash) of a perfect subtree
@@ -32,8 +32,8 @@ def _problem(position: int, level: int, detail: str) -> Problem:
 
 @dataclass
 class RangeTree:
-    """The tree work of one verify range; ``stored`` streams its ledger_tree rows in
-    (position, level) order, or is None for a ledger without a stored tree."""
+    """The tree work of one verify range; ``stored`` streams its stored nodes in (position,
+    level) order (``stored_rows``), or is None for a ledger without a stored tree."""
 
     stored: Iterator[NodeRow] | None
     pins: frozenset[int] = frozenset()
@@ -110,7 +110,7 @@ class RangeTree:
 class TreeStitch:
     """The parent's side: ranges' blocks pushed in order onto the frontier of the whole tree."""
 
-    checked: bool  # the ledger has a stored tree (format 2 or 3)
+    checked: bool  # the ledger has a stored tree (format 2, 3 or 4)
     tiles_end: int | None = None  # as RangeTree's
     blocks: list[Block] = field(default_factory=list)
     spanning: dict[tuple[int, int], bytes] = field(default_factory=dict)
@@ -164,16 +164,29 @@ def _push(blocks: list[Block], block: Block, created: object) -> None:
 
 
 def stored_rows(
-    rows: Iterable[tuple[object, object]], tiled: bool = False, lo: int = 1, hi: int | None = None
+    rows: Iterable[tuple[object, object]],
+    layout: str = "nodes",
+    lo: int = 1,
+    hi: int | None = None,
 ) -> Iterator[NodeRow]:
-    """ledger_tree rows (node, hash) as read (any types a damaged file holds) as (position,
+    """The stored tree as read (``range_nodes``; any types a damaged file holds) as (position,
     level, hash) of the range ``lo`` to ``hi``, in (position, level) order; a row that is not
-    an integer and bytes is skipped here, and reported as missing where the tree needs it. A
-    tile row of format 3 (``tiled``) is its 7 nodes, of which those at positions in the
-    range: the range that holds the tile's first nodes and not its row reads the row too
-    (``tile_bound``), and a tile of the wrong length is one node of level 3 that will not
-    match. A tile's nodes reach 6 positions back, before rows read ahead of it: they are put
-    in order in a heap, and each node leaves it once no later row can come before it."""
+    an integer and bytes is skipped here, and reported as missing where the tree needs it.
+
+    In formats 2 and 3 the rows are ledger_tree's (node, hash). A tile row of format 3
+    (``layout`` "tiles") is its 7 nodes, of which those at positions in the range: the range
+    that holds the tile's first nodes and not its row reads the row too (``tile_bound``), and
+    a tile of the wrong length is one node of level 3 that will not match. A tile's nodes
+    reach 6 positions back, before rows read ahead of it: they are put in order in a heap,
+    and each node leaves it once no later row can come before it. In format 4 (``inline``)
+    the rows are the events' (position, tree column): a column is its nodes, levels 1, 2, ...
+    (``inline_nodes``; a trailing part shorter than a hash is not one)."""
+    if layout == "inline":
+        for position, column in rows:
+            if type(position) is int and isinstance(column, bytes):
+                yield from inline_nodes(position, column)
+        return
+    tiled = layout == "tiles"
     waiting: list[NodeRow] = []
     for node, value in rows:
         if type(node) is not int or not isinstance(value, bytes):

@@ -8,8 +8,15 @@ from typing import Any
 
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger.format import event_hash, lp
+from l2_session.infrastructure.ledger.merkle import Frontier
 from l2_session.infrastructure.ledger.recorder import SIGNER_DOMAIN
-from l2_session.infrastructure.ledger.tree import build_rows
+from l2_session.infrastructure.ledger.tree import (
+    TILE,
+    TILE_LEVEL,
+    TILE_OFFSET,
+    build_rows,
+    grow_inline,
+)
 
 COLUMNS = (
     "position", "session_id", "version", "topic", "timestamp", "payload", "sealed",
@@ -24,7 +31,73 @@ def open_as_attacker(path: Path) -> sqlite3.Connection:
     db.execute("DROP TRIGGER IF EXISTS ledger_events_no_update")
     db.execute("DROP TRIGGER IF EXISTS ledger_events_no_delete")
     db.execute("DROP TRIGGER IF EXISTS ledger_signers_no_update")
+    db.execute("DROP TRIGGER IF EXISTS ledger_tree_no_update")
+    db.execute("DROP TRIGGER IF EXISTS ledger_tree_no_delete")
     return db
+
+
+def format_of(db: sqlite3.Connection) -> bytes:
+    (version,) = db.execute("SELECT value FROM ledger_meta WHERE key='format_version'").fetchone()
+    return bytes(version)
+
+
+def _tree_column(db: sqlite3.Connection, position: int) -> bytes:
+    (column,) = db.execute(
+        "SELECT tree FROM ledger_events WHERE position=?", (position,)
+    ).fetchone()
+    return b"" if column is None else bytes(column)
+
+
+def change_node(
+    db: sqlite3.Connection, position: int, level: int, value: bytes = bytes(32)
+) -> None:
+    """Overwrite the stored hash of the tree node of ``level`` ending at ``position`` where the
+    file's format keeps it: in the event's tree column (format 4), in its tile (format 3,
+    levels 1 to 3) or in its own ledger_tree row."""
+    version = format_of(db)
+    if version == b"4":
+        column = bytearray(_tree_column(db, position))
+        assert len(column) >= 32 * level, "no such node"
+        column[32 * level - 32 : 32 * level] = value
+        db.execute("UPDATE ledger_events SET tree=? WHERE position=?", (bytes(column), position))
+    elif version == b"3" and level <= TILE_LEVEL:
+        tile = -(-position // TILE) * TILE
+        at = TILE_OFFSET[position - tile + TILE, level]
+        (row,) = db.execute(
+            "SELECT hash FROM ledger_tree WHERE node=?", (64 * tile + 3,)
+        ).fetchone()
+        new = bytes(row[:at]) + value + bytes(row[at + 32 :])
+        db.execute("UPDATE ledger_tree SET hash=? WHERE node=?", (new, 64 * tile + 3))
+    else:
+        changed = db.execute(
+            "UPDATE ledger_tree SET hash=? WHERE node=?", (value, 64 * position + level)
+        )
+        assert changed.rowcount == 1, "no such node"
+    db.commit()
+
+
+def drop_top_node(db: sqlite3.Connection, position: int, level: int) -> None:
+    """Remove the stored node of ``level`` ending at ``position``, the highest that position
+    completes (level 4 or more in format 3)."""
+    if format_of(db) == b"4":
+        column = _tree_column(db, position)
+        assert len(column) == 32 * level, "not the position's highest node"
+        db.execute(
+            "UPDATE ledger_events SET tree=? WHERE position=?", (column[:-32] or None, position)
+        )
+    else:
+        db.execute("DELETE FROM ledger_tree WHERE node=?", (64 * position + level,))
+    db.commit()
+
+
+def add_level_1_node(db: sqlite3.Connection, position: int) -> None:
+    """Store a node of level 1 ending at the odd ``position``, where the tree has none."""
+    assert position % 2
+    if format_of(db) == b"4":
+        db.execute("UPDATE ledger_events SET tree=zeroblob(32) WHERE position=?", (position,))
+    else:
+        db.execute("INSERT INTO ledger_tree VALUES (?, zeroblob(32))", (64 * position + 1,))
+    db.commit()
 
 
 def row(db: sqlite3.Connection, position: int) -> dict[str, Any]:
@@ -153,7 +226,17 @@ def cover_tracks(db: sqlite3.Connection) -> None:
     for table in ("ledger_tree", "ledger_checkpoints", "ledger_cosignatures"):
         db.execute(f"DROP TRIGGER IF EXISTS {table}_no_delete")
         db.execute(f"DELETE FROM {table}")
-    hashes = db.execute("SELECT event_hash FROM ledger_events ORDER BY position")
-    for rows in build_rows(list(enumerate((bytes(h) for (h,) in hashes), start=1))):
-        db.executemany("INSERT INTO ledger_tree (node, hash) VALUES (?,?)", rows)
+    hashes = [
+        bytes(h) for (h,) in db.execute("SELECT event_hash FROM ledger_events ORDER BY position")
+    ]
+    version = format_of(db)
+    if version == b"4":  # the tree in the events' rows
+        column = grow_inline(Frontier(), hashes)
+        db.executemany(
+            "UPDATE ledger_events SET tree=? WHERE position=?",
+            [(c, p) for p, c in enumerate(column, start=1)],
+        )
+    else:
+        for rows in build_rows(list(enumerate(hashes, start=1)), tiled=version == b"3"):
+            db.executemany("INSERT INTO ledger_tree (node, hash) VALUES (?,?)", rows)
     db.commit()

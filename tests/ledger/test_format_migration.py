@@ -14,11 +14,11 @@ from l2_session.infrastructure.ledger import Checkpoint, SessionLedger
 from l2_session.infrastructure.ledger.format import FORMAT_VERSION
 from l2_session.infrastructure.ledger.merkle import leaf_hash, root
 from l2_session.infrastructure.ledger.pg_import import import_sqlite_ledger
-from l2_session.infrastructure.ledger.tree import TreeMissing
+from l2_session.infrastructure.ledger.tree import MIGRATED_VERSION, TreeMissing
 from l2_session.infrastructure.ledger.verify import verify
 from ledger_aggregates import Conversation
 from pgserver import open_raw
-from test_tree import event_hashes, expected_nodes, stored_nodes, stored_rows_of
+from test_tree import event_hashes, expected_nodes, mark_format, stored_nodes, stored_rows_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IDENTITY_SEED = bytes(range(32))  # fixtures/make_stable_topics_ledger.py
@@ -71,9 +71,9 @@ def test_a_node_opening_a_format_1_ledger_builds_its_tree_and_old_checkpoints_st
     identity = NodeIdentity.from_seed(IDENTITY_SEED)
     ledger = SessionLedger(path, identity=identity, storage_key=STORAGE_KEY, create=False)
     try:
-        assert format_version(path) == str(FORMAT_VERSION)
+        assert format_version(path) == MIGRATED_VERSION  # tiles: its events' rows stay as they are
         hashes = event_hashes(path)
-        assert stored_nodes(path) == expected_nodes(hashes)
+        assert stored_nodes(path) == expected_nodes(hashes, tiled=True)
         conversation = Conversation(peer="after the migration")
         conversation.note(text="appended to the migrated tree")
         ledger.save(conversation)
@@ -82,7 +82,7 @@ def test_a_node_opening_a_format_1_ledger_builds_its_tree_and_old_checkpoints_st
         proof.check()
     finally:
         ledger.close()
-    assert stored_nodes(path) == expected_nodes(event_hashes(path))
+    assert stored_nodes(path) == expected_nodes(event_hashes(path), tiled=True)
     report = verify(path, old_checkpoint, trusted_signers=[identity.did])
     assert report.ok and report.tree_checked, report.summary()
     assert report.stored_checkpoints == 2 and new_checkpoint.version == 2  # its own, and ours
@@ -107,12 +107,13 @@ def test_a_postgresql_schema_of_version_1_migrates_with_its_tree(pg_url, clock, 
     ledger = SessionLedger(pg_url, identity=identity, storage_key=storage_key, clock=clock)
     save_noted(ledger, 20, "before the tree")
     ledger.close()
-    expected = stored_nodes(pg_url)
-    assert len(stored_rows_of(pg_url)) == 8  # 40 events: tiles of 8 (5), nodes of 16 (2) and 32
+    expected = expected_nodes(event_hashes(pg_url), tiled=True)
+    assert stored_nodes(pg_url) == expected  # 40 events: format 4 and tiles hold the same
     schema = PostgresLocation.parse(pg_url).schema
     raw = open_raw(pg_url)  # as the owner: make it the schema of version 1 it once was
     raw.execute(f"DROP TABLE {schema}.ledger_tree")
     raw.execute(f"DROP TABLE {schema}.ledger_cosignatures")
+    raw.execute(f"ALTER TABLE {schema}.ledger_events DROP COLUMN tree")
     raw.execute(
         f"UPDATE {schema}.ledger_meta SET value='1' WHERE key IN ('schema_version', 'format_version')"
     )
@@ -121,39 +122,49 @@ def test_a_postgresql_schema_of_version_1_migrates_with_its_tree(pg_url, clock, 
     reopened = SessionLedger(pg_url, identity=identity, storage_key=storage_key, clock=clock)
     try:
         assert stored_nodes(pg_url) == expected
+        assert len(stored_rows_of(pg_url)) == 8  # tiles of 8 (5), nodes of 16 (2) and 32
         assert reopened.tree_head()[0] == 40
+        save_noted(reopened, 2, "after the migration")  # appended in format 3
+        assert stored_nodes(pg_url) == expected_nodes(event_hashes(pg_url), tiled=True)
     finally:
         reopened.close()
 
 
-def format_2_ledger(location: Path | str, identity: NodeIdentity, clock) -> None:
-    """A ledger at ``location`` in format 2, as this program wrote them before format 3, of
-    10 events: created empty and marked format 2 before its first event, so that every node
-    of its tree is a row of its own from the first append on."""
+def older_format_ledger(
+    location: Path | str, identity: NodeIdentity, clock, version: str = "2"
+) -> None:
+    """A ledger at ``location`` in format ``version`` (2 or 3), as this program wrote them
+    before format 4, of 10 events: created empty and marked before its first event, so that
+    its tree is in ledger_tree from the first append on (format 2: a row per node)."""
     SessionLedger(location, identity=identity, storage_key=STORAGE_KEY, clock=clock).close()
-    raw = open_raw(location)
-    raw.execute("UPDATE ledger_meta SET value='2' WHERE key='format_version'")
-    raw.commit()
-    raw.close()
+    mark_format(location, version)
     ledger = SessionLedger(location, identity=identity, storage_key=STORAGE_KEY, clock=clock)
-    save_noted(ledger, 5, "in format 2")
+    save_noted(ledger, 5, f"in format {version}")
     ledger.close()
 
 
-def test_a_format_2_ledger_keeps_a_row_per_node_as_it_grows(ledger_location, clock):
+@pytest.mark.parametrize("version", ["2", "3"])
+def test_an_older_format_ledger_keeps_its_layout_as_it_grows(ledger_location, clock, version):
     identity = NodeIdentity.generate()
-    format_2_ledger(ledger_location, identity, clock)
+    older_format_ledger(ledger_location, identity, clock, version)
     ledger = SessionLedger(ledger_location, identity=identity, storage_key=STORAGE_KEY, clock=clock)
     try:
-        save_noted(ledger, 4, "appended in format 2")  # positions 11 to 18
+        save_noted(ledger, 4, f"appended in format {version}")  # positions 11 to 18
         ledger.save(Conversation(peer="last"))
         hashes = event_hashes(ledger_location)
         raw = open_raw(ledger_location)
-        version = raw.execute("SELECT value FROM ledger_meta WHERE key='format_version'")
-        assert version.fetchone()[0] == "2"
+        found = raw.execute("SELECT value FROM ledger_meta WHERE key='format_version'")
+        assert found.fetchone()[0] == version
+        columns = raw.execute("SELECT COUNT(*) FROM ledger_events WHERE tree IS NOT NULL")
+        assert columns.fetchone()[0] == 0  # format 4's column stays empty
         raw.close()
-        assert stored_nodes(ledger_location) == expected_nodes(hashes, tiled=False)
-        assert (2, 1) in stored_rows_of(ledger_location)  # a row per node, not tiles
+        tiled = version == "3"
+        assert stored_nodes(ledger_location) == expected_nodes(hashes, tiled=tiled)
+        rows = stored_rows_of(ledger_location)
+        if tiled:  # 19 events: tiles ending at 8 and 16, the node of 16 events
+            assert rows == [(8, 3), (16, 3), (16, 4)]
+        else:
+            assert (2, 1) in rows  # a row per node
         leaves = [leaf_hash(h) for h in hashes]
         for position in range(1, len(hashes) + 1):
             proof = ledger.inclusion_proof(position)
@@ -171,7 +182,7 @@ def test_a_format_2_ledger_keeps_a_row_per_node_as_it_grows(ledger_location, clo
 
 def test_a_changed_level_1_node_of_a_format_2_ledger_is_caught(ledger_path, clock):
     identity = NodeIdentity.generate()
-    format_2_ledger(ledger_path, identity, clock)
+    older_format_ledger(ledger_path, identity, clock)
     assert verify(ledger_path, trusted_signers=[identity.did]).ok
     raw = sqlite3.connect(ledger_path)
     raw.execute("DROP TRIGGER ledger_tree_no_update")

@@ -18,7 +18,12 @@ from l2_session.infrastructure.ledger.merkle import (
     leaf_hash,
     root,
 )
-from l2_session.infrastructure.ledger.tree import ConsistencyProof, InclusionProof
+from l2_session.infrastructure.ledger.tree import (
+    ConsistencyProof,
+    InclusionProof,
+    inline_nodes,
+    with_tree_column,
+)
 from l2_session.infrastructure.ledger.verify_tree import stored_rows
 from ledger_aggregates import Conversation, populate
 from pgserver import open_raw
@@ -31,14 +36,30 @@ def event_hashes(location) -> list[bytes]:
 
 
 def stored_nodes(location) -> list[tuple[int, int, bytes]]:
-    """(position, level, hash) of every stored node, in order; a node's key is 64 * position
-    + level, and in format 3 the row of a level-3 node holds the 7 nodes of its 8 events
-    (docs/ledger-format.md §13)."""
+    """(position, level, hash) of every stored node, in order (docs/ledger-format.md §13): in
+    format 4 from the events' tree column (the nodes an event completes, levels 1, 2, ...);
+    before, from ledger_tree, where a node's key is 64 * position + level, and in format 3 the
+    row of a level-3 node holds the 7 nodes of its 8 events."""
     raw = open_raw(location)
     version = raw.execute("SELECT value FROM ledger_meta WHERE key='format_version'")
-    tiled = version.fetchone()[0] == "3"
-    rows = raw.execute("SELECT node, hash FROM ledger_tree ORDER BY node")
-    return list(stored_rows(((r[0], bytes(r[1])) for r in rows.fetchall()), tiled))
+    layout = {"2": "nodes", "3": "tiles", "4": "inline"}[version.fetchone()[0]]
+    if layout == "inline":
+        rows = raw.execute(
+            "SELECT position, tree FROM ledger_events WHERE tree IS NOT NULL ORDER BY position"
+        )
+    else:
+        rows = raw.execute("SELECT node, hash FROM ledger_tree ORDER BY node")
+    return list(stored_rows(((r[0], bytes(r[1])) for r in rows.fetchall()), layout))
+
+
+def mark_format(location, version: str) -> None:
+    """Mark the ledger at ``location`` as of format ``version`` (2 or 3): done to a new, empty
+    ledger, it makes one that keeps its tree as a ledger created before format 4 does."""
+    raw = open_raw(location)
+    assert raw.execute("SELECT COUNT(*) FROM ledger_events").fetchone()[0] == 0
+    raw.execute("UPDATE ledger_meta SET value=? WHERE key='format_version'", (version,))
+    raw.commit()
+    raw.close()
 
 
 def stored_rows_of(location) -> list[tuple[int, int]]:
@@ -47,10 +68,10 @@ def stored_rows_of(location) -> list[tuple[int, int]]:
     return [(r[0] // 64, r[0] % 64) for r in rows]
 
 
-def expected_nodes(hashes: list[bytes], tiled: bool = True) -> list[tuple[int, int, bytes]]:
-    """Every perfect subtree of two or more leaves, computed from scratch: a format-2 ledger
-    stores them all; a format-3 one (``tiled``) all but those of its last, unfinished block
-    of 8, whose tile is not written yet."""
+def expected_nodes(hashes: list[bytes], tiled: bool = False) -> list[tuple[int, int, bytes]]:
+    """Every perfect subtree of two or more leaves, computed from scratch: a format-2 or 4
+    ledger stores them all; a format-3 one (``tiled``) all but those of its last, unfinished
+    block of 8, whose tile is not written yet."""
     leaves = [leaf_hash(h) for h in hashes]
     complete = len(leaves) // 8 * 8 if tiled else len(leaves)
     found = []
@@ -146,13 +167,21 @@ def test_a_checkpoint_signs_the_root_and_is_a_c2sp_note(ledger_factory, clock, i
     assert Checkpoint.parse(cp.to_text()) == cp and cp.signature_valid()
 
 
-def test_a_damaged_stored_node_is_named_not_served(ledger_factory, clock, ledger_path):
+@pytest.mark.parametrize("version", ["4", "3"])
+def test_a_damaged_stored_node_is_named_not_served(ledger_factory, clock, ledger_path, version):
+    if version != "4":
+        ledger_factory().close()
+        mark_format(ledger_path, version)
     ledger = ledger_factory()
     populate(ledger, clock, sessions=4, notes=3, with_keys=False)  # 16 events
     ledger.close()
     raw = sqlite3.connect(ledger_path)
-    raw.execute("DROP TRIGGER ledger_tree_no_delete")
-    raw.execute("DELETE FROM ledger_tree WHERE node=8*64+3")
+    if version == "4":  # the node of level 3 ending at 8 is the third hash of the event's row
+        raw.execute("DROP TRIGGER ledger_events_no_update")
+        raw.execute("UPDATE ledger_events SET tree=substr(tree, 1, 64) WHERE position=8")
+    else:  # the tile of the first 8 events is the row of that node
+        raw.execute("DROP TRIGGER ledger_tree_no_delete")
+        raw.execute("DELETE FROM ledger_tree WHERE node=8*64+3")
     raw.commit()
     raw.close()
     reopened = ledger_factory()
@@ -160,10 +189,21 @@ def test_a_damaged_stored_node_is_named_not_served(ledger_factory, clock, ledger
         reopened.inclusion_proof(12)
 
 
-def test_the_tree_table_is_append_only(ledger_factory, clock, ledger_path):
+@pytest.mark.parametrize("version", ["4", "3"])
+def test_the_stored_tree_is_append_only(ledger_factory, clock, ledger_path, version):
+    if version != "4":
+        ledger_factory().close()
+        mark_format(ledger_path, version)
     ledger = ledger_factory()
     populate(ledger, clock, sessions=3, notes=1)  # 9 events: the node of the first 8 is stored
     raw = sqlite3.connect(ledger_path)
+    if version == "4":
+        column = raw.execute("SELECT tree FROM ledger_events WHERE position=8").fetchone()[0]
+        assert len(column) == 3 * 32  # the nodes of 2, 4 and 8 events ending there
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            raw.execute("UPDATE ledger_events SET tree=zeroblob(96) WHERE position=8")
+        assert raw.execute("SELECT count(*) FROM ledger_tree").fetchone() == (0,)
+        return
     assert raw.execute("SELECT count(*) FROM ledger_tree").fetchone() == (1,)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         raw.execute("UPDATE ledger_tree SET hash=zeroblob(32)")
@@ -301,3 +341,17 @@ def test_many_inclusion_proofs_from_one_statement_are_each_the_single_one(
         proof.check()
     with pytest.raises(ProofRequestError, match="position 22"):
         ledger.inclusion_proofs([3, 22])
+
+
+def test_each_events_tree_column_holds_the_nodes_it_completes_and_a_gap_is_refused():
+    """Format 4's column of the event at position p: the nodes ending at p, levels 1, 2, ...
+    (p's trailing zero bits say how many), as the naive recomputation has them; rows with a
+    gap in their positions are refused by name, not given a tree."""
+    hashes = [bytes([i]) * 32 for i in range(1, 41)]
+    rows = [(p, *[None] * 8, h) for p, h in enumerate(hashes, start=1)]
+    columns = [row[-1] for row in with_tree_column(rows)]
+    assert [len(c or b"") // 32 for c in columns[:8]] == [0, 1, 0, 2, 0, 1, 0, 3]
+    found = [n for p, c in enumerate(columns, start=1) if c for n in inline_nodes(p, c)]
+    assert found == expected_nodes(hashes)
+    with pytest.raises(LedgerCorrupted, match="position 12 follows 10"):
+        list(with_tree_column(rows[:10] + rows[11:]))

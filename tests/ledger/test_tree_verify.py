@@ -9,17 +9,32 @@ import sqlite3
 
 import pytest
 from l2_session.infrastructure.ledger import Checkpoint
+from l2_session.infrastructure.ledger.format import FORMAT_VERSION
 from l2_session.infrastructure.ledger.verify import ProblemKind as K
 from l2_session.infrastructure.ledger.verify import verify
 from ledger_aggregates import Conversation
-from tampering import cover_tracks, open_as_attacker, rechain_from
+from tampering import (
+    add_level_1_node,
+    change_node,
+    cover_tracks,
+    drop_top_node,
+    format_of,
+    open_as_attacker,
+    rechain_from,
+)
+from test_tree import mark_format
 
 CHUNK = 16  # rows per verify task: 100 events make several ranges, with seams
 
 
-@pytest.fixture
-def built(ledger_factory, clock, identity):
-    """100 events in saves of one (round robin over 5 sessions), a checkpoint at 55 and 100."""
+@pytest.fixture(params=["4", "3"])
+def built(request, ledger_factory, ledger_location, clock, identity):
+    """100 events in saves of one (round robin over 5 sessions), a checkpoint at 55 and 100,
+    in format 4 (the tree in the events' rows) or 3 (tiles in ledger_tree: marked before the
+    first event, as a ledger created before format 4 is)."""
+    if request.param != str(FORMAT_VERSION):
+        ledger_factory().close()
+        mark_format(ledger_location, request.param)
     ledger = ledger_factory(snapshot_interval=None)
     conversations = [Conversation(peer=f"p{i}") for i in range(5)]
     for step in range(19):
@@ -61,71 +76,51 @@ def test_a_stored_checkpoint_is_checked_against_the_root_it_signed(
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize(("position", "level"), [(16, 4), (32, 5), (64, 6), (96, 5)])
+@pytest.mark.parametrize(
+    ("position", "level"),
+    [(2, 1), (8, 3), (16, 4), (32, 5), (46, 1), (64, 6), (92, 2), (96, 5)],
+)
 def test_a_changed_stored_node_is_reported_where_it_ends(
     built, tmp_path, ledger_path, workers, position, level
 ):
+    """Format 4 keeps a node in the row of the event that completes it; format 3 keeps levels
+    1 to 3 in tiles (the row of a level-3 node holds the 7 nodes of its 8 events), and verify
+    ranges of 16 events cut blocks of 8 in two where workers > 1."""
     copy = tmp_path / "copy.sqlite3"
     shutil.copy(ledger_path, copy)
-    db = open_as_attacker(copy)
-    db.execute("DROP TRIGGER ledger_tree_no_update")
-    db.execute("UPDATE ledger_tree SET hash=zeroblob(32) WHERE node=?", (64 * position + level,))
-    db.commit()
-    report = verify(copy, workers=workers, chunk_events=CHUNK)
-    assert [(p.kind, p.position) for p in report.problems] == [(K.TREE_MISMATCH, position)]
-    assert "differs from the recomputed one" in report.problems[0].detail
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize(
-    ("position", "level", "tile", "index"),
-    [(2, 1, 8, 0), (8, 3, 8, 6), (46, 1, 48, 3), (92, 2, 96, 2)],
-)
-def test_a_changed_node_in_a_tile_is_reported_where_it_ends(
-    built, tmp_path, ledger_path, workers, position, level, tile, index
-):
-    """Format 3 keeps levels 1 to 3 in tiles (the row of a level-3 node holds the 7 nodes of
-    its 8 events); verify ranges of 16 events cut blocks of 8 in two where workers > 1."""
-    copy = tmp_path / "copy.sqlite3"
-    shutil.copy(ledger_path, copy)
-    db = open_as_attacker(copy)
-    db.execute("DROP TRIGGER ledger_tree_no_update")
-    db.execute(
-        "UPDATE ledger_tree SET hash = substr(hash, 1, ?) || zeroblob(32) || substr(hash, ?) "
-        "WHERE node=?",
-        (32 * index, 32 * index + 33, 64 * tile + 3),
-    )
-    assert (
-        len(db.execute("SELECT hash FROM ledger_tree WHERE node=?", (64 * tile + 3,)).fetchone()[0])
-        == 224
-    )
-    db.commit()
+    change_node(open_as_attacker(copy), position, level)
     report = verify(copy, workers=workers, chunk_events=CHUNK)
     assert [(p.kind, p.position) for p in report.problems] == [(K.TREE_MISMATCH, position)]
     assert f"tree node of level {level}: the stored hash differs" in report.problems[0].detail
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_tile_of_the_wrong_length_is_reported_with_the_nodes_it_lost(
+def test_a_tile_or_tree_column_of_the_wrong_length_is_reported_with_the_nodes_it_lost(
     built, tmp_path, ledger_path, workers
 ):
+    """Cut to 64 bytes: format 4's column of position 24 (levels 1 to 3) loses its level-3
+    node; format 3's tile ending at 24 (7 nodes) is no tile, and all its nodes are lost."""
     copy = tmp_path / "copy.sqlite3"
     shutil.copy(ledger_path, copy)
     db = open_as_attacker(copy)
-    db.execute("DROP TRIGGER ledger_tree_no_update")
-    db.execute("UPDATE ledger_tree SET hash = substr(hash, 1, 192) WHERE node=64*24+3")
+    if format_of(db) == b"4":
+        db.execute("UPDATE ledger_events SET tree = substr(tree, 1, 64) WHERE position=24")
+        lost = [(24, "tree node of level 3")]
+    else:
+        db.execute("UPDATE ledger_tree SET hash = substr(hash, 1, 64) WHERE node=64*24+3")
+        lost = [
+            (18, "tree node of level 1"),
+            (20, "tree node of level 1"),
+            (20, "tree node of level 2"),
+            (22, "tree node of level 1"),
+            (24, "tree node of level 1"),
+            (24, "tree node of level 2"),
+            (24, "tree node of level 3"),
+        ]
     db.commit()
     report = verify(copy, workers=workers, chunk_events=CHUNK)
     found = sorted((p.position, p.detail.split(":")[0]) for p in report.problems)
-    assert found == [
-        (18, "tree node of level 1"),
-        (20, "tree node of level 1"),
-        (20, "tree node of level 2"),
-        (22, "tree node of level 1"),
-        (24, "tree node of level 1"),
-        (24, "tree node of level 2"),
-        (24, "tree node of level 3"),
-    ]
+    assert found == lost
     assert {p.kind for p in report.problems} == {K.TREE_MISMATCH}
 
 
@@ -134,10 +129,8 @@ def test_a_missing_and_an_extra_stored_node_are_reported(built, tmp_path, ledger
     copy = tmp_path / "copy.sqlite3"
     shutil.copy(ledger_path, copy)
     db = open_as_attacker(copy)
-    db.execute("DROP TRIGGER ledger_tree_no_delete")
-    db.execute("DELETE FROM ledger_tree WHERE node=64*64+6")
-    db.execute("INSERT INTO ledger_tree VALUES (51*64+1, zeroblob(32))")
-    db.commit()
+    drop_top_node(db, 64, 6)
+    add_level_1_node(db, 51)
     report = verify(copy, workers=workers, chunk_events=CHUNK)
     found = sorted((p.position, p.detail) for p in report.problems)
     assert found == [
@@ -176,10 +169,7 @@ def test_without_an_anchor_the_report_says_its_signers_are_unanchored(built, ide
 def test_check_tree_false_skips_the_tree_and_nothing_else(built, tmp_path, ledger_path, workers):
     copy = tmp_path / "copy.sqlite3"
     shutil.copy(ledger_path, copy)
-    db = open_as_attacker(copy)
-    db.execute("DROP TRIGGER ledger_tree_no_update")
-    db.execute("UPDATE ledger_tree SET hash=zeroblob(32) WHERE node=64*64+6")
-    db.commit()
+    change_node(open_as_attacker(copy), 64, 6)
     skipped = verify(copy, workers=workers, chunk_events=CHUNK, check_tree=False)
     assert skipped.ok and skipped.tree_root is None and not skipped.tree_checked
     assert skipped.stored_checkpoints == 2  # their head hashes are still checked

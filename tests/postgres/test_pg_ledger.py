@@ -253,7 +253,7 @@ def test_a_forged_row_signed_by_an_unknown_key_is_reported(
     from l2_session.infrastructure.ledger.format import event_hash, lp
 
     ledger = open_pg()
-    for n in range(7):  # the forged row is the 8th: it would complete the first tile
+    for n in range(7):  # the forged row is the 8th: it would complete nodes of 2, 4 and 8
         ledger.save(Counter(f"peer {n}"))
     forger = NodeIdentity.generate()
     with owner(pg_location) as conn:
@@ -269,8 +269,8 @@ def test_a_forged_row_signed_by_an_unknown_key_is_reported(
             (pos + 1, ts, bytes(32), bytes(prev), h, forger.did, forger.sign(h)),
         )
     report = verify(ledger)
-    # The forger inserted no tree row: the stored tree tells too, where the row completes one
-    # (a tile, at every 8th position: the nodes of a block have no row before its 8th event).
+    # The forger's row holds no tree nodes (its tree column is empty): the stored tree tells
+    # too, where the row completes nodes (at every even position).
     assert pos + 1 == 8
     assert report.kinds_at(pos + 1) == {ProblemKind.UNKNOWN_SIGNER, ProblemKind.TREE_MISMATCH}
 
