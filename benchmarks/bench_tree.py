@@ -3,10 +3,11 @@ cost and what they serve.
 
 Targets:
 - appends with the tree >= 0.95 x the same ledger with the tree off (``has_tree = False``:
-  the same code, no ``ledger_tree`` rows), for saves of 200 sessions at once and for one
-  session per save on one thread. Each repetition saves the same sessions to two fresh
-  ledgers, one with the tree and one without, save by save in alternating order (``_paired``);
-  the figure is the median of the repetitions' ratios;
+  the same code, no tree nodes in the events' rows), for saves of 200 sessions at once and
+  for one session per save on one thread. Beside them, as a contrast, one session per save
+  in format 3, whose tree has a table of its own (tiles). Each repetition saves the same
+  sessions to two fresh ledgers, one with the tree and one without, save by save in
+  alternating order (``_paired``); the figure is the median of the repetitions' ratios;
 - inclusion and consistency proofs served >= 20,000/s on a 1,000,000-event ledger, one
   thread: inclusion of random positions in the tree of all events, consistency from random
   earlier sizes to it (a sample is checked first; serving is what is timed), median of three
@@ -35,8 +36,9 @@ from typing import Any
 
 from l2_session.infrastructure.identity import NodeIdentity
 from l2_session.infrastructure.ledger import SessionLedger
+from l2_session.infrastructure.ledger.format import FORMAT_VERSION
 from l2_session.infrastructure.ledger.merkle import Frontier
-from l2_session.infrastructure.ledger.tree import grow
+from l2_session.infrastructure.ledger.tree import grow, grow_inline
 from l2_session.infrastructure.ledger.verify import verify
 
 from benchmarks.common import figure, median, scratch_dir, timed, timed_call
@@ -50,17 +52,29 @@ BATCH_SESSIONS = 200
 BATCH_PROOFS = 100  # inclusion proofs asked at once (inclusion_proofs: an export's requests)
 
 
-def _paired(work: Path, count: int, seed: int, batched: bool) -> dict[bool, float]:
+def _ledger(path: Path, version: str | None) -> SessionLedger:
+    """A new ledger at ``path``, of the format a new ledger gets, or marked ``version`` (an
+    older one) before its first event."""
+    identity, key = NodeIdentity.generate(), os.urandom(32)
+    if version is not None:
+        SessionLedger(path, identity=identity, storage_key=key).close()
+        db = sqlite3.connect(path)
+        db.execute("UPDATE ledger_meta SET value=? WHERE key='format_version'", (version,))
+        db.commit()
+        db.close()
+    return SessionLedger(path, identity=identity, storage_key=key)
+
+
+def _paired(
+    work: Path, count: int, seed: int, batched: bool, version: str | None = None
+) -> dict[bool, float]:
     """Seconds spent saving ``count`` sessions (5 events each) to a new ledger with the tree
     (True) and to another without it (False): the same saves, interleaved — each save to one
     ledger next to the same save to the other, in alternating order — so that the shared
-    host's drift, which moves a second-long run by ±20 %, weighs on both alike."""
+    host's drift, which moves a second-long run by ±20 %, weighs on both alike. ``version``:
+    both ledgers in that older format."""
     ledgers = {
-        tree: SessionLedger(
-            work / f"{seed}-{batched}-{tree}.sqlite3",
-            identity=NodeIdentity.generate(),
-            storage_key=os.urandom(32),
-        )
+        tree: _ledger(work / f"{seed}-{batched}-{tree}-{version}.sqlite3", version)
         for tree in (True, False)
     }
     groups: dict[bool, list[list[Any]]] = {}
@@ -86,15 +100,16 @@ def _paired(work: Path, count: int, seed: int, batched: bool) -> dict[bool, floa
 def append_ratios(quick: bool) -> dict[str, Any]:
     repeat = 2 if quick else 5
     modes = {
-        f"save(*{BATCH_SESSIONS} sessions)": (True, 400 if quick else 4000),
-        "save() per session, 1 thread": (False, 200 if quick else 1000),
+        f"save(*{BATCH_SESSIONS} sessions)": (True, 400 if quick else 4000, None),
+        "save() per session, 1 thread": (False, 200 if quick else 1000, None),
+        "save() per session, 1 thread, format 3 (tiles)": (False, 200 if quick else 1000, "3"),
     }
     out: dict[str, Any] = {}
     with scratch_dir("tree-append-") as work:
-        for name, (batched, count) in modes.items():
+        for name, (batched, count, version) in modes.items():
             ratios, with_rates, without_rates = [], [], []
             for r in range(repeat):
-                seconds = _paired(work, count, seed=r, batched=batched)
+                seconds = _paired(work, count, seed=r, batched=batched, version=version)
                 events = count * 5
                 with_rates.append(events / seconds[True])
                 without_rates.append(events / seconds[False])
@@ -104,23 +119,30 @@ def append_ratios(quick: bool) -> dict[str, Any]:
                 "ratios": ratios,
                 "with_tree": median(with_rates),
                 "without_tree": median(without_rates),
+                "format": version or str(FORMAT_VERSION),
             }
     return out
 
 
-def _tree_alone(path: Path, hashes: list[bytes], batch: int, tiled: bool) -> float:
+def _tree_alone(path: Path, hashes: list[bytes], batch: int, layout: str) -> float:
     """µs per event of growing the tree and inserting its rows, ``batch`` events a
-    transaction, on a new SQLite file at ``path`` (WAL, synchronous=NORMAL)."""
+    transaction, on a new SQLite file at ``path`` (WAL, synchronous=NORMAL); in format 4
+    (``inline``) the hashing alone: its bytes ride in the events' rows."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("CREATE TABLE t (node INTEGER PRIMARY KEY, hash BLOB NOT NULL)")
-        tree, tile = Frontier(), ([] if tiled else None)
+        tree, tile = Frontier(), ([] if layout == "tiles" else None)
         spent = 0.0
         for i in range(0, len(hashes), batch):
             db.execute("BEGIN")
             start = time.perf_counter()
+            if layout == "inline":
+                grow_inline(tree, hashes[i : i + batch])
+                spent += time.perf_counter() - start
+                db.execute("COMMIT")
+                continue
             rows = grow(tree, hashes[i : i + batch], tile)
             if rows:
                 db.executemany("INSERT INTO t (node, hash) VALUES (?,?)", rows)
@@ -132,19 +154,20 @@ def _tree_alone(path: Path, hashes: list[bytes], batch: int, tiled: bool) -> flo
 
 
 def tree_alone(quick: bool) -> dict[str, Any]:
-    """The tree's own cost per event, tiles (format 3) against a row per node (format 2), in
-    saves of 1,000 events (the batched appends') and of 5 (one session's), alternating; the
-    median of 4 repetitions."""
+    """The tree's own cost per event, tiles (format 3) against a row per node (format 2), and
+    format 4's hashing, in saves of 1,000 events (the batched appends') and of 5 (one
+    session's), alternating; the median of 4 repetitions."""
     rng = random.Random(7)
     hashes = [rng.randbytes(32) for _ in range(20_000 if quick else 200_000)]
     found: dict[str, Any] = {}
     with scratch_dir("tree-alone") as work:
         for batch in (1000, 5):
-            times: dict[str, list[float]] = {"tiles": [], "nodes": []}
+            layouts = ["inline", "tiles", "nodes"]
+            times: dict[str, list[float]] = {layout: [] for layout in layouts}
             for rep in range(4):
-                for layout in ("nodes", "tiles") if rep % 2 else ("tiles", "nodes"):
+                for layout in layouts[::-1] if rep % 2 else layouts:
                     path = work / f"{layout}-{batch}-{rep}.sqlite3"
-                    times[layout].append(_tree_alone(path, hashes, batch, layout == "tiles"))
+                    times[layout].append(_tree_alone(path, hashes, batch, layout))
             found[str(batch)] = {k: median(v) for k, v in times.items()} | {"runs": times}
     return found
 
@@ -294,11 +317,16 @@ def run(quick: bool) -> dict[str, Any]:
     hour = witnessing_hour()
     figures = []
     for name, found in appends.items():
+        rates = f"{found['with_tree']:,.0f} vs {found['without_tree']:,.0f} events/s"
+        if found["format"] != str(FORMAT_VERSION):  # an older format's: a contrast
+            figures.append(
+                figure(f"  append with tree / without, {name}", found["ratio"], "x", note=rates)
+            )
+            continue
         figures.append(
             figure(
                 f"append with tree / without, {name}", found["ratio"], "x",
-                target=f">= {TARGET_APPEND}", ok=found["ratio"] >= TARGET_APPEND,
-                note=f"{found['with_tree']:,.0f} vs {found['without_tree']:,.0f} events/s",
+                target=f">= {TARGET_APPEND}", ok=found["ratio"] >= TARGET_APPEND, note=rates,
             )
         )  # fmt: skip
     for batch, what in (("1000", "1,000 events a save"), ("5", "5 events a save")):
@@ -307,7 +335,8 @@ def run(quick: bool) -> dict[str, Any]:
             figure(
                 f"  the tree alone, tiles / a row per node, {what}",
                 costs["tiles"] / costs["nodes"], "x",
-                note=f"{costs['tiles']:.2f} vs {costs['nodes']:.2f} µs an event",
+                note=f"{costs['tiles']:.2f} vs {costs['nodes']:.2f} µs an event; "
+                f"format 4's hashing {costs['inline']:.2f}",
             )
         )  # fmt: skip
     for kind in ("inclusion", "consistency"):
