@@ -37,10 +37,12 @@ def _streamed(url: str, name: str, statement: str, params: Any) -> Iterator[Any]
 
 
 @contextmanager
-def range_rows(url: str, lo: int, hi: int) -> Iterator[Any]:
-    """Rows of ``ROW_COLUMNS`` with ``lo <= position <= hi``, in position order."""
+def range_rows(url: str, lo: int, hi: int, tree_column: bool = False) -> Iterator[Any]:
+    """Rows of ``ROW_COLUMNS`` (and ``tree`` after them if ``tree_column``) with ``lo <=
+    position <= hi``, in position order."""
+    columns = ROW_COLUMNS + (", tree" if tree_column else "")
     statement = (
-        f"SELECT {ROW_COLUMNS} FROM {{schema}}.{EVENTS_TABLE} "
+        f"SELECT {columns} FROM {{schema}}.{EVENTS_TABLE} "
         "WHERE position BETWEEN %s AND %s ORDER BY position"
     )
     with _streamed(url, "l2s_verify", statement, (lo, hi)) as rows:
@@ -55,18 +57,6 @@ def range_nodes(url: str, first: int, last: int) -> Iterator[Any]:
     )
     with _streamed(url, "l2s_verify_tree", statement, (first, last)) as rows:
         yield ((node, bytes(value)) for node, value in rows)
-
-
-@contextmanager
-def range_columns(url: str, lo: int, hi: int) -> Iterator[Any]:
-    """Format 4: the events' (position, tree column) with ``lo <= position <= hi`` where the
-    column is not empty, in position order."""
-    statement = (
-        f"SELECT position, tree FROM {{schema}}.{EVENTS_TABLE} "
-        "WHERE position BETWEEN %s AND %s AND tree IS NOT NULL ORDER BY position"
-    )
-    with _streamed(url, "l2s_verify_tree", statement, (lo, hi)) as rows:
-        yield ((position, bytes(value)) for position, value in rows)
 
 
 def select_rows(url: str, statement: str, params: Any) -> list[tuple[int, str, bytes]]:

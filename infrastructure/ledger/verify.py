@@ -60,7 +60,12 @@ from l2_session.infrastructure.ledger.verify_sources import (
     stored_tree_and_checkpoints,
     witnessed_events,
 )
-from l2_session.infrastructure.ledger.verify_tree import RangeTree, TreeStitch, stored_rows
+from l2_session.infrastructure.ledger.verify_tree import (
+    RangeTree,
+    TreeStitch,
+    stored_rows,
+    with_columns,
+)
 
 __all__ = ["Problem", "ProblemKind", "VerificationReport", "verify"]
 
@@ -137,10 +142,16 @@ def _verify_range(
 ) -> _RangeResult:
     out = _RangeResult()
     try:
-        with range_rows(path, lo, hi) as rows, range_nodes(path, lo, hi, layout) as nodes:
+        inline = recompute and layout == "inline"  # the tree comes with the events
+        with (
+            range_rows(path, lo, hi, tree_column=inline) as rows,
+            range_nodes(path, lo, hi, layout) as nodes,
+        ):
             if recompute:
                 stored = None if nodes is None else stored_rows(nodes, layout or "nodes", lo, hi)
-                out.tree = RangeTree(stored, pins, tiles_end)
+                out.tree = RangeTree(stored, pins, tiles_end, inline=inline)
+                if inline:
+                    rows = with_columns(rows, out.tree)
             _check_rows(out, rows, trusted, pins)
             if out.tree is not None:
                 out.tree.finish()

@@ -49,17 +49,18 @@ def _sqlite_rows(path: str, statement: str, params: Any) -> Iterator[Iterable[An
 
 
 @contextmanager
-def range_rows(source: str, lo: int, hi: int) -> Iterator[Iterable[Any]]:
-    """The rows (EVENT_COLUMNS) with ``lo <= position <= hi`` of either backend's ledger."""
+def range_rows(source: str, lo: int, hi: int, tree_column: bool = False) -> Iterator[Iterable[Any]]:
+    """The rows (EVENT_COLUMNS, and the column ``tree`` after them if ``tree_column``: format
+    4) with ``lo <= position <= hi`` of either backend's ledger."""
     if is_postgres_url(source):
         from l2_session.infrastructure.ledger.pg_verify import range_rows as pg_range_rows
 
-        with pg_range_rows(source, lo, hi) as rows:
+        with pg_range_rows(source, lo, hi, tree_column) as rows:
             yield rows
         return
+    columns = ", ".join(EVENT_COLUMNS) + (", tree" if tree_column else "")
     statement = (
-        f"SELECT {', '.join(EVENT_COLUMNS)} FROM {EVENTS_TABLE} "
-        "WHERE position BETWEEN ? AND ? ORDER BY position"
+        f"SELECT {columns} FROM {EVENTS_TABLE} WHERE position BETWEEN ? AND ? ORDER BY position"
     )
     with _sqlite_rows(source, statement, (lo, hi)) as rows:
         yield rows
@@ -69,26 +70,12 @@ def range_rows(source: str, lo: int, hi: int) -> Iterator[Iterable[Any]]:
 def range_nodes(
     source: str, lo: int, hi: int, layout: str | None
 ) -> Iterator[Iterable[Any] | None]:
-    """The stored tree rows (node, hash) of positions ``lo`` to ``hi`` — in format 3 up to the
-    tile holding ``hi`` (``tile_bound``) —, in node order, that is (position, level) order; in
-    format 4 the events' (position, tree column) where it is not empty, in position order;
-    None for a ledger without a stored tree."""
-    if layout is None:
+    """The ledger_tree rows (node, hash) of positions ``lo`` to ``hi`` — in format 3 up to the
+    tile holding ``hi`` (``tile_bound``) —, in node order, that is (position, level) order;
+    None for a ledger without a stored tree, and in format 4, whose tree comes with the
+    events (``range_rows``)."""
+    if layout is None or layout == "inline":
         yield None
-        return
-    if layout == "inline":
-        if is_postgres_url(source):
-            from l2_session.infrastructure.ledger.pg_verify import range_columns
-
-            with range_columns(source, lo, hi) as rows:
-                yield rows
-            return
-        statement = (
-            f"SELECT position, tree FROM {EVENTS_TABLE} "
-            "WHERE position BETWEEN ? AND ? AND tree IS NOT NULL ORDER BY position"
-        )
-        with _sqlite_rows(source, statement, (lo, hi)) as rows:
-            yield rows
         return
     bounds = (LEVELS * lo, tile_bound(hi) if layout == "tiles" else LEVELS * hi + LEVELS - 1)
     if is_postgres_url(source):

@@ -13,8 +13,9 @@ kept at that position.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from l2_session.infrastructure.ledger.merkle import blake3_hash, fold, leaf_hash, node_hash
 from l2_session.infrastructure.ledger.tree import LEVELS, TILE, TILE_LEVEL, inline_nodes, tile_nodes
@@ -33,11 +34,15 @@ def _problem(position: int, level: int, detail: str) -> Problem:
 @dataclass
 class RangeTree:
     """The tree work of one verify range; ``stored`` streams its stored nodes in (position,
-    level) order (``stored_rows``), or is None for a ledger without a stored tree."""
+    level) order (``stored_rows``), or is None for a ledger without a stored tree, and in
+    format 4 (``inline``), where ``column`` is the tree column of the event ``add`` is given
+    next (``with_columns`` sets it as the rows are read)."""
 
     stored: Iterator[NodeRow] | None
     pins: frozenset[int] = frozenset()
     tiles_end: int | None = None  # format 3: nodes of levels 1, 2 after it have no tile yet
+    inline: bool = False
+    column: object = None
     blocks: list[Block] = field(default_factory=list)
     at_pins: dict[int, list[Block]] = field(default_factory=dict)
     spanning: list[NodeRow] = field(default_factory=list)  # stored nodes reaching before the range
@@ -58,13 +63,35 @@ class RangeTree:
         self.next_position = position + 1
         level, index, value = 0, position - 1, leaf_hash(event_hash)
         blocks = self.blocks
+        made: list[bytes] = []
         while index & 1 and blocks and blocks[-1][0] == level and blocks[-1][1] == index - 1:
             value = node_hash(blocks.pop()[2], value)
             level, index = level + 1, index >> 1
-            self._compare(position, level, value)
+            if self.inline:
+                made.append(value)
+            else:
+                self._compare(position, level, value)
+        if self.inline:
+            self._compare_column(position, made)
         blocks.append((level, index, value))
         if position in self.pins:
             self.at_pins[position] = list(blocks)
+
+    def _compare_column(self, position: int, made: list[bytes]) -> None:
+        """Format 4: the nodes ``position`` completes within the range (levels 1 up) against
+        its event's tree column. Stored nodes past them reach before the range (up to the
+        parent) or are not the tree's."""
+        column = self.column
+        stored = inline_nodes(position, column) if isinstance(column, bytes) else []
+        for level, value in enumerate(made, start=1):
+            if level > len(stored):
+                self.problems.append(_problem(position, level, "missing from the stored tree"))
+            elif stored[level - 1][2] != value:
+                self.problems.append(
+                    _problem(position, level, "the stored hash differs from the recomputed one")
+                )
+        for row in stored[len(made) :]:
+            self._set_aside(row)
 
     def _next_stored(self) -> NodeRow | None:
         if self._ahead is None and self.stored is not None:
@@ -169,23 +196,16 @@ def stored_rows(
     lo: int = 1,
     hi: int | None = None,
 ) -> Iterator[NodeRow]:
-    """The stored tree as read (``range_nodes``; any types a damaged file holds) as (position,
-    level, hash) of the range ``lo`` to ``hi``, in (position, level) order; a row that is not
-    an integer and bytes is skipped here, and reported as missing where the tree needs it.
-
-    In formats 2 and 3 the rows are ledger_tree's (node, hash). A tile row of format 3
+    """ledger_tree's rows (node, hash) as read (``range_nodes``; any types a damaged file holds)
+    as (position, level, hash) of the range ``lo`` to ``hi``, in (position, level) order; a
+    row that is not an integer and bytes is skipped here, and reported as missing where the
+    tree needs it. A tile row of format 3
     (``layout`` "tiles") is its 7 nodes, of which those at positions in the range: the range
     that holds the tile's first nodes and not its row reads the row too (``tile_bound``), and
     a tile of the wrong length is one node of level 3 that will not match. A tile's nodes
     reach 6 positions back, before rows read ahead of it: they are put in order in a heap,
-    and each node leaves it once no later row can come before it. In format 4 (``inline``)
-    the rows are the events' (position, tree column): a column is its nodes, levels 1, 2, ...
-    (``inline_nodes``; a trailing part shorter than a hash is not one)."""
-    if layout == "inline":
-        for position, column in rows:
-            if type(position) is int and isinstance(column, bytes):
-                yield from inline_nodes(position, column)
-        return
+    and each node leaves it once no later row can come before it. (Format 4's tree comes with
+    the events: ``RangeTree.column``.)"""
     tiled = layout == "tiles"
     waiting: list[NodeRow] = []
     for node, value in rows:
@@ -202,6 +222,14 @@ def stored_rows(
             yield heapq.heappop(waiting)
     while waiting:
         yield heapq.heappop(waiting)
+
+
+def with_columns(rows: Iterable[Sequence[Any]], tree: RangeTree) -> Iterator[Sequence[Any]]:
+    """Format 4's rows (the event's columns, then ``tree``) as the event's columns alone, each
+    one's tree column handed to ``tree`` as it is read."""
+    for row in rows:
+        tree.column = row[-1]
+        yield row[:-1]
 
 
 def untiled(tiles_end: int | None, position: int, level: int) -> bool:

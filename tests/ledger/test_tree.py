@@ -47,8 +47,8 @@ def stored_nodes(location) -> list[tuple[int, int, bytes]]:
         rows = raw.execute(
             "SELECT position, tree FROM ledger_events WHERE tree IS NOT NULL ORDER BY position"
         )
-    else:
-        rows = raw.execute("SELECT node, hash FROM ledger_tree ORDER BY node")
+        return [node for p, column in rows.fetchall() for node in inline_nodes(p, bytes(column))]
+    rows = raw.execute("SELECT node, hash FROM ledger_tree ORDER BY node")
     return list(stored_rows(((r[0], bytes(r[1])) for r in rows.fetchall()), layout))
 
 
