@@ -119,6 +119,11 @@ def snapshot_on_entering_resumable_state(event: Any) -> bool:
     return (getattr(event, "trigger", None), getattr(event, "state", None)) in _ENTERING_RESUMABLE
 
 
+# Inclusion proofs asked together are read this many to a statement (a statement's parameters
+# and parts are bounded: SQLite takes at most 32,766 and 500).
+PROOFS_PER_READ = 1000
+
+
 class LedgerRepository(Repository[UUID]):
     """eventsourcing's Repository, with a cheap answer for a session the ledger does not hold.
 
@@ -491,8 +496,9 @@ class SessionLedger(Application[UUID]):
     def inclusion_proofs(
         self, positions: Sequence[int], size: int | None = None
     ) -> list[InclusionProof]:
-        """``inclusion_proof`` of each of ``positions``, all from one statement: what an
-        export of many events asks (their shared upper nodes are read once)."""
+        """``inclusion_proof`` of each of ``positions``, from one statement per
+        ``PROOFS_PER_READ`` of them, in one read transaction: what an export of many events
+        asks (their shared upper nodes are read once)."""
         recorder = self.ledger_recorder
         for position in positions:
             if isinstance(position, bool) or not isinstance(position, int):
@@ -505,9 +511,13 @@ class SessionLedger(Application[UUID]):
                         f"position {position} is not in a tree of {size} events "
                         f"(positions 1..{size})"
                     )
-            found, tree_root = recorder.tree_sql.inclusion_proofs(
-                cur, [p - 1 for p in positions], size
-            )
+            found: list[tuple[bytes, list[bytes]]] = []
+            tree_root = recorder.tree_sql.root(cur, size)
+            for start in range(0, len(positions), PROOFS_PER_READ):
+                some, tree_root = recorder.tree_sql.inclusion_proofs(
+                    cur, [p - 1 for p in positions[start : start + PROOFS_PER_READ]], size
+                )
+                found += some
         ledger_id = self.ledger_id
         return [
             InclusionProof(ledger_id, p, size, event, tree_root, tuple(hashes))

@@ -71,6 +71,8 @@ MAX_CACHED = 1 << (CACHED_NODES_BITS + 1)  # kept at most (the cache starts over
 MAX_ROOTS = 256  # edges (roots) of tree sizes kept at most
 MAX_PATHS = 1 << 15  # upper paths kept at most (a block's climb through the kept levels)
 EMPTY_ROOT = blake3_hash(b"")
+MAX_RUNS = 64  # runs of positions read as range scans in one statement, at most (_runs)
+SINGLE_PARTS = 16  # format 4: positions read as parts of their own, at most (_select_inline)
 TILE_LEVEL = 3  # format 3: a row of this level holds the nodes of levels 1 to 3 of its block
 TILE = 1 << TILE_LEVEL  # events per tile
 TILE_NODES = TILE - 1  # hashes per tile row
@@ -294,12 +296,18 @@ class TreeSQL:
 
     def _select_inline(self, n_positions: int, n_runs: int) -> str:
         """Format 4: (position, event hash, tree column) of the events at ``n_positions``
-        positions and in ``n_runs`` runs of them, as ``_select``."""
+        positions and in ``n_runs`` runs of them, as ``_select``. The few positions of one
+        proof are a part each (``position = ?``): on SQLite an ``IN`` list of them cost 8-12 %
+        of the proof rate (docs/benchmarks.md, "Merkle tree"); more (proofs asked together)
+        are one ``IN`` list, as SQLite allows at most 500 parts to a compound statement."""
         found = self._selects.get((-1, n_positions, n_runs))
         if found is None:
             m = self.mark
             rows = f"SELECT position, event_hash, tree FROM {self.events} WHERE position"
-            parts = [f"{rows} IN ({','.join([m] * n_positions)})"] if n_positions else []
+            if n_positions <= SINGLE_PARTS:
+                parts = [f"{rows} = {m}"] * n_positions
+            else:
+                parts = [f"{rows} IN ({','.join([m] * n_positions)})"]
             parts += [f"{rows} BETWEEN {m} AND {m}"] * n_runs
             found = self._selects[-1, n_positions, n_runs] = " UNION ALL ".join(parts)
         return found
@@ -543,7 +551,9 @@ def _siblings(index: int, low: int, top: int) -> list[int]:
 
 
 def _runs(positions: list[int]) -> tuple[list[int], list[int]]:
-    """Sorted ``positions`` as (the single ones, first and last of each run of two or more)."""
+    """Sorted ``positions`` as (the single ones, first and last of each run of two or more);
+    past ``MAX_RUNS`` runs, the positions of the rest are single ones (a run is a part of the
+    statement, and SQLite allows 500 parts to one)."""
     singles: list[int] = []
     runs: list[int] = []
     i, n = 0, len(positions)
@@ -551,8 +561,8 @@ def _runs(positions: list[int]) -> tuple[list[int], list[int]]:
         j = i
         while j + 1 < n and positions[j + 1] == positions[j] + 1:
             j += 1
-        if j == i:
-            singles.append(positions[i])
+        if j == i or len(runs) >= 2 * MAX_RUNS:
+            singles += positions[i : j + 1]
         else:
             runs += (positions[i], positions[j])
         i = j + 1

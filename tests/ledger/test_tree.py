@@ -343,6 +343,30 @@ def test_many_inclusion_proofs_from_one_statement_are_each_the_single_one(
         ledger.inclusion_proofs([3, 22])
 
 
+@pytest.mark.parametrize("version", ["4", "3"])
+def test_thousands_of_inclusion_proofs_asked_at_once_are_each_the_single_one(
+    ledger_factory, clock, ledger_path, version
+):
+    """More than one statement can hold (SQLite: 500 parts, 32,766 parameters): read in
+    several, in one transaction, and each proof is the one asked alone."""
+    if version != "4":
+        ledger_factory().close()
+        mark_format(ledger_path, version)
+    ledger = ledger_factory()
+    conversations = [Conversation(peer=f"p{i}") for i in range(300)]
+    for c in conversations:
+        for n in range(9):
+            c.note(text=f"note {n}")
+    ledger.save(*conversations)  # 3,000 events in one transaction
+    positions = [*range(2999, 0, -2), 3000]
+    many = ledger.inclusion_proofs(positions)
+    assert [p.position for p in many] == positions
+    for position in positions[::97]:
+        assert many[positions.index(position)] == ledger.inclusion_proof(position)
+    for proof in many:
+        proof.check()
+
+
 def test_each_events_tree_column_holds_the_nodes_it_completes_and_a_gap_is_refused():
     """Format 4's column of the event at position p: the nodes ending at p, levels 1, 2, ...
     (p's trailing zero bits say how many), as the naive recomputation has them; rows with a
