@@ -71,6 +71,7 @@ MAX_CACHED = 1 << (CACHED_NODES_BITS + 1)  # kept at most (the cache starts over
 MAX_ROOTS = 256  # edges (roots) of tree sizes kept at most
 MAX_PATHS = 1 << 15  # upper paths kept at most (a block's climb through the kept levels)
 EMPTY_ROOT = blake3_hash(b"")
+MAX_SELECTS = 256  # statements kept, by the shape of their read (TreeSQL._selects)
 MAX_RUNS = 64  # runs of positions read as range scans in one statement, at most (_runs)
 SINGLE_PARTS = 16  # format 4: positions read as parts of their own, at most (_select_inline)
 TILE_LEVEL = 3  # format 3: a row of this level holds the nodes of levels 1 to 3 of its block
@@ -275,7 +276,8 @@ class TreeSQL:
             if n_leaves:
                 parts.append(f"{leaves} IN ({','.join([m] * n_leaves)})")
             parts += [f"{leaves} BETWEEN {m} AND {m}"] * n_runs
-            found = self._selects[n_nodes, n_leaves, n_runs] = " UNION ALL ".join(parts)
+            found = " UNION ALL ".join(parts)
+            self._keep_select((n_nodes, n_leaves, n_runs), found)
         return found
 
     def read(self, cur: Any, keys: Iterable[int]) -> dict[int, bytes]:
@@ -294,6 +296,13 @@ class TreeSQL:
             found.update(self._fetch(cur, ask))
         return found
 
+    def _keep_select(self, shape: tuple[int, int, int], statement: str) -> None:
+        """Keep a statement made for one shape of read; proofs asked together come in many
+        shapes, so the kept ones start over past ``MAX_SELECTS``."""
+        if len(self._selects) >= MAX_SELECTS:
+            self._selects.clear()
+        self._selects[shape] = statement
+
     def _select_inline(self, n_positions: int, n_runs: int) -> str:
         """Format 4: (position, event hash, tree column) of the events at ``n_positions``
         positions and in ``n_runs`` runs of them, as ``_select``. The few positions of one
@@ -309,7 +318,8 @@ class TreeSQL:
             else:
                 parts = [f"{rows} IN ({','.join([m] * n_positions)})"]
             parts += [f"{rows} BETWEEN {m} AND {m}"] * n_runs
-            found = self._selects[-1, n_positions, n_runs] = " UNION ALL ".join(parts)
+            found = " UNION ALL ".join(parts)
+            self._keep_select((-1, n_positions, n_runs), found)
         return found
 
     def _fetch_inline(self, cur: Any, keys: list[int]) -> dict[int, bytes]:

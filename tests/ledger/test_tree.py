@@ -19,8 +19,10 @@ from l2_session.infrastructure.ledger.merkle import (
     root,
 )
 from l2_session.infrastructure.ledger.tree import (
+    MAX_SELECTS,
     ConsistencyProof,
     InclusionProof,
+    TreeSQL,
     inline_nodes,
     with_tree_column,
 )
@@ -379,3 +381,13 @@ def test_each_events_tree_column_holds_the_nodes_it_completes_and_a_gap_is_refus
     assert found == expected_nodes(hashes)
     with pytest.raises(LedgerCorrupted, match="position 12 follows 10"):
         list(with_tree_column(rows[:10] + rows[11:]))
+
+
+def test_the_statements_kept_for_shapes_of_reads_are_bounded():
+    """Proofs asked together come in as many shapes of read as there are batch sizes: the
+    statements kept for them start over rather than grow with a long-lived ledger."""
+    sql = TreeSQL("?", "ledger_events", "ledger_tree")
+    for n in range(1, 3 * MAX_SELECTS):
+        statement = sql._select_inline(n, n % 3)
+        assert statement.count("?") == n + 2 * (n % 3)
+        assert len(sql._selects) <= MAX_SELECTS
