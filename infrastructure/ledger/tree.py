@@ -73,6 +73,11 @@ MAX_PATHS = 1 << 15  # upper paths kept at most (a block's climb through the kep
 EMPTY_ROOT = blake3_hash(b"")
 MAX_SELECTS = 256  # statements kept, by the shape of their read (TreeSQL._selects)
 MAX_RUNS = 64  # runs of positions read as range scans in one statement, at most (_runs)
+# format 4: a consistency proof reads the positions it needs as one range scan when they lie
+# within this many (they lie in the aligned block of 32 below the kept levels at a million
+# events): 8-10 % more proofs a second than as parts of their own; an inclusion proof's, read
+# so, lost 7-10 % (docs/benchmarks.md, "Merkle tree")
+SPAN = 40
 SINGLE_PARTS = 16  # format 4: positions read as parts of their own, at most (_select_inline)
 TILE_LEVEL = 3  # format 3: a row of this level holds the nodes of levels 1 to 3 of its block
 TILE = 1 << TILE_LEVEL  # events per tile
@@ -322,11 +327,16 @@ class TreeSQL:
             self._keep_select((-1, n_positions, n_runs), found)
         return found
 
-    def _fetch_inline(self, cur: Any, keys: list[int]) -> dict[int, bytes]:
+    def _fetch_inline(self, cur: Any, keys: list[int], span: bool = False) -> dict[int, bytes]:
         """``_fetch`` in format 4: every key is read from the row of the event at its position
-        — a node of level L is the L-th hash of that row's tree column."""
+        — a node of level L is the L-th hash of that row's tree column. ``span``: positions
+        within ``SPAN`` of each other are read as one range."""
         positions = sorted({key >> LEVEL_BITS for key in keys})
-        singles, runs = _runs(positions)
+        if span and positions[-1] - positions[0] < SPAN:
+            singles: list[int] = []
+            runs = [positions[0], positions[-1]]
+        else:
+            singles, runs = _runs(positions)
         cur.execute(self._select_inline(len(singles), len(runs) // 2), [*singles, *runs])
         rows = {position: (event_hash, column) for position, event_hash, column in cur.fetchall()}
         found: dict[int, bytes] = {}
@@ -357,12 +367,12 @@ class TreeSQL:
                 cached[key] = value
         return found
 
-    def _fetch(self, cur: Any, keys: list[int]) -> dict[int, bytes]:
+    def _fetch(self, cur: Any, keys: list[int], span: bool = False) -> dict[int, bytes]:
         """``read`` of keys none of which is kept; what it reads of the kept levels is kept.
         In format 3 a node of level 1 to 3 is cut from its tile, or, in the last block, which
         has no tile yet, folded from the block's events: both read in the same statement."""
         if self.inline:
-            return self._fetch_inline(cur, keys)
+            return self._fetch_inline(cur, keys, span)
         nodes: list[int] = []
         positions: list[int] = []
         tiled: list[tuple[int, int, int]] = []  # (key, its tile's key, its offset there)
@@ -421,12 +431,13 @@ class TreeSQL:
         return found
 
     def _climb(
-        self, cur: Any, index: int, low: int, top: int, extra: int
+        self, cur: Any, index: int, low: int, top: int, extra: int, span: bool = False
     ) -> tuple[list[bytes], bytes]:
         """The path of leaf ``index`` from level ``low`` to the top of its part (level
         ``top``): its ancestors' siblings (``_siblings``; one of level 0 as its leaf hash);
         and the stored value of key ``extra``. One statement for the levels below the kept
-        ones (and any kept one not read yet). Proofs of one leaf come here.
+        ones (and any kept one not read yet; ``span``: as ``_fetch_inline``). Proofs of one
+        leaf come here.
 
         Above the last level never kept (``split``), the siblings are the same for every leaf
         of the aligned block of 2**split leaves that holds this one: that part of the path is
@@ -449,7 +460,7 @@ class TreeSQL:
                 self._paths.clear()
             self._paths[block] = upper
         else:
-            found = self._fetch(cur, [*lower, extra])
+            found = self._fetch(cur, [*lower, extra], span)
         hashes = [found[k] for k in lower]
         if hashes and low == 0:
             hashes[0] = leaf_hash(hashes[0])
@@ -541,7 +552,7 @@ class TreeSQL:
         last, level = old_size - 1, (old_size & -old_size).bit_length() - 1
         top = (last ^ size).bit_length() - 1
         edge = self._edge(cur, size)
-        hashes, first = self._climb(cur, last, level, top, LEVELS * old_size + level)
+        hashes, first = self._climb(cur, last, level, top, LEVELS * old_size + level, span=True)
         if level == 0:  # the old tree's last part is a leaf
             first = leaf_hash(first)
         hashes += edge.tail(top)
