@@ -1,5 +1,6 @@
 """verify()'s Merkle tree: recomputed from the event hashes, range by range, and checked against
-the stored tree (ledger_tree) and against every checkpoint's root.
+the stored tree (the events' tree column in format 4, ledger_tree before) and against every
+checkpoint's root.
 
 A verify worker sees one range of positions. It builds the perfect subtrees that lie wholly in
 its range (``RangeTree``): each node it completes is compared with the stored one, and what is
@@ -199,13 +200,12 @@ def stored_rows(
     """ledger_tree's rows (node, hash) as read (``range_nodes``; any types a damaged file holds)
     as (position, level, hash) of the range ``lo`` to ``hi``, in (position, level) order; a
     row that is not an integer and bytes is skipped here, and reported as missing where the
-    tree needs it. A tile row of format 3
-    (``layout`` "tiles") is its 7 nodes, of which those at positions in the range: the range
-    that holds the tile's first nodes and not its row reads the row too (``tile_bound``), and
-    a tile of the wrong length is one node of level 3 that will not match. A tile's nodes
-    reach 6 positions back, before rows read ahead of it: they are put in order in a heap,
-    and each node leaves it once no later row can come before it. (Format 4's tree comes with
-    the events: ``RangeTree.column``.)"""
+    tree needs it. A tile row of format 3 (``layout`` "tiles") is its 7 nodes, of which those
+    at positions in the range: the range that holds the tile's first nodes and not its row
+    reads the row too (``tile_bound``), and a tile of the wrong length is one node of level 3
+    that will not match. A tile's nodes reach 6 positions back, before rows read ahead of it:
+    they are put in order in a heap, and each node leaves it once no later row can come
+    before it. (Format 4's tree comes with the events: ``RangeTree.column``.)"""
     tiled = layout == "tiles"
     waiting: list[NodeRow] = []
     for node, value in rows:
