@@ -275,6 +275,26 @@ def test_a_forged_row_signed_by_an_unknown_key_is_reported(
     assert report.kinds_at(pos + 1) == {ProblemKind.UNKNOWN_SIGNER, ProblemKind.TREE_MISMATCH}
 
 
+def test_a_changed_node_in_an_events_tree_column_is_reported_where_it_ends(
+    open_pg: Any, pg_location: PostgresLocation
+) -> None:
+    """Format 4 on PostgreSQL: the node of 8 events is the third hash of the 8th event's
+    tree column; verify reads the column with the events and names the node."""
+    ledger = open_pg()
+    for n in range(10):
+        ledger.save(Counter(f"peer {n}"))
+    assert verify(ledger).ok
+    table = f"{pg_location.schema}.ledger_events"
+    with owner(pg_location) as conn:  # an attacker with the owner's password
+        conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        column = conn.execute(f"SELECT tree FROM {table} WHERE position = 8").fetchone()[0]
+        assert len(column) == 3 * 32
+        conn.execute(f"UPDATE {table} SET tree = %s WHERE position = 8", (column[:64] + bytes(32),))
+    report = verify(ledger)
+    assert [(p.kind, p.position) for p in report.problems] == [(ProblemKind.TREE_MISMATCH, 8)]
+    assert "tree node of level 3: the stored hash differs" in report.problems[0].detail
+
+
 def test_an_older_schema_is_migrated_by_the_owner_and_refused_otherwise(
     open_pg: Any, pg_location: PostgresLocation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
