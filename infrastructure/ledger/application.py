@@ -514,7 +514,7 @@ class SessionLedger(Application[UUID]):
             found: list[tuple[bytes, list[bytes]]] = []
             tree_root = recorder.tree_sql.root(cur, size)
             for start in range(0, len(positions), PROOFS_PER_READ):
-                some, tree_root = recorder.tree_sql.inclusion_proofs(
+                some, _ = recorder.tree_sql.inclusion_proofs(
                     cur, [p - 1 for p in positions[start : start + PROOFS_PER_READ]], size
                 )
                 found += some

@@ -340,7 +340,6 @@ class TreeSQL:
         cur.execute(self._select_inline(len(singles), len(runs) // 2), [*singles, *runs])
         rows = {position: (event_hash, column) for position, event_hash, column in cur.fetchall()}
         found: dict[int, bytes] = {}
-        cache_from, cached = self.cache_from, self._nodes
         for key in keys:
             position, level = key >> LEVEL_BITS, key & LEVEL_MASK
             row = rows.get(position)
@@ -360,11 +359,8 @@ class TreeSQL:
                     f"{0 if column is None else len(column)} bytes): the tree is damaged; "
                     "run verify"
                 )
-            found[key] = value = column[32 * level - 32 : 32 * level]
-            if level >= cache_from:
-                if len(cached) >= MAX_CACHED:
-                    cached.clear()
-                cached[key] = value
+            found[key] = column[32 * level - 32 : 32 * level]
+        self._keep_upper(found, keys)
         return found
 
     def _fetch(self, cur: Any, keys: list[int], span: bool = False) -> dict[int, bytes]:
@@ -422,13 +418,17 @@ class TreeSQL:
                 found[tile] = row[-32:]
         for key in folded:
             found[key] = _fold_leaves(found, key)
+        self._keep_upper(found, nodes)
+        return found
+
+    def _keep_upper(self, found: dict[int, bytes], keys: Iterable[int]) -> None:
+        """Keep what ``found`` holds of ``keys`` in the kept levels (nodes never change)."""
         cache_from, cached = self.cache_from, self._nodes
-        for key in nodes:
+        for key in keys:
             if key & LEVEL_MASK >= cache_from:
                 if len(cached) >= MAX_CACHED:
                     cached.clear()
                 cached[key] = found[key]
-        return found
 
     def _climb(
         self, cur: Any, index: int, low: int, top: int, extra: int, span: bool = False

@@ -24,6 +24,7 @@ from l2_session.infrastructure.ledger.tree import (
     InclusionProof,
     TreeSQL,
     inline_nodes,
+    tree_layout,
     with_tree_column,
 )
 from l2_session.infrastructure.ledger.verify_tree import stored_rows
@@ -44,7 +45,7 @@ def stored_nodes(location) -> list[tuple[int, int, bytes]]:
     row of a level-3 node holds the 7 nodes of its 8 events."""
     raw = open_raw(location)
     version = raw.execute("SELECT value FROM ledger_meta WHERE key='format_version'")
-    layout = {"2": "nodes", "3": "tiles", "4": "inline"}[version.fetchone()[0]]
+    layout = tree_layout(version.fetchone()[0])
     if layout == "inline":
         rows = raw.execute(
             "SELECT position, tree FROM ledger_events WHERE tree IS NOT NULL ORDER BY position"
