@@ -335,7 +335,7 @@ class Fold:
 
 _DECODER = json.JSONDecoder()
 _SETS = frozenset({"HandshakeInitiated", "HandshakeReceived", "Failed", "NodeRestarted",
-                   "FallbackAttempted", "Closed"})  # fmt: skip
+                   "FallbackAttempted", "TransportSwitched", "Closed"})  # fmt: skip
 """The session events that set a shown field besides the state (``_session_event``)."""
 
 
@@ -358,6 +358,8 @@ def _session_event(row: dict[str, Any], name: str, recorded: dict[str, Any]) -> 
         row["failure_reason"] = recorded["reason"]
     elif name == "FallbackAttempted":
         row["transport"] = recorded["transport"]
+    elif name == "TransportSwitched" and recorded.get("transport") is not None:
+        row["transport"] = recorded["transport"]  # absent before it was recorded (session.py)
     elif name == "Closed":
         row["close_reason"] = recorded["reason"]
 

@@ -282,6 +282,10 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def sessions_with(self, peer_did: str) -> list[Session]:
+        """The sessions in memory with ``peer_did`` (none of them closed)."""
+        return [self._sessions[sid] for sid in self._by_peer.get(peer_did, ())]
+
     def sessions(self) -> list[Session]:
         """The sessions in memory: every one not closed (``session`` reads a closed one back
         from the ledger)."""
@@ -456,26 +460,64 @@ class SessionManager(HandshakeAnswering, Recovery, Closing):
             fallen = self._transport_step(peer_did, TRANSPORTS[0], now_us, lost=True)
         return fallen + self._transport_step(peer_did, transport, now_us, lost=False)
 
+    def transport_proven(self, peer_did: str, transport: str, now_us: int) -> list[Output]:
+        """A ``transport`` link to ``peer_did`` carried, both ways, frames sealed under its
+        sessions' keys (decision 24: QUIC works again). Every live session with the peer over
+        a transport later in the order, and no fallback pending, moves back to it
+        (``transport_switched``, one save) and sends again what was in flight."""
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
+        rank = TRANSPORTS.index(transport)
+
+        def later(s: Session) -> bool:
+            return (
+                not s.fallback_pending
+                and s.transport in TRANSPORTS
+                and TRANSPORTS.index(s.transport) > rank
+            )
+
+        return self._each_on_link(
+            peer_did, now_us, Trigger.TRANSPORT_SWITCHED, later,
+            lambda s: s.transport_switched(now_us, transport),
+        )  # fmt: skip
+
     def _transport_step(
         self, peer_did: str, transport: str, now_us: int, *, lost: bool
     ) -> list[Output]:
-        self._begin(now_us)
         if lost and transport not in TRANSPORTS[:-1]:
+            self._begin(now_us)
             return []  # the last in the order: nothing to fall back to
-        trigger = Trigger.TRANSPORT_FAILED if lost else Trigger.TRANSPORT_SWITCHED
+        if lost:
+            return self._each_on_link(
+                peer_did, now_us, Trigger.TRANSPORT_FAILED,
+                lambda s: s.transport == transport and not s.fallback_pending,
+                lambda s: s.transport_failed(now_us),
+            )  # fmt: skip
+        return self._each_on_link(
+            peer_did, now_us, Trigger.TRANSPORT_SWITCHED,
+            lambda s: s.transport == transport and s.fallback_pending,
+            lambda s: s.transport_switched(now_us),
+        )  # fmt: skip
+
+    def _each_on_link(
+        self,
+        peer_did: str,
+        now_us: int,
+        trigger: Trigger,
+        chosen: Callable[[Session], bool],
+        command: Callable[[Session], object],
+    ) -> list[Output]:
+        """``command`` on every live session with ``peer_did`` that is ``chosen`` and whose
+        state takes ``trigger``, all in one save."""
+        self._begin(now_us)
 
         def each() -> list[list[Output | _AfterSave]]:
             out: list[list[Output | _AfterSave]] = []
             for sid in list(self._by_peer.get(peer_did, ())):
                 s = self._sessions[sid]
-                if s.closed or s.transport != transport:
+                if s.closed or not chosen(s) or not is_allowed(s.state, trigger):
                     continue
-                if s.fallback_pending == lost or not is_allowed(s.state, trigger):
-                    continue
-                if lost:
-                    s.transport_failed(now_us)
-                else:
-                    s.transport_switched(now_us)
+                command(s)
                 out.append(list(self._commit(s)))
             return out
 

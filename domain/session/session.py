@@ -116,10 +116,32 @@ class Session(SessionCore):
         )
         return fallback
 
-    def transport_switched(self, now_us: int) -> None:
+    def transport_switched(self, now_us: int, transport: str | None = None) -> None:
+        """§2.3: the session's frames now go over a working link. With a fallback pending,
+        over the transport it fell back to (``transport`` omitted, or that one). Without one,
+        ``transport`` earlier in the order than the session's own moves it back there — QUIC
+        works again (decision 24) — and any other is a ``ValueError``; the state does not
+        change either way."""
         target = self._decide(Trigger.TRANSPORT_SWITCHED, now_us)
         if self.fallback_pending:
-            self._transport_switched(**self._step(Trigger.TRANSPORT_SWITCHED, now_us, target))
+            if transport not in (None, self.transport):
+                raise ValueError(
+                    f"a fallback to {self.transport} is pending: cannot switch to {transport}"
+                )
+            step = self._step(Trigger.TRANSPORT_SWITCHED, now_us, target)
+            self._transport_switched(transport=self.transport, **step)
+        elif transport is not None and transport != self.transport:
+            if not (
+                transport in TRANSPORTS
+                and self.transport in TRANSPORTS
+                and TRANSPORTS.index(transport) < TRANSPORTS.index(self.transport)
+            ):
+                raise ValueError(
+                    f"a session over {self.transport} moves back only to a transport earlier "
+                    f"in the order {' -> '.join(TRANSPORTS)}, not to {transport}"
+                )
+            step = self._step(Trigger.TRANSPORT_SWITCHED, now_us, target)
+            self._transport_switched(transport=transport, **step)
 
     def submit_message(self, now_us: int, payload: bytes) -> int:
         """Queue a message for the peer; returns its sequence number."""
@@ -244,8 +266,14 @@ class Session(SessionCore):
         self.fallback_pending = True
 
     @event("TransportSwitched")
-    def _transport_switched(self, at_us: int, trigger: str, state: str) -> None:
+    def _transport_switched(
+        self, at_us: int, trigger: str, state: str, transport: str | None = None
+    ) -> None:
+        # ``transport``: the one the session is now over (absent from events recorded before
+        # it was, which all completed a fallback: the transport FallbackAttempted set).
         self.fallback_pending = False
+        if transport is not None:
+            self.transport = transport
         self.last_activity_us = at_us
 
     @event(MessageQueued)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from l2_session.domain.session.commands import Data, Send
 from l2_session.domain.session.config import SessionConfig
 from l2_session.transports.mock import Simulation
@@ -127,3 +128,69 @@ def test_a_session_whose_link_dies_while_it_rotates_records_the_fallback_and_com
     assert payloads(sim, BOB) == [b"after the fallback"]
     assert alice.ledger.repository.get(sid).transport == "utcp"
     assert bob.session_for(s.conversation).transport == "utcp"
+
+
+def test_a_proven_quic_link_moves_the_sessions_on_utcp_back(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    """Decision 24: once a QUIC link to the peer is proven both ways (a link check), the
+    sessions that fell back to μTCP move back — ``TransportSwitched`` naming QUIC, same keys,
+    what was in flight sent again, and the move kept in the ledger."""
+    sim = make_sim()
+    sid = connect(sim)
+    alice = sim.nodes[ALICE]
+    s = alice.session(sid)
+    keys = s.key_id
+    now = sim.clock.wall_us()
+    alice.transport_lost(BOB, "quic", now)
+    alice.transport_found(BOB, "utcp", now)
+    sim.transport.partition(ALICE, BOB)  # in flight on the old link: lost with it
+    sim.perform(ALICE, alice.submit(sid, b"in flight", now))
+    assert (s.transport, s.fallback_pending) == ("utcp", False)
+    # μTCP proven, or a peer no session is with: nothing moves.
+    assert alice.transport_proven(BOB, "utcp", now) == []
+    assert alice.transport_proven("did:key:z6MkSomeoneElse", "quic", now) == []
+    assert kinds(sim, ALICE, sid).count("TransportSwitched") == 1
+    sim.transport.heal(ALICE, BOB)
+    outputs = alice.transport_proven(BOB, "quic", sim.clock.wall_us())
+    assert (s.transport, s.fallback_pending, s.key_id) == ("quic", False, keys)
+    history = alice.ledger.events.get(sid)
+    switches = [e for e in history if type(e).__name__ == "TransportSwitched"]
+    assert [(e.transport, e.state) for e in switches] == [
+        ("utcp", "established"),  # the fallback completed
+        ("quic", "established"),  # and back
+    ]
+    # What was unacknowledged goes again on the new link.
+    assert [o.frame.payload for o in outputs if isinstance(o.frame, Data)] == [b"in flight"]
+    sim.perform(ALICE, outputs)
+    sim.run_for(5)
+    assert payloads(sim, BOB) == [b"in flight"]
+    # Proven again: already there, nothing recorded.
+    assert alice.transport_proven(BOB, "quic", sim.clock.wall_us()) == []
+    assert kinds(sim, ALICE, sid).count("TransportSwitched") == 2
+    replayed = alice.ledger.repository.get(sid)
+    assert replayed.transport == "quic" and not replayed.fallback_pending
+
+
+def test_a_pending_fallback_is_not_moved_back_and_moves_are_only_up_the_order(
+    make_sim: Callable[..., Simulation],
+) -> None:
+    sim = make_sim()
+    sid = connect(sim)
+    alice = sim.nodes[ALICE]
+    s = alice.session(sid)
+    now = sim.clock.wall_us()
+    with pytest.raises(ValueError, match="not one of"):
+        alice.transport_proven(BOB, "carrier-pigeon", now)
+    # Over QUIC, a switch to μTCP without a fallback is down the order: refused.
+    with pytest.raises(ValueError, match="moves back only"):
+        s.transport_switched(now, "utcp")
+    s.transport_switched(now, "quic")  # where it is: nothing recorded
+    assert "TransportSwitched" not in kinds(sim, ALICE, sid)
+    alice.transport_lost(BOB, "quic", now)
+    assert s.fallback_pending
+    # A fallback under way completes over its own transport, not another.
+    with pytest.raises(ValueError, match="fallback to utcp is pending"):
+        s.transport_switched(now, "quic")
+    assert alice.transport_proven(BOB, "quic", now) == []
+    assert (s.transport, s.fallback_pending) == ("utcp", True)

@@ -28,7 +28,7 @@ SECOND = 1_000_000
 COMMANDS = ["initiate_handshake", "heartbeat_due", "connectivity_lost", "partition_detected",
             "connectivity_restored", "degraded_timed_out", "retry", "transport_failed",
             "transport_switched", "cleanup", "respond", "message", "close", "timeout",
-            "node_restarted"]  # fmt: skip
+            "node_restarted", "back_to_quic"]  # fmt: skip
 PEER_COMMANDS = ["authentication_failed", "schedule_retry", "succeeded"]
 
 
@@ -55,10 +55,12 @@ def populate(ledger: SessionLedger, clock, seed: int, saves: int = 30, sessions:
                     s.submit_message(now, b"m")
                 elif command == "timeout":
                     s.handshake_timed_out(now, None)
+                elif command == "back_to_quic":  # decision 24: TransportSwitched naming quic
+                    s.transport_switched(now, "quic")
                 else:
                     getattr(s, command)(now)
-            except SessionError:
-                pass
+            except (SessionError, ValueError):  # not allowed now (ValueError: a fallback
+                pass  # is pending, so the session cannot move back yet)
         clock.set_wall_us(max(clock.wall_us(), now))
         ledger.save(*sessions, *peers)
 
@@ -245,3 +247,28 @@ def test_a_batch_whose_tracking_record_fails_leaves_no_row_behind(
         view.catch_up(ledger, workers=1)
     after = {t: dump(tmp_path / "view.sqlite3", t) for t in ("sessions", "peers", "transitions")}
     assert after == before and view.lag(ledger).events == 2
+
+
+def test_the_view_follows_a_session_to_utcp_and_back_to_quic(ledger_factory, clock, tmp_path):
+    """Decision 24: ``FallbackAttempted`` sets the transport, and so does a
+    ``TransportSwitched`` that names one (a move back to QUIC)."""
+    ledger = ledger_factory()
+    now = clock.wall_us()
+    s = Session.open("did:key:z6MkPeer", "initiator", SessionConfig(), now)
+    s.initiate_handshake(now)
+    s.receive_valid_response(now + 1, key_material=bytes(32), prekeys="p")
+    view = SessionView(tmp_path / "view.sqlite3")
+    seen = []
+    for step in (
+        s.transport_failed,
+        s.transport_switched,
+        lambda t: s.transport_switched(t, "quic"),
+    ):
+        now += SECOND
+        step(now)
+        clock.set_wall_us(now)
+        ledger.save(s)
+        view.catch_up(ledger)
+        (row,) = view.sessions()
+        seen.append(row["transport"])
+    assert seen == ["utcp", "utcp", "quic"] and ledger.repository.get(s.id).transport == "quic"
