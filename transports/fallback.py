@@ -70,6 +70,11 @@ class FallbackPolicy:
         state = self._peers.get(peer)
         return state is None or now_s >= state.quic_after_s
 
+    def quic_after(self, peer: str) -> float:
+        """When QUIC to ``peer`` may be tried again (0: at once)."""
+        state = self._peers.get(peer)
+        return 0.0 if state is None else state.quic_after_s
+
     def head_start(self, peer: str) -> float:
         """How long QUIC has to connect before TCP starts beside it."""
         state = self._peers.get(peer)

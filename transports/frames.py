@@ -15,9 +15,9 @@ malformed, truncated, oversized or of an unknown kind with ``FrameError`` naming
 wrong; it never returns a partial frame.
 
 Kinds from 0x80 up are not frames of this table: 0x80 is a sealed frame (sealed.py), which
-carries a Data, DataAck, Heartbeat, HeartbeatAck, Close, CloseAck, CheckpointOffer or
-CheckpointReply frame encoded here, inside the session channel's records. Those eight kinds
-never travel in clear on a real transport.
+carries a Data, DataAck, Heartbeat, HeartbeatAck, Close, CloseAck, CheckpointOffer,
+CheckpointReply or LinkCheck frame encoded here, inside the session channel's records. Those
+nine kinds never travel in clear on a real transport.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from l2_session.domain.session.commands import (
     RotationResponse,
 )
 from l2_session.transports.bundles import BundleRequest, BundleResponse
+from l2_session.transports.link_check import LinkCheck
 from l2_session.transports.witness_frames import CheckpointOffer, CheckpointReply
 
 # Append only: a kind's number is part of the wire format.
@@ -63,6 +64,7 @@ KINDS: tuple[type[Any], ...] = (
     BundleResponse,
     CheckpointOffer,  # 15, 16: witnessing, sealed in a session's channel (witness_frames.py)
     CheckpointReply,
+    LinkCheck,  # 17: a link proven to carry a peer's sessions, sealed (link_check.py)
 )
 KIND_OF = {cls: n for n, cls in enumerate(KINDS, start=1)}
 LENGTH = struct.Struct(">I")
@@ -79,8 +81,8 @@ def _wire_fields(cls: type[Any]) -> list[Any]:
 
 
 # What travels on a connection: the session manager's frames and the node's own (bundles.py,
-# witness_frames.py).
-WireFrame = Frame | BundleRequest | BundleResponse | CheckpointOffer | CheckpointReply
+# witness_frames.py, link_check.py).
+WireFrame = Frame | BundleRequest | BundleResponse | CheckpointOffer | CheckpointReply | LinkCheck
 
 
 def encode(frame: WireFrame) -> bytes:

@@ -1,6 +1,6 @@
 """The session channel on the wire: the manager's Data, DataAck, Heartbeat, HeartbeatAck, Close
-and CloseAck frames (and the node's witnessing frames, witness_frames.py) sealed in
-ChaCha20-Poly1305 records once a session has keys (SPEC-018 §7.2),
+and CloseAck frames (and the node's witnessing frames, witness_frames.py, and link checks,
+link_check.py) sealed in ChaCha20-Poly1305 records once a session has keys (SPEC-018 §7.2),
 each under a nonce that is never used twice with the same key.
 
 Sans-I/O, between the manager's ``Send`` outputs and a stream transport's bytes (tcp.py).
@@ -52,6 +52,7 @@ from l2_session.domain.session.errors import SessionError
 from l2_session.domain.session.session import Session
 from l2_session.transports.bundles import BundleRequest, BundleResponse
 from l2_session.transports.frames import MAX_FRAME, FrameError, decode, encode
+from l2_session.transports.link_check import LinkCheck
 from l2_session.transports.witness_frames import (
     WITNESS_FRAMES,
     CheckpointOffer,
@@ -76,8 +77,8 @@ class SealRefused(Exception):
 
 def is_channel_frame(frame: object) -> bool:
     """Frames that travel only inside the session channel, never in clear: the manager's,
-    and the node's witnessing (witness_frames.py)."""
-    return isinstance(frame, (*CHANNEL_FRAMES, *WITNESS_FRAMES))
+    and the node's witnessing (witness_frames.py) and link checks (link_check.py)."""
+    return isinstance(frame, (*CHANNEL_FRAMES, *WITNESS_FRAMES, LinkCheck))
 
 
 def _record_kind(frame: object) -> MessageType:
@@ -109,7 +110,9 @@ class SealedFrames:
         self.opened = 0
 
     # ------------------------------------------------------------------ sending
-    def seal(self, frame: Frame | CheckpointOffer | CheckpointReply, now_us: int) -> bytes:
+    def seal(
+        self, frame: Frame | CheckpointOffer | CheckpointReply | LinkCheck, now_us: int
+    ) -> bytes:
         """The sealed frame for ``frame``, length prefix included."""
         session = self._session_for(frame.conversation)
         key_id = None if session is None else session.key_id

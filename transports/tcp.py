@@ -211,6 +211,7 @@ class TcpNode:
         self.quic_settings = quic_settings or QuicSettings()  # its QUIC timers and bounds
         self.fallback = FallbackPolicy()  # QUIC or μTCP, per peer (dial)
         self._addresses: dict[str, tuple[tuple[str, int] | None, tuple[str, int] | None]] = {}
+        self._returning: set[str] = set()  # peers whose sessions wait to move back to QUIC
         self._received: asyncio.Queue[Deliver] = asyncio.Queue()
         # Called on the loop once what a stage of a batch decided is applied (its messages
         # among ``receive``'s): for a layer above that orders its own news after them.
@@ -381,7 +382,48 @@ class TcpNode:
             self.connections.dialled_tcp(peer_did, reader, writer)
             if early:  # the resumptions that rode the lost QUIC attempt go on μTCP
                 writer.write(b"".join(await self._resumptions_again(early)))
+            if quic is not None and peer_did not in self._returning:
+                self._returning.add(peer_did)
+                self._spawn(self._back_to_quic(peer_did))
         return winner
+
+    async def _back_to_quic(self, peer_did: str) -> None:
+        """The peer's sessions went over μTCP (the dial's QUIC attempt lost): once QUIC's
+        back-off to the peer has passed, dial QUIC again, and if it connects, send a link
+        check on it (link_check.py); the peer's answer moves the sessions back to QUIC at
+        both ends and retires the μTCP connection (decision 24). A QUIC dial that fails
+        doubles the back-off, and the next waits for it; the task ends once a check went,
+        or when no session with the peer is left to move."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._closed:
+                wait = self.fallback.quic_after(peer_did) - loop.time()
+                await asyncio.sleep(max(0.0, wait))
+                quic = self._addresses[peer_did][0]
+                if quic is None or not await self.query(lambda: self.worker.movable(peer_did)):
+                    return
+                started = loop.time()
+                try:
+                    link = await self._quic(None).connect(
+                        *quic, hello=self.manager.local_did.encode()
+                    )
+                except (ConnectionError, OSError) as error:
+                    self.fallback.quic_failed(peer_did, loop.time())
+                    log.info(
+                        "QUIC to %s still fails (%s): its sessions stay on μTCP", peer_did, error
+                    )
+                    continue
+                self.fallback.connected(peer_did, QUIC, loop.time() - started)
+                if self._closed:
+                    link.close()
+                    return
+                self.connections.dialled_quic(link, peer_did)
+                await self.query(lambda: self.worker.check_link(peer_did))
+                return
+        except NodeClosed:
+            return
+        finally:
+            self._returning.discard(peer_did)
 
     async def _redial(self, peer_did: str) -> None:
         """A dialled QUIC link to ``peer_did`` died: its sessions over QUIC record the
@@ -547,6 +589,8 @@ class TcpNode:
                 chunks.setdefault(link, []).append(data)
             for link, data_list in chunks.items():
                 connections.write(link, data_list)
+        for link in outcome.retired:
+            connections.retire(link)
         for message in outcome.delivered:
             if not message.answered:  # the node's answer had it, and answered it
                 self.delivered.append(message)

@@ -292,6 +292,13 @@ class Connections:
     def proven(self, link: Link) -> None:
         self.occupancy.proven(link)
 
+    def retire(self, link: Link) -> None:
+        """Close ``link`` once what was written on it is out: another link with its peer
+        carries its frames now (a link check, link_check.py). Not counted as dropped."""
+        if link in self.open:
+            self._forget(link)
+            link.pipe.close()
+
     def drop(self, link: Link, why: str) -> None:
         """A frame broke ``link``'s framing (the worker found it): it cannot be
         resynchronised."""

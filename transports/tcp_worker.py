@@ -57,11 +57,13 @@ from uuid import UUID
 
 from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Frame, Output, Send
+from l2_session.domain.session.core import QUIC, TRANSPORTS
 from l2_session.domain.session.errors import SessionError
 from l2_session.domain.session.states import State
 from l2_session.infrastructure.ledger.witness import Witnessing
 from l2_session.transports.bundles import BundleRequest, BundleResponse
 from l2_session.transports.frames import FrameError, decode, encode
+from l2_session.transports.link_check import LinkCheck
 from l2_session.transports.sealed import SEALED_KIND, SealedFrames, SealRefused, is_channel_frame
 from l2_session.transports.tcp_handoff import Batch, Command, Link, Message, Outcome, Report
 from l2_session.transports.witness_frames import (
@@ -127,9 +129,15 @@ class NodeWorker:
         self.failed_ticks = 0
         self.failed_frames = 0
         self.unrouted = 0  # frames with no connection to go to
+        self.link_checks_refused = 0  # checks not opened under keys agreed here, or unasked
         self.outputs: Counter[str] = Counter()  # Sends performed by frame class, and Delivers
         self._claimed: dict[str, Link] = {}
         self._proven: dict[str, Link] = {}
+        # Decision 24: a link check settles which link carries a peer's sessions until a new
+        # link with the peer comes up or that one goes down (link_check.py).
+        self._settled: dict[str, Link] = {}
+        self._checks_sent: dict[str, Link] = {}  # peer did -> the link a check went out on
+        self._checked_now: list[tuple[Link, LinkCheck, bool]] = []  # this batch's checks
         # conversation -> the key id agreed through this node (a proof: see the docstring)
         self._agreed_here: dict[UUID, str] = {}
         self._prune_at = PRUNE_FLOOR
@@ -221,6 +229,8 @@ class NodeWorker:
         current = self._claimed.get(link.did)
         if link.outgoing or current is None or not current.outgoing:
             self._claimed[link.did] = link  # our own connection to it stays first
+        # A new link with the peer: whichever link carries its next proof carries its frames.
+        self._settled.pop(link.did, None)
         try:
             self.perform(self.manager.reconnected(link.did, self.now_us()), via=link)
             # Sessions falling back to this transport switch to it (decision 24).
@@ -229,7 +239,7 @@ class NodeWorker:
             log.exception("resuming the sessions with %s failed", link.did)
 
     def _down(self, link: Link) -> None:
-        for routes in (self._claimed, self._proven):
+        for routes in (self._claimed, self._proven, self._settled, self._checks_sent):
             if routes.get(link.did) is link:
                 del routes[link.did]
 
@@ -241,8 +251,8 @@ class NodeWorker:
 
     def forget_routes(self) -> None:
         """Once the thread has stopped: no connection is left to route to."""
-        self._claimed.clear()
-        self._proven.clear()
+        for routes in (self._claimed, self._proven, self._settled, self._checks_sent):
+            routes.clear()
 
     def address_of(self, peer_did: str) -> str:
         """See ``TcpNode.address_of``; called by the key exchange, inside the manager."""
@@ -285,11 +295,16 @@ class NodeWorker:
         witnessed, self._witnessed_now = self._witnessed_now, []
         for link, frame in witnessed:
             self._witness_frame(link, frame)
+        checked, self._checked_now = self._checked_now, []
+        for link, check, proves in checked:
+            self._link_checked(link, check, proves)
         for proof, outputs in zip(proofs, groups, strict=True):
             if proof.agreed is not None:
                 self._agreed_here[proof.agreed[0]] = proof.agreed[1]
             if proof.proves:
-                self._proven[proof.link.did] = proof.link
+                settled = self._settled.get(proof.link.did)
+                if settled is None or settled is proof.link:
+                    self._proven[proof.link.did] = proof.link
                 self._out.proven.append(proof.link)
             try:
                 self.perform(outputs, via=proof.link)
@@ -317,6 +332,9 @@ class NodeWorker:
                         continue
                     here = agreed.get(frame.conversation, self._agreed_here.get(frame.conversation))
                     proof.proves = here == key_id
+                    if isinstance(frame, LinkCheck):
+                        self._checked_now.append((link, frame, proof.proves))  # likewise
+                        continue
                 else:
                     wire = decode(body)
                     if isinstance(wire, BundleRequest | BundleResponse):
@@ -350,6 +368,66 @@ class NodeWorker:
         # The batch is saved and its answers derived with no frame in hand: a peer's address
         # is then its proven connection's (address_of), never the last frame's.
         self._reading = None
+
+    # ------------------------------------------------------------------ link checks
+    def movable(self, peer_did: str) -> bool:
+        """Whether a live session with ``peer_did`` could move back to QUIC: established, with
+        keys, over a later transport and no fallback pending (decision 24)."""
+        return self._movable(peer_did) is not None
+
+    def _movable(self, peer_did: str) -> Any:
+        later = TRANSPORTS[TRANSPORTS.index(QUIC) + 1 :]
+        for session in self.manager.sessions_with(peer_did):
+            if (
+                session.state == State.ESTABLISHED
+                and session.key_id is not None
+                and session.transport in later
+                and not session.fallback_pending
+            ):
+                return session
+        return None
+
+    def check_link(self, peer_did: str) -> bool:
+        """Send a link check (link_check.py) on the QUIC link this node dialled to
+        ``peer_did``, sealed in a session that could move back to it; whether one went."""
+        link = self._dialled(peer_did)
+        session = self._movable(peer_did)
+        if link is None or link.kind != QUIC or session is None:
+            return False
+        data = self._sealed(LinkCheck(session.conversation, False))
+        if data is None:
+            return False
+        self._checks_sent[peer_did] = link
+        self.outputs["LinkCheck"] += 1
+        self._out.writes.append((link, data))
+        return True
+
+    def _link_checked(self, link: Link, check: LinkCheck, proves: bool) -> None:
+        """A link check from ``link.did``, once the batch is saved. A check that opened under
+        keys agreed here settles ``link`` as the peer's: answered on it, and the peer's
+        sessions over a later transport move to it. An answer settles the link this node
+        sent its check on, and retires the connection it replaces."""
+        did = link.did
+        asked = self._checks_sent.get(did) is link
+        if not proves or (check.answer and not asked):
+            self.link_checks_refused += 1
+            return
+        previous = self._proven.get(did)
+        self._proven[did] = self._settled[did] = link
+        self._out.proven.append(link)
+        if check.answer:
+            del self._checks_sent[did]
+            if previous is not None and previous is not link and previous.outgoing:
+                self._out.retired.append(previous)
+        else:
+            data = self._sealed(LinkCheck(check.conversation, True))
+            if data is not None:
+                self.outputs["LinkCheck"] += 1
+                self._out.writes.append((link, data))
+        try:
+            self.perform(self.manager.transport_proven(did, link.kind, self.now_us()))
+        except Exception:  # the ledger failed to save: the link carries the frames anyway
+            log.exception("the sessions with %s could not record their move to %s", did, link.kind)
 
     def _bundle_frame(self, link: Link, frame: BundleRequest | BundleResponse) -> None:
         """Answer a request for this node's bundle (once per connection), or take the bundle

@@ -1,7 +1,7 @@
 """SPEC-018 §2.3 with real sockets (decision 24): a node dials QUIC first and μTCP beside it
-when QUIC does not connect in time, remembers per peer that QUIC failed, and moves a live
-session from a dead QUIC link to μTCP — the same session and keys, the fallback and the
-switch in both ledgers, every message once and in order. Real PQxdh keys, signed SQLite
+when QUIC does not connect in time, remembers per peer that QUIC failed, moves a live
+session from a dead QUIC link to μTCP, and back to QUIC once QUIC works again — the same
+session and keys, each move in both ledgers, every message once and in order. Real PQxdh keys, signed SQLite
 ledgers, aioquic and TCP on loopback."""
 
 from __future__ import annotations
@@ -9,10 +9,15 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import pytest
 from l2_session.infrastructure.resolver import DidKeyResolver
+from l2_session.transports.fallback import FallbackPolicy
+from l2_session.transports.link_check import LinkCheck
 from tcp_support import WAIT_S, Side, VirtualTime, established, make_side, until
+from udp_chaos import ChaosRelay
 
 
 class BlackHole(asyncio.DatagramProtocol):
@@ -150,6 +155,141 @@ def test_a_session_moves_from_a_dead_quic_link_to_utcp_losing_nothing(tmp_path: 
                 assert "FallbackAttempted" in history and "TransportSwitched" in history
                 assert history.index("FallbackAttempted") < history.index("TransportSwitched")
             assert alice.node.fallback.failures(bob.did) == 1
+            server.close()
+        finally:
+            await _close(alice, bob)
+
+    asyncio.run(run())
+
+
+def switches(side: Side, session_id: object) -> list[str | None]:
+    """The transports its ``TransportSwitched`` events name, in order."""
+    events = side.ledger.events.get(session_id)
+    return [e.transport for e in events if type(e).__name__ == "TransportSwitched"]
+
+
+async def moved_to_quic(side: Side, conversation: UUID) -> None:
+    await side.node.until(lambda: side.session(conversation).transport == "quic", WAIT_S)
+
+
+def test_a_session_on_utcp_moves_back_to_quic_once_udp_passes_again(tmp_path: Path) -> None:
+    """UDP blocked when Alice dials: the session is made over μTCP. Once UDP passes and QUIC's
+    back-off is over, Alice dials QUIC again and checks the link; both ends record the move
+    (``TransportSwitched`` to QUIC), the μTCP connection is retired, and the messages sent
+    before, during and after the move arrive once each, in order — the same keys throughout."""
+
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+        bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
+        relay = await ChaosRelay.start(await bob.node.serve_quic(), loss=0.0, seed=1)
+        relay.partitioned = True  # UDP does not pass
+        alice.node.fallback = FallbackPolicy(backoff_base_s=0.5)
+        try:
+            server = await bob.node.serve()
+            tcp = server.sockets[0].getsockname()[:2]
+            assert await alice.node.dial(bob.did, quic=relay.address, tcp=tcp) == "utcp"
+            sid = await alice.node.establish(bob.did)
+            await established(alice, sid)
+            await established(bob, sid)
+            keys = alice.session(sid).key_id
+            assert alice.session(sid).transport == bob.session(sid).transport == "utcp"
+            sent = [b"m%d" % n for n in range(60)]
+            await asyncio.gather(*(alice.node.send(sid, p) for p in sent[:20]))
+            relay.partitioned = False  # UDP passes again
+            during = asyncio.gather(*(alice.node.send(sid, p) for p in sent[20:40]))
+            await moved_to_quic(alice, sid)
+            await moved_to_quic(bob, sid)
+            await during
+            forwarded = relay.forwarded
+            await asyncio.gather(*(alice.node.send(sid, p) for p in sent[40:]))
+            got = [(await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload for _ in sent]
+            assert got == sent  # once each, in order
+            assert bob.node._received.empty()
+            assert relay.forwarded > forwarded  # the last messages went through QUIC
+            for side in (alice, bob):
+                s = side.session(sid)
+                assert (s.key_id, s.state, s.fallback_pending) == (keys, "established", False)
+                assert switches(side, s.id) == ["quic"]
+                assert "HandshakeInitiated" not in kinds(side, s.id)[2:]  # no new handshake
+            # Alice retired the μTCP connection; Bob sees it close.
+            await until(lambda: {link.kind for link in alice.node.connections.open} == {"quic"})
+            await until(lambda: {link.kind for link in bob.node.connections.open} == {"quic"})
+            assert alice.node.connections.dropped_count == 0
+            assert alice.node.fallback.failures(bob.did) == 0  # QUIC connected: cleared
+            assert alice.node.worker.link_checks_refused == bob.node.worker.link_checks_refused == 0
+            server.close()
+        finally:
+            relay.close()
+            await _close(alice, bob)
+
+    asyncio.run(run())
+
+
+def test_a_session_falls_back_from_a_dead_quic_link_and_comes_back_to_quic(
+    tmp_path: Path,
+) -> None:
+    """The whole cycle: over QUIC, the link dies, the session falls back to μTCP (decision
+    24), and once QUIC's back-off is over it moves back — FallbackAttempted, TransportSwitched
+    to μTCP and TransportSwitched to QUIC at both ends, every message once. A replayed link
+    check and an answer nobody asked for change nothing."""
+
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+        bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
+        alice.node.fallback = FallbackPolicy(backoff_base_s=0.5)
+        checks: list[bytes] = []
+        seal = alice.node.sealed.seal
+
+        def recording(frame: Any, now_us: int) -> bytes:
+            data = seal(frame, now_us)
+            if isinstance(frame, LinkCheck):
+                checks.append(data)
+            return data
+
+        alice.node.sealed.seal = recording  # type: ignore[method-assign]
+        try:
+            quic = await bob.node.serve_quic()
+            server = await bob.node.serve()
+            tcp = server.sockets[0].getsockname()[:2]
+            assert await alice.node.dial(bob.did, quic=quic, tcp=tcp) == "quic"
+            sid = await alice.node.establish(bob.did)
+            await established(alice, sid)
+            await established(bob, sid)
+            keys = alice.session(sid).key_id
+            sent = [b"m%d" % n for n in range(60)]
+            await asyncio.gather(*(alice.node.send(sid, p) for p in sent[:20]))
+            (link,) = [link for link in bob.node.connections.open if link.kind == "quic"]
+            bob.node.connections.cut(link, "the QUIC path died")
+            await alice.node.until(lambda: alice.session(sid).transport == "utcp", WAIT_S)
+            await asyncio.gather(*(alice.node.send(sid, p) for p in sent[20:40]))
+            await moved_to_quic(alice, sid)
+            await moved_to_quic(bob, sid)
+            await asyncio.gather(*(alice.node.send(sid, p) for p in sent[40:]))
+            got = [(await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload for _ in sent]
+            assert got == sent
+            for side in (alice, bob):
+                s = side.session(sid)
+                assert (s.key_id, s.state, s.transport) == (keys, "established", "quic")
+                assert switches(side, s.id) == ["utcp", "quic"]
+                history = kinds(side, s.id)
+                assert history.index("FallbackAttempted") < history.index("TransportSwitched")
+            await until(lambda: {link.kind for link in alice.node.connections.open} == {"quic"})
+            # The check Alice sent, replayed on the link: the channel refuses it.
+            (check,) = checks
+            (quic_link,) = alice.node.connections.open
+            events = len(list(bob.ledger.events.get(bob.session(sid).id)))
+            replayed = bob.node.sealed.refused["replayed"]
+            alice.node.connections.write(quic_link, [check])
+            await until(lambda: bob.node.sealed.refused["replayed"] == replayed + 1)
+            # An answer Bob never asked for: refused, nothing recorded.
+            unasked = LinkCheck(sid, True)
+            sealed = await alice.node.query(lambda: seal(unasked, clock.now_us()))  # on its worker
+            alice.node.connections.write(quic_link, [sealed])
+            await until(lambda: bob.node.worker.link_checks_refused == 1)
+            assert len(list(bob.ledger.events.get(bob.session(sid).id))) == events
+            assert bob.session(sid).transport == "quic"
             server.close()
         finally:
             await _close(alice, bob)
