@@ -127,6 +127,7 @@ from l2_session.transports.tcp_worker import WITNESS_INTERVAL_US, NodeWorker
 __all__ = ["Link", "NodeClosed", "TcpNode"]
 
 log = logging.getLogger("l2_session.transport")
+RECHECK_S = 0.5  # how often a QUIC link waits for a session that can seal its link check
 
 TIMER_IDLE_S = 0.05  # the timer task asks for a tick at least this often
 MAX_BATCH = 256  # frames (and sends) decided in one save; readers wait beyond it
@@ -393,14 +394,19 @@ class TcpNode:
         check on it (link_check.py); the peer's answer moves the sessions back to QUIC at
         both ends and retires the μTCP connection (decision 24). A QUIC dial that fails
         doubles the back-off, and the next waits for it; the task ends once a check went,
-        or when no session with the peer is left to move."""
+        or when no live session with the peer is left off QUIC. A check waits while no
+        session can seal it (each is mid-rotation, or its fallback is still pending)."""
         loop = asyncio.get_running_loop()
+
+        async def off_quic() -> bool:
+            return await self.query(lambda: self.worker.off_quic(peer_did))
+
         try:
             while not self._closed:
                 wait = self.fallback.quic_after(peer_did) - loop.time()
                 await asyncio.sleep(max(0.0, wait))
                 quic = self._addresses[peer_did][0]
-                if quic is None or not await self.query(lambda: self.worker.movable(peer_did)):
+                if quic is None or not await off_quic():
                     return
                 started = loop.time()
                 try:
@@ -418,7 +424,10 @@ class TcpNode:
                     link.close()
                     return
                 self.connections.dialled_quic(link, peer_did)
-                await self.query(lambda: self.worker.check_link(peer_did))
+                while not await self.query(lambda: self.worker.check_link(peer_did)):
+                    await asyncio.sleep(RECHECK_S)
+                    if link.closed or not await off_quic():
+                        return
                 return
         except NodeClosed:
             return

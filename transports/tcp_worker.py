@@ -59,7 +59,7 @@ from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Frame, Output, Send
 from l2_session.domain.session.core import QUIC, TRANSPORTS
 from l2_session.domain.session.errors import SessionError
-from l2_session.domain.session.states import State
+from l2_session.domain.session.states import State, Trigger, is_allowed
 from l2_session.infrastructure.ledger.witness import Witnessing
 from l2_session.transports.bundles import BundleRequest, BundleResponse
 from l2_session.transports.frames import FrameError, decode, encode
@@ -77,6 +77,7 @@ from l2_session.transports.witness_frames import (
 log = logging.getLogger("l2_session.transport")
 
 PRUNE_FLOOR = 1024  # _agreed_here entries before the first prune
+_AFTER_QUIC = TRANSPORTS[TRANSPORTS.index(QUIC) + 1 :]  # what sessions move back to QUIC from
 # Decision 25: how often a node offers each peer its checkpoint (and once when a session with
 # it is established). Five minutes: a rewrite is caught within minutes, at two small frames
 # and at most two ledger appends per peer and interval.
@@ -370,19 +371,21 @@ class NodeWorker:
         self._reading = None
 
     # ------------------------------------------------------------------ link checks
-    def movable(self, peer_did: str) -> bool:
-        """Whether a live session with ``peer_did`` could move back to QUIC: established, with
-        keys, over a later transport and no fallback pending (decision 24)."""
-        return self._movable(peer_did) is not None
+    def off_quic(self, peer_did: str) -> bool:
+        """Whether a live session with ``peer_did`` is over a transport after QUIC in the
+        order (decision 24: it would move back once QUIC works)."""
+        return any(s.transport in _AFTER_QUIC for s in self.manager.sessions_with(peer_did))
 
     def _movable(self, peer_did: str) -> Any:
-        later = TRANSPORTS[TRANSPORTS.index(QUIC) + 1 :]
+        """A session with ``peer_did`` that can move back to QUIC now, and whose channel can
+        seal a link check: over a later transport, with keys, no fallback pending, in a state
+        that takes ``transport_switched`` (established, degraded, …)."""
         for session in self.manager.sessions_with(peer_did):
             if (
-                session.state == State.ESTABLISHED
+                session.transport in _AFTER_QUIC
                 and session.key_id is not None
-                and session.transport in later
                 and not session.fallback_pending
+                and is_allowed(session.state, Trigger.TRANSPORT_SWITCHED)
             ):
                 return session
         return None
@@ -393,7 +396,7 @@ class NodeWorker:
         link = self._dialled(peer_did)
         session = self._movable(peer_did)
         if link is None or link.kind != QUIC or session is None:
-            return False
+            return False  # no link, or no session to seal it in now (a rotation under way)
         data = self._sealed(LinkCheck(session.conversation, False))
         if data is None:
             return False

@@ -194,3 +194,25 @@ def test_a_pending_fallback_is_not_moved_back_and_moves_are_only_up_the_order(
         s.transport_switched(now, "quic")
     assert alice.transport_proven(BOB, "quic", now) == []
     assert (s.transport, s.fallback_pending) == ("utcp", True)
+
+
+def test_a_degraded_session_moves_back_to_quic_too(make_sim: Callable[..., Simulation]) -> None:
+    """The link that failed took the heartbeats with it: a session often reaches μTCP
+    ``degraded``, and moves back in that state (the table takes ``transport_switched`` there);
+    the next heartbeat answered over QUIC re-establishes it."""
+    config = SessionConfig(
+        heartbeat_interval=1.0, heartbeat_tolerance=2, heartbeat_response_timeout=0.5
+    )
+    sim = make_sim(config=config)
+    sid = connect(sim)
+    alice = sim.nodes[ALICE]
+    s = alice.session(sid)
+    sim.transport.partition(ALICE, BOB)
+    run_until(sim, lambda: s.state == "degraded", limit_s=10)
+    alice.transport_lost(BOB, "quic", sim.clock.wall_us())
+    alice.transport_found(BOB, "utcp", sim.clock.wall_us())
+    sim.perform(ALICE, alice.transport_proven(BOB, "quic", sim.clock.wall_us()))
+    assert (s.state, s.transport) == ("degraded", "quic")
+    sim.transport.heal(ALICE, BOB)
+    run_until(sim, lambda: s.state == "established", limit_s=30)
+    assert alice.ledger.repository.get(sid).transport == "quic"
