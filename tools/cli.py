@@ -122,7 +122,8 @@ def _demo(args: Any) -> int:
 @cli.command(
     "demo",
     help="two node processes over QUIC: a post-quantum session, messages, a partition, a key "
-    "rotation, a fallback to TCP and a SIGKILL, then both ledgers verified and witnessed",
+    "rotation, a fallback to TCP and back, and a SIGKILL, then both ledgers verified and "
+    "witnessed",
 )
 @click.option(
     "--dir", default=".demo", show_default=True, metavar="DIR",

@@ -12,7 +12,7 @@ for TCP (μTCP) — so that the demo can break the network as a real one breaks.
 4. a partition: heartbeats go unanswered, the session is ``degraded``, messages sent meanwhile
    are queued; the network heals, the session is ``established`` again and they arrive;
 5. UDP cut: the QUIC link dies, and the session carries on over μTCP (the fallback is a
-   ledger event);
+   ledger event); UDP passes again, and the session moves back to QUIC (another);
 6. SIGKILL of Alice right after a message was saved; a new process over her files resumes the
    session with fresh keys, and the message arrives exactly once;
 7. both nodes stopped; each ledger verified (every hash, signature, chain link, tree node) and
@@ -54,12 +54,13 @@ T = TypeVar("T")
 NAMES = ("alice", "bob")
 # Timers shortened so that the story takes seconds: heartbeats every second, degraded after
 # two unanswered; keys rotated 4 s after they were made; witnesses every 2 s; the QUIC link
-# given up 5 s after its peer fell silent.
+# given up 5 s after its peer fell silent, and QUIC tried again 1 s after it failed.
 SESSION = {
     "heartbeat_interval": 1.0, "heartbeat_tolerance": 2, "heartbeat_response_timeout": 0.5,
     "ttl": 20.0, "rotation_window": 16.0,
 }  # fmt: skip
 QUIC_IDLE_S = 5.0
+QUIC_RETRY_S = 1.0
 WAIT_S = 20.0  # the longest any step may take before the demo says it did not happen
 
 
@@ -83,7 +84,8 @@ class NodeRun:
             f'keys = "{self.name}.keys"', f'ledger = "{self.name}.sqlite3"',
             f'control = "{self.name}.sock"', 'quic = "127.0.0.1:0"', 'tcp = "127.0.0.1:0"',
             'durability = "normal"', "quic_keepalive_s = 1.0",
-            f"quic_idle_timeout_s = {QUIC_IDLE_S}", "witness_interval_s = 2.0", "[session]",
+            f"quic_idle_timeout_s = {QUIC_IDLE_S}", f"quic_retry_s = {QUIC_RETRY_S}",
+            "witness_interval_s = 2.0", "[session]",
             *(f"{k} = {v}" for k, v in SESSION.items()), "[peers]",
         ]  # fmt: skip
         for did, (quic, tcp) in peers.items():
@@ -269,7 +271,7 @@ class Story:
         self.say("established again; the queued messages arrived, in order")
 
     def fallback(self) -> None:
-        self.step("5. UDP cut: fallback to TCP")
+        self.step("5. UDP cut: fallback to TCP, and back to QUIC")
         assert self.relays is not None
         self.relays.cut_udp()
         self.say(f"UDP dropped (TCP passes): QUIC's link gives up after {QUIC_IDLE_S:.0f} s silent")
@@ -289,6 +291,24 @@ class Story:
         self.say(
             f"same session over μTCP (TransportSwitched at ledger position "
             f"{switched[-1].position}); messages flow"
+        )
+        self.relays.heal()
+        self.say(
+            f"UDP passes again: alice tries QUIC once its back-off is over ({QUIC_RETRY_S:.0f} s "
+            "after the first failure, doubling with each)"
+        )
+        self.until(
+            lambda: self.alice_session()["transport"] == "quic", "the session back over QUIC"
+        )
+        back = self.transitions(self.alice, lambda t: t.event == "TransportSwitched")
+        if len(back) < 2:
+            raise DemoFailed("alice's ledger records no move back to QUIC")
+        self.alice.ask("send", session=self.session, data=_b64(b"over QUIC again"))
+        if self.receive(self.bob) != b"over QUIC again":
+            raise DemoFailed("bob did not receive the message sent over QUIC again")
+        self.say(
+            f"same session over QUIC again, its link checked under the session's keys "
+            f"(TransportSwitched at ledger position {back[-1].position}); messages flow"
         )
 
     def kill_and_resume(self) -> None:

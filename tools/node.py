@@ -59,6 +59,7 @@ from l2_session.domain.session.errors import SessionError
 from l2_session.infrastructure.keystore import KeyStore
 from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.tools.errors import UsageError
+from l2_session.transports.fallback import BACKOFF_BASE_S, BACKOFF_MAX_S, FallbackPolicy
 from l2_session.transports.quic import QuicSettings
 from l2_session.transports.tcp import NodeClosed
 from l2_session.transports.tcp_worker import WITNESS_INTERVAL_US
@@ -99,6 +100,7 @@ class NodeProcess:
         quic_settings: QuicSettings | None = None,
         witness_interval_s: float = WITNESS_INTERVAL_US / 1e6,
         config: SessionConfig | None = None,
+        quic_retry_s: float = BACKOFF_BASE_S,
     ) -> None:
         self.store, self.ledger = store, ledger
         # The library's node, wired as every node is (l2_session/node.py): this process
@@ -109,6 +111,11 @@ class NodeProcess:
         )  # fmt: skip
         self.front.peers.update(peers or {})
         self.node, self.manager = self.front.transport, self.front.manager
+        # QUIC to a peer is tried again this long after it failed, doubling per failure in a
+        # row (transports/fallback.py); its sessions move back once it works (decision 24).
+        self.node.fallback = FallbackPolicy(
+            backoff_base_s=quic_retry_s, backoff_max_s=max(BACKOFF_MAX_S, quic_retry_s)
+        )
         self.timeline, self.directory = self.front.timeline, self.front.directory
         self.bundle = self.front.bundle
         self.stopped = asyncio.Event()
@@ -309,6 +316,7 @@ async def serve(settings: NodeSettings) -> None:
             settings.quic_settings,
             settings.witness_interval_s,
             settings.session,
+            settings.quic_retry_s,
         )
         await _run(process, settings.quic, settings.tcp, settings.control)
     finally:
@@ -362,7 +370,7 @@ async def _run(
 
 SETTINGS = (
     "keys", "ledger", "quic", "tcp", "control", "durability", "log_format", "peers",
-    "quic_keepalive_s", "quic_idle_timeout_s", "witness_interval_s", "session",
+    "quic_keepalive_s", "quic_idle_timeout_s", "quic_retry_s", "witness_interval_s", "session",
 )  # fmt: skip
 
 
@@ -381,6 +389,7 @@ class NodeSettings:
     quic_settings: QuicSettings = field(default_factory=QuicSettings)
     witness_interval_s: float = WITNESS_INTERVAL_US / 1e6
     session: SessionConfig = field(default_factory=SessionConfig)
+    quic_retry_s: float = BACKOFF_BASE_S
 
 
 def settings_from(args: Any) -> NodeSettings:
@@ -425,15 +434,10 @@ def settings_from(args: Any) -> NodeSettings:
         )
     except ValueError as error:
         raise UsageError(f"{where}{error}") from None
-    witness_interval_s = config.get("witness_interval_s", WITNESS_INTERVAL_US / 1e6)
-    if (
-        isinstance(witness_interval_s, bool)
-        or not isinstance(witness_interval_s, int | float)
-        or not witness_interval_s > 0
-    ):
-        raise UsageError(
-            f"{where}witness_interval_s must be seconds above 0, got {witness_interval_s!r}"
-        )
+    witness_interval_s = _setting_seconds(
+        config, "witness_interval_s", WITNESS_INTERVAL_US / 1e6, where
+    )
+    quic_retry_s = _setting_seconds(config, "quic_retry_s", BACKOFF_BASE_S, where)
     session = _session_config(config.get("session", {}), where)
     peers = _peers_from_config(config.get("peers", {}), where)
     for flag in args.peer or []:
@@ -445,8 +449,16 @@ def settings_from(args: Any) -> NodeSettings:
         tcp=None if tcp is None else Address.parse(tcp, "--tcp"),
         control=Path(value("control")), durability=durability, log_format=log_format,
         peers=peers, quic_settings=quic_settings, witness_interval_s=witness_interval_s,
-        session=session,
+        session=session, quic_retry_s=quic_retry_s,
     )  # fmt: skip
+
+
+def _setting_seconds(config: dict[str, Any], name: str, default: float, where: str) -> float:
+    """The setting ``name`` of the config file: seconds above 0, else ``default``."""
+    seconds = config.get(name, default)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise UsageError(f"{where}{name} must be seconds above 0, got {seconds!r}")
+    return float(seconds)
 
 
 def _read_config(path: str) -> dict[str, Any]:

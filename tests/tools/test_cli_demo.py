@@ -12,7 +12,8 @@ from l2_session.infrastructure.ledger import SessionLedger
 from l2_session.infrastructure.ledger.verify import verify
 from l2_session.projections.history import LedgerHistory
 
-SENT_BY_ALICE = 7  # 3 at first, 2 during the partition, 1 over μTCP, 1 before the kill
+SENT_BY_ALICE = 8  # 3 at first, 2 during the partition, 1 over μTCP, 1 over QUIC again, 1 before
+# the kill
 
 
 def sessions(path: Path) -> dict[str, tuple[dict, list]]:
@@ -50,7 +51,9 @@ def test_the_demo_tells_what_its_ledgers_record(tmp_path: Path):
         ("Established", "handshake_initiated", "established"),
         ("Established", "rotating", "established"),
         ("HeartbeatMissed", "established", "degraded"),
-        ("TransportSwitched", None, None),
+        ("FallbackAttempted", None, None),
+        ("TransportSwitched", None, None),  # to μTCP
+        ("TransportSwitched", None, None),  # and back to QUIC
         ("NodeRestarted", "established", "suspended"),
     ]
     at = 0
@@ -62,11 +65,12 @@ def test_the_demo_tells_what_its_ledgers_record(tmp_path: Path):
         assert at < len(moves), (
             f"{event} {before} → {after} not in alice's ledger after the step before"
         )
+        at += 1  # the next step comes after this one
     restarted = next(t.position for t in alice_steps if t.event == "NodeRestarted")
     after = [t for t in alice_steps if t.position > restarted and t.state != t.state_before]
     assert after[-2:][0].trigger == "initiate_resumption()"  # resumed: no new KEM exchange
     assert alice["state"] == bob["state"] == "established"
-    assert alice["transport"] == bob["transport"] == "utcp"
+    assert alice["transport"] == bob["transport"] == "quic"  # moved back, and resumed over it
     # Both ledgers verify, and each was witnessed by the other, as printed.
     for name, other in (("alice", "bob"), ("bob", "alice")):
         report = verify(

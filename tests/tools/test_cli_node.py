@@ -376,6 +376,10 @@ def test_a_node_from_a_config_file_dials_its_address_book_and_logs_json(tmp_path
             "witness_interval_s must be seconds above 0",
         ),
         (
+            'keys = "k"\nledger = "l"\ncontrol = "c"\nquic = "127.0.0.1:0"\nquic_retry_s = "soon"',
+            "quic_retry_s must be seconds above 0, got 'soon'",
+        ),
+        (
             'keys = "k"\nledger = "l"\ncontrol = "c"\nquic = "127.0.0.1:0"\n[session]\nheartbeat = 1',
             "[session]: unknown field heartbeat",
         ),
