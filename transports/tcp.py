@@ -598,8 +598,8 @@ class TcpNode:
                 chunks.setdefault(link, []).append(data)
             for link, data_list in chunks.items():
                 connections.write(link, data_list)
-        for link in outcome.retired:
-            connections.retire(link)
+        for link in outcome.settled:
+            connections.retire_beside(link)
         for message in outcome.delivered:
             if not message.answered:  # the node's answer had it, and answered it
                 self.delivered.append(message)

@@ -111,19 +111,20 @@ class Batch:
 class Outcome:
     """What one stage of a batch asks the loop to do, in this order: drop connections
     (a frame broke their framing), mark connections proven, write, close the connections a
-    link check replaced (``retired``, once what was written on them is out), deliver,
-    answer."""
+    link check replaced (``settled``: the links a check's answer settled; this node's other
+    connections to that peer over later transports close once what was written on them is
+    out), deliver, answer."""
 
     dropped: list[tuple[Link, str]] = field(default_factory=list)
     proven: list[Link] = field(default_factory=list)
     writes: list[tuple[Link, bytes]] = field(default_factory=list)
-    retired: list[Link] = field(default_factory=list)
+    settled: list[Link] = field(default_factory=list)
     delivered: list[Deliver] = field(default_factory=list)
     decided: list[Pending] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.dropped or self.proven or self.writes or self.retired or self.delivered
+            self.dropped or self.proven or self.writes or self.settled or self.delivered
             or self.decided
         )  # fmt: skip
 

@@ -30,6 +30,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 
+from l2_session.domain.session.core import TRANSPORTS
 from l2_session.transports.frames import FrameError, body_length
 from l2_session.transports.pipes import QuicPipe, TcpPipe
 from l2_session.transports.quic_link import BROKEN, QuicLink
@@ -292,12 +293,15 @@ class Connections:
     def proven(self, link: Link) -> None:
         self.occupancy.proven(link)
 
-    def retire(self, link: Link) -> None:
-        """Close ``link`` once what was written on it is out: another link with its peer
-        carries its frames now (a link check, link_check.py). Not counted as dropped."""
-        if link in self.open:
-            self._forget(link)
-            link.pipe.close()
+    def retire_beside(self, settled: Link) -> None:
+        """A link check settled ``settled`` as its peer's (link_check.py): the connections
+        this node opened to that peer over transports after it in the order close, once what
+        was written on them is out. Not counted as dropped."""
+        later = TRANSPORTS[TRANSPORTS.index(settled.kind) + 1 :]
+        for link in [k for k in self.open if k.did == settled.did and k.outgoing]:
+            if link.kind in later:
+                self._forget(link)
+                link.pipe.close()
 
     def drop(self, link: Link, why: str) -> None:
         """A frame broke ``link``'s framing (the worker found it): it cannot be

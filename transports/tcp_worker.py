@@ -34,6 +34,11 @@ replayed from the ledger, whose replay window restarted empty). Routing:
 - other handshake frames (establish, resume, timers) go to the proven connection, else the
   connection this node opened to the DID, else the latest claim.
 
+The proven connection is the one the DID's latest proving frame came in on — unless a link
+check (link_check.py, decision 24) settled one: then frames still arriving on the peer's other
+connections (sent before the move) are taken but do not move the route, until a new
+connection with the peer comes up or the settled one goes down.
+
 So an unproven claim never displaces a proven connection, and a connection claiming someone
 else's DID gets nothing but answers to what it sent itself. The handshake engine keys
 quarantine and rate limits by the source a frame came from (``address_of``, which the key
@@ -59,6 +64,7 @@ from l2_session.domain.manager.manager import Answer, SessionManager
 from l2_session.domain.session.commands import Frame, Output, Send
 from l2_session.domain.session.core import QUIC, TRANSPORTS
 from l2_session.domain.session.errors import SessionError
+from l2_session.domain.session.session import Session
 from l2_session.domain.session.states import State, Trigger, is_allowed
 from l2_session.infrastructure.ledger.witness import Witnessing
 from l2_session.transports.bundles import BundleRequest, BundleResponse
@@ -376,7 +382,7 @@ class NodeWorker:
         order (decision 24: it would move back once QUIC works)."""
         return any(s.transport in _AFTER_QUIC for s in self.manager.sessions_with(peer_did))
 
-    def _movable(self, peer_did: str) -> Any:
+    def _movable(self, peer_did: str) -> Session | None:
         """A session with ``peer_did`` that can move back to QUIC now, and whose channel can
         seal a link check: over a later transport, with keys, no fallback pending, in a state
         that takes ``transport_switched`` (established, degraded, …)."""
@@ -415,13 +421,11 @@ class NodeWorker:
         if not proves or (check.answer and not asked):
             self.link_checks_refused += 1
             return
-        previous = self._proven.get(did)
         self._proven[did] = self._settled[did] = link
         self._out.proven.append(link)
         if check.answer:
             del self._checks_sent[did]
-            if previous is not None and previous is not link and previous.outgoing:
-                self._out.retired.append(previous)
+            self._out.settled.append(link)  # the connections it replaces close
         else:
             data = self._sealed(LinkCheck(check.conversation, True))
             if data is not None:
