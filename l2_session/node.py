@@ -558,6 +558,24 @@ class Node:
         to another (none once the pool is spent: the handshake then goes without)."""
         return bytes(self.directory.directory.take(self.did).encode())
 
+    async def connect(
+        self,
+        peer_did: str,
+        *,
+        addresses: Addresses | str | Mapping[str, Any] | None = None,
+        timeout: float = WAIT_S,
+    ) -> None:
+        """What a session with ``peer_did`` needs of the network: a connection — dialled at
+        ``addresses`` (kept in ``peers``), else where ``peers`` says, unless one is up — and
+        the peer's prekey bundle, asked of it over the connection unless this node has it.
+        ``establish`` and ``resume`` do this themselves; a node that dials by other means
+        (``transport.dial``) calls it so that a session whose resumption the peer refuses
+        can fall back to a full handshake (decision 16). ``ConnectionError`` without an
+        address or a connection; ``TimeoutError`` after ``timeout`` seconds."""
+        _check_did(peer_did)
+        async with _within(timeout, f"no connection to {peer_did} with its bundle"):
+            await self._connect(peer_did, addresses)
+
     async def _connect(
         self, peer_did: str, given: Addresses | str | Mapping[str, Any] | None
     ) -> None:

@@ -192,15 +192,14 @@ class NodeProcess:
         else:
             book[did] = Addresses(quic, tcp)
         transport = await self.node.dial(did, quic=quic, tcp=tcp)
+        # The peer's prekey bundle, if nobody handed it over: what a full handshake needs — a
+        # new session's, or the one a resumption the peer refused falls back to (decision 16).
+        await self.front.connect(did)
         return {"transport": transport}
 
     async def _establish(self, request: dict[str, Any]) -> dict[str, Any]:
         did = _text(request, "did")
-        connected = await self.node.query(lambda: self.node.worker.transport_to(did) is not None)
-        if not connected and did in self.front.peers:  # the address book says where
-            await self._dial({"did": did})
-        if did not in self.directory.directory:  # nobody handed it over: ask the peer
-            await self.node.fetch_bundle(did)
+        await self.front.connect(did)  # dialled from the address book unless connected
         session = await self.node.establish(did)
         return {"session": str(session)}
 

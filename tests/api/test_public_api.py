@@ -23,6 +23,7 @@ SIGNATURES = {
     "Node.establish": "(self, peer_did: str, *, addresses: Addresses | str | Mapping[str, Any] | None = None, bundle: bytes | None = None, timeout: float = 10.0) -> Session",
     "Node.accept": "(self, timeout: float | None = None) -> Session",
     "Node.resume": "(self, peer_did: str, *, addresses: Addresses | str | Mapping[str, Any] | None = None, timeout: float = 10.0) -> Session",
+    "Node.connect": "(self, peer_did: str, *, addresses: Addresses | str | Mapping[str, Any] | None = None, timeout: float = 10.0) -> None",
     "Node.sessions": "(self) -> list[Session]",
     "Node.session": "(self, session_id: UUID) -> Session",
     "Node.state_changes": "(self) -> AsyncIterator[StateChange]",

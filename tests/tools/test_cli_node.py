@@ -525,3 +525,38 @@ def test_a_node_makes_fresh_prekeys_when_none_are_kept_or_half_their_month_has_p
     assert fresh.signed_prekey_id != first.signed_prekey_id and other.encode() != bundle.encode()
     stored = KeyStore.load(store.path).prekeys
     assert stored is not None and stored.signed_prekey_id == fresh.signed_prekey_id
+
+
+def test_a_restarted_node_whose_resumption_is_refused_gets_the_bundle_on_dial(
+    tmp_path: Path,
+) -> None:
+    """Alice is killed; Bob comes back over a new ledger, so he knows nothing of the session
+    and refuses its resumption. The session falls back to a full handshake (decision 16),
+    which needs Bob's prekey bundle: the restarted Alice's ``dial`` asks Bob for it, and the
+    session is established again — same session at Alice, new keys — without an ``establish``."""
+
+    async def scenario() -> None:
+        alice, bob = Node(tmp_path, "alice"), Node(tmp_path, "bob")
+        try:
+            await bob.start()
+            await alice.start()
+            await alice.do("dial", did=bob.ready["did"], tcp=bob.ready["tcp"])
+            sid = (await alice.do("establish", did=bob.ready["did"]))["session"]
+            await alice.do("wait", session=sid, state="established", timeout=WAIT_S)
+            alice.kill()
+            assert await bob.stop() == 0
+            await bob.start(
+                "--keys", str(tmp_path / "bob.keys"), "--ledger", str(tmp_path / "bob-new.sqlite3"),
+                "--tcp", "127.0.0.1:0", "--control", str(bob.control), "--durability", "normal",
+            )  # fmt: skip
+            await alice.start()
+            await alice.do("dial", did=bob.ready["did"], tcp=bob.ready["tcp"])
+            await alice.do("wait", session=sid, state="established", timeout=WAIT_S)
+            await alice.do("send", session=sid, data=b64(b"after a full handshake"))
+            assert [p for _, p in await received(bob, 1)] == [b"after a full handshake"]
+            assert await alice.stop() == 0
+            assert await bob.stop() == 0
+        finally:
+            kill_left(alice, bob)
+
+    asyncio.run(scenario())
