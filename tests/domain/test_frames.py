@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from l2_session.domain.session.commands import (
+    Close,
+    CloseAck,
     Data,
     DataAck,
     HandshakeAck,
@@ -20,7 +22,17 @@ from l2_session.domain.session.commands import (
     RotationRequest,
     RotationResponse,
 )
-from l2_session.transports.frames import MAX_FRAME, FrameError, body_length, decode, encode
+from l2_session.transports.bundles import BundleRequest, BundleResponse
+from l2_session.transports.frames import (
+    KINDS,
+    MAX_FRAME,
+    FrameError,
+    body_length,
+    decode,
+    encode,
+)
+from l2_session.transports.link_check import LinkCheck
+from l2_session.transports.witness_frames import CheckpointOffer, CheckpointReply
 
 C = uuid4()
 FRAMES = [
@@ -34,7 +46,19 @@ FRAMES = [
     RotationRequest(C, b"i"),
     RotationResponse(C, b"r"),
     RotationConfirm(C, b"c"),
+    Close(C),
+    CloseAck(C),
+    BundleRequest("did:key:z6MkPeer"),
+    BundleResponse("did:key:z6MkPeer", b"bundle"),
+    CheckpointOffer(C, b"note", 3, b"\x01" * 64),
+    CheckpointReply(C, 4, b"\x02" * 32, b"", "refused: a reason", 3),
+    LinkCheck(C, False),
+    LinkCheck(C, True),
 ]
+
+
+def test_the_round_trips_cover_every_kind_of_the_wire() -> None:
+    assert {type(f) for f in FRAMES} == set(KINDS)
 
 
 @pytest.mark.parametrize("frame", FRAMES, ids=lambda f: type(f).__name__)
