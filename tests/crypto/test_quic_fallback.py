@@ -172,17 +172,21 @@ async def moved_to_quic(side: Side, conversation: UUID) -> None:
     await side.node.until(lambda: side.session(conversation).transport == "quic", WAIT_S)
 
 
-def test_a_session_on_utcp_moves_back_to_quic_once_udp_passes_again(tmp_path: Path) -> None:
-    """UDP blocked when Alice dials: the session is made over μTCP. Once UDP passes and QUIC's
-    back-off is over, Alice dials QUIC again and checks the link; both ends record the move
-    (``TransportSwitched`` to QUIC), the μTCP connection is retired, and the messages sent
-    before, during and after the move arrive once each, in order — the same keys throughout."""
+@pytest.mark.parametrize("loss", [0.0, 0.15])
+def test_a_session_on_utcp_moves_back_to_quic_once_udp_passes_again(
+    tmp_path: Path, loss: float
+) -> None:
+    """UDP blocked when Alice dials: the session is made over μTCP. Once UDP passes (cleanly,
+    or losing 15 % of the datagrams each way) and QUIC's back-off is over, Alice dials QUIC
+    again and checks the link; both ends record the move (``TransportSwitched`` to QUIC), the
+    μTCP connection is retired, and the messages sent before, during and after the move
+    arrive once each, in order — the same keys throughout."""
 
     async def run() -> None:
         clock, directory = VirtualTime(), DidKeyResolver()
         alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
         bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
-        relay = await ChaosRelay.start(await bob.node.serve_quic(), loss=0.0, seed=1)
+        relay = await ChaosRelay.start(await bob.node.serve_quic(), loss=loss, seed=1)
         relay.partitioned = True  # UDP does not pass
         alice.node.fallback = FallbackPolicy(backoff_base_s=0.5)
         try:
