@@ -117,7 +117,8 @@ class Message:
     node (``seq`` counts them from 1 per session). Delivered means saved in this node's
     ledger, which happens before the application is handed it; a message saved and not yet
     taken by the application when its process died is not handed again after a restart —
-    it stays in the ledger (decision 21 in docs/spec-decisions.md)."""
+    it stays in the ledger, and ``Session.delivered(after=seq)`` reads it back (decision 21
+    in docs/spec-decisions.md)."""
 
     session_id: UUID
     seq: int
@@ -200,6 +201,33 @@ class Session:
         if not self.closed:  # a closed session's messages no longer count (Node._changed)
             self._node._taken()
         return message
+
+    async def delivered(self, after: int = 0, limit: int = 1_000) -> list[Message]:
+        """The messages of this session saved in this node's ledger with ``seq`` above
+        ``after``, in order, at most ``limit`` of them. The way back to a message that was
+        saved but not yet taken when the node's process died, which ``receive`` does not hand
+        again (``Message``): an application that keeps the ``seq`` of the last message it
+        handled, with what it did with it, asks for those after it when it starts again, and
+        takes each ``seq`` once — ``receive`` hands the messages saved since this process
+        started, some of which this may return too. Read from the ledger on the node's
+        worker, newest first, back to ``after``."""
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValueError(f"after must be a seq (an int >= 0), got {after!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        node = self._node
+
+        def read() -> list[Message]:
+            found: list[Message] = []
+            for event in node.ledger.events.get(self.id, desc=True):
+                if isinstance(event, SessionAggregate.MessageDelivered):
+                    if event.seq <= after:
+                        break
+                    found.append(Message(self.id, event.seq, event.payload))
+            return found[::-1][:limit]
+
+        node._check_open()
+        return await node._transport.query(read)
 
     def __aiter__(self) -> AsyncIterator[Message]:
         """``async for message in session``: every message, in order, until it is closed."""

@@ -429,3 +429,72 @@ def test_a_session_that_fails_raises_the_session_error_of_its_reason(tmp_path):
             assert (failed.state, failed.failure_reason) == ("failed", "timeout")
 
     run(main())
+
+
+BOB_TAKES_TWO = """
+import asyncio, json, sys
+from l2_session import Node
+
+async def main():
+    async with Node.open(identity=sys.argv[1], ledger=sys.argv[2], listen="127.0.0.1:0") as bob:
+        host, port = bob.addresses.quic  # QUIC and TCP on the same port
+        print(json.dumps({"did": bob.did, "addresses": f"{host}:{port}"}), flush=True)
+        session = await bob.accept(timeout=30)
+        for _ in range(2):
+            message = await session.receive(timeout=30)
+            print(json.dumps({"took": message.seq}), flush=True)
+        await asyncio.sleep(3600)  # the rest are saved and never taken: SIGKILL comes first
+
+asyncio.run(main())
+"""
+
+
+def test_messages_saved_but_not_taken_before_a_sigkill_are_read_back_after_it(tmp_path):
+    """Decision 21's limit, and its way back: Bob's process saves five messages and its
+    application takes two before SIGKILL. Restarted, the node does not hand the other three
+    again (``receive``), and ``Session.delivered(after=2)`` reads them back from the ledger —
+    each once, in order, with its seq."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    bob_files = files(tmp_path, "bob")
+    process = subprocess.Popen(
+        [sys.executable, "-c", BOB_TAKES_TWO, str(bob_files["identity"]), bob_files["ledger"]],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    sent = [b"m%d" % n for n in range(1, 6)]
+
+    async def main():
+        assert process.stdout is not None
+        said = json.loads(await asyncio.to_thread(process.stdout.readline))
+        async with Node.open(**files(tmp_path, "alice")) as alice:
+            session = await alice.establish(said["did"], addresses=said["addresses"])
+            for data in sent:
+                await session.send(data)
+            took = [json.loads(await asyncio.to_thread(process.stdout.readline)) for _ in "12"]
+            assert took == [{"took": 1}, {"took": 2}]
+            # Every message is in Bob's ledger once Alice's are all acknowledged.
+            manager = alice.transport.manager
+            await alice.transport.until(lambda: not manager.session(session.id).outbox, WAIT)
+            process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(process.wait, WAIT)
+        async with Node.open(**bob_files) as bob:
+            (recovered,) = bob.sessions()
+            with pytest.raises(TimeoutError):  # not handed again
+                await recovered.receive(timeout=0.3)
+            back = await recovered.delivered(after=2)
+            assert [(m.seq, m.data) for m in back] == [(3, b"m3"), (4, b"m4"), (5, b"m5")]
+            assert {m.session_id for m in back} == {recovered.id}
+            assert [m.seq for m in await recovered.delivered(limit=2)] == [1, 2]
+            assert await recovered.delivered(after=5) == []
+            for wrong in ({"after": -1}, {"after": "2"}, {"limit": 0}):
+                with pytest.raises(ValueError):
+                    await recovered.delivered(**wrong)
+
+    try:
+        run(main())
+    finally:
+        process.kill()
+        process.wait()

@@ -30,6 +30,7 @@ SIGNATURES = {
     "Node.close": "(self, *, end_sessions: bool = False) -> None",
     "Session.send": "(self, data: bytes) -> None",
     "Session.receive": "(self, timeout: float | None = None) -> Message",
+    "Session.delivered": "(self, after: int = 0, limit: int = 1000) -> list[Message]",
     "Session.__aiter__": "(self) -> AsyncIterator[Message]",
     "Session.wait": "(self, state: str, timeout: float = 10.0) -> None",
     "Session.close": "(self, timeout: float = 5.0) -> None",
