@@ -204,30 +204,9 @@ class Session:
 
     async def delivered(self, after: int = 0, limit: int = 1_000) -> list[Message]:
         """The messages of this session saved in this node's ledger with ``seq`` above
-        ``after``, in order, at most ``limit`` of them. The way back to a message that was
-        saved but not yet taken when the node's process died, which ``receive`` does not hand
-        again (``Message``): an application that keeps the ``seq`` of the last message it
-        handled, with what it did with it, asks for those after it when it starts again, and
-        takes each ``seq`` once — ``receive`` hands the messages saved since this process
-        started, some of which this may return too. Read from the ledger on the node's
-        worker, newest first, back to ``after``."""
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise ValueError(f"after must be a seq (an int >= 0), got {after!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
-        node = self._node
-
-        def read() -> list[Message]:
-            found: list[Message] = []
-            for event in node.ledger.events.get(self.id, desc=True):
-                if isinstance(event, SessionAggregate.MessageDelivered):
-                    if event.seq <= after:
-                        break
-                    found.append(Message(self.id, event.seq, event.payload))
-            return found[::-1][:limit]
-
-        node._check_open()
-        return await node._transport.query(read)
+        ``after``, in order, at most ``limit`` of them: ``Node.delivered`` for this
+        session."""
+        return await self._node.delivered(self.id, after=after, limit=limit)
 
     def __aiter__(self) -> AsyncIterator[Message]:
         """``async for message in session``: every message, in order, until it is closed."""
@@ -535,6 +514,41 @@ class Node:
         if found is None or found.closed:
             raise UnknownSession(session_id)
         return found
+
+    async def delivered(
+        self, session_id: UUID, *, after: int = 0, limit: int = 1_000
+    ) -> list[Message]:
+        """The messages of session ``session_id`` saved in this node's ledger with ``seq``
+        above ``after``, in order, at most ``limit`` of them — live or closed, whether or not
+        this process made a handle for it. The way back to a message that was saved but not
+        yet taken when the node's process died, which ``receive`` does not hand again
+        (``Message``): an application that keeps the ``seq`` of the last message it handled,
+        with what it did with it, asks for those after it when it starts again, and takes
+        each ``seq`` once — ``receive`` hands the messages saved since this process started,
+        some of which this may return too. Read from the ledger on the node's worker, newest
+        first, back to ``after``. ``UnknownSession`` if the ledger holds no such session."""
+        if not isinstance(session_id, UUID):
+            raise TypeError(f"session_id must be a UUID, got {type(session_id).__name__}")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValueError(f"after must be a seq (an int >= 0), got {after!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        self._check_open()
+
+        def read() -> list[Message]:
+            found: list[Message] = []
+            seen = False
+            for event in self.ledger.events.get(session_id, desc=True):
+                seen = True
+                if isinstance(event, SessionAggregate.MessageDelivered):
+                    if event.seq <= after:
+                        break
+                    found.append(Message(session_id, event.seq, event.payload))
+            if not seen:
+                raise UnknownSession(session_id)
+            return found[::-1][:limit]
+
+        return await self._transport.query(read)
 
     def state_changes(self) -> AsyncIterator[StateChange]:
         """Every state change of every session, in the order saved, from this call on (the

@@ -156,7 +156,8 @@ class NodeProcess:
         return {
             "status": self._status, "peer": self._peer, "dial": self._dial,
             "establish": self._establish, "wait": self._wait, "send": self._send,
-            "receive": self._receive, "sessions": self._sessions, "close": self._close,
+            "receive": self._receive, "delivered": self._delivered, "sessions": self._sessions,
+            "close": self._close,
             "checkpoint": self._checkpoint, "witnessed": self._witnessed, "stop": self._stop,
         }  # fmt: skip
 
@@ -226,6 +227,22 @@ class NodeProcess:
             "session": str(message.session_id), "seq": message.seq,
             "data": base64.b64encode(message.payload).decode(),
         }  # fmt: skip
+
+    async def _delivered(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The messages of a session saved in the ledger after ``after`` (decision 21: what
+        ``receive`` does not hand again after a restart)."""
+        sid = _session(request)
+        after, limit = request.get("after", 0), request.get("limit", 1000)
+        try:
+            messages = await self.front.delivered(sid, after=after, limit=limit)
+        except ValueError as error:
+            raise Request(str(error)) from None
+        return {
+            "session": str(sid),
+            "messages": [
+                {"seq": m.seq, "data": base64.b64encode(m.data).decode()} for m in messages
+            ],
+        }
 
     async def _sessions(self, request: dict[str, Any]) -> dict[str, Any]:
         def listed() -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """``l2-session node status | sessions | witnessed | checkpoint | stop | dial | establish |
-send | receive | close``: ask a running node over its control socket (docs/cli.md, "node")
-and print the answer — tables, lines, or ``--json``.
+send | receive | delivered | close``: ask a running node over its control socket
+(docs/cli.md, "node") and print the answer — tables, lines, or ``--json``.
 
 The socket is ``--control PATH``, or the ``control`` setting of the node's ``--config`` file.
 A node that cannot be reached, or that refuses the request, is a usage error (exit 2) that
@@ -115,6 +115,12 @@ def _asked(op: str) -> Any:
             data = base64.b64decode(answer["data"])
             text = data.decode("utf-8", "replace")
             print(f"{answer['session']} {answer['seq']} {printable(text)}")
+        elif op == "delivered":
+            from l2_session.infrastructure.ledger.verify_report import printable
+
+            for message in answer["messages"]:
+                text = base64.b64decode(message["data"]).decode("utf-8", "replace")
+                print(f"{answer['session']} {message['seq']} {printable(text)}")
         elif op == "stop":
             print("the node is stopping")
         else:  # send, close: done once the node says so (saved first)
@@ -142,6 +148,8 @@ def _arguments(op: str, args: Any) -> dict[str, Any]:
         return {"session": args.session, "data": base64.b64encode(data).decode()}
     if op == "receive":
         return {"timeout": args.timeout}
+    if op == "delivered":
+        return {"session": args.session, "after": args.after, "limit": args.limit}
     if op == "close":
         return {"session": args.session}
     return {}
@@ -182,6 +190,8 @@ HELP |= {
     "establish": "ask a running node to open a session with a peer; print the session's id",
     "send": "ask a running node to send a message on a session; returns once it is saved",
     "receive": "wait for the next message a running node delivers; print it",
+    "delivered": "print a session's messages saved in a running node's ledger after a seq "
+    "(what a restart does not hand again)",
     "close": "ask a running node to close a session (saved, then sent to the peer)",
 }
 ARGUMENTS: dict[str, list[Callable[[Any], Any]]] = {
@@ -200,6 +210,23 @@ ARGUMENTS: dict[str, list[Callable[[Any], Any]]] = {
         click.option("--file", metavar="FILE", help="send this file's bytes instead (- : stdin)"),
     ],
     "close": [click.argument("session")],
+    "delivered": [
+        click.argument("session"),
+        click.option(
+            "--after",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="the seq of the last message already handled",
+        ),
+        click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            default=1000,
+            show_default=True,
+            help="at most this many messages",
+        ),
+    ],
 }
 
 

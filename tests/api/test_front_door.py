@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import uuid
 
 import pytest
 from l2_session.domain.manager.pqxdh import PqxdhKeyExchange
@@ -25,6 +26,7 @@ from l2_session import (
     SessionLedger,
     State,
     Timeout,
+    UnknownSession,
     verify,
 )
 
@@ -492,6 +494,10 @@ def test_messages_saved_but_not_taken_before_a_sigkill_are_read_back_after_it(tm
             for wrong in ({"after": -1}, {"after": "2"}, {"limit": 0}):
                 with pytest.raises(ValueError):
                     await recovered.delivered(**wrong)
+            # By id, from the node: the same; a session the ledger never held is refused.
+            assert await bob.delivered(recovered.id, after=4) == back[-1:]
+            with pytest.raises(UnknownSession):
+                await bob.delivered(uuid.uuid4())
 
     try:
         run(main())

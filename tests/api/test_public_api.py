@@ -24,6 +24,7 @@ SIGNATURES = {
     "Node.accept": "(self, timeout: float | None = None) -> Session",
     "Node.resume": "(self, peer_did: str, *, addresses: Addresses | str | Mapping[str, Any] | None = None, timeout: float = 10.0) -> Session",
     "Node.connect": "(self, peer_did: str, *, addresses: Addresses | str | Mapping[str, Any] | None = None, timeout: float = 10.0) -> None",
+    "Node.delivered": "(self, session_id: UUID, *, after: int = 0, limit: int = 1000) -> list[Message]",
     "Node.sessions": "(self) -> list[Session]",
     "Node.session": "(self, session_id: UUID) -> Session",
     "Node.state_changes": "(self) -> AsyncIterator[StateChange]",

@@ -13,6 +13,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,18 @@ def test_the_node_commands_ask_a_running_node_and_say_why_when_they_cannot(
             second = json.loads((await asyncio.to_thread(cli, bob, "receive", "--json")).stdout)
             assert base64.b64decode(second["data"]) == b"\x00\x01binary"
             assert second["session"] == first[0] and second["seq"] == 2
+            # Read back from Bob's ledger: what a restart would not hand again.
+            back = json.loads((await asyncio.to_thread(cli, bob, "delivered", first[0],
+                                                       "--json")).stdout)  # fmt: skip
+            assert [(m["seq"], base64.b64decode(m["data"])) for m in back["messages"]] == [
+                (1, "héllo".encode()), (2, b"\x00\x01binary")
+            ]  # fmt: skip
+            after = await asyncio.to_thread(cli, bob, "delivered", first[0], "--after", "1")
+            assert after.stdout.startswith(f"{first[0]} 2 ") and after.stdout.count("\n") == 1
+            unknown = await asyncio.to_thread(
+                run, "node", "delivered", str(uuid.uuid4()), "--control", str(bob.control)
+            )
+            refused(unknown, 2, "refused 'delivered'")
             witnessed = json.loads((await asyncio.to_thread(cli, bob, "witnessed", "--json"))
                                    .stdout)  # fmt: skip
             assert isinstance(witnessed["witnessed"], list)
