@@ -282,15 +282,10 @@ class Story:
             ),
             "the session over μTCP",
         )
-        switched = self.transitions(self.alice, lambda t: t.event == "TransportSwitched")
-        if not switched:
-            raise DemoFailed("alice's ledger records no TransportSwitched event")
-        self.alice.ask("send", session=self.session, data=_b64(b"over TCP now"))
-        if self.receive(self.bob) != b"over TCP now":
-            raise DemoFailed("bob did not receive the message sent over μTCP")
+        switched = self.moved(1, "μTCP")
         self.say(
             f"same session over μTCP (TransportSwitched at ledger position "
-            f"{switched[-1].position}); messages flow"
+            f"{switched.position}); messages flow"
         )
         self.relays.heal()
         self.say(
@@ -300,16 +295,23 @@ class Story:
         self.until(
             lambda: self.alice_session()["transport"] == "quic", "the session back over QUIC"
         )
-        back = self.transitions(self.alice, lambda t: t.event == "TransportSwitched")
-        if len(back) < 2:
-            raise DemoFailed("alice's ledger records no move back to QUIC")
-        self.alice.ask("send", session=self.session, data=_b64(b"over QUIC again"))
-        if self.receive(self.bob) != b"over QUIC again":
-            raise DemoFailed("bob did not receive the message sent over QUIC again")
+        back = self.moved(2, "QUIC")
         self.say(
             f"same session over QUIC again, its link checked under the session's keys "
-            f"(TransportSwitched at ledger position {back[-1].position}); messages flow"
+            f"(TransportSwitched at ledger position {back.position}); messages flow"
         )
+
+    def moved(self, switches: int, over: str) -> Transition:
+        """Alice's ledger's ``switches``-th ``TransportSwitched`` event, once a message sent
+        after it (over ``over``) reached Bob."""
+        switched = self.transitions(self.alice, lambda t: t.event == "TransportSwitched")
+        if len(switched) < switches:
+            raise DemoFailed(f"alice's ledger records no TransportSwitched to {over}")
+        text = f"over {over} now".encode()
+        self.alice.ask("send", session=self.session, data=_b64(text))
+        if self.receive(self.bob) != text:
+            raise DemoFailed(f"bob did not receive the message sent over {over}")
+        return switched[switches - 1]
 
     def kill_and_resume(self) -> None:
         self.step("6. SIGKILL, and resumption from the ledger")

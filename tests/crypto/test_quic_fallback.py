@@ -48,18 +48,26 @@ async def _close(*sides: Side) -> None:
         side.ledger.close()
 
 
+async def over_quic(alice: Side, bob: Side) -> tuple[UUID, asyncio.Server]:
+    """Bob listening on QUIC and μTCP, Alice dialling him (QUIC connects) and establishing a
+    session, established at both ends: its id, and Bob's μTCP server."""
+    quic = await bob.node.serve_quic()
+    server = await bob.node.serve()
+    tcp = server.sockets[0].getsockname()[:2]
+    assert await alice.node.dial(bob.did, quic=quic, tcp=tcp) == "quic"
+    sid = await alice.node.establish(bob.did)
+    await established(alice, sid)
+    await established(bob, sid)  # Alice initiated: the conversation is her session's id
+    return sid, server
+
+
 def test_dial_takes_quic_when_it_connects_and_never_starts_tcp(tmp_path: Path) -> None:
     async def run() -> None:
         clock, directory = VirtualTime(), DidKeyResolver()
         alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
         bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
         try:
-            quic = await bob.node.serve_quic()
-            server = await bob.node.serve()
-            tcp = server.sockets[0].getsockname()[:2]
-            assert await alice.node.dial(bob.did, quic=quic, tcp=tcp) == "quic"
-            sid = await alice.node.establish(bob.did)
-            await established(alice, sid)
+            sid, server = await over_quic(alice, bob)
             assert alice.session(sid).transport == "quic"
             await until(lambda: {link.kind for link in bob.node.connections.open} == {"quic"})
             assert alice.node.fallback.failures(bob.did) == 0
@@ -127,14 +135,8 @@ def test_a_session_moves_from_a_dead_quic_link_to_utcp_losing_nothing(tmp_path: 
         alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
         bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
         try:
-            quic = await bob.node.serve_quic()
-            server = await bob.node.serve()
-            tcp = server.sockets[0].getsockname()[:2]
-            assert await alice.node.dial(bob.did, quic=quic, tcp=tcp) == "quic"
-            sid = await alice.node.establish(bob.did)
-            await established(alice, sid)
+            sid, server = await over_quic(alice, bob)
             conversation = alice.session(sid).conversation
-            await established(bob, conversation)
             keys = alice.session(sid).key_id
             sent = [b"m%d" % n for n in range(40)]
             await asyncio.gather(*(alice.node.send(sid, p) for p in sent[:20]))
@@ -254,13 +256,7 @@ def test_a_session_falls_back_from_a_dead_quic_link_and_comes_back_to_quic(
 
         alice.node.sealed.seal = recording  # type: ignore[method-assign]
         try:
-            quic = await bob.node.serve_quic()
-            server = await bob.node.serve()
-            tcp = server.sockets[0].getsockname()[:2]
-            assert await alice.node.dial(bob.did, quic=quic, tcp=tcp) == "quic"
-            sid = await alice.node.establish(bob.did)
-            await established(alice, sid)
-            await established(bob, sid)
+            sid, server = await over_quic(alice, bob)
             keys = alice.session(sid).key_id
             sent = [b"m%d" % n for n in range(60)]
             await asyncio.gather(*(alice.node.send(sid, p) for p in sent[:20]))
