@@ -251,7 +251,8 @@ class Session:
 
     @property
     def transport(self) -> str | None:
-        """What carries it: ``"quic"`` or ``"utcp"`` (decisions 20, 24), ``None`` until known."""
+        """What carries it: ``"quic"`` or ``"utcp"`` (decisions 20, 24), ``None`` until known;
+        it follows the session's moves between them as each is saved."""
         return self._transport
 
 
@@ -356,6 +357,10 @@ class Node:
         self._saved_changes: deque[tuple[StateChange, str, str | None]] = deque()
         self._closed_lately: OrderedDict[UUID, Session] = OrderedDict()  # the latest 1,024
         self._last: dict[UUID, str] = {}  # on the worker: each session's last saved state
+        # ... and the transport it was saved over; a move without a change of state (a
+        # fallback, a move back to QUIC: decision 24) is told to its handle on the loop.
+        self._carried: dict[UUID, str] = {}
+        self._saved_moves: deque[tuple[UUID, str]] = deque()
         self._accepted: deque[Session] = deque(maxlen=MAX_PENDING)
         self._accept_ready = asyncio.Event()
         self._watchers: weakref.WeakSet[_Watcher] = weakref.WeakSet()  # dropped: gone
@@ -369,6 +374,7 @@ class Node:
         self._closed = False
         for s in self.manager.sessions():  # recovered: suspended, waiting for their peers
             self._last[s.id] = state = _state_name(s)
+            self._carried[s.id] = s.transport
             recovered = self._sessions[s.id] = Session(self, s.id, s.peer_did, s.role, state)
             recovered._transport = s.transport
             recovered._offered = True  # an old session: not new for accept()
@@ -666,7 +672,8 @@ class Node:
         """On the saving thread, after each save: the state changes it recorded, posted to
         the loop in the order saved."""
         changes: list[tuple[StateChange, str, str | None]] = []
-        last = self._last
+        moves: list[tuple[UUID, str]] = []
+        last, carried = self._last, self._carried
         for event in processing.events:
             sid = event.originator_id
             aggregate = processing.aggregates.get(sid)
@@ -677,26 +684,37 @@ class Node:
                 continue
             name = State.IDLE.value if state is None else CLOSED if state == FINAL else str(state)
             previous = last.get(sid)
+            transport = aggregate.transport
             if name == previous:
+                if carried.get(sid) != transport:
+                    carried[sid] = transport
+                    moves.append((sid, transport))
                 continue
             if name == CLOSED:
                 last.pop(sid, None)
+                carried.pop(sid, None)
             else:
                 last[sid] = name
+                carried[sid] = transport
             reason = getattr(event, "reason", None) or (
                 aggregate.failure_reason if name == State.FAILED else None
             )
             at_us = event.at_us
             change = StateChange(sid, aggregate.peer_did, previous, name, at_us, reason)
-            changes.append((change, aggregate.role, aggregate.transport))
-        if changes:
-            # Told on the loop after the outcome of the stage that saved them: the messages
-            # it delivered reach their sessions first (a session's last messages before its
-            # close are read before it says it is closed).
-            self._saved_changes.extend(changes)
+            changes.append((change, aggregate.role, transport))
+        # Told on the loop after the outcome of the stage that saved them: the messages it
+        # delivered reach their sessions first (a session's last messages before its close
+        # are read before it says it is closed).
+        self._saved_moves.extend(moves)
+        self._saved_changes.extend(changes)
 
     def _after_outcome(self) -> None:
-        """On the loop, once a stage's outcome is applied: the state changes saved by then."""
+        """On the loop, once a stage's outcome is applied: the state changes saved by then,
+        and the moves between transports saved without one."""
+        while self._saved_moves:
+            sid, transport = self._saved_moves.popleft()
+            if (moved := self._sessions.get(sid)) is not None:
+                moved._transport = transport
         if not self._saved_changes:
             return
         changes = []

@@ -504,3 +504,34 @@ def test_messages_saved_but_not_taken_before_a_sigkill_are_read_back_after_it(tm
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_sessions_transport_follows_its_moves_to_utcp_and_back(tmp_path):
+    """``Session.transport`` says what carries the session as each move is saved, not only
+    at a change of state: made over μTCP while UDP is blocked, then back over QUIC once UDP
+    passes (decision 24) — both ends, the state ``established`` throughout."""
+    from l2_session.transports.fallback import FallbackPolicy
+    from udp_chaos import ChaosRelay
+
+    async def main():
+        async with Node.open(**files(tmp_path, "bob"), listen="127.0.0.1:0") as bob:
+            relay = await ChaosRelay.start(bob.addresses.quic, loss=0.0, seed=3)
+            relay.partitioned = True  # UDP does not pass
+            try:
+                where = {"quic": relay.address, "tcp": bob.addresses.tcp}
+                async with Node.open(**files(tmp_path, "alice")) as alice:
+                    alice.transport.fallback = FallbackPolicy(backoff_base_s=0.5)
+                    session = await alice.establish(bob.did, addresses=where)
+                    incoming = await bob.accept(timeout=WAIT)
+                    assert session.transport == incoming.transport == "utcp"
+                    relay.partitioned = False
+                    async with asyncio.timeout(WAIT):
+                        while (session.transport, incoming.transport) != ("quic", "quic"):
+                            await asyncio.sleep(0.01)
+                    assert session.state == incoming.state == State.ESTABLISHED
+                    await session.send(b"over QUIC again")
+                    assert (await incoming.receive(timeout=WAIT)).data == b"over QUIC again"
+            finally:
+                relay.close()
+
+    run(main())
