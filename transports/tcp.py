@@ -109,7 +109,9 @@ from l2_session.infrastructure.identity import public_bytes_from_did_key
 from l2_session.infrastructure.ledger.witness import Witnessing
 from l2_session.transports.fallback import FallbackPolicy
 from l2_session.transports.frames import MAX_FRAME, encode
+from l2_session.transports.pipes import QuicPipe
 from l2_session.transports.quic import QuicEndpoint, QuicSettings
+from l2_session.transports.quic_link import QuicLink
 from l2_session.transports.sealed import SealedFrames
 from l2_session.transports.tcp_bounds import Occupancy
 from l2_session.transports.tcp_handoff import Batch, Command, Link, Message, Outcome, Report
@@ -128,6 +130,7 @@ __all__ = ["Link", "NodeClosed", "TcpNode"]
 
 log = logging.getLogger("l2_session.transport")
 RECHECK_S = 0.5  # how often a QUIC link waits for a session that can seal its link check
+CHECK_ANSWER_S = 5.0  # a link check unanswered this long: its QUIC link is closed, QUIC failed
 
 TIMER_IDLE_S = 0.05  # the timer task asks for a tick at least this often
 MAX_BATCH = 256  # frames (and sends) decided in one save; readers wait beyond it
@@ -213,6 +216,10 @@ class TcpNode:
         self.fallback = FallbackPolicy()  # QUIC or μTCP, per peer (dial)
         self._addresses: dict[str, tuple[tuple[str, int] | None, tuple[str, int] | None]] = {}
         self._returning: set[str] = set()  # peers whose sessions wait to move back to QUIC
+        self.check_answer_s = CHECK_ANSWER_S
+        # QUIC links dialled for a link check and not answered: they carry nothing, so their
+        # end is no reason to dial the peer again.
+        self._probing: set[QuicLink] = set()
         self._received: asyncio.Queue[Deliver] = asyncio.Queue()
         # Called on the loop once what a stage of a batch decided is applied (its messages
         # among ``receive``'s): for a layer above that orders its own news after them.
@@ -423,11 +430,26 @@ class TcpNode:
                 if self._closed:
                     link.close()
                     return
+                self._probing.add(link)
                 self.connections.dialled_quic(link, peer_did)
                 while not await self.query(lambda: self.worker.check_link(peer_did)):
                     await asyncio.sleep(RECHECK_S)
                     if link.closed or not await off_quic():
+                        link.close()
                         return
+                try:
+                    await self.until(
+                        lambda: self.worker.settled_kind(peer_did) == QUIC, self.check_answer_s
+                    )
+                except TimeoutError:
+                    self.fallback.quic_failed(peer_did, loop.time())
+                    log.warning(
+                        "%s did not answer the link check over QUIC within %g s: the link is "
+                        "closed, its sessions stay on μTCP", peer_did, self.check_answer_s,
+                    )  # fmt: skip
+                    link.close()
+                    continue
+                self._probing.discard(link)  # it carries the sessions now
                 return
         except NodeClosed:
             return
@@ -481,6 +503,9 @@ class TcpNode:
         """A connection with ``link.did`` is up (the worker routes to it, and resumes over it
         the sessions a restart left waiting for that peer: NodeWorker._up) or gone."""
         redial = not up and link.kind == QUIC and link.outgoing and link.did in self._addresses
+        if not up and isinstance(link.pipe, QuicPipe) and link.pipe.link in self._probing:
+            self._probing.discard(link.pipe.link)
+            redial = False  # a link check's link that was not answered: it carried nothing
         if redial and not self._closed and self._loop is not None:
             # A dialled QUIC link died: QUIC to that peer is broken for a while, and the peer
             # is dialled again (over μTCP at once: decision 24).

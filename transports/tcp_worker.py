@@ -396,6 +396,11 @@ class NodeWorker:
                 return session
         return None
 
+    def settled_kind(self, peer_did: str) -> str | None:
+        """The transport of the link a link check settled for ``peer_did``, if any."""
+        link = self._settled.get(peer_did)
+        return None if link is None else link.kind
+
     def check_link(self, peer_did: str) -> bool:
         """Send a link check (link_check.py) on the QUIC link this node dialled to
         ``peer_did``, sealed in a session that could move back to it; whether one went."""

@@ -295,3 +295,56 @@ def test_a_session_falls_back_from_a_dead_quic_link_and_comes_back_to_quic(
             await _close(alice, bob)
 
     asyncio.run(run())
+
+
+def test_an_unanswered_link_check_closes_its_link_and_the_next_try_moves_the_session(
+    tmp_path: Path,
+) -> None:
+    """A peer that does not answer the check (here: its worker drops checks, as a node of an
+    older version would): the QUIC link is closed after ``check_answer_s`` — not kept open,
+    and not a reason to dial the peer again — QUIC counts as failed, the session stays on
+    μTCP. Once the peer answers, the next try after the back-off moves it."""
+
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+        bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
+        relay = await ChaosRelay.start(await bob.node.serve_quic(), loss=0.0, seed=2)
+        relay.partitioned = True
+        alice.node.fallback = FallbackPolicy(backoff_base_s=0.3)
+        alice.node.check_answer_s = 0.3
+        answer = bob.node.worker._link_checked
+        bob.node.worker._link_checked = lambda *args: None  # type: ignore[method-assign]
+        try:
+            server = await bob.node.serve()
+            tcp = server.sockets[0].getsockname()[:2]
+            assert await alice.node.dial(bob.did, quic=relay.address, tcp=tcp) == "utcp"
+            sid = await alice.node.establish(bob.did)
+            await established(alice, sid)
+            relay.partitioned = False
+            await until(lambda: alice.node.worker.outputs["LinkCheck"] >= 1)  # QUIC connected
+            # Unanswered: the link is closed and QUIC failed again (its connect had cleared
+            # the count); no second μTCP connection was dialled for it.
+            await until(
+                lambda: (
+                    [k.kind for k in alice.node.connections.open] == ["utcp"]
+                    and alice.node.fallback.failures(bob.did) == 1
+                )
+            )
+            assert alice.session(sid).transport == "utcp"
+            await alice.node.send(sid, b"still over utcp")
+            assert (await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload == (
+                b"still over utcp"
+            )
+            bob.node.worker._link_checked = answer  # type: ignore[method-assign]
+            await moved_to_quic(alice, sid)
+            await moved_to_quic(bob, sid)
+            await alice.node.send(sid, b"over quic")
+            assert (await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload == b"over quic"
+            await until(lambda: [k.kind for k in alice.node.connections.open] == ["quic"])
+            server.close()
+        finally:
+            relay.close()
+            await _close(alice, bob)
+
+    asyncio.run(run())
