@@ -453,6 +453,8 @@ class TcpNode:
                 return
         except NodeClosed:
             return
+        except Exception:  # a bug: said, not left to a task nobody awaits
+            log.exception("moving the sessions with %s back to QUIC failed", peer_did)
         finally:
             self._returning.discard(peer_did)
 
