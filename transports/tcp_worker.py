@@ -35,9 +35,11 @@ replayed from the ledger, whose replay window restarted empty). Routing:
   connection this node opened to the DID, else the latest claim.
 
 The proven connection is the one the DID's latest proving frame came in on — unless a link
-check (link_check.py, decision 24) settled one: then frames still arriving on the peer's other
-connections (sent before the move) are taken but do not move the route, until a new
-connection with the peer comes up or the settled one goes down.
+check (link_check.py, decision 24) settled one: then frames arriving on the peer's
+connections that were up before it (sent before the move) are taken but do not move the
+route; a connection up since takes it with its first proof. A connection from the peer that
+takes the route moves the peer's sessions over QUIC to it when it is μTCP (the peer fell
+back: decision 24); one that only claims the DID moves nothing and records nothing.
 
 So an unproven claim never displaces a proven connection, and a connection claiming someone
 else's DID gets nothing but answers to what it sent itself. The handshake engine keys
@@ -140,9 +142,12 @@ class NodeWorker:
         self.outputs: Counter[str] = Counter()  # Sends performed by frame class, and Delivers
         self._claimed: dict[str, Link] = {}
         self._proven: dict[str, Link] = {}
-        # Decision 24: a link check settles which link carries a peer's sessions until a new
-        # link with the peer comes up or that one goes down (link_check.py).
-        self._settled: dict[str, Link] = {}
+        # Decision 24: a link check settles which link carries a peer's sessions — with the
+        # count of links up when it did: a link up since may still take the route by a proof,
+        # one up before may not (its frames were sent before the move) — until it goes down.
+        self._settled: dict[str, tuple[Link, int]] = {}
+        self._up_seq: dict[Link, int] = {}  # each open link: the count of links up at its own
+        self._ups = 0
         self._checks_sent: dict[str, Link] = {}  # peer did -> the link a check went out on
         self._checked_now: list[tuple[Link, LinkCheck, bool]] = []  # this batch's checks
         # conversation -> the key id agreed through this node (a proof: see the docstring)
@@ -236,19 +241,26 @@ class NodeWorker:
         current = self._claimed.get(link.did)
         if link.outgoing or current is None or not current.outgoing:
             self._claimed[link.did] = link  # our own connection to it stays first
-        # A new link with the peer: whichever link carries its next proof carries its frames.
-        self._settled.pop(link.did, None)
+        self._ups += 1
+        self._up_seq[link] = self._ups
         try:
             self.perform(self.manager.reconnected(link.did, self.now_us()), via=link)
-            # Sessions falling back to this transport switch to it (decision 24).
-            self.perform(self.manager.transport_found(link.did, link.kind, self.now_us()))
+            if link.outgoing:
+                # Our own connection, to an address we were given: the sessions falling back
+                # to its transport switch to it (decision 24). One from the peer moves them
+                # once it proves the peer (_proven_on): a claim moves nothing.
+                self.perform(self.manager.transport_found(link.did, link.kind, self.now_us()))
         except Exception:  # the ledger failed to save: the sessions' timers retry
             log.exception("resuming the sessions with %s failed", link.did)
 
     def _down(self, link: Link) -> None:
-        for routes in (self._claimed, self._proven, self._settled, self._checks_sent):
+        for routes in (self._claimed, self._proven, self._checks_sent):
             if routes.get(link.did) is link:
                 del routes[link.did]
+        settled = self._settled.get(link.did)
+        if settled is not None and settled[0] is link:
+            del self._settled[link.did]
+        self._up_seq.pop(link, None)
 
     def _drop(self, link: Link, why: str) -> None:
         """A frame broke ``link``'s framing: it cannot be resynchronised."""
@@ -260,6 +272,7 @@ class NodeWorker:
         """Once the thread has stopped: no connection is left to route to."""
         for routes in (self._claimed, self._proven, self._settled, self._checks_sent):
             routes.clear()
+        self._up_seq.clear()
 
     def address_of(self, peer_did: str) -> str:
         """See ``TcpNode.address_of``; called by the key exchange, inside the manager."""
@@ -309,10 +322,7 @@ class NodeWorker:
             if proof.agreed is not None:
                 self._agreed_here[proof.agreed[0]] = proof.agreed[1]
             if proof.proves:
-                settled = self._settled.get(proof.link.did)
-                if settled is None or settled is proof.link:
-                    self._proven[proof.link.did] = proof.link
-                self._out.proven.append(proof.link)
+                self._proven_on(proof.link)
             try:
                 self.perform(outputs, via=proof.link)
             except Exception:  # one frame's answers, not the others'
@@ -376,6 +386,31 @@ class NodeWorker:
         # is then its proven connection's (address_of), never the last frame's.
         self._reading = None
 
+    def _proven_on(self, link: Link) -> None:
+        """A frame proved ``link.did`` on ``link``: the peer's frames go on it — unless a link
+        check settled another of its links, up before this one — and when a connection from
+        the peer takes the route, its sessions over QUIC move to it if it is μTCP: the peer
+        fell back (decision 24), which this end learns from the peer's own frames, not from
+        a connection that only claims the DID."""
+        did = link.did
+        self._out.proven.append(link)
+        settled = self._settled.get(did)
+        if settled is not None and settled[0] is not link:
+            if self._up_seq.get(link, 0) <= settled[1]:
+                return  # sent before the check settled the route
+            del self._settled[did]
+        before = self._proven.get(did)
+        self._proven[did] = link
+        if before is not link and not link.outgoing:
+            try:
+                self.perform(self.manager.transport_found(did, link.kind, self.now_us()))
+            except Exception:  # the ledger failed to save: the next proof tries again
+                if before is None:
+                    del self._proven[did]
+                else:
+                    self._proven[did] = before
+                log.exception("the sessions with %s could not record their move", did)
+
     # ------------------------------------------------------------------ link checks
     def off_quic(self, peer_did: str) -> bool:
         """Whether a live session with ``peer_did`` is over a transport after QUIC in the
@@ -398,8 +433,8 @@ class NodeWorker:
 
     def settled_kind(self, peer_did: str) -> str | None:
         """The transport of the link a link check settled for ``peer_did``, if any."""
-        link = self._settled.get(peer_did)
-        return None if link is None else link.kind
+        settled = self._settled.get(peer_did)
+        return None if settled is None else settled[0].kind
 
     def check_link(self, peer_did: str) -> bool:
         """Send a link check (link_check.py) on the QUIC link this node dialled to
@@ -426,7 +461,7 @@ class NodeWorker:
         if not proves or (check.answer and not asked):
             self.link_checks_refused += 1
             return
-        self._proven[did] = self._settled[did] = link
+        self._proven[did], self._settled[did] = link, (link, self._ups)
         self._out.proven.append(link)
         if check.answer:
             del self._checks_sent[did]

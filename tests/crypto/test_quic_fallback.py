@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -345,6 +346,44 @@ def test_an_unanswered_link_check_closes_its_link_and_the_next_try_moves_the_ses
             server.close()
         finally:
             relay.close()
+            await _close(alice, bob)
+
+    asyncio.run(run())
+
+
+def test_a_connection_that_only_claims_the_peer_moves_no_session(tmp_path: Path) -> None:
+    """Alice's session with Bob is over QUIC. Someone opens a μTCP connection to Bob whose
+    hello names Alice's DID: Bob records no fallback — he learns that Alice fell back from
+    Alice's own sealed frames on a μTCP connection, which this one never carries — and the
+    session goes on over QUIC."""
+
+    async def run() -> None:
+        clock, directory = VirtualTime(), DidKeyResolver()
+        alice = make_side(tmp_path, "alice", directory, clock, durability="normal")
+        bob = make_side(tmp_path, "bob", directory, clock, durability="normal")
+        try:
+            sid, server = await over_quic(alice, bob)
+            events = len(list(bob.ledger.events.get(bob.session(sid).id)))
+            host, port = server.sockets[0].getsockname()[:2]
+            _, impostor = await asyncio.open_connection(host, port)
+            claim = alice.did.encode()
+            impostor.write(struct.pack(">H", len(claim)) + claim)
+            await until(
+                lambda: any(
+                    k.kind == "utcp" and k.did == alice.did for k in bob.node.connections.open
+                )
+            )
+            await alice.node.send(sid, b"still over quic")
+            assert (await asyncio.wait_for(bob.node.receive(), WAIT_S)).payload == (
+                b"still over quic"
+            )
+            s = bob.session(sid)
+            assert (s.transport, s.fallback_pending) == ("quic", False)
+            history = kinds(bob, s.id)[events:]
+            assert "FallbackAttempted" not in history and "TransportSwitched" not in history
+            impostor.close()
+            server.close()
+        finally:
             await _close(alice, bob)
 
     asyncio.run(run())
