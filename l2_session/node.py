@@ -356,10 +356,10 @@ class Node:
         # State changes saved on the worker, told on the loop after their stage's outcome.
         self._saved_changes: deque[tuple[StateChange, str, str | None]] = deque()
         self._closed_lately: OrderedDict[UUID, Session] = OrderedDict()  # the latest 1,024
-        self._last: dict[UUID, str] = {}  # on the worker: each session's last saved state
-        # ... and the transport it was saved over; a move without a change of state (a
-        # fallback, a move back to QUIC: decision 24) is told to its handle on the loop.
-        self._carried: dict[UUID, str] = {}
+        # On the worker: each session's last saved state and the transport it was saved over;
+        # a move without a change of state (a fallback, a move back to QUIC: decision 24) is
+        # told to its handle on the loop.
+        self._last: dict[UUID, tuple[str, str]] = {}
         self._saved_moves: deque[tuple[UUID, str]] = deque()
         self._accepted: deque[Session] = deque(maxlen=MAX_PENDING)
         self._accept_ready = asyncio.Event()
@@ -373,8 +373,8 @@ class Node:
         self._servers: list[asyncio.Server] = []
         self._closed = False
         for s in self.manager.sessions():  # recovered: suspended, waiting for their peers
-            self._last[s.id] = state = _state_name(s)
-            self._carried[s.id] = s.transport
+            state = _state_name(s)
+            self._last[s.id] = (state, s.transport)
             recovered = self._sessions[s.id] = Session(self, s.id, s.peer_did, s.role, state)
             recovered._transport = s.transport
             recovered._offered = True  # an old session: not new for accept()
@@ -646,7 +646,7 @@ class Node:
     def _handle(self, session_id: UUID, peer_did: str, role: str) -> Session:
         session = self._sessions.get(session_id)
         if session is None:
-            state = self._last.get(session_id, State.IDLE)
+            state = self._last.get(session_id, (State.IDLE, ""))[0]
             session = self._sessions[session_id] = Session(self, session_id, peer_did, role, state)
         return session
 
@@ -673,7 +673,7 @@ class Node:
         the loop in the order saved."""
         changes: list[tuple[StateChange, str, str | None]] = []
         moves: list[tuple[UUID, str]] = []
-        last, carried = self._last, self._carried
+        last = self._last
         for event in processing.events:
             sid = event.originator_id
             aggregate = processing.aggregates.get(sid)
@@ -683,19 +683,17 @@ class Node:
             if state is None and not isinstance(event, SessionAggregate.Opened):
                 continue
             name = State.IDLE.value if state is None else CLOSED if state == FINAL else str(state)
-            previous = last.get(sid)
+            previous, carried = last.get(sid, (None, None))
             transport = aggregate.transport
             if name == previous:
-                if carried.get(sid) != transport:
-                    carried[sid] = transport
+                if carried != transport:
+                    last[sid] = (name, transport)
                     moves.append((sid, transport))
                 continue
             if name == CLOSED:
                 last.pop(sid, None)
-                carried.pop(sid, None)
             else:
-                last[sid] = name
-                carried[sid] = transport
+                last[sid] = (name, transport)
             reason = getattr(event, "reason", None) or (
                 aggregate.failure_reason if name == State.FAILED else None
             )

@@ -33,13 +33,7 @@ from l2_session.infrastructure.ledger.format import ZERO_HASH, event_hash, lp
 from l2_session.infrastructure.ledger.groupcommit import GroupCommitter
 from l2_session.infrastructure.ledger.insert_checks import check_event
 from l2_session.infrastructure.ledger.merkle import Frontier
-from l2_session.infrastructure.ledger.tree import (
-    NodeRow,
-    TreeMissing,
-    TreeSQL,
-    grow,
-    grow_inline,
-)
+from l2_session.infrastructure.ledger.tree import TreeMissing, TreeSQL, grow, grow_inline
 
 SIGNER_DOMAIN = b"l2-session/ledger/signer/v1\n"  # format 1: registered_at not covered
 SIGNER_DOMAIN_V2 = b"l2-session/ledger/signer/v2\n"
@@ -58,9 +52,6 @@ READ_COLUMNS = (
 )
 
 Row = tuple[Any, ...]
-# What appending rows does to the tree: its edge after them, format 3's last block so far,
-# and the ledger_tree rows to insert (_with_tree).
-Grown = tuple[Frontier, list[bytes] | None, list[NodeRow]]
 Heads = dict[str, tuple[int, bytes]]
 
 
@@ -185,7 +176,8 @@ class LedgerRecorder(Protocol):
 
 
 class LedgerChain:
-    """Mixin for a ledger recorder. The backend supplies ``_fetch_session_hash``."""
+    """Mixin for a ledger recorder. The backend supplies ``_fetch_session_hash`` and
+    ``_insert_rows``."""
 
     identity: NodeIdentity | None
     clock: TimeSource
@@ -267,6 +259,10 @@ class LedgerChain:
 
     def _fetch_session_hash(self, cur: Any, sid: str, version: int) -> bytes | None:
         """The stored event hash of ``sid`` at ``version``, read in the open transaction."""
+        raise NotImplementedError
+
+    def _insert_rows(self, cur: Any, rows: list[Row]) -> None:
+        """Insert event rows (``ROW_COLUMNS``, and in format 4 the tree column after them)."""
         raise NotImplementedError
 
     def _check_clock(self, timestamp: int, last_ts: int | None, position: int) -> None:
@@ -352,27 +348,25 @@ class LedgerChain:
         if self.has_tree and (self._tree is None or self._tree.size != size):
             self._tree, self._tile = self.tree_sql.frontier(cur, size)
 
-    def _with_tree(self, rows: list[Row]) -> tuple[list[Row], Grown | None]:
-        """``rows`` as they are inserted — in format 4 each with its tree column, the hashes of
-        the nodes its event completes — and the tree as they leave it, which ``_tree_in``
-        stores once they are in: a statement that fails leaves ``_tree`` as it was."""
+    def _append_rows(self, cur: Any, rows: list[Row]) -> None:
+        """Insert ``rows`` (``_insert_rows``) with the tree nodes their events complete — in
+        format 4 as each row's tree column, in formats 2 and 3 as ledger_tree rows after them
+        — and move ``_tree`` on once they are in: a statement that fails leaves it as it
+        was."""
         inline = self.tree_sql.inline
         if not self.has_tree or not rows:
-            return ([(*row, None) for row in rows] if inline else rows), None
+            self._insert_rows(cur, [(*row, None) for row in rows] if inline else rows)
+            return
         assert self._tree is not None and self._tree.size == rows[0][0] - 1
         tree = self._tree.copy()
         if inline:
             column = grow_inline(tree, [row[9] for row in rows])
-            return [(*row, c) for row, c in zip(rows, column, strict=True)], (tree, None, [])
-        tile = None if self._tile is None else list(self._tile)
-        return rows, (tree, tile, grow(tree, (row[9] for row in rows), tile))
-
-    def _tree_in(self, cur: Any, grown: Grown | None) -> None:
-        """The events of ``_with_tree`` are in: insert the ledger_tree rows they complete
-        (formats 2 and 3), and move ``_tree`` on."""
-        if grown is None:
+            self._insert_rows(cur, [(*row, c) for row, c in zip(rows, column, strict=True)])
+            self._tree = tree
             return
-        tree, tile, nodes = grown
+        tile = None if self._tile is None else list(self._tile)
+        nodes = grow(tree, (row[9] for row in rows), tile)
+        self._insert_rows(cur, rows)
         if nodes:
             cur.executemany(self.tree_sql.insert, nodes)
         self._tree, self._tile = tree, tile

@@ -194,9 +194,7 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
                     else:
                         with conn.transaction():  # a savepoint: a conflict fails this request
                             rows, heads = self._rows(cur, events, position, prev_global, timestamp)
-                            rows, grown = self._with_tree(rows)
-                            self._insert_rows(cur, rows)
-                            self._tree_in(cur, grown)
+                            self._append_rows(cur, rows)
                 except psycopg.errors.UniqueViolation:
                     outcomes.append(self._conflict(cur, events))
                     continue
@@ -210,9 +208,7 @@ class SignedPostgresRecorder(LedgerChain, PostgresApplicationRecorder):
                 # whole cache is dropped (_commit_batch).
                 self._remember(heads)
             if as_one_copy and pending:
-                pending, grown = self._with_tree(pending)
-                self._insert_rows(cur, pending)  # a (session_id, version) clash raises here
-                self._tree_in(cur, grown)
+                self._append_rows(cur, pending)  # a (session_id, version) clash raises here
             if any(not isinstance(outcome, BaseException) for outcome in outcomes):
                 registering = self._register_signer(cur)
         if registering:

@@ -24,6 +24,7 @@ from l2_session.infrastructure.ledger.chain import (
     SIGNER_DOMAIN,
     LedgerChain,
     NotificationRow,
+    Row,
     notification_filter,
     session_key,
     version_filter,
@@ -55,7 +56,7 @@ from l2_session.infrastructure.ledger.tree import (
 __all__ = ["SIGNER_DOMAIN", "SignedSQLiteRecorder", "session_key"]
 
 _INSERT = f"INSERT INTO {EVENTS_TABLE} ({ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-# Format 4: each row with its tree column (chain.py, _with_tree).
+# Format 4: each row with its tree column (chain.py, _append_rows).
 _INSERT_INLINE = (
     f"INSERT INTO {EVENTS_TABLE} ({ROW_COLUMNS}, tree) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
@@ -200,9 +201,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
                     cur.execute("SAVEPOINT request")
                     try:
                         rows, heads = self._rows(cur, events, position, prev_global, timestamp)
-                        rows, grown = self._with_tree(rows)
-                        cur.executemany(self._event_insert, rows)
-                        self._tree_in(cur, grown)
+                        self._append_rows(cur, rows)
                     except sqlite3.IntegrityError:
                         cur.execute("ROLLBACK TO request")
                         cur.execute("RELEASE request")
@@ -238,9 +237,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         rolls the transaction back here; a conflict is named as in a group commit."""
         try:
             rows, heads = self._rows(cur, events, position, prev_global, timestamp)
-            rows, grown = self._with_tree(rows)
-            cur.executemany(self._event_insert, rows)
-            self._tree_in(cur, grown)
+            self._append_rows(cur, rows)
         except sqlite3.IntegrityError:
             cur.execute("ROLLBACK")
             return self._conflict(cur, events)
@@ -267,9 +264,7 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         try:
             everything = [event for events in requests for event in events]
             rows, heads = self._rows(cur, everything, position, prev_global, timestamp)
-            rows, grown = self._with_tree(rows)
-            cur.executemany(self._event_insert, rows)
-            self._tree_in(cur, grown)
+            self._append_rows(cur, rows)
         except (sqlite3.IntegrityError, LedgerError, ValueError):
             cur.execute("ROLLBACK TO batch")
             cur.execute("RELEASE batch")
@@ -287,6 +282,9 @@ class SignedSQLiteRecorder(LedgerChain, SQLiteApplicationRecorder):
         cur.execute(_HEAD)
         row = cur.fetchone()
         return (row[0], bytes(row[1])) if row else (0, self.genesis)
+
+    def _insert_rows(self, cur: sqlite3.Cursor, rows: list[Row]) -> None:
+        cur.executemany(self._event_insert, rows)
 
     def _fetch_session_hash(self, cur: sqlite3.Cursor, sid: str, version: int) -> bytes | None:
         row = cur.execute(_SESSION_EVENT_HASH, (sid, version)).fetchone()
